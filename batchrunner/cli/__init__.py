@@ -1,0 +1,30 @@
+"""The ``batchrunner`` command group. Each sub-command lives in its own module of this package
+and stays thin: options -> a config object -> one call into the library."""
+
+from __future__ import annotations
+
+import click
+
+from batchrunner import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="batchrunner")
+def main() -> None:
+    """Run Anthropic Messages request sets through an LLM gateway and record every response.
+
+    \b
+    Examples:
+      batchrunner run jobs/demo.jsonl                 # on the built-in emulator
+      batchrunner run big.jsonl --gateway http://bifrost:8080 -c 64 --mode stream
+      batchrunner validate big.jsonl                  # check a set, send nothing
+      batchrunner emulate --port 8080                 # the gateway emulator as a server
+    """
+
+
+def _register() -> None:
+    # Imported here so that each command module can import the group without a cycle.
+    from batchrunner.cli import emulate, run, validate  # noqa: F401
+
+
+_register()

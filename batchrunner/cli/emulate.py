@@ -1,0 +1,3 @@
+"""`batchrunner emulate` (placeholder until its issue lands)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""`batchrunner validate` (placeholder until its issue lands)."""
+
+from __future__ import annotations
