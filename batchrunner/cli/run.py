@@ -1,3 +1,198 @@
-"""`batchrunner run` (placeholder until its issue lands)."""
+"""``batchrunner run``: options → :class:`RunConfig` → one run session → summary and exit code."""
 
 from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import orjson
+
+from batchrunner.cli import main
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  finished (or stopped by --max-requests/--duration) within --max-error-rate
+  1  internal error (set BATCHRUNNER_DEBUG=1 for the traceback)
+  2  usage, configuration or input error; nothing was sent
+  3  run aborted or interrupted (Ctrl-C, --strict reject, unwritable output,
+     gateway refusing every request); finished rows are kept, resume to go on
+  4  finished, but the share of failed requests is above --max-error-rate"""
+
+
+def _parse_header(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for raw in values:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected 'Name: value', got {raw!r}")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("requests", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--gateway", envvar="BATCHRUNNER_GATEWAY", metavar="URL",
+              help="Gateway base URL, e.g. http://localhost:8080 (/anthropic/v1/messages is "
+                   "appended unless the path ends in /v1/messages). Env BATCHRUNNER_GATEWAY. "
+                   "Without it, the built-in emulator is started in-process.")
+@click.option("--mode", type=click.Choice(["sync", "stream", "async"]), default="sync",
+              show_default=True, help="sync: one JSON response; stream: SSE with TTFT and "
+                                      "inter-token timings; async: gateway async jobs.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
+              help="Closed loop: requests in flight at once [default: 32]. With --rate: a cap "
+                   "on requests in flight (waiting for it counts in queue_wait_s and total_s).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Open loop: start requests at this many per second on a precomputed "
+                   "schedule, whatever the responses do.")
+@click.option("--arrival", type=click.Choice(["constant", "poisson"]), default="constant",
+              show_default=True, help="Spacing of --rate arrivals.")
+@click.option("--max-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Ceiling on request starts per second (retries included), to stay under a "
+                   "gateway's limit.")
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The same ceiling in requests per minute.")
+@click.option("--max-requests", type=click.IntRange(min=0), default=None,
+              help="Send at most this many requests in this session.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0, min_open=True),
+              default=None, metavar="SECONDS", help="Stop starting requests after this long.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Run directory. An existing run directory of the same input is resumed. "
+                   "[default: results/<input>-<mode>-<UTC time>]")
+@click.option("--results-root", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("results"), show_default=True,
+              help="Where default run directories go.")
+@click.option("--name", "run_name", default=None, help="Name of the new run directory.")
+@click.option("--resume", is_flag=True,
+              help="Resume the latest run of this input under --results-root (or --out): send "
+                   "only requests without a result row; cancelled ones are sent again.")
+@click.option("--retry-failed", is_flag=True,
+              help="Resume, and also send again the requests whose row is error, timeout or "
+                   "expired (their old rows are replaced).")
+@click.option("--api-key", envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"], default=None,
+              show_default=False, metavar="KEY",
+              help="Sent as x-api-key. Env BATCHRUNNER_API_KEY, else ANTHROPIC_API_KEY. "
+                   "Never written to disk.")
+@click.option("--virtual-key", envvar="BIFROST_VK", default=None, metavar="SK_BF_KEY",
+              help="Bifrost virtual key, sent as x-bf-vk. Env BIFROST_VK. Never written to disk.")
+@click.option("-H", "--header", "headers", multiple=True, callback=_parse_header,
+              metavar="'NAME: VALUE'", help="Extra request header (repeatable).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
+              default=900.0, show_default=True, metavar="SECONDS",
+              help="Longest time for one attempt, send to last byte.")
+@click.option("--read-timeout", "read_timeout_s", type=click.FloatRange(min=0, min_open=True),
+              default=600.0, show_default=True, metavar="SECONDS",
+              help="Longest silence between two bytes of a response.")
+@click.option("--connect-timeout", "connect_timeout_s",
+              type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS")
+@click.option("--max-retries", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Retries per request for 408/409/429/5xx/529 and connection failures, "
+                   "obeying retry-after.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=None, metavar="FRACTION",
+              help="Exit with code 4 when more than this share of requests failed (e.g. 0.01).")
+@click.option("--drain-timeout", "drain_timeout_s", type=click.FloatRange(min=0), default=30.0,
+              show_default=True, metavar="SECONDS",
+              help="On stop (Ctrl-C, --duration), how long in-flight requests may finish.")
+@click.option("--no-response-json", is_flag=True,
+              help="Do not store the full response body (smaller files for load tests).")
+@click.option("--no-response-text", is_flag=True, help="Do not store the response text.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for Poisson arrivals, back-off jitter and the built-in emulator.")
+@click.option("--emulator-profile", default=None, metavar="NAME|FILE",
+              help="Profile of the built-in emulator when no --gateway is given: instant, "
+                   "realistic, flaky, or a TOML file [default: a fast demo profile].")
+@click.option("--model", default=None, help="Model for requests that name none.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+              help="max_tokens for requests that give none.")
+@click.option("--system", default=None, help="System prompt for requests that give none.")
+@click.option("--model-override", default=None, help="Send every request to this model.")
+@click.option("--prompt-column", default="prompt", show_default=True,
+              help="Parquet input: column holding a plain user prompt.")
+@click.option("--strict", is_flag=True,
+              help="Abort at the first invalid input row instead of skipping it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
+def run(
+    requests: Path,
+    headers: dict[str, str],
+    timeout_s: float,
+    read_timeout_s: float,
+    connect_timeout_s: float,
+    max_retries: int,
+    rpm: float | None,
+    no_response_json: bool,
+    no_response_text: bool,
+    as_json: bool,
+    quiet: bool,
+    **options: object,
+) -> None:
+    """Send every request of REQUESTS (JSONL or Parquet) and write one Parquet row per request.
+
+    \b
+    Examples:
+      batchrunner run jobs/demo.jsonl
+      batchrunner run set.jsonl --gateway http://localhost:8080 --virtual-key sk-bf-... -c 64
+      batchrunner run set.parquet --mode stream --rate 20 --arrival poisson --duration 600
+      batchrunner run set.jsonl --resume          # after a crash or Ctrl-C
+    """
+    from batchrunner.client import Timeouts
+    from batchrunner.config import ConfigError, RunConfig
+    from batchrunner.retry import RetryPolicy
+    from batchrunner.rundir import RunDirError
+    from batchrunner.runner import EXIT_ABORTED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, run_sync
+    from batchrunner.schema import Mode
+    from batchrunner.sources import InputError
+    from batchrunner.summary import format_summary
+
+    max_rate = options.pop("max_rate")
+    if rpm is not None:
+        per_s = rpm / 60.0
+        max_rate = per_s if max_rate is None else min(float(max_rate), per_s)  # type: ignore[arg-type]
+    try:
+        config = RunConfig(
+            requests=requests,
+            mode=Mode(str(options.pop("mode"))),
+            headers=headers,
+            timeouts=Timeouts(
+                connect_s=connect_timeout_s, read_s=read_timeout_s, attempt_s=timeout_s
+            ),
+            retry=RetryPolicy(max_retries=max_retries),
+            max_rate=max_rate,  # type: ignore[arg-type]
+            keep_response_json=not no_response_json,
+            keep_response_text=not no_response_text,
+            **options,  # type: ignore[arg-type]
+        )
+        result = run_sync(config, handle_signals=True, quiet=quiet)
+    except KeyboardInterrupt:
+        click.echo("Interrupted before the run started; nothing was sent.", err=True)
+        sys.exit(EXIT_ABORTED)
+    except (ConfigError, InputError, RunDirError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except Exception as exc:
+        if os.environ.get("BATCHRUNNER_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"Internal error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(EXIT_INTERNAL)
+    if as_json:
+        click.echo(orjson.dumps({"run_dir": str(result.run_dir), "status": result.status,
+                                 "exit_code": result.exit_code, "message": result.message,
+                                 "rejected": result.rejected, "summary": result.summary},
+                                option=orjson.OPT_INDENT_2).decode())
+    elif not quiet:
+        click.echo(format_summary(result.summary))
+    if not quiet:
+        click.echo(f"results    {result.run_dir}", err=as_json)
+        if result.rejected:
+            click.echo(f"rejected   {result.rejected:,} invalid input rows, see "
+                       f"{result.run_dir / 'rejects.jsonl'}", err=True)
+        if result.status != "finished":
+            click.echo(f"{result.status}: {result.message}", err=True)
+        if result.exit_code == EXIT_ABORTED or result.status == "incomplete":
+            click.echo(f"Resume with: batchrunner run {requests} --out {result.run_dir}", err=True)
+        elif result.exit_code != EXIT_OK:
+            click.echo(result.message, err=True)
+    sys.exit(result.exit_code)

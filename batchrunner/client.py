@@ -1,0 +1,438 @@
+"""The HTTP side of a request: one attempt at ``POST /anthropic/v1/messages``, sync or SSE.
+
+The gateway is spoken to through httpx types (a user may pass an ``httpx.AsyncClient`` or any
+``httpx.AsyncBaseTransport``, and tests may pass ``httpx.MockTransport``). By default requests
+go straight to our aiohttp-backed transport (:mod:`batchrunner.transport`), skipping
+``AsyncClient``'s per-request pipeline, which on these machines costs more than the request
+itself (see ``shared/specs/perf-anchors.md`` §7). An attempt never raises for a gateway or
+network failure: it returns an :class:`Attempt` describing what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from batchrunner.schema import (
+    ERROR_CONNECTION,
+    ERROR_INVALID_RESPONSE,
+    ERROR_STREAM_INCOMPLETE,
+    ERROR_TIMEOUT,
+)
+from batchrunner.sse import SSEDecoder
+
+ANTHROPIC_VERSION = "2023-06-01"
+MESSAGES_PATH = "/anthropic/v1/messages"
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+#: Longest silence between two bytes of one response. LLM responses can take minutes.
+DEFAULT_READ_TIMEOUT_S = 600.0
+#: Longest time for one attempt, from send to last byte.
+DEFAULT_ATTEMPT_TIMEOUT_S = 900.0
+#: Cap on the error text kept in a row, so a gateway's HTML error page cannot bloat the data.
+MAX_ERROR_MESSAGE_CHARS = 2000
+
+
+def messages_url(gateway: str) -> str:
+    """The Messages endpoint for a gateway base URL (``/anthropic/v1/messages`` appended unless present).
+
+    :raises ValueError: the URL is not http(s) or has no host.
+    """
+    url = httpx.URL(gateway.strip())
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"gateway URL must be http(s)://host[:port][/path], got {gateway!r}")
+    path = url.path.rstrip("/")
+    if not path.endswith("/v1/messages"):
+        path = path + MESSAGES_PATH
+    return str(url.copy_with(path=path))
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials or query string, safe to print and store."""
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(userinfo=b"", query=None))
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Client timeouts in seconds (``None`` = no limit)."""
+
+    connect_s: float | None = DEFAULT_CONNECT_TIMEOUT_S
+    read_s: float | None = DEFAULT_READ_TIMEOUT_S
+    attempt_s: float | None = DEFAULT_ATTEMPT_TIMEOUT_S
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one HTTP attempt produced. Clock values are ``time.perf_counter()`` seconds."""
+
+    sent: float
+    sent_at: float
+    done: float = 0.0
+    first_byte: float | None = None
+    first_token: float | None = None
+    http_status: int | None = None
+    headers: httpx.Headers | None = None
+    message: dict[str, Any] | None = None  # sync: the parsed body; stream: the assembled message
+    raw_body: bytes | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    transport_failure: bool = False
+    timed_out: bool = False
+    token_times: list[float] = field(default_factory=list)  # stream: arrival of each content delta
+
+    @property
+    def ok(self) -> bool:
+        return self.error_type is None and self.http_status is not None and self.http_status < 300
+
+
+class GatewayClient:
+    """Sends Messages requests to one gateway endpoint.
+
+    :param url: full endpoint URL (see :func:`messages_url`).
+    :param headers: headers sent with every request (auth, ``anthropic-version``, extras).
+    :param transport: an httpx transport used directly; default: our aiohttp transport.
+    :param client: an ``httpx.AsyncClient`` to send through instead (its pipeline is used).
+    :param timeouts: connect/read/attempt timeouts.
+    :param concurrency_hint: expected concurrent requests, to size the default pool.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeouts: Timeouts | None = None,
+        concurrency_hint: int = 64,
+    ) -> None:
+        self.url = httpx.URL(url)
+        self.timeouts = timeouts or Timeouts()
+        self._client = client
+        self._owns_transport = transport is None and client is None
+        if self._owns_transport:
+            from batchrunner.transport import TransportTimeouts, make_default_transport
+
+            transport = make_default_transport(
+                limit=0,
+                timeout=TransportTimeouts(
+                    connect_s=self.timeouts.connect_s, read_s=self.timeouts.read_s
+                ),
+            )
+        self._transport = transport
+        base = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        base.update({k.lower(): v for k, v in headers.items()})
+        t = self.timeouts
+        # httpx transports read their timeouts from the request; AsyncClient sets this itself.
+        extensions = {
+            "timeout": {"connect": t.connect_s, "read": t.read_s, "write": t.read_s, "pool": None}
+        }
+        self._factory = RequestFactory(self.url, list(base.items()), extensions)
+        del concurrency_hint  # the scheduler owns concurrency; the pool is unlimited
+
+    async def aclose(self) -> None:
+        if self._owns_transport and self._transport is not None:
+            await self._transport.aclose()
+
+    async def __aenter__(self) -> GatewayClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _build(self, body: bytes, extra_headers: list[tuple[str, str]] | None) -> httpx.Request:
+        return self._factory.build(body, extra_headers)
+
+    async def _open(self, request: httpx.Request) -> httpx.Response:
+        if self._client is not None:
+            return await self._client.send(request, stream=True)
+        assert self._transport is not None
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return response
+
+    async def send(
+        self,
+        body: bytes,
+        *,
+        stream: bool,
+        extra_headers: list[tuple[str, str]] | None = None,
+    ) -> Attempt:
+        """One attempt. Never raises for gateway or network failures.
+
+        :param body: the JSON request body (with ``"stream": true`` already set for streams).
+        :param stream: parse the response as Anthropic SSE.
+        :param extra_headers: per-request headers (e.g. ``x-request-id``).
+        """
+        request = self._build(body, extra_headers)
+        attempt = Attempt(sent=time.perf_counter(), sent_at=time.time())
+        try:
+            async with asyncio.timeout(self.timeouts.attempt_s):
+                response = await self._open(request)
+                attempt.first_byte = time.perf_counter()
+                attempt.http_status = response.status_code
+                attempt.headers = response.headers
+                try:
+                    if stream and response.status_code == 200:
+                        await _read_stream(response, attempt)
+                    else:
+                        await _read_body(response, attempt)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            attempt.timed_out = True
+            _fail(attempt, ERROR_TIMEOUT, f"no complete response within {self.timeouts.attempt_s} s")
+        except httpx.TimeoutException as exc:
+            attempt.timed_out = True
+            _fail(attempt, ERROR_TIMEOUT, f"{type(exc).__name__}: {exc}".rstrip(": "))
+        except (httpx.TransportError, OSError) as exc:
+            attempt.transport_failure = True
+            _fail(attempt, ERROR_CONNECTION, f"{type(exc).__name__}: {exc}".rstrip(": "))
+        attempt.done = time.perf_counter()
+        return attempt
+
+
+class RequestFactory:
+    """Builds the ``httpx.Request`` of each attempt.
+
+    ``httpx.Request(...)`` re-normalises every header on each call (~16 µs here, a tenth of a
+    whole request's budget at 8k req/s). All requests of a run share method, URL and most
+    headers, so the fast path copies a prepared header list and fills in the body. It relies on
+    httpx internals, so it is checked once against the public constructor at start-up and
+    replaced by it if the two disagree (a future httpx).
+    """
+
+    def __init__(
+        self, url: httpx.URL, headers: list[tuple[str, str]], extensions: dict[str, Any]
+    ) -> None:
+        self.url = url
+        self.headers = headers
+        self.extensions = extensions
+        self._template = httpx.Headers([*headers, ("host", _host_header(url))])
+        self.fast = True
+        probe_headers = [("x-request-id", "probe")]
+        try:
+            fast = self._fast(b"{}", probe_headers)
+            slow = self._slow(b"{}", probe_headers)
+            self.fast = _same_request(fast, slow)
+        except Exception:  # any internal mismatch means: use the public API
+            self.fast = False
+
+    def build(self, body: bytes, extra_headers: list[tuple[str, str]] | None) -> httpx.Request:
+        if self.fast:
+            return self._fast(body, extra_headers)
+        return self._slow(body, extra_headers)
+
+    def _slow(self, body: bytes, extra_headers: list[tuple[str, str]] | None) -> httpx.Request:
+        headers = self.headers if not extra_headers else self.headers + extra_headers
+        return httpx.Request(
+            "POST", self.url, headers=headers, content=body, extensions=self.extensions
+        )
+
+    def _fast(self, body: bytes, extra_headers: list[tuple[str, str]] | None) -> httpx.Request:
+        request = httpx.Request.__new__(httpx.Request)
+        request.method = "POST"
+        request.url = self.url
+        headers = self._template.copy()
+        items = headers._list
+        if extra_headers:
+            for name, value in extra_headers:
+                raw_name = name.encode("ascii")
+                items.append((raw_name, raw_name.lower(), value.encode("utf-8")))
+        items.append((b"content-length", b"content-length", str(len(body)).encode()))
+        request.headers = headers
+        request.extensions = self.extensions
+        request.stream = httpx.ByteStream(body)
+        request._content = body
+        return request
+
+
+def _host_header(url: httpx.URL) -> str:
+    default_port = {"http": 80, "https": 443}.get(url.scheme)
+    if url.port is None or url.port == default_port:
+        return url.host
+    return f"{url.host}:{url.port}"
+
+
+def _same_request(a: httpx.Request, b: httpx.Request) -> bool:
+    return (
+        a.method == b.method
+        and a.url == b.url
+        and sorted(a.headers.multi_items()) == sorted(b.headers.multi_items())
+        and a.content == b.content
+        and a.read() == b.read()
+        and a.extensions == b.extensions
+    )
+
+
+def bifrost_headers(headers: httpx.Headers) -> dict[str, str]:
+    """The ``x-bifrost-*`` response headers, lower-cased (one scan instead of many look-ups)."""
+    found: dict[str, str] = {}
+    for name, value in headers.raw:
+        if name[:10].lower() == b"x-bifrost-":
+            found[name.decode("latin-1").lower()] = value.decode("latin-1")
+    return found
+
+
+def _fail(attempt: Attempt, error_type: str, message: str) -> None:
+    attempt.error_type = error_type
+    attempt.error_message = message[:MAX_ERROR_MESSAGE_CHARS]
+
+
+async def _read_body(response: httpx.Response, attempt: Attempt) -> None:
+    raw = await response.aread()
+    attempt.raw_body = raw
+    status = response.status_code
+    try:
+        parsed = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    if 200 <= status < 300:
+        if isinstance(parsed, dict) and parsed.get("type") == "message":
+            attempt.message = parsed
+        else:
+            _fail(attempt, ERROR_INVALID_RESPONSE, _excerpt(raw, "expected an Anthropic Message"))
+        return
+    error_type, message = _error_from_envelope(parsed)
+    _fail(attempt, error_type or f"http_{status}", message or _excerpt(raw, f"HTTP {status}"))
+
+
+def _error_from_envelope(parsed: Any) -> tuple[str | None, str | None]:
+    """``(error.type, error.message)`` of an Anthropic error envelope; empty type → None."""
+    if isinstance(parsed, dict):
+        err = parsed.get("error")
+        if isinstance(err, dict):
+            etype = err.get("type") or None
+            msg = err.get("message")
+            return (str(etype) if etype else None, str(msg) if msg is not None else None)
+    return None, None
+
+
+def _excerpt(raw: bytes, prefix: str) -> str:
+    text = raw[:500].decode("utf-8", "replace").strip()
+    return f"{prefix}: {text}" if text else prefix
+
+
+async def _read_stream(response: httpx.Response, attempt: Attempt) -> None:
+    decoder = SSEDecoder()
+    assembler = StreamAssembler()
+    token_times = attempt.token_times
+    async for chunk in response.aiter_raw():
+        now = time.perf_counter()
+        for event_type, data in decoder.feed(chunk):
+            kind = assembler.add(event_type, data)
+            if kind == StreamAssembler.CONTENT:
+                if attempt.first_token is None:
+                    attempt.first_token = now
+                token_times.append(now)
+            elif kind == StreamAssembler.ERROR:
+                _fail(attempt, assembler.error_type or "stream_error", assembler.error_message or "")
+                return
+            elif kind == StreamAssembler.STOP:
+                attempt.message = assembler.message()
+                return
+    if assembler.invalid:
+        _fail(attempt, ERROR_INVALID_RESPONSE, assembler.invalid)
+    else:
+        attempt.transport_failure = True
+        _fail(attempt, ERROR_STREAM_INCOMPLETE, "stream ended before message_stop")
+
+
+_DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "_partial_json"}
+_DELTA_VALUE = {"text": "text", "thinking": "thinking", "_partial_json": "partial_json"}
+
+
+class StreamAssembler:
+    """Rebuilds an Anthropic Message from SSE events (``message_start`` … ``message_stop``)."""
+
+    OTHER, CONTENT, ERROR, STOP = 0, 1, 2, 3
+    __slots__ = ("_blocks", "_msg", "error_message", "error_type", "invalid")
+
+    def __init__(self) -> None:
+        self._msg: dict[str, Any] | None = None
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+        self.invalid: str | None = None
+
+    def add(self, event_type: str | None, data: bytes) -> int:
+        """Take one event; return what kind it was (``CONTENT`` for a content delta)."""
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.invalid = _excerpt(data, "undecodable SSE data")
+            return self.OTHER
+        if not isinstance(payload, dict):
+            return self.OTHER
+        kind = event_type or payload.get("type")
+        if kind == "content_block_delta":
+            block = self._blocks.get(payload.get("index", 0))
+            delta = payload.get("delta") or {}
+            if block is not None:
+                key = _DELTA_FIELDS.get(delta.get("type"))
+                if key is not None:
+                    # Parts are joined once at the end: += on str is quadratic on long outputs.
+                    block.setdefault(key, []).append(delta.get(_DELTA_VALUE[key], ""))
+            return self.CONTENT
+        if kind == "message_start":
+            msg = payload.get("message")
+            self._msg = dict(msg) if isinstance(msg, dict) else {}
+            return self.OTHER
+        if kind == "content_block_start":
+            raw_block = payload.get("content_block")
+            block = dict(raw_block) if isinstance(raw_block, dict) else {}
+            for key in ("text", "thinking"):
+                if isinstance(block.get(key), str):
+                    block["_" + key] = block.pop(key)  # initial text; deltas follow as parts
+            self._blocks[payload.get("index", len(self._blocks))] = block
+            return self.OTHER
+        if kind == "message_delta":
+            msg = self._msg if self._msg is not None else {}
+            self._msg = msg
+            delta = payload.get("delta") or {}
+            for key in ("stop_reason", "stop_sequence"):
+                if key in delta:
+                    msg[key] = delta[key]
+            usage = payload.get("usage")
+            if isinstance(usage, dict):
+                # message_delta usage is cumulative; it updates what message_start said.
+                merged = dict(msg.get("usage") or {})
+                merged.update({k: v for k, v in usage.items() if v is not None})
+                msg["usage"] = merged
+            return self.OTHER
+        if kind == "message_stop":
+            return self.STOP
+        if kind == "error":
+            err = payload.get("error") or {}
+            self.error_type = (err.get("type") or None) if isinstance(err, dict) else None
+            self.error_message = str(err.get("message", "")) if isinstance(err, dict) else ""
+            return self.ERROR
+        return self.OTHER
+
+    def message(self) -> dict[str, Any]:
+        msg = self._msg if self._msg is not None else {"type": "message"}
+        content = []
+        for index in sorted(self._blocks):
+            block = self._blocks[index]
+            for key in ("text", "thinking"):
+                parts = block.get(key)
+                initial = block.pop("_" + key, None)
+                if isinstance(parts, list):
+                    block[key] = (initial or "") + "".join(parts)
+                elif initial is not None:
+                    block[key] = initial
+            json_parts = block.pop("_partial_json", None)
+            partial = "".join(json_parts) if json_parts is not None else None
+            if partial is not None:
+                try:
+                    block["input"] = orjson.loads(partial) if partial else {}
+                except orjson.JSONDecodeError:
+                    block["input"] = partial
+            content.append(block)
+        msg["content"] = content
+        return msg

@@ -1,0 +1,146 @@
+"""Run configuration: one validated object built by the CLI or the library entry point.
+
+Validation errors raise :class:`ConfigError` with a message naming the option, so both
+front ends report them the same way. Secrets live in :attr:`RunConfig.api_key` and
+:attr:`RunConfig.virtual_key` and are dropped by :meth:`RunConfig.public_dict`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchrunner.client import Timeouts, messages_url, redact_url
+from batchrunner.retry import RetryPolicy
+from batchrunner.schema import Mode
+
+DEFAULT_CONCURRENCY = 32
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+#: Headers whose values are credentials: never stored, never printed.
+SECRET_HEADER_PATTERN = re.compile(
+    r"(authorization|api[-_]?key|x-bf-vk|token|secret|cookie|password)", re.IGNORECASE
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class ConfigError(ValueError):
+    """An invalid option; the message names it and is meant for the user."""
+
+
+@dataclass(slots=True)
+class RunConfig:
+    """Everything a run needs. See ``batchrunner run --help`` for each field's meaning."""
+
+    requests: Path
+    gateway: str | None = None
+    mode: Mode = Mode.SYNC
+    #: Closed loop: number of workers (default 32). Open loop (``rate``): a cap on requests in
+    #: flight (default: none beyond a large safety bound).
+    concurrency: int | None = None
+    rate: float | None = None
+    arrival: str = "constant"
+    max_rate: float | None = None
+    max_requests: int | None = None
+    duration_s: float | None = None
+    out: Path | None = None
+    results_root: Path = Path("results")
+    resume: bool = False
+    retry_failed: bool = False
+    api_key: str | None = field(default=None, repr=False)
+    virtual_key: str | None = field(default=None, repr=False)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_error_rate: float | None = None
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    keep_response_json: bool = True
+    keep_response_text: bool = True
+    seed: int = 0
+    run_name: str | None = None
+    emulator_profile: str | None = None
+    # source options
+    model: str | None = None
+    max_tokens: int | None = None
+    system: str | None = None
+    model_override: str | None = None
+    prompt_column: str = "prompt"
+    strict: bool = False
+
+    def validate(self) -> None:
+        """Check values; normalise the gateway URL.
+
+        :raises ConfigError: naming the offending option.
+        """
+        if not isinstance(self.mode, Mode):
+            try:
+                self.mode = Mode(str(self.mode))
+            except ValueError:
+                raise ConfigError(
+                    f"--mode must be one of sync, stream, async (got {self.mode!r})"
+                ) from None
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError("--concurrency must be at least 1")
+        if self.rate is not None and self.rate <= 0:
+            raise ConfigError("--rate must be > 0 requests per second")
+        if self.max_rate is not None and self.max_rate <= 0:
+            raise ConfigError("--max-rate / --rpm must be > 0")
+        if self.arrival not in ("constant", "poisson"):
+            raise ConfigError("--arrival must be constant or poisson")
+        if self.max_requests is not None and self.max_requests < 0:
+            raise ConfigError("--max-requests must be >= 0")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError("--duration must be > 0 seconds")
+        if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
+            raise ConfigError("--max-error-rate must be between 0 and 1 (e.g. 0.05)")
+        if self.drain_timeout_s < 0:
+            raise ConfigError("--drain-timeout must be >= 0")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError("--max-tokens must be >= 1")
+        for name, value in self.headers.items():
+            if not _HEADER_NAME.match(name):
+                raise ConfigError(f"-H: invalid header name {name!r}")
+            if "\n" in value or "\r" in value:
+                raise ConfigError(f"-H {name}: header values cannot contain line breaks")
+        if self.gateway is not None:
+            try:
+                self.gateway = messages_url(self.gateway)
+            except ValueError as exc:
+                raise ConfigError(f"--gateway: {exc}") from None
+        if self.mode is Mode.ASYNC:
+            raise ConfigError("--mode async is not available yet in this version (see issue 4)")
+
+    def request_headers(self) -> dict[str, str]:
+        """Headers for every request: auth first, then the user's extras."""
+        headers: dict[str, str] = {}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        if self.virtual_key:
+            headers["x-bf-vk"] = self.virtual_key
+        headers.update({k.lower(): v for k, v in self.headers.items()})
+        return headers
+
+    def public_dict(self) -> dict[str, Any]:
+        """The configuration with every secret removed, for ``run.json`` and logs."""
+        data = asdict(self)
+        data.pop("api_key")
+        data.pop("virtual_key")
+        data["api_key_set"] = bool(self.api_key)
+        data["virtual_key_set"] = bool(self.virtual_key)
+        data["headers"] = {
+            k: ("<redacted>" if SECRET_HEADER_PATTERN.search(k) or _looks_secret(v) else v)
+            for k, v in self.headers.items()
+        }
+        data["gateway"] = redact_url(self.gateway) if self.gateway else None
+        data["mode"] = self.mode.value
+        for key in ("requests", "out", "results_root"):
+            if data[key] is not None:
+                data[key] = str(data[key])
+        return data
+
+
+def _looks_secret(value: str) -> bool:
+    """Key-shaped values (``sk-…``, ``Bearer …``) are redacted whatever their header is called."""
+    v = value.strip().lower()
+    return v.startswith(("sk-", "bearer "))

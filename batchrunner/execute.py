@@ -1,0 +1,242 @@
+"""One request from schedule to result row: attempts, retries, timings and the row itself.
+
+:func:`execute` never raises for a failed request; the failure is in the row. If the task is
+cancelled (the run is stopping), it still emits a ``cancelled`` row before re-raising, so that
+every request that was started ends as exactly one row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from batchrunner.client import Attempt, GatewayClient, bifrost_headers
+from batchrunner.retry import RetryPolicy, retry_delay
+from batchrunner.schema import ERROR_CANCELLED, Mode, RequestRecord, Status, empty_row
+
+
+class Acquirer(Protocol):
+    async def acquire(self) -> None: ...
+
+
+@dataclass(slots=True)
+class ExecContext:
+    """What every request of a run shares."""
+
+    client: GatewayClient
+    mode: Mode
+    run_id: str
+    policy: RetryPolicy
+    emit: Callable[[dict[str, Any]], None]
+    throttle: Acquirer | None = None
+    stage: str | None = None
+    keep_response_json: bool = True
+    keep_response_text: bool = True
+    stopping: Callable[[], bool] = lambda: False
+    rng: random.Random | None = None
+
+
+def encode_body(record: RequestRecord, mode: Mode) -> bytes:
+    """The JSON body sent for ``record`` in ``mode`` (``stream`` is set by the mode, not the input)."""
+    params = record.params
+    if mode is Mode.STREAM:
+        params = {**params, "stream": True}
+    elif "stream" in params:
+        params = {k: v for k, v in params.items() if k != "stream"}
+    return orjson.dumps(params)
+
+
+async def execute(
+    record: RequestRecord,
+    ctx: ExecContext,
+    *,
+    scheduled: float,
+    scheduled_at: float,
+) -> None:
+    """Send ``record`` (with retries) and emit its one result row through ``ctx.emit``.
+
+    :param scheduled: ``perf_counter()`` instant the request should have started.
+    :param scheduled_at: the same instant as epoch seconds.
+    """
+    stream = ctx.mode is Mode.STREAM
+    body = encode_body(record, ctx.mode)
+    request_id = f"{ctx.run_id}-{record.input_index}"
+    extra = [("x-request-id", request_id), *record.extra_headers.items()]
+    attempts = 0
+    first_sent: float | None = None
+    first_sent_at: float | None = None
+    attempt: Attempt | None = None
+    try:
+        while True:
+            if ctx.throttle is not None:
+                await ctx.throttle.acquire()
+            attempts += 1
+            attempt = await ctx.client.send(body, stream=stream, extra_headers=extra)
+            if first_sent is None:
+                first_sent, first_sent_at = attempt.sent, attempt.sent_at
+            if attempt.ok:
+                break
+            delay = retry_delay(
+                ctx.policy,
+                attempts_done=attempts,
+                http_status=attempt.http_status,
+                error_type=attempt.error_type,
+                headers=attempt.headers,
+                transport_failure=attempt.transport_failure,
+                timed_out=attempt.timed_out,
+                rng=ctx.rng,
+            )
+            if delay is None or ctx.stopping():
+                break
+            await asyncio.sleep(delay)
+    except asyncio.CancelledError:
+        row = _base_row(record, ctx, request_id, scheduled_at)
+        now = time.perf_counter()
+        row.update(
+            status=Status.CANCELLED.value,
+            error_type=ERROR_CANCELLED,
+            error_message="the run was stopped while this request was in flight",
+            attempts=attempts,
+            total_s=now - scheduled,
+            completed_at=time.time(),
+        )
+        if first_sent is not None:
+            row["sent_at"] = first_sent_at
+            row["queue_wait_s"] = first_sent - scheduled
+        ctx.emit(row)
+        raise
+    assert attempt is not None and first_sent is not None
+    row = _base_row(record, ctx, request_id, scheduled_at)
+    row["attempts"] = attempts
+    row["sent_at"] = first_sent_at
+    row["queue_wait_s"] = max(0.0, first_sent - scheduled)
+    row["total_s"] = attempt.done - scheduled
+    fill_attempt(row, attempt, ctx)
+    ctx.emit(row)
+
+
+def _base_row(
+    record: RequestRecord, ctx: ExecContext, request_id: str, scheduled_at: float
+) -> dict[str, Any]:
+    row = empty_row()
+    row["run_id"] = ctx.run_id
+    row["custom_id"] = record.custom_id
+    row["input_index"] = record.input_index
+    if record.metadata is not None:
+        row["metadata"] = orjson.dumps(record.metadata).decode()
+    row["mode"] = ctx.mode.value
+    row["stage"] = ctx.stage
+    row["request_id"] = request_id
+    model = record.params.get("model")
+    row["model_requested"] = model if isinstance(model, str) else None
+    row["scheduled_at"] = scheduled_at
+    return row
+
+
+_HEADER_COLUMNS = (
+    ("x-bifrost-provider", "bifrost_provider", str),
+    ("x-bifrost-resolved-model", "bifrost_resolved_model", str),
+    ("x-bifrost-fallback-index", "bifrost_fallback_index", int),
+    ("x-bifrost-upstream-latency-ms", "bifrost_upstream_latency_ms", float),
+    ("x-bifrost-cost-usd", "bifrost_cost_usd", float),
+)
+
+
+def fill_attempt(row: dict[str, Any], attempt: Attempt, ctx: ExecContext) -> None:
+    """Outcome, timings, usage and payload of the final attempt."""
+    row["http_status"] = attempt.http_status
+    row["completed_at"] = attempt.sent_at + (attempt.done - attempt.sent)
+    row["latency_s"] = attempt.done - attempt.sent
+    if attempt.first_byte is not None:
+        row["ttfb_s"] = attempt.first_byte - attempt.sent
+    headers = attempt.headers
+    found = bifrost_headers(headers) if headers is not None else None
+    if found:
+        for name, column, cast in _HEADER_COLUMNS:
+            value = found.get(name)
+            if value is not None:
+                try:
+                    row[column] = cast(value)
+                except ValueError:
+                    pass
+    if attempt.ok:
+        row["status"] = Status.OK.value
+    else:
+        row["status"] = (Status.TIMEOUT if attempt.timed_out else Status.ERROR).value
+        row["error_type"] = attempt.error_type
+        row["error_message"] = attempt.error_message
+    times = attempt.token_times
+    if attempt.first_token is not None:
+        row["ttft_s"] = attempt.first_token - attempt.sent
+    if times:
+        row["content_deltas"] = len(times)
+        fill_itl(row, times)
+    message = attempt.message
+    if message is not None:
+        fill_message(row, message)
+        output_tokens = row["output_tokens"]
+        if attempt.first_token is not None and output_tokens and output_tokens > 1:
+            row["tpot_s"] = (attempt.done - attempt.first_token) / (output_tokens - 1)
+        if ctx.keep_response_json:
+            if attempt.raw_body is not None:
+                row["response_json"] = attempt.raw_body.decode("utf-8", "replace")
+            else:
+                row["response_json"] = orjson.dumps(message).decode()
+        if not ctx.keep_response_text:
+            row["response_text"] = None
+
+
+def fill_itl(row: dict[str, Any], times: list[float]) -> None:
+    """Inter-token statistics over the gaps between content deltas."""
+    if len(times) < 2:
+        return
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    n = len(gaps)
+    row["itl_mean_s"] = sum(gaps) / n
+    row["itl_p50_s"] = _quantile(gaps, 0.50)
+    row["itl_p99_s"] = _quantile(gaps, 0.99)
+    row["itl_max_s"] = gaps[-1]
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default method) of sorted values."""
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def fill_message(row: dict[str, Any], message: dict[str, Any]) -> None:
+    """Model, ids, stop reason, usage and text of an Anthropic Message."""
+    row["response_id"] = message.get("id")
+    model = message.get("model")
+    row["model"] = model if isinstance(model, str) and model else None
+    row["stop_reason"] = message.get("stop_reason")
+    usage = message.get("usage")
+    if isinstance(usage, dict):
+        row["input_tokens"] = _int(usage.get("input_tokens"))
+        row["output_tokens"] = _int(usage.get("output_tokens"))
+        row["cache_creation_input_tokens"] = _int(usage.get("cache_creation_input_tokens"))
+        row["cache_read_input_tokens"] = _int(usage.get("cache_read_input_tokens"))
+        split = usage.get("cache_creation")
+        if isinstance(split, dict):
+            row["cache_creation_5m_input_tokens"] = _int(split.get("ephemeral_5m_input_tokens"))
+            row["cache_creation_1h_input_tokens"] = _int(split.get("ephemeral_1h_input_tokens"))
+    content = message.get("content")
+    if isinstance(content, list):
+        texts = [
+            b.get("text", "")
+            for b in content
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        ]
+        row["response_text"] = "".join(texts)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,445 @@
+"""Readers of request files (JSONL, gzipped JSONL, Parquet) into batches of raw rows.
+
+Each reader streams: JSONL line by line, Parquet by record batches, so memory is bounded by one
+batch whatever the file size. A reader only finds rows, their index, their location and their
+``custom_id``; turning a row into a Messages body is a separate, later step (:meth:`body`), so
+that rows a resumed run skips cost no more than their id. File-level problems raise
+:class:`FormatError` with a one-line message naming the file; row-level problems are carried on
+the row (``RawRow.error``) or raised as :class:`~batchrunner.bodycheck.RowError` by ``body``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchrunner.bodycheck import RowError, json_type
+
+#: Rows per batch handed to the pipeline, and the JSONL bytes after which a batch is cut short.
+BATCH_ROWS = 1024
+BATCH_BYTES = 1 << 20
+#: ``raw`` text of a reject is cut to this many characters.
+RAW_LIMIT = 10_000
+
+_BOM = b"\xef\xbb\xbf"
+_BLOCK = 1 << 20
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_WRAPPER_KEYS = frozenset({"custom_id", "params", "metadata"})
+
+
+class FormatError(Exception):
+    """The file as a whole cannot be read; the message names the file."""
+
+
+@dataclass(slots=True)
+class RawRow:
+    """One data row of a file, before its body is built.
+
+    :param index: 0-based index among the file's data rows.
+    :param location: ``path:line`` or ``path#row N``.
+    :param given_id: the input's ``custom_id`` as found (``None`` when absent).
+    :param error: a reason when the row is already known to be unusable.
+    :param data: reader-specific content (the parsed line, or the row's column values).
+    """
+
+    index: int
+    location: str
+    given_id: Any
+    error: str | None
+    data: Any
+
+
+def open_source(
+    path: str | os.PathLike[str], prompt_column: str, metadata_columns: tuple[str, ...]
+) -> JsonlSource | ParquetSource:
+    """The reader for ``path``, chosen by its extension, after checking the file can be read.
+
+    :raises FormatError: missing or unreadable file, unknown extension, unusable Parquet.
+    """
+    display = os.fspath(path)
+    name = display.lower()
+    if name.endswith(JSONL_SUFFIXES):
+        kind = "jsonl"
+    elif name.endswith(PARQUET_SUFFIXES):
+        kind = "parquet"
+    else:
+        raise FormatError(
+            f"{display}: unknown file type; expected one of "
+            f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)}"
+        )
+    p = Path(display)
+    try:
+        if p.is_dir():
+            raise FormatError(f"{display}: is a directory, not a request file")
+        with p.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise FormatError(f"{display}: no such file") from None
+    except OSError as exc:
+        raise FormatError(f"{display}: cannot read: {exc.strerror or exc}") from None
+    if kind == "jsonl":
+        return JsonlSource(p, display)
+    return ParquetSource(p, display, prompt_column, metadata_columns)
+
+
+def truncate(text: str) -> str:
+    return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT]
+
+
+# --------------------------------------------------------------------------- JSONL
+
+
+class JsonlSource:
+    """JSON Lines, optionally gzipped; each non-blank line is one request.
+
+    Blank (whitespace-only) lines are skipped and take no index, so ``input_index`` counts data
+    lines while locations keep the physical 1-based line number. A UTF-8 byte order mark at the
+    start and CRLF line ends are accepted.
+    """
+
+    def __init__(self, path: Path, display: str) -> None:
+        self.path = path
+        self.display = display
+        self._gzip = display.lower().endswith(".gz")
+
+    def _open(self) -> Any:
+        return gzip.open(self.path, "rb") if self._gzip else self.path.open("rb")
+
+    def count(self) -> int:
+        """Number of non-blank lines, scanning 1 MiB blocks (no parsing)."""
+        try:
+            with self._open() as f:
+                return _count_nonblank_lines(f)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise FormatError(f"{self.display}: cannot read: {exc}") from None
+
+    def batches(self) -> Iterator[list[RawRow]]:
+        """Rows in file order, in lists of at most :data:`BATCH_ROWS` rows or ~1 MiB of text."""
+        display = self.display
+        index = 0
+        batch: list[RawRow] = []
+        size = 0
+        try:
+            with self._open() as f:
+                for line_no, line in enumerate(f, start=1):
+                    if line_no == 1 and line.startswith(_BOM):
+                        line = line[3:]
+                    if not line or line.isspace():
+                        continue
+                    batch.append(_parse_line(line, index, f"{display}:{line_no}"))
+                    index += 1
+                    size += len(line)
+                    if len(batch) >= BATCH_ROWS or size >= BATCH_BYTES:
+                        yield batch
+                        batch, size = [], 0
+        except (OSError, EOFError, zlib.error) as exc:
+            raise FormatError(f"{display}: cannot read: {exc}") from None
+        if batch:
+            yield batch
+
+    def body(self, row: RawRow) -> tuple[Any, dict[str, Any] | None]:
+        """The row's (undecoded-yet-unchecked) Messages body and metadata.
+
+        :raises RowError: the line is neither a bare body nor the Message Batches shape.
+        """
+        obj: dict[str, Any] = row.data[1]
+        if "params" not in obj:
+            # A bare Messages body. Its own ``metadata`` is Anthropic's field and stays in it;
+            # a ``custom_id`` cannot be a Messages field, so it was taken as the row's id.
+            obj.pop("custom_id", None)
+            return obj, None
+        if not _WRAPPER_KEYS.issuperset(obj):
+            unknown = sorted(set(obj) - _WRAPPER_KEYS)
+            raise RowError(
+                f"unknown field {unknown[0]!r} beside params "
+                "(the Message Batches shape allows custom_id, params, metadata)"
+            )
+        metadata = obj.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise RowError(f"metadata must be a JSON object, got {json_type(metadata)}")
+        return obj["params"], metadata
+
+    def raw_text(self, row: RawRow) -> str:
+        line: bytes = row.data[0]
+        return truncate(line.decode("utf-8", "replace").rstrip("\r\n"))
+
+
+def _parse_line(line: bytes, index: int, location: str) -> RawRow:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        hint = "" if line.endswith(b"\n") else " (last line has no newline: truncated file?)"
+        return RawRow(index, location, None, f"invalid JSON: {exc}{hint}", (line, None))
+    if not isinstance(obj, dict):
+        return RawRow(
+            index, location, None, f"not a JSON object (got {json_type(obj)})", (line, None)
+        )
+    return RawRow(index, location, obj.get("custom_id"), None, (line, obj))
+
+
+# A blank line can only start right after a newline, with whitespace or another newline.
+_BLANK_START = re.compile(rb"\n[\n\r \t\x0b\x0c]")
+
+
+def _count_nonblank_lines(f: Any) -> int:
+    # Same notion of "blank" as JsonlSource.batches (bytes.isspace). Lines are counted with
+    # bytes.count; the per-line slow path runs only for blocks where _BLANK_START matches.
+    count = 0
+    open_line_has_text = False  # the unfinished line carried over from the previous block
+    start = f.read(len(_BOM))
+    block = b"" if start == _BOM else start
+    while True:
+        if not block:
+            block = f.read(_BLOCK)
+            if not block:
+                break
+        first_nl = block.find(b"\n")
+        if first_nl < 0:
+            open_line_has_text = open_line_has_text or not block.isspace()
+            block = b""
+            continue
+        head = block[:first_nl]
+        if open_line_has_text or (head and not head.isspace()):
+            count += 1
+        last_nl = block.rfind(b"\n")
+        inner = block.count(b"\n", first_nl, last_nl + 1) - 1  # lines between the two
+        if inner > 0:
+            if _BLANK_START.search(block, first_nl, last_nl + 1):
+                lines = block[first_nl + 1 : last_nl].split(b"\n")
+                count += sum(1 for line in lines if line and not line.isspace())
+            else:
+                count += inner
+        tail = block[last_nl + 1 :]
+        open_line_has_text = bool(tail) and not tail.isspace()
+        block = b""
+    return count + open_line_has_text
+
+
+# --------------------------------------------------------------------------- Parquet
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _is_text(t.value_type)
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or getattr(pa.types, "is_string_view", lambda _t: False)(t)
+    )
+
+
+def _is_bytes(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+class ParquetSource:
+    """A Parquet file in one of two layouts, chosen from its columns.
+
+    * Message Batches layout: a ``params`` column (struct, or JSON text), optional ``custom_id``
+      (text or integer) and ``metadata`` (struct, map, or JSON text).
+    * Prompt layout (no ``params``): a text prompt column becomes one user message; optional
+      ``system``, ``model``, ``max_tokens``, ``custom_id`` and ``metadata`` columns.
+
+    In both, the columns named in ``metadata_columns`` are added to the row's metadata.
+    """
+
+    def __init__(
+        self, path: Path, display: str, prompt_column: str, metadata_columns: tuple[str, ...]
+    ) -> None:
+        self.path = path
+        self.display = display
+        try:
+            with pq.ParquetFile(path) as pf:
+                schema = pf.schema_arrow
+                self.num_rows = pf.metadata.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise FormatError(
+                f"{display}: not a readable Parquet file ({_first_line(exc)})"
+            ) from None
+        types = {f.name: f.type for f in schema}
+        if "params" in types:
+            self.layout = "batches"
+            self._check(types, "params", text=True, binary=True, struct=True)
+        elif prompt_column in types:
+            self.layout = "prompt"
+            self.prompt_column = prompt_column
+            self._check(types, prompt_column, text=True)
+            for name in ("system", "model"):
+                if name in types:
+                    self._check(types, name, text=True)
+            if "max_tokens" in types:
+                self._check(types, "max_tokens", integer=True)
+        else:
+            found = ", ".join(types) or "none"
+            raise FormatError(
+                f"{display}: no usable columns: need 'params' (Message Batches layout) or the "
+                f"prompt column {prompt_column!r} (see --prompt-column); columns are: {found}"
+            )
+        if "custom_id" in types:
+            self._check(types, "custom_id", text=True, integer=True)
+        if "metadata" in types:
+            self._check(types, "metadata", text=True, binary=True, struct=True, map_=True)
+        missing = [c for c in metadata_columns if c not in types]
+        if missing:
+            raise FormatError(f"{display}: metadata column {missing[0]!r} not found")
+        self.metadata_columns = tuple(c for c in metadata_columns if c != "metadata")
+        if self.layout == "prompt":
+            wanted = [prompt_column, "custom_id", "metadata", "system", "model", "max_tokens"]
+        else:
+            wanted = ["custom_id", "params", "metadata"]
+        wanted += self.metadata_columns
+        self.columns = list(dict.fromkeys(c for c in wanted if c in types))
+
+    def _check(
+        self,
+        types: dict[str, pa.DataType],
+        name: str,
+        *,
+        text: bool = False,
+        binary: bool = False,
+        struct: bool = False,
+        map_: bool = False,
+        integer: bool = False,
+    ) -> None:
+        t = types[name]
+        ok = (
+            pa.types.is_null(t)
+            or (text and _is_text(t))
+            or (binary and _is_bytes(t))
+            or (struct and pa.types.is_struct(t))
+            or (map_ and pa.types.is_map(t))
+            or (integer and pa.types.is_integer(t))
+        )
+        if not ok:
+            kinds = [
+                k
+                for k, on in (
+                    ("text", text),
+                    ("binary JSON", binary),
+                    ("struct", struct),
+                    ("map", map_),
+                    ("integer", integer),
+                )
+                if on
+            ]
+            raise FormatError(
+                f"{self.display}: column {name!r} has type {t}; expected "
+                + (f"{', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1 else kinds[0])
+            )
+
+    def count(self) -> int:
+        return int(self.num_rows)
+
+    def batches(self) -> Iterator[list[RawRow]]:
+        display = self.display
+        columns = self.columns
+        index = 0
+        try:
+            # A buffered stream and no reader threads: memory stays near one row group's
+            # pages, and no pyarrow thread pool competes with the run's event loop.
+            with pq.ParquetFile(self.path, buffer_size=_BLOCK) as pf:
+                batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
+                for record_batch in batches:
+                    values = [record_batch.column(c).to_pylist() for c in columns]
+                    ids = values[columns.index("custom_id")] if "custom_id" in columns else None
+                    rows = []
+                    for j, row_values in enumerate(zip(*values, strict=True)):
+                        given = ids[j] if ids is not None else None
+                        rows.append(
+                            RawRow(
+                                index,
+                                f"{display}#row {index}",
+                                given,
+                                None,
+                                dict(zip(columns, row_values, strict=True)),
+                            )
+                        )
+                        index += 1
+                    if rows:
+                        yield rows
+        except (pa.ArrowException, OSError) as exc:
+            raise FormatError(f"{display}: cannot read Parquet: {_first_line(exc)}") from None
+
+    def body(self, row: RawRow) -> tuple[Any, dict[str, Any] | None]:
+        """The row's Messages body and metadata.
+
+        :raises RowError: a JSON text cell does not decode, or a prompt is missing.
+        """
+        data: dict[str, Any] = row.data
+        if self.layout == "batches":
+            params = _cell_object(data.get("params"), "params", required=True)
+        else:
+            prompt = data[self.prompt_column]
+            if not isinstance(prompt, str) or not prompt:
+                raise RowError(f"prompt column {self.prompt_column!r} is empty")
+            params = {
+                name: data[name]
+                for name in ("model", "max_tokens", "system")
+                if data.get(name) is not None
+            }
+            params["messages"] = [{"role": "user", "content": prompt}]
+        metadata = _cell_object(data.get("metadata"), "metadata", required=False)
+        for name in self.metadata_columns:
+            metadata = metadata if metadata is not None else {}
+            metadata[name] = _jsonable(data[name])
+        return params, metadata
+
+    def raw_text(self, row: RawRow) -> str:
+        text = orjson.dumps(row.data, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        return truncate(text)
+
+
+def _cell_object(value: Any, name: str, *, required: bool) -> Any:
+    """A struct, map or JSON-text cell as a dict; struct nulls (absent fields) are dropped."""
+    if value is None:
+        if required:
+            raise RowError(f"{name} is null")
+        return None
+    if isinstance(value, str | bytes):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise RowError(f"{name}: invalid JSON: {exc}") from None
+        if name == "metadata" and value is None:
+            return None
+        if not isinstance(value, dict):
+            raise RowError(f"{name} must be a JSON object, got {json_type(value)}")
+        return value
+    if isinstance(value, list):  # a map column comes back as [(key, value), ...]
+        return {k: _drop_none(v) for k, v in value if v is not None}
+    # A struct: Parquet gives every field of the column's type, None where the row had none.
+    return _drop_none(value)
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)  # timestamps, decimals, bytes: metadata is written as JSON text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,76 @@
+"""When requests may start: open-loop schedules, precise waits, and a request-rate ceiling.
+
+Closed-loop concurrency needs no code here (the runner starts N workers). Open loop uses a
+precomputed schedule so that lateness is measured against the plan (wrk2's lesson): a request
+that starts late still carries its planned instant, and its ``total_s`` includes the lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Iterator
+
+from asyncio_throttle import Throttler
+
+#: Sleep until this close to the target, then yield to the loop until it passes. uvloop's
+#: timers have 1 ms resolution; spinning the last stretch keeps p99 send lag well under it.
+SPIN_WINDOW_S = 0.0015
+
+
+def schedule_offsets(rate: float, arrival: str = "constant", seed: int = 0) -> Iterator[float]:
+    """Seconds after the start at which the i-th request is due (an endless, lazy sequence).
+
+    :param rate: mean requests per second.
+    :param arrival: ``constant`` (evenly spaced) or ``poisson`` (exponential gaps, seeded).
+    :param seed: RNG seed for ``poisson``; the same seed gives the same schedule.
+    """
+    if rate <= 0:
+        raise ValueError("rate must be > 0")
+    if arrival == "constant":
+        interval = 1.0 / rate
+        i = 0
+        while True:
+            yield i * interval
+            i += 1
+    elif arrival == "poisson":
+        rng = random.Random(seed)
+        t = 0.0
+        while True:
+            yield t
+            t += rng.expovariate(rate)
+    else:
+        raise ValueError(f"unknown arrival process {arrival!r}")
+
+
+async def sleep_until(target: float) -> None:
+    """Wait until ``time.perf_counter()`` reaches ``target`` (sleep, then spin the last stretch)."""
+    remaining = target - time.perf_counter()
+    if remaining > SPIN_WINDOW_S:
+        await asyncio.sleep(remaining - SPIN_WINDOW_S)
+    while time.perf_counter() < target:
+        await asyncio.sleep(0)
+
+
+class RateCeiling:
+    """At most ``rate`` request starts per second, through asyncio-throttle.
+
+    A sliding window of 1/10 s (at least one request) keeps bursts small while staying within
+    the limit over any window, which is what gateway rate limits count.
+
+    :param rate: requests per second (``--max-rate``; ``--rpm`` divides by 60).
+    """
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        per_window = max(1, math.floor(rate / 10))
+        self.rate = rate
+        self._throttler = Throttler(
+            rate_limit=per_window, period=per_window / rate, retry_interval=0.001
+        )
+
+    async def acquire(self) -> None:
+        await self._throttler.acquire()

@@ -1,0 +1,120 @@
+"""Live counters of a run and the one-line progress display on stderr.
+
+Counters are updated on the event loop for every finished request (a few integer additions and
+one ring-buffer store), and the display is redrawn a few times a second by its own task, so
+drawing never slows the request path. The display is silent with ``--quiet`` or when stderr is
+not a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from collections import Counter, deque
+from typing import Any, TextIO
+
+RECENT_LATENCIES = 2048
+REFRESH_S = 0.5
+
+
+class LiveStats:
+    """What the run has done so far (this session), for progress and stop decisions."""
+
+    def __init__(self, total: int | None, already_done: int = 0) -> None:
+        self.total = total
+        self.already_done = already_done
+        self.started = time.perf_counter()
+        self.done = 0
+        self.in_flight = 0
+        self.by_status: Counter[str] = Counter()
+        self.errors_by_type: Counter[str] = Counter()
+        self.output_tokens = 0
+        self.rejected = 0
+        self._latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
+
+    def record(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        status = row["status"]
+        self.by_status[status] += 1
+        if status != "ok":
+            self.errors_by_type[row.get("error_type") or status] += 1
+        latency = row.get("latency_s")
+        if latency is not None:
+            self._latencies.append(latency)
+        tokens = row.get("output_tokens")
+        if tokens:
+            self.output_tokens += tokens
+
+    @property
+    def failed(self) -> int:
+        return self.done - self.by_status.get("ok", 0) - self.by_status.get("cancelled", 0)
+
+    def latency_p50(self) -> float | None:
+        return statistics.median(self._latencies) if self._latencies else None
+
+    def line(self) -> str:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = self.done / elapsed
+        finished = self.already_done + self.done
+        parts = [f"{finished:,}" + (f"/{self.total:,}" if self.total is not None else "")]
+        if self.total:
+            parts[0] += f" ({100.0 * finished / self.total:.1f}%)"
+        parts.append(f"{rate:,.1f} req/s")
+        parts.append(f"errors {self.failed:,}")
+        parts.append(f"in flight {self.in_flight:,}")
+        p50 = self.latency_p50()
+        if p50 is not None:
+            parts.append(f"p50 {p50 * 1000:,.0f} ms")
+        if self.total and rate > 0:
+            left = max(0, self.total - finished - self.rejected)
+            parts.append(f"ETA {_fmt_duration(left / rate)}")
+        return " | ".join(parts)
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class ProgressDisplay:
+    """Redraws :meth:`LiveStats.line` on one terminal line until stopped."""
+
+    def __init__(self, stats: LiveStats, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.stats = stats
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and _isatty(self.stream)
+        self._width = 0
+
+    async def run(self) -> None:
+        if not self.enabled:
+            return
+        try:
+            while True:
+                self.draw()
+                await asyncio.sleep(REFRESH_S)
+        finally:
+            self.clear()
+
+    def draw(self) -> None:
+        text = self.stats.line()
+        pad = max(0, self._width - len(text))
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()
+        self._width = len(text)
+
+    def clear(self) -> None:
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

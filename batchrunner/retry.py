@@ -1,0 +1,137 @@
+"""Pure retry decisions: whether a failed attempt is retried and after how long.
+
+Follows the gateway's own hints first (``x-should-retry``, ``retry-after-ms``, ``retry-after``),
+then status classes (408, 409, 429, 5xx including 529) and transport failures, with capped
+exponential back-off and full jitter. Nothing here sleeps or does I/O, so tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_MAX_RETRIES = 4
+DEFAULT_BACKOFF_BASE_S = 0.5
+DEFAULT_BACKOFF_MAX_S = 30.0
+#: A server asking for a longer pause than this is obeyed only up to it, so one bad header
+#: cannot park a request for hours.
+DEFAULT_MAX_RETRY_AFTER_S = 120.0
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+#: Anthropic error types that are worth another attempt when they arrive inside a 200 stream.
+RETRYABLE_ERROR_TYPES = frozenset(
+    {"overloaded_error", "api_error", "rate_limit_error", "timeout_error", "request_dropped"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How many times and how patiently to retry.
+
+    :param max_retries: retries after the first attempt (0 disables retries).
+    :param backoff_base_s: first back-off ceiling; doubles each retry.
+    :param backoff_max_s: back-off ceiling.
+    :param max_retry_after_s: cap on a server-requested pause.
+    :param retry_timeouts: whether our own timeouts are retried (a stalled gateway may recover).
+    """
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
+    backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
+    retry_timeouts: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if self.backoff_base_s < 0 or self.backoff_max_s < 0:
+            raise ValueError("back-off durations must be >= 0")
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``retry-after``.
+
+    ``retry-after`` may be delta-seconds (possibly fractional) or an HTTP date.
+
+    :param headers: response headers (case-insensitive mapping, or lower-case keys).
+    :param now: current epoch seconds, for HTTP-date values (injected for tests).
+    :return: a non-negative delay, or ``None`` when absent or unparseable.
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            value = float(raw_ms) / 1000.0
+        except ValueError:
+            value = -1.0
+        if value >= 0:
+            return value
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        value = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, value)
+    return value if value >= 0 else None
+
+
+def backoff_s(policy: RetryPolicy, retry_number: int, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential back-off for the ``retry_number``-th retry (1-based)."""
+    ceiling = min(policy.backoff_max_s, policy.backoff_base_s * (2 ** max(0, retry_number - 1)))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+def retry_delay(
+    policy: RetryPolicy,
+    *,
+    attempts_done: int,
+    http_status: int | None,
+    error_type: str | None,
+    headers: Mapping[str, str] | None = None,
+    transport_failure: bool = False,
+    timed_out: bool = False,
+    rng: random.Random | None = None,
+    now: float | None = None,
+) -> float | None:
+    """Decide whether to retry a failed attempt.
+
+    :param attempts_done: attempts made so far, including the failed one (>= 1).
+    :param http_status: the response status, or ``None`` when no response arrived.
+    :param error_type: the Anthropic ``error.type`` (from a body or a stream ``error`` event).
+    :param headers: response headers, for server hints.
+    :param transport_failure: the connection failed or dropped (no usable response).
+    :param timed_out: our own deadline passed.
+    :return: seconds to wait before the next attempt, or ``None`` for "do not retry".
+    """
+    if attempts_done > policy.max_retries:
+        return None
+    headers = headers or {}
+    should = headers.get("x-should-retry")
+    if should == "false":
+        return None
+    if timed_out:
+        retryable = policy.retry_timeouts
+    elif transport_failure:
+        retryable = True
+    elif http_status is not None and http_status >= 400:
+        retryable = http_status in RETRYABLE_STATUS or should == "true"
+    else:
+        # A 200 that failed later (stream error event, truncated stream, unreadable body).
+        retryable = error_type in RETRYABLE_ERROR_TYPES or error_type is None
+    if not retryable:
+        return None
+    hinted = parse_retry_after(headers, now=now)
+    if hinted is not None:
+        return min(hinted, policy.max_retry_after_s)
+    return backoff_s(policy, attempts_done, rng)

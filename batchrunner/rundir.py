@@ -1,0 +1,113 @@
+"""Choosing, naming and describing run directories (``run.json``), and checking resumes.
+
+A resume is only safe when the input is the same file it was: the resume key is the row's
+position in the input. So ``run.json`` records a fingerprint of the input, and a resume with a
+different one is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import socket
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+RUN_JSON = "run.json"
+_FINGERPRINT_BYTES = 1 << 20
+
+
+class RunDirError(Exception):
+    """The run directory cannot be used as asked; the message is for the user."""
+
+
+def input_fingerprint(path: Path) -> dict[str, Any]:
+    """Size and a hash of the first and last MiB: cheap for huge files, catches edits and swaps."""
+    stat = path.stat()
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as fh:
+        digest.update(fh.read(_FINGERPRINT_BYTES))
+        if stat.st_size > _FINGERPRINT_BYTES:
+            fh.seek(max(_FINGERPRINT_BYTES, stat.st_size - _FINGERPRINT_BYTES))
+            digest.update(fh.read(_FINGERPRINT_BYTES))
+    return {"path": str(path.resolve()), "size": stat.st_size, "blake2b_head_tail": digest.hexdigest()}
+
+
+def default_run_name(requests: Path, mode: str, now: float | None = None) -> str:
+    """``<input stem>-<mode>-<UTC yyyymmdd-HHMMSS>``, e.g. ``demo-sync-20261126-101500``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", requests.name.split(".")[0]) or "run"
+    stamp = datetime.fromtimestamp(now or time.time(), UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stem}-{mode}-{stamp}"
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any] | None:
+    """The run's description, or ``None`` if the directory has none (or it is unreadable)."""
+    try:
+        data = orjson.loads((run_dir / RUN_JSON).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def find_latest_run(results_root: Path, requests: Path) -> Path | None:
+    """The most recently started run directory under ``results_root`` for the same input file."""
+    if not results_root.is_dir():
+        return None
+    wanted = str(requests.resolve())
+    best: tuple[float, Path] | None = None
+    for child in results_root.iterdir():
+        info = read_run_json(child) if child.is_dir() else None
+        if not info or info.get("input", {}).get("path") != wanted:
+            continue
+        started = float(info.get("created_at") or 0)
+        if best is None or started > best[0]:
+            best = (started, child)
+    return best[1] if best else None
+
+
+def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any], mode: str) -> None:
+    """Refuse a resume whose input or mode differs from the original run.
+
+    :raises RunDirError: with what differs and what to do.
+    """
+    old = info.get("input") or {}
+    if old.get("size") != fingerprint["size"] or old.get("blake2b_head_tail") != fingerprint[
+        "blake2b_head_tail"
+    ]:
+        raise RunDirError(
+            f"cannot resume: the input {fingerprint['path']} is not the file this run started "
+            f"with ({old.get('path')}, {old.get('size')} bytes); rows are matched by position, so "
+            "resuming with a changed file would mix results. Start a new run (--out NEW_DIR)."
+        )
+    old_mode = (info.get("config") or {}).get("mode")
+    if old_mode and old_mode != mode:
+        raise RunDirError(
+            f"cannot resume a --mode {old_mode} run with --mode {mode}; use --mode {old_mode}"
+        )
+
+
+def environment() -> dict[str, Any]:
+    """Versions and host facts for ``run.json`` (nothing secret)."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("batchrunner", "httpx", "aiohttp", "pyarrow", "pandas", "orjson", "uvloop"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "cpus": os.cpu_count(),
+        "versions": versions,
+    }

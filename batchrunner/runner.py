@@ -1,0 +1,594 @@
+"""Orchestration of one run session: source → pacing → client → rows → store.
+
+Everything runs in one ``TaskGroup`` on one event loop. The source is read on a worker thread in
+batches; finished rows are handed to the store once per loop iteration (a request counts as
+finished when its row is in the journal, so ``kill -9`` loses only requests in flight); closed
+journal segments are compacted to Parquet on a thread. Stopping (first Ctrl-C, ``--duration``,
+a fatal error) stops scheduling and lets in-flight requests finish within the drain timeout;
+after that (or on a second Ctrl-C) they are cancelled and recorded as ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import orjson
+
+from batchrunner.client import GatewayClient, messages_url, redact_url
+from batchrunner.config import DEFAULT_CONCURRENCY, ConfigError, RunConfig
+from batchrunner.execute import ExecContext, execute
+from batchrunner.pacing import RateCeiling, schedule_offsets, sleep_until
+from batchrunner.progress import LiveStats, ProgressDisplay
+from batchrunner.rundir import (
+    RUN_JSON,
+    RunDirError,
+    check_resumable,
+    default_run_name,
+    environment,
+    find_latest_run,
+    input_fingerprint,
+    read_run_json,
+)
+from batchrunner.schema import ERROR_CONNECTION, RequestRecord, Status
+from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
+from batchrunner.store import RunStore, write_json_atomic
+from batchrunner.summary import SUMMARY_COLUMNS, summarize
+
+# Exit codes (documented in the README and in `batchrunner run --help`).
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+EXIT_ERROR_RATE = 4
+
+FEED_BATCH = 512
+#: Open loop without an explicit --concurrency: this many requests may be outstanding before
+#: the dispatcher waits (the wait shows as send lag and in total_s, never hidden).
+OPEN_LOOP_MAX_OUTSTANDING = 10_000
+COMPACT_CHECK_S = 1.0
+#: This many consecutive requests failing in a way that says the configuration is wrong (bad
+#: key, wrong URL, gateway unreachable) abort the run instead of burning through the whole set;
+#: their rows are kept, and ``--retry-failed`` sends them again.
+CONFIG_ERROR_STATUSES = frozenset({401, 403, 404, 405})
+MAX_CONSECUTIVE_CONFIG_ERRORS = 20
+REDO_ON_RETRY_FAILED = frozenset(
+    {Status.CANCELLED.value, Status.ERROR.value, Status.TIMEOUT.value, Status.EXPIRED.value}
+)
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a finished (or stopped) session leaves behind.
+
+    :ivar run_dir: the run directory.
+    :ivar summary: :func:`batchrunner.summary.summarize` of all rows of the run.
+    :ivar status: ``finished``, ``incomplete`` (limits reached), ``interrupted`` or ``aborted``.
+    :ivar exit_code: the CLI's exit code for this outcome.
+    """
+
+    run_dir: Path
+    summary: dict[str, Any]
+    status: str
+    exit_code: int
+    message: str = ""
+    rejected: int = 0
+    sent_this_session: int = 0
+
+
+class RunAborted(Exception):
+    """The run cannot go on (bad input in strict mode, unwritable output, config errors)."""
+
+
+class _RecordFeed:
+    """Hands out request records, reading the source on a thread in batches."""
+
+    def __init__(self, iterator: Iterator[RequestRecord], limit: int | None) -> None:
+        self._it = iterator
+        self._buf: deque[RequestRecord] = deque()
+        self._left = limit
+        self._done = False
+        self._lock = asyncio.Lock()
+
+    def _take(self) -> list[RequestRecord]:
+        want = FEED_BATCH if self._left is None else min(FEED_BATCH, self._left)
+        batch = []
+        for record in self._it:
+            batch.append(record)
+            if len(batch) >= want:
+                break
+        return batch
+
+    async def next(self) -> RequestRecord | None:
+        if self._buf:
+            return self._buf.popleft()
+        async with self._lock:
+            while not self._buf:
+                if self._done or self._left == 0:
+                    return None
+                batch = await asyncio.to_thread(self._take)
+                if not batch:
+                    self._done = True
+                    return None
+                if self._left is not None:
+                    self._left -= len(batch)
+                self._buf.extend(batch)
+            return self._buf.popleft()
+
+
+@dataclass
+class _Session:
+    config: RunConfig
+    store: RunStore
+    client: GatewayClient
+    run_id: str
+    stats: LiveStats
+    rejects: TextIO
+    stderr: TextIO
+    quiet: bool
+    stopping: bool = False
+    stop_reason: str = ""
+    interrupted: bool = False
+    fatal: BaseException | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _pending_rows: list[dict[str, Any]] = field(default_factory=list)
+    _flush_scheduled: bool = False
+    _consecutive_config_errors: int = 0
+    _drain_handle: asyncio.TimerHandle | None = None
+    compaction: asyncio.Future[int] | None = None
+
+    # -- rows ---------------------------------------------------------------------------------
+    def emit(self, row: dict[str, Any]) -> None:
+        self.stats.record(row)
+        self._track_config_errors(row)
+        self._pending_rows.append(row)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        rows, self._pending_rows = self._pending_rows, []
+        if not rows:
+            return
+        try:
+            self.store.append_rows(rows)
+        except OSError as exc:
+            self.fatal = RunAborted(f"cannot write results to {self.store.run_dir}: {exc}")
+            self.stop("output is not writable")
+
+    def _track_config_errors(self, row: dict[str, Any]) -> None:
+        status = row["http_status"]
+        unreachable = row["error_type"] == ERROR_CONNECTION and status is None
+        if status in CONFIG_ERROR_STATUSES or unreachable:
+            self._consecutive_config_errors += 1
+            if self._consecutive_config_errors == MAX_CONSECUTIVE_CONFIG_ERRORS:
+                if unreachable:
+                    what = f"could not reach the gateway ({row['error_message']}); check --gateway"
+                else:
+                    what = (
+                        f"were refused with HTTP {status} ({row['error_type']}: "
+                        f"{row['error_message']}); check --gateway, --api-key and --virtual-key"
+                    )
+                self.fatal = RunAborted(
+                    f"{MAX_CONSECUTIVE_CONFIG_ERRORS} requests in a row (after retries) {what}"
+                )
+                self.stop("the gateway keeps failing every request")
+        elif row["status"] == Status.OK.value:
+            self._consecutive_config_errors = 0
+
+    def on_reject(self, reject: Reject) -> None:
+        # Runs on the source thread; one short write per rejected line.
+        self.stats.rejected += 1
+        line = {
+            "location": reject.location,
+            "input_index": reject.input_index,
+            "custom_id": reject.custom_id,
+            "reason": reject.reason,
+            "raw": reject.raw,
+        }
+        self.rejects.write(orjson.dumps(line).decode() + "\n")
+        self.rejects.flush()
+
+    # -- stopping -----------------------------------------------------------------------------
+    def stop(self, reason: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_reason = reason
+        loop = asyncio.get_running_loop()
+        self._drain_handle = loop.call_later(self.config.drain_timeout_s, self.cancel_in_flight)
+
+    def cancel_in_flight(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    def on_sigint(self) -> None:
+        if not self.stopping:
+            self.interrupted = True
+            self.stop("interrupted (Ctrl-C)")
+            self._say(
+                f"\nStopping: no new requests; waiting up to {self.config.drain_timeout_s:g} s "
+                f"for {self.stats.in_flight} in flight. Press Ctrl-C again to cancel them."
+            )
+        else:
+            self._say("\nCancelling in-flight requests (recorded as cancelled).")
+            self.cancel_in_flight()
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stderr, flush=True)
+
+    # -- scheduling ---------------------------------------------------------------------------
+    def exec_context(self) -> ExecContext:
+        cfg = self.config
+        return ExecContext(
+            client=self.client,
+            mode=cfg.mode,
+            run_id=self.run_id,
+            policy=cfg.retry,
+            emit=self.emit,
+            throttle=RateCeiling(cfg.max_rate) if cfg.max_rate else None,
+            keep_response_json=cfg.keep_response_json,
+            keep_response_text=cfg.keep_response_text,
+            stopping=lambda: self.stopping,
+            rng=random.Random(cfg.seed),
+        )
+
+    async def closed_loop(self, feed: _RecordFeed, tg: asyncio.TaskGroup) -> None:
+        ctx = self.exec_context()
+
+        async def worker() -> None:
+            while not self.stopping:
+                record = await feed.next()
+                if record is None or self.stopping:
+                    return
+                self.stats.in_flight += 1
+                try:
+                    await execute(
+                        record, ctx, scheduled=time.perf_counter(), scheduled_at=time.time()
+                    )
+                finally:
+                    self.stats.in_flight -= 1
+
+        for _ in range(self.config.concurrency or DEFAULT_CONCURRENCY):
+            task = tg.create_task(worker())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def open_loop(self, feed: _RecordFeed, tg: asyncio.TaskGroup) -> None:
+        cfg = self.config
+        ctx = self.exec_context()
+        assert cfg.rate is not None
+        cap = cfg.concurrency or OPEN_LOOP_MAX_OUTSTANDING
+        slots = asyncio.Semaphore(cap)
+        offsets = schedule_offsets(cfg.rate, cfg.arrival, cfg.seed)
+        t0 = time.perf_counter() + 0.01
+        t0_at = time.time() + (t0 - time.perf_counter())
+
+        async def one(record: RequestRecord, scheduled: float) -> None:
+            try:
+                await execute(
+                    record, ctx, scheduled=scheduled, scheduled_at=t0_at + (scheduled - t0)
+                )
+            finally:
+                self.stats.in_flight -= 1
+                slots.release()
+
+        for offset in offsets:
+            record = await feed.next()  # read before waiting, so reading never adds lag
+            if record is None or self.stopping:
+                return
+            scheduled = t0 + offset
+            await sleep_until(scheduled)
+            if self.stopping:
+                return
+            # With a cap, a late slot delays the send; the row's total_s still counts from
+            # the schedule, so the wait is visible.
+            await slots.acquire()
+            self.stats.in_flight += 1
+            task = tg.create_task(one(record, scheduled))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def compactor(self) -> None:
+        while True:
+            await asyncio.sleep(COMPACT_CHECK_S)
+            if self.store.needs_compaction():
+                # Shielded and remembered: cancelling this task must not leave a compaction
+                # running on its thread while the store is being closed.
+                self.compaction = asyncio.ensure_future(asyncio.to_thread(self.store.compact_closed))
+                await asyncio.shield(self.compaction)
+
+
+def resolve_run_dir(config: RunConfig, fingerprint: dict[str, Any]) -> tuple[Path, dict[str, Any] | None]:
+    """The run directory to use and, when resuming, its existing ``run.json``.
+
+    :raises RunDirError: nothing to resume, or the directory belongs to another input.
+    """
+    if config.out is not None:
+        run_dir = config.out
+        info = read_run_json(run_dir)
+        if info is None and run_dir.exists() and any(run_dir.iterdir()):
+            raise RunDirError(
+                f"--out {run_dir} exists, is not empty and is not a batchrunner run directory"
+            )
+    elif config.resume or config.retry_failed:
+        latest = find_latest_run(config.results_root, config.requests)
+        if latest is None:
+            raise RunDirError(
+                f"--resume: no earlier run of {config.requests} under {config.results_root}/; "
+                "give the run directory with --out"
+            )
+        run_dir, info = latest, read_run_json(latest)
+    else:
+        name = config.run_name or default_run_name(config.requests, config.mode.value)
+        run_dir = config.results_root / name
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = config.results_root / f"{name}-{suffix}"
+        info = None
+    if info is not None:
+        check_resumable(info, fingerprint, config.mode.value)
+    return run_dir, info
+
+
+@contextlib.contextmanager
+def _gateway(config: RunConfig, stderr: TextIO, quiet: bool) -> Iterator[str]:
+    """The endpoint URL: the configured gateway, or the built-in emulator started in-process."""
+    if config.gateway is not None:
+        yield config.gateway
+        return
+    from batchrunner.embedded import embedded_emulator
+
+    with embedded_emulator(config.emulator_profile, seed=config.seed) as (base_url, label):
+        if not quiet:
+            print(
+                f"No --gateway given (nor BATCHRUNNER_GATEWAY): using the built-in emulator "
+                f"({label}) at {base_url}",
+                file=stderr,
+                flush=True,
+            )
+        yield messages_url(base_url)
+
+
+async def run_session(
+    config: RunConfig,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    handle_signals: bool = False,
+    quiet: bool = False,
+    progress: bool = True,
+    stderr: TextIO | None = None,
+) -> RunResult:
+    """Run (or resume) a request set and return what it left behind.
+
+    :param config: the run configuration (validated here).
+    :param transport: an httpx transport to send through (default: our aiohttp transport).
+    :param http_client: an ``httpx.AsyncClient`` to send through instead.
+    :param handle_signals: install Ctrl-C handling (first: drain, second: cancel).
+    :param quiet: no messages on stderr.
+    :param progress: show the live progress line (only when stderr is a terminal).
+    :raises ConfigError: invalid options.
+    :raises InputError: unreadable input, or an invalid row with ``strict``.
+    :raises RunDirError: the run directory cannot be used.
+    """
+    stderr = stderr or sys.stderr
+    config.validate()
+    requests = config.requests
+    if not requests.is_file():
+        raise InputError(f"{requests}: no such file")
+    fingerprint = input_fingerprint(requests)
+    run_dir, info = resolve_run_dir(config, fingerprint)
+    redo = REDO_ON_RETRY_FAILED if config.retry_failed else frozenset({Status.CANCELLED.value})
+    total = await asyncio.to_thread(count_requests, requests)
+    store = await asyncio.to_thread(RunStore.open, run_dir, create=True, redo_statuses=redo)
+    try:
+        return await _run_in_store(
+            config, store, info, fingerprint, total, transport, http_client,
+            handle_signals, quiet, progress, stderr,
+        )  # fmt: skip
+    finally:
+        await asyncio.to_thread(store.close)
+
+
+async def _run_in_store(
+    config: RunConfig,
+    store: RunStore,
+    info: dict[str, Any] | None,
+    fingerprint: dict[str, Any],
+    total: int,
+    transport: httpx.AsyncBaseTransport | None,
+    http_client: httpx.AsyncClient | None,
+    handle_signals: bool,
+    quiet: bool,
+    progress: bool,
+    stderr: TextIO,
+) -> RunResult:
+    run_dir = store.run_dir
+    now = time.time()
+    resumed = info is not None
+    info = info or {
+        "run_id": uuid.uuid4().hex[:12],
+        "name": run_dir.name,
+        "created_at": now,
+        "input": fingerprint,
+        "sessions": [],
+    }
+    run_id = info["run_id"]
+    info["config"] = config.public_dict()
+    info["environment"] = environment()
+    session_info: dict[str, Any] = {"started_at": now, "resumed": resumed, "status": "running"}
+    info["sessions"].append(session_info)
+    info["status"] = "running"
+    options = SourceOptions(
+        model=config.model,
+        max_tokens=config.max_tokens,
+        system=config.system,
+        model_override=config.model_override,
+        prompt_column=config.prompt_column,
+        strict=config.strict,
+    )
+    stats = LiveStats(total, already_done=store.done_count)
+    if not quiet:
+        verb = "Resuming" if resumed else "Starting"
+        print(
+            f"{verb} run {run_dir} ({total:,} requests in {config.requests}"
+            + (f", {store.done_count:,} already done" if resumed else "")
+            + ")",
+            file=stderr,
+            flush=True,
+        )
+    with _gateway(config, stderr, quiet) as url:
+        info["gateway"] = redact_url(url) if config.gateway else "built-in emulator"
+        session_info["gateway"] = info["gateway"]
+        await asyncio.to_thread(write_json_atomic, run_dir / RUN_JSON, info)
+        client = GatewayClient(
+            url,
+            config.request_headers(),
+            transport=transport,
+            client=http_client,
+            timeouts=config.timeouts,
+            concurrency_hint=config.concurrency or DEFAULT_CONCURRENCY,
+        )
+        with (run_dir / "rejects.jsonl").open("w", encoding="utf-8") as rejects:
+            session = _Session(config, store, client, run_id, stats, rejects, stderr, quiet)
+            async with client:
+                await _drive(session, options, handle_signals, progress and not quiet)
+    return await _finish(session, info, session_info)
+
+
+async def _drive(
+    session: _Session, options: SourceOptions, handle_signals: bool, show_progress: bool
+) -> None:
+    config = session.config
+    loop = asyncio.get_running_loop()
+    source = iter_requests(
+        config.requests, options, on_reject=session.on_reject, skip=session.store.is_done
+    )
+    feed = _RecordFeed(source, config.max_requests)
+    display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
+    if handle_signals:
+        loop.add_signal_handler(signal.SIGINT, session.on_sigint)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            helpers = [tg.create_task(display.run()), tg.create_task(session.compactor())]
+            duration_handle = (
+                loop.call_later(config.duration_s, session.stop, "--duration reached")
+                if config.duration_s
+                else None
+            )
+            try:
+                if config.rate is not None:
+                    await session.open_loop(feed, tg)
+                else:
+                    await session.closed_loop(feed, tg)
+                while session.tasks:
+                    await asyncio.wait(set(session.tasks))
+            except InputError as exc:
+                session.fatal = exc
+                session.stop("invalid input (--strict)")
+                session.cancel_in_flight()
+                while session.tasks:
+                    await asyncio.wait(set(session.tasks), return_when=asyncio.ALL_COMPLETED)
+            finally:
+                if duration_handle:
+                    duration_handle.cancel()
+                if session._drain_handle:
+                    session._drain_handle.cancel()
+                for task in helpers:
+                    task.cancel()
+    except* InputError as group:
+        session.fatal = group.exceptions[0]
+    finally:
+        if handle_signals:
+            loop.remove_signal_handler(signal.SIGINT)
+        session.flush()
+
+
+async def _finish(session: _Session, info: dict[str, Any], session_info: dict[str, Any]) -> RunResult:
+    store, stats, config = session.store, session.stats, session.config
+    if session.compaction is not None:
+        await asyncio.gather(session.compaction, return_exceptions=True)
+    await asyncio.to_thread(store.close)
+    table = await asyncio.to_thread(store.read_table, SUMMARY_COLUMNS)
+    summary = summarize(table)
+    finished = summary["requests"]
+    settled = finished - summary["status"].get(Status.CANCELLED.value, 0)
+    complete = settled + stats.rejected >= (stats.total or 0)
+    if session.fatal is not None:
+        status, code, message = "aborted", EXIT_ABORTED, str(session.fatal)
+    elif session.interrupted:
+        status, code, message = "interrupted", EXIT_ABORTED, "interrupted"
+    elif complete:
+        status, code, message = "finished", EXIT_OK, ""
+    else:
+        status, code, message = "incomplete", EXIT_OK, session.stop_reason or "limit reached"
+    failed = sum(v for k, v in summary["status"].items() if k not in ("ok", "cancelled"))
+    if code == EXIT_OK and config.max_error_rate is not None and finished:
+        rate = failed / finished
+        if rate > config.max_error_rate:
+            code = EXIT_ERROR_RATE
+            message = (
+                f"{failed:,} of {finished:,} requests failed ({rate:.1%}), "
+                f"above --max-error-rate {config.max_error_rate:.1%}"
+            )
+    session_info.update(
+        finished_at=time.time(),
+        status=status,
+        sent=stats.done,
+        rejected=stats.rejected,
+        message=message,
+        exit_code=code,
+    )
+    info.update(status=status, summary=summary, rejected=stats.rejected, total_input=stats.total)
+    await asyncio.to_thread(write_json_atomic, store.run_dir / RUN_JSON, info)
+    return RunResult(
+        run_dir=store.run_dir,
+        summary=summary,
+        status=status,
+        exit_code=code,
+        message=message,
+        rejected=stats.rejected,
+        sent_this_session=stats.done,
+    )
+
+
+def run_sync(config: RunConfig, **kwargs: Any) -> RunResult:
+    """:func:`run_session` on a fresh event loop (uvloop when installed)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(run_session(config, **kwargs))
+
+
+__all__ = [
+    "EXIT_ABORTED",
+    "EXIT_ERROR_RATE",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "ConfigError",
+    "RunAborted",
+    "RunResult",
+    "run_session",
+    "run_sync",
+]

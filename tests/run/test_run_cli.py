@@ -1,0 +1,139 @@
+"""`batchrunner run` as a user runs it: a subprocess, signals, kill -9, exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from batchrunner.emulator.config import Dist
+
+from .conftest import read_rows, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def start_run(*args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "BATCHRUNNER_GATEWAY"}
+    return subprocess.Popen([sys.executable, "-m", "batchrunner", "run", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_rows(run_dir: Path, at_least: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Wait until the run has durably finished some requests (journal lines or parts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        lines = sum(p.read_bytes().count(b"\n") for p in run_dir.glob("journal/*") if p.is_file())
+        parts = sum(pq.ParquetFile(p).metadata.num_rows for p in run_dir.glob("data/*.parquet"))
+        if lines + parts >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run made no progress")
+
+
+def test_kill_9_then_resume_loses_nothing_and_sends_nothing_twice(make_emulator, requests_file, tmp_path):
+    requests = requests_file(300)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.03)) as emu:
+        proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "4", "-q")
+        wait_for_rows(out, 60, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+        sent_before = len(emu.ground_truth())
+        # the directory is consistent right after the crash: every part file reads
+        for part in out.glob("data/*.parquet"):
+            pq.read_table(part)
+        done = run_cli("run", str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "4", "-q")
+        assert done.returncode == 0, done.stderr
+        sent_total = len(emu.ground_truth())
+    rows = read_rows(out)
+    assert sorted(rows["input_index"]) == list(range(300))
+    assert set(rows["status"]) == {"ok"}
+    # only the requests in flight at the kill (at most -c 4) were sent twice
+    assert sent_total - 300 <= 4
+    assert sent_before < 300
+
+
+def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, tmp_path):
+    requests = requests_file(100)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.05)) as emu:
+        proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3")
+        wait_for_rows(out, 10, proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 3, stderr
+        assert "Resume with: batchrunner run" in stderr
+        rows = read_rows(out)
+        assert "cancelled" not in set(rows["status"])  # in-flight requests finished (drained)
+        assert 10 <= len(rows) < 100
+
+    with make_emulator(ttft=Dist("fixed", 20.0)) as emu:  # requests that would hang
+        proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3")
+        deadline = time.monotonic() + 20
+        while emu.stats()["in_flight"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 3, stderr
+    rows = read_rows(out)
+    assert (rows["status"] == "cancelled").sum() == 3
+
+    with make_emulator() as emu:
+        done = run_cli("run", str(requests), "--gateway", emu.base_url, "--out", str(out), "-q")
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(out)
+    assert sorted(rows["input_index"]) == list(range(100)) and set(rows["status"]) == {"ok"}
+
+
+def test_demo_runs_on_the_built_in_emulator(tmp_path):
+    demo = Path(__file__).resolve().parents[2] / "jobs" / "demo.jsonl"
+    result = run_cli("run", str(demo), "--results-root", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "built-in emulator" in result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["status"] == "finished"
+    assert report["summary"]["requests"] >= 50
+    assert report["summary"]["status"].get("ok", 0) >= 50
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.jsonl"], "missing.jsonl"),
+        (["run", "{set}", "--gateway", "ftp://x"], "--gateway"),
+        (["run", "{set}", "--rate", "0"], "--rate"),
+        (["run", "{set}", "-H", "no-colon"], "Name: value"),
+        (["run", "{set}", "--mode", "nope"], "--mode"),
+        (["run", "{set}", "--emulator-profile", "nope"], "--emulator-profile"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_clear_message(requests_file, tmp_path, args, message):
+    requests = requests_file(2)
+    args = [a.replace("{set}", str(requests)) for a in args]
+    result = run_cli(*args, "--results-root", str(tmp_path))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_strict_aborts_at_the_first_invalid_row(make_emulator, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    good = '{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n'
+    path.write_text(good * 3 + '{"model": 5}\n' + good)
+    with make_emulator() as emu:
+        result = run_cli("run", str(path), "--gateway", emu.base_url, "--strict",
+                         "--out", str(tmp_path / "out"))
+    assert result.returncode in (2, 3), result.stderr
+    assert f"{path}:4" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,251 @@
+"""`run` against the real emulator over loopback sockets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import batchrunner
+from batchrunner.client import Timeouts
+from batchrunner.config import ConfigError, RunConfig
+from batchrunner.emulator.config import Dist
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import EXIT_ABORTED, EXIT_ERROR_RATE, EXIT_OK, run_sync
+from batchrunner.schema import RESULT_SCHEMA
+
+from .conftest import SECRET_KEY, read_rows
+
+
+def run(requests: Path, gateway: str, out: Path, **kw) -> batchrunner.RunResult:
+    config = RunConfig(requests=requests, gateway=gateway, out=out, **kw)
+    return run_sync(config, quiet=True)
+
+
+def test_sync_run_writes_one_row_per_request(make_emulator, requests_file, tmp_path):
+    with make_emulator() as emu:
+        result = run(requests_file(40), emu.base_url, tmp_path / "out", concurrency=8)
+    assert result.exit_code == EXIT_OK and result.status == "finished"
+    table = pq.read_table(tmp_path / "out" / "data")
+    assert table.schema.equals(RESULT_SCHEMA, check_metadata=False)
+    rows = table.to_pandas()
+    assert sorted(rows["input_index"]) == list(range(40))
+    assert set(rows["status"]) == {"ok"}
+    assert (rows["custom_id"] == "req-" + rows["input_index"].astype(str)).all()
+    assert (rows["output_tokens"] > 0).all() and (rows["input_tokens"] > 0).all()
+    assert rows["response_text"].str.len().gt(0).all()
+    assert (rows["attempts"] == 1).all()
+    assert rows["metadata"].map(orjson.loads).map(lambda m: m["i"]).tolist() == rows["input_index"].tolist()
+    assert (rows["latency_s"] > 0).all() and (rows["total_s"] >= rows["latency_s"]).all()
+    assert rows["ttft_s"].isna().all()  # sync mode has no TTFT
+    # run.json describes the run; the summary counted every row
+    info = orjson.loads((tmp_path / "out" / "run.json").read_bytes())
+    assert info["status"] == "finished" and info["summary"]["requests"] == 40
+    assert result.summary["status"] == {"ok": 40}
+
+
+def test_stream_timings_match_emulator_ground_truth(make_emulator, requests_file, tmp_path):
+    """Recorded TTFT/latency vs the delays the emulator injected (catches a 10 ms error)."""
+    with make_emulator(ttft=Dist("fixed", 0.08), token_delay=Dist("fixed", 0.004),
+                       output_tokens=Dist("fixed", 20)) as emu:
+        result = run(requests_file(12), emu.base_url, tmp_path / "out", mode="stream",
+                     concurrency=4)
+        truth = {t["request_id"]: t for t in emu.ground_truth() if t.get("request_id")}
+    assert result.exit_code == EXIT_OK
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 12 and set(rows["status"]) == {"ok"}
+    for row in rows.itertuples():
+        t = truth[row.request_id]
+        injected_ttft = t["ttft_s"]
+        assert injected_ttft == pytest.approx(0.08)
+        # measured TTFT is the injected delay plus loopback and parsing: never less, and
+        # within 10 ms of it on a quiet machine (generous: 25 ms here for shared CI cores)
+        assert injected_ttft - 0.002 <= row.ttft_s <= injected_ttft + 0.025
+        expected_latency = injected_ttft + 19 * 0.004
+        assert expected_latency - 0.002 <= row.latency_s <= expected_latency + 0.04
+        assert row.ttfb_s <= row.ttft_s <= row.latency_s
+        assert row.content_deltas >= 19
+        assert row.itl_p50_s == pytest.approx(0.004, abs=0.003)
+        assert row.output_tokens == t["output_tokens"] == 20
+        assert row.tpot_s == pytest.approx((row.latency_s - row.ttft_s) / 19)
+
+
+def test_concurrency_is_capped(make_emulator, requests_file, tmp_path):
+    with make_emulator(ttft=Dist("fixed", 0.02)) as emu:
+        run(requests_file(60), emu.base_url, tmp_path / "out", concurrency=5)
+        stats = emu.stats()
+    assert 1 < stats["in_flight_max"] <= 5
+
+
+def test_retries_obey_retry_after_and_count_attempts(make_emulator, requests_file, tmp_path):
+    with make_emulator(fault_429=0.5, retry_after_s=0, seed=3) as emu:
+        result = run(requests_file(30), emu.base_url, tmp_path / "out", concurrency=4,
+                     retry=RetryPolicy(max_retries=8, backoff_base_s=0.01, backoff_max_s=0.02))
+    rows = read_rows(tmp_path / "out")
+    assert result.exit_code == EXIT_OK
+    assert set(rows["status"]) == {"ok"}
+    assert rows["attempts"].max() > 1
+    retried = rows[rows["attempts"] > 1]
+    assert (retried["total_s"] >= retried["latency_s"]).all()
+
+
+def test_failures_are_rows_with_stable_error_types(make_emulator, requests_file, tmp_path):
+    with make_emulator(fault_500=1.0) as emu:
+        result = run(requests_file(10), emu.base_url, tmp_path / "out",
+                     retry=RetryPolicy(max_retries=1, backoff_base_s=0.001, backoff_max_s=0.001),
+                     max_error_rate=0.5)
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 10
+    assert set(rows["status"]) == {"error"}
+    assert set(rows["error_type"]) == {"api_error"}
+    assert set(rows["http_status"]) == {500}
+    assert (rows["attempts"] == 2).all()
+    assert result.exit_code == EXIT_ERROR_RATE
+
+
+def test_stalled_requests_time_out_as_rows(make_emulator, requests_file, tmp_path):
+    with make_emulator(fault_stall=1.0) as emu:
+        run(requests_file(3), emu.base_url, tmp_path / "out",
+            timeouts=Timeouts(connect_s=2, read_s=0.3, attempt_s=0.5),
+            retry=RetryPolicy(max_retries=0))
+    rows = read_rows(tmp_path / "out")
+    assert set(rows["status"]) == {"timeout"} and set(rows["error_type"]) == {"timeout"}
+
+
+def test_mid_stream_error_is_an_error_row(make_emulator, requests_file, tmp_path):
+    with make_emulator(fault_midstream=1.0) as emu:
+        run(requests_file(4), emu.base_url, tmp_path / "out", mode="stream",
+            retry=RetryPolicy(max_retries=0))
+    rows = read_rows(tmp_path / "out")
+    assert set(rows["status"]) == {"error"}
+    assert set(rows["http_status"]) == {200}
+    assert rows["error_type"].notna().all()
+
+
+def test_dropped_connections_are_connection_errors(make_emulator, requests_file, tmp_path):
+    with make_emulator(fault_drop=1.0) as emu:
+        run(requests_file(3), emu.base_url, tmp_path / "out", retry=RetryPolicy(max_retries=0))
+    rows = read_rows(tmp_path / "out")
+    assert set(rows["error_type"]) == {"connection_error"}
+    assert rows["http_status"].isna().all()
+
+
+def test_open_loop_schedule_is_recorded(make_emulator, requests_file, tmp_path):
+    with make_emulator() as emu:
+        run(requests_file(20), emu.base_url, tmp_path / "out", rate=50.0)
+    rows = read_rows(tmp_path / "out").sort_values("input_index")
+    scheduled = rows["scheduled_at"].astype("int64").to_numpy() / 1e6
+    gaps = scheduled[1:] - scheduled[:-1]
+    assert gaps == pytest.approx([0.02] * 19, abs=1e-4)
+    assert (rows["queue_wait_s"] < 0.05).all()
+
+
+def test_virtual_key_auth_and_no_secret_on_disk(make_emulator, requests_file, tmp_path):
+    with make_emulator(virtual_keys=(SECRET_KEY,), require_virtual_key=True) as emu:
+        ok = run(requests_file(5), emu.base_url, tmp_path / "ok", virtual_key=SECRET_KEY,
+                 headers={"Authorization": f"Bearer {SECRET_KEY}", "X-Team": "evals"})
+        bad = run(requests_file(25), emu.base_url, tmp_path / "bad", virtual_key="sk-bf-wrong",
+                  retry=RetryPolicy(max_retries=0), concurrency=1)
+    assert ok.exit_code == EXIT_OK and ok.summary["status"] == {"ok": 5}
+    # a gateway that refuses every request aborts the run instead of burning the whole set
+    assert bad.exit_code == EXIT_ABORTED and "401" in bad.message
+    assert bad.summary["requests"] < 25
+    for run_dir in (tmp_path / "ok", tmp_path / "bad"):
+        for path in run_dir.rglob("*"):
+            if path.is_file():
+                assert SECRET_KEY.encode() not in path.read_bytes(), path
+                assert b"sk-bf-wrong" not in path.read_bytes(), path
+
+
+def test_resume_sends_only_what_is_missing(make_emulator, requests_file, tmp_path):
+    requests = requests_file(30)
+    with make_emulator() as emu:
+        first = run(requests, emu.base_url, tmp_path / "out", max_requests=12, concurrency=3)
+        assert first.status == "incomplete" and first.summary["requests"] == 12
+        emu.reset()
+        second = run(requests, emu.base_url, tmp_path / "out", concurrency=3)
+        sent_again = emu.stats()
+    assert second.status == "finished" and second.sent_this_session == 18
+    rows = read_rows(tmp_path / "out")
+    assert sorted(rows["input_index"]) == list(range(30))
+    assert len(set(rows["run_id"])) == 1
+    info = orjson.loads((tmp_path / "out" / "run.json").read_bytes())
+    assert [s["resumed"] for s in info["sessions"]] == [False, True]
+    assert sent_again  # the emulator saw the second session's requests only (reset between)
+
+
+def test_retry_failed_replaces_failed_rows(make_emulator, requests_file, tmp_path):
+    requests = requests_file(8)
+    with make_emulator(fault_500=1.0) as emu:
+        run(requests, emu.base_url, tmp_path / "out", retry=RetryPolicy(max_retries=0))
+    with make_emulator() as emu:
+        result = run(requests, emu.base_url, tmp_path / "out", retry_failed=True)
+    rows = read_rows(tmp_path / "out")
+    assert result.status == "finished"
+    assert len(rows) == 8 and set(rows["status"]) == {"ok"}
+
+
+def test_resume_refuses_a_changed_input(make_emulator, requests_file, tmp_path):
+    requests = requests_file(5)
+    with make_emulator() as emu:
+        run(requests, emu.base_url, tmp_path / "out", max_requests=2)
+        requests.write_bytes(requests.read_bytes() + requests.read_bytes()[:200])
+        from batchrunner.rundir import RunDirError
+
+        with pytest.raises(RunDirError, match="not the file this run started with"):
+            run(requests, emu.base_url, tmp_path / "out")
+
+
+def test_rejects_are_reported_and_skipped(make_emulator, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(
+        '{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n'
+        "{not json\n"
+        '{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"hi"}]}\n'
+        '{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"again"}]}\n'
+    )
+    with make_emulator() as emu:
+        result = run(path, emu.base_url, tmp_path / "out")
+    assert result.status == "finished" and result.rejected == 2
+    rows = read_rows(tmp_path / "out")
+    assert sorted(rows["input_index"]) == [0, 3]
+    rejects = [orjson.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["location"] for r in rejects] == [f"{path}:2", f"{path}:3"]
+    assert "max_tokens" in rejects[1]["reason"]
+
+
+def test_library_entry_point_without_gateway_uses_the_emulator(requests_file, tmp_path):
+    result = batchrunner.run(requests_file(6), out=tmp_path / "out", emulator_profile="instant")
+    assert result.exit_code == EXIT_OK and result.summary["status"] == {"ok": 6}
+    assert result.run_dir == tmp_path / "out"
+
+
+def test_bad_config_is_a_config_error(requests_file, tmp_path):
+    with pytest.raises(ConfigError, match="--gateway"):
+        run(requests_file(1), "ftp://nope", tmp_path / "out")
+    with pytest.raises(ConfigError, match="--rate"):
+        run(requests_file(1), "http://127.0.0.1:9", tmp_path / "out", rate=-1.0)
+
+
+def test_response_payload_can_be_left_out(make_emulator, requests_file, tmp_path):
+    with make_emulator() as emu:
+        run(requests_file(3), emu.base_url, tmp_path / "out", keep_response_json=False,
+            keep_response_text=False)
+    rows = read_rows(tmp_path / "out")
+    assert rows["response_json"].isna().all() and rows["response_text"].isna().all()
+    assert (rows["output_tokens"] > 0).all()
+
+
+def test_run_dir_is_readable_as_one_dataset(make_emulator, requests_file, tmp_path):
+    with make_emulator() as emu:
+        run(requests_file(5), emu.base_url, tmp_path / "out")
+    files = sorted((tmp_path / "out" / "data").glob("*.parquet"))
+    assert files
+    assert sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 5
+    assert not any(p.suffix == ".tmp" for p in (tmp_path / "out").rglob("*"))
+    assert isinstance(pq.read_table(tmp_path / "out" / "data"), pa.Table)
+    assert os.path.exists(tmp_path / "out" / "rejects.jsonl")

@@ -1,0 +1,689 @@
+"""Input layer: JSONL/Parquet readers, request checks, duplicates, rejects, counts, demo data."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchrunner import formats
+from batchrunner.dedupe import DuplicateDetector
+from batchrunner.sources import (
+    InputError,
+    Reject,
+    SourceOptions,
+    count_requests,
+    iter_requests,
+    validate_file,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = ROOT / "jobs"
+
+MSG = [{"role": "user", "content": "hi"}]
+BODY = {"model": "claude-haiku-4-5", "max_tokens": 32, "messages": MSG}
+
+
+def dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def write_jsonl(path: Path, *lines: Any, newline: str = "\n") -> Path:
+    """Write objects (dumped) or raw strings (as is), one per line."""
+    text = newline.join(x if isinstance(x, str) else dumps(x) for x in lines)
+    path.write_text(text + (newline if lines else ""), encoding="utf-8")
+    return path
+
+
+def read(path: Path, options: SourceOptions | None = None, **kw: Any):
+    rejects: list[Reject] = []
+    records = list(iter_requests(path, options or SourceOptions(), rejects.append, **kw))
+    return records, rejects
+
+
+def one_reject(tmp_path: Path, line: Any, options: SourceOptions | None = None) -> Reject:
+    records, rejects = read(write_jsonl(tmp_path / "r.jsonl", line), options)
+    assert records == []
+    assert len(rejects) == 1
+    return rejects[0]
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def test_bare_body_and_batches_shape(tmp_path: Path) -> None:
+    bare = {**BODY, "metadata": {"user_id": "u1"}}
+    wrapped = {"custom_id": "req-1", "params": BODY, "metadata": {"task": "t", "split": "dev"}}
+    records, rejects = read(write_jsonl(tmp_path / "a.jsonl", bare, wrapped))
+    assert rejects == []
+    first, second = records
+    # A bare body's own metadata is Anthropic's field: it stays in params.
+    assert first.custom_id == "0" and first.metadata is None
+    assert first.params["metadata"] == {"user_id": "u1"}
+    assert first.location == f"{tmp_path / 'a.jsonl'}:1"
+    assert second.custom_id == "req-1" and second.input_index == 1
+    assert second.metadata == {"task": "t", "split": "dev"}
+    assert second.params == BODY
+
+
+def test_bare_body_custom_id_is_taken_out_of_the_body(tmp_path: Path) -> None:
+    records, _ = read(write_jsonl(tmp_path / "a.jsonl", {**BODY, "custom_id": "x-1"}))
+    assert records[0].custom_id == "x-1"
+    assert "custom_id" not in records[0].params
+
+
+def test_unknown_body_fields_pass_through_and_stream_is_removed(tmp_path: Path) -> None:
+    body = {**BODY, "fallbacks": ["openai/gpt-4o-mini"], "stream": True, "temperature": 0.5}
+    records, _ = read(write_jsonl(tmp_path / "a.jsonl", body))
+    params = records[0].params
+    assert params["fallbacks"] == ["openai/gpt-4o-mini"]
+    assert params["temperature"] == 0.5
+    assert "stream" not in params
+
+
+def test_defaults_fill_but_never_override(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "a.jsonl",
+        {"messages": MSG},
+        {**BODY, "system": "own"},
+        {"model": None, "max_tokens": None, "messages": MSG},
+    )
+    opts = SourceOptions(model="m-default", max_tokens=7, system="sys-default")
+    records, rejects = read(path, opts)
+    assert rejects == []
+    a, b, c = (r.params for r in records)
+    assert (a["model"], a["max_tokens"], a["system"]) == ("m-default", 7, "sys-default")
+    assert (b["model"], b["max_tokens"], b["system"]) == ("claude-haiku-4-5", 32, "own")
+    assert (c["model"], c["max_tokens"]) == ("m-default", 7)
+
+
+def test_model_override_replaces_every_model(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "a.jsonl", BODY, {"messages": MSG, "max_tokens": 5})
+    records, _ = read(path, SourceOptions(model="unused", model_override="forced"))
+    assert [r.params["model"] for r in records] == ["forced", "forced"]
+
+
+def test_empty_final_assistant_prefill_is_allowed(tmp_path: Path) -> None:
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]
+    records, rejects = read(write_jsonl(tmp_path / "a.jsonl", {**BODY, "messages": msgs}))
+    assert rejects == [] and len(records) == 1
+
+
+def test_block_content_and_system_blocks(tmp_path: Path) -> None:
+    body = {
+        **BODY,
+        "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "a"}, {"type": "image", "source": {}}],
+            }
+        ],
+    }
+    records, rejects = read(write_jsonl(tmp_path / "a.jsonl", body))
+    assert rejects == [] and records[0].params == body
+
+
+# ----------------------------------------------------------------------------- bad rows
+
+BAD_ROWS = [
+    ("{not json", "invalid JSON"),
+    ('{"model": "m",', "invalid JSON"),
+    ("[1, 2]", "not a JSON object (got array)"),
+    ('"text"', "not a JSON object (got string)"),
+    ("42", "not a JSON object (got integer)"),
+    ("null", "not a JSON object (got null)"),
+    ({"max_tokens": 5, "messages": MSG}, "missing model"),
+    ({**BODY, "model": ""}, "model must be a non-empty string"),
+    ({**BODY, "model": "  "}, "model must be a non-empty string"),
+    ({**BODY, "model": 5}, "model must be a non-empty string"),
+    ({"model": "m", "messages": MSG}, "missing max_tokens"),
+    ({**BODY, "max_tokens": 0}, "max_tokens must be a positive integer, got 0"),
+    ({**BODY, "max_tokens": -3}, "max_tokens must be a positive integer, got -3"),
+    ({**BODY, "max_tokens": 1.5}, "max_tokens must be a positive integer, got 1.5"),
+    ({**BODY, "max_tokens": 100.0}, "max_tokens must be a positive integer, got 100.0"),
+    ({**BODY, "max_tokens": True}, "max_tokens must be a positive integer, got true"),
+    ({**BODY, "max_tokens": "100"}, 'max_tokens must be a positive integer, got "100"'),
+    ({"model": "m", "max_tokens": 5}, "missing messages"),
+    ({**BODY, "messages": []}, "messages is empty"),
+    ({**BODY, "messages": "hi"}, "messages must be an array, got string"),
+    ({**BODY, "messages": {"role": "user"}}, "messages must be an array, got object"),
+    ({**BODY, "messages": [1]}, "messages[0] must be an object, got integer"),
+    ({**BODY, "messages": [{"role": "system", "content": "x"}]}, "top-level 'system' field"),
+    ({**BODY, "messages": [{"role": "bot", "content": "x"}]}, "messages[0].role must be"),
+    ({**BODY, "messages": [{"content": "x"}]}, "messages[0].role must be"),
+    ({**BODY, "messages": [{"role": "user"}]}, "messages[0] has no content"),
+    (
+        {**BODY, "messages": [{"role": "user", "content": 5}]},
+        "content must be a string or an array",
+    ),
+    ({**BODY, "messages": [{"role": "user", "content": None}]}, "content must be a string or an"),
+    ({**BODY, "messages": [{"role": "user", "content": ""}]}, "messages[0].content is empty"),
+    ({**BODY, "messages": [{"role": "user", "content": []}]}, "messages[0].content is empty"),
+    (
+        {**BODY, "messages": [{"role": "assistant", "content": ""}, *MSG]},
+        "messages[0].content is empty",
+    ),
+    ({**BODY, "messages": [{"role": "user", "content": ["x"]}]}, "content[0] must be an object"),
+    (
+        {**BODY, "messages": [{"role": "user", "content": [{"text": "x"}]}]},
+        "content[0] has no type",
+    ),
+    (
+        {**BODY, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+        "text block without a string 'text'",
+    ),
+    ({**BODY, "system": 5}, "system must be a string or an array of blocks, got integer"),
+    ({**BODY, "system": [{"text": "x"}]}, "system[0] has no type"),
+    ({"custom_id": "a", "params": [1]}, "params must be a JSON object, got array"),
+    ({"custom_id": "a", "params": None}, "params must be a JSON object, got null"),
+    ({"custom_id": "a", "params": BODY, "metadata": [1]}, "metadata must be a JSON object"),
+    ({"custom_id": "a", "params": BODY, "meta": {}}, "unknown field 'meta' beside params"),
+    ({"custom_id": "a b", "params": BODY}, "custom_id 'a b' is invalid"),
+    ({"custom_id": "", "params": BODY}, "custom_id '' is invalid"),
+    ({"custom_id": "x" * 65, "params": BODY}, "is invalid: use 1-64 characters"),
+    ({"custom_id": "é", "params": BODY}, "is invalid"),
+    ({"custom_id": "a\n", "params": BODY}, "is invalid"),
+    ({"custom_id": ["a"], "params": BODY}, "custom_id must be a string, got array"),
+    ({"custom_id": True, "params": BODY}, "custom_id must be a string, got boolean"),
+    ({"custom_id": 1.5, "params": BODY}, "custom_id must be a string, got number"),
+]
+
+
+@pytest.mark.parametrize(("line", "reason"), BAD_ROWS, ids=[str(i) for i in range(len(BAD_ROWS))])
+def test_bad_row_is_rejected_with_reason(tmp_path: Path, line: Any, reason: str) -> None:
+    reject = one_reject(tmp_path, line)
+    assert reason in reject.reason
+    assert reject.location == f"{tmp_path / 'r.jsonl'}:1"
+    assert reject.input_index == 0
+    assert reject.raw == (line if isinstance(line, str) else dumps(line))
+
+
+def test_good_custom_ids(tmp_path: Path) -> None:
+    ids = ["a", "A-z_09", "x" * 64, 7]
+    path = write_jsonl(tmp_path / "a.jsonl", *({"custom_id": i, "params": BODY} for i in ids))
+    records, rejects = read(path)
+    assert rejects == []
+    assert [r.custom_id for r in records] == ["a", "A-z_09", "x" * 64, "7"]
+
+
+def test_reject_custom_id_field(tmp_path: Path) -> None:
+    assert one_reject(tmp_path, {"custom_id": "c1", "params": {}}).custom_id == "c1"
+    assert one_reject(tmp_path, {**BODY, "max_tokens": 0}).custom_id == "0"  # default id
+    assert one_reject(tmp_path, "{bad").custom_id is None
+    assert one_reject(tmp_path, {"custom_id": "a b", "params": BODY}).custom_id == "a b"
+
+
+def test_raw_is_truncated(tmp_path: Path) -> None:
+    reject = one_reject(tmp_path, "{" + "x" * 50_000)
+    assert len(reject.raw) == formats.RAW_LIMIT
+    assert reject.to_dict().keys() == {"location", "input_index", "custom_id", "reason", "raw"}
+
+
+def test_invalid_utf8_is_a_reject(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"model": "\xff"}\n' + dumps(BODY).encode() + b"\n")
+    records, rejects = read(path)
+    assert [r.input_index for r in records] == [1]
+    assert "invalid JSON" in rejects[0].reason and "\ufffd" in rejects[0].raw
+
+
+# ----------------------------------------------------------------------------- lines
+
+
+def test_blank_lines_take_no_index_but_keep_line_numbers(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "a.jsonl", "", BODY, "   ", "\t", BODY, "{bad", "", BODY)
+    records, rejects = read(path)
+    assert [(r.input_index, r.location.rsplit(":", 1)[1]) for r in records] == [
+        (0, "2"),
+        (1, "5"),
+        (3, "8"),
+    ]
+    assert (rejects[0].input_index, rejects[0].location.rsplit(":", 1)[1]) == (2, "6")
+    assert count_requests(path) == 4
+
+
+def test_bom_crlf_and_missing_final_newline(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    lines = [dumps({"custom_id": f"c{i}", "params": BODY}) for i in range(3)]
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
+    records, rejects = read(path)
+    assert rejects == []
+    assert [r.custom_id for r in records] == ["c0", "c1", "c2"]
+    assert count_requests(path) == 3
+
+
+def test_truncated_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text(dumps(BODY) + "\n" + dumps(BODY)[:-7], encoding="utf-8")
+    records, rejects = read(path)
+    assert len(records) == 1
+    assert rejects[0].location.endswith(":2")
+    assert "invalid JSON" in rejects[0].reason and "no newline" in rejects[0].reason
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \r\n", b"\xef\xbb\xbf"])
+def test_empty_files_have_no_rows(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(content)
+    assert read(path) == ([], [])
+    assert count_requests(path) == 0
+    report = validate_file(path, SourceOptions())
+    assert (report.total, report.valid) == (0, True)
+
+
+def test_all_rejects_is_not_a_file_error(tmp_path: Path) -> None:
+    records, rejects = read(write_jsonl(tmp_path / "a.jsonl", "{", "[]", "1"))
+    assert records == [] and len(rejects) == 3
+
+
+def test_gzip_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(dumps({"custom_id": f"g{i}", "params": BODY}) for i in range(5)))
+    records, _ = read(path)
+    assert [r.custom_id for r in records] == [f"g{i}" for i in range(5)]
+    assert count_requests(path) == 5
+
+
+def test_corrupt_gzip_raises_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(gzip.compress((dumps(BODY) + "\n").encode() * 2000)[:300])
+    with pytest.raises(InputError, match=r"a\.jsonl\.gz: cannot read"):
+        list(iter_requests(path, SourceOptions()))
+    with pytest.raises(InputError, match="cannot read"):
+        count_requests(path)
+
+
+def test_count_matches_reader_across_block_boundaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(7)
+    pieces = [b"", b" ", b"\t", b"\r", b" x", b"{}", b"\x0c", b'  {"a":1} ', b"\xef\xbb\xbf"]
+    path = tmp_path / "a.jsonl"
+    for trial in range(300):
+        lines = [rng.choice(pieces) + rng.choice(pieces) for _ in range(rng.randint(0, 12))]
+        data = (b"\xef\xbb\xbf" if trial % 5 == 0 else b"") + b"\n".join(lines)
+        if rng.random() < 0.5:
+            data += b"\n"
+        path.write_bytes(data)
+        # Every data row, valid or not, has an index: count the rows the reader numbered.
+        rejects: list[Reject] = []
+        records = list(iter_requests(path, SourceOptions(), rejects.append))
+        indices = [r.input_index for r in records] + [r.input_index for r in rejects]
+        expected = len(indices)
+        assert sorted(indices) == list(range(expected))
+        for block in (1, 2, 3, 5, 64):
+            monkeypatch.setattr(formats, "_BLOCK", block)
+            assert count_requests(path) == expected, (data, block)
+        monkeypatch.setattr(formats, "_BLOCK", 1 << 20)
+
+
+# ----------------------------------------------------------------------------- duplicates
+
+
+def test_duplicate_custom_id_first_wins(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "a.jsonl",
+        {"custom_id": "a", "params": BODY},
+        {"custom_id": "b", "params": BODY},
+        {"custom_id": "a", "params": BODY},
+    )
+    records, rejects = read(path)
+    assert [r.custom_id for r in records] == ["a", "b"]
+    assert rejects[0].reason == "duplicate custom_id 'a': an earlier row has the same id"
+    assert (rejects[0].input_index, rejects[0].custom_id) == (2, "a")
+
+
+def test_given_id_clashing_with_a_default_index_id(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "a.jsonl", BODY, {"custom_id": "0", "params": BODY})
+    records, rejects = read(path)
+    assert [r.custom_id for r in records] == ["0"]
+    assert "duplicate custom_id '0'" in rejects[0].reason
+
+
+def test_id_of_an_invalid_row_still_counts(tmp_path: Path) -> None:
+    bad = {"custom_id": "a", "params": {**BODY, "max_tokens": 0}}
+    path = write_jsonl(tmp_path / "a.jsonl", bad, {"custom_id": "a", "params": BODY})
+    _, rejects = read(path)
+    assert ["max_tokens" in rejects[0].reason, "duplicate" in rejects[1].reason] == [True, True]
+
+
+def test_duplicates_across_batches(tmp_path: Path) -> None:
+    n = formats.BATCH_ROWS * 3 + 5
+    lines = [{"custom_id": f"id-{i}", "params": BODY} for i in range(n)]
+    lines += [{"custom_id": "id-3", "params": BODY}, {"custom_id": f"id-{n - 1}", "params": BODY}]
+    records, rejects = read(write_jsonl(tmp_path / "a.jsonl", *lines))
+    assert len(records) == n
+    assert [r.input_index for r in rejects] == [n, n + 1]
+    report = validate_file(tmp_path / "a.jsonl", SourceOptions())
+    assert (report.ok, report.rejected, report.duplicates) == (n, 2, 2)
+
+
+def test_duplicate_detector_matches_a_set() -> None:
+    rng = random.Random(3)
+    for _ in range(40):
+        detector, seen = DuplicateDetector(), set()
+        for _ in range(rng.randint(1, 25)):
+            keys = [str(rng.randint(0, 200)) for _ in range(rng.randint(0, 30))]
+            expected = []
+            for k in keys:
+                expected.append(k in seen)
+                seen.add(k)
+            assert detector.add(keys).tolist() == expected
+        assert len(detector) == len(seen)
+
+
+# ----------------------------------------------------------------------------- strict, skip
+
+
+def test_strict_raises_naming_location_and_reason(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "a.jsonl", BODY, "", {**BODY, "max_tokens": 0}, BODY)
+    seen: list[str] = []
+    with pytest.raises(InputError) as info:
+        for record in iter_requests(path, SourceOptions(strict=True)):
+            seen.append(record.custom_id)
+    assert seen == ["0"]
+    assert str(info.value) == f"{path}:3: max_tokens must be a positive integer, got 0"
+    assert info.value.reject is not None and info.value.reject.input_index == 1
+
+
+def test_skip_hides_rows_but_not_their_ids(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "a.jsonl",
+        {"custom_id": "a", "params": BODY},
+        {"custom_id": "b", "params": {"not": "checked when skipped"}},
+        {"custom_id": "c", "params": BODY},
+        {"custom_id": "a", "params": BODY},
+        "{bad",
+    )
+    records, rejects = read(path, skip=lambda i: i in {0, 1, 4})
+    assert [r.custom_id for r in records] == ["c"]
+    # Row 3 repeats the id of row 0, which a resumed run skipped: still a duplicate.
+    assert [(r.input_index, "duplicate" in r.reason) for r in rejects] == [(3, True)]
+
+
+def test_missing_file_fails_at_call_time(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"nope\.jsonl: no such file"):
+        iter_requests(tmp_path / "nope.jsonl", SourceOptions())
+
+
+# ----------------------------------------------------------------------------- file errors
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    cases: dict[str, str] = {}
+    (tmp_path / "x.csv").write_text("a,b\n")
+    cases["x.csv"] = "unknown file type"
+    cases["missing.parquet"] = "no such file"
+    (tmp_path / "dir.jsonl").mkdir()
+    cases["dir.jsonl"] = "is a directory"
+    (tmp_path / "fake.parquet").write_text(dumps(BODY))
+    cases["fake.parquet"] = "not a readable Parquet file"
+    pq.write_table(pa.table({"text": ["a"], "n": [1]}), tmp_path / "cols.parquet")
+    cases["cols.parquet"] = "no usable columns: need 'params'.*columns are: text, n"
+    pq.write_table(pa.table({"params": [1]}), tmp_path / "type.parquet")
+    cases["type.parquet"] = "column 'params' has type int64; expected text, binary JSON or struct"
+    pq.write_table(pa.table({"prompt": [b"bytes"]}), tmp_path / "bin.parquet")
+    cases["bin.parquet"] = "column 'prompt' has type binary; expected text"
+    pq.write_table(pa.table({"params": ["{}"], "custom_id": [1.5]}), tmp_path / "id.parquet")
+    cases["id.parquet"] = "column 'custom_id' has type double; expected text or integer"
+    pq.write_table(pa.table({"prompt": ["a"]}), tmp_path / "meta.parquet")
+    for name, message in cases.items():
+        path = tmp_path / name
+        for call in (
+            lambda p=path: iter_requests(p, SourceOptions()),
+            lambda p=path: validate_file(p, SourceOptions()),
+        ):
+            with pytest.raises(InputError, match=message) as info:
+                call()
+            assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+    with pytest.raises(InputError, match="metadata column 'tag' not found"):
+        iter_requests(tmp_path / "meta.parquet", SourceOptions(metadata_columns=("tag",)))
+    with pytest.raises(InputError, match="unknown file type"):
+        count_requests(tmp_path / "x.csv")
+
+
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_jsonl(tmp_path / "a.jsonl", BODY)
+    real_open = Path.open
+
+    def deny(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    # chmod 0 does not stop root, so refuse the open itself.
+    monkeypatch.setattr(Path, "open", deny)
+    with pytest.raises(InputError, match=r"a\.jsonl: cannot read: Permission denied"):
+        iter_requests(path, SourceOptions())
+
+
+def test_source_options_are_checked() -> None:
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="max_tokens"):
+            SourceOptions(max_tokens=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="model"):
+        SourceOptions(model="")
+    assert SourceOptions(metadata_columns=["a"]).metadata_columns == ("a",)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- Parquet
+
+
+def test_parquet_params_struct_drops_absent_fields(tmp_path: Path) -> None:
+    cached = {
+        **BODY,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "doc", "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": "question"},
+                ],
+            }
+        ],
+    }
+    rows = [
+        {"custom_id": "s1", "params": {**cached, "temperature": 0.5}, "metadata": {"task": "a"}},
+        {"custom_id": "s2", "params": {**BODY, "system": "sys"}, "metadata": {"split": "dev"}},
+    ]
+    path = tmp_path / "s.parquet"
+    table = pa.table(
+        {
+            "custom_id": [r["custom_id"] for r in rows],
+            # One struct type for both rows: the second row's content is a list of blocks too.
+            "params": [
+                rows[0]["params"],
+                {
+                    **rows[1]["params"],
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                },
+            ],
+            "metadata": [r["metadata"] for r in rows],
+        }
+    )
+    assert pa.types.is_struct(table.schema.field("params").type)
+    pq.write_table(table, path)
+    records, rejects = read(path)
+    assert rejects == []
+    assert records[0].params == {**cached, "temperature": 0.5}
+    assert records[1].params == {
+        **BODY,
+        "system": "sys",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    }
+    assert records[0].metadata == {"task": "a"} and records[1].metadata == {"split": "dev"}
+    assert records[1].location == f"{path}#row 1"
+
+
+def test_parquet_params_json_text_and_metadata_map(tmp_path: Path) -> None:
+    path = tmp_path / "j.parquet"
+    table = pa.table(
+        {
+            "custom_id": pa.array([1, 2, 3, 4], pa.int64()),
+            "params": [dumps(BODY), dumps({**BODY, "temperature": None}), "{bad", None],
+            "metadata": pa.array(
+                [[("k", "v")], None, [], [("a", "b")]], pa.map_(pa.string(), pa.string())
+            ),
+        }
+    )
+    pq.write_table(table, path)
+    records, rejects = read(path)
+    assert [r.custom_id for r in records] == ["1", "2"]
+    assert records[0].metadata == {"k": "v"} and records[1].metadata is None
+    assert records[1].params["temperature"] is None  # JSON text is taken as written
+    assert [(r.location, r.custom_id) for r in rejects] == [
+        (f"{path}#row 2", "3"),
+        (f"{path}#row 3", "4"),
+    ]
+    assert rejects[0].reason.startswith("params: invalid JSON")
+    assert rejects[1].reason == "params is null"
+    assert orjson.loads(rejects[0].raw) == {"custom_id": 3, "params": "{bad", "metadata": []}
+
+
+def test_parquet_metadata_json_text(tmp_path: Path) -> None:
+    path = tmp_path / "m.parquet"
+    pq.write_table(
+        pa.table({"params": [dumps(BODY)] * 3, "metadata": ['{"t": 1}', "null", "[1]"]}), path
+    )
+    records, rejects = read(path)
+    assert [r.metadata for r in records] == [{"t": 1}, None]
+    assert "metadata must be a JSON object" in rejects[0].reason
+
+
+def test_parquet_prompt_column_and_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "question": ["What is 2+2?", "Name a colour.", None, ""],
+                "system": ["Be brief.", None, None, None],
+                "tag": ["math", "art", "x", "y"],
+                "n": [1, 2, 3, 4],
+            }
+        ),
+        path,
+    )
+    opts = SourceOptions(
+        model="claude-haiku-4-5",
+        max_tokens=64,
+        system="Default system.",
+        prompt_column="question",
+        metadata_columns=("tag", "n"),
+    )
+    records, rejects = read(path, opts)
+    assert records[0].params == {
+        "messages": [{"role": "user", "content": "What is 2+2?"}],
+        "model": "claude-haiku-4-5",
+        "max_tokens": 64,
+        "system": "Be brief.",
+    }
+    assert records[1].params["system"] == "Default system."
+    assert [r.custom_id for r in records] == ["0", "1"]
+    assert records[0].metadata == {"tag": "math", "n": 1}
+    assert [r.reason for r in rejects] == ["prompt column 'question' is empty"] * 2
+
+
+def test_parquet_prompt_layout_model_columns_and_missing_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "prompt": ["a", "b"],
+                "custom_id": ["p-1", "p-2"],
+                "model": ["claude-opus-4-1", None],
+                "max_tokens": pa.array([10, None], pa.int32()),
+            }
+        ),
+        path,
+    )
+    records, rejects = read(path)
+    assert records[0].params["model"] == "claude-opus-4-1" and records[0].custom_id == "p-1"
+    assert "missing model" in rejects[0].reason
+    records, rejects = read(path, SourceOptions(model="m", max_tokens=5))
+    assert [(r.params["model"], r.params["max_tokens"]) for r in records] == [
+        ("claude-opus-4-1", 10),
+        ("m", 5),
+    ]
+
+
+def test_parquet_strict_and_count(tmp_path: Path) -> None:
+    path = tmp_path / "s.parquet"
+    params = [dumps(BODY)] * 2500 + [dumps({**BODY, "messages": []})]
+    pq.write_table(pa.table({"params": params}), path, row_group_size=1000)
+    assert count_requests(path) == 2501
+    with pytest.raises(InputError, match=r"s\.parquet#row 2500: messages is empty"):
+        list(iter_requests(path, SourceOptions(strict=True)))
+
+
+# ----------------------------------------------------------------------------- validate_file
+
+
+def test_validate_file_report(tmp_path: Path) -> None:
+    lines = [
+        {"custom_id": "a", "params": {**BODY, "stream": False}},
+        {"custom_id": "b", "params": {**BODY, "model": "claude-sonnet-4-5"}},
+        {"custom_id": "c", "params": BODY},
+        {"custom_id": "a", "params": BODY},
+        *(["{bad"] * 30),
+    ]
+    path = write_jsonl(tmp_path / "a.jsonl", *lines)
+    report = validate_file(path, SourceOptions(), max_rejects=5)
+    assert (report.total, report.ok, report.rejected, report.duplicates) == (34, 3, 31, 1)
+    assert report.models == {"claude-haiku-4-5": 2, "claude-sonnet-4-5": 1}
+    assert report.stream_removed == 1
+    assert len(report.rejects) == 5 and report.rejects[0].input_index == 3
+    assert not report.valid and not report.stopped_early
+    assert orjson.loads(orjson.dumps(report.to_dict()))["total"] == 34
+
+    strict = validate_file(path, SourceOptions(strict=True))
+    assert strict.stopped_early and strict.rejected == 1 and strict.ok == 3
+
+
+# ----------------------------------------------------------------------------- demo data
+
+
+def _essence(path: Path) -> list[tuple[Any, ...]]:
+    return [
+        (r.input_index, r.custom_id, r.params, r.metadata)
+        for r in iter_requests(path, SourceOptions(strict=True))
+    ]
+
+
+def test_demo_files_are_valid_and_equal() -> None:
+    jsonl, parquet = JOBS / "demo.jsonl", JOBS / "demo.parquet"
+    report = validate_file(jsonl, SourceOptions(strict=True))
+    assert report.valid and report.ok >= 50
+    assert {"claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"} <= set(report.models)
+    assert _essence(jsonl) == _essence(parquet)
+    assert count_requests(jsonl) == count_requests(parquet) == report.ok
+
+    records = list(iter_requests(jsonl, SourceOptions()))
+    text = jsonl.read_text(encoding="utf-8")
+    assert '"cache_control":{"type":"ephemeral"}' in text
+    assert '"cache_control":{"type":"ephemeral","ttl":"1h"}' in text
+    assert any("fallbacks" in r.params for r in records)
+    assert any(isinstance(r.params.get("system"), list) for r in records)
+    assert any(len(r.params["messages"]) > 2 for r in records)
+    tokens = {r.params["max_tokens"] for r in records}
+    assert min(tokens) == 16 and max(tokens) == 1024
+    assert all(r.metadata and "task" in r.metadata for r in records)
+
+
+def test_demo_generator_reproduces_the_committed_files(tmp_path: Path) -> None:
+    sys.path.insert(0, str(JOBS))
+    try:
+        import make_demo
+    finally:
+        sys.path.remove(str(JOBS))
+    jsonl, parquet = make_demo.write(make_demo.build(), tmp_path)
+    assert jsonl.read_bytes() == (JOBS / "demo.jsonl").read_bytes()
+    assert pq.read_table(parquet).equals(pq.read_table(JOBS / "demo.parquet"))

@@ -1,0 +1,425 @@
+"""Tests of the aiohttp-backed httpx transport against a real HTTP/1.1 server on 127.0.0.1.
+
+The server is a few lines of raw ``asyncio`` written here (not the project's emulator), so that
+each test can misbehave on purpose: drop the connection before answering or in the middle of a
+body, stall, pace chunks, or compress. It records what it received and how many connections it
+accepted, which is how the tests check headers on the wire and connection reuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from batchrunner.transport import (
+    AiohttpTransport,
+    TransportTimeouts,
+    build_request,
+    make_default_transport,
+)
+
+FAST = TransportTimeouts(connect_s=5.0, read_s=5.0)
+
+
+@dataclass
+class Server:
+    """What the test server saw; ``url(path)`` addresses it."""
+
+    port: int
+    accepted: int = 0
+    open_connections: int = 0
+    requests: list[dict[str, object]] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, list[tuple[bytes, bytes]], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head[:-4].split(b"\r\n")
+    method, target, _ = lines[0].decode().split(" ", 2)
+    headers = [tuple(part.strip() for part in line.split(b":", 1)) for line in lines[1:]]
+    lower = {k.lower(): v for k, v in headers}
+    if b"content-length" in lower:
+        body = await reader.readexactly(int(lower[b"content-length"]))
+    elif lower.get(b"transfer-encoding", b"").lower() == b"chunked":
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+            data = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            parts.append(data[:-2])
+        body = b"".join(parts)
+    else:
+        body = b""
+    return method, target, headers, body  # type: ignore[return-value]
+
+
+def _response(status: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers), f"content-length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def _serve_one(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Handle keep-alive requests on one connection until the client closes it or a route drops it."""
+    while True:
+        try:
+            method, target, headers, body = await _read_request(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        path, _, query = target.partition("?")
+        server.requests.append({"method": method, "target": target, "headers": headers, "body": body})
+        if path == "/echo":
+            payload = {
+                "method": method,
+                "target": target,
+                "headers": [[k.decode(), v.decode()] for k, v in headers],
+                "body": body.decode(),
+            }
+            extra = [("content-type", "application/json"), ("x-multi", "a"), ("X-Multi", "b")]
+            writer.write(_response("200 OK", extra, json.dumps(payload).encode()))
+        elif path == "/chunks":
+            # Five chunks, 50 ms apart, each its own write.
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            for i in range(5):
+                writer.write(_chunk(b"data: %d\n\n" % i))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+        elif path == "/drop":
+            writer.close()  # read the request, answer nothing
+            return
+        elif path == "/drop-mid":
+            if query == "chunked":
+                writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + _chunk(b"partial"))
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.close()
+            return
+        elif path == "/stall-head":
+            await asyncio.sleep(3)
+            return
+        elif path == "/stall-body":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nfirst")
+            await writer.drain()
+            await asyncio.sleep(3)
+            return
+        elif path == "/gzip":
+            writer.write(_response("200 OK", [("content-encoding", "gzip")], gzip.compress(b"hello " * 50)))
+        elif path == "/slow":
+            await asyncio.sleep(0.05)
+            writer.write(_response("200 OK", [], b"ok"))
+        else:
+            writer.write(_response("404 Not Found", [], b"no"))
+        await writer.drain()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    state = Server(port=0)
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.accepted += 1
+        state.open_connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await _serve_one(state, reader, writer)
+        finally:
+            state.open_connections -= 1
+            handlers.discard(task)
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state.port = srv.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        srv.close()
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await srv.wait_closed()
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[AiohttpTransport]:
+    t = AiohttpTransport(timeouts=FAST)
+    try:
+        yield t
+    finally:
+        await t.aclose()
+
+
+async def _wait_for(predicate, timeout_s: float = 2.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def test_post_round_trip_preserves_headers_and_body(server: Server, transport: AiohttpTransport) -> None:
+    body = b'{"model":"m","messages":[{"role":"user","content":"h\xc3\xa9"}]}'
+    request = httpx.Request(
+        "POST",
+        server.url("/echo?a=1&b=x%20y"),
+        headers=[("x-api-key", "k"), ("X-Multi", "1"), ("x-multi", "2"), ("content-type", "application/json")],
+        content=body,
+    )
+    response = await transport.handle_async_request(request)
+    assert response.status_code == 200
+    assert response.http_version == "HTTP/1.1"
+    assert response.headers.get_list("x-multi") == ["a", "b"]
+    echoed = json.loads(await response.aread())
+    assert echoed["method"] == "POST"
+    assert echoed["target"] == "/echo?a=1&b=x%20y"
+    assert echoed["body"].encode() == body
+    # Exactly httpx's headers, in order and with all values: nothing added, nothing merged.
+    sent = [(k.lower(), v) for k, v in echoed["headers"]]
+    assert sent == [(k.decode().lower(), v.decode()) for k, v in request.headers.raw]
+    assert response.is_closed and response.is_stream_consumed
+    assert response.num_bytes_downloaded == len(response.content)
+
+
+async def test_get_round_trip_without_body(server: Server, transport: AiohttpTransport) -> None:
+    response = await transport.handle_async_request(httpx.Request("GET", server.url("/echo")))
+    echoed = json.loads(await response.aread())
+    assert echoed["method"] == "GET" and echoed["body"] == ""
+    names = {k.lower() for k, _ in echoed["headers"]}
+    assert names == {"host"}  # no User-Agent, Accept, Accept-Encoding or Content-Length added
+    missing = await transport.handle_async_request(httpx.Request("GET", server.url("/missing")))
+    assert missing.status_code == 404
+    assert await missing.aread() == b"no"
+
+
+async def test_streamed_request_body(server: Server, transport: AiohttpTransport) -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        for piece in (b"one ", b"two ", b"three"):
+            yield piece
+
+    response = await transport.handle_async_request(
+        httpx.Request("POST", server.url("/echo"), content=parts())
+    )
+    echoed = json.loads(await response.aread())
+    assert echoed["body"] == "one two three"
+    assert [v for k, v in echoed["headers"] if k.lower() == "transfer-encoding"] == ["chunked"]
+
+
+def test_build_request_matches_httpx() -> None:
+    url = httpx.URL("http://127.0.0.1:8080/anthropic/v1/messages?beta=true")
+    headers = [("content-type", "application/json"), ("X-Multi", "a"), ("x-multi", "b")]
+    raw = httpx.Headers(headers).raw
+    for method, content in [("POST", b'{"a":1}'), ("POST", b""), ("GET", b""), ("PUT", b"x")]:
+        expected = httpx.Request(method, url, headers=headers, content=content)
+        built = build_request(method, url, raw, content)
+        assert built.method == expected.method
+        assert built.url == expected.url
+        assert built.headers.raw == expected.headers.raw
+        assert built.content == expected.content
+    given = build_request("POST", url, [(b"Host", b"example"), (b"Content-Length", b"1")], b"x")
+    assert given.headers.raw == [(b"Host", b"example"), (b"Content-Length", b"1")]
+
+
+async def test_build_request_round_trip(server: Server, transport: AiohttpTransport) -> None:
+    request = build_request("POST", httpx.URL(server.url("/echo")), [(b"x-api-key", b"k")], b"payload")
+    echoed = json.loads(await (await transport.handle_async_request(request)).aread())
+    assert echoed["body"] == "payload"
+    assert [k.lower() for k, _ in echoed["headers"]] == ["host", "x-api-key", "content-length"]
+
+
+@pytest.mark.parametrize("how", ["aiter_bytes", "aiter_raw", "aiter_lines", "client"])
+async def test_stream_chunks_are_seen_as_they_arrive(server: Server, transport: AiohttpTransport, how: str) -> None:
+    arrivals: list[float] = []
+    data: list[bytes] = []
+    if how == "client":
+        async with (
+            httpx.AsyncClient(transport=transport, timeout=5.0) as client,
+            client.stream("POST", server.url("/chunks"), content=b"{}") as response,
+        ):
+            async for chunk in response.aiter_bytes():
+                arrivals.append(time.perf_counter())
+                data.append(chunk)
+    else:
+        response = await transport.handle_async_request(httpx.Request("POST", server.url("/chunks"), content=b"{}"))
+        try:
+            async for chunk in getattr(response, how)():
+                arrivals.append(time.perf_counter())
+                data.append(chunk.encode() if isinstance(chunk, str) else chunk)
+        finally:
+            await response.aclose()
+    joined = b"".join(data) if how != "aiter_lines" else b"\n".join(data) + b"\n"
+    assert joined.replace(b"\n", b"") == b"".join(b"data: %d" % i for i in range(5))
+    firsts = [t for t, d in zip(arrivals, data, strict=True) if d.strip()]
+    assert len(firsts) == 5, data  # one chunk per server write: nothing buffered until the end
+    assert firsts == sorted(firsts)
+    # The server spaces its writes 50 ms apart; the first must not wait for the last.
+    assert firsts[-1] - firsts[0] > 0.1
+
+
+async def test_connection_refused_is_connect_error(transport: AiohttpTransport) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(httpx.ConnectError) as info:
+        await transport.handle_async_request(httpx.Request("GET", f"http://127.0.0.1:{port}/"))
+    assert info.value.__cause__ is not None
+    assert info.value.request.url.port == port
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_drop_before_response_is_protocol_error(server: Server, transport: AiohttpTransport, method: str) -> None:
+    request = httpx.Request(method, server.url("/drop"), content=b"{}" if method == "POST" else None)
+    async with asyncio.timeout(5):
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await transport.handle_async_request(request)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_drop_mid_stream_raises_from_iterator(server: Server, transport: AiohttpTransport, framing: str) -> None:
+    path = "/drop-mid?chunked" if framing == "chunked" else "/drop-mid"
+    response = await transport.handle_async_request(httpx.Request("GET", server.url(path)))
+    got = []
+    async with asyncio.timeout(5):
+        with pytest.raises(httpx.RemoteProtocolError) as info:
+            async for chunk in response.aiter_bytes():
+                got.append(chunk)
+    assert b"".join(got) == b"partial"
+    assert info.value.__cause__ is not None
+    await response.aclose()
+    # The non-streaming path fails the same way.
+    response = await transport.handle_async_request(httpx.Request("GET", server.url(path)))
+    async with asyncio.timeout(5):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await response.aread()
+
+
+async def test_read_timeouts(server: Server) -> None:
+    transport = AiohttpTransport(timeouts=TransportTimeouts(connect_s=5.0, read_s=0.2))
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.handle_async_request(httpx.Request("GET", server.url("/stall-head")))
+        response = await transport.handle_async_request(httpx.Request("GET", server.url("/stall-body")))
+        with pytest.raises(httpx.ReadTimeout):
+            async for _ in response.aiter_raw():
+                pass
+        await response.aclose()
+    finally:
+        await transport.aclose()
+
+
+async def test_total_timeout(server: Server) -> None:
+    transport = AiohttpTransport(timeouts=TransportTimeouts(read_s=5.0, total_s=0.3))
+    try:
+        response = await transport.handle_async_request(httpx.Request("GET", server.url("/stall-body")))
+        with pytest.raises(httpx.ReadTimeout):
+            await response.aread()
+    finally:
+        await transport.aclose()
+
+
+async def test_client_timeout_extension_overrides_default(server: Server, transport: AiohttpTransport) -> None:
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0, read=0.2)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(server.url("/stall-head"))
+        ok = await client.get(server.url("/slow"))
+        assert ok.text == "ok"
+
+
+async def test_gzip_is_decoded_once(server: Server, transport: AiohttpTransport) -> None:
+    expected = b"hello " * 50
+    response = await transport.handle_async_request(httpx.Request("GET", server.url("/gzip")))
+    assert await response.aread() == expected
+    response = await transport.handle_async_request(httpx.Request("GET", server.url("/gzip")))
+    assert b"".join([c async for c in response.aiter_raw()]) == gzip.compress(expected)
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get(server.url("/gzip"))).content == expected
+
+
+async def test_async_client_over_transport(server: Server, transport: AiohttpTransport) -> None:
+    async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
+        response = await client.post(server.url("/echo"), json={"a": 1}, headers={"x-api-key": "k"})
+        assert response.status_code == 200
+        assert json.loads(response.json()["body"]) == {"a": 1}
+        assert response.elapsed.total_seconds() >= 0
+
+
+async def test_response_state_matches_httpx(server: Server, transport: AiohttpTransport) -> None:
+    response = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
+    assert not response.is_closed
+    assert await response.aread() == b"ok"
+    assert await response.aread() == b"ok"
+    assert [c async for c in response.aiter_bytes()] == [b"ok"]
+    with pytest.raises(httpx.StreamConsumed):
+        async for _ in response.aiter_raw():
+            pass
+    streamed = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
+    assert [c async for c in streamed.aiter_bytes()] == [b"ok"]
+    assert streamed.is_closed and streamed.num_bytes_downloaded == 2
+    with pytest.raises(httpx.StreamConsumed):
+        await streamed.aread()
+
+
+async def test_concurrent_requests_reuse_connections(server: Server, transport: AiohttpTransport) -> None:
+    async def one() -> bytes:
+        response = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
+        return await response.aread()
+
+    for _ in range(3):
+        assert await asyncio.gather(*(one() for _ in range(10))) == [b"ok"] * 10
+    assert len(server.requests) == 30
+    assert server.accepted <= 10
+
+
+async def test_limit_caps_connections(server: Server) -> None:
+    transport = make_default_transport(2, FAST)
+    assert isinstance(transport, AiohttpTransport)
+    try:
+
+        async def one() -> int:
+            response = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
+            await response.aread()
+            return response.status_code
+
+        assert await asyncio.gather(*(one() for _ in range(8))) == [200] * 8
+        assert server.accepted <= 2
+    finally:
+        await transport.aclose()
+
+
+async def test_aclose_releases_connections(server: Server) -> None:
+    transport = AiohttpTransport(timeouts=FAST)
+    assert transport.connector is None  # nothing is created before the first request
+    done = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
+    await done.aread()
+    # A stream abandoned midway is closed, not returned to the pool with unread bytes.
+    abandoned = await transport.handle_async_request(httpx.Request("POST", server.url("/chunks"), content=b"{}"))
+    async for _ in abandoned.aiter_raw():
+        break
+    await abandoned.aclose()
+    assert await _wait_for(lambda: server.open_connections == 1)
+    connector = transport.connector
+    assert connector is not None
+    await transport.aclose()
+    assert connector.closed
+    assert await _wait_for(lambda: server.open_connections == 0)
+    with pytest.raises(RuntimeError):
+        await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))

@@ -1,0 +1,155 @@
+"""`batchrunner validate`: summaries, exit codes (0 ok, 1 rejects, 2 usage/file), no tracebacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner, Result
+
+from batchrunner.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 32,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def run(*args: str) -> Result:
+    result = CliRunner().invoke(main, ["validate", *args])
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    return result
+
+
+def write_lines(path: Path, *lines: object) -> Path:
+    path.write_text(
+        "".join((x if isinstance(x, str) else orjson.dumps(x).decode()) + "\n" for x in lines),
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.parametrize("name", ["demo.jsonl", "demo.parquet"])
+def test_demo_is_valid(name: str) -> None:
+    result = run(str(ROOT / "jobs" / name))
+    assert result.exit_code == 0, result.output
+    assert "60 rows read, 60 valid, 0 rejected" in result.stdout
+    assert "claude-opus-4-1 (4)" in result.stdout
+
+
+def test_rejects_are_listed_with_location_and_exit_1(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path / "a.jsonl",
+        BODY,
+        {**BODY, "max_tokens": 0},
+        "{oops",
+        {"custom_id": "0", "params": BODY},
+        {**BODY, "stream": True},
+    )
+    result = run(str(path))
+    assert result.exit_code == 1
+    out = result.stdout
+    assert "5 rows read, 2 valid, 3 rejected (1 duplicate custom_id)" in out
+    assert f"{path}:2: max_tokens must be a positive integer, got 0" in out
+    assert f"{path}:3: invalid JSON" in out
+    assert f"{path}:4: duplicate custom_id '0'" in out
+    assert "models: claude-haiku-4-5 (2)" in out
+    assert "'stream' was removed from 1 request(s)" in out
+
+
+def test_only_the_first_20_rejects_are_shown(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "a.jsonl", *(["[]"] * 25))
+    result = run(str(path))
+    assert result.exit_code == 1
+    assert result.stdout.count("not a JSON object") == 20
+    assert "... and 5 more" in result.stdout
+
+
+def test_defaults_make_a_set_valid(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "a.jsonl", {"messages": BODY["messages"]})
+    assert run(str(path)).exit_code == 1
+    result = run(str(path), "--model", "claude-sonnet-4-5", "--max-tokens", "100", "--system", "s")
+    assert result.exit_code == 0, result.output
+    assert "claude-sonnet-4-5 (1)" in result.stdout
+
+
+def test_strict_stops_at_the_first_reject(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "a.jsonl", BODY, "[]", "[]")
+    result = run(str(path), "--strict")
+    assert result.exit_code == 1
+    assert "stopped at the first invalid row" in result.stdout
+    assert result.stdout.count("not a JSON object") == 1
+
+
+def test_json_report(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "a.jsonl", BODY, "[]")
+    result = run(str(path), "--json")
+    assert result.exit_code == 1
+    report = orjson.loads(result.stdout)
+    assert (report["total"], report["ok"], report["rejected"], report["valid"]) == (2, 1, 1, False)
+    assert report["rejects"][0]["location"] == f"{path}:2"
+    assert report["models"] == {"claude-haiku-4-5": 1}
+
+
+def test_parquet_prompt_column_and_metadata_column(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"q": ["a", "b"], "tag": ["x", "y"]}), path)
+    result = run(
+        str(path),
+        "--prompt-column",
+        "q",
+        "--metadata-column",
+        "tag",
+        "--model",
+        "m",
+        "--max-tokens",
+        "8",
+    )
+    assert result.exit_code == 0, result.output
+    result = run(str(path), "--model", "m", "--max-tokens", "8")
+    assert result.exit_code == 2
+    assert "no usable columns" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: d / "missing.jsonl", "no such file"),
+        (lambda d: (d / "x.csv").write_text("a") and d / "x.csv", "unknown file type"),
+        (
+            lambda d: (d / "x.parquet").write_text("{}") and d / "x.parquet",
+            "not a readable Parquet",
+        ),
+    ],
+    ids=["missing", "extension", "not-parquet"],
+)
+def test_file_errors_exit_2(tmp_path: Path, setup, message: str) -> None:
+    path = setup(tmp_path)
+    result = run(str(path))
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: {path}: {message}")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--max-tokens", "0"], ["--max-tokens", "x"], ["--model", ""], [], ["a.jsonl", "--nope"]],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
+    path = write_lines(tmp_path / "a.jsonl", BODY)
+    full = args if (not args or args[0] == "a.jsonl") else [str(path), *args]
+    result = run(*full)
+    assert result.exit_code == 2
+    assert "Error" in result.stderr
+
+
+def test_help() -> None:
+    result = CliRunner().invoke(main, ["validate", "--help"])
+    assert result.exit_code == 0
+    assert "--prompt-column" in result.output and "Exit code" in result.output
