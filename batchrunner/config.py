@@ -15,6 +15,7 @@ from typing import Any
 from batchrunner.client import Timeouts, messages_url, redact_url
 from batchrunner.retry import RetryPolicy
 from batchrunner.schema import Mode
+from batchrunner.sources import SourceOptions
 
 DEFAULT_CONCURRENCY = 32
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
@@ -66,6 +67,7 @@ class RunConfig:
     system: str | None = None
     model_override: str | None = None
     prompt_column: str = "prompt"
+    metadata_columns: tuple[str, ...] = ()
     strict: bool = False
 
     def validate(self) -> None:
@@ -108,8 +110,27 @@ class RunConfig:
                 self.gateway = messages_url(self.gateway)
             except ValueError as exc:
                 raise ConfigError(f"--gateway: {exc}") from None
+        self.source_options()
         if self.mode is Mode.ASYNC:
             raise ConfigError("--mode async is not available yet in this version (see issue 4)")
+
+    def source_options(self) -> SourceOptions:
+        """How the input is read (defaults, column mapping, strictness).
+
+        :raises ConfigError: an invalid source option.
+        """
+        try:
+            return SourceOptions(
+                model=self.model,
+                max_tokens=self.max_tokens,
+                system=self.system,
+                model_override=self.model_override,
+                prompt_column=self.prompt_column,
+                metadata_columns=tuple(self.metadata_columns),
+                strict=self.strict,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def request_headers(self) -> dict[str, str]:
         """Headers for every request: auth first, then the user's extras."""
@@ -134,6 +155,7 @@ class RunConfig:
         }
         data["gateway"] = redact_url(self.gateway) if self.gateway else None
         data["mode"] = self.mode.value
+        data["metadata_columns"] = list(self.metadata_columns)
         for key in ("requests", "out", "results_root"):
             if data[key] is not None:
                 data[key] = str(data[key])

@@ -434,14 +434,7 @@ async def _run_in_store(
     session_info: dict[str, Any] = {"started_at": now, "resumed": resumed, "status": "running"}
     info["sessions"].append(session_info)
     info["status"] = "running"
-    options = SourceOptions(
-        model=config.model,
-        max_tokens=config.max_tokens,
-        system=config.system,
-        model_override=config.model_override,
-        prompt_column=config.prompt_column,
-        strict=config.strict,
-    )
+    options = config.source_options()
     stats = LiveStats(total, already_done=store.done_count)
     if not quiet:
         verb = "Resuming" if resumed else "Starting"
@@ -500,6 +493,8 @@ async def _drive(
                     await asyncio.wait(set(session.tasks))
             except InputError as exc:
                 session.fatal = exc
+                if getattr(exc, "reject", None) is not None:
+                    session.on_reject(exc.reject)
                 session.stop("invalid input (--strict)")
                 session.cancel_in_flight()
                 while session.tasks:

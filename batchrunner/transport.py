@@ -83,8 +83,8 @@ def _map_exception(exc: BaseException, request: httpx.Request, phase: str) -> ht
             cls = httpx.ConnectTimeout  # includes waiting for a slot when ``limit`` is reached
         else:
             cls = httpx.ReadTimeout  # sock_read between reads, or the bare total-timeout error
-            if type(exc) is TimeoutError:
-                message = f"total timeout exceeded ({message})"
+            if type(exc) is TimeoutError and not str(exc):
+                message = "total timeout exceeded"
     elif isinstance(exc, aioexc.ClientConnectorError):
         cls = httpx.ConnectError
     elif isinstance(exc, aioexc.ServerDisconnectedError):
@@ -201,7 +201,12 @@ class _Response(httpx.Response):
 
     def aiter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
         stream = self._ours()
-        if stream is None or chunk_size is not None or not stream.plain or hasattr(self, "_content"):
+        if (
+            stream is None
+            or chunk_size is not None
+            or not stream.plain
+            or hasattr(self, "_content")
+        ):
             return super().aiter_bytes(chunk_size)
         return self._iter_chunks(stream)
 
@@ -282,7 +287,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 total=t.total_s, connect=t.pool_s, sock_connect=t.connect_s, sock_read=t.read_s
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,  # httpx decodes Content-Encoding; decoding here too would break it
+            # httpx decodes Content-Encoding itself; decoding here as well would break it.
+            auto_decompress=False,
             request_class=_LeanRequest,
             read_bufsize=self.read_bufsize,
             trust_env=False,
@@ -338,7 +344,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # Names go out in lower case (as HTTP/2 sends them; HTTP/1.1 names are case-insensitive):
         # aiohttp keeps every value of a repeated header only when all its spellings are equal.
         try:
-            headers = [(name.decode().lower(), value.decode()) for name, value in request.headers.raw]
+            headers = [
+                (name.decode().lower(), value.decode()) for name, value in request.headers.raw
+            ]
         except UnicodeDecodeError:
             # aiohttp writes header text as UTF-8; bytes that are not UTF-8 cannot round-trip,
             # so they go out as their Latin-1 reading.

@@ -9,7 +9,8 @@ request bodies are read by ``Content-Length`` (chunked request bodies are not su
 
 Usage::
 
-    python benchmarks/_fixed_server.py --port 0 --mode json|sse [--events 50] [--sse-write burst|event]
+    python benchmarks/_fixed_server.py --port 0 --mode json|sse [--events 50]
+                                       [--sse-write burst|event]
 
 The first line on stdout is the bound port. Run it pinned to its own core
 (``taskset -c 1 python benchmarks/_fixed_server.py ...``) and stop it with SIGTERM/SIGINT.
@@ -23,8 +24,9 @@ import json
 import signal
 import sys
 
-#: The 600-byte non-streaming reply (padded with text to exactly 600 bytes).
+
 def _json_body(size: int = 600) -> bytes:
+    """The non-streaming reply, its text padded so the body is exactly ``size`` bytes."""
     msg = {
         "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
         "type": "message",
@@ -66,7 +68,11 @@ def _sse_events(n_deltas: int) -> list[bytes]:
         ev("message_start", start),
         ev(
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
         ),
     ]
     for i in range(n_deltas):

@@ -1,29 +1,31 @@
-"""How much the httpx API over :class:`batchrunner.transport.AiohttpTransport` costs vs raw aiohttp.
+"""What the httpx API over our aiohttp transport costs, compared with raw aiohttp.
 
-One run, one fixed-response server (``benchmarks/_fixed_server.py``, pinned to core 1), one client
-process pinned to core 0 on uvloop, closed loop at ``-c`` concurrent requests. Each variant gets a
-fresh event loop, a warm-up whose numbers are discarded, then up to ``--requests`` requests bounded
-by ``--duration`` seconds:
+Measures ``batchrunner.transport.AiohttpTransport`` in one run: one fixed-response server
+(``benchmarks/_fixed_server.py``, pinned to core 1), one client process pinned to core 0 on
+uvloop, closed loop at ``-c`` concurrent requests. Each variant gets a fresh event loop and a
+warm-up whose numbers are discarded, then up to ``--requests`` requests bounded by
+``--duration`` seconds:
 
-- ``raw``: ``aiohttp.ClientSession.post`` + ``read()`` (the ceiling);
-- ``direct``: ``httpx.Request(...)`` → ``AiohttpTransport.handle_async_request`` → ``aread()``;
-- ``fast``: the same with the request made by ``transport.build_request`` (~3× cheaper);
-- ``client``: ``httpx.AsyncClient(transport=AiohttpTransport())`` → ``post()``;
-- ``httpx``: plain ``httpx.AsyncClient`` (httpcore pool; fewer requests, it is slow);
-- ``ref``: ``httpx_aiohttp.AiohttpTransport`` used like ``direct`` (only if installed).
+- ``raw``: ``aiohttp.ClientSession.post`` + ``read()``, the ceiling;
+- ``direct``: ``httpx.Request(...)`` -> ``AiohttpTransport.handle_async_request`` -> ``aread()``;
+- ``fast``: the same, with the request made by ``transport.build_request`` (public httpx API,
+  ~4x cheaper than ``httpx.Request(content=...)``);
+- ``client``: ``httpx.AsyncClient(transport=AiohttpTransport())`` -> ``post()``;
+- ``httpx``: plain ``httpx.AsyncClient`` (httpcore's pool; fewer requests, it is slow);
+- ``ref``: ``httpx_aiohttp.AiohttpTransport`` used like ``direct`` (only if that is installed).
 
-``--mode sse`` streams ``--events`` content deltas per response and counts ``data:`` lines from
-the chunks as they arrive (the same line splitter for every variant); rates are events/s.
+``--mode sse`` streams ``--events`` content deltas per response and counts ``data:`` lines in the
+chunks as they arrive (one line splitter for every variant); its rates are events/s and its
+"ttfb" is the time to the first body chunk. The server writes each event separately by default
+(``--sse-write event``), so the client sees many small chunks, the costly case.
 
-Prints req/s (or events/s), client CPU µs per request, p50/p99 latency, and each variant's rate
-and p99 as ratios to ``raw`` of the same round; with several ``--rounds`` (variants interleaved)
-a closing table gives the median of the per-round ratios, plus "CPU eff×raw" (raw's CPU per
-request ÷ the variant's), which is steadier than wall-clock rates on a shared machine. Speed is
-never asserted: compare the ratios.
+Prints, per round: rate, client CPU us per request, p50/p99 latency and, for each variant, its
+rate and p99 divided by ``raw``'s in the same round. Variants are interleaved over ``--rounds``;
+a closing table gives the median of the per-round ratios and "cpu-eff" (raw's CPU per request
+divided by the variant's), which is steadier than wall-clock rates on a shared, noisy machine.
+Nothing is asserted: read the ratios.
 
-Usage::
-
-    python benchmarks/transport_overhead.py [--mode json|sse|both] [-c 64] [--rounds 2]
+    python benchmarks/transport_overhead.py [--mode json|sse|both] [-c 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -40,15 +42,20 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from batchrunner.transport import AiohttpTransport, TransportTimeouts, build_request  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from batchrunner.transport import (  # noqa: E402
+    AiohttpTransport,
+    TransportTimeouts,
+    build_request,
+)
+
 PATH = "/anthropic/v1/messages"
 BODY = (
     b'{"model":"claude-sonnet-4-5","max_tokens":256,"messages":[{"role":"user","content":'
@@ -60,7 +67,12 @@ HEADERS = {
     "x-api-key": "sk-ant-bench-0000000000000000",
     "anthropic-version": "2023-06-01",
 }
-LONG = TransportTimeouts(connect_s=10.0, read_s=60.0)
+TIMEOUTS = TransportTimeouts(connect_s=10.0, read_s=60.0)
+ALL_VARIANTS = ("raw", "direct", "fast", "client", "httpx", "ref")
+
+# One request: gets a list holding its start time (ns), appends the first-chunk time if any,
+# and returns the number of SSE data lines it saw.
+Op = Callable[[list[int]], Awaitable[int]]
 
 
 @dataclass
@@ -72,25 +84,28 @@ class Result:
     cpu_s: float
     p50_ms: float
     p99_ms: float
-    ttfb_p50_ms: float | None
+    ttfb_p50_ms: float
+
+    def rate(self, sse: bool) -> float:
+        return (self.events if sse else self.n) / self.wall_s
 
 
-Op = Callable[[list[int]], Awaitable[int]]
-
-
-def _count_data_lines(state: list[bytes], chunk: bytes) -> int:
-    # Same splitter for every variant: lines may straddle chunks.
+def count_data_lines(state: list[bytes], chunk: bytes) -> int:
+    """Count complete ``data:`` lines; ``state[0]`` carries a line split across chunks."""
     buf = state[0] + chunk if state[0] else chunk
     lines = buf.split(b"\n")
     state[0] = lines.pop()
-    n = 0
-    for line in lines:
-        if line.startswith(b"data:"):
-            n += 1
-    return n
+    return sum(1 for line in lines if line.startswith(b"data:"))
 
 
-async def _closed_loop(op: Op, count: int, duration_s: float, concurrency: int) -> Result:
+def _pct(sorted_ns: list[int], p: float) -> float:
+    if not sorted_ns:
+        return float("nan")
+    return sorted_ns[min(len(sorted_ns) - 1, int(p * len(sorted_ns)))] / 1e6
+
+
+async def closed_loop(op: Op, count: int, duration_s: float, concurrency: int) -> Result:
+    """Run ``op`` from ``concurrency`` workers until ``count`` requests or ``duration_s``."""
     lat: list[int] = []
     ttfb: list[int] = []
     remaining = count
@@ -103,10 +118,9 @@ async def _closed_loop(op: Op, count: int, duration_s: float, concurrency: int) 
         while remaining > 0 and time.perf_counter() < deadline:
             remaining -= 1
             marks = [perf_ns()]
-            got = await op(marks)  # not ``events += await ...``: that reads events before the await
+            got = await op(marks)  # not ``events += await op()``: that reads events too early
             events += got
-            end = perf_ns()
-            lat.append(end - marks[0])
+            lat.append(perf_ns() - marks[0])
             if len(marks) > 1:
                 ttfb.append(marks[1] - marks[0])
 
@@ -115,122 +129,123 @@ async def _closed_loop(op: Op, count: int, duration_s: float, concurrency: int) 
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     lat.sort()
     ttfb.sort()
-
-    def pct(xs: list[int], p: float) -> float:
-        return xs[min(len(xs) - 1, int(p * len(xs)))] / 1e6 if xs else float("nan")
-
-    return Result(
-        "", len(lat), events, wall, cpu, pct(lat, 0.5), pct(lat, 0.99), pct(ttfb, 0.5) if ttfb else None
-    )
+    return Result("", len(lat), events, wall, cpu, _pct(lat, 0.5), _pct(lat, 0.99), _pct(ttfb, 0.5))
 
 
-def _make_ops(variant: str, url: str, sse: bool, concurrency: int):  # noqa: C901 - a flat table
-    """Return (setup, op, teardown) coroutines for one variant."""
-    state: dict[str, object] = {}
-    hx_url = httpx.URL(url)
-    header_list = list(HEADERS.items())
-    raw_headers = httpx.Headers(HEADERS).raw
+class Variant:
+    """Set-up, one request, and tear-down of one way of sending."""
 
-    async def setup() -> None:
-        if variant == "raw":
-            state["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
-        elif variant in ("direct", "fast", "client"):
-            t = AiohttpTransport(limit=concurrency, timeouts=LONG)
-            state["t"] = t
-            if variant == "client":
-                state["c"] = httpx.AsyncClient(transport=t, timeout=None)
-        elif variant == "ref":
-            import httpx_aiohttp
+    def __init__(self, name: str, url: str, sse: bool, concurrency: int) -> None:
+        self.name, self.url, self.sse, self.concurrency = name, url, sse, concurrency
+        self.hx_url = httpx.URL(url)
+        self.header_list = list(HEADERS.items())
+        self.raw_headers = httpx.Headers(HEADERS).raw
+        self.session: aiohttp.ClientSession | None = None
+        self.transport: Any = None
+        self.client: httpx.AsyncClient | None = None
 
-            state["t"] = httpx_aiohttp.AiohttpTransport(
-                limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async def setup(self) -> None:
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        if self.name == "raw":
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.concurrency)
             )
-        elif variant == "httpx":
-            state["c"] = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-                timeout=None,
-            )
+        elif self.name in ("direct", "fast", "client"):
+            self.transport = AiohttpTransport(limit=self.concurrency, timeouts=TIMEOUTS)
+            if self.name == "client":
+                self.client = httpx.AsyncClient(transport=self.transport, timeout=None)
+        elif self.name == "ref":
+            import httpx_aiohttp  # optional: pip install httpx-aiohttp
 
-    async def teardown() -> None:
-        if "c" in state:
-            await state["c"].aclose()  # type: ignore[attr-defined]
-        if "t" in state:
-            await state["t"].aclose()  # type: ignore[attr-defined]
-        if "s" in state:
-            await state["s"].close()  # type: ignore[attr-defined]
+            self.transport = httpx_aiohttp.AiohttpTransport(limits=limits)
+        elif self.name == "httpx":
+            self.client = httpx.AsyncClient(limits=limits, timeout=None)
 
-    if variant == "raw":
+    async def teardown(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        if self.transport is not None:
+            await self.transport.aclose()
+        if self.session is not None:
+            await self.session.close()
 
-        async def op(marks: list[int]) -> int:
-            async with state["s"].post(url, data=BODY, headers=HEADERS) as r:  # type: ignore[attr-defined]
-                if not sse:
-                    await r.read()
-                    return 0
-                st, n = [b""], 0
-                async for chunk in r.content.iter_any():
-                    if len(marks) == 1:
-                        marks.append(time.perf_counter_ns())
-                    n += _count_data_lines(st, chunk)
-                return n
+    def op(self) -> Op:
+        return getattr(self, f"_op_{'raw' if self.name == 'raw' else 'client'}")  # type: ignore[no-any-return]
 
-    elif variant in ("direct", "fast", "ref"):
-
-        async def op(marks: list[int]) -> int:
-            if variant == "fast":
-                req = build_request("POST", hx_url, raw_headers, BODY)
-            else:
-                req = httpx.Request("POST", hx_url, headers=header_list, content=BODY)
-            r = await state["t"].handle_async_request(req)  # type: ignore[attr-defined]
-            if not sse:
-                await r.aread()
+    async def _op_raw(self, marks: list[int]) -> int:
+        assert self.session is not None
+        async with self.session.post(self.url, data=BODY, headers=HEADERS) as r:
+            if not self.sse:
+                await r.read()
                 return 0
-            st, n = [b""], 0
-            try:
-                async for chunk in r.aiter_bytes():
-                    if len(marks) == 1:
-                        marks.append(time.perf_counter_ns())
-                    n += _count_data_lines(st, chunk)
-            finally:
-                await r.aclose()
+            state, n = [b""], 0
+            async for chunk in r.content.iter_any():
+                if len(marks) == 1:
+                    marks.append(time.perf_counter_ns())
+                n += count_data_lines(state, chunk)
             return n
 
-    else:  # client, httpx
-
-        async def op(marks: list[int]) -> int:
-            c: httpx.AsyncClient = state["c"]  # type: ignore[assignment]
-            if not sse:
-                await c.post(hx_url, content=BODY, headers=HEADERS)
-                return 0
-            st, n = [b""], 0
-            async with c.stream("POST", hx_url, content=BODY, headers=HEADERS) as r:
-                async for chunk in r.aiter_bytes():
-                    if len(marks) == 1:
-                        marks.append(time.perf_counter_ns())
-                    n += _count_data_lines(st, chunk)
-            return n
-
-    return setup, op, teardown
-
-
-def run_variant(
-    variant: str, url: str, sse: bool, concurrency: int, count: int, warmup: int, duration_s: float
-) -> Result:
-    async def main() -> Result:
-        setup, op, teardown = _make_ops(variant, url, sse, concurrency)
-        await setup()
+    async def _op_client(self, marks: list[int]) -> int:
+        if self.client is not None:
+            return await self._via_client(marks)
+        if self.name == "fast":
+            request = build_request("POST", self.hx_url, self.raw_headers, BODY)
+        else:
+            request = httpx.Request("POST", self.hx_url, headers=self.header_list, content=BODY)
+        response = await self.transport.handle_async_request(request)
+        if not self.sse:
+            await response.aread()
+            return 0
         try:
-            await _closed_loop(op, warmup, min(3.0, duration_s), concurrency)
-            gc.collect()
-            res = await _closed_loop(op, count, duration_s, concurrency)
+            return await self._count(response, marks)
         finally:
-            await teardown()
-        res.name = variant
-        return res
+            await response.aclose()
+
+    async def _via_client(self, marks: list[int]) -> int:
+        assert self.client is not None
+        if not self.sse:
+            await self.client.post(self.hx_url, content=BODY, headers=HEADERS)
+            return 0
+        async with self.client.stream("POST", self.hx_url, content=BODY, headers=HEADERS) as r:
+            return await self._count(r, marks)
+
+    @staticmethod
+    async def _count(response: httpx.Response, marks: list[int]) -> int:
+        state, n = [b""], 0
+        async for chunk in response.aiter_bytes():
+            if len(marks) == 1:
+                marks.append(time.perf_counter_ns())
+            n += count_data_lines(state, chunk)
+        return n
+
+
+def run_variant(name: str, url: str, sse: bool, args: argparse.Namespace) -> Result:
+    """Warm up, then measure one variant in a fresh uvloop event loop."""
+    if sse:
+        count = args.sse_requests if name != "httpx" else args.httpx_requests // 2
+    else:
+        count = args.requests if name != "httpx" else args.httpx_requests
+    warmup = min(args.warmup, count // 4)
+
+    async def main() -> Result:
+        variant = Variant(name, url, sse, args.concurrency)
+        await variant.setup()
+        try:
+            await closed_loop(variant.op(), warmup, min(3.0, args.duration), args.concurrency)
+            gc.collect()
+            result = await closed_loop(variant.op(), count, args.duration, args.concurrency)
+        finally:
+            await variant.teardown()
+        result.name = name
+        return result
 
     return uvloop.run(main())
 
 
 def start_server(mode: str, events: int, sse_write: str) -> tuple[subprocess.Popen[str], int]:
+    """Start ``_fixed_server.py`` (on core 1 when possible) and return it with its port."""
     cmd = [sys.executable, str(HERE / "_fixed_server.py"), "--port", "0", "--mode", mode]
     cmd += ["--events", str(events), "--sse-write", sse_write]
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
@@ -240,29 +255,44 @@ def start_server(mode: str, events: int, sse_write: str) -> tuple[subprocess.Pop
     line = proc.stdout.readline()
     if not line:
         proc.kill()
-        raise SystemExit("fixed server did not start")
+        raise SystemExit("the fixed server did not start")
     return proc, int(line)
 
 
-def report(results: list[Result], sse: bool) -> None:
+def print_round(results: list[Result], sse: bool) -> None:
     raw = next((r for r in results if r.name == "raw"), None)
     unit = "events/s" if sse else "req/s"
-    head = f"{'variant':<8} {'n':>7} {unit:>10} {'CPU µs/req':>10} {'p50 ms':>8} {'p99 ms':>8}"
-    if sse:
-        head += f" {'ttfb p50':>8}"
-    head += f" {'rate×raw':>8} {'p99×raw':>8}"
+    head = f"{'variant':<8} {'n':>7} {unit:>10} {'CPU us/req':>10} {'p50 ms':>8} {'p99 ms':>8}"
+    head += f" {'ttfb ms':>8}" if sse else ""
+    head += f" {'rate/raw':>8} {'p99/raw':>8}" if raw else ""
     print(head)
     for r in results:
-        rate = (r.events if sse else r.n) / r.wall_s
         line = (
-            f"{r.name:<8} {r.n:>7} {rate:>10,.0f} {r.cpu_s / r.n * 1e6:>10.1f}"
+            f"{r.name:<8} {r.n:>7} {r.rate(sse):>10,.0f} {r.cpu_s / r.n * 1e6:>10.1f}"
             f" {r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
         )
-        if sse:
-            line += f" {r.ttfb_p50_ms or float('nan'):>8.2f}"
+        line += f" {r.ttfb_p50_ms:>8.2f}" if sse else ""
         if raw is not None:
-            raw_rate = (raw.events if sse else raw.n) / raw.wall_s
-            line += f" {rate / raw_rate:>8.3f} {r.p99_ms / raw.p99_ms:>8.2f}"
+            line += f" {r.rate(sse) / raw.rate(sse):>8.3f} {r.p99_ms / raw.p99_ms:>8.2f}"
+        print(line, flush=True)
+
+
+def print_medians(mode: str, rounds: list[list[Result]], sse: bool) -> None:
+    print(f"\n== {mode}: medians over {len(rounds)} rounds (ratios taken per round)")
+    unit = "events/s" if sse else "req/s"
+    print(f"{'variant':<8} {unit:>10} {'p99 ms':>8} {'rate/raw':>8} {'p99/raw':>8} {'cpu-eff':>8}")
+    for i, first in enumerate(rounds[0]):
+        rows = [rnd[i] for rnd in rounds]
+        raws = [next((r for r in rnd if r.name == "raw"), None) for rnd in rounds]
+        rate = statistics.median(r.rate(sse) for r in rows)
+        p99 = statistics.median(r.p99_ms for r in rows)
+        line = f"{first.name:<8} {rate:>10,.0f} {p99:>8.2f}"
+        if all(raws):
+            pairs = list(zip(rows, raws, strict=True))
+            rr = statistics.median(r.rate(sse) / w.rate(sse) for r, w in pairs)  # type: ignore[union-attr]
+            pr = statistics.median(r.p99_ms / w.p99_ms for r, w in pairs)  # type: ignore[union-attr]
+            ce = statistics.median((w.cpu_s / w.n) / (r.cpu_s / r.n) for r, w in pairs)  # type: ignore[union-attr]
+            line += f" {rr:>8.3f} {pr:>8.2f} {ce:>8.3f}"
         print(line, flush=True)
 
 
@@ -270,64 +300,51 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["json", "sse", "both"], default="both")
     parser.add_argument("-c", "--concurrency", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=40_000)
-    parser.add_argument("--httpx-requests", type=int, default=3_000)
-    parser.add_argument("--sse-requests", type=int, default=8_000)
+    parser.add_argument("--requests", type=int, default=40_000, help="per variant and round")
+    parser.add_argument("--sse-requests", type=int, default=8_000, help="streams per variant")
+    parser.add_argument("--httpx-requests", type=int, default=3_000, help="for plain httpx")
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--duration", type=float, default=15.0, help="cap per variant, seconds")
-    parser.add_argument("--events", type=int, default=50)
+    parser.add_argument("--events", type=int, default=50, help="content deltas per stream")
     parser.add_argument("--sse-write", choices=["burst", "event"], default="event")
-    parser.add_argument("--rounds", type=int, default=3, help="repeat the variant sequence")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument(
-        "--variants", default="raw,direct,fast,client,httpx", help="comma list; add 'ref' for httpx_aiohttp"
+        "--variants",
+        default="raw,direct,fast,client,httpx",
+        help=f"comma list from {','.join(ALL_VARIANTS)}; raw first gives the ratios",
     )
     args = parser.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := set(variants) - set(ALL_VARIANTS):
+        parser.error(f"unknown variants: {sorted(unknown)}")
 
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})
-    variants = [v for v in args.variants.split(",") if v]
-    modes = ["json", "sse"] if args.mode == "both" else [args.mode]
     print(
-        f"python {sys.version.split()[0]}  aiohttp {aiohttp.__version__}  httpx {httpx.__version__}"
-        f"  uvloop {uvloop.__version__}  c={args.concurrency}"
+        f"python {sys.version.split()[0]}  aiohttp {aiohttp.__version__}"
+        f"  httpx {httpx.__version__}  uvloop {uvloop.__version__}  c={args.concurrency}"
     )
-    for mode in modes:
+    for mode in ["json", "sse"] if args.mode == "both" else [args.mode]:
         sse = mode == "sse"
+        what = f"{args.events} deltas, {args.sse_write} writes" if sse else "600-byte JSON"
         proc, port = start_server(mode, args.events, args.sse_write)
-        by_variant: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in variants}
+        rounds: list[list[Result]] = []
         try:
             url = f"http://127.0.0.1:{port}{PATH}"
             for rnd in range(args.rounds):
-                what = f"{args.events} events, {args.sse_write} writes" if sse else "600-byte JSON"
-                print(f"\n== {mode} ({what}) round {rnd + 1}/{args.rounds}")
+                print(f"\n== {mode} ({what}), round {rnd + 1}/{args.rounds}")
                 results = []
-                for v in variants:
-                    count = args.sse_requests if sse else args.requests
-                    if v == "httpx":
-                        count = args.httpx_requests if not sse else args.httpx_requests // 2
-                    warm = min(args.warmup, count // 4)
-                    r = run_variant(v, url, sse, args.concurrency, count, warm, args.duration)
-                    results.append(r)
+                for name in variants:
+                    results.append(run_variant(name, url, sse, args))
                     gc.collect()
-                raw = results[0] if results[0].name == "raw" else None
-                for r in results:
-                    rate = (r.events if sse else r.n) / r.wall_s
-                    raw_rate = (raw.events if sse else raw.n) / raw.wall_s if raw else float("nan")
-                    by_variant[r.name].append(
-                        (rate / raw_rate, r.p99_ms / raw.p99_ms if raw else float("nan"),
-                         (raw.cpu_s / raw.n) / (r.cpu_s / r.n) if raw else float("nan"), rate)
-                    )
-                report(results, sse)
+                print_round(results, sse)
+                rounds.append(results)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
         if args.rounds > 1:
-            print(f"\n== {mode}: medians over {args.rounds} rounds (ratios are per round, then median)")
-            unit = "events/s" if sse else "req/s"
-            print(f"{'variant':<8} {unit:>10} {'rate×raw':>8} {'p99×raw':>8} {'CPU eff×raw':>11}")
-            for v, rows in by_variant.items():
-                med = [statistics.median(col) for col in zip(*rows)]
-                print(f"{v:<8} {med[3]:>10,.0f} {med[0]:>8.3f} {med[1]:>8.2f} {med[2]:>11.3f}")
+            print_medians(mode, rounds, sse)
+
 
 if __name__ == "__main__":
     main()

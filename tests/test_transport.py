@@ -42,7 +42,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, list[tuple[bytes, bytes]], bytes]:
+async def _read_request(
+    reader: asyncio.StreamReader,
+) -> tuple[str, str, list[tuple[bytes, bytes]], bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head[:-4].split(b"\r\n")
     method, target, _ = lines[0].decode().split(" ", 2)
@@ -65,7 +67,11 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, list[tu
 
 
 def _response(status: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
-    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers), f"content-length: {len(body)}"]
+    lines = [
+        f"HTTP/1.1 {status}",
+        *(f"{k}: {v}" for k, v in headers),
+        f"content-length: {len(body)}",
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
@@ -73,15 +79,19 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def _serve_one(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Handle keep-alive requests on one connection until the client closes it or a route drops it."""
+async def _serve_one(
+    server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Serve keep-alive requests on one connection until the client leaves or a route drops it."""
     while True:
         try:
             method, target, headers, body = await _read_request(reader)
         except (asyncio.IncompleteReadError, ConnectionError):
             return
         path, _, query = target.partition("?")
-        server.requests.append({"method": method, "target": target, "headers": headers, "body": body})
+        server.requests.append(
+            {"method": method, "target": target, "headers": headers, "body": body}
+        )
         if path == "/echo":
             payload = {
                 "method": method,
@@ -93,7 +103,10 @@ async def _serve_one(server: Server, reader: asyncio.StreamReader, writer: async
             writer.write(_response("200 OK", extra, json.dumps(payload).encode()))
         elif path == "/chunks":
             # Five chunks, 50 ms apart, each its own write.
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+            )
             for i in range(5):
                 writer.write(_chunk(b"data: %d\n\n" % i))
                 await writer.drain()
@@ -104,7 +117,9 @@ async def _serve_one(server: Server, reader: asyncio.StreamReader, writer: async
             return
         elif path == "/drop-mid":
             if query == "chunked":
-                writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + _chunk(b"partial"))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + _chunk(b"partial")
+                )
             else:
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
             await writer.drain()
@@ -120,7 +135,9 @@ async def _serve_one(server: Server, reader: asyncio.StreamReader, writer: async
             await asyncio.sleep(3)
             return
         elif path == "/gzip":
-            writer.write(_response("200 OK", [("content-encoding", "gzip")], gzip.compress(b"hello " * 50)))
+            writer.write(
+                _response("200 OK", [("content-encoding", "gzip")], gzip.compress(b"hello " * 50))
+            )
         elif path == "/slow":
             await asyncio.sleep(0.05)
             writer.write(_response("200 OK", [], b"ok"))
@@ -142,6 +159,8 @@ async def server() -> AsyncIterator[Server]:
         handlers.add(task)
         try:
             await _serve_one(state, reader, writer)
+        except asyncio.CancelledError:
+            pass  # teardown cancels stalled handlers; Python 3.11's stream callback would log it
         finally:
             state.open_connections -= 1
             handlers.discard(task)
@@ -177,12 +196,19 @@ async def _wait_for(predicate, timeout_s: float = 2.0) -> bool:  # type: ignore[
     return True
 
 
-async def test_post_round_trip_preserves_headers_and_body(server: Server, transport: AiohttpTransport) -> None:
+async def test_post_round_trip_preserves_headers_and_body(
+    server: Server, transport: AiohttpTransport
+) -> None:
     body = b'{"model":"m","messages":[{"role":"user","content":"h\xc3\xa9"}]}'
     request = httpx.Request(
         "POST",
         server.url("/echo?a=1&b=x%20y"),
-        headers=[("x-api-key", "k"), ("X-Multi", "1"), ("x-multi", "2"), ("content-type", "application/json")],
+        headers=[
+            ("x-api-key", "k"),
+            ("X-Multi", "1"),
+            ("x-multi", "2"),
+            ("content-type", "application/json"),
+        ],
         content=body,
     )
     response = await transport.handle_async_request(request)
@@ -240,14 +266,18 @@ def test_build_request_matches_httpx() -> None:
 
 
 async def test_build_request_round_trip(server: Server, transport: AiohttpTransport) -> None:
-    request = build_request("POST", httpx.URL(server.url("/echo")), [(b"x-api-key", b"k")], b"payload")
+    request = build_request(
+        "POST", httpx.URL(server.url("/echo")), [(b"x-api-key", b"k")], b"payload"
+    )
     echoed = json.loads(await (await transport.handle_async_request(request)).aread())
     assert echoed["body"] == "payload"
     assert [k.lower() for k, _ in echoed["headers"]] == ["host", "x-api-key", "content-length"]
 
 
 @pytest.mark.parametrize("how", ["aiter_bytes", "aiter_raw", "aiter_lines", "client"])
-async def test_stream_chunks_are_seen_as_they_arrive(server: Server, transport: AiohttpTransport, how: str) -> None:
+async def test_stream_chunks_are_seen_as_they_arrive(
+    server: Server, transport: AiohttpTransport, how: str
+) -> None:
     arrivals: list[float] = []
     data: list[bytes] = []
     if how == "client":
@@ -259,7 +289,9 @@ async def test_stream_chunks_are_seen_as_they_arrive(server: Server, transport: 
                 arrivals.append(time.perf_counter())
                 data.append(chunk)
     else:
-        response = await transport.handle_async_request(httpx.Request("POST", server.url("/chunks"), content=b"{}"))
+        response = await transport.handle_async_request(
+            httpx.Request("POST", server.url("/chunks"), content=b"{}")
+        )
         try:
             async for chunk in getattr(response, how)():
                 arrivals.append(time.perf_counter())
@@ -286,15 +318,21 @@ async def test_connection_refused_is_connect_error(transport: AiohttpTransport) 
 
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
-async def test_drop_before_response_is_protocol_error(server: Server, transport: AiohttpTransport, method: str) -> None:
-    request = httpx.Request(method, server.url("/drop"), content=b"{}" if method == "POST" else None)
+async def test_drop_before_response_is_protocol_error(
+    server: Server, transport: AiohttpTransport, method: str
+) -> None:
+    request = httpx.Request(
+        method, server.url("/drop"), content=b"{}" if method == "POST" else None
+    )
     async with asyncio.timeout(5):
         with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
             await transport.handle_async_request(request)
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
-async def test_drop_mid_stream_raises_from_iterator(server: Server, transport: AiohttpTransport, framing: str) -> None:
+async def test_drop_mid_stream_raises_from_iterator(
+    server: Server, transport: AiohttpTransport, framing: str
+) -> None:
     path = "/drop-mid?chunked" if framing == "chunked" else "/drop-mid"
     response = await transport.handle_async_request(httpx.Request("GET", server.url(path)))
     got = []
@@ -317,7 +355,9 @@ async def test_read_timeouts(server: Server) -> None:
     try:
         with pytest.raises(httpx.ReadTimeout):
             await transport.handle_async_request(httpx.Request("GET", server.url("/stall-head")))
-        response = await transport.handle_async_request(httpx.Request("GET", server.url("/stall-body")))
+        response = await transport.handle_async_request(
+            httpx.Request("GET", server.url("/stall-body"))
+        )
         with pytest.raises(httpx.ReadTimeout):
             async for _ in response.aiter_raw():
                 pass
@@ -329,15 +369,21 @@ async def test_read_timeouts(server: Server) -> None:
 async def test_total_timeout(server: Server) -> None:
     transport = AiohttpTransport(timeouts=TransportTimeouts(read_s=5.0, total_s=0.3))
     try:
-        response = await transport.handle_async_request(httpx.Request("GET", server.url("/stall-body")))
+        response = await transport.handle_async_request(
+            httpx.Request("GET", server.url("/stall-body"))
+        )
         with pytest.raises(httpx.ReadTimeout):
             await response.aread()
     finally:
         await transport.aclose()
 
 
-async def test_client_timeout_extension_overrides_default(server: Server, transport: AiohttpTransport) -> None:
-    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0, read=0.2)) as client:
+async def test_client_timeout_extension_overrides_default(
+    server: Server, transport: AiohttpTransport
+) -> None:
+    async with httpx.AsyncClient(
+        transport=transport, timeout=httpx.Timeout(5.0, read=0.2)
+    ) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.get(server.url("/stall-head"))
         ok = await client.get(server.url("/slow"))
@@ -378,7 +424,9 @@ async def test_response_state_matches_httpx(server: Server, transport: AiohttpTr
         await streamed.aread()
 
 
-async def test_concurrent_requests_reuse_connections(server: Server, transport: AiohttpTransport) -> None:
+async def test_concurrent_requests_reuse_connections(
+    server: Server, transport: AiohttpTransport
+) -> None:
     async def one() -> bytes:
         response = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
         return await response.aread()
@@ -395,7 +443,9 @@ async def test_limit_caps_connections(server: Server) -> None:
     try:
 
         async def one() -> int:
-            response = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
+            response = await transport.handle_async_request(
+                httpx.Request("GET", server.url("/slow"))
+            )
             await response.aread()
             return response.status_code
 
@@ -411,7 +461,9 @@ async def test_aclose_releases_connections(server: Server) -> None:
     done = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
     await done.aread()
     # A stream abandoned midway is closed, not returned to the pool with unread bytes.
-    abandoned = await transport.handle_async_request(httpx.Request("POST", server.url("/chunks"), content=b"{}"))
+    abandoned = await transport.handle_async_request(
+        httpx.Request("POST", server.url("/chunks"), content=b"{}")
+    )
     async for _ in abandoned.aiter_raw():
         break
     await abandoned.aclose()

@@ -11,6 +11,7 @@ import click
 import orjson
 
 from batchrunner.cli import main
+from batchrunner.cli.validate import source_options
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -104,15 +105,7 @@ def _parse_header(_ctx: click.Context, _param: click.Parameter, values: tuple[st
 @click.option("--emulator-profile", default=None, metavar="NAME|FILE",
               help="Profile of the built-in emulator when no --gateway is given: instant, "
                    "realistic, flaky, or a TOML file [default: a fast demo profile].")
-@click.option("--model", default=None, help="Model for requests that name none.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
-              help="max_tokens for requests that give none.")
-@click.option("--system", default=None, help="System prompt for requests that give none.")
-@click.option("--model-override", default=None, help="Send every request to this model.")
-@click.option("--prompt-column", default="prompt", show_default=True,
-              help="Parquet input: column holding a plain user prompt.")
-@click.option("--strict", is_flag=True,
-              help="Abort at the first invalid input row instead of skipping it.")
+@source_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
 def run(

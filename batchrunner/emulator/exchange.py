@@ -161,6 +161,7 @@ class Exchange:
         e: dict[str, Any] = {
             "seq": self.seq,
             "request_id": self.request_id,
+            "response_id": self.msg_id or None,
             "kind": self.kind,
             "outcome": self.outcome,
             "http_status": self.status,

@@ -384,11 +384,12 @@ class Gateway:
             etype = wire.error_type_for(st)
             failure = (st, etype, wire.message_for(etype))
         ex.job_status = job.status
+        ex.msg_id = msg_id = wire.new_message_id() if failure is None else ""
         ex.respond(200, wire.async_stub(job.id))
-        self.loop.call_soon(self._job_begin, job, ex.plan, model, failure)
+        self.loop.call_soon(self._job_begin, job, ex.plan, model, msg_id, failure)
 
     def _job_begin(
-        self, job: Job, plan: Plan, model: str, failure: tuple[int, str, str] | None
+        self, job: Job, plan: Plan, model: str, msg_id: str, failure: tuple[int, str, str] | None
     ) -> None:
         if job.cancelled:
             return
@@ -402,12 +403,14 @@ class Gateway:
             job.holds_slot = True
             # A failure comes back when the first token would have; a success takes the full time.
             delay = plan.ttft_s if failure is not None else plan.duration_s
-            job.timer = self.loop.call_later(delay, self._job_done, job, plan, model, failure)
+            job.timer = self.loop.call_later(
+                delay, self._job_done, job, plan, model, msg_id, failure
+            )
 
         self.slots.acquire(granted)
 
     def _job_done(
-        self, job: Job, plan: Plan, model: str, failure: tuple[int, str, str] | None
+        self, job: Job, plan: Plan, model: str, msg_id: str, failure: tuple[int, str, str] | None
     ) -> None:
         job.timer = None
         if job.holds_slot:
@@ -416,9 +419,7 @@ class Gateway:
         if job.cancelled:
             return
         if failure is None:
-            body = wire.message_body(
-                wire.new_message_id(), model, plan.text(), plan.stop_reason, plan.usage
-            )
+            body = wire.message_body(msg_id, model, plan.text(), plan.stop_reason, plan.usage)
             self.jobs.finish(job, J.COMPLETED, 200, body)
         else:
             status, etype, message = failure

@@ -127,8 +127,12 @@ class JobStore:
     def _evict(self) -> None:
         excess = len(self._jobs) - self.max_jobs
         for jid in [j.id for j in self._jobs.values() if j.terminal][:excess]:
-            del self._jobs[jid]
+            self._forget(jid)
             self.evicted += 1
+
+    def _forget(self, job_id: str) -> None:
+        # Ground truth keeps the Job for its timeline: drop the (possibly large) result body.
+        self._jobs.pop(job_id).body = b""
 
     def get(self, job_id: str, virtual_key: str | None, now: float | None = None) -> Job | None:
         """The job if the caller may read it, else ``None`` (unknown, expired or other key).
@@ -142,7 +146,7 @@ class JobStore:
             return None
         exp = job.expires_at
         if exp is not None and exp <= (time.time() if now is None else now):
-            del self._jobs[job_id]
+            self._forget(job_id)
             self.expired += 1
             return None
         if job.virtual_key is not None and job.virtual_key != virtual_key:
@@ -171,7 +175,7 @@ class JobStore:
         t = time.time() if now is None else now
         dead = [j.id for j in self._jobs.values() if j.expires_at is not None and j.expires_at <= t]
         for jid in dead:
-            del self._jobs[jid]
+            self._forget(jid)
         self.expired += len(dead)
         return len(dead)
 

@@ -56,6 +56,7 @@ def test_submit_returns_the_stub_then_the_message(emulator: Emulator) -> None:
     assert job["created_at"] <= job["started_at"] <= job["completed_at"]
     assert job["expires_at"] == pytest.approx(job["completed_at"] + 3600)
     assert submit_truth["output_tokens"] == msg["usage"]["output_tokens"]
+    assert submit_truth["response_id"] == msg["id"]  # the Message a poll will get
 
 
 def test_pending_poll_is_the_stub_and_job_takes_the_sync_latency(make_emulator: Any) -> None:

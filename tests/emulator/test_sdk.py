@@ -44,7 +44,7 @@ def test_sync_message_has_full_usage(sdk: anthropic.Anthropic, emulator: Emulato
     assert msg.usage.cache_creation.ephemeral_1h_input_tokens == 0
     [truth] = emulator.ground_truth()
     assert truth["kind"] == "sync" and truth["outcome"] == "ok" and truth["http_status"] == 200
-    assert truth["output_tokens"] == msg.usage.output_tokens
+    assert truth["output_tokens"] == msg.usage.output_tokens and truth["response_id"] == msg.id
     assert truth["virtual_key"] == "sk-bf-test"  # x-api-key with the sk-bf- prefix is a virtual key
 
 

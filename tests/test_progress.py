@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import asyncio
+import io
+
+from batchrunner.progress import LiveStats, ProgressDisplay
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def row(status="ok", latency=0.1, tokens=10, error_type=None):
+    return {"status": status, "latency_s": latency, "output_tokens": tokens, "error_type": error_type}
+
+
+def test_line_shows_counts_rate_errors_in_flight_latency_and_eta():
+    stats = LiveStats(total=100, already_done=10)
+    for _ in range(8):
+        stats.record(row(latency=0.2))
+    stats.record(row("error", latency=0.05, error_type="api_error"))
+    stats.record(row("timeout", latency=None, error_type="timeout"))
+    stats.in_flight = 3
+    line = stats.line()
+    assert line.startswith("20/100 (20.0%)")
+    assert "errors 2" in line and "in flight 3" in line
+    assert "p50 200 ms" in line and "ETA" in line
+    assert stats.errors_by_type == {"api_error": 1, "timeout": 1}
+
+
+async def test_display_draws_on_a_terminal_and_clears_at_the_end():
+    stream = FakeTTY()
+    stats = LiveStats(total=5)
+    stats.record(row())
+    display = ProgressDisplay(stats, stream)
+    task = asyncio.create_task(display.run())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    out = stream.getvalue()
+    assert "\r1/5 (20.0%)" in out
+    assert out.endswith("\r")  # the line was wiped, so the summary starts clean
+
+
+async def test_display_is_silent_when_not_a_terminal():
+    stream = io.StringIO()
+    display = ProgressDisplay(LiveStats(total=1), stream)
+    await display.run()
+    assert stream.getvalue() == ""
