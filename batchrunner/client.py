@@ -78,6 +78,7 @@ class Attempt:
     http_status: int | None = None
     headers: httpx.Headers | None = None
     message: dict[str, Any] | None = None  # sync: the parsed body; stream: the assembled message
+    parsed: Any = None  # the decoded JSON body of a non-stream response, whatever it is
     raw_body: bytes | None = None
     error_type: str | None = None
     error_message: str | None = None
@@ -292,14 +293,27 @@ async def _read_body(response: httpx.Response, attempt: Attempt) -> None:
         parsed = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
         parsed = None
+    attempt.parsed = parsed
     if 200 <= status < 300:
         if isinstance(parsed, dict) and parsed.get("type") == "message":
             attempt.message = parsed
+        elif is_job_stub(parsed):
+            pass  # an async-job stub: a success the jobs layer interprets
         else:
             _fail(attempt, ERROR_INVALID_RESPONSE, _excerpt(raw, "expected an Anthropic Message"))
         return
     error_type, message = _error_from_envelope(parsed)
     _fail(attempt, error_type or f"http_{status}", message or _excerpt(raw, f"HTTP {status}"))
+
+
+def is_job_stub(parsed: Any) -> bool:
+    """The gateway's async-job stub ``{"id": …, "type": "", "role": "", "content": null, …}``."""
+    return (
+        isinstance(parsed, dict)
+        and not parsed.get("type")
+        and isinstance(parsed.get("id"), str)
+        and bool(parsed["id"])
+    )
 
 
 def _error_from_envelope(parsed: Any) -> tuple[str | None, str | None]:

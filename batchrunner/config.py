@@ -61,6 +61,12 @@ class RunConfig:
     seed: int = 0
     run_name: str | None = None
     emulator_profile: str | None = None
+    # async jobs
+    ttl_s: int = 3600
+    detach: bool = False
+    poll_rate: float | None = 200.0
+    poll_concurrency: int = 32
+    collect_only: bool = False  # `batchrunner collect`: poll recorded jobs, submit nothing
     # source options
     model: str | None = None
     max_tokens: int | None = None
@@ -111,8 +117,20 @@ class RunConfig:
             except ValueError as exc:
                 raise ConfigError(f"--gateway: {exc}") from None
         self.source_options()
-        if self.mode is Mode.ASYNC:
-            raise ConfigError("--mode async is not available yet in this version (see issue 4)")
+        if self.ttl_s is not None and self.ttl_s < 1:
+            raise ConfigError("--ttl must be at least 1 second")
+        if self.poll_rate is not None and self.poll_rate <= 0:
+            raise ConfigError("--poll-rate must be > 0")
+        if self.poll_concurrency < 1:
+            raise ConfigError("--poll-concurrency must be at least 1")
+        if self.detach:
+            if self.mode is not Mode.ASYNC:
+                raise ConfigError("--detach needs --mode async")
+            if self.gateway is None:
+                raise ConfigError(
+                    "--detach needs --gateway: the built-in emulator (and its jobs) ends with "
+                    "this process, so nothing would be left to collect"
+                )
 
     def source_options(self) -> SourceOptions:
         """How the input is read (defaults, column mapping, strictness).

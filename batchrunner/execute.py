@@ -96,7 +96,7 @@ async def execute(
                 break
             await asyncio.sleep(delay)
     except asyncio.CancelledError:
-        row = _base_row(record, ctx, request_id, scheduled_at)
+        row = base_row(record, ctx, request_id, scheduled_at)
         now = time.perf_counter()
         row.update(
             status=Status.CANCELLED.value,
@@ -112,7 +112,7 @@ async def execute(
         ctx.emit(row)
         raise
     assert attempt is not None and first_sent is not None
-    row = _base_row(record, ctx, request_id, scheduled_at)
+    row = base_row(record, ctx, request_id, scheduled_at)
     row["attempts"] = attempts
     row["sent_at"] = first_sent_at
     row["queue_wait_s"] = max(0.0, first_sent - scheduled)
@@ -121,7 +121,7 @@ async def execute(
     ctx.emit(row)
 
 
-def _base_row(
+def base_row(
     record: RequestRecord, ctx: ExecContext, request_id: str, scheduled_at: float
 ) -> dict[str, Any]:
     row = empty_row()

@@ -32,6 +32,7 @@ class LiveStats:
         self.errors_by_type: Counter[str] = Counter()
         self.output_tokens = 0
         self.rejected = 0
+        self.jobs: Any = None  # async mode: a JobCounters (submitted, outstanding, polls)
         self._latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
 
     def record(self, row: dict[str, Any]) -> None:
@@ -62,7 +63,16 @@ class LiveStats:
         if self.total:
             parts[0] += f" ({100.0 * finished / self.total:.1f}%)"
         parts.append(f"{rate:,.1f} req/s")
-        parts.append(f"errors {self.failed:,}")
+        jobs = self.jobs
+        if jobs is not None:
+            expired = self.by_status.get("expired", 0)
+            parts.append(
+                f"submitted {jobs.submitted:,} | pending {jobs.outstanding:,} | "
+                f"completed {self.by_status.get('ok', 0):,} | "
+                f"failed {self.failed - expired:,} | expired {expired:,}"
+            )
+        else:
+            parts.append(f"errors {self.failed:,}")
         parts.append(f"in flight {self.in_flight:,}")
         p50 = self.latency_p50()
         if p50 is not None:

@@ -72,13 +72,17 @@ def find_latest_run(results_root: Path, requests: Path) -> Path | None:
     return best[1] if best else None
 
 
-def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any], mode: str) -> None:
+def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mode: str) -> None:
     """Refuse a resume whose input or mode differs from the original run.
 
+    :param fingerprint: the input's fingerprint now (``None``: the input is gone; only
+        ``collect`` accepts that).
     :raises RunDirError: with what differs and what to do.
     """
     old = info.get("input") or {}
-    if old.get("size") != fingerprint["size"] or old.get("blake2b_head_tail") != fingerprint[
+    if fingerprint is None:
+        pass
+    elif old.get("size") != fingerprint["size"] or old.get("blake2b_head_tail") != fingerprint[
         "blake2b_head_tail"
     ]:
         raise RunDirError(

@@ -25,10 +25,14 @@ from typing import Any, TextIO
 
 import httpx
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchrunner.client import GatewayClient, messages_url, redact_url
 from batchrunner.config import DEFAULT_CONCURRENCY, ConfigError, RunConfig
 from batchrunner.execute import ExecContext, execute
+from batchrunner.jobs import Job, JobContext, JobPoller, submit
+from batchrunner.polling import PollPlanner
 from batchrunner.pacing import RateCeiling, schedule_offsets, sleep_until
 from batchrunner.progress import LiveStats, ProgressDisplay
 from batchrunner.rundir import (
@@ -41,7 +45,7 @@ from batchrunner.rundir import (
     input_fingerprint,
     read_run_json,
 )
-from batchrunner.schema import ERROR_CONNECTION, RequestRecord, Status
+from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
 from batchrunner.store import RunStore, write_json_atomic
 from batchrunner.summary import SUMMARY_COLUMNS, summarize
@@ -85,6 +89,8 @@ class RunResult:
     message: str = ""
     rejected: int = 0
     sent_this_session: int = 0
+    outstanding_jobs: int = 0
+    collect_before: float | None = None
 
 
 class RunAborted(Exception):
@@ -142,11 +148,16 @@ class _Session:
     interrupted: bool = False
     fatal: BaseException | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    redo_indices: frozenset[int] = frozenset()
     _pending_rows: list[dict[str, Any]] = field(default_factory=list)
     _flush_scheduled: bool = False
     _consecutive_config_errors: int = 0
     _drain_handle: asyncio.TimerHandle | None = None
     compaction: asyncio.Future[int] | None = None
+    ctx: ExecContext = field(init=False)
+    jctx: JobContext | None = None
+    poller: JobPoller | None = None
+    poller_task: asyncio.Task[None] | None = None
 
     # -- rows ---------------------------------------------------------------------------------
     def emit(self, row: dict[str, Any]) -> None:
@@ -207,6 +218,9 @@ class _Session:
             return
         self.stopping = True
         self.stop_reason = reason
+        if self.poller_task is not None:
+            # Outstanding jobs are safe in jobs.jsonl: `collect` or a resume polls them later.
+            self.poller_task.cancel()
         loop = asyncio.get_running_loop()
         self._drain_handle = loop.call_later(self.config.drain_timeout_s, self.cancel_in_flight)
 
@@ -246,9 +260,45 @@ class _Session:
             rng=random.Random(cfg.seed),
         )
 
-    async def closed_loop(self, feed: _RecordFeed, tg: asyncio.TaskGroup) -> None:
-        ctx = self.exec_context()
+    def prepare(self) -> None:
+        """Build what every request shares (and, in async mode, the job machinery)."""
+        self.ctx = self.exec_context()
+        if self.config.mode is Mode.ASYNC:
+            self.jctx = JobContext(
+                exec=self.ctx,
+                ttl_s=self.config.ttl_s,
+                record_job=self._record_job,
+                planner=PollPlanner(rng=random.Random(self.config.seed + 1)),
+                on_fatal=self._fatal,
+            )
+            self.stats.jobs = self.jctx.counters
+            if not self.config.detach:
+                self.poller = JobPoller(
+                    self.jctx,
+                    poll_rate=self.config.poll_rate,
+                    poll_concurrency=self.config.poll_concurrency,
+                )
 
+    def _record_job(self, job: Job) -> None:
+        self.store.record_job(
+            job.input_index, job.custom_id, job.job_id, job.submitted_at, ttl_s=job.ttl_s
+        )
+
+    def _fatal(self, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = RunAborted(message)
+        self.stop(message)
+
+    async def handle(self, record: RequestRecord, scheduled: float, scheduled_at: float) -> None:
+        """One request: sent and answered (sync/stream), or submitted as a job (async)."""
+        if self.jctx is None:
+            await execute(record, self.ctx, scheduled=scheduled, scheduled_at=scheduled_at)
+            return
+        job = await submit(record, self.jctx, scheduled=scheduled, scheduled_at=scheduled_at)
+        if job is not None and self.poller is not None:
+            self.poller.add(job)
+
+    async def closed_loop(self, feed: _RecordFeed, tg: asyncio.TaskGroup) -> None:
         async def worker() -> None:
             while not self.stopping:
                 record = await feed.next()
@@ -256,9 +306,7 @@ class _Session:
                     return
                 self.stats.in_flight += 1
                 try:
-                    await execute(
-                        record, ctx, scheduled=time.perf_counter(), scheduled_at=time.time()
-                    )
+                    await self.handle(record, time.perf_counter(), time.time())
                 finally:
                     self.stats.in_flight -= 1
 
@@ -269,7 +317,6 @@ class _Session:
 
     async def open_loop(self, feed: _RecordFeed, tg: asyncio.TaskGroup) -> None:
         cfg = self.config
-        ctx = self.exec_context()
         assert cfg.rate is not None
         cap = cfg.concurrency or OPEN_LOOP_MAX_OUTSTANDING
         slots = asyncio.Semaphore(cap)
@@ -279,9 +326,7 @@ class _Session:
 
         async def one(record: RequestRecord, scheduled: float) -> None:
             try:
-                await execute(
-                    record, ctx, scheduled=scheduled, scheduled_at=t0_at + (scheduled - t0)
-                )
+                await self.handle(record, scheduled, t0_at + (scheduled - t0))
             finally:
                 self.stats.in_flight -= 1
                 slots.release()
@@ -312,7 +357,9 @@ class _Session:
                 await asyncio.shield(self.compaction)
 
 
-def resolve_run_dir(config: RunConfig, fingerprint: dict[str, Any]) -> tuple[Path, dict[str, Any] | None]:
+def resolve_run_dir(
+    config: RunConfig, fingerprint: dict[str, Any] | None
+) -> tuple[Path, dict[str, Any] | None]:
     """The run directory to use and, when resuming, its existing ``run.json``.
 
     :raises RunDirError: nothing to resume, or the directory belongs to another input.
@@ -389,28 +436,48 @@ async def run_session(
     stderr = stderr or sys.stderr
     config.validate()
     requests = config.requests
-    if not requests.is_file():
+    if requests.is_file():
+        fingerprint: dict[str, Any] | None = input_fingerprint(requests)
+        total = await asyncio.to_thread(count_requests, requests)
+    elif config.collect_only:
+        fingerprint, total = None, None  # collect can poll without the input file
+    else:
         raise InputError(f"{requests}: no such file")
-    fingerprint = input_fingerprint(requests)
     run_dir, info = resolve_run_dir(config, fingerprint)
+    if total is None and info is not None:
+        total = info.get("total_input")
     redo = REDO_ON_RETRY_FAILED if config.retry_failed else frozenset({Status.CANCELLED.value})
-    total = await asyncio.to_thread(count_requests, requests)
+    redo_indices: frozenset[int] = frozenset()
+    if config.retry_failed and config.mode is Mode.ASYNC and run_dir.exists():
+        # Jobs whose rows are about to be removed must be submitted again, not polled again.
+        redo_indices = await asyncio.to_thread(_indices_with_status, run_dir, redo)
     store = await asyncio.to_thread(RunStore.open, run_dir, create=True, redo_statuses=redo)
     try:
         return await _run_in_store(
-            config, store, info, fingerprint, total, transport, http_client,
+            config, store, info, fingerprint, total, redo_indices, transport, http_client,
             handle_signals, quiet, progress, stderr,
         )  # fmt: skip
     finally:
         await asyncio.to_thread(store.close)
 
 
+def _indices_with_status(run_dir: Path, statuses: frozenset[str]) -> frozenset[int]:
+    store = RunStore.open(run_dir, create=True, redo_statuses=frozenset())
+    try:
+        table = store.read_table(["input_index", "status"])
+    finally:
+        store.close()
+    mask = pc.is_in(table["status"], value_set=pa.array(sorted(statuses)))
+    return frozenset(table.filter(mask)["input_index"].to_pylist())
+
+
 async def _run_in_store(
     config: RunConfig,
     store: RunStore,
     info: dict[str, Any] | None,
-    fingerprint: dict[str, Any],
-    total: int,
+    fingerprint: dict[str, Any] | None,
+    total: int | None,
+    redo_indices: frozenset[int],
     transport: httpx.AsyncBaseTransport | None,
     http_client: httpx.AsyncClient | None,
     handle_signals: bool,
@@ -436,6 +503,8 @@ async def _run_in_store(
     info["status"] = "running"
     options = config.source_options()
     stats = LiveStats(total, already_done=store.done_count)
+    if config.collect_only:
+        stats.rejected = int(info.get("rejected") or 0)  # collect reads no input
     if not quiet:
         verb = "Resuming" if resumed else "Starting"
         print(
@@ -457,8 +526,11 @@ async def _run_in_store(
             timeouts=config.timeouts,
             concurrency_hint=config.concurrency or DEFAULT_CONCURRENCY,
         )
-        with (run_dir / "rejects.jsonl").open("w", encoding="utf-8") as rejects:
+        # Rejects are found again by every session that reads the input, so each rewrites it.
+        rejects_mode = "a" if config.collect_only else "w"
+        with (run_dir / "rejects.jsonl").open(rejects_mode, encoding="utf-8") as rejects:
             session = _Session(config, store, client, run_id, stats, rejects, stderr, quiet)
+            session.redo_indices = redo_indices
             async with client:
                 await _drive(session, options, handle_signals, progress and not quiet)
     return await _finish(session, info, session_info)
@@ -469,8 +541,19 @@ async def _drive(
 ) -> None:
     config = session.config
     loop = asyncio.get_running_loop()
-    source = iter_requests(
-        config.requests, options, on_reject=session.on_reject, skip=session.store.is_done
+    session.prepare()
+    restored = await _restore_jobs(session, options) if config.mode is Mode.ASYNC else []
+    pending_jobs = {job.input_index for job in restored}
+    is_done = session.store.is_done
+    source = (
+        iter(())
+        if config.collect_only
+        else iter_requests(
+            config.requests,
+            options,
+            on_reject=session.on_reject,
+            skip=(lambda i: is_done(i) or i in pending_jobs) if pending_jobs else is_done,
+        )
     )
     feed = _RecordFeed(source, config.max_requests)
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
@@ -479,6 +562,10 @@ async def _drive(
     try:
         async with asyncio.TaskGroup() as tg:
             helpers = [tg.create_task(display.run()), tg.create_task(session.compactor())]
+            if session.poller is not None:
+                for job in restored:
+                    session.poller.add(job, 0.0)
+                session.poller_task = tg.create_task(session.poller.run())
             duration_handle = (
                 loop.call_later(config.duration_s, session.stop, "--duration reached")
                 if config.duration_s
@@ -491,6 +578,9 @@ async def _drive(
                     await session.closed_loop(feed, tg)
                 while session.tasks:
                     await asyncio.wait(set(session.tasks))
+                if session.poller is not None and session.poller_task is not None:
+                    session.poller.close()
+                    await asyncio.wait([session.poller_task])
             except InputError as exc:
                 session.fatal = exc
                 if getattr(exc, "reject", None) is not None:
@@ -514,20 +604,72 @@ async def _drive(
         session.flush()
 
 
+async def _restore_jobs(session: _Session, options: SourceOptions) -> list[Job]:
+    """Jobs a previous session submitted and that have no row yet: poll them, never resubmit.
+
+    Their requests are looked up in the input (for metadata, and to resubmit a job that fails
+    with a retryable error); without the input file they are polled all the same.
+    """
+    config = session.config
+    records = [
+        r for r in session.store.outstanding_jobs() if r.input_index not in session.redo_indices
+    ]
+    if not records:
+        return []
+    wanted = {r.input_index for r in records}
+    found: dict[int, RequestRecord] = {}
+    if config.requests.is_file():
+
+        def lookup() -> None:
+            for record in iter_requests(config.requests, options, skip=lambda i: i not in wanted):
+                found[record.input_index] = record
+
+        await asyncio.to_thread(lookup)
+    jobs = []
+    for r in records:
+        jobs.append(
+            Job(
+                input_index=r.input_index,
+                custom_id=r.custom_id,
+                job_id=r.job_id,
+                submitted_at=r.submitted_at,
+                ttl_s=r.ttl_s or config.ttl_s,
+                record=found.get(r.input_index),
+            )
+        )
+    if session.jctx is not None:
+        session.jctx.counters.submitted += len(jobs)
+    return jobs
+
+
 async def _finish(session: _Session, info: dict[str, Any], session_info: dict[str, Any]) -> RunResult:
     store, stats, config = session.store, session.stats, session.config
     if session.compaction is not None:
         await asyncio.gather(session.compaction, return_exceptions=True)
+    outstanding, deadline = (
+        await asyncio.to_thread(_outstanding_jobs, store) if config.mode is Mode.ASYNC else (0, None)
+    )
     await asyncio.to_thread(store.close)
     table = await asyncio.to_thread(store.read_table, SUMMARY_COLUMNS)
     summary = summarize(table)
     finished = summary["requests"]
     settled = finished - summary["status"].get(Status.CANCELLED.value, 0)
-    complete = settled + stats.rejected >= (stats.total or 0)
-    if session.fatal is not None:
+    complete = settled + stats.rejected >= (stats.total or 0) and not outstanding
+    collect_hint = ""
+    if outstanding:
+        collect_hint = (
+            f"{outstanding:,} jobs outstanding; collect them with `batchrunner collect "
+            f"{store.run_dir}` before {_iso(deadline)} (the earliest instant a result can "
+            f"expire: TTL {config.ttl_s} s after a job's completion)"
+        )
+    if config.detach and session.fatal is None and not session.interrupted:
+        status, code, message = "detached", EXIT_OK, collect_hint
+    elif session.fatal is not None:
         status, code, message = "aborted", EXIT_ABORTED, str(session.fatal)
     elif session.interrupted:
         status, code, message = "interrupted", EXIT_ABORTED, "interrupted"
+        if collect_hint:
+            message += "; " + collect_hint
     elif complete:
         status, code, message = "finished", EXIT_OK, ""
     else:
@@ -550,6 +692,11 @@ async def _finish(session: _Session, info: dict[str, Any], session_info: dict[st
         exit_code=code,
     )
     info.update(status=status, summary=summary, rejected=stats.rejected, total_input=stats.total)
+    info["async"] = (
+        {"outstanding_jobs": outstanding, "collect_before": deadline, "ttl_s": config.ttl_s}
+        if config.mode is Mode.ASYNC
+        else None
+    )
     await asyncio.to_thread(write_json_atomic, store.run_dir / RUN_JSON, info)
     return RunResult(
         run_dir=store.run_dir,
@@ -559,7 +706,26 @@ async def _finish(session: _Session, info: dict[str, Any], session_info: dict[st
         message=message,
         rejected=stats.rejected,
         sent_this_session=stats.done,
+        outstanding_jobs=outstanding,
+        collect_before=deadline,
     )
+
+
+def _outstanding_jobs(store: RunStore) -> tuple[int, float | None]:
+    """How many recorded jobs have no row yet, and the earliest instant one could expire."""
+    count = 0
+    earliest: float | None = None
+    for job in store.iter_outstanding_jobs():
+        count += 1
+        expiry = job.submitted_at + (job.ttl_s or 0)
+        earliest = expiry if earliest is None else min(earliest, expiry)
+    return count, earliest
+
+
+def _iso(epoch: float | None) -> str:
+    if epoch is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
 def run_sync(config: RunConfig, **kwargs: Any) -> RunResult:

@@ -14,6 +14,7 @@ for the figures.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,11 @@ DEFAULT_TIMEOUTS = TransportTimeouts()
 _SKIP_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict(
     (istr(name), None) for name in ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 )
+
+
+# An abandoned response body is drained for reuse of its connection only this far.
+_DRAIN_MAX_BYTES = 256 * 1024
+_DRAIN_MAX_S = 2.0
 
 
 class _LeanRequest(aiohttp.ClientRequest):
@@ -111,11 +117,14 @@ def _map_exception(exc: BaseException, request: httpx.Request, phase: str) -> ht
 class _ResponseStream(httpx.AsyncByteStream):
     """The body of one aiohttp response, yielded chunk by chunk as it arrives."""
 
-    __slots__ = ("plain", "request", "response")
+    __slots__ = ("owner", "plain", "request", "response")
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, request: httpx.Request, owner: AiohttpTransport
+    ) -> None:
         self.response = response
         self.request = request
+        self.owner = owner
         #: no Content-Encoding: the bytes on the wire are the content.
         self.plain = "Content-Encoding" not in response.headers
 
@@ -150,13 +159,41 @@ class _ResponseStream(httpx.AsyncByteStream):
         return _map_exception(exc, self.request, "body")
 
     async def aclose(self) -> None:
-        self.close_now()
+        content = self.response.content
+        if content.is_eof() or content.exception() is not None:
+            self.close_now()
+        else:
+            # Left before its end, typically an SSE reader returning at ``message_stop`` while
+            # the terminating chunk is still in flight. Closing would cost a new connection for
+            # the next request; waiting here would add that wait to the caller's timings. So the
+            # rest is drained in the background (bounded) and the connection then reused.
+            self.owner._drain_later(self.response)
 
     def close_now(self) -> None:
         # release() hands a fully read connection back to the pool; one with unread bytes (a
         # stream abandoned midway) is closed instead, so a half-read body is never reused.
         response = self.response
         if response.content.is_eof():
+            response.release()
+        else:
+            response.close()
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read what is left of an abandoned body, within bounds, then free its connection."""
+    content = response.content
+    left = _DRAIN_MAX_BYTES
+    try:
+        async with asyncio.timeout(_DRAIN_MAX_S):
+            while left > 0:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                left -= len(chunk)
+    except (aiohttp.ClientError, OSError):
+        pass  # TimeoutError included: the connection is closed below instead of reused
+    finally:
+        if content.is_eof() and content.exception() is None:
             response.release()
         else:
             response.close()
@@ -261,9 +298,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self.keepalive_s = keepalive_s
         self.read_bufsize = read_bufsize
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._send: Any = None
         self._closed = False
         self._client_timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
+        self._draining: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
         self._urls: dict[Any, str] = {}
 
     @property
@@ -274,6 +313,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _open(self) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("AiohttpTransport is closed")
+        loop = asyncio.get_running_loop()
+        if self._session is not None:
+            # aiohttp binds a session and its sockets to one loop; a finished loop's session
+            # can no longer be used or even closed. Say so instead of failing obscurely.
+            raise RuntimeError(
+                "this AiohttpTransport belongs to another event loop (each batchrunner.run() "
+                "or asyncio.run() has its own); create one transport per loop"
+            )
+        self._loop = loop
         if self.keepalive_s > 0:
             connector = aiohttp.TCPConnector(
                 limit=self.limit, limit_per_host=0, keepalive_timeout=self.keepalive_s
@@ -337,7 +385,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         :raises httpx.TransportError: a subclass matching the failure (``ConnectError``,
             ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``, ...).
         """
-        if self._session is None:
+        if self._session is None or self._loop is not asyncio.get_running_loop():
             self._open()
         send = self._send
 
@@ -395,14 +443,32 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return _Response(
             response.status,
             headers=response.raw_headers,
-            stream=_ResponseStream(response, request),
+            stream=_ResponseStream(response, request, self),
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
 
+    def _drain_later(self, response: aiohttp.ClientResponse) -> None:
+        if self._session is None:
+            response.close()
+            return
+        task = asyncio.get_running_loop().create_task(_drain(response))
+        self._draining[task] = response
+        task.add_done_callback(self._drained)
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        self._draining.pop(task, None)
+
     async def aclose(self) -> None:
         """Close every connection and the aiohttp session; the transport cannot be reused."""
         self._closed = True
+        draining, self._draining = self._draining, {}
+        for task in draining:
+            task.cancel()
+        if draining:
+            await asyncio.gather(*draining, return_exceptions=True)
+            for response in draining.values():
+                response.close()  # a task cancelled before its first step never ran its finally
         session, self._session, self._send = self._session, None, None
         if session is not None:
             await session.close()

@@ -3,8 +3,9 @@
 ``emulator``: a running built-in gateway emulator with the default (instant, no faults, no keys)
 configuration, fresh for each test. ``make_emulator(**overrides)``: start more emulators with
 any :class:`~batchrunner.emulator.EmulatorConfig` fields overridden; all are stopped at the end of
-the test. Both yield :class:`~batchrunner.emulator.Emulator` handles (``base_url``,
-``ground_truth()``, ``stats()``, ``reset()``, live ``config``).
+the test. Both give :class:`~batchrunner.emulator.Emulator` handles (``base_url``,
+``ground_truth()``, ``stats()``, ``reset()``, live ``config``). A handle is also a context
+manager: ``with make_emulator(ttft="fixed:0.05") as emu:`` stops it at the end of the block.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ accepted, which is how the tests check headers on the wire and connection reuse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import socket
@@ -75,6 +76,13 @@ def _response(status: str, headers: list[tuple[str, str]], body: bytes) -> bytes
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+async def _until_closed(reader: asyncio.StreamReader, timeout_s: float = 3.0) -> None:
+    """Stall: send nothing until the client closes the connection (or ``timeout_s`` passes)."""
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(timeout_s):
+            await reader.read()
+
+
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -127,12 +135,12 @@ async def _serve_one(
             writer.close()
             return
         elif path == "/stall-head":
-            await asyncio.sleep(3)
+            await _until_closed(reader)
             return
         elif path == "/stall-body":
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nfirst")
             await writer.drain()
-            await asyncio.sleep(3)
+            await _until_closed(reader)
             return
         elif path == "/gzip":
             writer.write(
@@ -455,23 +463,76 @@ async def test_limit_caps_connections(server: Server) -> None:
         await transport.aclose()
 
 
-async def test_aclose_releases_connections(server: Server) -> None:
-    transport = AiohttpTransport(timeouts=FAST)
-    assert transport.connector is None  # nothing is created before the first request
-    done = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
-    await done.aread()
-    # A stream abandoned midway is closed, not returned to the pool with unread bytes.
-    abandoned = await transport.handle_async_request(
+async def test_stream_left_early_is_drained_and_its_connection_reused(
+    server: Server, transport: AiohttpTransport
+) -> None:
+    # An SSE reader returns at message_stop; the rest of the body arrives after aclose().
+    response = await transport.handle_async_request(
         httpx.Request("POST", server.url("/chunks"), content=b"{}")
     )
-    async for _ in abandoned.aiter_raw():
+    async for _ in response.aiter_raw():
         break
-    await abandoned.aclose()
-    assert await _wait_for(lambda: server.open_connections == 1)
+    await response.aclose()
+    assert response.is_closed
     connector = transport.connector
     assert connector is not None
-    await transport.aclose()
+    assert await _wait_for(lambda: not transport._draining)
+    again = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
+    assert await again.aread() == b"ok"
+    assert server.accepted == 1  # the drained connection was reused, not closed
+
+
+async def test_aclose_releases_connections(server: Server) -> None:
+    transport = AiohttpTransport(timeouts=FAST)
+    try:
+        assert transport.connector is None  # nothing is created before the first request
+        done = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
+        await done.aread()
+        # A body that stalls after its first bytes is still draining when the transport closes.
+        stalled = await transport.handle_async_request(
+            httpx.Request("GET", server.url("/stall-body"))
+        )
+        async for _ in stalled.aiter_raw():
+            break
+        await stalled.aclose()
+        assert transport._draining
+        assert server.open_connections == 1
+        connector = transport.connector
+        assert connector is not None
+    finally:
+        await transport.aclose()
     assert connector.closed
+    assert not transport._draining
     assert await _wait_for(lambda: server.open_connections == 0)
     with pytest.raises(RuntimeError):
         await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
+
+
+def test_transport_is_made_anywhere_and_belongs_to_one_loop() -> None:
+    transport = AiohttpTransport(timeouts=FAST)  # made outside any loop: the session is lazy
+
+    def from_another_loop(url: str) -> None:
+        async def attempt() -> None:
+            await transport.handle_async_request(httpx.Request("GET", url))
+
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(attempt())
+
+    async def main() -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _serve_one(Server(port=0), reader, writer)
+            writer.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}/slow"
+        try:
+            response = await transport.handle_async_request(httpx.Request("GET", url))
+            await response.aread()
+            await asyncio.to_thread(from_another_loop, url)
+            return response.status_code
+        finally:
+            await transport.aclose()
+            srv.close()
+            await srv.wait_closed()
+
+    assert asyncio.run(main()) == 200

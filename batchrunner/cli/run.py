@@ -6,11 +6,18 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 
 from batchrunner.cli import main
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from batchrunner.config import RunConfig
+    from batchrunner.runner import RunResult
 from batchrunner.cli.validate import source_options
 
 EXIT_CODES_HELP = """\b
@@ -105,6 +112,17 @@ def _parse_header(_ctx: click.Context, _param: click.Parameter, values: tuple[st
 @click.option("--emulator-profile", default=None, metavar="NAME|FILE",
               help="Profile of the built-in emulator when no --gateway is given: instant, "
                    "realistic, flaky, or a TOML file [default: a fast demo profile].")
+@click.option("--ttl", "ttl_s", type=click.IntRange(min=1), default=3600, show_default=True,
+              metavar="SECONDS",
+              help="Async: how long the gateway keeps each job's result after it completes "
+                   "(x-bf-async-job-result-ttl).")
+@click.option("--detach", is_flag=True,
+              help="Async: submit everything, record the job ids, print the deadline and exit; "
+                   "`batchrunner collect RUN_DIR` fetches the results later.")
+@click.option("--poll-rate", type=click.FloatRange(min=0, min_open=True), default=200.0,
+              show_default=True, help="Async: polls per second at most, all jobs together.")
+@click.option("--poll-concurrency", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Async: polls in flight at most.")
 @source_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
@@ -132,20 +150,17 @@ def run(
       batchrunner run set.jsonl --resume          # after a crash or Ctrl-C
     """
     from batchrunner.client import Timeouts
-    from batchrunner.config import ConfigError, RunConfig
     from batchrunner.retry import RetryPolicy
-    from batchrunner.rundir import RunDirError
-    from batchrunner.runner import EXIT_ABORTED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, run_sync
     from batchrunner.schema import Mode
-    from batchrunner.sources import InputError
-    from batchrunner.summary import format_summary
+
+    from batchrunner.config import RunConfig
 
     max_rate = options.pop("max_rate")
     if rpm is not None:
         per_s = rpm / 60.0
         max_rate = per_s if max_rate is None else min(float(max_rate), per_s)  # type: ignore[arg-type]
-    try:
-        config = RunConfig(
+    def build() -> RunConfig:
+        return RunConfig(
             requests=requests,
             mode=Mode(str(options.pop("mode"))),
             headers=headers,
@@ -158,11 +173,25 @@ def run(
             keep_response_text=not no_response_text,
             **options,  # type: ignore[arg-type]
         )
-        result = run_sync(config, handle_signals=True, quiet=quiet)
+
+    result = run_or_exit(build, quiet=quiet)
+    finish(result, as_json=as_json, quiet=quiet, resume_hint=f"batchrunner run {requests} --out")
+
+
+def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:
+    """Build the configuration and run it; usage and internal errors exit with their codes."""
+    from batchrunner.config import ConfigError
+    from batchrunner.rundir import RunDirError
+    from batchrunner.runner import EXIT_ABORTED, EXIT_INTERNAL, EXIT_USAGE, run_sync
+    from batchrunner.sources import InputError
+    from batchrunner.store import RunStoreError
+
+    try:
+        return run_sync(build(), handle_signals=True, quiet=quiet)
     except KeyboardInterrupt:
         click.echo("Interrupted before the run started; nothing was sent.", err=True)
         sys.exit(EXIT_ABORTED)
-    except (ConfigError, InputError, RunDirError) as exc:
+    except (ConfigError, InputError, RunDirError, RunStoreError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except Exception as exc:
@@ -170,22 +199,39 @@ def run(
             traceback.print_exc()
         click.echo(f"Internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(EXIT_INTERNAL)
+
+
+def finish(result: RunResult, *, as_json: bool, quiet: bool, resume_hint: str) -> None:
+    """Print the outcome of a run session (summary, where the results are, what next) and exit.
+
+    :param resume_hint: the command that resumes, without the run directory.
+    """
+    from batchrunner.runner import EXIT_ABORTED, EXIT_OK
+    from batchrunner.summary import format_summary
+
     if as_json:
         click.echo(orjson.dumps({"run_dir": str(result.run_dir), "status": result.status,
                                  "exit_code": result.exit_code, "message": result.message,
-                                 "rejected": result.rejected, "summary": result.summary},
+                                 "rejected": result.rejected,
+                                 "outstanding_jobs": result.outstanding_jobs,
+                                 "collect_before": result.collect_before,
+                                 "summary": result.summary},
                                 option=orjson.OPT_INDENT_2).decode())
     elif not quiet:
         click.echo(format_summary(result.summary))
+    if result.status == "detached" and not as_json:
+        # On stdout even with -q: a script needs the directory and the deadline.
+        click.echo(f"detached   {result.run_dir}")
+        click.echo(f"collect    {result.message}")
     if not quiet:
         click.echo(f"results    {result.run_dir}", err=as_json)
         if result.rejected:
             click.echo(f"rejected   {result.rejected:,} invalid input rows, see "
                        f"{result.run_dir / 'rejects.jsonl'}", err=True)
-        if result.status != "finished":
+        if result.status not in ("finished", "detached"):
             click.echo(f"{result.status}: {result.message}", err=True)
         if result.exit_code == EXIT_ABORTED or result.status == "incomplete":
-            click.echo(f"Resume with: batchrunner run {requests} --out {result.run_dir}", err=True)
+            click.echo(f"Resume with: {resume_hint} {result.run_dir}", err=True)
         elif result.exit_code != EXIT_OK:
             click.echo(result.message, err=True)
     sys.exit(result.exit_code)

@@ -1,0 +1,418 @@
+"""Async-job mode: submit with ``x-bf-async``, record the job id, poll within the TTL.
+
+Protocol traps handled here (see the gateway protocol spec, Gotchas): submit and pending polls
+both answer 200 with a stub, so "done" is decided by ``type == "message"``; a failed job answers
+every poll with the provider's own status, so a non-2xx poll is the job's outcome unless its
+message is ``job not found or expired`` (404, or 400 on older gateways), which means unknown,
+expired or bound to another key. A completed poll carries the result itself, so a job seen
+completed is read at once; results vanish ``ttl`` seconds after completion, and poll gaps stay
+well below that (:mod:`batchrunner.polling`).
+
+Durations of a job whose submit happened in an earlier process (resume, ``collect``) can only
+come from the wall clock; all others use ``perf_counter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchrunner.client import Attempt, GatewayClient, is_job_stub
+from batchrunner.execute import ExecContext, base_row, encode_body, fill_attempt
+from batchrunner.pacing import RateCeiling
+from batchrunner.polling import PollPlanner
+from batchrunner.retry import retry_delay
+from batchrunner.schema import (
+    ERROR_JOB_EXPIRED,
+    ERROR_JOB_NOT_FOUND,
+    Mode,
+    RequestRecord,
+    Status,
+)
+
+ASYNC_HEADER = "x-bf-async"
+JOB_ID_HEADER = "x-bf-async-id"
+TTL_HEADER = "x-bf-async-job-result-ttl"
+NOT_FOUND_MESSAGE = "job not found or expired"
+#: A poll answered with this is the gateway's own storage failing, not the job's outcome.
+TRANSIENT_POLL_MESSAGE = "failed to retrieve async job"
+ASYNC_UNAVAILABLE = "async operations not available"
+DEFAULT_TTL_S = 3600
+DEFAULT_POLL_RATE = 200.0
+DEFAULT_POLL_CONCURRENCY = 32
+#: Polls failing in transit this many times in a row end the job as an error row.
+MAX_POLL_FAILURES = 30
+POLL_BODY = b"{}"
+
+
+@dataclass(slots=True)
+class Job:
+    """One accepted job while it is outstanding."""
+
+    input_index: int
+    custom_id: str
+    job_id: str
+    submitted_at: float  # epoch: submit answered
+    ttl_s: float
+    record: RequestRecord | None = None
+    scheduled: float | None = None  # perf instants, when submitted by this process
+    scheduled_at: float | None = None
+    sent: float | None = None
+    sent_at: float | None = None
+    submitted: float | None = None
+    ttfb_s: float | None = None
+    attempts: int = 1
+    polls: int = 0
+    poll_failures: int = 0
+    last_pending_at: float | None = None  # epoch of the latest poll that saw it unfinished
+
+    def elapsed_s(self, now_at: float) -> float:
+        if self.submitted is not None:
+            return time.perf_counter() - self.submitted
+        return now_at - self.submitted_at
+
+
+@dataclass(slots=True)
+class JobCounters:
+    submitted: int = 0
+    outstanding: int = 0
+    resubmitted: int = 0
+    polls: int = 0
+
+
+@dataclass
+class JobContext:
+    """What submit and poll share in one run."""
+
+    exec: ExecContext
+    ttl_s: float
+    record_job: Callable[[Job], None]
+    planner: PollPlanner = field(default_factory=PollPlanner)
+    counters: JobCounters = field(default_factory=JobCounters)
+    on_fatal: Callable[[str], None] = lambda message: None
+
+
+def submit_headers(record: RequestRecord, run_id: str, ttl_s: float) -> list[tuple[str, str]]:
+    return [
+        (ASYNC_HEADER, "true"),
+        (TTL_HEADER, str(int(ttl_s))),
+        ("x-request-id", f"{run_id}-{record.input_index}"),
+        *record.extra_headers.items(),
+    ]
+
+
+async def submit(
+    record: RequestRecord,
+    jctx: JobContext,
+    *,
+    scheduled: float,
+    scheduled_at: float,
+    attempts_before: int = 0,
+) -> Job | None:
+    """Submit one request as a job (with retries). Returns the recorded job, or ``None`` when the
+    request already ended as a row (submit refused, or a gateway that answered synchronously).
+    """
+    ctx = jctx.exec
+    body = encode_body(record, Mode.SYNC)
+    headers = submit_headers(record, ctx.run_id, jctx.ttl_s)
+    attempts = attempts_before
+    first: Attempt | None = None
+    while True:
+        if ctx.throttle is not None:
+            await ctx.throttle.acquire()
+        attempts += 1
+        attempt = await ctx.client.send(body, stream=False, extra_headers=headers)
+        first = first or attempt
+        if attempt.ok and is_job_stub(attempt.parsed):
+            job = Job(
+                input_index=record.input_index,
+                custom_id=record.custom_id,
+                job_id=attempt.parsed["id"],
+                submitted_at=attempt.sent_at + (attempt.done - attempt.sent),
+                ttl_s=jctx.ttl_s,
+                record=record,
+                scheduled=scheduled,
+                scheduled_at=scheduled_at,
+                sent=first.sent,
+                sent_at=first.sent_at,
+                submitted=attempt.done,
+                ttfb_s=(attempt.first_byte - attempt.sent) if attempt.first_byte else None,
+                attempts=attempts,
+            )
+            # Durable before the submit counts as done: a crash from here on never loses it.
+            jctx.record_job(job)
+            jctx.counters.submitted += 1
+            return job
+        if attempt.ok and attempt.message is not None:
+            # A gateway without async support for this route answered synchronously: the
+            # result is here, so it is simply the row.
+            _emit_sync_answer(record, jctx, attempt, first, attempts, scheduled, scheduled_at)
+            return None
+        if attempt.http_status == 400 and ASYNC_UNAVAILABLE in (attempt.error_message or ""):
+            jctx.on_fatal(
+                f"the gateway does not offer async jobs: {attempt.error_message} "
+                "(Bifrost needs a logs store and the governance plugin for async requests)"
+            )
+        delay = retry_delay(
+            ctx.policy,
+            attempts_done=attempts - attempts_before,
+            http_status=attempt.http_status,
+            error_type=attempt.error_type,
+            headers=attempt.headers,
+            transport_failure=attempt.transport_failure,
+            timed_out=attempt.timed_out,
+            rng=ctx.rng,
+        )
+        if delay is None or ctx.stopping():
+            row = base_row(record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled_at)
+            row["attempts"] = attempts
+            row["sent_at"] = first.sent_at
+            row["queue_wait_s"] = max(0.0, first.sent - scheduled)
+            row["total_s"] = attempt.done - scheduled
+            fill_attempt(row, attempt, ctx)
+            row["error_message"] = f"submit failed: {row['error_message']}"
+            ctx.emit(row)
+            return None
+        await asyncio.sleep(delay)
+
+
+def _emit_sync_answer(
+    record: RequestRecord,
+    jctx: JobContext,
+    attempt: Attempt,
+    first: Attempt,
+    attempts: int,
+    scheduled: float,
+    scheduled_at: float,
+) -> None:
+    ctx = jctx.exec
+    row = base_row(record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled_at)
+    row["attempts"] = attempts
+    row["sent_at"] = first.sent_at
+    row["queue_wait_s"] = max(0.0, first.sent - scheduled)
+    row["total_s"] = attempt.done - scheduled
+    fill_attempt(row, attempt, ctx)
+    ctx.emit(row)
+
+
+class JobPoller:
+    """Polls outstanding jobs: earliest due first, under a global poll-rate ceiling.
+
+    :param jctx: the shared job context.
+    :param poll_rate: polls per second, at most (all jobs together).
+    :param poll_concurrency: polls in flight, at most.
+    """
+
+    def __init__(
+        self,
+        jctx: JobContext,
+        *,
+        poll_rate: float | None = DEFAULT_POLL_RATE,
+        poll_concurrency: int = DEFAULT_POLL_CONCURRENCY,
+    ) -> None:
+        self.jctx = jctx
+        self._heap: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._active: set[asyncio.Task[None]] = set()
+        self._ceiling = RateCeiling(poll_rate) if poll_rate else None
+        self._slots = asyncio.Semaphore(poll_concurrency)
+        self._rng = random.Random(jctx.exec.rng.random() if jctx.exec.rng else None)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._heap) + len(self._active)
+
+    def add(self, job: Job, delay_s: float | None = None) -> None:
+        """Start polling ``job`` (first poll after ``delay_s``, default from the planner)."""
+        if delay_s is None:
+            delay_s = self.jctx.planner.next_delay(job.elapsed_s(time.time()), job.ttl_s)
+        heapq.heappush(self._heap, (time.perf_counter() + delay_s, next(self._seq), job))
+        self.jctx.counters.outstanding = self.outstanding
+        self._wake.set()
+
+    def close(self) -> None:
+        """No more jobs will be added: :meth:`run` returns once all are finished."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Poll until closed and nothing is outstanding (cancel it to stop early)."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    if not self._heap:
+                        if self._closed and not self._active:
+                            return
+                        self._wake.clear()
+                        await self._wake.wait()
+                        continue
+                    due = self._heap[0][0]
+                    wait = due - time.perf_counter()
+                    if wait > 0:
+                        self._wake.clear()
+                        try:
+                            await asyncio.wait_for(self._wake.wait(), wait)
+                        except TimeoutError:
+                            pass
+                        continue
+                    _, _, job = heapq.heappop(self._heap)
+                    if self._ceiling is not None:
+                        await self._ceiling.acquire()
+                    await self._slots.acquire()
+                    task = tg.create_task(self._poll(job))
+                    self._active.add(task)
+                    task.add_done_callback(self._active.discard)
+                    task.add_done_callback(self._after_poll)
+        finally:
+            self.jctx.counters.outstanding = self.outstanding
+
+    def _after_poll(self, _task: asyncio.Task[None]) -> None:
+        self._slots.release()
+        self.jctx.counters.outstanding = self.outstanding
+        self._wake.set()
+
+    async def _poll(self, job: Job) -> None:
+        ctx = self.jctx.exec
+        headers = [(JOB_ID_HEADER, job.job_id), ("x-request-id", f"{ctx.run_id}-{job.input_index}")]
+        attempt = await ctx.client.send(POLL_BODY, stream=False, extra_headers=headers)
+        job.polls += 1
+        self.jctx.counters.polls += 1
+        now_at = attempt.sent_at + (attempt.done - attempt.sent)
+        status = attempt.http_status
+        message = attempt.error_message or ""
+        if status is not None and 200 <= status < 300 and attempt.message is not None:
+            self._finish(job, attempt, now_at, Status.OK)
+        elif status is not None and 200 <= status < 300 and is_job_stub(attempt.parsed):
+            job.last_pending_at = now_at
+            job.poll_failures = 0
+            self.add(job, self.jctx.planner.next_delay(job.elapsed_s(now_at), job.ttl_s))
+        elif status in (400, 404) and NOT_FOUND_MESSAGE in message:
+            self._expired(job, attempt, now_at)
+        elif (
+            attempt.transport_failure
+            or attempt.timed_out
+            or status is None
+            or (status >= 500 and TRANSIENT_POLL_MESSAGE in message)
+            or (200 <= status < 300)  # an unreadable 2xx: ask again
+        ):
+            job.poll_failures += 1
+            if job.poll_failures >= MAX_POLL_FAILURES:
+                self._finish(job, attempt, now_at, Status.ERROR, note="polling kept failing: ")
+            else:
+                self.add(job, self.jctx.planner.retry_delay(job.poll_failures))
+        else:
+            await self._failed(job, attempt, now_at)
+
+    async def _failed(self, job: Job, attempt: Attempt, now_at: float) -> None:
+        """The job failed upstream: submit it again when retryable, else it is an error row."""
+        ctx = self.jctx.exec
+        delay = retry_delay(
+            ctx.policy,
+            attempts_done=job.attempts,
+            http_status=attempt.http_status,
+            error_type=attempt.error_type,
+            headers=attempt.headers,
+            rng=ctx.rng,
+        )
+        if delay is None or job.record is None or ctx.stopping():
+            self._finish(job, attempt, now_at, Status.ERROR, note="job failed: ")
+            return
+        await asyncio.sleep(delay)
+        self.jctx.counters.resubmitted += 1
+        new = await submit(
+            job.record,
+            self.jctx,
+            scheduled=job.scheduled if job.scheduled is not None else time.perf_counter(),
+            scheduled_at=job.scheduled_at if job.scheduled_at is not None else time.time(),
+            attempts_before=job.attempts,
+        )
+        if new is not None:
+            new.polls = job.polls
+            if job.sent is not None:
+                new.sent, new.sent_at = job.sent, job.sent_at
+            self.add(new)
+
+    def _expired(self, job: Job, attempt: Attempt, now_at: float) -> None:
+        possible_expiry = job.submitted_at + job.ttl_s
+        if now_at >= possible_expiry:
+            error_type = ERROR_JOB_EXPIRED
+            why = (
+                f"job {job.job_id} not found at {_iso(now_at)}: its result may have expired "
+                f"(TTL {job.ttl_s:g} s from completion; submitted {_iso(job.submitted_at)}, "
+                f"{'last seen pending ' + _iso(job.last_pending_at) if job.last_pending_at else 'never seen completed'})"
+            )
+        else:
+            error_type = ERROR_JOB_NOT_FOUND
+            why = (
+                f"job {job.job_id} not found at {_iso(now_at)}, before its result could have "
+                f"expired (submitted {_iso(job.submitted_at)}, TTL {job.ttl_s:g} s): the gateway "
+                "lost it (restart?), or it belongs to another virtual key"
+            )
+        self._finish(job, attempt, now_at, Status.EXPIRED, error=(error_type, why))
+
+    def _finish(
+        self,
+        job: Job,
+        attempt: Attempt,
+        now_at: float,
+        status: Status,
+        *,
+        note: str = "",
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        ctx = self.jctx.exec
+        record = job.record or RequestRecord(job.input_index, job.custom_id, {})
+        row = base_row(record, ctx, f"{ctx.run_id}-{job.input_index}", job.scheduled_at or 0.0)
+        if job.scheduled_at is None:
+            row["scheduled_at"] = None
+        fill_attempt(row, attempt, ctx)
+        if error is not None:
+            row["error_type"], row["error_message"] = error
+        elif note and row["error_message"] is not None:
+            row["error_message"] = note + row["error_message"]
+        row["status"] = status.value
+        row["attempts"] = job.attempts
+        row["job_id"] = job.job_id
+        row["submitted_at"] = job.submitted_at
+        row["job_done_at"] = now_at
+        row["polls"] = job.polls
+        row["ttl_s"] = job.ttl_s
+        # The result completed after the last poll that saw it pending, so it stays readable
+        # at least until that instant plus the TTL (and at most until now plus the TTL).
+        if status is not Status.EXPIRED:
+            row["expires_at"] = (job.last_pending_at or job.submitted_at) + job.ttl_s
+        row["ttfb_s"] = job.ttfb_s
+        row["sent_at"] = job.sent_at
+        done = attempt.done
+        if job.sent is not None:
+            row["latency_s"] = done - job.sent
+            row["queue_wait_s"] = max(0.0, job.sent - job.scheduled) if job.scheduled else None
+            row["total_s"] = done - job.scheduled if job.scheduled is not None else None
+        else:
+            row["latency_s"] = now_at - job.submitted_at
+            row["total_s"] = None
+        if status is not Status.EXPIRED and status is not Status.ERROR:
+            self.jctx.planner.observe(job.elapsed_s(now_at))
+        ctx.emit(row)
+
+
+def _iso(epoch: float | None) -> str:
+    if epoch is None:
+        return "?"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def poll_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Median and p99 polls per job of finished rows (for summaries and benchmarks)."""
+    polls = sorted(r["polls"] for r in rows if r.get("polls") is not None)
+    if not polls:
+        return {}
+    return {"polls_p50": polls[len(polls) // 2], "polls_p99": polls[int(0.99 * (len(polls) - 1))]}

@@ -1,0 +1,394 @@
+"""Dollars from usage columns: rates resolved once per (model, UTC day), then applied to arrays.
+
+Rates come from the price data bundled with `genai-prices` (never fetched: see
+:func:`_bundled_snapshot`), optionally overridden or extended by a TOML price file
+(:func:`load_price_file`). A :class:`PriceBook` resolves a model name to a :class:`ModelRates`
+card once and caches it; :func:`cost_arrays` then prices millions of rows with a few numpy
+operations, so re-pricing a big run takes seconds, not the ~73 µs per row of calling
+``genai_prices.calc_price`` row by row.
+
+The formula follows ``specs/pricing.md``: Anthropic's ``input_tokens`` is the uncached input;
+5-minute and 1-hour cache writes and cache reads have their own per-model rates; a long-context
+tier (a cliff) applies to every category of a request whose total input (uncached + cache
+writes + cache reads) is above the tier's threshold. Gateway async jobs are standard requests,
+so no batch discount is applied. A model nobody can price gets NaN (null), never 0.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CATEGORIES",
+    "ModelRates",
+    "Override",
+    "PriceBook",
+    "PriceFileError",
+    "Rate",
+    "UsageArrays",
+    "cost_arrays",
+    "load_price_file",
+    "normalize_model",
+    "split_cache_writes",
+]
+
+#: Cost categories, in report order (each has a rate and a ``cost_<category>_usd`` column).
+CATEGORIES: tuple[str, ...] = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+
+#: Default cache rates of an override entry for a model genai-prices does not know, as
+#: multiples of its input rate (Anthropic's standard prompt-caching multipliers).
+DEFAULT_CACHE_MULTIPLIERS = {"cache_write_5m": 1.25, "cache_write_1h": 2.0, "cache_read": 0.1}
+
+_OVERRIDE_KEYS = frozenset({*CATEGORIES, "same_as", "multiplier"})
+_PER = 1_000_000.0  # rates are $ per million tokens
+
+
+class PriceFileError(ValueError):
+    """A ``--prices`` file that cannot be used; the message is for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """One price in $ per million tokens, with optional long-context tiers.
+
+    :param base: the rate below every tier threshold.
+    :param tiers: ``(threshold, rate)`` pairs, ascending: a request whose total input tokens are
+        *above* a threshold pays that tier's rate on every token (a cliff, as Anthropic bills).
+    """
+
+    base: float
+    tiers: tuple[tuple[int, float], ...] = ()
+
+    def scaled(self, factor: float) -> Rate:
+        return Rate(self.base * factor, tuple((start, r * factor) for start, r in self.tiers))
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"per_mtok": self.base}
+        if self.tiers:
+            out["tiers"] = [{"above_input_tokens": s, "per_mtok": r} for s, r in self.tiers]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRates:
+    """The rate card used for one model on one day.
+
+    :param rates: a :class:`Rate` for each of :data:`CATEGORIES`.
+    :param priced_as: what the rates come from, e.g. ``genai-prices:anthropic/claude-sonnet-4-5``
+        or ``prices.toml:claude-sonnet-4-5``.
+    """
+
+    rates: dict[str, Rate]
+    priced_as: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"priced_as": self.priced_as, **{c: self.rates[c].describe() for c in CATEGORIES}}
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """One ``[models."NAME"]`` entry of a price file (rates in $/MTok; None = not given)."""
+
+    pattern: str
+    rates: dict[str, float] = field(default_factory=dict)
+    same_as: str | None = None
+    multiplier: float = 1.0
+
+
+def normalize_model(name: str | None) -> str | None:
+    """The name used for pricing: trimmed, lowercased, any ``provider/`` prefix removed.
+
+    ``anthropic/claude-sonnet-4-5`` and ``openrouter/anthropic/claude-sonnet-4-5`` both become
+    ``claude-sonnet-4-5`` (gateways route by prefix; the price depends on the model only).
+
+    :param name: a model name as recorded in a row, or None.
+    """
+    if name is None:
+        return None
+    cleaned = name.strip().lower().rsplit("/", 1)[-1]
+    return cleaned or None
+
+
+def load_price_file(path: Path) -> tuple[list[Override], dict[str, Any]]:
+    """Read a TOML price file (format: ``docs/report.md``, "Price files").
+
+    :param path: the file.
+    :return: the overrides in file order, and a description for the report (path, sha256, name).
+    :raises PriceFileError: unreadable file, bad TOML, unknown keys, missing or negative rates.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PriceFileError(f"cannot read price file {path}: {exc.strerror or exc}") from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PriceFileError(f"price file {path} is not valid TOML: {exc}") from exc
+    unknown_top = set(doc) - {"name", "models"}
+    if unknown_top:
+        raise PriceFileError(f"price file {path}: unknown top-level keys {sorted(unknown_top)} "
+                             "(expected 'name' and [models.\"NAME\"] tables)")
+    models = doc.get("models", {})
+    if not isinstance(models, dict) or not models:
+        raise PriceFileError(f'price file {path}: no [models."NAME"] tables')
+    overrides = [_parse_entry(path, name, entry) for name, entry in models.items()]
+    info = {
+        "path": str(path),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "name": str(doc["name"]) if "name" in doc else None,
+        "models": [o.pattern for o in overrides],
+    }
+    return overrides, info
+
+
+def _parse_entry(path: Path, name: str, entry: Any) -> Override:
+    where = f'price file {path}, [models."{name}"]'
+    if not isinstance(entry, dict):
+        raise PriceFileError(f"{where}: expected a table of rates")
+    unknown = set(entry) - _OVERRIDE_KEYS
+    if unknown:
+        raise PriceFileError(f"{where}: unknown keys {sorted(unknown)} "
+                             f"(allowed: {', '.join(sorted(_OVERRIDE_KEYS))})")
+    rates: dict[str, float] = {}
+    for key in CATEGORIES:
+        if key in entry:
+            value = entry[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise PriceFileError(f"{where}: {key} must be a number >= 0 ($ per million "
+                                     f"tokens), got {value!r}")
+            rates[key] = float(value)
+    multiplier = entry.get("multiplier", 1.0)
+    if isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or multiplier < 0:
+        raise PriceFileError(f"{where}: multiplier must be a number >= 0, got {multiplier!r}")
+    same_as = entry.get("same_as")
+    if same_as is not None and not isinstance(same_as, str):
+        raise PriceFileError(f"{where}: same_as must be a model name")
+    pattern = normalize_model(name) or name
+    return Override(pattern=pattern, rates=rates, same_as=normalize_model(same_as),
+                    multiplier=float(multiplier))
+
+
+def _bundled_snapshot() -> Any:
+    """genai-prices' bundled data, never a snapshot swapped in by ``UpdatePrices``.
+
+    ``get_snapshot()`` returns whatever ``UpdatePrices`` (started by us never, but possibly by
+    another library in the same process) downloaded; reports must be reproducible from the
+    pinned package, so prefer the bundled data and fall back only if the private helper moves.
+    """
+    from genai_prices import data_snapshot
+
+    bundled = getattr(data_snapshot, "_bundled_snapshot", None)
+    return bundled() if bundled is not None else data_snapshot.get_snapshot()
+
+
+class PriceBook:
+    """Resolves model names to rate cards, once per (model, UTC day).
+
+    :param overrides: entries of a price file (see :func:`load_price_file`), in priority order.
+    :param overrides_info: the price file's description, for :meth:`describe`.
+    """
+
+    def __init__(self, overrides: list[Override] | None = None,
+                 overrides_info: dict[str, Any] | None = None) -> None:
+        self._overrides = overrides or []
+        self._overrides_info = overrides_info
+        self._cache: dict[tuple[str, date], ModelRates | None] = {}
+        self._snapshot: Any = None
+        self.error: str | None = None  # why genai-prices could not be used, if it could not
+        try:
+            import genai_prices
+
+            self.version: str | None = genai_prices.__version__
+            self._snapshot = _bundled_snapshot()
+        except ImportError as exc:  # declared dependency; this keeps a broken install readable
+            self.version = None
+            self.error = f"genai-prices is not installed ({exc}); only --prices models are priced"
+
+    @classmethod
+    def load(cls, prices_file: Path | None = None) -> PriceBook:
+        """A book on the bundled data, with *prices_file* (TOML) applied when given.
+
+        :raises PriceFileError: see :func:`load_price_file`.
+        """
+        if prices_file is None:
+            return cls()
+        overrides, info = load_price_file(prices_file)
+        return cls(overrides, info)
+
+    def describe(self) -> dict[str, Any]:
+        """Where prices come from (goes into every report: the price data version)."""
+        auto = bool(getattr(self._snapshot, "from_auto_update", False))
+        return {
+            "source": "genai-prices",
+            "version": self.version,
+            "data": "downloaded" if auto else "bundled",
+            "overrides": self._overrides_info,
+            "error": self.error,
+            "notes": "standard rates (gateway async jobs are not Message Batches); "
+                     "web search fees, data residency and fast mode are not priced",
+        }
+
+    def rates(self, model: str | None, day: date) -> ModelRates | None:
+        """The rate card of *model* (already normalised) on *day*, or None if unknown.
+
+        :param model: a name from :func:`normalize_model`.
+        :param day: the UTC day of the request (genai-prices rates are date-effective).
+        """
+        if model is None:
+            return None
+        key = (model, day)
+        if key not in self._cache:
+            self._cache[key] = self._resolve(model, day, depth=0)
+        return self._cache[key]
+
+    def _override_for(self, model: str) -> Override | None:
+        for o in self._overrides:  # exact names win over patterns
+            if o.pattern == model:
+                return o
+        for o in self._overrides:
+            if any(ch in o.pattern for ch in "*?[") and fnmatch.fnmatchcase(model, o.pattern):
+                return o
+        return None
+
+    def _resolve(self, model: str, day: date, depth: int) -> ModelRates | None:
+        override = self._override_for(model) if depth < 8 else None
+        if override is None:
+            return self._bundled(model, day)
+        if override.same_as is not None:
+            base = self._resolve(override.same_as, day, depth + 1)
+        else:
+            base = self._bundled(model, day)
+        source = (self._overrides_info or {}).get("path", "prices")
+        label = f"{Path(source).name}:{override.pattern}"
+        if base is None:
+            if "input" not in override.rates or "output" not in override.rates:
+                # A private model needs both main rates; cache ones default to the standard
+                # multipliers (documented). Without them, pricing would be a guess: unknown.
+                return None
+            inp = override.rates["input"]
+            rates = {c: Rate(override.rates.get(c, inp * DEFAULT_CACHE_MULTIPLIERS.get(c, 1.0)))
+                     for c in CATEGORIES}
+            rates["output"] = Rate(override.rates["output"])
+        else:
+            rates = dict(base.rates)
+            rates.update({c: Rate(v) for c, v in override.rates.items()})
+            label = f"{label} (from {base.priced_as})" if override.rates or override.same_as else label
+        if override.multiplier != 1.0:
+            rates = {c: r.scaled(override.multiplier) for c, r in rates.items()}
+            label = f"{label} x{override.multiplier:g}"
+        return ModelRates(rates=rates, priced_as=label)
+
+    def _bundled(self, model: str, day: date) -> ModelRates | None:
+        if self._snapshot is None:
+            return None
+        found = None
+        # Anthropic first (this tool speaks the Anthropic API); then let genai-prices pick the
+        # provider from the name, for models a gateway serves through the same endpoint.
+        for provider_id in ("anthropic", None):
+            try:
+                found = self._snapshot.find_provider_model(model, None, provider_id, None)
+                break
+            except (LookupError, ValueError):
+                continue
+        if found is None:
+            return None
+        provider, info = found
+        price = info.get_prices(datetime.combine(day, time(12), tzinfo=UTC))
+        inp = _rate(getattr(price, "input_mtok", None)) or Rate(0.0)
+        out = _rate(getattr(price, "output_mtok", None)) or Rate(0.0)
+        # genai-prices folds tokens of an unpriced unit into its parent unit (1h write → write
+        # → input; read → input): mirror that so both always agree.
+        cw5m = _rate(getattr(price, "cache_write_mtok", None)) or inp
+        cw1h = _rate(getattr(price, "cache_write_1h_mtok", None)) or cw5m
+        cr = _rate(getattr(price, "cache_read_mtok", None)) or inp
+        rates = {"input": inp, "output": out, "cache_write_5m": cw5m, "cache_write_1h": cw1h,
+                 "cache_read": cr}
+        return ModelRates(rates=rates, priced_as=f"genai-prices:{provider.id}/{info.id}")
+
+
+def _rate(value: Any) -> Rate | None:
+    if value is None:
+        return None
+    tiers = getattr(value, "tiers", None)
+    if tiers is not None:
+        return Rate(float(value.base), tuple((int(t.start), float(t.price)) for t in tiers))
+    return Rate(float(value))
+
+
+@dataclass(slots=True)
+class UsageArrays:
+    """Token counts per row (nulls as 0), Anthropic semantics: ``input`` is uncached input.
+
+    :param cache_write_5m: 5-minute cache writes (all writes when the TTL split is unknown).
+    """
+
+    input: np.ndarray
+    output: np.ndarray
+    cache_write_5m: np.ndarray
+    cache_write_1h: np.ndarray
+    cache_read: np.ndarray
+
+    def total_input(self) -> np.ndarray:
+        return self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read
+
+
+def split_cache_writes(total: np.ndarray, w5m: np.ndarray, w1h: np.ndarray,
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """5m and 1h write counts from possibly missing columns (NaN = not reported).
+
+    The 1h count is trusted when present; the rest of the writes are 5m. With no TTL split at
+    all, every write is priced as 5m (the only safe reading; it undercounts hidden 1h writes).
+
+    :param total: ``cache_creation_input_tokens`` (NaN if null).
+    :param w5m: ``cache_creation_5m_input_tokens`` (NaN if null).
+    :param w1h: ``cache_creation_1h_input_tokens`` (NaN if null).
+    :return: (5m, 1h) as float arrays without NaN.
+    """
+    one_h = np.nan_to_num(w1h, nan=0.0)
+    whole = np.where(np.isnan(total), np.nan_to_num(w5m, nan=0.0) + one_h, total)
+    five_m = np.maximum(whole - one_h, 0.0)
+    return five_m, one_h
+
+
+def cost_arrays(book: PriceBook, keys: list[tuple[str | None, date]], codes: np.ndarray,
+                usage: UsageArrays) -> tuple[dict[str, np.ndarray], list[ModelRates | None]]:
+    """Cost per row and category in USD; NaN for rows whose model has no price.
+
+    :param book: where rates come from.
+    :param keys: the distinct (normalised model, UTC day) pairs of the rows.
+    :param codes: for each row, its index in *keys*.
+    :param usage: the rows' token counts.
+    :return: ``{category: array, "total": array}`` and the rate card of each key (None if
+        unpriced). Rows with no tokens cost 0 whatever their model: nothing was billed.
+    """
+    cards = [book.rates(model, day) for model, day in keys]
+    known = np.array([c is not None for c in cards] + [False], dtype=bool)
+    safe_codes = np.where(codes < 0, len(cards), codes)  # -1 (no model) -> the unknown slot
+    priced = known[safe_codes]
+    total_in = usage.total_input()
+    # An unpriced row with no tokens at all billed nothing: 0, not unknown.
+    unpriced_value = np.where(total_in + usage.output == 0, 0.0, np.nan)
+    out: dict[str, np.ndarray] = {}
+    total = np.zeros(len(codes))
+    for category in CATEGORIES:
+        base = np.array([c.rates[category].base if c else np.nan for c in cards] + [np.nan])
+        rate = base[safe_codes]
+        for k, card in enumerate(cards):
+            if card is None or not card.rates[category].tiers:
+                continue
+            in_key = codes == k
+            for start, tier_rate in card.rates[category].tiers:  # ascending: the last one wins
+                rate[in_key & (total_in > start)] = tier_rate
+        cost = np.where(priced, getattr(usage, category) * rate / _PER, unpriced_value)
+        out[category] = cost
+        total += cost
+    out["total"] = total
+    return out, cards

@@ -1,0 +1,202 @@
+"""`run --mode async`, `--detach` and `collect` against the emulator over real sockets."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchrunner.config import ConfigError, RunConfig
+from batchrunner.emulator import EmulatorConfig, running_emulator
+from batchrunner.emulator.config import Dist
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import EXIT_OK, run_sync
+
+from .conftest import read_rows, run_cli
+from .test_run_cli import start_run, wait_for_rows
+
+KEY_A = "sk-bf-team-a-000000000000"
+KEY_B = "sk-bf-team-b-000000000000"
+
+
+def run(requests: Path, gateway: str, out: Path, **kw):
+    kw.setdefault("retry", RetryPolicy(max_retries=2, backoff_base_s=0.01, backoff_max_s=0.02))
+    return run_sync(RunConfig(requests=requests, gateway=gateway, out=out, mode="async", **kw),
+                    quiet=True)
+
+
+def jobs_in(run_dir: Path) -> list[dict]:
+    return [orjson.loads(line) for line in (run_dir / "jobs.jsonl").read_bytes().splitlines() if line]
+
+
+def test_async_flow_rows_match_the_emulators_jobs(make_emulator, requests_file, tmp_path):
+    with make_emulator(ttft=Dist("fixed", 0.2), token_delay=Dist("fixed", 0.005)) as emu:
+        result = run(requests_file(20), emu.base_url, tmp_path / "out", concurrency=5, ttl_s=120)
+        truth = [t for t in emu.ground_truth() if t["kind"] == "async_submit"]
+    assert result.exit_code == EXIT_OK and result.status == "finished"
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 20 and set(rows["status"]) == {"ok"}
+    assert rows["job_id"].is_unique and rows["polls"].min() >= 1
+    assert (rows["response_text"].str.len() > 0).all() and (rows["output_tokens"] > 0).all()
+    jobs = {t["job_id"]: t["job"] for t in truth}
+    assert set(rows["job_id"]) == set(jobs)
+    for row in rows.itertuples():
+        job = jobs[row.job_id]
+        done_at = row.job_done_at.timestamp()
+        # we never see a job done before it was, and see it soon after (poll gaps <= 10 %)
+        assert job["completed_at"] <= done_at + 0.002
+        duration = job["completed_at"] - job["created_at"]
+        assert done_at - job["completed_at"] <= 0.1 * duration + 0.15
+        assert row.ttl_s == 120
+        assert row.expires_at.timestamp() <= job["completed_at"] + 120 + 0.002
+        assert row.submitted_at <= row.job_done_at
+    # one job id recorded per request, before its row
+    assert sorted(j["input_index"] for j in jobs_in(tmp_path / "out")) == list(range(20))
+
+
+@pytest.mark.parametrize(("status", "retried"), [(529, True), (400, False), (404, False)])
+def test_failed_jobs_become_error_rows_with_their_status(make_emulator, requests_file, tmp_path,
+                                                         status, retried):
+    with make_emulator(fault_job=1.0, job_failure_status=status) as emu:
+        run(requests_file(3), emu.base_url, tmp_path / "out")
+    rows = read_rows(tmp_path / "out")
+    assert set(rows["status"]) == {"error"}
+    assert set(rows["http_status"]) == {status}
+    # a failed job whose upstream said 404 is not an expired job
+    assert "job_not_found" not in set(rows["error_type"])
+    assert set(rows["attempts"]) == ({3} if retried else {1})
+    assert rows["error_message"].str.startswith("job failed").all()
+
+
+def test_detach_then_collect_from_another_process(make_emulator, requests_file, tmp_path):
+    requests = requests_file(12)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.3), virtual_keys=(KEY_A,)) as emu:
+        env = {"BIFROST_VK": KEY_A}
+        detached = run_cli("run", str(requests), "--mode", "async", "--detach", "--gateway",
+                           emu.base_url, "--out", str(out), env=env)
+        assert detached.returncode == 0, detached.stderr
+        assert "batchrunner collect" in detached.stdout and "before" in detached.stdout
+        assert not (out / "data").exists() or read_rows(out).empty
+        assert len(jobs_in(out)) == 12
+        collected = run_cli("collect", str(out), "--json", env=env)
+        assert collected.returncode == 0, collected.stderr
+        report = orjson.loads(collected.stdout)
+        assert report["status"] == "finished" and report["outstanding_jobs"] == 0
+        again = run_cli("collect", str(out), "-q", env=env)  # repeatable, nothing left to do
+        assert again.returncode == 0
+        submits = collections.Counter(t["kind"] for t in emu.ground_truth())
+    rows = read_rows(out)
+    assert sorted(rows["input_index"]) == list(range(12)) and set(rows["status"]) == {"ok"}
+    assert submits["async_submit"] == 12  # collect never resubmits
+    assert KEY_A.encode() not in b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+
+def test_short_ttl_and_a_slow_collector_give_expired_rows(make_emulator, requests_file, tmp_path):
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        result = run(requests_file(4), emu.base_url, out, detach=True, ttl_s=1)
+        assert result.status == "detached" and result.outstanding_jobs == 4
+        time.sleep(2.2)  # results expire 1 s after completion
+        collected = run_sync(RunConfig(requests=tmp_path / "set-4.jsonl", gateway=emu.base_url,
+                                       out=out, mode="async", collect_only=True, ttl_s=1),
+                             quiet=True)
+    rows = read_rows(out)
+    assert collected.status == "finished"
+    assert set(rows["status"]) == {"expired"} and set(rows["error_type"]) == {"job_expired"}
+    assert rows["error_message"].str.contains("may have expired").all()
+
+
+@pytest.mark.parametrize("not_found_status", [404, 400])
+def test_polling_with_another_key_reads_as_not_found(requests_file, tmp_path, not_found_status):
+    config = EmulatorConfig(virtual_keys=(KEY_A, KEY_B), job_not_found_status=not_found_status)
+    out = tmp_path / "out"
+    with running_emulator(config) as emu:
+        run(requests_file(3), emu.base_url, out, detach=True, virtual_key=KEY_A)
+        collected = run_sync(RunConfig(requests=tmp_path / "set-3.jsonl", gateway=emu.base_url,
+                                       out=out, mode="async", collect_only=True,
+                                       virtual_key=KEY_B), quiet=True)
+    rows = read_rows(out)
+    assert collected.status == "finished"
+    assert set(rows["status"]) == {"expired"}
+    assert set(rows["error_type"]) == {"job_not_found"}  # too early to have expired: lost
+    assert set(rows["http_status"]) == {not_found_status}
+    assert rows["error_message"].str.contains("another virtual key").all()
+
+
+def test_emulator_restart_loses_jobs_and_nothing_hangs(requests_file, tmp_path):
+    out = tmp_path / "out"
+    config = EmulatorConfig(ttft=Dist("fixed", 0.5))
+    with running_emulator(config) as emu:
+        port = int(emu.base_url.rsplit(":", 1)[1])
+        run(requests_file(5), emu.base_url, out, detach=True)
+    with running_emulator(config, port=port) as emu:  # same address, empty job store
+        started = time.monotonic()
+        collected = run_sync(RunConfig(requests=tmp_path / "set-5.jsonl", gateway=emu.base_url,
+                                       out=out, mode="async", collect_only=True), quiet=True)
+        assert time.monotonic() - started < 10
+    rows = read_rows(out)
+    assert collected.status == "finished"
+    assert set(rows["status"]) == {"expired"} and set(rows["error_type"]) == {"job_not_found"}
+
+
+def test_kill_9_during_submission_then_resume(make_emulator, requests_file, tmp_path):
+    requests = requests_file(400)
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        proc = start_run(str(requests), "--mode", "async", "--gateway", emu.base_url, "--out",
+                         str(out), "-c", "4", "--max-rate", "100", "-q")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if (out / "jobs.jsonl").exists() and len(jobs_in(out)) >= 40:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+        recorded = {j["input_index"] for j in jobs_in(out)}
+        assert 40 <= len(recorded) < 400
+        done = run_cli("run", str(requests), "--mode", "async", "--gateway", emu.base_url,
+                       "--out", str(out), "-c", "8", "-q")
+        assert done.returncode == 0, done.stderr
+        submits = collections.Counter(
+            int(t["request_id"].rsplit("-", 1)[1]) for t in emu.ground_truth()
+            if t["kind"] == "async_submit"
+        )
+    rows = read_rows(out)
+    assert sorted(rows["input_index"]) == list(range(400)) and set(rows["status"]) == {"ok"}
+    # no recorded job was submitted twice; at most the 4 submits in flight at the kill were
+    assert all(submits[i] == 1 for i in recorded)
+    assert sum(n - 1 for n in submits.values()) <= 4
+
+
+def test_ctrl_c_stops_and_leaves_jobs_to_collect(make_emulator, requests_file, tmp_path):
+    requests = requests_file(30)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 30.0)) as emu:  # jobs that take long
+        proc = start_run(str(requests), "--mode", "async", "--gateway", emu.base_url,
+                         "--out", str(out), "-c", "2", "--max-rate", "20")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            (out / "jobs.jsonl").exists() and len(jobs_in(out)) >= 5
+        ):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 3, stderr
+    assert "batchrunner collect" in stderr
+    info = orjson.loads((out / "run.json").read_bytes())
+    assert info["status"] == "interrupted" and info["async"]["outstanding_jobs"] >= 5
+
+
+def test_detach_needs_a_real_gateway(requests_file, tmp_path):
+    with pytest.raises(ConfigError, match="--detach needs --gateway"):
+        run_sync(RunConfig(requests=requests_file(1), out=tmp_path / "o", mode="async",
+                           detach=True), quiet=True)
+
+
+def test_wait_for_rows_helper_is_importable():
+    assert callable(wait_for_rows)
