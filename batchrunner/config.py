@@ -64,7 +64,7 @@ class RunConfig:
     # async jobs
     ttl_s: int = 3600
     detach: bool = False
-    poll_rate: float | None = 200.0
+    poll_rate: float | None = 1000.0
     poll_concurrency: int = 32
     collect_only: bool = False  # `batchrunner collect`: poll recorded jobs, submit nothing
     # source options

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 from batchrunner.client import Attempt, GatewayClient, is_job_stub
 from batchrunner.execute import ExecContext, base_row, encode_body, fill_attempt
 from batchrunner.pacing import RateCeiling
-from batchrunner.polling import PollPlanner
+from batchrunner.polling import PROBES, PollPlanner
 from batchrunner.retry import retry_delay
 from batchrunner.schema import (
     ERROR_JOB_EXPIRED,
@@ -44,7 +43,9 @@ NOT_FOUND_MESSAGE = "job not found or expired"
 TRANSIENT_POLL_MESSAGE = "failed to retrieve async job"
 ASYNC_UNAVAILABLE = "async operations not available"
 DEFAULT_TTL_S = 3600
-DEFAULT_POLL_RATE = 200.0
+#: Polls are cheap lookups for the gateway, but thousands of jobs finishing together need as
+#: many polls to be seen: the ceiling bounds both the gateway's load and our detection delay.
+DEFAULT_POLL_RATE = 1000.0
 DEFAULT_POLL_CONCURRENCY = 32
 #: Polls failing in transit this many times in a row end the job as an error row.
 MAX_POLL_FAILURES = 30
@@ -71,6 +72,7 @@ class Job:
     polls: int = 0
     poll_failures: int = 0
     last_pending_at: float | None = None  # epoch of the latest poll that saw it unfinished
+    last_poll: float | None = None  # perf instant of the latest poll's answer
 
     def elapsed_s(self, now_at: float) -> float:
         if self.submitted is not None:
@@ -224,16 +226,41 @@ class JobPoller:
         self._active: set[asyncio.Task[None]] = set()
         self._ceiling = RateCeiling(poll_rate) if poll_rate else None
         self._slots = asyncio.Semaphore(poll_concurrency)
-        self._rng = random.Random(jctx.exec.rng.random() if jctx.exec.rng else None)
+        self._probes: set[str] = set()
 
     @property
     def outstanding(self) -> int:
         return len(self._heap) + len(self._active)
 
+    def _delay(self, job: Job, now_at: float) -> float:
+        planner = self.jctx.planner
+        probe = True
+        if planner.learning:
+            probe = job.job_id in self._probes or len(self._probes) < PROBES
+            if probe:
+                self._probes.add(job.job_id)
+        return planner.next_delay(job.elapsed_s(now_at), job.ttl_s, probe=probe)
+
+    def _learned(self) -> None:
+        """The first durations are known: reschedule every waiting job by the estimate, counting
+        from its last poll (a job polled slowly while learning may be due at once)."""
+        now, now_at = time.perf_counter(), time.time()
+        heap = []
+        for _due, seq, job in self._heap:
+            last = job.last_poll if job.last_poll is not None else job.submitted
+            if last is None:
+                heap.append((now + self._delay(job, now_at), seq, job))
+                continue
+            then_at = now_at - (now - last)
+            heap.append((max(now, last + self._delay(job, then_at)), seq, job))
+        heapq.heapify(heap)
+        self._heap = heap
+        self._wake.set()
+
     def add(self, job: Job, delay_s: float | None = None) -> None:
         """Start polling ``job`` (first poll after ``delay_s``, default from the planner)."""
         if delay_s is None:
-            delay_s = self.jctx.planner.next_delay(job.elapsed_s(time.time()), job.ttl_s)
+            delay_s = self._delay(job, time.time())
         heapq.heappush(self._heap, (time.perf_counter() + delay_s, next(self._seq), job))
         self.jctx.counters.outstanding = self.outstanding
         self._wake.set()
@@ -292,8 +319,9 @@ class JobPoller:
             self._finish(job, attempt, now_at, Status.OK)
         elif status is not None and 200 <= status < 300 and is_job_stub(attempt.parsed):
             job.last_pending_at = now_at
+            job.last_poll = attempt.done
             job.poll_failures = 0
-            self.add(job, self.jctx.planner.next_delay(job.elapsed_s(now_at), job.ttl_s))
+            self.add(job, self._delay(job, now_at))
         elif status in (400, 404) and NOT_FOUND_MESSAGE in message:
             self._expired(job, attempt, now_at)
         elif (
@@ -399,8 +427,13 @@ class JobPoller:
         else:
             row["latency_s"] = now_at - job.submitted_at
             row["total_s"] = None
-        if status is not Status.EXPIRED and status is not Status.ERROR:
-            self.jctx.planner.observe(job.elapsed_s(now_at))
+        self._probes.discard(job.job_id)
+        planner = self.jctx.planner
+        if status is Status.OK:
+            was_learning = planner.learning
+            planner.observe(job.elapsed_s(now_at))
+            if was_learning and not planner.learning:
+                self._learned()
         ctx.emit(row)
 
 

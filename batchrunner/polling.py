@@ -6,8 +6,10 @@ share of the time already waited (``relative_gap``, default 10 %) bounds that de
 tenth of the job's duration, plus ``min_gap_s``, whatever the duration. Polling from the
 start that way wastes polls on jobs that cannot be done yet, so the first poll waits until an
 early quantile of the durations seen so far in this run (jobs of one set take similar times).
-Gaps never exceed a quarter of the result TTL, so a completed result is always read long
-before it can expire.
+Until the first durations are known, only a few *probe* jobs poll at that pace; the others
+poll slowly and are rescheduled the moment an estimate exists, so a burst of thousands of
+fresh jobs never turns into a poll storm. Gaps never exceed a quarter of the result TTL, so a
+completed result is always read long before it can expire.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ DEFAULT_FIRST_POLL_S = 0.1
 #: The first poll aims at this quantile of observed durations: a fifth of jobs are done by
 #: then, and the rest are caught within a few geometric steps.
 FIRST_POLL_QUANTILE = 0.2
-MIN_OBSERVATIONS = 5
+MIN_OBSERVATIONS = 3
 OBSERVATION_WINDOW = 512
+#: Jobs polled at the fast pace while durations are still unknown.
+PROBES = 8
+#: While learning, other jobs wait this long (or half their age) between polls.
+LEARNING_GAP_S = 1.0
 
 
 class PollPlanner:
@@ -72,20 +78,34 @@ class PollPlanner:
             return None
         return self._sorted[int(FIRST_POLL_QUANTILE * (len(self._sorted) - 1))]
 
-    def next_delay(self, elapsed_s: float, ttl_s: float | None = None) -> float:
-        """Seconds until the next poll of a job submitted ``elapsed_s`` ago and still pending."""
+    @property
+    def learning(self) -> bool:
+        """No duration estimate yet."""
+        return len(self._sorted) < MIN_OBSERVATIONS
+
+    def next_delay(self, elapsed_s: float, ttl_s: float | None = None, probe: bool = True) -> float:
+        """Seconds until the next poll of a job submitted ``elapsed_s`` ago and still pending.
+
+        :param probe: while learning, whether this job is one of the few polled at full pace.
+        """
+        if self.learning and not probe:
+            gap = max(LEARNING_GAP_S, 0.5 * elapsed_s)
+            if ttl_s:
+                gap = min(gap, max(self.min_gap_s, ttl_s / 4))
+            return min(gap, self.max_gap_s) * self._rng.uniform(0.85, 1.0)
         gap = max(self.min_gap_s, self.relative_gap * elapsed_s)
         if elapsed_s <= 0:
             gap = max(gap, self.first_poll_s)
-        estimate = self.early_estimate()
-        if estimate is not None and elapsed_s + gap < estimate:
-            gap = estimate - elapsed_s
         cap = self.max_gap_s
         if ttl_s:
             cap = min(cap, max(self.min_gap_s, ttl_s / 4))
-        gap = min(gap, cap)
+        estimate = self.early_estimate()
+        if estimate is not None and elapsed_s + gap < estimate:
+            # Nothing to learn before the early quantile: go straight there (no jitter, which
+            # would only spend a poll just before it; submit times already spread jobs).
+            return min(estimate - elapsed_s, cap)
         # Jitter only shortens, so the detection bound holds; it spreads jobs submitted together.
-        return gap * self._rng.uniform(0.85, 1.0)
+        return min(gap, cap) * self._rng.uniform(0.85, 1.0)
 
     def retry_delay(self, failures: int) -> float:
         """Back-off after a poll that failed in transit (not a job failure)."""

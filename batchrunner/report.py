@@ -65,7 +65,7 @@ _TOKEN_COLUMNS = (
     "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
 )
 _BASE_COLUMNS = (
-    "input_index", "model", "model_requested", "status", "error_type", "error_message",
+    "input_index", "mode", "model", "model_requested", "status", "error_type", "error_message",
     "http_status", "scheduled_at", "sent_at", "completed_at", *METRICS, *_TOKEN_COLUMNS,
 )
 #: Columns :func:`summarize_table` needs (the runner reads just these at the end of a run).
@@ -305,11 +305,13 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
     day = np.where(np.isnan(when), today, when // 86400).astype(np.int64)
     model_codes, model_names = pd.factorize(cols["model_key"])
     day_values, day_codes = np.unique(day, return_inverse=True)
-    combined = model_codes.astype(np.int64) * len(day_values) + day_codes
+    combined = model_codes.astype(np.int64) * len(day_values) + day_codes.reshape(-1)
     uniq, codes = np.unique(combined, return_inverse=True)
-    keys = [(str(model_names[u // len(day_values)]) if model_names[u // len(day_values)] != _NONE
-             else None, date.fromtimestamp(int(day_values[u % len(day_values)]) * 86400, UTC))
-            for u in uniq]
+    keys: list[tuple[str | None, date]] = []
+    for u in uniq:
+        model = str(model_names[u // len(day_values)])
+        day_start = int(day_values[u % len(day_values)]) * 86400
+        keys.append((None if model == _NONE else model, datetime.fromtimestamp(day_start, UTC).date()))
     costs, cards = cost_arrays(book, keys, codes.reshape(-1), usage)
     for category, arr in costs.items():
         cols[f"cost_{category}"] = arr
@@ -328,3 +330,436 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
 
 # ----------------------------------------------------------------------------------------------
 # sections
+
+
+@dataclass(slots=True)
+class _Window:
+    """The run's time span: first schedule (or send) to last completion, epoch seconds."""
+
+    start: float | None
+    end: float | None
+
+    @property
+    def wall(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        return max(self.end - self.start, 0.0)
+
+
+def _window(frame: pd.DataFrame) -> _Window:
+    begin = np.fmin(frame["scheduled_at"].to_numpy(), frame["sent_at"].to_numpy())
+    done = frame["completed_at"].to_numpy()
+    start = float(np.nanmin(begin)) if np.isfinite(begin).any() else None
+    end = float(np.nanmax(done)) if np.isfinite(done).any() else None
+    return _Window(start, end)
+
+
+def _num(value: float | None) -> float | None:
+    """JSON-safe float: NaN and infinities become None."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _ratio(num: float, den: float | None) -> float | None:
+    return _num(num / den) if den else None
+
+
+def _section(f: pd.DataFrame, wall: float | None, metrics: Sequence[str]) -> dict[str, Any]:
+    n = len(f)
+    counts = f["status"].value_counts()
+    status = {s: int(counts.get(s, 0)) for s in _STATUSES}
+    status.update({str(k): int(v) for k, v in counts.items() if k not in status})
+    failed = sum(status[s] for s in _FAILED)
+    ok = f[f["status"] == "ok"]
+    return {
+        "requests": n,
+        "status": status,
+        "ok_rate": _ratio(status["ok"], n),
+        "error_rate": _ratio(failed, n),
+        "errors": _errors(f, n),
+        "throughput": {
+            "wall_s": _num(wall),
+            "requests_per_s": _ratio(n, wall),
+            "ok_requests_per_s": _ratio(status["ok"], wall),
+            "output_tokens_per_s": _ratio(float(f["tok_output"].sum()), wall),
+        },
+        "latency": {
+            "rows_used": len(ok),
+            "rows_excluded": n - len(ok),
+            "metrics": {m: stats.distribution(ok[m].to_numpy()) for m in metrics},
+        },
+        "tokens": _tokens(f),
+        "cost": _cost(f),
+    }
+
+
+def _errors(f: pd.DataFrame, n: int) -> list[dict[str, Any]]:
+    bad = f[f["status"] != "ok"]
+    out = []
+    for error_type, g in bad.groupby("error_type", sort=False):
+        http = g["http_status"].dropna().astype(int).value_counts()
+        with_msg = g[g["error_message"].notna()]
+        example = None
+        if len(with_msg):  # the first in input order, so the example is reproducible
+            first = with_msg["input_index"].fillna(np.inf).to_numpy().argmin()
+            example = str(with_msg["error_message"].iloc[first])[:_EXAMPLE_CHARS]
+        out.append({
+            "error_type": str(error_type),
+            "count": len(g),
+            "share": _ratio(len(g), n),
+            "statuses": {str(k): int(v) for k, v in g["status"].value_counts().items()},
+            "http_statuses": {str(k): int(v) for k, v in http.items()},
+            "example": example,
+        })
+    out.sort(key=lambda e: (-e["count"], e["error_type"]))
+    return out
+
+
+def _tokens(f: pd.DataFrame) -> dict[str, Any]:
+    sums = {c: int(f[f"tok_{c}"].sum()) for c in CATEGORIES}
+    return {
+        "rows_with_usage": int(f["has_usage"].sum()),
+        "input": sums["input"],
+        "output": sums["output"],
+        "cache_write": sums["cache_write_5m"] + sums["cache_write_1h"],
+        "cache_write_5m": sums["cache_write_5m"],
+        "cache_write_1h": sums["cache_write_1h"],
+        "cache_read": sums["cache_read"],
+    }
+
+
+def _cost(f: pd.DataFrame) -> dict[str, Any]:
+    total = f["cost_total"].to_numpy()
+    priced = ~np.isnan(total)
+    usd = {c: float(f[f"cost_{c}"].to_numpy()[priced].sum()) for c in CATEGORIES}
+    usd["total"] = float(total[priced].sum())
+    unpriced = f[~priced]
+    models = []
+    if len(unpriced):
+        tok = unpriced[[f"tok_{c}" for c in CATEGORIES]].sum(axis=1)
+        for model, rows in unpriced.groupby("model_key", sort=True).size().items():
+            models.append({"model": str(model), "rows": int(rows),
+                           "tokens": int(tok[unpriced["model_key"] == model].sum())})
+    complete = not len(unpriced)
+    rows_priced = int(priced.sum())
+    return {
+        "currency": "USD",
+        "complete": complete,
+        "total_usd": usd["total"] if complete else None,
+        "usd": usd,
+        "rows_priced": rows_priced,
+        "rows_unpriced": len(unpriced),
+        "per_request_usd": _ratio(usd["total"], rows_priced),
+        "unpriced_models": models,
+    }
+
+
+def _cost_by_model(f: pd.DataFrame, cards: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for model, g in f.groupby("model_key", sort=True):
+        card = cards.get(str(model))
+        entry = {"model": str(model), "requests": len(g), "tokens": _tokens(g), "cost": _cost(g),
+                 "priced_as": card.priced_as if card else None,
+                 "rates": card.describe() if card else None}
+        out.append(entry)
+    out.sort(key=lambda e: (-(e["cost"]["usd"]["total"] or 0), e["model"]))
+    return out
+
+
+def _group_ids(f: pd.DataFrame, by: Sequence[str], max_groups: int,
+               ) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Group index of each row (biggest groups first) and each group's key; groups past
+    *max_groups* are merged into one ``(other)`` group so no row drops out of the tables."""
+    cols = [f"g:{k}" for k in by]
+    codes, uniques = pd.MultiIndex.from_frame(f[cols]).factorize()
+    sizes = np.bincount(codes, minlength=len(uniques))
+    order = sorted(range(len(uniques)), key=lambda i: (-sizes[i], tuple(uniques[i])))
+    keys = [dict(zip(by, map(str, uniques[i]), strict=True)) for i in order[:max_groups]]
+    rank = np.empty(len(uniques), dtype=np.int64)
+    rank[order] = np.arange(len(uniques))
+    ids = rank[codes]
+    if len(uniques) > max_groups:
+        ids = np.minimum(ids, max_groups)
+        keys.append(dict.fromkeys(by, _OTHER))
+    return ids, keys
+
+
+def _timeline(f: pd.DataFrame, window: _Window, max_buckets: int) -> dict[str, Any] | None:
+    if window.start is None or window.end is None:
+        return None
+    t0 = window.start
+    done = f["completed_at"].to_numpy() - t0
+    tl = stats.timeline(0.0, window.end - t0, done, max_buckets)
+    buckets = len(tl.edges) - 1
+    has = tl.bucket >= 0
+    status = f["status"].to_numpy()
+
+    def count(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        sel = has & mask
+        w = None if weights is None else weights[sel]
+        return np.bincount(tl.bucket[sel], weights=w, minlength=buckets)
+
+    completed = count(np.ones(len(f), dtype=bool))
+    failed_mask = np.isin(status, _FAILED)
+    sent = f["sent_at"].to_numpy() - t0
+    interval = ~np.isnan(sent) & ~np.isnan(done)
+    mean, maxima, peak, busy = stats.in_flight(sent[interval], done[interval], tl.edges)
+    errors: dict[str, list[int]] = {}
+    etypes = f.loc[failed_mask, "error_type"].value_counts()
+    top = [str(t) for t in etypes.index[:6]]
+    etype = f["error_type"].to_numpy()
+    for t in top:
+        errors[t] = [int(v) for v in count(failed_mask & (etype == t))]
+    if len(etypes) > len(top):
+        errors[_OTHER] = [int(v) for v in count(failed_mask & ~np.isin(etype, top))]
+    per_s = completed / tl.width
+    return {
+        "rows_used": int(has.sum()),
+        "rows_without_completed_at": int((~has).sum()),
+        "in_flight_rows_used": int(interval.sum()),
+        "start_at": _iso(t0),
+        "bucket_s": tl.width,
+        "t_s": [float(x) for x in tl.edges[:-1]],
+        "completed": [int(v) for v in completed],
+        "ok": [int(v) for v in count(status == "ok")],
+        "failed": [int(v) for v in count(failed_mask)],
+        "requests_per_s": [float(v) for v in per_s],
+        "output_tokens_per_s": [float(v) for v in
+                                count(np.ones(len(f), bool), f["tok_output"].to_numpy()) / tl.width],
+        "in_flight_mean": [float(v) for v in mean],
+        "in_flight_max": [int(v) for v in maxima],
+        "errors_by_type": errors,
+        "peak_requests_per_s": _num(per_s.max()) if buckets else None,
+        "in_flight_peak": peak,
+        "active_s": busy,
+    }
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def _plot_data(f: pd.DataFrame, group_ids: np.ndarray | None, groups: list[dict[str, str]],
+               metrics: Sequence[str]) -> dict[str, Any]:
+    """What only the HTML needs: CDF points per metric (overall and per group), TTFT histogram."""
+    ok_mask = (f["status"] == "ok").to_numpy()
+    cdf: dict[str, Any] = {}
+    for m in metrics:
+        values = f[m].to_numpy()
+        entry = {"all": stats.cdf_points(values[ok_mask])}
+        if group_ids is not None:
+            entry["groups"] = [stats.cdf_points(values[ok_mask & (group_ids == i)])
+                               for i in range(len(groups))]
+        cdf[m] = entry
+    ttft = f["ttft_s"].to_numpy()[ok_mask]
+    return {"cdf": cdf, "ttft_histogram": stats.histogram(ttft)}
+
+
+def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: int,
+                max_buckets: int, plot_data: bool) -> dict[str, Any]:
+    f, cards = _frame(run.table, by, book)
+    window = _window(f)
+    metrics = [m for m in METRICS if f[m].notna().any()]
+    overall = _section(f, window.wall, metrics)
+    config = run.info.get("config") or {}
+    modes = sorted({str(m) for m in _labels(run.table, "mode")} - {_NONE}) \
+        if "mode" in run.table.column_names else []
+    report: dict[str, Any] = {
+        "name": run.name,
+        "run_dir": str(run.run_dir) if run.run_dir else None,
+        "run_id": run.info.get("run_id"),
+        "mode": config.get("mode") or (modes[0] if len(modes) == 1 else ",".join(modes) or None),
+        "status": run.info.get("status"),
+        "gateway": run.info.get("gateway"),
+        "rows": len(f),
+        "journal_rows": run.journal_rows,
+        "window": {"start_at": _iso(window.start), "end_at": _iso(window.end),
+                   "wall_s": _num(window.wall)},
+        "metrics": metrics,
+        "overall": overall,
+        "groups": [],
+        "cost_by_model": _cost_by_model(f, cards),
+        "timeline": _timeline(f, window, max_buckets),
+    }
+    group_ids = None
+    groups: list[dict[str, str]] = []
+    if by:
+        group_ids, groups = _group_ids(f, by, max_groups)
+        for i, key in enumerate(groups):
+            report["groups"].append({"key": key,
+                                     **_section(f[group_ids == i], window.wall, metrics)})
+    if plot_data:
+        report["plot_data"] = _plot_data(f, group_ids, groups, metrics)
+    return report
+
+
+def build_report(runs: Sequence[RunRows], *, by: Sequence[str] = (), book: PriceBook | None = None,
+                 max_groups: int = 30, max_buckets: int = 120,
+                 plot_data: bool = False) -> dict[str, Any]:
+    """The whole report of one or more runs, as a JSON-ready dict (keys: ``docs/report.md``).
+
+    :param runs: from :func:`load_run` (or built around any table of result rows).
+    :param by: group keys (see :func:`parse_group_keys`): every table is repeated per group.
+    :param book: prices (default: genai-prices' bundled data, no overrides).
+    :param max_groups: groups beyond the biggest ones are merged into ``(other)``.
+    :param max_buckets: at most this many time buckets in the timeline.
+    :param plot_data: add what the HTML plots need (CDF points, histograms) under ``plot_data``.
+    """
+    book = book or PriceBook()
+    by = parse_group_keys(by)
+    reports = [_run_report(r, by, book, max_groups, max_buckets, plot_data) for r in runs]
+    _unique_names(reports)
+    out: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
+        "generated_at": _iso(datetime.now(UTC).timestamp()),
+        "prices": book.describe(),
+        "group_by": list(by),
+        "rows_used": {
+            "counts, errors, throughput, tokens, cost": "all rows",
+            "latency": "ok rows only (rows_used / rows_excluded given)",
+            "throughput over time": "rows with completed_at",
+            "in flight": "rows with sent_at and completed_at",
+        },
+        "runs": reports,
+    }
+    if len(reports) > 1:
+        out["comparison"] = compare(reports)
+    return out
+
+
+def _unique_names(reports: list[dict[str, Any]]) -> None:
+    seen: dict[str, int] = {}
+    for r in reports:
+        base = r["name"]
+        seen[base] = seen.get(base, 0) + 1
+        if seen[base] > 1:
+            r["name"] = f"{base}#{seen[base]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# comparison
+
+
+def _figures(section: dict[str, Any], metrics: Sequence[str], full: bool) -> dict[str, Any]:
+    """The comparable figures of a section, flat: ``{name: value}``."""
+    out: dict[str, Any] = {
+        "requests": section["requests"],
+        "ok": section["status"]["ok"],
+        "error_rate": section["error_rate"],
+        "requests_per_s": section["throughput"]["requests_per_s"],
+        "output_tokens_per_s": section["throughput"]["output_tokens_per_s"],
+    }
+    for m in metrics:
+        dist = section["latency"]["metrics"].get(m)
+        for p in ("p50", "p90", "p99") if full else ("p50", "p99"):
+            out[f"{m} {p}"] = dist[p] if dist else None
+    if full:
+        for key in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read"):
+            out[f"tokens {key}"] = section["tokens"][key]
+    cost = section["cost"]
+    out["cost_usd"] = cost["usd"]["total"]
+    if full:
+        for c in CATEGORIES:
+            out[f"cost_usd {c}"] = cost["usd"][c]
+    out["cost_per_request_usd"] = cost["per_request_usd"]
+    return out
+
+
+def _rows(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = list(dict.fromkeys(k for v in values for k in v))
+    rows = []
+    for name in names:
+        vals = [v.get(name) for v in values]
+        base = vals[0]
+        deltas, pcts = [], []
+        for v in vals[1:]:
+            d = None if v is None or base is None else v - base
+            deltas.append(d)
+            pcts.append(_num(d / base * 100) if d is not None and base else None)
+        rows.append({"figure": name, "values": vals, "delta": deltas, "delta_pct": pcts})
+    return rows
+
+
+def compare(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Side-by-side figures of several run reports, with deltas against the first.
+
+    :param reports: the ``runs`` entries of :func:`build_report`.
+    :return: ``{"baseline", "runs", "overall": [...], "groups": [...], "cost_by_model": [...]}``;
+        each figure row is ``{"figure", "values", "delta", "delta_pct"}``, deltas for every run
+        after the first (``delta_pct`` is null when the baseline is 0 or missing).
+    """
+    metrics = list(dict.fromkeys(m for r in reports for m in r["metrics"]))
+    overall = _rows([_figures(r["overall"], metrics, full=True) for r in reports])
+    # Per group, only the end-to-end timings, to keep the table readable.
+    group_metrics = [m for m in ("ttft_s", "latency_s", "total_s") if m in metrics]
+    groups = []
+    keyed = [{tuple(sorted(g["key"].items())): g for g in r["groups"]} for r in reports]
+    for key in keyed[0]:
+        if all(key in k for k in keyed[1:]):
+            rows = _rows([_figures(k[key], group_metrics, full=False) for k in keyed])
+            groups.append({"key": dict(key), "figures": rows})
+    models = list(dict.fromkeys(m["model"] for r in reports for m in r["cost_by_model"]))
+    by_model = []
+    for model in models:
+        values = []
+        for r in reports:
+            entry = next((m for m in r["cost_by_model"] if m["model"] == model), None)
+            values.append({"requests": entry["requests"] if entry else 0,
+                           "cost_usd": entry["cost"]["total_usd"] if entry else 0.0})
+        by_model.append({"model": model, "figures": _rows(values)})
+    return {"baseline": reports[0]["name"], "runs": [r["name"] for r in reports],
+            "overall": overall, "groups": groups, "cost_by_model": by_model}
+
+
+# ----------------------------------------------------------------------------------------------
+# the short summary at the end of ``run``
+
+
+def summarize_table(table: pa.Table, book: PriceBook | None = None) -> dict[str, Any]:
+    """The closing summary of ``run`` (kept small: it also goes into ``run.json``).
+
+    :param table: result rows with at least :data:`SUMMARY_COLUMNS`.
+    :param book: prices (default: bundled genai-prices data).
+    :return: ``requests``, ``status``, ``error_types``, ``wall_s``, ``requests_per_s``,
+        ``output_tokens_per_s``, one distribution per timing metric the rows have (ok rows),
+        ``tokens`` and ``cost``.
+    """
+    book = book or PriceBook()
+    f, _cards = _frame(table, (), book)
+    window = _window(f)
+    metrics = [m for m in METRICS if f[m].notna().any()]
+    section = _section(f, window.wall, metrics)
+    status = {k: v for k, v in section["status"].items() if v}
+    errors = {e["error_type"]: e["count"] for e in section["errors"] if e["error_type"] != _NONE}
+    out: dict[str, Any] = {
+        "requests": section["requests"],
+        "status": status,
+        "error_types": errors,
+        "wall_s": section["throughput"]["wall_s"],
+        "requests_per_s": section["throughput"]["requests_per_s"],
+        "output_tokens_per_s": section["throughput"]["output_tokens_per_s"],
+    }
+    for m in METRICS:
+        dist = section["latency"]["metrics"].get(m)
+        out[m] = dist if dist and dist["n"] else None
+    t = section["tokens"]
+    out["tokens"] = {
+        "input": t["input"], "output": t["output"],
+        "cache_creation_input": t["cache_write"], "cache_read_input": t["cache_read"],
+        "cache_creation_5m_input": t["cache_write_5m"],
+        "cache_creation_1h_input": t["cache_write_1h"],
+    }
+    cost = section["cost"]
+    prices = book.describe()
+    out["cost"] = {
+        "total_usd": cost["total_usd"], "priced_usd": cost["usd"]["total"],
+        "complete": cost["complete"], "usd": cost["usd"],
+        "unpriced_models": [m["model"] for m in cost["unpriced_models"]],
+        "prices": f"genai-prices {prices['version']}" if prices["version"] else None,
+    }
+    return out

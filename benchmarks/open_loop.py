@@ -11,7 +11,11 @@ fraction of that ceiling one open-loop run of about ``--seconds`` of schedule, b
   left, against the target rate (the schedule itself spans (rows - 1) / R);
 * **send lag**: ``queue_wait_s`` (= ``sent_at - scheduled_at``, clamped at 0), p50/p99/max;
   ``early`` is the most negative unclamped ``sent_at - scheduled_at`` (µs timestamps);
-* **done/s**: ok rows / (last ``completed_at`` - first ``sent_at``).
+* **done/s**: ok rows / (last ``completed_at`` - first ``sent_at``);
+* **CPU**: the run's CPU seconds / its wall seconds (start-up and final compaction included);
+  **runq**: the share of that wall time its main thread (the event loop) was runnable but
+  waiting for core 0 (``/proc/<pid>/schedstat``), i.e. taken by other processes. A high runq
+  means the lag measures the box, not batchrunner.
 
     python benchmarks/open_loop.py [--fractions 0.1,0.25,0.5,0.8,1.0] [--seconds 6]
                                    [--server fixed|emulator] [--ceiling-requests 30000]
@@ -90,18 +94,46 @@ def write_set(path: Path, n: int) -> Path:
     return path
 
 
+def _schedstat(pid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns runnable but waiting for one) of the process's main thread."""
+    try:
+        run_ns, wait_ns, _ = open(f"/proc/{pid}/schedstat").read().split()
+        return int(run_ns), int(wait_ns)
+    except (OSError, ValueError):
+        return None
+
+
 def run_batchrunner(requests: Path, url: str, out: Path, extra: list[str],
-                    timeout: float) -> tuple[float, float]:
-    """Run ``batchrunner run`` pinned to core 0; return (wall seconds, CPU seconds)."""
+                    timeout: float) -> dict[str, float]:
+    """Run ``batchrunner run`` pinned to core 0.
+
+    :return: ``wall`` and ``cpu`` seconds of the process, and ``runq``: the share of its main
+        thread's life spent runnable but waiting for the CPU (other tenants on core 0), the
+        first thing to look at when lag is high.
+    """
     cmd = [sys.executable, "-m", "batchrunner", "run", str(requests), "--gateway", url,
            "--out", str(out), "-q", "--no-response-json", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run(pinned(0, cmd), check=True, timeout=timeout)
+    proc = subprocess.Popen(pinned(0, cmd))
+    last = None
+    try:
+        while proc.poll() is None:
+            if time.perf_counter() - t > timeout:
+                raise SystemExit(f"batchrunner run took longer than {timeout:g} s")
+            last = _schedstat(proc.pid) or last
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
     wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"batchrunner run exited with {proc.returncode}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    runq = last[1] / 1e9 / wall if last else float("nan")
+    return {"wall": wall, "cpu": cpu, "runq": runq}
 
 
 def _seconds(column: object) -> np.ndarray:
@@ -127,17 +159,18 @@ def read_rows(out: Path) -> dict[str, np.ndarray]:
     }
 
 
-def ceiling(requests: Path, url: str, workdir: Path, c: int) -> tuple[float, float, int]:
+def ceiling(requests: Path, url: str, workdir: Path, c: int) -> dict[str, float]:
     out = workdir / "closed"
-    _, cpu = run_batchrunner(requests, url, out, ["-c", str(c)], timeout=300)
+    proc = run_batchrunner(requests, url, out, ["-c", str(c)], timeout=300)
     rows = read_rows(out)
     span = rows["completed"].max() - rows["sent"].min()
-    return rows["sent"].size / span, cpu / span, int(rows["ok"].sum())
+    return {"rate": rows["sent"].size / span, "ok": int(rows["ok"].sum()),
+            "cpu": proc["cpu"] / proc["wall"], "runq": proc["runq"]}
 
 
 def open_loop(requests: Path, url: str, out: Path, rate: float, n: int,
               seconds: float) -> dict[str, float]:
-    _, cpu = run_batchrunner(
+    proc = run_batchrunner(
         requests, url, out,
         ["--rate", f"{rate:.3f}", "--max-requests", str(n), "--duration", f"{seconds + 2:g}",
          "--drain-timeout", "10"],
@@ -159,7 +192,8 @@ def open_loop(requests: Path, url: str, out: Path, rate: float, n: int,
         "max": float(wait.max()),
         "early": float((rows["sent"] - rows["scheduled"]).min()),
         "ok": int(rows["ok"].sum()),
-        "cpu": cpu / sent_span,
+        "cpu": proc["cpu"] / proc["wall"],
+        "runq": proc["runq"],
     }
 
 
@@ -180,15 +214,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             closed_set = write_set(workdir / "closed.jsonl", args.ceiling_requests)
-            top, top_cpu, top_ok = ceiling(closed_set, url, workdir, args.concurrency)
+            c = ceiling(closed_set, url, workdir, args.concurrency)
+            top = c["rate"]
             print(f"server {args.server} on core 1, batchrunner on core 0; closed-loop ceiling "
                   f"(-c {args.concurrency}, {args.ceiling_requests:,} requests): {top:,.0f} req/s "
-                  f"(ok {top_ok:,}, client CPU {top_cpu:.0%})")
+                  f"(ok {c['ok']:,}; process CPU {c['cpu']:.0%}, run-queue wait {c['runq']:.0%})")
             need = max(math.ceil(f * top * args.seconds) for f in fractions)
             open_set = write_set(workdir / "open.jsonl", need)
             print(f"{'x ceil':>6} {'target/s':>9} {'sent/s':>9} {'err':>7} {'done/s':>9} "
                   f"{'lag p50 ms':>10} {'p99 ms':>8} {'max ms':>8} {'early ms':>8} "
-                  f"{'rows':>7} {'ok':>7} {'CPU':>5}  verdict")
+                  f"{'rows':>7} {'ok':>7} {'CPU':>5} {'runq':>5}  verdict")
             for f in fractions:
                 rate = f * top
                 n = math.ceil(rate * args.seconds)
@@ -199,7 +234,8 @@ def main() -> None:
                     "(beyond target range: " + ("holds" if good else "breaks") + ")")
                 print(f"{f:>6.2f} {rate:>9,.0f} {r['sent']:>9,.0f} {err:>+7.2%} {r['done']:>9,.0f} "
                       f"{r['p50'] * 1e3:>10.3f} {r['p99'] * 1e3:>8.3f} {r['max'] * 1e3:>8.2f} "
-                      f"{r['early'] * 1e3:>8.3f} {r['rows']:>7,} {r['ok']:>7,} {r['cpu']:>5.0%}  "
+                      f"{r['early'] * 1e3:>8.3f} {r['rows']:>7,} {r['ok']:>7,} {r['cpu']:>5.0%} "
+                      f"{r['runq']:>5.0%}  "
                       f"{verdict}")
     finally:
         server.terminate()

@@ -22,7 +22,7 @@ from batchrunner.cli.run import _parse_header, finish, run_or_exit
                    "its own key. Env BIFROST_VK.")
 @click.option("-H", "--header", "headers", multiple=True, callback=_parse_header,
               metavar="'NAME: VALUE'", help="Extra request header (repeatable).")
-@click.option("--poll-rate", type=click.FloatRange(min=0, min_open=True), default=200.0,
+@click.option("--poll-rate", type=click.FloatRange(min=0, min_open=True), default=1000.0,
               show_default=True, help="Polls per second at most.")
 @click.option("--poll-concurrency", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")

@@ -119,7 +119,7 @@ def _parse_header(_ctx: click.Context, _param: click.Parameter, values: tuple[st
 @click.option("--detach", is_flag=True,
               help="Async: submit everything, record the job ids, print the deadline and exit; "
                    "`batchrunner collect RUN_DIR` fetches the results later.")
-@click.option("--poll-rate", type=click.FloatRange(min=0, min_open=True), default=200.0,
+@click.option("--poll-rate", type=click.FloatRange(min=0, min_open=True), default=1000.0,
               show_default=True, help="Async: polls per second at most, all jobs together.")
 @click.option("--poll-concurrency", type=click.IntRange(min=1), default=32, show_default=True,
               help="Async: polls in flight at most.")

@@ -1,0 +1,376 @@
+"""Plain-text rendering of a report (:func:`format_report`) and of ``run``'s closing summary
+(:func:`format_short`).
+
+Every table header says which rows it uses, so a reader never has to guess whether failed
+requests were counted. Works only from the JSON-ready dicts of :mod:`batchrunner.report`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Table",
+    "comparison_tables",
+    "fmt_duration",
+    "fmt_usd",
+    "format_report",
+    "format_short",
+    "run_header",
+    "run_tables",
+]
+
+_STATUSES = ("ok", "error", "timeout", "expired", "cancelled")
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+_CATEGORY_LABELS = {"input": "input", "output": "output", "cache_write_5m": "write 5m",
+                    "cache_write_1h": "write 1h", "cache_read": "read"}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``812 µs``, ``197.6 ms``, ``2.31 s``, ``4m05s``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    a = abs(seconds)
+    if a < 1e-3:
+        return f"{seconds * 1e6:,.0f} µs"
+    if a < 10:
+        return f"{seconds * 1e3:,.1f} ms" if a < 1 else f"{seconds:,.3f} s"
+    if a < 600:
+        return f"{seconds:,.2f} s"
+    minutes, secs = divmod(seconds, 60)
+    return f"{int(minutes)}m{secs:04.1f}s"
+
+
+def fmt_usd(value: float | None) -> str:
+    """``$1,234.56``, ``$0.0939``, ``$0.000412``; ``-`` for None (unknown, never 0)."""
+    if value is None:
+        return "-"
+    a = abs(value)
+    if a == 0:
+        return "$0"
+    if a >= 1:
+        return f"${value:,.2f}"
+    if a >= 0.01:
+        return f"${value:.4f}"
+    return f"${value:.6f}"
+
+
+def _int(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+@dataclass(slots=True)
+class Table:
+    """One table of the report, rendered as text here and as HTML by :mod:`report_html`.
+
+    :param title: what the table shows and which rows it uses.
+    :param left: how many leading columns are text (flush left); ``last_left`` for the last one.
+    :param notes: lines printed after the table; ``text_notes`` only in text (the HTML has plots).
+    """
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    left: int = 1
+    last_left: bool = False
+    notes: list[str] = field(default_factory=list)
+    text_notes: list[str] = field(default_factory=list)
+
+    def text(self) -> list[str]:
+        out = [self.title]
+        if self.headers and self.rows:
+            out += _align(self.headers, self.rows, self.left, self.last_left)
+        out += [f"  {n}" for n in (*self.notes, *self.text_notes)]
+        return out
+
+
+def _align(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1,
+           last_left: bool = False) -> list[str]:
+    """Aligned columns: the first *left* columns flush left, the others right."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    last = len(headers) - 1
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.ljust(w) if i < left or (last_left and i == last) else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return ("  " + "  ".join(parts)).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def _sections(run: dict[str, Any]) -> list[tuple[list[str], dict[str, Any]]]:
+    """``(group label cells, section)`` for the whole run, then each group."""
+    groups = run["groups"]
+    if not groups:
+        return [([], run["overall"])]
+    width = len(groups[0]["key"])
+    out = [(["all"] + [""] * (width - 1), run["overall"])]
+    out += [(list(g["key"].values()), g) for g in groups]
+    return out
+
+
+def _spark(values: Sequence[float], width: int = 60) -> str:
+    if not values:
+        return ""
+    if len(values) > width:  # average neighbouring buckets down to *width* characters
+        step = len(values) / width
+        cuts = [int(i * step) for i in range(width)] + [len(values)]
+        values = [sum(values[a:b]) / max(b - a, 1) for a, b in zip(cuts, cuts[1:], strict=False)]
+    top = max(values)
+    if top <= 0:
+        return _SPARKS[0] * len(values)
+    return "".join(_SPARKS[min(int(v / top * (len(_SPARKS) - 1) + 0.5), len(_SPARKS) - 1)]
+                   for v in values)
+
+
+def run_header(run: dict[str, Any]) -> list[str]:
+    """Lines naming the run and its time window."""
+    head = ", ".join(x for x in (run.get("mode"), run.get("status")) if x)
+    out = [f"== {run['name']}" + (f" ({head})" if head else "")
+           + (f"  {run['run_dir']}" if run.get("run_dir") else "")]
+    w = run["window"]
+    if w["start_at"]:
+        out.append(f"window     {w['start_at']} → {w['end_at']}  (wall {fmt_duration(w['wall_s'])},"
+                   " first schedule to last completion)")
+    if run.get("journal_rows"):
+        out.append(f"note       {run['journal_rows']:,} rows read from journal/ (the run is "
+                   "going, or crashed: resume it)")
+    return out
+
+
+def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -> list[Table]:
+    """Every table of one run: requests, errors, throughput, latency, tokens, cost."""
+    groups = list(by)
+    g = len(groups)
+    sections = _sections(run)
+    o = run["overall"]
+    tables: list[Table] = []
+
+    extra = sorted({k for _, s in sections for k in s["status"]} - set(_STATUSES))
+    rows = [[*label, _int(s["requests"]), *(_int(s["status"].get(k, 0)) for k in
+                                             (*_STATUSES, *extra)), _pct(s["error_rate"])]
+            for label, s in sections]
+    tables.append(Table("Requests (all rows; error rate = error + timeout + expired)",
+                        [*groups, "requests", *_STATUSES, *extra, "error rate"], rows, left=g))
+
+    rows = []
+    for label, s in sections:
+        for e in s["errors"]:
+            example = (e["example"] or "").replace("\n", " ")
+            if len(example) > 80:
+                example = example[:77] + "..."
+            rows.append([*label, e["error_type"], _int(e["count"]), _pct(e["share"]),
+                         ",".join(e["statuses"]), ",".join(e["http_statuses"]) or "-", example])
+    tables.append(Table(
+        "Errors (rows not ok, by error_type; example: the first in input order)" if rows
+        else "Errors: none (every row is ok)",
+        [*groups, "error_type", "count", "share", "status", "http", "example"], rows,
+        left=g + 1, last_left=True))
+
+    rows = [[*label, _rate(s["throughput"]["requests_per_s"]),
+             _rate(s["throughput"]["ok_requests_per_s"]),
+             _rate(s["throughput"]["output_tokens_per_s"])] for label, s in sections]
+    t = Table("Throughput (all rows, over the run's wall time)",
+              [*groups, "req/s", "ok req/s", "output tok/s"], rows, left=g)
+    tl = run.get("timeline")
+    if tl:
+        t.notes.append(f"over time: {fmt_duration(tl['bucket_s'])} buckets of completed_at; peak "
+                       f"{_rate(tl['peak_requests_per_s'])} req/s; requests in flight (sent_at to "
+                       f"completed_at) peak {tl['in_flight_peak']:,}; busy "
+                       f"{fmt_duration(tl['active_s'])}")
+        t.text_notes.append(f"req/s  {_spark(tl['requests_per_s'])}")
+        if any(tl["failed"]):
+            t.text_notes.append(f"errors {_spark([float(v) for v in tl['failed']])}")
+    tables.append(t)
+
+    lat = o["latency"]
+    rows = []
+    for label, s in sections:
+        for m in run["metrics"]:
+            d = s["latency"]["metrics"][m]
+            rows.append([*label, m, _int(d["n"]), *(fmt_duration(d[k]) for k in (
+                "mean", "p50", "p90", "p95", "p99", "max"))])
+    t = Table(f"Latency (ok rows only: {lat['rows_used']:,} used, {lat['rows_excluded']:,} not ok "
+              "excluded)", [*groups, "metric", "n", "mean", "p50", "p90", "p95", "p99", "max"],
+              rows, left=g + 1)
+    if not rows:
+        t.notes.append("no timing columns in these rows")
+    tables.append(t)
+
+    rows = [[*label, *(_int(s["tokens"][k]) for k in (
+        "input", "output", "cache_write_5m", "cache_write_1h", "cache_read"))]
+        for label, s in sections]
+    tables.append(Table(f"Tokens (all rows; {o['tokens']['rows_with_usage']:,} with usage)",
+                        [*groups, "input", "output", "cache write 5m", "cache write 1h",
+                         "cache read"], rows, left=g))
+
+    version = prices.get("version") or "not installed"
+    rows = []
+    for m in run["cost_by_model"]:
+        c = m["cost"]
+        priced = c["rows_unpriced"] == 0
+        rows.append([m["model"], _int(m["requests"]),
+                     *(fmt_usd(c["usd"][k] if priced else None) for k in _CATEGORY_LABELS),
+                     fmt_usd(c["total_usd"]), fmt_usd(c["per_request_usd"] if priced else None),
+                     m["priced_as"] or "UNPRICED"])
+    c = o["cost"]
+    rows.append(["total", _int(o["requests"]), *(fmt_usd(c["usd"][k]) for k in _CATEGORY_LABELS),
+                 _total(c), fmt_usd(c["per_request_usd"]), ""])
+    t = Table(f"Cost USD by model (all rows; genai-prices {version}, standard rates; rows without "
+              "usage cost $0)",
+              ["model", "requests", *_CATEGORY_LABELS.values(), "total", "per request",
+               "priced as"], rows, left=1, last_left=True)
+    if not c["complete"]:
+        names = ", ".join(f"{u['model']} ({u['rows']:,} rows, {u['tokens']:,} tokens)"
+                          for u in c["unpriced_models"])
+        t.notes.append(f"UNPRICED (cost unknown, left out of the totals): {names}; add them to a "
+                       "--prices file")
+    tables.append(t)
+    if groups:
+        rows = [[*label, _int(s["requests"]), *(fmt_usd(s["cost"]["usd"][k]) for k in
+                                                 _CATEGORY_LABELS),
+                 _total(s["cost"]), fmt_usd(s["cost"]["per_request_usd"])]
+                for label, s in sections]
+        tables.append(Table("Cost USD by group (all rows)",
+                            [*groups, "requests", *_CATEGORY_LABELS.values(), "total",
+                             "per request"], rows, left=g))
+    return tables
+
+
+def _total(cost: dict[str, Any]) -> str:
+    """A cost total; a lower bound (``>= $x``) when some rows could not be priced."""
+    return fmt_usd(cost["total_usd"]) if cost["complete"] else f">= {fmt_usd(cost['usd']['total'])}"
+
+
+def _run_text(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -> list[str]:
+    out = run_header(run)
+    for table in run_tables(run, prices, by):
+        out.append("")
+        out += table.text()
+    return out
+
+
+def _fmt_figure(name: str, value: Any, delta: bool = False) -> str:
+    if value is None:
+        return "-"
+    sign = "+" if delta and value > 0 else ""
+    if "usd" in name:
+        return sign + fmt_usd(value)
+    if name == "error_rate":
+        return f"{sign}{value * 100:.2f}{'pp' if delta else '%'}"
+    if name.endswith(("p50", "p90", "p95", "p99", "max", "mean")):
+        return sign + fmt_duration(value)
+    if name.endswith("_per_s"):
+        return sign + _rate(value)
+    return sign + _int(value)
+
+
+def comparison_tables(cmp: dict[str, Any]) -> list[Table]:
+    """The comparison of several runs: overall figures, cost by model, figures by group."""
+    names = cmp["runs"]
+    others = names[1:]
+    headers = [*names, *(f"Δ {n}" for n in others), *(f"Δ% {n}" for n in others)]
+
+    def rows_of(figures: list[dict[str, Any]], prefix: Sequence[str] = ()) -> list[list[str]]:
+        rows = []
+        for fig in figures:
+            name = fig["figure"]
+            rows.append([*prefix, name, *(_fmt_figure(name, v) for v in fig["values"]),
+                         *(_fmt_figure(name, d, delta=True) for d in fig["delta"]),
+                         *("-" if p is None else f"{p:+.1f}%" for p in fig["delta_pct"])])
+        return rows
+
+    tables = [Table(f"Comparison (baseline {cmp['baseline']}; Δ = run − baseline)",
+                    ["figure", *headers], rows_of(cmp["overall"]), left=1)]
+    if cmp["cost_by_model"]:
+        rows = []
+        for entry in cmp["cost_by_model"]:
+            rows += rows_of(entry["figures"], [entry["model"]])
+        tables.append(Table("Comparison: cost by model", ["model", "figure", *headers], rows,
+                            left=2))
+    if cmp["groups"]:
+        rows = []
+        for grp in cmp["groups"]:
+            label = ", ".join(f"{k}={v}" for k, v in grp["key"].items())
+            rows += rows_of(grp["figures"], [label])
+        tables.append(Table("Comparison by group (groups present in every run)",
+                            ["group", "figure", *headers], rows, left=2))
+    return tables
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The whole report as text: one block per run, then the comparison (several runs).
+
+    :param report: from :func:`batchrunner.report.build_report`.
+    """
+    prices = report["prices"]
+    lines = []
+    p = f"prices     genai-prices {prices.get('version') or '(not installed)'} ({prices['data']} data)"
+    if prices.get("overrides"):
+        ov = prices["overrides"]
+        p += f", overrides {ov['path']} ({', '.join(ov['models'])})"
+    lines.append(p)
+    if prices.get("error"):
+        lines.append(f"warning    {prices['error']}")
+    for run in report["runs"]:
+        lines.append("")
+        lines += _run_text(run, prices, report["group_by"])
+    if "comparison" in report:
+        for table in comparison_tables(report["comparison"]):
+            lines.append("")
+            lines += table.text()
+    return "\n".join(lines)
+
+
+def format_short(summary: dict[str, Any]) -> str:
+    """The closing block of ``run`` from :func:`batchrunner.report.summarize_table`."""
+    lines = []
+    status = ", ".join(f"{k} {v:,}" for k, v in sorted(summary["status"].items())) or "none"
+    lines.append(f"requests   {summary['requests']:,}  ({status})")
+    if summary["error_types"]:
+        top = sorted(summary["error_types"].items(), key=lambda kv: -kv[1])[:6]
+        lines.append("errors     " + ", ".join(f"{k} {v:,}" for k, v in top))
+    if summary["requests_per_s"] is not None:
+        lines.append(
+            f"throughput {summary['requests_per_s']:,.1f} req/s, "
+            f"{summary['output_tokens_per_s']:,.0f} output tokens/s over "
+            f"{fmt_duration(summary['wall_s'])}"
+        )
+    for key, label in (("latency_s", "latency"), ("ttft_s", "TTFT"), ("total_s", "total")):
+        q = summary.get(key)
+        if q:
+            lines.append(
+                f"{label:<10} p50 {fmt_duration(q['p50'])}  p90 {fmt_duration(q['p90'])}  "
+                f"p99 {fmt_duration(q['p99'])}  max {fmt_duration(q['max'])}  (ok rows: {q['n']:,})"
+            )
+    t = summary["tokens"]
+    lines.append(
+        f"tokens     input {t['input']:,}  output {t['output']:,}  "
+        f"cache write {t['cache_creation_input']:,}  cache read {t['cache_read_input']:,}"
+    )
+    cost = summary.get("cost")
+    if cost and cost.get("prices"):
+        usd = cost["usd"]
+        parts = (f"input {fmt_usd(usd['input'])}, output {fmt_usd(usd['output'])}, cache write "
+                 f"{fmt_usd(usd['cache_write_5m'] + usd['cache_write_1h'])}, cache read "
+                 f"{fmt_usd(usd['cache_read'])}")
+        if cost["complete"]:
+            lines.append(f"cost       {fmt_usd(cost['total_usd'])}  ({parts}; {cost['prices']})")
+        else:
+            lines.append(f"cost       >= {fmt_usd(cost['priced_usd'])}  ({parts}; {cost['prices']});"
+                         f" unpriced: {', '.join(cost['unpriced_models'])}")
+    return "\n".join(lines)
