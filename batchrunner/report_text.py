@@ -49,13 +49,14 @@ def fmt_usd(value: float | None) -> str:
     if value is None:
         return "-"
     a = abs(value)
+    sign = "-" if value < 0 else ""
     if a == 0:
         return "$0"
     if a >= 1:
-        return f"${value:,.2f}"
+        return f"{sign}${a:,.2f}"
     if a >= 0.01:
-        return f"${value:.4f}"
-    return f"${value:.6f}"
+        return f"{sign}${a:.4f}"
+    return f"{sign}${a:.6f}"
 
 
 def _int(value: float | None) -> str:

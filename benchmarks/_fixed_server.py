@@ -10,7 +10,7 @@ request bodies are read by ``Content-Length`` (chunked request bodies are not su
 Usage::
 
     python benchmarks/_fixed_server.py --port 0 --mode json|sse [--events 50]
-                                       [--sse-write burst|event]
+                                       [--sse-write burst|event|paced] [--gap-ms 5]
 
 The first line on stdout is the bound port. Run it pinned to its own core
 (``taskset -c 1 python benchmarks/_fixed_server.py ...``) and stop it with SIGTERM/SIGINT.
@@ -106,8 +106,9 @@ def _chunk(data: bytes) -> bytes:
 
 
 class _Replies:
-    def __init__(self, mode: str, n_events: int, sse_write: str) -> None:
+    def __init__(self, mode: str, n_events: int, sse_write: str, gap_s: float = 0.0) -> None:
         self.mode = mode
+        self.gap_s = gap_s
         body = _json_body()
         self.json = (
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
@@ -121,6 +122,9 @@ class _Replies:
         if sse_write == "burst":
             # Everything in one write: the client sees as few reads as the kernel allows.
             self.sse_parts = [head + b"".join(_chunk(e) for e in events) + b"0\r\n\r\n"]
+        elif gap_s:
+            # Paced: the headers at once, then each event one gap after the previous one.
+            self.sse_parts = [head, *(_chunk(e) for e in events), b"0\r\n\r\n"]
         else:
             # One write per event, yielding to the loop in between.
             parts = [_chunk(e) for e in events]
@@ -182,16 +186,28 @@ class _FixedProtocol(asyncio.Protocol):
     async def _write_events(self) -> None:
         transport = self.transport
         assert transport is not None
+        parts, gap = self.replies.sse_parts, self.replies.gap_s
+        last = len(parts) - 1
         while self.pending and not transport.is_closing():
             self.pending -= 1
-            for part in self.replies.sse_parts:
+            for i, part in enumerate(parts):
                 transport.write(part)
-                await asyncio.sleep(0)
+                if i < last:
+                    # "event": yield to the loop between writes; "paced": wait like a model
+                    # producing tokens, so the first event comes one gap after the headers.
+                    await asyncio.sleep(gap)
         self.busy = False
 
 
-async def serve(port: int, mode: str, events: int, sse_write: str, host: str = "127.0.0.1") -> None:
-    replies = _Replies(mode, events, sse_write)
+async def serve(
+    port: int,
+    mode: str,
+    events: int,
+    sse_write: str,
+    host: str = "127.0.0.1",
+    gap_s: float = 0.0,
+) -> None:
+    replies = _Replies(mode, events, sse_write, gap_s if sse_write == "paced" else 0.0)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: _FixedProtocol(replies), host, port, backlog=4096, reuse_address=True
@@ -214,17 +230,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=50, help="content_block_delta events (sse)")
     parser.add_argument(
         "--sse-write",
-        choices=["burst", "event"],
+        choices=["burst", "event", "paced"],
         default="burst",
-        help="sse: one write per response, or one write per event with a loop yield between",
+        help="sse: one write per response; one write per event with a loop yield between; "
+        "or one event every --gap-ms",
     )
+    parser.add_argument("--gap-ms", type=float, default=5.0, help="event spacing for paced")
     args = parser.parse_args(argv)
+    coro = serve(args.port, args.mode, args.events, args.sse_write, args.host, args.gap_ms / 1e3)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(serve(args.port, args.mode, args.events, args.sse_write, args.host))
+        asyncio.run(coro)
     else:
-        uvloop.run(serve(args.port, args.mode, args.events, args.sse_write, args.host))
+        uvloop.run(coro)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ warm-up whose numbers are discarded, then up to ``--requests`` requests bounded 
 ``--mode sse`` streams ``--events`` content deltas per response and counts ``data:`` lines in the
 chunks as they arrive (one line splitter for every variant); its rates are events/s and its
 "ttfb" is the time to the first body chunk. The server writes each event separately by default
-(``--sse-write event``), so the client sees many small chunks, the costly case.
+(``--sse-write event``), so the client sees many small chunks, the costly case;
+``--sse-write paced --gap-ms 5`` spaces them like a model emitting tokens (the first event one
+gap after the headers), where "ttfb" shows whether a client delays the first token.
 
 Prints, per round: rate, client CPU us per request, p50/p99 latency and, for each variant, its
 rate and p99 divided by ``raw``'s in the same round. Variants are interleaved over ``--rounds``;
@@ -244,10 +246,12 @@ def run_variant(name: str, url: str, sse: bool, args: argparse.Namespace) -> Res
     return uvloop.run(main())
 
 
-def start_server(mode: str, events: int, sse_write: str) -> tuple[subprocess.Popen[str], int]:
+def start_server(
+    mode: str, events: int, sse_write: str, gap_ms: float = 5.0
+) -> tuple[subprocess.Popen[str], int]:
     """Start ``_fixed_server.py`` (on core 1 when possible) and return it with its port."""
     cmd = [sys.executable, str(HERE / "_fixed_server.py"), "--port", "0", "--mode", mode]
-    cmd += ["--events", str(events), "--sse-write", sse_write]
+    cmd += ["--events", str(events), "--sse-write", sse_write, "--gap-ms", str(gap_ms)]
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         cmd = ["taskset", "-c", "1", *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -306,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--duration", type=float, default=15.0, help="cap per variant, seconds")
     parser.add_argument("--events", type=int, default=50, help="content deltas per stream")
-    parser.add_argument("--sse-write", choices=["burst", "event"], default="event")
+    parser.add_argument("--sse-write", choices=["burst", "event", "paced"], default="event")
+    parser.add_argument("--gap-ms", type=float, default=5.0, help="event spacing when paced")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument(
         "--variants",
@@ -327,7 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     for mode in ["json", "sse"] if args.mode == "both" else [args.mode]:
         sse = mode == "sse"
         what = f"{args.events} deltas, {args.sse_write} writes" if sse else "600-byte JSON"
-        proc, port = start_server(mode, args.events, args.sse_write)
+        if sse and args.sse_write == "paced":
+            what += f" {args.gap_ms:g} ms apart"
+        proc, port = start_server(mode, args.events, args.sse_write, args.gap_ms)
         rounds: list[list[Result]] = []
         try:
             url = f"http://127.0.0.1:{port}{PATH}"

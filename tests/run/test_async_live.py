@@ -47,10 +47,11 @@ def test_async_flow_rows_match_the_emulators_jobs(make_emulator, requests_file, 
     for row in rows.itertuples():
         job = jobs[row.job_id]
         done_at = row.job_done_at.timestamp()
-        # we never see a job done before it was, and see it soon after (poll gaps <= 10 %)
+        # we never see a job done before it was, and see it soon after (poll gaps <= 10 % of
+        # the wait, min 0.1 s; margin for a loaded CI machine: benchmarks measure the real delay)
         assert job["completed_at"] <= done_at + 0.002
         duration = job["completed_at"] - job["created_at"]
-        assert done_at - job["completed_at"] <= 0.1 * duration + 0.15
+        assert done_at - job["completed_at"] <= 0.1 * duration + 0.3
         assert row.ttl_s == 120
         assert row.expires_at.timestamp() <= job["completed_at"] + 120 + 0.002
         assert row.submitted_at <= row.job_done_at
