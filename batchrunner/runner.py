@@ -182,7 +182,8 @@ class _Session:
     def _track_config_errors(self, row: dict[str, Any]) -> None:
         status = row["http_status"]
         unreachable = row["error_type"] == ERROR_CONNECTION and status is None
-        if status in CONFIG_ERROR_STATUSES or unreachable:
+        # Only plain errors count: an expired job's 404 says nothing about the configuration.
+        if row["status"] == Status.ERROR.value and (status in CONFIG_ERROR_STATUSES or unreachable):
             self._consecutive_config_errors += 1
             if self._consecutive_config_errors == MAX_CONSECUTIVE_CONFIG_ERRORS:
                 if unreachable:

@@ -134,14 +134,15 @@ def test_emulator_restart_loses_jobs_and_nothing_hangs(requests_file, tmp_path):
     config = EmulatorConfig(ttft=Dist("fixed", 0.5))
     with running_emulator(config) as emu:
         port = int(emu.base_url.rsplit(":", 1)[1])
-        run(requests_file(5), emu.base_url, out, detach=True)
+        run(requests_file(25), emu.base_url, out, detach=True)
     with running_emulator(config, port=port) as emu:  # same address, empty job store
         started = time.monotonic()
-        collected = run_sync(RunConfig(requests=tmp_path / "set-5.jsonl", gateway=emu.base_url,
+        # more lost jobs than the consecutive-failure abort threshold: all must become rows
+        collected = run_sync(RunConfig(requests=tmp_path / "set-25.jsonl", gateway=emu.base_url,
                                        out=out, mode="async", collect_only=True), quiet=True)
         assert time.monotonic() - started < 10
     rows = read_rows(out)
-    assert collected.status == "finished"
+    assert collected.status == "finished" and len(rows) == 25
     assert set(rows["status"]) == {"expired"} and set(rows["error_type"]) == {"job_not_found"}
 
 
