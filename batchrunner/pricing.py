@@ -246,7 +246,7 @@ class PriceBook:
             return None
         key = (model, day)
         if key not in self._cache:
-            self._cache[key] = self._resolve(model, day, depth=0)
+            self._cache[key] = self._resolve(model, day, seen=())
         return self._cache[key]
 
     def _override_for(self, model: str) -> Override | None:
@@ -258,12 +258,14 @@ class PriceBook:
                 return o
         return None
 
-    def _resolve(self, model: str, day: date, depth: int) -> ModelRates | None:
-        override = self._override_for(model) if depth < 8 else None
-        if override is None:
+    def _resolve(self, model: str, day: date, seen: tuple[str, ...]) -> ModelRates | None:
+        override = self._override_for(model)
+        if override is None or override.pattern in seen:
+            # An entry applies once: "same_as" pointing back to it (or in a loop) means the
+            # published rates of that model.
             return self._bundled(model, day)
         if override.same_as is not None:
-            base = self._resolve(override.same_as, day, depth + 1)
+            base = self._resolve(override.same_as, day, (*seen, override.pattern))
         else:
             base = self._bundled(model, day)
         source = (self._overrides_info or {}).get("path", "prices")
@@ -280,7 +282,7 @@ class PriceBook:
         else:
             rates = dict(base.rates)
             rates.update({c: Rate(v) for c, v in override.rates.items()})
-            label = f"{label} (from {base.priced_as})" if override.rates or override.same_as else label
+            label = f"{label} (from {base.priced_as})"
         if override.multiplier != 1.0:
             rates = {c: r.scaled(override.multiplier) for c, r in rates.items()}
             label = f"{label} x{override.multiplier:g}"

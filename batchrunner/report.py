@@ -28,8 +28,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchrunner import report_stats as stats
-from batchrunner.pricing import CATEGORIES, PriceBook, UsageArrays, cost_arrays, normalize_model
-from batchrunner.pricing import split_cache_writes
+from batchrunner.pricing import (
+    CATEGORIES,
+    PriceBook,
+    UsageArrays,
+    cost_arrays,
+    normalize_model,
+    split_cache_writes,
+)
 from batchrunner.schema import RESULT_SCHEMA
 
 __all__ = [
@@ -190,9 +196,7 @@ def parse_group_keys(by: Sequence[str]) -> list[str]:
     keys = []
     for raw in by:
         key = raw.strip()
-        if key.startswith("metadata.") and len(key) > len("metadata."):
-            keys.append(key)
-        elif key in GROUP_COLUMNS:
+        if (key.startswith("metadata.") and len(key) > len("metadata.")) or key in GROUP_COLUMNS:
             keys.append(key)
         else:
             raise ReportError(f"--by {raw!r}: expected metadata.KEY or one of "
@@ -213,51 +217,100 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=float)
 
 
-def _labels(table: pa.Table, name: str) -> np.ndarray:
-    """A column as an object array of strings, nulls as ``(none)`` (via its distinct values)."""
-    col = pc.cast(table.column(name), pa.string()) if name in table.column_names else None
-    if col is None:
-        return np.full(table.num_rows, _NONE, dtype=object)
-    enc = pc.dictionary_encode(col).combine_chunks()
+def _categorical(values: np.ndarray, idx: np.ndarray) -> pd.Categorical:
+    """Row labels ``values[idx]`` as a Categorical (cheap to group, compare and slice);
+    *values* may repeat (two names normalised alike)."""
+    codes, uniques = pd.factorize(values)
+    return pd.Categorical.from_codes(codes[idx], categories=pd.Index(uniques, dtype=object))
+
+
+def _labels(table: pa.Table, name: str) -> pd.Categorical:
+    """A column as labels, nulls as ``(none)`` (work is per distinct value)."""
+    if name not in table.column_names:
+        return _categorical(np.array([_NONE], dtype=object), np.zeros(table.num_rows, np.int64))
+    enc = pc.dictionary_encode(pc.cast(table.column(name), pa.string())).combine_chunks()
     values = np.array([_NONE if v is None else v for v in enc.dictionary.to_pylist()] + [_NONE],
                       dtype=object)
     idx = pc.fill_null(enc.indices, len(values) - 1).to_numpy(zero_copy_only=False)
-    return values[idx]
+    return _categorical(values, idx)
 
 
-def _model_key(table: pa.Table) -> np.ndarray:
+def _model_key(table: pa.Table) -> pd.Categorical:
     """The priced model of each row: the model that answered, else the one asked for."""
     model = pc.coalesce(table.column("model"), table.column("model_requested"))
     enc = pc.dictionary_encode(model).combine_chunks()
-    values = [normalize_model(v) for v in enc.dictionary.to_pylist()]
-    values = np.array([v if v is not None else _NONE for v in values] + [_NONE], dtype=object)
+    names = [normalize_model(v) for v in enc.dictionary.to_pylist()]
+    values = np.array([v if v is not None else _NONE for v in names] + [_NONE], dtype=object)
     idx = pc.fill_null(enc.indices, len(values) - 1).to_numpy(zero_copy_only=False)
-    return values[idx]
+    return _categorical(values, idx)
 
 
-def _metadata_labels(table: pa.Table, key: str) -> np.ndarray:
-    """Values of ``metadata.KEY`` (dotted paths reach nested objects), parsed once per distinct
-    metadata text: a set with few distinct tags costs a few JSON parses, not one per row."""
+def _metadata_labels(table: pa.Table, key: str) -> pd.Categorical:
+    """Values of ``metadata.KEY`` (dotted paths reach nested objects), as labels.
+
+    Work is per distinct metadata text. Those are parsed in one go by Arrow's JSON reader (C++);
+    texts it cannot take (a value changing type between rows, a nested value as the key) go
+    through orjson one by one instead, with the same result.
+    """
     path = key.split(".")[1:]
     enc = pc.dictionary_encode(table.column("metadata")).combine_chunks()
-    values: list[str] = []
-    for text in enc.dictionary.to_pylist():
-        value: Any
-        try:
-            value = orjson.loads(text) if text else None
-        except orjson.JSONDecodeError:
-            value = None
-        for part in path:
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is None:
-            values.append(_NONE)
-        elif isinstance(value, str):
-            values.append(value)
-        else:
-            values.append(orjson.dumps(value).decode())
-    arr = np.array([*values, _NONE], dtype=object)
+    texts = enc.dictionary.to_pylist()
+    values = _metadata_fast(texts, path)
+    if values is None:
+        values = np.array([_label(_lookup(_loads(t), path)) for t in texts], dtype=object)
+    arr = np.append(values, np.array([_NONE], dtype=object))
     idx = pc.fill_null(enc.indices, len(arr) - 1).to_numpy(zero_copy_only=False)
-    return arr[idx]
+    return _categorical(arr, idx)
+
+
+def _loads(text: str | None) -> Any:
+    try:
+        return orjson.loads(text) if text else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _lookup(value: Any, path: Sequence[str]) -> Any:
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _label(value: Any) -> str:
+    if value is None:
+        return _NONE
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _metadata_fast(texts: list[str | None], path: Sequence[str]) -> np.ndarray | None:
+    """:func:`_metadata_labels` through ``pyarrow.json``; None when it cannot be used."""
+    import pyarrow.json as pj
+
+    if not texts or any(t is not None and ("\n" in t or not t.startswith("{")) for t in texts):
+        return None  # one object per line is what the reader takes
+    buf = "\n".join(t or "{}" for t in texts).encode()
+    try:
+        parsed = pj.read_json(pa.py_buffer(buf), read_options=pj.ReadOptions(
+            block_size=min(max(len(buf) + 1, 1 << 20), 1 << 30), use_threads=True))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if parsed.num_rows != len(texts):
+        return None
+    col: Any = parsed
+    for part in path:
+        names = col.column_names if isinstance(col, pa.Table) else [
+            f.name for f in col.type] if pa.types.is_struct(col.type) else None
+        if names is None or part not in names:
+            return np.full(len(texts), _NONE, dtype=object)  # missing in every row
+        col = col.column(part) if isinstance(col, pa.Table) else pc.struct_field(col, part)
+    if pa.types.is_nested(col.type):
+        return None  # objects or lists as labels: orjson renders them the same every time
+    if pa.types.is_null(col.type):
+        return np.full(len(texts), _NONE, dtype=object)
+    col_enc = pc.dictionary_encode(col).combine_chunks()
+    labels = [_label(v) for v in col_enc.dictionary.to_pylist()] + [_NONE]
+    idx = pc.fill_null(col_enc.indices, len(labels) - 1).to_numpy(zero_copy_only=False)
+    return np.array(labels, dtype=object)[idx]
 
 
 def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
@@ -309,9 +362,10 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
     uniq, codes = np.unique(combined, return_inverse=True)
     keys: list[tuple[str | None, date]] = []
     for u in uniq:
-        model = str(model_names[u // len(day_values)])
+        label = str(model_names[u // len(day_values)])
         day_start = int(day_values[u % len(day_values)]) * 86400
-        keys.append((None if model == _NONE else model, datetime.fromtimestamp(day_start, UTC).date()))
+        keys.append((None if label == _NONE else label,
+                     datetime.fromtimestamp(day_start, UTC).date()))
     costs, cards = cost_arrays(book, keys, codes.reshape(-1), usage)
     for category, arr in costs.items():
         cols[f"cost_{category}"] = arr
@@ -323,8 +377,8 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
         else:
             cols[f"g:{key}"] = _labels(table, key)
     cards_by_model: dict[str, Any] = {}
-    for (model, _day), card in zip(keys, cards, strict=True):
-        cards_by_model.setdefault(model or _NONE, card)  # the first day's card is shown
+    for (priced, _day), card in zip(keys, cards, strict=True):
+        cards_by_model.setdefault(priced or _NONE, card)  # the first day's card is shown
     return pd.DataFrame(cols), cards_by_model
 
 
@@ -370,7 +424,7 @@ def _section(f: pd.DataFrame, wall: float | None, metrics: Sequence[str]) -> dic
     n = len(f)
     counts = f["status"].value_counts()
     status = {s: int(counts.get(s, 0)) for s in _STATUSES}
-    status.update({str(k): int(v) for k, v in counts.items() if k not in status})
+    status.update({str(k): int(v) for k, v in counts.items() if k not in status and v})
     failed = sum(status[s] for s in _FAILED)
     ok = f[f["status"] == "ok"]
     return {
@@ -397,8 +451,8 @@ def _section(f: pd.DataFrame, wall: float | None, metrics: Sequence[str]) -> dic
 
 def _errors(f: pd.DataFrame, n: int) -> list[dict[str, Any]]:
     bad = f[f["status"] != "ok"]
-    out = []
-    for error_type, g in bad.groupby("error_type", sort=False):
+    out: list[dict[str, Any]] = []
+    for error_type, g in bad.groupby("error_type", sort=False, observed=True):
         http = g["http_status"].dropna().astype(int).value_counts()
         with_msg = g[g["error_message"].notna()]
         example = None
@@ -409,7 +463,7 @@ def _errors(f: pd.DataFrame, n: int) -> list[dict[str, Any]]:
             "error_type": str(error_type),
             "count": len(g),
             "share": _ratio(len(g), n),
-            "statuses": {str(k): int(v) for k, v in g["status"].value_counts().items()},
+            "statuses": {str(k): int(v) for k, v in g["status"].value_counts().items() if v},
             "http_statuses": {str(k): int(v) for k, v in http.items()},
             "example": example,
         })
@@ -439,7 +493,7 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
     models = []
     if len(unpriced):
         tok = unpriced[[f"tok_{c}" for c in CATEGORIES]].sum(axis=1)
-        for model, rows in unpriced.groupby("model_key", sort=True).size().items():
+        for model, rows in unpriced.groupby("model_key", sort=True, observed=True).size().items():
             models.append({"model": str(model), "rows": int(rows),
                            "tokens": int(tok[unpriced["model_key"] == model].sum())})
     complete = not len(unpriced)
@@ -457,12 +511,14 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
 
 
 def _cost_by_model(f: pd.DataFrame, cards: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for model, g in f.groupby("model_key", sort=True):
+    out: list[dict[str, Any]] = []
+    for model, g in f.groupby("model_key", sort=True, observed=True):
         card = cards.get(str(model))
-        entry = {"model": str(model), "requests": len(g), "tokens": _tokens(g), "cost": _cost(g),
-                 "priced_as": card.priced_as if card else None,
-                 "rates": card.describe() if card else None}
+        entry: dict[str, Any] = {
+            "model": str(model), "requests": len(g), "tokens": _tokens(g), "cost": _cost(g),
+            "priced_as": card.priced_as if card else None,
+            "rates": card.describe() if card else None,
+        }
         out.append(entry)
     out.sort(key=lambda e: (-(e["cost"]["usd"]["total"] or 0), e["model"]))
     return out
@@ -472,11 +528,24 @@ def _group_ids(f: pd.DataFrame, by: Sequence[str], max_groups: int,
                ) -> tuple[np.ndarray, list[dict[str, str]]]:
     """Group index of each row (biggest groups first) and each group's key; groups past
     *max_groups* are merged into one ``(other)`` group so no row drops out of the tables."""
-    cols = [f"g:{k}" for k in by]
-    codes, uniques = pd.MultiIndex.from_frame(f[cols]).factorize()
+    combined = np.zeros(len(f), dtype=np.int64)
+    categories = []
+    for k in by:
+        col = f[f"g:{k}"].cat
+        categories.append(col.categories)
+        combined = combined * len(col.categories) + col.codes.to_numpy().astype(np.int64)
+    present, codes = np.unique(combined, return_inverse=True)
+    codes = codes.reshape(-1)
+    uniques = []
+    for value in present:
+        labels = []
+        for cats in reversed(categories):
+            value, code = divmod(int(value), len(cats))
+            labels.append(str(cats[code]))
+        uniques.append(tuple(reversed(labels)))
     sizes = np.bincount(codes, minlength=len(uniques))
-    order = sorted(range(len(uniques)), key=lambda i: (-sizes[i], tuple(uniques[i])))
-    keys = [dict(zip(by, map(str, uniques[i]), strict=True)) for i in order[:max_groups]]
+    order = sorted(range(len(uniques)), key=lambda i: (-sizes[i], uniques[i]))
+    keys = [dict(zip(by, uniques[i], strict=True)) for i in order[:max_groups]]
     rank = np.empty(len(uniques), dtype=np.int64)
     rank[order] = np.arange(len(uniques))
     ids = rank[codes]
@@ -494,7 +563,7 @@ def _timeline(f: pd.DataFrame, window: _Window, max_buckets: int) -> dict[str, A
     tl = stats.timeline(0.0, window.end - t0, done, max_buckets)
     buckets = len(tl.edges) - 1
     has = tl.bucket >= 0
-    status = f["status"].to_numpy()
+    status = f["status"]
 
     def count(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         sel = has & mask
@@ -502,18 +571,19 @@ def _timeline(f: pd.DataFrame, window: _Window, max_buckets: int) -> dict[str, A
         return np.bincount(tl.bucket[sel], weights=w, minlength=buckets)
 
     completed = count(np.ones(len(f), dtype=bool))
-    failed_mask = np.isin(status, _FAILED)
+    failed_mask = status.isin(_FAILED).to_numpy()
     sent = f["sent_at"].to_numpy() - t0
     interval = ~np.isnan(sent) & ~np.isnan(done)
     mean, maxima, peak, busy = stats.in_flight(sent[interval], done[interval], tl.edges)
     errors: dict[str, list[int]] = {}
     etypes = f.loc[failed_mask, "error_type"].value_counts()
+    etypes = etypes[etypes > 0]
     top = [str(t) for t in etypes.index[:6]]
-    etype = f["error_type"].to_numpy()
+    etype = f["error_type"]
     for t in top:
-        errors[t] = [int(v) for v in count(failed_mask & (etype == t))]
+        errors[t] = [int(v) for v in count(failed_mask & (etype == t).to_numpy())]
     if len(etypes) > len(top):
-        errors[_OTHER] = [int(v) for v in count(failed_mask & ~np.isin(etype, top))]
+        errors[_OTHER] = [int(v) for v in count(failed_mask & ~etype.isin(top).to_numpy())]
     per_s = completed / tl.width
     return {
         "rows_used": int(has.sum()),
@@ -523,11 +593,11 @@ def _timeline(f: pd.DataFrame, window: _Window, max_buckets: int) -> dict[str, A
         "bucket_s": tl.width,
         "t_s": [float(x) for x in tl.edges[:-1]],
         "completed": [int(v) for v in completed],
-        "ok": [int(v) for v in count(status == "ok")],
+        "ok": [int(v) for v in count((status == "ok").to_numpy())],
         "failed": [int(v) for v in count(failed_mask)],
         "requests_per_s": [float(v) for v in per_s],
-        "output_tokens_per_s": [float(v) for v in
-                                count(np.ones(len(f), bool), f["tok_output"].to_numpy()) / tl.width],
+        "output_tokens_per_s": [
+            float(v) for v in count(np.ones(len(f), bool), f["tok_output"].to_numpy()) / tl.width],
         "in_flight_mean": [float(v) for v in mean],
         "in_flight_max": [int(v) for v in maxima],
         "errors_by_type": errors,
@@ -544,20 +614,20 @@ def _iso(epoch: float | None) -> str | None:
         "+00:00", "Z")
 
 
-def _plot_data(f: pd.DataFrame, group_ids: np.ndarray | None, groups: list[dict[str, str]],
-               metrics: Sequence[str]) -> dict[str, Any]:
+def _plot_data(f: pd.DataFrame, parts: Sequence[pd.DataFrame], metrics: Sequence[str],
+               ) -> dict[str, Any]:
     """What only the HTML needs: CDF points per metric (overall and per group), TTFT histogram."""
-    ok_mask = (f["status"] == "ok").to_numpy()
+
+    def ok_values(frame: pd.DataFrame, metric: str) -> np.ndarray:
+        return frame[metric].to_numpy()[(frame["status"] == "ok").to_numpy()]
+
     cdf: dict[str, Any] = {}
     for m in metrics:
-        values = f[m].to_numpy()
-        entry = {"all": stats.cdf_points(values[ok_mask])}
-        if group_ids is not None:
-            entry["groups"] = [stats.cdf_points(values[ok_mask & (group_ids == i)])
-                               for i in range(len(groups))]
+        entry: dict[str, Any] = {"all": stats.cdf_points(ok_values(f, m))}
+        if parts:
+            entry["groups"] = [stats.cdf_points(ok_values(part, m)) for part in parts]
         cdf[m] = entry
-    ttft = f["ttft_s"].to_numpy()[ok_mask]
-    return {"cdf": cdf, "ttft_histogram": stats.histogram(ttft)}
+    return {"cdf": cdf, "ttft_histogram": stats.histogram(ok_values(f, "ttft_s"))}
 
 
 def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: int,
@@ -586,15 +656,18 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
         "cost_by_model": _cost_by_model(f, cards),
         "timeline": _timeline(f, window, max_buckets),
     }
-    group_ids = None
-    groups: list[dict[str, str]] = []
+    parts: list[pd.DataFrame] = []
     if by:
         group_ids, groups = _group_ids(f, by, max_groups)
-        for i, key in enumerate(groups):
-            report["groups"].append({"key": key,
-                                     **_section(f[group_ids == i], window.wall, metrics)})
+        # One sort, then each group is a slice: no full-frame mask per group.
+        order = np.argsort(group_ids, kind="stable")
+        bounds = np.searchsorted(group_ids[order], np.arange(len(groups) + 1))
+        ordered = f.take(order)
+        parts = [ordered.iloc[bounds[i]:bounds[i + 1]] for i in range(len(groups))]
+        for key, part in zip(groups, parts, strict=True):
+            report["groups"].append({"key": key, **_section(part, window.wall, metrics)})
     if plot_data:
-        report["plot_data"] = _plot_data(f, group_ids, groups, metrics)
+        report["plot_data"] = _plot_data(f, parts, metrics)
     return report
 
 
@@ -679,6 +752,8 @@ def _rows(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
         deltas, pcts = [], []
         for v in vals[1:]:
             d = None if v is None or base is None else v - base
+            if d is not None and abs(d) <= 1e-12 * max(abs(base), abs(v)):
+                d = 0 * d  # float noise from summing in another order is no difference
             deltas.append(d)
             pcts.append(_num(d / base * 100) if d is not None and base else None)
         rows.append({"figure": name, "values": vals, "delta": deltas, "delta_pct": pcts})

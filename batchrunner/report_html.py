@@ -148,19 +148,21 @@ def _comparison_charts(report: dict[str, Any]) -> list[str]:
     metrics = [m for m in _CDF_METRICS_COMPARE if any(m in r["metrics"] for r in runs)]
     for metric in metrics:
         series = []
-        for r in runs:
-            points = (r.get("plot_data") or {}).get("cdf", {}).get(metric, {}).get("all")
-            if points:
-                series.append((r["name"], *_cdf_series(points)))
+        for r in runs:  # a run without this metric keeps its slot, so colours match runs
+            points = (r.get("plot_data") or {}).get("cdf", {}).get(metric, {}).get("all") or []
+            label = r["name"] if points else f"{r['name']} (no {metric})"
+            series.append((label, *_cdf_series(points)))
         charts.append(svg.line_chart(series, title=f"{metric}: CDF by run (ok rows)",
                                      x_label=metric, y_label="fraction of requests",
                                      x_fmt=fmt_duration, y_fmt=_pct, y_max=1.0))
     cats = []
     stacks: dict[str, list[float]] = {c: [] for c in CATEGORIES}
-    for r in runs:
-        for m in r["cost_by_model"]:
-            if m["cost"]["rows_priced"]:
-                cats.append(f"{m['model']} · {r['name']}")
+    models = list(dict.fromkeys(m["model"] for r in runs for m in r["cost_by_model"]))
+    for model in models:  # each model's runs next to each other
+        for r in runs:
+            m = next((m for m in r["cost_by_model"] if m["model"] == model), None)
+            if m and m["cost"]["rows_priced"]:
+                cats.append(f"{model} · {r['name']}")
                 for c in CATEGORIES:
                     stacks[c].append(m["cost"]["usd"][c])
     charts.append(svg.bar_chart(cats, [(_CATEGORY_LABELS[c], stacks[c]) for c in CATEGORIES],

@@ -141,7 +141,7 @@ def in_flight(starts: np.ndarray, ends: np.ndarray, edges: np.ndarray,
 
 @dataclass(slots=True)
 class Timeline:
-    """Per-bucket series of a run (bucket ``k`` covers ``[start + k·width, start + (k+1)·width)``)."""
+    """Time buckets of a run: bucket ``k`` covers ``[start + k*width, start + (k+1)*width)``."""
 
     start: float
     width: float

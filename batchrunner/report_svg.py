@@ -9,6 +9,7 @@ function returns one ``<svg>`` element as a string; text is escaped; no scripts.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from html import escape
@@ -19,7 +20,7 @@ __all__ = ["PALETTE", "bar_chart", "column_chart", "line_chart", "nice_ticks"]
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
            "#000000", "#999999", "#666666")
 
-_W, _H = 640, 300
+_W, _H = 600, 300
 _M = {"left": 64, "right": 16, "top": 34, "bottom": 44}
 Fmt = Callable[[float], str]
 
@@ -36,7 +37,7 @@ def _default_fmt(v: float) -> str:
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About *count* round tick values (1, 2 or 5 × 10^k apart) covering ``[lo, hi]``."""
+    """About *count* round tick values (1, 2 or 5 x 10^k apart) covering ``[lo, hi]``."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo] if math.isfinite(lo) else [0.0]
     raw = (hi - lo) / max(count, 1)
@@ -108,7 +109,7 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *
                y_max: float | None = None, width: int = _W, height: int = _H) -> str:
     """Lines, one per ``(label, xs, ys)``.
 
-    :param log_x: logarithmic x axis; None chooses it when positive x values span over 50×.
+    :param log_x: logarithmic x axis; None chooses it when positive x values span over 50x.
     :param step: draw steps (for bucketed series) instead of straight segments.
     :param y_max: fixed top of the y axis (e.g. 1 for CDFs).
     """
@@ -175,7 +176,7 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *
             continue
         if step:
             stepped = [coords[0]]
-            for (x0, y0), (x1, y1) in zip(coords, coords[1:], strict=False):
+            for (_x0, y0), (x1, y1) in itertools.pairwise(coords):
                 stepped += [(x1, y0), (x1, y1)]
             coords = stepped
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
@@ -263,7 +264,7 @@ def bar_chart(categories: Sequence[str], stacks: Sequence[tuple[str, Sequence[fl
     top = max(totals)
     if top <= 0:
         return _empty(title, "nothing to show (all zero)")
-    left = 170
+    left = int(min(max(len(c) for c in categories) * 6.4 + 16, 330))
     bar_h, gap = 18, 8
     height = _M["top"] + 26 + len(categories) * (bar_h + gap) + 30
     pw = width - left - 90
@@ -277,7 +278,7 @@ def bar_chart(categories: Sequence[str], stacks: Sequence[tuple[str, Sequence[fl
     out += _legend([s[0] for s in stacks], width, 10, 30)[0]
     y = _M["top"] + 26
     for k, cat in enumerate(categories):
-        name = cat if len(cat) <= 26 else cat[:25] + "…"
+        name = cat if len(cat) <= 50 else cat[:49] + "…"
         out.append(f'<text x="{left - 6}" y="{y + 13}" font-size="11" text-anchor="end" '
                    f'fill="#222">{escape(name)}<title>{escape(cat)}</title></text>')
         x = float(left)

@@ -7,6 +7,7 @@ requests were counted. Works only from the JSON-ready dicts of :mod:`batchrunner
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,14 +31,14 @@ _CATEGORY_LABELS = {"input": "input", "output": "output", "cache_write_5m": "wri
 
 
 def fmt_duration(seconds: float | None) -> str:
-    """``812 µs``, ``197.6 ms``, ``2.31 s``, ``4m05s``; ``-`` for None."""
+    """``812 µs``, ``197.6 ms``, ``2.31 s``, ``4m05.0s``; ``-`` for None."""
     if seconds is None:
         return "-"
     a = abs(seconds)
     if a < 1e-3:
         return f"{seconds * 1e6:,.0f} µs"
-    if a < 10:
-        return f"{seconds * 1e3:,.1f} ms" if a < 1 else f"{seconds:,.3f} s"
+    if a < 1:
+        return f"{seconds * 1e3:,.1f} ms"
     if a < 600:
         return f"{seconds:,.2f} s"
     minutes, secs = divmod(seconds, 60)
@@ -130,7 +131,7 @@ def _spark(values: Sequence[float], width: int = 60) -> str:
     if len(values) > width:  # average neighbouring buckets down to *width* characters
         step = len(values) / width
         cuts = [int(i * step) for i in range(width)] + [len(values)]
-        values = [sum(values[a:b]) / max(b - a, 1) for a, b in zip(cuts, cuts[1:], strict=False)]
+        values = [sum(values[a:b]) / max(b - a, 1) for a, b in itertools.pairwise(cuts)]
     top = max(values)
     if top <= 0:
         return _SPARKS[0] * len(values)
@@ -295,20 +296,20 @@ def comparison_tables(cmp: dict[str, Any]) -> list[Table]:
                          *("-" if p is None else f"{p:+.1f}%" for p in fig["delta_pct"])])
         return rows
 
-    tables = [Table(f"Comparison (baseline {cmp['baseline']}; Δ = run − baseline)",
+    tables = [Table(f"Figures (baseline {cmp['baseline']}; Δ = run - baseline)",
                     ["figure", *headers], rows_of(cmp["overall"]), left=1)]
     if cmp["cost_by_model"]:
         rows = []
         for entry in cmp["cost_by_model"]:
             rows += rows_of(entry["figures"], [entry["model"]])
-        tables.append(Table("Comparison: cost by model", ["model", "figure", *headers], rows,
+        tables.append(Table("Cost by model", ["model", "figure", *headers], rows,
                             left=2))
     if cmp["groups"]:
         rows = []
         for grp in cmp["groups"]:
             label = ", ".join(f"{k}={v}" for k, v in grp["key"].items())
             rows += rows_of(grp["figures"], [label])
-        tables.append(Table("Comparison by group (groups present in every run)",
+        tables.append(Table("By group (groups present in every run)",
                             ["group", "figure", *headers], rows, left=2))
     return tables
 
@@ -320,7 +321,8 @@ def format_report(report: dict[str, Any]) -> str:
     """
     prices = report["prices"]
     lines = []
-    p = f"prices     genai-prices {prices.get('version') or '(not installed)'} ({prices['data']} data)"
+    version = prices.get("version") or "(not installed)"
+    p = f"prices     genai-prices {version} ({prices['data']} data)"
     if prices.get("overrides"):
         ov = prices["overrides"]
         p += f", overrides {ov['path']} ({', '.join(ov['models'])})"
@@ -331,6 +333,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("")
         lines += _run_text(run, prices, report["group_by"])
     if "comparison" in report:
+        lines.append("")
+        lines.append(f"== Comparison of {len(report['runs'])} runs")
         for table in comparison_tables(report["comparison"]):
             lines.append("")
             lines += table.text()
@@ -372,6 +376,6 @@ def format_short(summary: dict[str, Any]) -> str:
         if cost["complete"]:
             lines.append(f"cost       {fmt_usd(cost['total_usd'])}  ({parts}; {cost['prices']})")
         else:
-            lines.append(f"cost       >= {fmt_usd(cost['priced_usd'])}  ({parts}; {cost['prices']});"
-                         f" unpriced: {', '.join(cost['unpriced_models'])}")
+            lines.append(f"cost       >= {fmt_usd(cost['priced_usd'])}  ({parts}; "
+                         f"{cost['prices']}); unpriced: {', '.join(cost['unpriced_models'])}")
     return "\n".join(lines)

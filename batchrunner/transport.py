@@ -15,6 +15,7 @@ for the figures.
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -64,6 +65,17 @@ _SKIP_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict(
 # An abandoned response body is drained for reuse of its connection only this far.
 _DRAIN_MAX_BYTES = 256 * 1024
 _DRAIN_MAX_S = 2.0
+
+
+# aiohttp warns (ResourceWarning) about bytes bodies over 1 MiB "locking the event loop"; a
+# long-context prompt is that big, and handing it to the socket is a memory copy, not a stall.
+_LARGE_BODY = 2**20
+
+
+def _large_payload(body: bytes) -> aiohttp.payload.BytesPayload:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        return aiohttp.payload.BytesPayload(body)
 
 
 class _LeanRequest(aiohttp.ClientRequest):
@@ -424,6 +436,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             # An in-memory body (``httpx.Request(..., stream=httpx.ByteStream(b))``) is sent as
             # bytes; anything else is streamed.
             data = (request.read() or None) if isinstance(stream, httpx.ByteStream) else stream
+        if type(data) is bytes and len(data) > _LARGE_BODY:
+            data = _large_payload(data)
 
         ext = request.extensions.get("timeout")
         try:

@@ -10,7 +10,7 @@ fraction of that ceiling one open-loop run of about ``--seconds`` of schedule, b
 * **sent/s**: (rows - 1) / (last ``sent_at`` - first ``sent_at``), how fast requests really
   left, against the target rate (the schedule itself spans (rows - 1) / R);
 * **send lag**: ``queue_wait_s`` (= ``sent_at - scheduled_at``, clamped at 0), p50/p99/max;
-  ``early`` is the most negative unclamped ``sent_at - scheduled_at`` (µs timestamps);
+  ``min`` is the smallest unclamped ``sent_at - scheduled_at`` (µs timestamps; negative = sent early);
 * **done/s**: ok rows / (last ``completed_at`` - first ``sent_at``);
 * **CPU**: the run's CPU seconds / its wall seconds (start-up and final compaction included);
   **runq**: the share of that wall time its main thread (the event loop) was runnable but
@@ -222,7 +222,7 @@ def main() -> None:
             need = max(math.ceil(f * top * args.seconds) for f in fractions)
             open_set = write_set(workdir / "open.jsonl", need)
             print(f"{'x ceil':>6} {'target/s':>9} {'sent/s':>9} {'err':>7} {'done/s':>9} "
-                  f"{'lag p50 ms':>10} {'p99 ms':>8} {'max ms':>8} {'early ms':>8} "
+                  f"{'lag p50 ms':>10} {'p99 ms':>8} {'max ms':>8} {'min ms':>8} "
                   f"{'rows':>7} {'ok':>7} {'CPU':>5} {'runq':>5}  verdict")
             for f in fractions:
                 rate = f * top

@@ -258,6 +258,15 @@ async def test_streamed_request_body(server: Server, transport: AiohttpTransport
     assert [v for k, v in echoed["headers"] if k.lower() == "transfer-encoding"] == ["chunked"]
 
 
+async def test_large_body_is_sent_whole(server: Server, transport: AiohttpTransport) -> None:
+    body = b"x" * (3 * 2**20 // 2)  # a long-context prompt; aiohttp would warn above 1 MiB
+    response = await transport.handle_async_request(
+        httpx.Request("POST", server.url("/echo"), content=body)
+    )
+    echoed = json.loads(await response.aread())
+    assert len(echoed["body"]) == len(body)
+
+
 def test_build_request_matches_httpx() -> None:
     url = httpx.URL("http://127.0.0.1:8080/anthropic/v1/messages?beta=true")
     headers = [("content-type", "application/json"), ("X-Multi", "a"), ("x-multi", "b")]

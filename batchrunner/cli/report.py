@@ -38,7 +38,8 @@ class ReportUsageError(click.ClickException):
 @click.option("--json", "as_json", is_flag=True,
               help="Print the whole report as JSON (stable keys, see docs/report.md).")
 @click.option("--html", "html_file", type=click.Path(path_type=Path, dir_okay=False),
-              default=None, metavar="FILE", help="Also write a self-contained HTML report with plots.")
+              default=None, metavar="FILE",
+              help="Also write a self-contained HTML report with plots.")
 @click.option("--max-groups", type=click.IntRange(min=1), default=30, show_default=True,
               help="Groups beyond the biggest N are merged into one '(other)' group.")
 @click.option("--max-buckets", type=click.IntRange(min=2), default=120, show_default=True,

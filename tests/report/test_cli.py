@@ -1,0 +1,121 @@
+"""``batchrunner report`` as a user runs it: exit codes, messages, --json keys, --html, compare."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from batchrunner.cli import main
+
+from .conftest import row
+
+#: The documented top-level keys of ``--json`` (docs/report.md): a change here is a contract change.
+TOP_KEYS = {"report_version", "generated_at", "prices", "group_by", "rows_used", "runs"}
+RUN_KEYS = {"name", "run_dir", "run_id", "mode", "status", "gateway", "rows", "journal_rows",
+            "window", "metrics", "overall", "groups", "cost_by_model", "timeline"}
+SECTION_KEYS = {"requests", "status", "ok_rate", "error_rate", "errors", "throughput", "latency",
+                "tokens", "cost"}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, ["report", *args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("case", ["missing", "not_run_dir", "file", "bad_by", "bad_prices"])
+def test_bad_usage_exits_2_with_a_message(tmp_path, make_run, case):
+    run_dir = make_run([row()])
+    args = {
+        "missing": [str(tmp_path / "nope")],
+        "not_run_dir": [str(tmp_path)],
+        "file": [str(run_dir / "run.json")],
+        "bad_by": [str(run_dir), "--by", "colour"],
+        "bad_prices": [str(run_dir), "--prices", str(tmp_path / "missing.toml")],
+    }[case]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_text_report_says_which_rows_each_figure_uses(make_run):
+    rows = [row(input_index=0), row(input_index=1, status="error", error_type="api_error",
+                                    error_message="Internal server error", http_status=500)]
+    result = invoke(str(make_run(rows)))
+    assert result.exit_code == 0
+    out = result.output
+    assert "Requests (all rows" in out
+    assert "Latency (ok rows only: 1 used, 1 not ok excluded)" in out
+    assert "api_error" in out and "Internal server error" in out
+    assert "Cost USD by model (all rows; genai-prices" in out
+    assert "claude-haiku-4-5" in out
+
+
+def test_json_has_stable_keys(make_run):
+    result = invoke(str(make_run([row()])), "--json", "--by", "model")
+    doc = orjson.loads(result.output)
+    assert set(doc) == TOP_KEYS and doc["report_version"] == 1
+    run = doc["runs"][0]
+    assert set(run) == RUN_KEYS
+    assert set(run["overall"]) == SECTION_KEYS
+    assert set(run["groups"][0]) == SECTION_KEYS | {"key"}
+    assert set(run["overall"]["cost"]) == {"currency", "complete", "total_usd", "usd",
+                                           "rows_priced", "rows_unpriced", "per_request_usd",
+                                           "unpriced_models"}
+    assert set(run["timeline"]) >= {"bucket_s", "t_s", "completed", "ok", "failed",
+                                    "requests_per_s", "output_tokens_per_s", "in_flight_mean",
+                                    "in_flight_max", "errors_by_type"}
+    assert "plot_data" not in run
+
+
+def test_html_is_self_contained(make_run, tmp_path):
+    html = tmp_path / "r.html"
+    rows = [row(input_index=i, mode="stream", ttft_s=0.01 * i, latency_s=0.1 + 0.01 * i)
+            for i in range(20)]
+    result = invoke(str(make_run(rows)), "--html", str(html), "--by", "model")
+    assert result.exit_code == 0
+    page = html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") >= 6
+    for external in ("<script", "<link", "src=", "url(", "https://"):
+        assert external not in page
+    assert page.count("http://") == page.count('xmlns="http://www.w3.org/2000/svg"')
+    assert "ttft_s: CDF" in page and "TTFT histogram" in page and "Cost by model" in page
+
+
+def test_several_runs_are_compared(make_run, tmp_path):
+    a = make_run([row(input_index=i) for i in range(5)], name="sync-run")
+    b = make_run([row(input_index=i, latency_s=0.2, mode="async") for i in range(5)],
+                 name="async-run")
+    result = invoke(str(a), str(b))
+    assert "== Comparison of 2 runs" in result.output
+    assert "Figures (baseline sync-run; Δ = run - baseline)" in result.output
+    assert "Δ async-run" in result.output
+    doc = orjson.loads(invoke(str(a), str(b), "--json").output)
+    figs = {f["figure"]: f for f in doc["comparison"]["overall"]}
+    assert figs["latency_s p50"]["delta"] == [pytest.approx(0.1)]
+    html = tmp_path / "cmp.html"
+    assert invoke(str(a), str(b), "--html", str(html)).exit_code == 0
+    assert "CDF by run" in html.read_text()
+
+
+def test_prices_file_on_the_command_line(make_run, tmp_path):
+    prices = tmp_path / "p.toml"
+    prices.write_text('[models."claude-haiku-4-5"]\ninput = 0\noutput = 0\n')
+    doc = orjson.loads(invoke(str(make_run([row()])), "--prices", str(prices), "--json").output)
+    assert doc["runs"][0]["overall"]["cost"]["total_usd"] == 0
+    assert doc["prices"]["overrides"]["path"] == str(prices)
+
+
+def test_journal_rows_of_a_crashed_run_are_included(make_run):
+    run_dir = make_run([row(input_index=0)])
+    journal = run_dir / "journal"
+    journal.mkdir()
+    line = {**row(input_index=1, custom_id="1")}
+    # a torn last line (a crash mid-write) is ignored
+    (journal / "seg-000002.jsonl").write_bytes(orjson.dumps(line) + b"\n" + b'{"run_id": "r", "cu')
+    # a segment whose part exists was already compacted: not counted twice
+    (journal / "seg-000001.jsonl").write_bytes(orjson.dumps(row(input_index=0)) + b"\n")
+    doc = orjson.loads(invoke(str(run_dir), "--json").output)
+    run = doc["runs"][0]
+    assert run["rows"] == 2 and run["journal_rows"] == 1
+    assert "rows read from journal/" in invoke(str(run_dir)).output

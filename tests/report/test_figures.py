@@ -1,0 +1,255 @@
+"""Every figure of the report against an independent computation on known rows."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from batchrunner import report_stats as stats
+from batchrunner.report import build_report, compare, load_run, summarize_table
+
+from .conftest import T0, row, to_table
+
+
+def mixed_rows(n: int = 200, seed: int = 3) -> list[dict]:
+    """Ok and failed rows of two models and two tags, with known timings and tokens."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        status = "ok" if i % 10 else ("error" if i % 20 else "timeout")
+        sched = T0 + i * 0.05
+        queue = float(rng.uniform(0, 0.02))
+        latency = float(rng.lognormal(-1.5, 0.5))
+        r = row(custom_id=str(i), input_index=i, status=status,
+                model="claude-sonnet-4-5" if i % 3 else "claude-haiku-4-5",
+                metadata=orjson.dumps({"split": "dev" if i % 2 else "test", "n": i % 4}).decode(),
+                scheduled_at=sched, sent_at=sched + queue, completed_at=sched + queue + latency,
+                queue_wait_s=queue, ttfb_s=latency / 2, latency_s=latency,
+                total_s=queue + latency, input_tokens=int(rng.integers(5, 500)),
+                output_tokens=int(rng.integers(1, 300)),
+                cache_creation_input_tokens=0, cache_read_input_tokens=int(rng.integers(0, 900)))
+        if status != "ok":
+            r.update(error_type="overloaded_error" if status == "error" else "timeout",
+                     error_message=f"failure {i}", http_status=529 if status == "error" else None,
+                     input_tokens=None, output_tokens=None, cache_read_input_tokens=None,
+                     cache_creation_input_tokens=None, cache_creation_5m_input_tokens=None,
+                     cache_creation_1h_input_tokens=None)
+        rows.append(r)
+    return rows
+
+
+def test_counts_percentiles_throughput_tokens(make_run):
+    rows = mixed_rows()
+    rep = build_report([load_run(make_run(rows, parts=3))])
+    run = rep["runs"][0]
+    o = run["overall"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert o["requests"] == 200
+    assert o["status"] == {"ok": 180, "error": 10, "timeout": 10, "expired": 0, "cancelled": 0}
+    assert o["error_rate"] == pytest.approx(20 / 200)
+    # latency over ok rows only, and it says how many rows it used and left out
+    assert o["latency"]["rows_used"] == 180 and o["latency"]["rows_excluded"] == 20
+    for metric in ("latency_s", "total_s", "queue_wait_s", "ttfb_s"):
+        values = np.array([r[metric] for r in ok])
+        d = o["latency"]["metrics"][metric]
+        assert d["n"] == 180
+        for p in (50, 90, 95, 99):
+            assert d[f"p{p}"] == pytest.approx(np.percentile(values, p), rel=1e-12)
+        assert d["max"] == pytest.approx(values.max())
+        assert d["mean"] == pytest.approx(values.mean())
+    # columns with no value at all (sync: no TTFT, no ITL) are left out
+    assert run["metrics"] == ["queue_wait_s", "ttfb_s", "latency_s", "total_s"]
+    # throughput: every row over first schedule → last completion
+    wall = max(r["completed_at"] for r in rows) - min(r["scheduled_at"] for r in rows)
+    assert run["window"]["wall_s"] == pytest.approx(wall, abs=2e-6)
+    assert o["throughput"]["requests_per_s"] == pytest.approx(200 / wall, rel=1e-5)
+    assert o["throughput"]["ok_requests_per_s"] == pytest.approx(180 / wall, rel=1e-5)
+    out_tokens = sum(r["output_tokens"] or 0 for r in rows)
+    assert o["throughput"]["output_tokens_per_s"] == pytest.approx(out_tokens / wall, rel=1e-5)
+    t = o["tokens"]
+    assert t["input"] == sum(r["input_tokens"] or 0 for r in rows)
+    assert t["output"] == out_tokens
+    assert t["cache_read"] == sum(r["cache_read_input_tokens"] or 0 for r in rows)
+    assert t["rows_with_usage"] == 180
+
+
+def test_errors_have_counts_statuses_and_the_first_example(make_run):
+    rows = mixed_rows()
+    errors = build_report([load_run(make_run(rows))])["runs"][0]["overall"]["errors"]
+    by_type = {e["error_type"]: e for e in errors}
+    assert set(by_type) == {"overloaded_error", "timeout"}
+    e = by_type["overloaded_error"]
+    assert e["count"] == 10 and e["share"] == pytest.approx(0.05)
+    assert e["statuses"] == {"error": 10} and e["http_statuses"] == {"529": 10}
+    first = min(r["input_index"] for r in rows if r["status"] == "error")
+    assert e["example"] == f"failure {first}"
+    assert by_type["timeout"]["http_statuses"] == {}
+
+
+def test_group_by_model_and_metadata_matches_subsets(make_run):
+    rows = mixed_rows()
+    run_dir = make_run(rows)
+    by = ["model", "metadata.split"]
+    run = build_report([load_run(run_dir, by)], by=by)["runs"][0]
+    groups = run["groups"]
+    assert sum(g["requests"] for g in groups) == 200
+    for g in groups:
+        model, split = g["key"]["model"], g["key"]["metadata.split"]
+        subset = [r for r in rows if r["model"] == model and orjson.loads(r["metadata"])["split"]
+                  == split]
+        # the group's section is the same as a report over just its rows (same wall time)
+        alone = build_report([load_run(make_run(subset))])["runs"][0]["overall"]
+        assert g["requests"] == alone["requests"] == len(subset)
+        assert g["status"] == alone["status"]
+        assert g["latency"] == alone["latency"]
+        assert g["tokens"] == alone["tokens"]
+        assert g["cost"]["usd"]["total"] == pytest.approx(alone["cost"]["usd"]["total"])
+    # numbers as metadata values are labels too
+    run = build_report([load_run(run_dir, ["metadata.n"])], by=["metadata.n"])["runs"][0]
+    assert sorted(g["key"]["metadata.n"] for g in run["groups"]) == ["0", "1", "2", "3"]
+
+
+def test_max_groups_merges_the_rest_into_other(make_run):
+    rows = [row(input_index=i, metadata=orjson.dumps({"id": i}).decode()) for i in range(12)]
+    rows += [row(input_index=100 + i, metadata='{"id": 0}') for i in range(5)]
+    run = build_report([load_run(make_run(rows), ["metadata.id"])], by=["metadata.id"],
+                       max_groups=3)["runs"][0]
+    keys = [g["key"]["metadata.id"] for g in run["groups"]]
+    assert keys[0] == "0" and keys[-1] == "(other)" and len(keys) == 4
+    assert sum(g["requests"] for g in run["groups"]) == 17  # no row dropped
+    assert run["groups"][-1]["requests"] == 17 - 6 - 1 - 1
+
+
+def test_missing_metadata_key_and_bad_metadata_are_none(make_run):
+    rows = [row(input_index=0, metadata='{"a": "x"}'), row(input_index=1, metadata=None),
+            row(input_index=2, metadata="not json"), row(input_index=3, metadata='{"b": 1}')]
+    run = build_report([load_run(make_run(rows), ["metadata.a"])], by=["metadata.a"])["runs"][0]
+    assert {g["key"]["metadata.a"]: g["requests"] for g in run["groups"]} == {"(none)": 3, "x": 1}
+
+
+def brute_in_flight(starts, ends, edges):
+    mean, peak = [], []
+    for a, b in itertools.pairwise(edges):
+        overlap = np.clip(np.minimum(ends, b) - np.maximum(starts, a), 0, None).sum()
+        mean.append(overlap / (b - a))
+        # the count is piecewise constant: check it at every event inside and at the start
+        points = [a, *[t for t in np.concatenate([starts, ends]) if a <= t < b]]
+        peak.append(max(int(((starts <= t) & (ends > t)).sum()) for t in points))
+    return np.array(mean), np.array(peak)
+
+
+def test_in_flight_against_brute_force():
+    rng = np.random.default_rng(5)
+    starts = np.round(rng.uniform(0, 10, 300), 3)
+    ends = starts + np.round(rng.exponential(1.0, 300), 3)
+    edges = np.linspace(0, ends.max() + 0.5, 23)
+    mean, maxima, peak, busy = stats.in_flight(starts, ends, edges)
+    want_mean, want_max = brute_in_flight(starts, ends, edges)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(maxima, want_max)
+    assert peak == want_max.max()
+    grid = np.linspace(0, edges[-1], 200_001)  # busy time: where at least one is in flight
+    covered = np.zeros(grid.size, bool)
+    for s, e in zip(starts, ends, strict=True):
+        covered |= (grid >= s) & (grid < e)
+    assert busy == pytest.approx(covered.mean() * edges[-1], abs=0.01)
+
+
+def test_timeline_buckets(make_run):
+    rows = mixed_rows(n=120)
+    run = build_report([load_run(make_run(rows))])["runs"][0]
+    tl = run["timeline"]
+    t0 = min(r["scheduled_at"] for r in rows)
+    width = tl["bucket_s"]
+    assert width == stats.bucket_width(run["window"]["wall_s"])
+    done = np.array([r["completed_at"] for r in rows]) - t0
+    want = np.bincount(np.minimum((done // width).astype(int), len(tl["t_s"]) - 1),
+                       minlength=len(tl["t_s"]))
+    assert tl["completed"] == list(want) and sum(tl["completed"]) == 120
+    failed = np.array([r["status"] != "ok" for r in rows])
+    assert sum(tl["failed"]) == failed.sum()
+    assert sum(sum(v) for v in tl["errors_by_type"].values()) == failed.sum()
+    assert tl["requests_per_s"] == pytest.approx([c / width for c in tl["completed"]])
+    starts = np.array([r["sent_at"] for r in rows]) - t0
+    edges = np.array([*tl["t_s"], tl["t_s"][-1] + width])
+    want_mean, want_max = brute_in_flight(starts, done, edges)
+    # rows store µs instants: allow for that rounding (a few µs per interval per bucket)
+    np.testing.assert_allclose(tl["in_flight_mean"], want_mean, atol=1e-3)
+    assert tl["in_flight_max"] == list(want_max)
+
+
+@pytest.mark.parametrize(("span", "width"), [(0.03, 0.001), (3.4, 0.05), (100, 1), (119, 1),
+                                             (600, 5), (3600, 30), (86400 * 3, 3600)])
+def test_bucket_width_is_readable(span, width):
+    assert stats.bucket_width(span) == width
+    assert span / stats.bucket_width(span) <= 120
+
+
+def test_cdf_and_histogram():
+    values = np.array([0.3, 0.1, np.nan, 0.2, 0.4])
+    pts = stats.cdf_points(values, points=4)
+    assert pts[0] == [0.1, 0.0] and pts[-1] == [0.4, 1.0]
+    median = next(p for p in pts if p[1] == 0.5)[0]
+    assert median == pytest.approx(np.quantile([0.1, 0.2, 0.3, 0.4], 0.5))
+    hist = stats.histogram(np.arange(1000.0), bins=10)
+    assert sum(hist["counts"]) + hist["overflow"] == 1000 and hist["overflow"] == 5
+
+
+def test_stream_metrics_appear_only_where_present(make_run):
+    rows = [row(input_index=i, mode="stream", ttft_s=0.01 * (i + 1), itl_mean_s=0.001,
+                itl_p50_s=0.001, itl_p99_s=0.002, itl_max_s=0.003, tpot_s=0.0011)
+            for i in range(10)]
+    rows.append(row(input_index=10, mode="stream", status="error", ttft_s=9.0,
+                    error_type="api_error"))
+    run = build_report([load_run(make_run(rows))])["runs"][0]
+    assert "ttft_s" in run["metrics"] and "tpot_s" in run["metrics"]
+    ttft = run["overall"]["latency"]["metrics"]["ttft_s"]
+    assert ttft["n"] == 10 and ttft["max"] == pytest.approx(0.1)  # the failed row's 9 s is out
+    assert ttft["p50"] == pytest.approx(np.percentile([0.01 * (i + 1) for i in range(10)], 50))
+
+
+def test_empty_run_and_cancelled_rows(make_run):
+    run = build_report([load_run(make_run([]))])["runs"][0]
+    assert run["overall"]["requests"] == 0 and run["timeline"] is None
+    assert run["overall"]["throughput"]["requests_per_s"] is None
+    rows = [row(input_index=0), row(input_index=1, status="cancelled", error_type="cancelled",
+                                    sent_at=None, completed_at=None, latency_s=None)]
+    o = build_report([load_run(make_run(rows))])["runs"][0]["overall"]
+    assert o["status"]["cancelled"] == 1 and o["error_rate"] == 0  # cancelled is not an error
+    assert o["errors"][0]["error_type"] == "cancelled"  # but it is listed, never dropped
+
+
+def test_comparison_deltas(make_run):
+    a = make_run([row(input_index=i, latency_s=0.1 * (i + 1)) for i in range(10)], name="a")
+    b = make_run([row(input_index=i, latency_s=0.2 * (i + 1), output_tokens=40)
+                  for i in range(10)], name="b")
+    rep = build_report([load_run(a), load_run(b)])
+    cmp = rep["comparison"]
+    assert cmp["baseline"] == "a" and cmp["runs"] == ["a", "b"]
+    figs = {f["figure"]: f for f in cmp["overall"]}
+    p50 = figs["latency_s p50"]
+    assert p50["values"] == pytest.approx([0.55, 1.1])
+    assert p50["delta"] == pytest.approx([0.55]) and p50["delta_pct"] == pytest.approx([100.0])
+    cost = figs["cost_usd"]
+    assert cost["delta"][0] == pytest.approx(cost["values"][1] - cost["values"][0])
+    assert figs["requests"]["delta_pct"] == [0.0]
+    assert compare(rep["runs"]) == cmp
+
+
+def test_summary_keys_and_values(make_run):
+    rows = mixed_rows(60)
+    s = summarize_table(to_table(rows))
+    assert s["requests"] == 60 and s["status"] == {"ok": 54, "error": 3, "timeout": 3}
+    assert s["error_types"] == {"overloaded_error": 3, "timeout": 3}
+    ok = np.array([r["latency_s"] for r in rows if r["status"] == "ok"])
+    assert s["latency_s"]["p99"] == pytest.approx(np.percentile(ok, 99))
+    assert s["latency_s"]["n"] == 54 and s["ttft_s"] is None
+    assert s["tokens"]["output"] == sum(r["output_tokens"] or 0 for r in rows)
+    assert s["cost"]["complete"] and s["cost"]["total_usd"] > 0
+    assert math.isclose(s["cost"]["total_usd"], sum(s["cost"]["usd"][k] for k in (
+        "input", "output", "cache_write_5m", "cache_write_1h", "cache_read")))
+    orjson.dumps(s)  # JSON-ready (it goes into run.json)

@@ -1,0 +1,271 @@
+"""Cost: hand-computed values, long-context tiers, cache 5m/1h writes and reads, unknown models,
+price files, offline use, and agreement with genai-prices' own per-request calculation."""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pytest
+
+from batchrunner.pricing import (
+    PriceBook,
+    PriceFileError,
+    UsageArrays,
+    cost_arrays,
+    load_price_file,
+    normalize_model,
+    split_cache_writes,
+)
+from batchrunner.report import build_report, load_run
+
+from .conftest import row
+
+
+def usage_row(model: str, i: int = 0, *, inp: int = 0, w5m: int = 0, w1h: int = 0,
+              read: int = 0, out: int = 0, **extra) -> dict:
+    return row(input_index=i, model=model, model_requested=model, input_tokens=inp,
+               output_tokens=out, cache_creation_input_tokens=w5m + w1h,
+               cache_creation_5m_input_tokens=w5m, cache_creation_1h_input_tokens=w1h,
+               cache_read_input_tokens=read, **extra)
+
+
+def cost_of(make_run, rows, prices=None):
+    book = PriceBook.load(prices)
+    return build_report([load_run(make_run(rows))], book=book)["runs"][0]
+
+
+# $/MTok: input, 5m write, 1h write, cache read, output (pricing.md §1.4)
+HAND = [
+    # Sonnet 4.5: 3 / 3.75 / 6 / 0.30 / 15
+    ("claude-sonnet-4-5", {"inp": 1200, "w5m": 10_000, "w1h": 20_000, "read": 50_000, "out": 800},
+     (1200 * 3 + 10_000 * 3.75 + 20_000 * 6 + 50_000 * 0.3 + 800 * 15) / 1e6),
+    # Haiku 4.5: 1 / 1.25 / 2 / 0.10 / 5
+    ("claude-haiku-4-5", {"inp": 1000, "w5m": 2000, "w1h": 3000, "read": 4000, "out": 500},
+     (1000 * 1 + 2000 * 1.25 + 3000 * 2 + 4000 * 0.1 + 500 * 5) / 1e6),
+    # Opus 4.1: 15 / 18.75 / 30 / 1.50 / 75
+    ("claude-opus-4-1-20250805", {"inp": 100, "w1h": 1000, "read": 2000, "out": 300},
+     (100 * 15 + 1000 * 30 + 2000 * 1.5 + 300 * 75) / 1e6),
+    # the provider prefix a gateway routes by is stripped
+    ("anthropic/claude-haiku-4-5", {"inp": 1000, "out": 1000}, (1000 * 1 + 1000 * 5) / 1e6),
+    # Sonnet 4.5 long context: above 200k input tokens (cache included) every rate is the tier's
+    ("claude-sonnet-4-5", {"inp": 1000, "read": 250_000, "out": 1000},
+     (1000 * 6 + 250_000 * 0.6 + 1000 * 22.5) / 1e6),
+    # exactly 200k is not above the threshold
+    ("claude-sonnet-4-5", {"inp": 1000, "read": 199_000, "out": 1000},
+     (1000 * 3 + 199_000 * 0.3 + 1000 * 15) / 1e6),
+]
+
+
+@pytest.mark.parametrize(("model", "usage", "want"), HAND, ids=[h[0] for h in HAND])
+def test_hand_computed_costs(make_run, model, usage, want):
+    run = cost_of(make_run, [usage_row(model, **usage)])
+    cost = run["overall"]["cost"]
+    assert cost["total_usd"] == pytest.approx(want, rel=1e-12)
+    assert cost["complete"] and cost["rows_priced"] == 1
+
+
+def test_cost_categories_and_by_model(make_run):
+    rows = [usage_row("claude-sonnet-4-5", 0, inp=1200, w5m=10_000, w1h=20_000, read=50_000,
+                      out=800),
+            usage_row("claude-haiku-4-5", 1, inp=1000, w5m=2000, w1h=3000, read=4000, out=500)]
+    run = cost_of(make_run, rows)
+    usd = run["overall"]["cost"]["usd"]
+    assert usd["input"] == pytest.approx((1200 * 3 + 1000 * 1) / 1e6)
+    assert usd["output"] == pytest.approx((800 * 15 + 500 * 5) / 1e6)
+    assert usd["cache_write_5m"] == pytest.approx((10_000 * 3.75 + 2000 * 1.25) / 1e6)
+    assert usd["cache_write_1h"] == pytest.approx((20_000 * 6 + 3000 * 2) / 1e6)
+    assert usd["cache_read"] == pytest.approx((50_000 * 0.3 + 4000 * 0.1) / 1e6)
+    assert usd["total"] == pytest.approx(0.1881 + 0.0124)
+    by_model = {m["model"]: m for m in run["cost_by_model"]}
+    assert by_model["claude-sonnet-4-5"]["cost"]["total_usd"] == pytest.approx(0.1881)
+    assert by_model["claude-sonnet-4-5"]["priced_as"] == "genai-prices:anthropic/claude-sonnet-4-5"
+    rates = by_model["claude-haiku-4-5"]["rates"]
+    assert rates["cache_write_1h"]["per_mtok"] == 2.0 and rates["cache_read"]["per_mtok"] == 0.1
+    assert run["cost_by_model"][0]["model"] == "claude-sonnet-4-5"  # most expensive first
+
+
+def test_cache_write_split_fallbacks(make_run):
+    rows = [
+        # no TTL split reported: every write is priced as 5m (the documented safe reading)
+        row(input_index=0, input_tokens=0, output_tokens=0, cache_creation_input_tokens=4000,
+            cache_creation_5m_input_tokens=None, cache_creation_1h_input_tokens=None),
+        # only the 1h part known: the rest of the writes are 5m
+        row(input_index=1, input_tokens=0, output_tokens=0, cache_creation_input_tokens=4000,
+            cache_creation_5m_input_tokens=None, cache_creation_1h_input_tokens=1000),
+    ]
+    run = cost_of(make_run, rows)
+    usd = run["overall"]["cost"]["usd"]
+    assert usd["cache_write_5m"] == pytest.approx((4000 + 3000) * 1.25 / 1e6)
+    assert usd["cache_write_1h"] == pytest.approx(1000 * 2 / 1e6)
+    assert run["overall"]["tokens"]["cache_write_5m"] == 7000
+    five, one = split_cache_writes(np.array([np.nan, 10.0]), np.array([3.0, np.nan]),
+                                   np.array([2.0, 4.0]))
+    assert list(five) == [3.0, 6.0] and list(one) == [2.0, 4.0]
+
+
+def test_unknown_model_is_null_and_listed_never_zero(make_run):
+    rows = [usage_row("claude-haiku-4-5", 0, inp=1000, out=1000),
+            usage_row("claude-foo-9", 1, inp=500, out=10),
+            usage_row("claude-foo-9", 2, inp=5, out=5),
+            # a failed request with no usage billed nothing, whatever its model
+            row(input_index=3, model=None, model_requested="no-such-model", status="error",
+                error_type="not_found_error", input_tokens=None, output_tokens=None,
+                cache_creation_input_tokens=None, cache_read_input_tokens=None,
+                cache_creation_5m_input_tokens=None, cache_creation_1h_input_tokens=None)]
+    run = cost_of(make_run, rows)
+    cost = run["overall"]["cost"]
+    assert cost["complete"] is False and cost["total_usd"] is None
+    assert cost["usd"]["total"] == pytest.approx(0.006)  # the priced rows only
+    assert cost["unpriced_models"] == [{"model": "claude-foo-9", "rows": 2, "tokens": 520}]
+    assert cost["rows_priced"] == 2 and cost["rows_unpriced"] == 2
+    foo = next(m for m in run["cost_by_model"] if m["model"] == "claude-foo-9")
+    assert foo["cost"]["total_usd"] is None and foo["priced_as"] is None
+
+
+def test_normalize_model():
+    assert normalize_model("anthropic/claude-sonnet-4-5") == "claude-sonnet-4-5"
+    assert normalize_model(" OpenRouter/Anthropic/Claude-Haiku-4-5 ") == "claude-haiku-4-5"
+    assert normalize_model(None) is None and normalize_model("x/") is None
+
+
+PRICE_FILE = """
+name = "ACME contract 2026"
+
+[models."claude-haiku-4-5"]    # contract rates; cache rates stay as published
+input = 0.5
+output = 2.5
+
+[models."anthropic/my-model"]  # a private model: cache rates default to 1.25x/2x/0.1x input
+input = 2
+output = 8
+
+[models."fine-tune-*"]         # priced like another model, with a discount
+same_as = "claude-sonnet-4-5"
+multiplier = 0.8
+
+[models."half-known"]          # no output rate: cannot be priced
+input = 1
+"""
+
+
+def test_price_file_overrides_and_adds_models(make_run, tmp_path):
+    prices = tmp_path / "prices.toml"
+    prices.write_text(PRICE_FILE)
+    rows = [usage_row("claude-haiku-4-5", 0, inp=1000, w5m=1000, w1h=1000, read=1000, out=1000),
+            usage_row("my-model", 1, inp=1000, w5m=1000, w1h=1000, read=1000, out=1000),
+            usage_row("fine-tune-abc", 2, inp=1000, read=250_000, out=1000),
+            usage_row("half-known", 3, inp=1000, out=1000)]
+    run = cost_of(make_run, rows, prices)
+    by_model = {m["model"]: m for m in run["cost_by_model"]}
+    haiku = by_model["claude-haiku-4-5"]["cost"]["total_usd"]
+    assert haiku == pytest.approx((1000 * 0.5 + 1000 * 1.25 + 1000 * 2 + 1000 * 0.1 + 1000 * 2.5)
+                                  / 1e6)
+    mine = by_model["my-model"]["cost"]["total_usd"]
+    assert mine == pytest.approx((1000 * 2 + 1000 * 2.5 + 1000 * 4 + 1000 * 0.2 + 1000 * 8) / 1e6)
+    tuned = by_model["fine-tune-abc"]["cost"]["total_usd"]  # long-context tier, x0.8
+    assert tuned == pytest.approx(0.8 * (1000 * 6 + 250_000 * 0.6 + 1000 * 22.5) / 1e6)
+    assert by_model["fine-tune-abc"]["priced_as"].startswith("prices.toml:fine-tune-*")
+    assert by_model["half-known"]["cost"]["total_usd"] is None
+    assert run["overall"]["cost"]["unpriced_models"][0]["model"] == "half-known"
+    info = PriceBook.load(prices).describe()["overrides"]
+    assert info["name"] == "ACME contract 2026" and len(info["sha256"]) == 64
+    assert info["models"] == ["claude-haiku-4-5", "my-model", "fine-tune-*", "half-known"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[models.x]\ninput = 1\noutput = 2\ncache_write = 3\n", "unknown keys ['cache_write']"),
+    ("[models.x]\ninput = -1\noutput = 2\n", "input must be a number >= 0"),
+    ("[models.x\n", "not valid TOML"),
+    ("name = 'empty'\n", "no [models"),
+    ("[model.x]\ninput = 1\n", "unknown top-level keys"),
+    ("[models.x]\nsame_as = 3\n", "same_as must be a model name"),
+])
+def test_bad_price_files(tmp_path, text, message):
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(PriceFileError) as info:
+        load_price_file(path)
+    assert message in str(info.value)
+    with pytest.raises(PriceFileError, match="cannot read"):
+        load_price_file(tmp_path / "missing.toml")
+
+
+def test_vectorised_prices_equal_genai_prices_per_request():
+    """The rate-table path agrees with genai-prices' own calc_price on every Anthropic model."""
+    from genai_prices import Usage, calc_price, data_snapshot
+
+    models = [m.id for p in data_snapshot.get_snapshot().providers if p.id == "anthropic"
+              for m in p.models]
+    rng = np.random.default_rng(11)
+    n = 3 * len(models)
+    names = [models[i % len(models)] for i in range(n)]
+    day = date(2026, 11, 1)
+    keys = [(m, day) for m in models]
+    codes = np.arange(n) % len(models)
+    big = rng.random(n) < 0.3  # some requests above the long-context thresholds
+    u = UsageArrays(*(rng.integers(0, 40_000, n).astype(float) for _ in range(4)),
+                    cache_read=np.where(big, 230_000.0, rng.integers(0, 40_000, n)))
+    costs, cards = cost_arrays(PriceBook(), keys, codes, u)
+    assert all(cards)
+    for i, model in enumerate(names):
+        w = int(u.cache_write_5m[i] + u.cache_write_1h[i])
+        usage = Usage(input_tokens=int(u.input[i]) + w + int(u.cache_read[i]),
+                      cache_write_tokens=w, cache_write_1h_tokens=int(u.cache_write_1h[i]),
+                      cache_read_tokens=int(u.cache_read[i]), output_tokens=int(u.output[i]))
+        want = calc_price(usage, model, provider_id="anthropic",
+                          genai_request_timestamp=datetime(2026, 11, 1, 12, tzinfo=UTC))
+        assert costs["total"][i] == pytest.approx(float(want.total_price), rel=1e-12), model
+
+
+def test_offline_and_bundled_even_if_someone_swapped_the_snapshot(monkeypatch):
+    from genai_prices import data_snapshot
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network used")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    # What UpdatePrices (started by another library) would do: swap in downloaded data.
+    monkeypatch.setattr(data_snapshot, "_custom_snapshot", data_snapshot.DataSnapshot(
+        providers=[], from_auto_update=True))
+    book = PriceBook()
+    assert book.describe()["data"] == "bundled" and book.describe()["version"]
+    card = book.rates("claude-haiku-4-5", date(2026, 11, 1))
+    assert card is not None and card.rates["input"].base == 1.0
+
+
+def test_multiplier_alone_and_same_as_itself_apply_once(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[models."claude-haiku-4-5"]\nmultiplier = 0.5\n'
+                    '[models."claude-sonnet-4-5"]\nsame_as = "claude-sonnet-4-5"\n'
+                    'multiplier = 0.5\n'
+                    '[models."a"]\nsame_as = "b"\n[models."b"]\nsame_as = "a"\n')
+    book = PriceBook.load(path)
+    day = date(2026, 11, 1)
+    haiku = book.rates("claude-haiku-4-5", day)
+    assert haiku.rates["input"].base == 0.5 and haiku.rates["cache_write_1h"].base == 1.0
+    assert haiku.priced_as == "p.toml:claude-haiku-4-5 (from genai-prices:anthropic/" \
+                              "claude-haiku-4-5) x0.5"
+    sonnet = book.rates("claude-sonnet-4-5", day)
+    assert sonnet.rates["input"].base == 1.5
+    assert sonnet.rates["input"].tiers == ((200_000, 3.0),)  # the long-context tier, scaled
+    assert book.rates("a", day) is None  # a loop of unknown models: no price, no hang
+
+
+def test_price_version_is_in_the_report(make_run):
+    import genai_prices
+
+    rep = build_report([load_run(make_run([row()]))])
+    assert rep["prices"]["source"] == "genai-prices"
+    assert rep["prices"]["version"] == genai_prices.__version__
+    assert "not Message Batches" in rep["prices"]["notes"]
+
+
+def test_async_jobs_are_priced_at_standard_rates(make_run):
+    sync = cost_of(make_run, [usage_row("claude-haiku-4-5", inp=1000, out=1000)])
+    job = cost_of(make_run, [usage_row("claude-haiku-4-5", inp=1000, out=1000, mode="async",
+                                       job_id="job-1")])
+    assert job["overall"]["cost"]["total_usd"] == sync["overall"]["cost"]["total_usd"] == 0.006
