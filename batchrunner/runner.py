@@ -18,10 +18,10 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import httpx
 import orjson
@@ -50,6 +50,8 @@ from batchrunner.sources import InputError, Reject, SourceOptions, count_request
 from batchrunner.store import RunStore, write_json_atomic
 from batchrunner.summary import SUMMARY_COLUMNS, summarize
 
+T = TypeVar("T")
+
 # Exit codes (documented in the README and in `batchrunner run --help`).
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -58,6 +60,8 @@ EXIT_ABORTED = 3
 EXIT_ERROR_RATE = 4
 
 FEED_BATCH = 512
+#: ``stage`` of rows in a bench stage's warm-up (excluded from its figures).
+WARMUP_SUFFIX = "#warmup"
 #: Open loop without an explicit --concurrency: this many requests may be outstanding before
 #: the dispatcher waits (the wait shows as send lag and in total_s, never hidden).
 OPEN_LOOP_MAX_OUTSTANDING = 10_000
@@ -158,9 +162,20 @@ class _Session:
     jctx: JobContext | None = None
     poller: JobPoller | None = None
     poller_task: asyncio.Task[None] | None = None
+    stage: str | None = None
+    #: Rows scheduled before this epoch instant belong to the stage's warm-up (bench).
+    warmup_until_at: float | None = None
+    on_row: Callable[[dict[str, Any]], None] | None = None
+    #: Open loop: epoch instant the schedule starts and this process's offset in it.
+    start_at: float | None = None
+    phase_s: float = 0.0
 
     # -- rows ---------------------------------------------------------------------------------
     def emit(self, row: dict[str, Any]) -> None:
+        if self.warmup_until_at is not None and (row["scheduled_at"] or 0) < self.warmup_until_at:
+            row["stage"] = f"{self.stage}{WARMUP_SUFFIX}"
+        if self.on_row is not None:
+            self.on_row(row)
         self.stats.record(row)
         self._track_config_errors(row)
         self._pending_rows.append(row)
@@ -257,6 +272,7 @@ class _Session:
             throttle=RateCeiling(cfg.max_rate) if cfg.max_rate else None,
             keep_response_json=cfg.keep_response_json,
             keep_response_text=cfg.keep_response_text,
+            stage=self.stage,
             stopping=lambda: self.stopping,
             rng=random.Random(cfg.seed),
         )
@@ -322,8 +338,11 @@ class _Session:
         cap = cfg.concurrency or OPEN_LOOP_MAX_OUTSTANDING
         slots = asyncio.Semaphore(cap)
         offsets = schedule_offsets(cfg.rate, cfg.arrival, cfg.seed)
-        t0 = time.perf_counter() + 0.01
-        t0_at = time.time() + (t0 - time.perf_counter())
+        # Several workers sharing one schedule start at one agreed instant, each shifted by its
+        # phase, so that their interleaved sends add up to the stage's rate.
+        start_at = self.start_at if self.start_at is not None else time.time() + 0.01
+        t0 = time.perf_counter() + (start_at - time.time()) + self.phase_s
+        t0_at = start_at + self.phase_s
 
         async def one(record: RequestRecord, scheduled: float) -> None:
             try:
@@ -508,8 +527,9 @@ async def _run_in_store(
         stats.rejected = int(info.get("rejected") or 0)  # collect reads no input
     if not quiet:
         verb = "Resuming" if resumed else "Starting"
+        count = f"{total:,}" if total is not None else "?"
         print(
-            f"{verb} run {run_dir} ({total:,} requests in {config.requests}"
+            f"{verb} run {run_dir} ({count} requests in {config.requests}"
             + (f", {store.done_count:,} already done" if resumed else "")
             + ")",
             file=stderr,
@@ -538,7 +558,11 @@ async def _run_in_store(
 
 
 async def _drive(
-    session: _Session, options: SourceOptions, handle_signals: bool, show_progress: bool
+    session: _Session,
+    options: SourceOptions,
+    handle_signals: bool,
+    show_progress: bool,
+    feed: _RecordFeed | None = None,
 ) -> None:
     config = session.config
     loop = asyncio.get_running_loop()
@@ -546,17 +570,18 @@ async def _drive(
     restored = await _restore_jobs(session, options) if config.mode is Mode.ASYNC else []
     pending_jobs = {job.input_index for job in restored}
     is_done = session.store.is_done
-    source = (
-        iter(())
-        if config.collect_only
-        else iter_requests(
-            config.requests,
-            options,
-            on_reject=session.on_reject,
-            skip=(lambda i: is_done(i) or i in pending_jobs) if pending_jobs else is_done,
+    if feed is None:
+        source = (
+            iter(())
+            if config.collect_only
+            else iter_requests(
+                config.requests,
+                options,
+                on_reject=session.on_reject,
+                skip=(lambda i: is_done(i) or i in pending_jobs) if pending_jobs else is_done,
+            )
         )
-    )
-    feed = _RecordFeed(source, config.max_requests)
+        feed = _RecordFeed(source, config.max_requests)
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
     if handle_signals:
         loop.add_signal_handler(signal.SIGINT, session.on_sigint)
@@ -567,8 +592,11 @@ async def _drive(
                 for job in restored:
                     session.poller.add(job, 0.0)
                 session.poller_task = tg.create_task(session.poller.run())
+            # The duration counts from the schedule's agreed start when there is one (bench
+            # workers wait for it), else from now.
+            lead_s = max(0.0, session.start_at - time.time()) if session.start_at else 0.0
             duration_handle = (
-                loop.call_later(config.duration_s, session.stop, "--duration reached")
+                loop.call_later(lead_s + config.duration_s, session.stop, "--duration reached")
                 if config.duration_s
                 else None
             )
@@ -731,6 +759,11 @@ def _iso(epoch: float | None) -> str:
 
 def run_sync(config: RunConfig, **kwargs: Any) -> RunResult:
     """:func:`run_session` on a fresh event loop (uvloop when installed)."""
+    return run_sync_coro(run_session(config, **kwargs))
+
+
+def run_sync_coro(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a fresh event loop, uvloop when installed (it halves loop overhead)."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop
@@ -739,7 +772,7 @@ def run_sync(config: RunConfig, **kwargs: Any) -> RunResult:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(run_session(config, **kwargs))
+        return runner.run(coro)
 
 
 __all__ = [

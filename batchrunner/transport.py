@@ -40,8 +40,9 @@ class TransportTimeouts:
     """Timeouts of :class:`AiohttpTransport`, in seconds; ``None`` disables one.
 
     :param connect_s: TCP (and TLS) connection set-up.
-    :param read_s: idle time allowed between two reads of the response (headers or body). LLM
-        calls can think for minutes before the first byte, so the default is long.
+    :param read_s: longest wait for response data: for the headers (counted from the send) and
+        then for each next piece of the body while the reader waits for one. LLM calls can
+        think for minutes before the first byte, so the default is long.
     :param total_s: the whole exchange, from sending to the last body byte; off by default
         because a long stream is legitimate.
     :param pool_s: waiting for a free connection when ``limit`` is reached, plus connecting.
@@ -127,30 +128,94 @@ def _map_exception(exc: BaseException, request: httpx.Request, phase: str) -> ht
     return cls(message, request=request)
 
 
+class _Watch:
+    """The read timeout of one exchange, enforced by its transport's watchdog.
+
+    aiohttp's own ``sock_read`` timeout cancels and re-arms a timer on every socket read
+    (~2.7 µs each here): per request for JSON, per event for a paced SSE stream. Instead, a
+    reader marks when it starts waiting (``begin``) and stops (``end``), and one watchdog task
+    per transport, waking a few times per timeout period, expires the waits that ran too long:
+    before the headers by cancelling the sending task, in the body by closing the response.
+    """
+
+    __slots__ = ("expired", "limit", "owner", "response", "since", "task")
+
+    def __init__(self, owner: AiohttpTransport, limit: float) -> None:
+        self.owner = owner
+        self.limit = limit
+        self.since = 0.0
+        self.expired = False
+        self.task: asyncio.Task[Any] | None = None
+        self.response: aiohttp.ClientResponse | None = None
+
+    def begin(self) -> None:
+        owner = self.owner
+        self.since = owner._now()
+        owner._waiting.add(self)
+        if owner._watchdog is None:
+            owner._start_watchdog()
+
+    def end(self) -> None:
+        self.owner._waiting.discard(self)
+
+    def expire(self) -> None:
+        self.expired = True
+        self.owner._waiting.discard(self)
+        if self.response is not None:
+            self.response.close()  # wakes the reader with a connection error, reported as timeout
+        elif self.task is not None:
+            self.task.cancel()  # still sending or waiting for headers
+
+    def error(self, request: httpx.Request) -> httpx.ReadTimeout:
+        return httpx.ReadTimeout(f"no response data for {self.limit:g} s", request=request)
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """The body of one aiohttp response, yielded chunk by chunk as it arrives."""
 
-    __slots__ = ("owner", "plain", "request", "response")
+    __slots__ = ("owner", "plain", "request", "response", "watch")
 
     def __init__(
-        self, response: aiohttp.ClientResponse, request: httpx.Request, owner: AiohttpTransport
+        self,
+        response: aiohttp.ClientResponse,
+        request: httpx.Request,
+        owner: AiohttpTransport,
+        watch: _Watch | None,
     ) -> None:
         self.response = response
         self.request = request
         self.owner = owner
+        self.watch = watch
         #: no Content-Encoding: the bytes on the wire are the content.
         self.plain = "Content-Encoding" not in response.headers
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.chunks():
+            yield chunk
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the body as it arrives; errors come out as httpx exceptions."""
         content = self.response.content
+        watch = self.watch
         try:
             # readany() returns whatever is buffered at once, and waits only when nothing is:
             # a small body that came with the headers is one call, an SSE event is seen the
             # moment its bytes are read from the socket.
-            chunk = await content.readany()
-            while chunk:
-                yield chunk
+            if watch is None:
                 chunk = await content.readany()
+                while chunk:
+                    yield chunk
+                    chunk = await content.readany()
+            else:
+                while True:
+                    watch.begin()
+                    try:
+                        chunk = await content.readany()
+                    finally:
+                        watch.end()
+                    if not chunk:
+                        break
+                    yield chunk
         except (aiohttp.ClientError, OSError) as exc:
             raise self.fail(exc) from exc
 
@@ -162,13 +227,27 @@ class _ResponseStream(httpx.AsyncByteStream):
                 # The parser already saw the end of the body (a small reply usually arrives with
                 # its headers): take the buffer without a wait.
                 return content.read_nowait()
-            return await content.read()
+            watch = self.watch
+            if watch is None:
+                return await content.read()
+            parts: list[bytes] = []
+            while True:
+                watch.begin()
+                try:
+                    part = await content.readany()
+                finally:
+                    watch.end()
+                if not part:
+                    return b"".join(parts)
+                parts.append(part)
         except (aiohttp.ClientError, OSError) as exc:
             raise self.fail(exc) from exc
 
     def fail(self, exc: BaseException) -> httpx.HTTPError:
         """Drop the connection after a body error and return the httpx error to raise."""
         self.response.close()
+        if self.watch is not None and self.watch.expired:
+            return self.watch.error(self.request)
         return _map_exception(exc, self.request, "body")
 
     async def aclose(self) -> None:
@@ -267,15 +346,9 @@ class _Response(httpx.Response):
             raise httpx.StreamClosed()
         self.is_stream_consumed = True
         self._num_bytes_downloaded = 0
-        content = stream.response.content
-        try:
-            chunk = await content.readany()
-            while chunk:
-                self._num_bytes_downloaded += len(chunk)
-                yield chunk
-                chunk = await content.readany()
-        except (aiohttp.ClientError, OSError) as exc:
-            raise stream.fail(exc) from exc
+        async for chunk in stream.chunks():
+            self._num_bytes_downloaded += len(chunk)
+            yield chunk
         self.is_closed = True
         stream.close_now()
 
@@ -321,6 +394,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._send: Any = None
         self._closed = False
         self._client_timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
+        self._waiting: set[_Watch] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._watch_period = 1.0
+        self._now: Any = None
         self._draining: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
         self._urls: dict[Any, str] = {}
 
@@ -341,6 +418,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 "or asyncio.run() has its own); create one transport per loop"
             )
         self._loop = loop
+        self._now = loop.time
         if self.keepalive_s > 0:
             connector = aiohttp.TCPConnector(
                 limit=self.limit, ssl=self.ssl, keepalive_timeout=self.keepalive_s
@@ -350,8 +428,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         t = self.timeouts
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # No sock_read: the read timeout is ours (see _Watch), at a fraction of the cost.
             timeout=aiohttp.ClientTimeout(
-                total=t.total_s, connect=t.pool_s, sock_connect=t.connect_s, sock_read=t.read_s
+                total=t.total_s, connect=t.pool_s, sock_connect=t.connect_s
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
             # httpx decodes Content-Encoding itself; decoding here as well would break it.
@@ -366,17 +445,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     def _client_timeout(self, ext: dict[str, float | None]) -> aiohttp.ClientTimeout:
-        key = (ext.get("connect"), ext.get("read"), ext.get("pool"))
+        key = (ext.get("connect"), ext.get("pool"))
         timeout = self._client_timeouts.get(key)
         if timeout is None:
-            connect, read, pool = key
+            connect, pool = key
             timeout = aiohttp.ClientTimeout(
                 total=self.timeouts.total_s,
                 # httpx's pool timeout covers only the wait for a slot; aiohttp's ``connect``
                 # covers the wait plus connecting, so it gets both budgets.
                 connect=None if pool is None else pool + (connect or 0.0),
                 sock_connect=connect,
-                sock_read=read,
             )
             if len(self._client_timeouts) < 64:
                 self._client_timeouts[key] = timeout
@@ -440,6 +518,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             data = _large_payload(data)
 
         ext = request.extensions.get("timeout")
+        read_s = ext.get("read") if ext else self.timeouts.read_s
+        watch: _Watch | None = None
+        if read_s is not None:
+            watch = _Watch(self, read_s)
+            if read_s < self._watch_period * 4:
+                self._watch_period = max(read_s / 4, 0.01)
+            watch.task = asyncio.current_task()
+            watch.begin()
         try:
             if ext:
                 response = await send(
@@ -458,16 +544,47 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     data=data,
                     allow_redirects=False,
                 )
+        except asyncio.CancelledError:
+            # Our watchdog cancelled the wait for the headers: report a timeout, unless someone
+            # else cancelled this task too (then their cancellation wins).
+            if (
+                watch is not None
+                and watch.expired
+                and watch.task is not None
+                and watch.task.uncancel() == 0
+            ):
+                raise watch.error(request) from None
+            raise
         except (aiohttp.ClientError, OSError) as exc:
             raise _map_exception(exc, request, "request") from exc
+        finally:
+            if watch is not None:
+                watch.end()
+        if watch is not None:
+            watch.task = None
+            watch.response = response
 
         return _Response(
             response.status,
             headers=response.raw_headers,
-            stream=_ResponseStream(response, request, self),
+            stream=_ResponseStream(response, request, self, watch),
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
+
+    def _start_watchdog(self) -> None:
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_reads())
+
+    async def _watch_reads(self) -> None:
+        try:
+            # Runs only while someone waits; the next wait starts it again.
+            while self._waiting:
+                await asyncio.sleep(self._watch_period)
+                now = self._now()
+                for watch in [w for w in self._waiting if now - w.since > w.limit]:
+                    watch.expire()
+        finally:
+            self._watchdog = None
 
     def _drain_later(self, response: aiohttp.ClientResponse) -> None:
         if self._session is None:
@@ -483,6 +600,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Close every connection and the aiohttp session; the transport cannot be reused."""
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+        self._waiting.clear()
         draining, self._draining = self._draining, {}
         for task in draining:
             task.cancel()

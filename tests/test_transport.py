@@ -383,6 +383,39 @@ async def test_read_timeouts(server: Server) -> None:
         await transport.aclose()
 
 
+async def test_read_timeout_counts_only_waits_for_the_network(server: Server) -> None:
+    transport = AiohttpTransport(timeouts=TransportTimeouts(connect_s=5.0, read_s=0.2))
+    try:
+        response = await transport.handle_async_request(
+            httpx.Request("POST", server.url("/chunks"), content=b"{}")
+        )
+        seen = []
+        async for chunk in response.aiter_raw():
+            seen.append(chunk)
+            await asyncio.sleep(0.25)  # a slow reader: the data waits for it, not it for data
+        assert len(b"".join(seen)) == len(b"".join(b"data: %d\n\n" % i for i in range(5)))
+    finally:
+        await transport.aclose()
+
+
+async def test_outside_cancellation_is_not_a_timeout(server: Server) -> None:
+    transport = AiohttpTransport(timeouts=TransportTimeouts(connect_s=5.0, read_s=0.2))
+    try:
+        task = asyncio.create_task(
+            transport.handle_async_request(httpx.Request("GET", server.url("/stall-head")))
+        )
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The watchdog and a later request are unaffected.
+        ok = await transport.handle_async_request(httpx.Request("GET", server.url("/slow")))
+        assert await ok.aread() == b"ok"
+        assert not transport._waiting
+    finally:
+        await transport.aclose()
+
+
 async def test_total_timeout(server: Server) -> None:
     transport = AiohttpTransport(timeouts=TransportTimeouts(read_s=5.0, total_s=0.3))
     try:

@@ -24,7 +24,7 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here so that each command module can import the group without a cycle.
-    from batchrunner.cli import collect, emulate, report, run, validate  # noqa: F401
+    from batchrunner.cli import bench, collect, emulate, gen, report, run, validate  # noqa: F401
 
 
 _register()

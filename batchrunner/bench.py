@@ -1,0 +1,369 @@
+"""Load testing: stages of closed-loop concurrency or open-loop rate, SLOs, saturation search.
+
+A bench run is one run directory whose rows carry a ``stage`` column (``c=32``, ``rate=100``;
+warm-up rows get ``#warmup`` appended and are left out of the figures). Each stage is the same
+engine as ``run`` (:mod:`batchrunner.runner`) fed by a request set that is cycled as long as the
+stage needs. Every stage gets a verdict that says whether the *client* could keep up: an open
+loop that fell behind its schedule, or a client whose CPU was pegged, measured its own limit,
+not the gateway's, and is reported so instead of as the gateway's capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import re
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from batchrunner.config import ConfigError, RunConfig
+from batchrunner.schema import RequestRecord, Status
+
+#: A stage whose open-loop sends lag their schedule by more than this at p99 could not keep it.
+MAX_SEND_LAG_P99_S = 0.01
+#: A stage that sent less than this share of its target rate fell behind.
+MIN_ACHIEVED_SHARE = 0.95
+#: Client CPU at or above this share of one core means the client is the bottleneck.
+CPU_PEGGED = 0.9
+DEFAULT_STAGE_DURATION_S = 30.0
+DEFAULT_SEARCH_FACTOR = 2.0
+DEFAULT_SEARCH_STEPS = 3
+SLO_METRICS = {
+    "ttft": "ttft_s",
+    "latency": "latency_s",
+    "total": "total_s",
+    "tpot": "tpot_s",
+    "ttfb": "ttfb_s",
+    "itl": "itl_p99_s",
+    "queue_wait": "queue_wait_s",
+}
+_SLO = re.compile(r"^(?P<metric>[a-z_]+?)_p(?P<q>\d{1,2}(?:\.\d+)?)=(?P<limit>[0-9.eE+-]+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """A service-level objective: ``<metric>_p<q> <= limit`` seconds, or ``error_rate <= limit``.
+
+    A stage meets it when the percentile over its measured ``ok`` rows is within the limit.
+    For goodput, one request meets it when its own value is within the limit.
+    """
+
+    metric: str
+    quantile: float | None
+    limit: float
+
+    @classmethod
+    def parse(cls, text: str) -> Slo:
+        """``ttft_p99=0.5``, ``latency_p95=4``, ``error_rate=0.01``.
+
+        :raises ConfigError: an unknown metric or a malformed value.
+        """
+        text = text.strip()
+        if text.startswith("error_rate="):
+            try:
+                return cls("error_rate", None, float(text.split("=", 1)[1]))
+            except ValueError:
+                raise ConfigError(f"--slo {text}: the limit must be a number") from None
+        m = _SLO.match(text)
+        if not m or m["metric"] not in SLO_METRICS:
+            raise ConfigError(
+                f"--slo {text!r}: expected METRIC_pQ=SECONDS with METRIC one of "
+                f"{', '.join(sorted(SLO_METRICS))}, or error_rate=FRACTION"
+            )
+        try:
+            limit = float(m["limit"])
+        except ValueError:
+            raise ConfigError(f"--slo {text}: the limit must be a number") from None
+        return cls(m["metric"], float(m["q"]) / 100.0, limit)
+
+    def __str__(self) -> str:
+        if self.quantile is None:
+            return f"{self.metric}<={self.limit:g}"
+        return f"{self.metric}_p{self.quantile * 100:g}<={self.limit:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """One stage: closed loop (``concurrency``) or open loop (``rate``), bounded in time or count."""
+
+    name: str
+    concurrency: int | None = None
+    rate: float | None = None
+    duration_s: float | None = DEFAULT_STAGE_DURATION_S
+    requests: int | None = None
+    warmup_s: float = 0.0
+
+    @property
+    def target(self) -> str:
+        return f"rate {self.rate:g}/s" if self.rate is not None else f"concurrency {self.concurrency}"
+
+
+def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
+    """``1,8,32`` → ``[1, 8, 32]``.
+
+    :raises ConfigError: a value that is not a positive number.
+    """
+    values = []
+    for part in text.split(","):
+        try:
+            value = cast(part.strip())
+        except ValueError:
+            raise ConfigError(f"{option}: {part.strip()!r} is not a number") from None
+        if value <= 0:
+            raise ConfigError(f"{option}: values must be > 0")
+        values.append(value)
+    return values
+
+
+def plan_stages(
+    *,
+    concurrency: list[int] | None = None,
+    rates: list[float] | None = None,
+    ramp: tuple[float, float, int] | None = None,
+    duration_s: float | None = DEFAULT_STAGE_DURATION_S,
+    requests: int | None = None,
+    warmup_s: float = 0.0,
+) -> list[StageSpec]:
+    """The stages of a bench from its options (a ramp is a list of evenly spaced rates)."""
+    stages: list[StageSpec] = []
+    if ramp is not None:
+        start, end, steps = ramp
+        if steps < 2:
+            raise ConfigError("--ramp START:END:STEPS needs at least 2 steps")
+        rates = [start + (end - start) * i / (steps - 1) for i in range(steps)]
+    for c in concurrency or []:
+        stages.append(StageSpec(f"c={c}", concurrency=c, duration_s=duration_s,
+                                requests=requests, warmup_s=warmup_s))
+    for r in rates or []:
+        stages.append(StageSpec(f"rate={r:g}", rate=r, duration_s=duration_s, requests=requests,
+                                warmup_s=warmup_s))
+    return stages
+
+
+class StageCollector:
+    """Compact per-stage measurements of measured (non warm-up) rows, mergeable across workers."""
+
+    TIMINGS = ("latency_s", "ttft_s", "total_s", "tpot_s", "ttfb_s", "itl_p99_s", "queue_wait_s")
+
+    def __init__(self) -> None:
+        self.status: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.values: dict[str, array[float]] = {k: array("d") for k in self.TIMINGS}
+        self.lag = array("d")  # queue_wait_s of every measured row (send lag in open loop)
+        self.sent_at = array("d")
+        self.first_scheduled_at = math.inf
+        self.last_completed_at = -math.inf
+        self.good = 0  # ok rows meeting every per-request SLO
+        self.warmup_rows = 0
+        self.output_tokens = 0
+        self.cpu_s = 0.0
+        self.wall_s = 0.0
+        self.slos: list[Slo] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        stage = row.get("stage") or ""
+        if stage.endswith("#warmup"):
+            self.warmup_rows += 1
+            return
+        status = row["status"]
+        self.status[status] += 1
+        if status != Status.OK.value:
+            self.errors[row.get("error_type") or status] += 1
+        lag = row.get("queue_wait_s")
+        if lag is not None:
+            self.lag.append(lag)
+        if row.get("sent_at") is not None:
+            self.sent_at.append(row["sent_at"])
+        if row.get("scheduled_at") is not None:
+            self.first_scheduled_at = min(self.first_scheduled_at, row["scheduled_at"])
+        if row.get("completed_at") is not None:
+            self.last_completed_at = max(self.last_completed_at, row["completed_at"])
+        if status != Status.OK.value:
+            return
+        self.output_tokens += row.get("output_tokens") or 0
+        good = True
+        for name in self.TIMINGS:
+            value = row.get(name)
+            if value is not None:
+                self.values[name].append(value)
+        for slo in self.slos:
+            if slo.quantile is None:
+                continue
+            value = row.get(SLO_METRICS[slo.metric])
+            if value is not None and value > slo.limit:
+                good = False
+        self.good += good
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": dict(self.status), "errors": dict(self.errors),
+            "values": {k: list(v) for k, v in self.values.items()}, "lag": list(self.lag),
+            "sent_at": list(self.sent_at), "first_scheduled_at": self.first_scheduled_at,
+            "last_completed_at": self.last_completed_at, "good": self.good,
+            "warmup_rows": self.warmup_rows, "output_tokens": self.output_tokens,
+            "cpu_s": self.cpu_s, "wall_s": self.wall_s,
+        }  # fmt: skip
+
+    def merge_json(self, data: dict[str, Any]) -> None:
+        self.status.update(data["status"])
+        self.errors.update(data["errors"])
+        for k, v in data["values"].items():
+            self.values[k].extend(v)
+        self.lag.extend(data["lag"])
+        self.sent_at.extend(data["sent_at"])
+        self.first_scheduled_at = min(self.first_scheduled_at, data["first_scheduled_at"])
+        self.last_completed_at = max(self.last_completed_at, data["last_completed_at"])
+        self.good += data["good"]
+        self.warmup_rows += data["warmup_rows"]
+        self.output_tokens += data["output_tokens"]
+        # Workers run in parallel: the busiest one tells whether the client side was saturated.
+        if data["wall_s"] and (not self.wall_s or data["cpu_s"] / data["wall_s"] > self.cpu_share):
+            self.cpu_s, self.wall_s = data["cpu_s"], data["wall_s"]
+
+    @property
+    def cpu_share(self) -> float:
+        return self.cpu_s / self.wall_s if self.wall_s else 0.0
+
+
+def quantile(values: array[float] | list[float], q: float) -> float | None:
+    """Linear-interpolated quantile (numpy's default), ``None`` for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def stage_result(spec: StageSpec, c: StageCollector, slos: list[Slo]) -> dict[str, Any]:
+    """The figures and verdict of one stage (JSON-serialisable, stable keys)."""
+    n = sum(c.status.values())
+    ok = c.status.get(Status.OK.value, 0)
+    failed = n - ok - c.status.get(Status.CANCELLED.value, 0)
+    window = c.last_completed_at - c.first_scheduled_at if n else 0.0
+    sent = sorted(c.sent_at)
+    send_span = sent[-1] - sent[0] if len(sent) > 1 else 0.0
+    achieved = (len(sent) - 1) / send_span if send_span > 0 else None
+    result: dict[str, Any] = {
+        "stage": spec.name,
+        "target": {"concurrency": spec.concurrency, "rate": spec.rate},
+        "requests": n,
+        "warmup_requests": c.warmup_rows,
+        "ok": ok,
+        "failed": failed,
+        "error_rate": failed / n if n else None,
+        "errors": dict(c.errors),
+        "window_s": window if n else None,
+        "throughput_rps": ok / window if window > 0 else None,
+        "output_tokens_per_s": c.output_tokens / window if window > 0 else None,
+        "goodput_rps": (c.good / window if window > 0 else None) if slos else None,
+        "achieved_send_rate": achieved,
+        "send_lag_s": {
+            "p50": quantile(c.lag, 0.5), "p99": quantile(c.lag, 0.99),
+            "max": max(c.lag) if c.lag else None,
+        },  # fmt: skip
+        "client_cpu": c.cpu_share,
+    }
+    for name in StageCollector.TIMINGS:
+        values = c.values[name]
+        result[name] = (
+            {f"p{q}": quantile(values, q / 100) for q in (50, 90, 95, 99)} | {"n": len(values)}
+            if values
+            else None
+        )
+    slo_results = []
+    for slo in slos:
+        if slo.quantile is None:
+            value = result["error_rate"]
+        else:
+            values = c.values[SLO_METRICS[slo.metric]]
+            value = quantile(values, slo.quantile)
+        slo_results.append({"slo": str(slo), "value": value,
+                            "met": value is not None and value <= slo.limit})
+    result["slos"] = slo_results
+    result["slo_met"] = all(s["met"] for s in slo_results) if slos else None
+    result["verdict"] = verdict(spec, result)
+    return result
+
+
+def verdict(spec: StageSpec, r: dict[str, Any]) -> str:
+    """Who limited the stage: the client (say so), or the gateway (its figures stand)."""
+    reasons = []
+    if spec.rate is not None:
+        achieved = r["achieved_send_rate"]
+        lag = r["send_lag_s"]["p99"]
+        if achieved is not None and achieved < MIN_ACHIEVED_SHARE * spec.rate:
+            reasons.append(f"sent {achieved:,.1f}/s of the {spec.rate:g}/s scheduled")
+        if lag is not None and lag > MAX_SEND_LAG_P99_S:
+            reasons.append(f"send lag p99 {lag * 1000:,.1f} ms")
+    if r["client_cpu"] >= CPU_PEGGED:
+        reasons.append(f"client CPU {r['client_cpu']:.0%} of a core")
+    if reasons:
+        return "client-bound (" + "; ".join(reasons) + "): add --workers or machines"
+    if r["requests"] == 0:
+        return "no requests"
+    if r["slo_met"] is False:
+        return "SLO missed"
+    return "ok"
+
+
+def cycle_records(
+    records: list[RequestRecord], stage: str, base: int, worker: int = 0, workers: int = 1
+) -> Iterator[RequestRecord]:
+    """Endless copies of ``records`` for one stage; worker ``k`` of ``n`` takes every n-th index."""
+    for j in itertools.count():
+        index = base + worker + workers * j
+        src = records[(worker + workers * j) % len(records)]
+        yield RequestRecord(index, f"{stage}-{index}", src.params, src.metadata,
+                            src.location, src.extra_headers)
+
+
+@dataclass
+class BenchState:
+    """Counters that stop conditions read across stages."""
+
+    errors: int = 0
+    requests: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    stop_reason: str = ""
+
+
+def stage_config(base: RunConfig, spec: StageSpec, workers: int = 1) -> RunConfig:
+    """The run configuration of one stage (for one of ``workers`` processes)."""
+    concurrency = spec.concurrency
+    if concurrency is not None and workers > 1:
+        concurrency = max(1, math.ceil(concurrency / workers))
+    rate = spec.rate / workers if spec.rate is not None else None
+    requests = spec.requests
+    if requests is not None and workers > 1:
+        requests = math.ceil(requests / workers)
+    duration = spec.duration_s
+    if duration is not None:
+        duration += spec.warmup_s
+    return replace(base, concurrency=concurrency if spec.rate is None else base.concurrency,
+                   rate=rate, duration_s=duration, max_requests=requests)
+
+
+def search_rates(start: float, limit: float, factor: float) -> Iterator[float]:
+    """Geometric rates for the saturation search: start, start×f, … up to limit."""
+    rate = start
+    while rate <= limit * (1 + 1e-9):
+        yield rate
+        rate *= factor
+
+
+def passes(result: dict[str, Any], max_error_rate: float | None) -> bool:
+    """A stage the gateway handled: SLOs met, errors within bounds, client not the limit."""
+    if result["verdict"].startswith("client-bound"):
+        return False
+    if result["slo_met"] is False:
+        return False
+    rate = result["error_rate"]
+    return not (max_error_rate is not None and rate is not None and rate > max_error_rate)
+

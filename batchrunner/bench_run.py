@@ -1,0 +1,440 @@
+"""Running a bench: its stages one after another, in this process or in ``--workers`` processes.
+
+One stage in this process is one :func:`batchrunner.runner._drive` over a cycled request set,
+writing into the bench's run directory. With ``--workers N``, each stage is run by N fresh
+processes (one event loop each, so all cores are used) that share the stage's load: closed-loop
+concurrency is split between them, an open-loop rate is split into N interleaved schedules
+starting at one agreed instant. Each worker writes its own store under ``workers/`` and reports
+its measurements; the parent merges those and moves the Parquet parts into ``data/``, so every
+row lands once in one dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from batchrunner.bench import (
+    DEFAULT_SEARCH_FACTOR,
+    DEFAULT_SEARCH_STEPS,
+    BenchState,
+    Slo,
+    StageCollector,
+    StageSpec,
+    cycle_records,
+    passes,
+    search_rates,
+    stage_config,
+    stage_result,
+)
+from batchrunner.client import GatewayClient, redact_url
+from batchrunner.config import ConfigError, RunConfig
+from batchrunner.progress import LiveStats
+from batchrunner.rundir import default_run_name, environment
+from batchrunner.runner import (
+    RunDirError,
+    _gateway,
+    _RecordFeed,
+    _Session,
+    _drive,
+)
+from batchrunner.schema import RequestRecord
+from batchrunner.sources import iter_requests
+from batchrunner.store import RunStore, write_json_atomic
+
+BENCH_JSON = "bench.json"
+#: Requests kept in memory to cycle through; a bench needs variety, not millions of prompts.
+MAX_BENCH_RECORDS = 100_000
+#: After every worker said it is ready, the stage starts this much later on all of them.
+WORKER_START_DELAY_S = 0.2
+WORKER_READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class BenchConfig:
+    """A bench: the base run configuration plus stages, SLOs and stop conditions."""
+
+    run: RunConfig
+    stages: list[StageSpec] = field(default_factory=list)
+    slos: list[Slo] = field(default_factory=list)
+    saturate: bool = False
+    search_start: float = 10.0
+    search_max: float = 10_000.0
+    search_factor: float = DEFAULT_SEARCH_FACTOR
+    search_steps: int = DEFAULT_SEARCH_STEPS
+    stage_duration_s: float | None = 30.0
+    stage_requests: int | None = None
+    warmup_s: float = 0.0
+    max_errors: int | None = None
+    max_error_rate: float | None = None
+    total_duration_s: float | None = None
+    workers: int = 1
+    synthetic_prompt: str = "Write a short paragraph about the sea."
+
+    def validate(self) -> None:
+        if not self.stages and not self.saturate:
+            raise ConfigError("give stages (--concurrency, --rate or --ramp) or --saturate")
+        if self.workers < 1 or self.workers > (os.cpu_count() or 1) * 4:
+            raise ConfigError("--workers must be between 1 and 4x the number of cores")
+        if self.saturate and not self.slos and self.max_error_rate is None:
+            raise ConfigError("--saturate needs --slo or --max-error-rate to know when to stop")
+        if self.search_factor <= 1:
+            raise ConfigError("--search-factor must be > 1")
+
+
+@dataclass
+class BenchResult:
+    run_dir: Path
+    stages: list[dict[str, Any]]
+    saturation: dict[str, Any] | None
+    status: str
+    message: str = ""
+
+
+def has_input(run: RunConfig) -> bool:
+    """Whether the bench cycles a request file (else one synthetic request)."""
+    return run.requests is not None and str(run.requests) not in ("", ".")
+
+
+def load_records(config: BenchConfig) -> list[RequestRecord]:
+    """The request set to cycle: the input file, or one synthetic request."""
+    run = config.run
+    if not has_input(run):
+        params = {"model": run.model or "claude-sonnet-4-5", "max_tokens": run.max_tokens or 128,
+                  "messages": [{"role": "user", "content": config.synthetic_prompt}]}
+        return [RequestRecord(0, "0", params)]
+    records = []
+    for record in iter_requests(run.requests, run.source_options()):
+        records.append(record)
+        if len(records) >= MAX_BENCH_RECORDS:
+            break
+    if not records:
+        raise ConfigError(f"{run.requests}: no valid request to send")
+    return records
+
+
+async def run_bench(config: BenchConfig, *, quiet: bool = False, stderr: TextIO | None = None,
+                    handle_signals: bool = False) -> BenchResult:
+    """Run every stage (or the saturation search) and write ``bench.json``.
+
+    :raises ConfigError: invalid options.
+    """
+    stderr = stderr or sys.stderr
+    config.validate()
+    run = config.run
+    run.validate()
+    records = await asyncio.to_thread(load_records, config)
+    name = run.run_name or default_run_name(run.requests or Path("bench"), "bench")
+    run_dir = run.out or run.results_root / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirError(f"{run_dir} exists and is not empty: a bench always starts afresh")
+    store = await asyncio.to_thread(RunStore.open, run_dir, create=True, redo_statuses=frozenset())
+    run_id = uuid.uuid4().hex[:12]
+    info: dict[str, Any] = {"run_id": run_id, "name": run_dir.name, "created_at": time.time(),
+                            "kind": "bench", "config": run.public_dict(),
+                            "bench": _public_bench(config), "environment": environment()}
+    results: list[dict[str, Any]] = []
+    state = BenchState()
+    saturation: dict[str, Any] | None = None
+    status, message = "finished", ""
+    try:
+        with _gateway(run, stderr, quiet) as url:
+            info["gateway"] = redact_url(url) if run.gateway else "built-in emulator"
+            await asyncio.to_thread(write_json_atomic, run_dir / "run.json", info)
+            client = GatewayClient(url, run.request_headers(), timeouts=run.timeouts)
+            async with client:
+                runner = _StageRunner(config, store, client, run_id, records, url, stderr, quiet,
+                                      handle_signals)
+                if config.saturate:
+                    saturation = await _saturation_search(config, runner, results, state)
+                else:
+                    for spec in config.stages:
+                        if _should_stop(config, state, results):
+                            break
+                        results.append(await runner.run(spec, state))
+                        _print_stage(results[-1], stderr, quiet)
+                        if runner.interrupted:
+                            break
+                if runner.interrupted:
+                    status, message = "interrupted", "interrupted (Ctrl-C)"
+                elif state.stop_reason:
+                    status, message = "stopped", state.stop_reason
+    finally:
+        await asyncio.to_thread(store.close)
+    info.update(status=status, message=message, stages=results, saturation=saturation,
+                finished_at=time.time())
+    await asyncio.to_thread(write_json_atomic, run_dir / "run.json", info)
+    await asyncio.to_thread(write_json_atomic, run_dir / BENCH_JSON,
+                            {"stages": results, "saturation": saturation, "status": status})
+    return BenchResult(run_dir, results, saturation, status, message)
+
+
+def _public_bench(config: BenchConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data.pop("run")
+    data["slos"] = [str(s) for s in config.slos]
+    return data
+
+
+def _should_stop(config: BenchConfig, state: BenchState, results: list[dict[str, Any]]) -> bool:
+    if state.stop_reason:
+        return True
+    if config.total_duration_s and time.perf_counter() - state.started >= config.total_duration_s:
+        state.stop_reason = "--duration reached"
+        return True
+    if results and config.max_error_rate is not None and not config.saturate:
+        rate = results[-1]["error_rate"]
+        if rate is not None and rate > config.max_error_rate:
+            state.stop_reason = (
+                f"stage {results[-1]['stage']}: error rate {rate:.1%} above --max-error-rate"
+            )
+            return True
+    return False
+
+
+async def _saturation_search(config: BenchConfig, runner: _StageRunner,
+                             results: list[dict[str, Any]], state: BenchState) -> dict[str, Any]:
+    """Raise the rate geometrically until a stage fails, then bisect between pass and fail."""
+    base = StageSpec("", duration_s=config.stage_duration_s, requests=config.stage_requests,
+                     warmup_s=config.warmup_s)
+    best: float | None = None
+    failed: float | None = None
+    failure = ""
+
+    async def probe(rate: float) -> bool:
+        nonlocal failure
+        spec = StageSpec(f"rate={rate:g}", rate=rate, duration_s=base.duration_s,
+                         requests=base.requests, warmup_s=base.warmup_s)
+        result = await runner.run(spec, state)
+        results.append(result)
+        _print_stage(result, runner.stderr, runner.quiet)
+        ok = passes(result, config.max_error_rate)
+        if not ok:
+            failure = result["verdict"] if result["verdict"] != "ok" else "error rate too high"
+        return ok
+
+    for rate in search_rates(config.search_start, config.search_max, config.search_factor):
+        if _should_stop(config, state, []) or runner.interrupted:
+            break
+        if await probe(rate):
+            best = rate
+        else:
+            failed = rate
+            break
+    if best is not None and failed is not None:
+        lo, hi = best, failed
+        for _ in range(config.search_steps):
+            if _should_stop(config, state, []) or runner.interrupted:
+                break
+            mid = (lo * hi) ** 0.5  # geometric midpoint: the search space is multiplicative
+            if await probe(mid):
+                lo = best = mid
+            else:
+                hi = failed = mid
+    client_bound = failure.startswith("client-bound")
+    return {
+        "highest_passing_rate": best,
+        "lowest_failing_rate": failed,
+        "failure": failure or None,
+        "client_bound": client_bound,
+        "slos": [str(s) for s in config.slos],
+        "note": (
+            "the client, not the gateway, was the limit: the gateway's capacity is at least "
+            "the highest passing rate" if client_bound else None
+        ),
+    }
+
+
+def _print_stage(r: dict[str, Any], stderr: TextIO, quiet: bool) -> None:
+    if quiet:
+        return
+    lat = r.get("latency_s") or {}
+    ttft = r.get("ttft_s") or {}
+    parts = [f"{r['stage']:<12}", f"n {r['requests']:>6,}"]
+    if r["throughput_rps"] is not None:
+        parts.append(f"{r['throughput_rps']:>8,.1f} ok/s")
+    if r["achieved_send_rate"] is not None and r["target"]["rate"]:
+        parts.append(f"sent {r['achieved_send_rate']:,.1f}/s")
+    if r["goodput_rps"] is not None:
+        parts.append(f"goodput {r['goodput_rps']:,.1f}/s")
+    if lat:
+        parts.append(f"lat p50 {lat['p50'] * 1e3:,.0f} p99 {lat['p99'] * 1e3:,.0f} ms")
+    if ttft:
+        parts.append(f"ttft p99 {ttft['p99'] * 1e3:,.0f} ms")
+    if r["send_lag_s"]["p99"] is not None and r["target"]["rate"]:
+        parts.append(f"lag p99 {r['send_lag_s']['p99'] * 1e3:.2f} ms")
+    parts.append(f"err {r['error_rate'] or 0:.1%}")
+    parts.append(f"cpu {r['client_cpu']:.0%}")
+    parts.append(r["verdict"])
+    print(" | ".join(parts), file=stderr, flush=True)
+
+
+class _StageRunner:
+    """Runs one stage, in this process or in worker processes."""
+
+    def __init__(self, config: BenchConfig, store: RunStore, client: GatewayClient, run_id: str,
+                 records: list[RequestRecord], url: str, stderr: TextIO, quiet: bool,
+                 handle_signals: bool) -> None:
+        self.config = config
+        self.store = store
+        self.client = client
+        self.run_id = run_id
+        self.records = records
+        self.url = url
+        self.stderr = stderr
+        self.quiet = quiet
+        self.handle_signals = handle_signals
+        self.next_index = 0
+        self.interrupted = False
+        self._devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives with the bench
+
+    async def run(self, spec: StageSpec, state: BenchState) -> dict[str, Any]:
+        collector = StageCollector()
+        collector.slos = self.config.slos
+        base = self.next_index
+        if self.config.workers > 1:
+            await self._run_workers(spec, collector, base)
+        else:
+            await self._run_here(spec, collector, base, state)
+        n = sum(collector.status.values()) + collector.warmup_rows
+        self.next_index = base + max(n, 1) * max(1, self.config.workers) + self.config.workers
+        state.requests += n
+        state.errors += sum(collector.status.values()) - collector.status.get("ok", 0)
+        return stage_result(spec, collector, self.config.slos)
+
+    async def _run_here(self, spec: StageSpec, collector: StageCollector, base: int,
+                        state: BenchState) -> None:
+        cfg = stage_config(self.config.run, spec)
+        session = _Session(cfg, self.store, self.client, self.run_id, LiveStats(None),
+                           self._devnull, self.stderr, self.quiet, stage=spec.name)
+        start_at = time.time() + 0.05
+        session.start_at = start_at
+        if spec.warmup_s:
+            session.warmup_until_at = start_at + spec.warmup_s
+        max_errors = self.config.max_errors
+
+        def on_row(row: dict[str, Any]) -> None:
+            collector.add(row)
+            if max_errors is not None and row["status"] != "ok":
+                state.errors += 1
+                if state.errors > max_errors and not session.stopping:
+                    state.stop_reason = f"--max-errors {max_errors} exceeded"
+                    session.stop(state.stop_reason)
+
+        session.on_row = on_row
+        feed = _RecordFeed(cycle_records(self.records, spec.name, base), cfg.max_requests)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await _drive(session, cfg.source_options(), self.handle_signals,
+                     show_progress=not self.quiet, feed=feed)
+        collector.cpu_s = time.process_time() - cpu0
+        collector.wall_s = time.perf_counter() - wall0
+        # errors were counted live when --max-errors is set; avoid counting them twice
+        if max_errors is not None:
+            state.errors -= sum(collector.status.values()) - collector.status.get("ok", 0)
+        if session.interrupted:
+            self.interrupted = True
+
+    async def _run_workers(self, spec: StageSpec, collector: StageCollector, base: int) -> None:
+        """Start N workers, wait until each is ready, then give them one start instant."""
+        n = self.config.workers
+        run = self.config.run
+        common = {
+            "run_dir": str(self.store.run_dir), "run_id": self.run_id, "url": self.url,
+            "headers": run.request_headers(), "spec": asdict(spec), "base": base, "workers": n,
+            "records": str(run.requests) if has_input(run) else None,
+            "synthetic": None if has_input(run) else [r.params for r in self.records],
+            "run": _worker_run_options(run), "slos": [str(s) for s in self.config.slos],
+        }  # fmt: skip
+        procs = []
+        try:
+            for k in range(n):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "batchrunner.bench_worker",
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                )
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps({**common, "worker": k}).encode() + b"\n")
+                await proc.stdin.drain()
+                procs.append(proc)
+            for proc in procs:
+                assert proc.stdout is not None
+                line = await asyncio.wait_for(proc.stdout.readline(), WORKER_READY_TIMEOUT_S)
+                if line.strip() != b"READY":
+                    raise RuntimeError("a bench worker failed to start (its error is above)")
+            start_at = time.time() + WORKER_START_DELAY_S
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(f"{start_at}\n".encode())
+                await proc.stdin.drain()
+                proc.stdin.close()
+            outputs = [await proc.stdout.read() for proc in procs if proc.stdout is not None]
+            for proc in procs:
+                await proc.wait()
+        except BaseException:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+            raise
+        for proc, out in zip(procs, outputs, strict=True):
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"bench worker exited with code {proc.returncode} (its error is above)"
+                )
+            collector.merge_json(json.loads(out.decode().strip().splitlines()[-1]))
+        await asyncio.to_thread(_adopt_worker_parts, self.store.run_dir, spec.name)
+
+
+def _worker_run_options(run: RunConfig) -> dict[str, Any]:
+    return {
+        "mode": run.mode.value, "arrival": run.arrival, "seed": run.seed,
+        "max_retries": run.retry.max_retries, "keep_response_json": run.keep_response_json,
+        "keep_response_text": run.keep_response_text, "connect_s": run.timeouts.connect_s,
+        "read_s": run.timeouts.read_s, "attempt_s": run.timeouts.attempt_s,
+        "concurrency": run.concurrency, "max_rate": run.max_rate,
+        "model": run.model, "max_tokens": run.max_tokens,
+    }  # fmt: skip
+
+
+def _adopt_worker_parts(run_dir: Path, stage: str) -> None:
+    """Move the workers' Parquet parts of a stage into ``data/`` under unique names."""
+    safe = "".join(ch if ch.isalnum() else "_" for ch in stage)
+    workers_dir = run_dir / "workers"
+    for worker_dir in sorted(workers_dir.glob(f"{safe}-w*")):
+        for part in sorted((worker_dir / "data").glob("part-*.parquet")):
+            if part.name == "part-000000.parquet":
+                continue  # the store's empty schema part; data/ has its own
+            target = run_dir / "data" / f"part-{worker_dir.name}-{part.name[5:]}"
+            os.replace(part, target)
+        for leftover in sorted(worker_dir.rglob("*"), reverse=True):
+            if leftover.is_file():
+                leftover.unlink()
+            else:
+                leftover.rmdir()
+        worker_dir.rmdir()
+    if workers_dir.exists() and not any(workers_dir.iterdir()):
+        workers_dir.rmdir()
+
+
+def worker_dir_name(stage: str, worker: int) -> str:
+    safe = "".join(ch if ch.isalnum() else "_" for ch in stage)
+    return f"{safe}-w{worker}"
+
+
+def phase_of(rate: float | None, worker: int, workers: int, arrival: str) -> float:
+    """Offset of worker k's schedule so that N constant schedules interleave evenly."""
+    if rate is None or arrival != "constant" or workers == 1:
+        return 0.0
+    return worker / rate  # rate is the whole stage's rate
+
+
+def ceil_div(a: int, b: int) -> int:
+    return math.ceil(a / b)

@@ -1,0 +1,97 @@
+"""One worker process of ``bench --workers N``: runs its share of one stage, prints its figures.
+
+Started by :mod:`batchrunner.bench_run` with a JSON job on stdin (stdin, not argv, so that keys
+never show in a process list) and answers one JSON line on stdout: the stage measurements that
+the parent merges. Its rows go to its own store under ``workers/``; the parent adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from batchrunner.bench import Slo, StageCollector, StageSpec, cycle_records, stage_config
+from batchrunner.bench_run import phase_of, worker_dir_name
+from batchrunner.client import GatewayClient, Timeouts
+from batchrunner.config import RunConfig
+from batchrunner.progress import LiveStats
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import _drive, _RecordFeed, _Session
+from batchrunner.schema import Mode, RequestRecord
+from batchrunner.sources import iter_requests
+from batchrunner.store import RunStore
+
+
+async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
+    opts = job["run"]
+    spec = StageSpec(**job["spec"])
+    k, n = job["worker"], job["workers"]
+    requests = Path(job["records"]) if job["records"] else None
+    run = RunConfig(
+        requests=requests or Path("."), gateway=job["url"], mode=Mode(opts["mode"]),
+        arrival=opts["arrival"], seed=opts["seed"] + k,
+        retry=RetryPolicy(max_retries=opts["max_retries"]),
+        keep_response_json=opts["keep_response_json"],
+        keep_response_text=opts["keep_response_text"],
+        timeouts=Timeouts(opts["connect_s"], opts["read_s"], opts["attempt_s"]),
+        concurrency=opts["concurrency"],
+        max_rate=opts["max_rate"] / n if opts["max_rate"] else None,
+        model=opts["model"], max_tokens=opts["max_tokens"],
+    )  # fmt: skip
+    if requests is not None:
+        records = list(iter_requests(requests, run.source_options()))[:100_000]
+    else:
+        records = [RequestRecord(i, str(i), p) for i, p in enumerate(job["synthetic"])]
+    cfg = stage_config(run, spec, workers=n)
+    store = RunStore.open(Path(job["run_dir"]) / "workers" / worker_dir_name(spec.name, k),
+                          create=True, redo_statuses=frozenset())
+    collector = StageCollector()
+    collector.slos = [Slo.parse(s) for s in job["slos"]]
+    client = GatewayClient(job["url"], job["headers"], timeouts=run.timeouts)
+    try:
+        with open(os.devnull, "w", encoding="utf-8") as devnull:
+            session = _Session(cfg, store, client, job["run_id"], LiveStats(None), devnull,
+                               sys.stderr, True, stage=spec.name)
+            # Ready: the parent waits for every worker, then gives all one start instant.
+            sys.stdout.write("READY\n")
+            sys.stdout.flush()
+            job["start_at"] = float(await asyncio.to_thread(read_start))
+            session.start_at = job["start_at"]
+            session.phase_s = phase_of(spec.rate, k, n, run.arrival)
+            if spec.warmup_s:
+                session.warmup_until_at = job["start_at"] + spec.warmup_s
+            session.on_row = collector.add
+            feed = _RecordFeed(cycle_records(records, spec.name, job["base"], k, n),
+                               cfg.max_requests)
+            if spec.rate is None:
+                # Closed loop: begin at the agreed instant too, so workers overlap fully.
+                await asyncio.sleep(max(0.0, job["start_at"] - time.time()))
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            async with client:
+                await _drive(session, cfg.source_options(), False, False, feed=feed)
+            collector.cpu_s = time.process_time() - cpu0
+            collector.wall_s = time.perf_counter() - wall0
+    finally:
+        store.close()
+    return collector.to_json()
+
+
+def main() -> None:
+    job = json.loads(sys.stdin.readline())
+    read_start = sys.stdin.readline
+    try:
+        import uvloop
+
+        result = uvloop.run(work(job, read_start))
+    except ImportError:  # pragma: no cover
+        result = asyncio.run(work(job, read_start))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
