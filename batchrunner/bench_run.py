@@ -12,6 +12,7 @@ row lands once in one dataset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -147,13 +148,14 @@ async def run_bench(config: BenchConfig, *, quiet: bool = False, stderr: TextIO 
     saturation: dict[str, Any] | None = None
     status, message = "finished", ""
     try:
-        with _gateway(run, stderr, quiet) as url:
+        with contextlib.ExitStack() as stack, _gateway(run, stderr, quiet) as url:
             info["gateway"] = redact_url(url) if run.gateway else "built-in emulator"
             await asyncio.to_thread(write_json_atomic, run_dir / "run.json", info)
             client = GatewayClient(url, run.request_headers(), timeouts=run.timeouts)
             async with client:
                 runner = _StageRunner(config, store, client, run_id, records, url, stderr, quiet,
                                       handle_signals)
+                stack.callback(runner.close)
                 if config.saturate:
                     saturation = await _saturation_search(config, runner, results, state)
                 else:
@@ -296,6 +298,9 @@ class _StageRunner:
         self.next_index = 0
         self.interrupted = False
         self._devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives with the bench
+
+    def close(self) -> None:
+        self._devnull.close()
 
     async def run(self, spec: StageSpec, state: BenchState) -> dict[str, Any]:
         collector = StageCollector()

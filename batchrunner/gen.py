@@ -14,12 +14,14 @@ and changing one option (say, adding a ``--tag-mix``) does not reshuffle the oth
 Prompt text is filler made of common three-letter words, :data:`CHARS_PER_TOKEN` characters
 (one word and its space) per target token: exactly how the built-in emulator counts input
 tokens (``ceil(chars / 4)``), and close to what a real BPE tokenizer makes of such words (not
-checked against Anthropic's tokenizer here; calibrate with a gateway's ``count_tokens``). Each user message starts with ``#<index>`` so no two
-prompts share more than the shared system prefix, and prompt caches can only hit that.
+checked against Anthropic's tokenizer here; calibrate with a gateway's ``count_tokens``).
+Each user message starts with ``#<index>``, so no two prompts share more than the shared
+system prefix, and prompt caches can only hit that.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import math
@@ -170,7 +172,8 @@ class TokenDist:
             z = np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
             v = self.a + self.b * z if k == "normal" else self.a * np.exp(self.b * z)
         # Clip before the integer cast: a lognormal tail can overflow to inf.
-        return np.rint(np.clip(v, self.low, self.upper)).astype(np.int64)
+        out: np.ndarray = np.rint(np.clip(v, self.low, self.upper)).astype(np.int64)
+        return out
 
     def mean(self) -> float:
         """The mean before rounding and bounds (for summaries and tests)."""
@@ -201,7 +204,7 @@ def parse_weighted(items: tuple[str, ...] | list[str], what: str) -> tuple[tuple
     """
     out: dict[str, float] = {}
     for item in items:
-        name, sep, weight = item.rpartition("=") if "=" in item else (item, "", "1")
+        name, _, weight = item.rpartition("=") if "=" in item else (item, "", "1")
         name = name.strip()
         if not name:
             raise GenError(f"{item!r}: empty {what} name")
@@ -315,6 +318,11 @@ class GenSpec:
             raise GenError(f"the request count must be >= 1, got {self.count}")
         if not self.models:
             object.__setattr__(self, "models", ((DEFAULT_MODEL, 1.0),))
+        names = [m for m, _ in self.models]
+        if len(set(names)) < len(names):
+            raise GenError("a model is given twice")
+        if any(not (math.isfinite(w) and w >= 0) for _, w in self.models):
+            raise GenError("model weights must be finite numbers >= 0")
         if sum(w for _, w in self.models) <= 0:
             raise GenError("the model weights add up to 0")
         if not 0 <= self.shared_prefix_tokens <= HARD_MAX_TOKENS:
@@ -334,6 +342,9 @@ class GenSpec:
             raise GenError("--prefix-groups must be >= 1")
         if self.prefix_groups > 1 and not self.shared_prefix_tokens:
             raise GenError("--prefix-groups/--prefix-weights need --shared-prefix-tokens")
+        for key, choices in self.tag_mixes:
+            if not choices or sum(w for _, w in choices) <= 0 or min(w for _, w in choices) < 0:
+                raise GenError(f"--tag-mix {key}: weights must be >= 0 and not all 0")
         keys = [k for k, _ in self.tags] + [k for k, _ in self.tag_mixes]
         for key in keys:
             if key in AUTO_TAGS:
@@ -423,17 +434,17 @@ def _pick(u: np.ndarray, weights: tuple[float, ...] | list[float]) -> np.ndarray
 class _Filler:
     """A seeded tape of filler words, sliced at word starts to any length."""
 
+    WORD = 1 + len(_WORDS[0])  # every word has three letters: with its space, 4 characters
+
     def __init__(self, seed: int) -> None:
-        n = _TAPE_CHARS // (1 + len(_WORDS[0]))
-        idx = np.arange(n, dtype=np.uint64)
-        words = (_mix(idx, _key(seed, "tape")) % np.uint64(len(_WORDS))).tolist()
-        text = " ".join(_WORDS[w] for w in words) + " "
-        self.tape = text
-        lengths = np.fromiter((len(_WORDS[w]) + 1 for w in words), np.int64, len(words))
-        self.starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        self.words = _TAPE_CHARS // self.WORD
+        idx = np.arange(self.words, dtype=np.uint64)
+        picks = (_mix(idx, _key(seed, "tape")) % np.uint64(len(_WORDS))).tolist()
+        self.tape = " ".join([_WORDS[w] for w in picks]) + " "
 
     def start_offsets(self, u: np.ndarray) -> list[int]:
-        return self.starts[(u * len(self.starts)).astype(np.int64)].tolist()
+        offsets: list[int] = ((u * self.words).astype(np.int64) * self.WORD).tolist()
+        return offsets
 
     def text(self, start: int, length: int) -> str:
         tape = self.tape
@@ -494,7 +505,7 @@ class _Generator:
     def _prefix_text(self, group: int) -> str:
         # The group number and seed come first, so prefixes differ from their first token:
         # a prompt cache cannot share a partial prefix between groups or between seeds.
-        head = f"Shared context {group} (seed {self.spec.seed}). "
+        head = f"#{group} seed {self.spec.seed}: shared context. "
         need = self.spec.shared_prefix_tokens * CHARS_PER_TOKEN
         u = _uniform(np.array([group], dtype=np.uint64), _key(self.spec.seed, "prefix-text"))
         body = self.filler.text(self.filler.start_offsets(u)[0], max(0, need - len(head)))
@@ -622,6 +633,8 @@ def write_requests(
     """
     fmt = output_format(path)
     target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", os.fspath(path))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     t0 = time.perf_counter()
     rows = tokens = 0
@@ -641,9 +654,7 @@ def write_requests(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return GenResult(
-        os.fspath(path), rows, target.stat().st_size, time.perf_counter() - t0, tokens
-    )
+    return GenResult(os.fspath(path), rows, target.stat().st_size, time.perf_counter() - t0, tokens)
 
 
 class _JsonlOut:
@@ -655,7 +666,7 @@ class _JsonlOut:
             if gz
             else None
         )
-        self._out: IO[bytes] = self._gz if self._gz is not None else raw
+        self._out: IO[bytes] | gzip.GzipFile = self._gz if self._gz is not None else raw
 
     def add(self, ids: list[str], params: list[str], metas: list[str]) -> None:
         text = "".join(

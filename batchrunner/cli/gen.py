@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -22,6 +23,8 @@ from batchrunner.gen import (
     parse_weighted,
     write_requests,
 )
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXAMPLES = """\b
 DIST is fixed:V, uniform:LO,HI, normal:MEAN,SD or lognormal:MEDIAN,SIGMA (a bare
@@ -46,7 +49,7 @@ Examples:
   batchrunner validate load.parquet && batchrunner run load.parquet"""
 
 
-def _dist_option(flag: str, default: str, what: str) -> Any:
+def _dist_option(flag: str, default: str, what: str) -> Callable[[F], F]:
     return click.option(
         flag,
         default=default,
@@ -116,41 +119,103 @@ def _parse_out(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     help="Output: .jsonl/.ndjson (Message Batches lines), .jsonl.gz, or .parquet/.pq "
     "(custom_id, params and metadata as JSON text). Replaced if it exists.",
 )
-@_dist_option("--input-tokens", "fixed:256", "each prompt's own tokens (the shared prefix "
-              "comes on top)")
-@click.option("--input-min", type=click.IntRange(min=1), metavar="N", help="Lower bound of "
-              "--input-tokens [default: 1].")
-@click.option("--input-max", type=click.IntRange(min=1), metavar="N", help="Upper bound of "
-              "--input-tokens [default: 1,000,000].")
+@_dist_option(
+    "--input-tokens", "fixed:256", "each prompt's own tokens (the shared prefix comes on top)"
+)
+@click.option(
+    "--input-min",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Lower bound of --input-tokens [default: 1].",
+)
+@click.option(
+    "--input-max",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Upper bound of --input-tokens [default: 1,000,000].",
+)
 @_dist_option("--max-tokens", "fixed:128", "max_tokens")
-@click.option("--max-tokens-min", type=click.IntRange(min=1), metavar="N",
-              help="Lower bound of --max-tokens [default: 1].")
-@click.option("--max-tokens-max", type=click.IntRange(min=1), metavar="N",
-              help="Upper bound of --max-tokens [default: 1,000,000].")
-@click.option("--model", "models", multiple=True, metavar="NAME[=W]", callback=_parse_models,
-              help=f"A model and its weight (repeatable; weights are normalised, default 1). "
-                   f"[default: {DEFAULT_MODEL}]")
-@click.option("--shared-prefix-tokens", type=click.IntRange(min=0), default=0, metavar="K",
-              help="Put a K-token system prefix, shared between requests, in front of every "
-                   "prompt (0: none). Anthropic caches only prefixes above a per-model minimum "
-                   "(1,024 tokens on Sonnet 4.5, 4,096 on Haiku 4.5).")
-@click.option("--cache-ttl", type=click.Choice(CACHE_TTLS), default=None,
-              help="cache_control on the shared prefix: 5m ({\"type\": \"ephemeral\"}), 1h "
-                   "(with \"ttl\": \"1h\"), or none. [default: 5m]")
-@click.option("--prefix-groups", type=click.IntRange(min=1), default=None, metavar="G",
-              help="G different shared prefixes, assigned round-robin. [default: 1]")
-@click.option("--prefix-weights", callback=_parse_weights, metavar="W,W,...",
-              help="One weight per prefix group: rows pick a group at random by weight instead "
-                   "of round-robin (sets G).")
-@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", callback=_parse_tags,
-              help="A constant metadata tag (repeatable).")
-@click.option("--tag-mix", "tag_mixes", multiple=True, metavar="KEY=A:W,B:W",
-              callback=_parse_mixes,
-              help="A random categorical metadata tag: value A with weight W, ... (repeatable).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Same seed and options: the same file, byte for byte.")
-@click.option("--custom-id-prefix", default="gen", show_default=True, metavar="P",
-              help="custom_id is P-<zero-padded index>.")
+@click.option(
+    "--max-tokens-min",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Lower bound of --max-tokens [default: 1].",
+)
+@click.option(
+    "--max-tokens-max",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Upper bound of --max-tokens [default: 1,000,000].",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME[=W]",
+    callback=_parse_models,
+    help=f"A model and its weight (repeatable; weights are normalised, default 1). "
+    f"[default: {DEFAULT_MODEL}]",
+)
+@click.option(
+    "--shared-prefix-tokens",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="K",
+    help="Put a K-token system prefix, shared between requests, in front of every "
+    "prompt (0: none). Anthropic caches only prefixes above a per-model minimum "
+    "(1,024 tokens on Sonnet 4.5, 4,096 on Haiku 4.5).",
+)
+@click.option(
+    "--cache-ttl",
+    type=click.Choice(CACHE_TTLS),
+    default=None,
+    help='cache_control on the shared prefix: 5m ({"type": "ephemeral"}), 1h '
+    '(with "ttl": "1h"), or none. [default: 5m]',
+)
+@click.option(
+    "--prefix-groups",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="G",
+    help="G different shared prefixes, assigned round-robin. [default: 1]",
+)
+@click.option(
+    "--prefix-weights",
+    callback=_parse_weights,
+    metavar="W,W,...",
+    help="One weight per prefix group: rows pick a group at random by weight instead "
+    "of round-robin (sets G).",
+)
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_parse_tags,
+    help="A constant metadata tag (repeatable).",
+)
+@click.option(
+    "--tag-mix",
+    "tag_mixes",
+    multiple=True,
+    metavar="KEY=A:W,B:W",
+    callback=_parse_mixes,
+    help="A random categorical metadata tag: value A with weight W, ... (repeatable).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Same seed and options: the same file, byte for byte.",
+)
+@click.option(
+    "--custom-id-prefix",
+    default="gen",
+    show_default=True,
+    metavar="P",
+    help="custom_id is P-<zero-padded index>.",
+)
 def gen(
     count: int,
     out: str,
@@ -206,11 +271,20 @@ def gen(
     )
 
 
+_BOUND_FLAGS = {
+    "--input-tokens": ("--input-min", "--input-max"),
+    "--max-tokens": ("--max-tokens-min", "--max-tokens-max"),
+}
+
+
 class _WriteError(click.ClickException):
     exit_code = 2
 
 
 def _dist(flag: str, text: str, low: int | None, high: int | None) -> TokenDist:
+    if low is not None and high is not None and high < low:
+        lo_flag, hi_flag = _BOUND_FLAGS[flag]
+        raise click.UsageError(f"{hi_flag} {high} is below {lo_flag} {low}")
     try:
         return TokenDist.parse(text, low, high)
     except GenError as exc:

@@ -1,0 +1,160 @@
+"""`bench`: stage plans, SLOs, verdicts, saturation search and workers, against the emulator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from batchrunner.bench import (
+    Slo,
+    StageCollector,
+    StageSpec,
+    parse_list,
+    plan_stages,
+    stage_result,
+)
+from batchrunner.bench_run import BenchConfig, run_bench
+from batchrunner.config import ConfigError, RunConfig
+from batchrunner.emulator.config import Dist
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import run_sync_coro
+
+
+def bench(gateway: str, out: Path, **kw) -> object:
+    run = RunConfig(requests=Path(""), gateway=gateway, mode=kw.pop("mode", "sync"), out=out,
+                    keep_response_json=False, retry=RetryPolicy(max_retries=0))
+    return run_sync_coro(run_bench(BenchConfig(run=run, **kw), quiet=True))
+
+
+def test_slo_parsing():
+    assert Slo.parse("ttft_p99=0.5") == Slo("ttft", 0.99, 0.5)
+    assert Slo.parse("latency_p95=4") == Slo("latency", 0.95, 4.0)
+    assert Slo.parse("error_rate=0.01") == Slo("error_rate", None, 0.01)
+    for bad in ("ttft=1", "nope_p99=1", "ttft_p99=x", "error_rate=x"):
+        with pytest.raises(ConfigError):
+            Slo.parse(bad)
+
+
+def test_stage_plans():
+    stages = plan_stages(concurrency=[1, 8], rates=[50.0], duration_s=5, warmup_s=1)
+    assert [(s.name, s.concurrency, s.rate) for s in stages] == [
+        ("c=1", 1, None), ("c=8", 8, None), ("rate=50", None, 50.0)]
+    ramp = plan_stages(ramp=(10, 50, 5))
+    assert [s.rate for s in ramp] == [10, 20, 30, 40, 50]
+    assert parse_list("1, 8,32", int, "-c") == [1, 8, 32]
+    with pytest.raises(ConfigError):
+        parse_list("1,x", int, "-c")
+    with pytest.raises(ConfigError):
+        plan_stages(ramp=(1, 2, 1))
+
+
+def _row(status="ok", latency=0.1, ttft=0.05, lag=0.0, sent=0.0, done=1.0, stage="s"):
+    return {"status": status, "stage": stage, "latency_s": latency, "ttft_s": ttft,
+            "total_s": latency + lag, "tpot_s": None, "ttfb_s": ttft, "itl_p99_s": None,
+            "queue_wait_s": lag, "sent_at": sent, "scheduled_at": sent - lag, "completed_at": done,
+            "output_tokens": 10, "error_type": None if status == "ok" else "api_error"}
+
+
+def test_stage_figures_goodput_and_slos_against_hand_computation():
+    c = StageCollector()
+    c.slos = [Slo.parse("latency_p50=0.25"), Slo.parse("error_rate=0.2")]
+    for i in range(8):  # 8 ok over 2 s: latencies 0.1 .. 0.8
+        c.add(_row(latency=0.1 * (i + 1), sent=i * 0.25, done=i * 0.25 + 0.1 * (i + 1)))
+    c.add(_row(status="error", latency=0.01, sent=2.0, done=2.01))
+    c.add(_row(stage="s#warmup"))
+    r = stage_result(StageSpec("s", rate=4.0), c, c.slos)
+    assert r["requests"] == 9 and r["warmup_requests"] == 1 and r["failed"] == 1
+    assert r["error_rate"] == pytest.approx(1 / 9)
+    window = max(i * 0.25 + 0.1 * (i + 1) for i in range(8))  # first scheduled is 0
+    assert r["window_s"] == pytest.approx(window)
+    assert r["throughput_rps"] == pytest.approx(8 / window)
+    assert r["goodput_rps"] == pytest.approx(2 / window)  # only 0.1 and 0.2 meet 0.25
+    assert r["latency_s"]["p50"] == pytest.approx(0.45)
+    assert [s["met"] for s in r["slos"]] == [False, True]
+    assert r["slo_met"] is False and r["verdict"] == "SLO missed"
+
+
+def test_verdict_blames_the_client_when_it_fell_behind():
+    c = StageCollector()
+    for i in range(100):  # scheduled at 1000/s, sent at 100/s, lagging more and more
+        c.add(_row(sent=i * 0.01, lag=i * 0.009, done=i * 0.01 + 0.1))
+    r = stage_result(StageSpec("rate=1000", rate=1000.0), c, [])
+    assert r["verdict"].startswith("client-bound") and "add --workers" in r["verdict"]
+    c.cpu_s, c.wall_s = 0.95, 1.0
+    r = stage_result(StageSpec("c=8", concurrency=8), c, [])
+    assert "client CPU 95%" in r["verdict"]
+
+
+def test_saturation_search_finds_the_rate_limit_knee(make_emulator, tmp_path):
+    """The gateway allows 40 requests/s per key (429 beyond): the search must find ~40."""
+    with make_emulator(rate_limit_rps=40, rate_limit_burst=4) as emu:
+        result = bench(emu.base_url, tmp_path / "out", saturate=True, search_start=10,
+                       search_factor=2, search_steps=3, stage_duration_s=2.0,
+                       max_error_rate=0.02)
+    sat = result.saturation
+    assert sat["lowest_failing_rate"] is not None
+    # stated tolerance: within 25 % below the knee, never above it
+    assert 30 <= sat["highest_passing_rate"] <= 41, result.stages
+    failing = [s for s in result.stages if s["error_rate"] > 0.02]
+    assert failing and all(s["target"]["rate"] >= 40 for s in failing)
+    assert all(s["errors"].get("rate_limited") for s in failing)
+
+
+def test_starved_client_gets_a_client_bound_verdict(make_emulator, tmp_path):
+    with make_emulator() as emu:
+        result = bench(emu.base_url, tmp_path / "out",
+                       stages=[StageSpec("rate=30000", rate=30000.0, duration_s=1.0)])
+    (stage,) = result.stages
+    assert stage["verdict"].startswith("client-bound"), stage
+
+
+def test_workers_write_every_row_exactly_once(make_emulator, tmp_path):
+    with make_emulator(ttft=Dist("fixed", 0.01)) as emu:
+        result = bench(emu.base_url, tmp_path / "out", workers=2,
+                       stages=[StageSpec("c=4", concurrency=4, duration_s=1.0),
+                               StageSpec("rate=100", rate=100.0, duration_s=1.0, warmup_s=0.2)])
+    rows = pq.read_table(tmp_path / "out" / "data").to_pandas()
+    assert rows["input_index"].is_unique
+    by_stage = rows.groupby("stage").size().to_dict()
+    for stage in result.stages:
+        assert by_stage[stage["stage"]] == stage["requests"]
+    assert by_stage["rate=100#warmup"] == result.stages[1]["warmup_requests"] > 0
+    # two interleaved schedules of 50/s make one of 100/s
+    measured = result.stages[1]
+    assert measured["achieved_send_rate"] == pytest.approx(100, rel=0.1)
+    assert not (tmp_path / "out" / "workers").exists()
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["stages"][0]["stage"] == "c=4"
+
+
+def test_max_errors_stops_the_bench(make_emulator, tmp_path):
+    with make_emulator(fault_500=1.0) as emu:
+        result = bench(emu.base_url, tmp_path / "out", max_errors=5,
+                       stages=[StageSpec("c=2", concurrency=2, duration_s=5.0),
+                               StageSpec("c=4", concurrency=4, duration_s=5.0)])
+    assert result.status == "stopped" and "--max-errors" in result.message
+    assert len(result.stages) == 1 and result.stages[0]["requests"] < 50
+
+
+def test_cli_with_a_scenario_file(make_emulator, tmp_path):
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text('description = "smoke"\nconcurrency = [1, 2]\nstage_duration = 0.5\n'
+                        'slo = ["ttft_p99=1.0"]\nmode = "stream"\n')
+    with make_emulator() as emu:
+        done = subprocess.run(
+            [sys.executable, "-m", "batchrunner", "bench", "--scenario", str(scenario),
+             "--gateway", emu.base_url, "--out", str(tmp_path / "out"), "--json"],
+            capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [s["stage"] for s in report["stages"]] == ["c=1", "c=2"]
+    assert all(s["slo_met"] for s in report["stages"])
+    assert report["stages"][0]["ttft_s"]["n"] > 0
+
+    bad = subprocess.run([sys.executable, "-m", "batchrunner", "bench", "--slo", "nope=1",
+                          "-c", "1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--slo" in bad.stderr and "Traceback" not in bad.stderr
