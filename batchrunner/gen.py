@@ -63,6 +63,8 @@ DEFAULT_MODEL = "claude-haiku-4-5"
 CACHE_TTLS = ("5m", "1h", "none")
 
 _CHUNK_ROWS = 8192
+_MIN_CHUNK_ROWS = 64
+_CHUNK_CHARS = 8 << 20
 _ROW_GROUP_ROWS = 65_536
 _ROW_GROUP_BYTES = 32 << 20
 _ID_PREFIX = re.compile(r"[A-Za-z0-9_-]+")
@@ -493,6 +495,12 @@ class _Generator:
                 if cc is not None:
                     block["cache_control"] = cc
                 self.systems.append([block])
+        # Fewer rows per chunk when rows are long, so a chunk stays near _CHUNK_CHARS of text
+        # (values are per-row hashes: the chunk size never changes the output).
+        dist = spec.input_tokens
+        typical = min(max(dist.mean(), dist.low), dist.upper) + spec.shared_prefix_tokens
+        per_row = CHARS_PER_TOKEN * typical + 300
+        self.chunk_rows = int(max(_MIN_CHUNK_ROWS, min(_CHUNK_ROWS, _CHUNK_CHARS // per_row)))
         # JSON text pieces for the fast writer path (see json_rows).
         self.j_model = [f'{{"model":{_js(m)},"max_tokens":' for m in self.models]
         self.j_system = [f',"system":{_js(s)}' for s in self.systems] or [""]
@@ -519,8 +527,8 @@ class _Generator:
         filler_text = self.filler.text
         prefix_id, width = spec.custom_id_prefix, spec.id_width
         model_weights = [w for _, w in spec.models]
-        for start in range(0, spec.count, _CHUNK_ROWS):
-            stop = min(spec.count, start + _CHUNK_ROWS)
+        for start in range(0, spec.count, self.chunk_rows):
+            stop = min(spec.count, start + self.chunk_rows)
             rows = stop - start
             idx = np.arange(start, stop, dtype=np.uint64)
             n_in = spec.input_tokens.sample(_uniform(idx, k["in1"]), _uniform(idx, k["in2"]))
