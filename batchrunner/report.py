@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batchrunner import report_bench as bench_report
 from batchrunner import report_stats as stats
 from batchrunner.pricing import (
     CATEGORIES,
@@ -95,12 +96,14 @@ class RunRows:
     :param info: ``run.json`` (empty if absent).
     :param run_dir: where they came from (None for a table handed over directly).
     :param journal_rows: rows read from journal segments (a live or crashed run).
+    :param bench: ``bench.json`` of a bench run (None if absent).
     """
 
     table: pa.Table
     info: dict[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
     journal_rows: int = 0
+    bench: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -113,7 +116,8 @@ class RunRows:
 
 def _read_columns(by: Sequence[str]) -> list[str]:
     extra = {"metadata"} if any(k.startswith("metadata.") for k in by) else set()
-    extra |= {k for k in by if k in RESULT_SCHEMA.names}
+    # Always: a bench run is reported stage by stage whatever --by says.
+    extra |= {"stage"} | {k for k in by if k in RESULT_SCHEMA.names}
     return [*_BASE_COLUMNS, *sorted(extra - set(_BASE_COLUMNS))]
 
 
@@ -137,13 +141,8 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
     info_path = run_dir / "run.json"
     if not data_dir.is_dir() and not info_path.is_file():
         raise ReportError(f"{run_dir} is not a run directory (it has neither data/ nor run.json)")
-    info: dict[str, Any] = {}
-    if info_path.is_file():
-        try:
-            loaded = orjson.loads(info_path.read_bytes())
-            info = loaded if isinstance(loaded, dict) else {}
-        except orjson.JSONDecodeError as exc:
-            raise ReportError(f"{info_path} is not valid JSON: {exc}") from exc
+    info = _read_json(info_path) or {}
+    bench = _read_json(run_dir / "bench.json")
     columns = _read_columns(by)
     schema = pa.schema([RESULT_SCHEMA.field(c) for c in columns])
     tables: list[pa.Table] = []
@@ -175,7 +174,19 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
                               "the run to send its requests again") from exc
         tables.append(_conform(table, schema))
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return RunRows(table=table, info=info, run_dir=run_dir, journal_rows=journal_rows)
+    return RunRows(table=table, info=info, run_dir=run_dir, journal_rows=journal_rows,
+                   bench=bench)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file (``run.json``, ``bench.json``); None if absent or not an object."""
+    if not path.is_file():
+        return None
+    try:
+        loaded = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ReportError(f"{path} is not valid JSON: {exc}") from exc
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -630,9 +641,86 @@ def _plot_data(f: pd.DataFrame, parts: Sequence[pd.DataFrame], metrics: Sequence
     return {"cdf": cdf, "ttft_histogram": stats.histogram(ok_values(f, "ttft_s"))}
 
 
+def _split(f: pd.DataFrame, by: Sequence[str], max_groups: int,
+           ) -> tuple[list[dict[str, str]], list[pd.DataFrame]]:
+    """Group keys (biggest first) and the rows of each group."""
+    group_ids, groups = _group_ids(f, by, max_groups)
+    # One sort, then each group is a slice: no full-frame mask per group.
+    order = np.argsort(group_ids, kind="stable")
+    bounds = np.searchsorted(group_ids[order], np.arange(len(groups) + 1))
+    ordered = f.take(order)
+    return groups, [ordered.iloc[bounds[i]:bounds[i + 1]] for i in range(len(groups))]
+
+
+def _any_stage(table: pa.Table) -> bool:
+    return "stage" in table.column_names and table.column("stage").null_count < table.num_rows
+
+
+def _staged(run: RunRows, f: pd.DataFrame, warm: pd.DataFrame, by: Sequence[str],
+            metrics: Sequence[str], max_groups: int,
+            ) -> tuple[list[dict[str, Any]], list[pd.DataFrame], dict[str, Any]]:
+    """Groups of a bench run (stage outer, in run order; then the ``--by`` keys, biggest first,
+    within each stage) and its ``stages`` entry. Each stage's figures are over its own window."""
+    labels = f["g:stage"].astype(object).to_numpy() if len(f) else np.array([], dtype=object)
+    begin = np.fmin(f["scheduled_at"].to_numpy(), f["sent_at"].to_numpy())
+    stage_parts: dict[str, pd.DataFrame] = {}
+    first_seen: dict[str, float] = {}
+    for name in pd.unique(labels):
+        mask = labels == name
+        stage_parts[str(name)] = f[mask]
+        first_seen[str(name)] = float(np.nanmin(begin[mask])) if np.isfinite(
+            begin[mask]).any() else math.nan
+    warmup_by_stage: dict[str, int] = {}
+    if len(warm):
+        counts = warm["g:stage"].astype(object).value_counts(sort=False)
+        for name, count in counts.items():
+            base = str(name).removesuffix(bench_report.WARMUP_SUFFIX)
+            warmup_by_stage[base] = warmup_by_stage.get(base, 0) + int(count)
+    results, saturation, source = bench_report.bench_results(run.info, run.bench)
+    by_name = {str(r["stage"]): r for r in results}
+    order = [s for s in bench_report.stage_order(list(stage_parts), first_seen, run.info, results)
+             if s in stage_parts or s in by_name or s in warmup_by_stage]
+    inner = [k for k in by if k != "stage"]
+    groups: list[dict[str, Any]] = []
+    parts: list[pd.DataFrame] = []
+    entries = []
+    for name in order:
+        part = stage_parts.get(name, f.iloc[0:0])
+        wall = _window(part).wall
+        section = _section(part, wall, metrics) if len(part) else None
+        if section is not None and inner:
+            keys, subs = _split(part, inner, max_groups)
+            for key, sub in zip(keys, subs, strict=True):
+                groups.append({"key": {"stage": name, **key}, **_section(sub, wall, metrics)})
+                parts.append(sub)
+        elif section is not None:
+            groups.append({"key": {"stage": name}, **section})
+            parts.append(part)
+        entries.append(bench_report.stage_entry(
+            name, part, section, warmup_by_stage.get(name, 0),
+            bench_report.stage_target(name, run.info, by_name.get(name)), by_name.get(name)))
+    block = bench_report.stages_block(
+        by=by, order=order, entries=entries, warmup_by_stage=warmup_by_stage,
+        warmup_cost_usd=_cost(warm)["total_usd"] if len(warm) else 0.0, results=results,
+        source=source, saturation=saturation, info=run.info)
+    return groups, parts, block
+
+
 def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: int,
                 max_buckets: int, plot_data: bool) -> dict[str, Any]:
-    f, cards = _frame(run.table, by, book)
+    staged = bench_report.has_stages(run.info, _any_stage(run.table))
+    run_by = bench_report.stage_keys(by) if staged else list(by)
+    f, cards = _frame(run.table, run_by, book)
+    rows_read = len(f)
+    warm = f.iloc[0:0]
+    if staged and len(f):
+        # Warm-up rows leave every figure here; they are counted apart in ``stages``.
+        cats = f["g:stage"].cat
+        is_warm = np.array([str(c).endswith(bench_report.WARMUP_SUFFIX)
+                            for c in cats.categories], dtype=bool)
+        mask = is_warm[cats.codes.to_numpy()]
+        if mask.any():
+            warm, f = f[mask], f[~mask].reset_index(drop=True)
     window = _window(f)
     metrics = [m for m in METRICS if f[m].notna().any()]
     overall = _section(f, window.wall, metrics)
@@ -646,7 +734,7 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
         "mode": config.get("mode") or (modes[0] if len(modes) == 1 else ",".join(modes) or None),
         "status": run.info.get("status"),
         "gateway": run.info.get("gateway"),
-        "rows": len(f),
+        "rows": rows_read,
         "journal_rows": run.journal_rows,
         "window": {"start_at": _iso(window.start), "end_at": _iso(window.end),
                    "wall_s": _num(window.wall)},
@@ -655,15 +743,14 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
         "groups": [],
         "cost_by_model": _cost_by_model(f, cards),
         "timeline": _timeline(f, window, max_buckets),
+        "stages": None,
     }
     parts: list[pd.DataFrame] = []
-    if by:
-        group_ids, groups = _group_ids(f, by, max_groups)
-        # One sort, then each group is a slice: no full-frame mask per group.
-        order = np.argsort(group_ids, kind="stable")
-        bounds = np.searchsorted(group_ids[order], np.arange(len(groups) + 1))
-        ordered = f.take(order)
-        parts = [ordered.iloc[bounds[i]:bounds[i + 1]] for i in range(len(groups))]
+    if staged:
+        report["groups"], parts, report["stages"] = _staged(run, f, warm, run_by, metrics,
+                                                            max_groups)
+    elif by:
+        groups, parts = _split(f, by, max_groups)
         for key, part in zip(groups, parts, strict=True):
             report["groups"].append({"key": key, **_section(part, window.wall, metrics)})
     if plot_data:
@@ -700,6 +787,11 @@ def build_report(runs: Sequence[RunRows], *, by: Sequence[str] = (), book: Price
         },
         "runs": reports,
     }
+    if any(r["stages"] for r in reports):
+        out["rows_used"]["bench runs"] = (
+            "warm-up rows (stage ending #warmup) are left out of every figure and counted in "
+            "stages.warmup_rows; tables are grouped by stage, each stage's throughput over its "
+            "own window (first schedule to last completion of its measured rows)")
     if len(reports) > 1:
         out["comparison"] = compare(reports)
     return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CLIENT_BOUND_MARK",
     "Table",
     "comparison_tables",
     "fmt_duration",
@@ -20,7 +21,10 @@ __all__ = [
     "format_report",
     "format_short",
     "run_header",
+    "run_keys",
     "run_tables",
+    "stage_table",
+    "warmup_line",
 ]
 
 _STATUSES = ("ok", "error", "timeout", "expired", "cancelled")
@@ -81,6 +85,8 @@ class Table:
     :param title: what the table shows and which rows it uses.
     :param left: how many leading columns are text (flush left); ``last_left`` for the last one.
     :param notes: lines printed after the table; ``text_notes`` only in text (the HTML has plots).
+    :param flagged: indices of rows to flag (client-bound bench stages): the text marks them in
+        a cell, the HTML also colours the row.
     """
 
     title: str
@@ -90,6 +96,7 @@ class Table:
     last_left: bool = False
     notes: list[str] = field(default_factory=list)
     text_notes: list[str] = field(default_factory=list)
+    flagged: list[int] = field(default_factory=list)
 
     def text(self) -> list[str]:
         out = [self.title]
@@ -114,15 +121,112 @@ def _align(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1,
     return [line(headers), *(line(r) for r in rows)]
 
 
+#: Appended to the stage label of a client-bound bench stage in every table.
+CLIENT_BOUND_MARK = " !"
+
+
+def _client_bound(run: dict[str, Any]) -> set[str]:
+    stages = run.get("stages") or {}
+    return {e["stage"] for e in stages.get("per_stage", []) if e["client_bound"]}
+
+
 def _sections(run: dict[str, Any]) -> list[tuple[list[str], dict[str, Any]]]:
     """``(group label cells, section)`` for the whole run, then each group."""
     groups = run["groups"]
     if not groups:
         return [([], run["overall"])]
     width = len(groups[0]["key"])
+    bound = _client_bound(run)
     out = [(["all"] + [""] * (width - 1), run["overall"])]
-    out += [(list(g["key"].values()), g) for g in groups]
+    for g in groups:
+        cells = [f"{v}{CLIENT_BOUND_MARK}" if k == "stage" and v in bound else v
+                 for k, v in g["key"].items()]
+        out.append((cells, g))
     return out
+
+
+def run_keys(run: dict[str, Any], by: Sequence[str]) -> list[str]:
+    """The group keys of one run: a bench run is grouped by stage first, whatever ``--by``."""
+    stages = run.get("stages")
+    return list(stages["group_by"]) if stages else list(by)
+
+
+def _target(t: dict[str, Any]) -> str:
+    if t.get("rate") is not None:
+        return f"rate {t['rate']:g}/s"
+    if t.get("concurrency") is not None:
+        return f"concurrency {t['concurrency']}"
+    return "-"
+
+
+def _pq(d: dict[str, Any] | None, key: str) -> str:
+    return fmt_duration(d[key]) if d else "-"
+
+
+def stage_table(run: dict[str, Any]) -> Table:
+    """One row per bench stage: target, load achieved, latency, errors, SLOs and verdict."""
+    st = run["stages"]
+    entries = st["per_stage"]
+    ttft = any(e["ttft_s"] for e in entries)
+    slos = bool(st["slos"]) or any(e["slo_met"] is not None for e in entries)
+    headers = ["", "stage", "target", "requests", "warm-up", "ok/s", "sent/s", "lag p99",
+               "lat p50", "lat p99"]
+    headers += ["TTFT p50", "TTFT p99"] if ttft else []
+    headers += ["errors"] + (["goodput/s", "SLO"] if slos else []) + ["verdict"]
+    rows, flagged = [], []
+    for i, e in enumerate(entries):
+        if e["client_bound"]:
+            flagged.append(i)
+        lag = e["send_lag_s"]
+        row = ["!" if e["client_bound"] else "", e["stage"], _target(e["target"]),
+               _int(e["requests"]), _int(e["warmup_requests"]), _rate(e["ok_requests_per_s"]),
+               _rate(e["achieved_send_rate"]), _pq(lag, "p99"),
+               _pq(e["latency_s"], "p50"), _pq(e["latency_s"], "p99")]
+        if ttft:
+            row += [_pq(e["ttft_s"], "p50"), _pq(e["ttft_s"], "p99")]
+        row.append(_pct(e["error_rate"]))
+        if slos:
+            met = {True: "met", False: "MISSED", None: "-"}[e["slo_met"]]
+            row += [_rate(e["goodput_rps"]), met]
+        row.append(e["verdict"] or "-")
+        rows.append(row)
+    source = st["source"]
+    title = ("Stages (measured rows, warm-up excluded; each stage over its own window; "
+             + (f"goodput, SLO and verdict from {source})" if source else
+                "no bench.json yet: no goodput, SLO or verdict)"))
+    t = Table(title, headers, rows, left=3, last_left=True, flagged=flagged)
+    if st["slos"]:
+        t.notes.append("SLOs: " + ", ".join(s["slo"] for s in st["slos"])
+                       + "; goodput = ok requests meeting every per-request SLO, per second")
+    sat = st["saturation"]
+    if sat:
+        best, worst = sat.get("highest_passing_rate"), sat.get("lowest_failing_rate")
+        line = "saturation: " + (f"highest passing rate {best:g}/s" if best is not None
+                                 else "no rate passed")
+        if worst is not None:
+            line += f"; lowest failing rate {worst:g}/s ({sat.get('failure') or 'failed'})"
+        if sat.get("note"):
+            line += f"; {sat['note']}"
+        t.notes.append(line)
+    if flagged:
+        names = ", ".join(entries[i]["stage"] for i in flagged)
+        t.notes.append(f"! CLIENT-BOUND: {names}: the client could not keep this load (it fell "
+                       "behind its schedule or its CPU was pegged), so these figures show the "
+                       "client's limit, not the gateway's; add --workers or machines")
+    t.notes += st["notes"]
+    return t
+
+
+def warmup_line(run: dict[str, Any]) -> str | None:
+    """``warm-up rows excluded: N (...)`` for a bench run, else None."""
+    st = run.get("stages")
+    if not st:
+        return None
+    per = ", ".join(f"{k} {v:,}" for k, v in st["warmup_by_stage"].items())
+    cost = st["warmup_cost_usd"]
+    return (f"warm-up rows excluded: {st['warmup_rows']:,}" + (f" ({per})" if per else "")
+            + " from every figure below" + (f"; their cost {fmt_usd(cost)} is in no total"
+                                            if cost else ""))
 
 
 def _spark(values: Sequence[float], width: int = 60) -> str:
@@ -151,16 +255,20 @@ def run_header(run: dict[str, Any]) -> list[str]:
     if run.get("journal_rows"):
         out.append(f"note       {run['journal_rows']:,} rows read from journal/ (the run is "
                    "going, or crashed: resume it)")
+    warm = warmup_line(run)
+    if warm:
+        out.append(f"bench      {warm}")
     return out
 
 
 def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -> list[Table]:
-    """Every table of one run: requests, errors, throughput, latency, tokens, cost."""
-    groups = list(by)
+    """Every table of one run: (bench stages), requests, errors, throughput, latency, tokens,
+    cost."""
+    groups = run_keys(run, by)
     g = len(groups)
     sections = _sections(run)
     o = run["overall"]
-    tables: list[Table] = []
+    tables: list[Table] = [stage_table(run)] if run.get("stages") else []
 
     extra = sorted({k for _, s in sections for k in s["status"]} - set(_STATUSES))
     rows = [[*label, _int(s["requests"]), *(_int(s["status"].get(k, 0)) for k in
@@ -186,7 +294,9 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
     rows = [[*label, _rate(s["throughput"]["requests_per_s"]),
              _rate(s["throughput"]["ok_requests_per_s"]),
              _rate(s["throughput"]["output_tokens_per_s"])] for label, s in sections]
-    t = Table("Throughput (all rows, over the run's wall time)",
+    t = Table("Throughput (all rows, over the run's wall time)" if not run.get("stages") else
+              "Throughput (all rows; all: over the run's wall time; each stage: over its own "
+              "window, first schedule to last completion)",
               [*groups, "req/s", "ok req/s", "output tok/s"], rows, left=g)
     tl = run.get("timeline")
     if tl:
