@@ -10,7 +10,6 @@ not the gateway's, and is reported so instead of as the gateway's capacity.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
 import re
@@ -100,7 +99,9 @@ class StageSpec:
 
     @property
     def target(self) -> str:
-        return f"rate {self.rate:g}/s" if self.rate is not None else f"concurrency {self.concurrency}"
+        return (
+            f"rate {self.rate:g}/s" if self.rate is not None else f"concurrency {self.concurrency}"
+        )
 
 
 def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
@@ -137,11 +138,17 @@ def plan_stages(
             raise ConfigError("--ramp START:END:STEPS needs at least 2 steps")
         rates = [start + (end - start) * i / (steps - 1) for i in range(steps)]
     for c in concurrency or []:
-        stages.append(StageSpec(f"c={c}", concurrency=c, duration_s=duration_s,
-                                requests=requests, warmup_s=warmup_s))
+        stages.append(
+            StageSpec(
+                f"c={c}", concurrency=c, duration_s=duration_s, requests=requests, warmup_s=warmup_s
+            )
+        )
     for r in rates or []:
-        stages.append(StageSpec(f"rate={r:g}", rate=r, duration_s=duration_s, requests=requests,
-                                warmup_s=warmup_s))
+        stages.append(
+            StageSpec(
+                f"rate={r:g}", rate=r, duration_s=duration_s, requests=requests, warmup_s=warmup_s
+            )
+        )
     return stages
 
 
@@ -265,7 +272,8 @@ def stage_result(spec: StageSpec, c: StageCollector, slos: list[Slo]) -> dict[st
         "goodput_rps": (c.good / window if window > 0 else None) if slos else None,
         "achieved_send_rate": achieved,
         "send_lag_s": {
-            "p50": quantile(c.lag, 0.5), "p99": quantile(c.lag, 0.99),
+            "p50": quantile(c.lag, 0.5),
+            "p99": quantile(c.lag, 0.99),
             "max": max(c.lag) if c.lag else None,
         },  # fmt: skip
         "client_cpu": c.cpu_share,
@@ -284,8 +292,9 @@ def stage_result(spec: StageSpec, c: StageCollector, slos: list[Slo]) -> dict[st
         else:
             values = c.values[SLO_METRICS[slo.metric]]
             value = quantile(values, slo.quantile)
-        slo_results.append({"slo": str(slo), "value": value,
-                            "met": value is not None and value <= slo.limit})
+        slo_results.append(
+            {"slo": str(slo), "value": value, "met": value is not None and value <= slo.limit}
+        )
     result["slos"] = slo_results
     result["slo_met"] = all(s["met"] for s in slo_results) if slos else None
     result["verdict"] = verdict(spec, result)
@@ -320,8 +329,9 @@ def cycle_records(
     for j in itertools.count():
         index = base + worker + workers * j
         src = records[(worker + workers * j) % len(records)]
-        yield RequestRecord(index, f"{stage}-{index}", src.params, src.metadata,
-                            src.location, src.extra_headers)
+        yield RequestRecord(
+            index, f"{stage}-{index}", src.params, src.metadata, src.location, src.extra_headers
+        )
 
 
 @dataclass
@@ -346,8 +356,13 @@ def stage_config(base: RunConfig, spec: StageSpec, workers: int = 1) -> RunConfi
     duration = spec.duration_s
     if duration is not None:
         duration += spec.warmup_s
-    return replace(base, concurrency=concurrency if spec.rate is None else base.concurrency,
-                   rate=rate, duration_s=duration, max_requests=requests)
+    return replace(
+        base,
+        concurrency=concurrency if spec.rate is None else base.concurrency,
+        rate=rate,
+        duration_s=duration,
+        max_requests=requests,
+    )
 
 
 def search_rates(start: float, limit: float, factor: float) -> Iterator[float]:
@@ -366,4 +381,3 @@ def passes(result: dict[str, Any], max_error_rate: float | None) -> bool:
         return False
     rate = result["error_rate"]
     return not (max_error_rate is not None and rate is not None and rate > max_error_rate)
-

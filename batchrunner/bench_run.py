@@ -43,10 +43,10 @@ from batchrunner.progress import LiveStats
 from batchrunner.rundir import default_run_name, environment
 from batchrunner.runner import (
     RunDirError,
+    _drive,
     _gateway,
     _RecordFeed,
     _Session,
-    _drive,
 )
 from batchrunner.schema import RequestRecord
 from batchrunner.sources import iter_requests
@@ -110,8 +110,11 @@ def load_records(config: BenchConfig) -> list[RequestRecord]:
     """The request set to cycle: the input file, or one synthetic request."""
     run = config.run
     if not has_input(run):
-        params = {"model": run.model or "claude-sonnet-4-5", "max_tokens": run.max_tokens or 128,
-                  "messages": [{"role": "user", "content": config.synthetic_prompt}]}
+        params = {
+            "model": run.model or "claude-sonnet-4-5",
+            "max_tokens": run.max_tokens or 128,
+            "messages": [{"role": "user", "content": config.synthetic_prompt}],
+        }
         return [RequestRecord(0, "0", params)]
     records = []
     for record in iter_requests(run.requests, run.source_options()):
@@ -123,8 +126,13 @@ def load_records(config: BenchConfig) -> list[RequestRecord]:
     return records
 
 
-async def run_bench(config: BenchConfig, *, quiet: bool = False, stderr: TextIO | None = None,
-                    handle_signals: bool = False) -> BenchResult:
+async def run_bench(
+    config: BenchConfig,
+    *,
+    quiet: bool = False,
+    stderr: TextIO | None = None,
+    handle_signals: bool = False,
+) -> BenchResult:
     """Run every stage (or the saturation search) and write ``bench.json``.
 
     :raises ConfigError: invalid options.
@@ -140,9 +148,15 @@ async def run_bench(config: BenchConfig, *, quiet: bool = False, stderr: TextIO 
         raise RunDirError(f"{run_dir} exists and is not empty: a bench always starts afresh")
     store = await asyncio.to_thread(RunStore.open, run_dir, create=True, redo_statuses=frozenset())
     run_id = uuid.uuid4().hex[:12]
-    info: dict[str, Any] = {"run_id": run_id, "name": run_dir.name, "created_at": time.time(),
-                            "kind": "bench", "config": run.public_dict(),
-                            "bench": _public_bench(config), "environment": environment()}
+    info: dict[str, Any] = {
+        "run_id": run_id,
+        "name": run_dir.name,
+        "created_at": time.time(),
+        "kind": "bench",
+        "config": run.public_dict(),
+        "bench": _public_bench(config),
+        "environment": environment(),
+    }
     results: list[dict[str, Any]] = []
     state = BenchState()
     saturation: dict[str, Any] | None = None
@@ -153,8 +167,9 @@ async def run_bench(config: BenchConfig, *, quiet: bool = False, stderr: TextIO 
             await asyncio.to_thread(write_json_atomic, run_dir / "run.json", info)
             client = GatewayClient(url, run.request_headers(), timeouts=run.timeouts)
             async with client:
-                runner = _StageRunner(config, store, client, run_id, records, url, stderr, quiet,
-                                      handle_signals)
+                runner = _StageRunner(
+                    config, store, client, run_id, records, url, stderr, quiet, handle_signals
+                )
                 stack.callback(runner.close)
                 if config.saturate:
                     saturation = await _saturation_search(config, runner, results, state)
@@ -172,11 +187,19 @@ async def run_bench(config: BenchConfig, *, quiet: bool = False, stderr: TextIO 
                     status, message = "stopped", state.stop_reason
     finally:
         await asyncio.to_thread(store.close)
-    info.update(status=status, message=message, stages=results, saturation=saturation,
-                finished_at=time.time())
+    info.update(
+        status=status,
+        message=message,
+        stages=results,
+        saturation=saturation,
+        finished_at=time.time(),
+    )
     await asyncio.to_thread(write_json_atomic, run_dir / "run.json", info)
-    await asyncio.to_thread(write_json_atomic, run_dir / BENCH_JSON,
-                            {"stages": results, "saturation": saturation, "status": status})
+    await asyncio.to_thread(
+        write_json_atomic,
+        run_dir / BENCH_JSON,
+        {"stages": results, "saturation": saturation, "status": status},
+    )
     return BenchResult(run_dir, results, saturation, status, message)
 
 
@@ -203,19 +226,29 @@ def _should_stop(config: BenchConfig, state: BenchState, results: list[dict[str,
     return False
 
 
-async def _saturation_search(config: BenchConfig, runner: _StageRunner,
-                             results: list[dict[str, Any]], state: BenchState) -> dict[str, Any]:
+async def _saturation_search(
+    config: BenchConfig, runner: _StageRunner, results: list[dict[str, Any]], state: BenchState
+) -> dict[str, Any]:
     """Raise the rate geometrically until a stage fails, then bisect between pass and fail."""
-    base = StageSpec("", duration_s=config.stage_duration_s, requests=config.stage_requests,
-                     warmup_s=config.warmup_s)
+    base = StageSpec(
+        "",
+        duration_s=config.stage_duration_s,
+        requests=config.stage_requests,
+        warmup_s=config.warmup_s,
+    )
     best: float | None = None
     failed: float | None = None
     failure = ""
 
     async def probe(rate: float) -> bool:
         nonlocal failure
-        spec = StageSpec(f"rate={rate:g}", rate=rate, duration_s=base.duration_s,
-                         requests=base.requests, warmup_s=base.warmup_s)
+        spec = StageSpec(
+            f"rate={rate:g}",
+            rate=rate,
+            duration_s=base.duration_s,
+            requests=base.requests,
+            warmup_s=base.warmup_s,
+        )
         result = await runner.run(spec, state)
         results.append(result)
         _print_stage(result, runner.stderr, runner.quiet)
@@ -251,7 +284,9 @@ async def _saturation_search(config: BenchConfig, runner: _StageRunner,
         "slos": [str(s) for s in config.slos],
         "note": (
             "the client, not the gateway, was the limit: the gateway's capacity is at least "
-            "the highest passing rate" if client_bound else None
+            "the highest passing rate"
+            if client_bound
+            else None
         ),
     }
 
@@ -283,9 +318,18 @@ def _print_stage(r: dict[str, Any], stderr: TextIO, quiet: bool) -> None:
 class _StageRunner:
     """Runs one stage, in this process or in worker processes."""
 
-    def __init__(self, config: BenchConfig, store: RunStore, client: GatewayClient, run_id: str,
-                 records: list[RequestRecord], url: str, stderr: TextIO, quiet: bool,
-                 handle_signals: bool) -> None:
+    def __init__(
+        self,
+        config: BenchConfig,
+        store: RunStore,
+        client: GatewayClient,
+        run_id: str,
+        records: list[RequestRecord],
+        url: str,
+        stderr: TextIO,
+        quiet: bool,
+        handle_signals: bool,
+    ) -> None:
         self.config = config
         self.store = store
         self.client = client
@@ -316,11 +360,21 @@ class _StageRunner:
         state.errors += sum(collector.status.values()) - collector.status.get("ok", 0)
         return stage_result(spec, collector, self.config.slos)
 
-    async def _run_here(self, spec: StageSpec, collector: StageCollector, base: int,
-                        state: BenchState) -> None:
+    async def _run_here(
+        self, spec: StageSpec, collector: StageCollector, base: int, state: BenchState
+    ) -> None:
         cfg = stage_config(self.config.run, spec)
-        session = _Session(cfg, self.store, self.client, self.run_id, LiveStats(None),
-                           self._devnull, self.stderr, self.quiet, stage=spec.name)
+        session = _Session(
+            cfg,
+            self.store,
+            self.client,
+            self.run_id,
+            LiveStats(None),
+            self._devnull,
+            self.stderr,
+            self.quiet,
+            stage=spec.name,
+        )
         start_at = time.time() + 0.05
         session.start_at = start_at
         if spec.warmup_s:
@@ -338,8 +392,13 @@ class _StageRunner:
         session.on_row = on_row
         feed = _RecordFeed(cycle_records(self.records, spec.name, base), cfg.max_requests)
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        await _drive(session, cfg.source_options(), self.handle_signals,
-                     show_progress=not self.quiet, feed=feed)
+        await _drive(
+            session,
+            cfg.source_options(),
+            self.handle_signals,
+            show_progress=not self.quiet,
+            feed=feed,
+        )
         collector.cpu_s = time.process_time() - cpu0
         collector.wall_s = time.perf_counter() - wall0
         # errors were counted live when --max-errors is set; avoid counting them twice
@@ -363,8 +422,11 @@ class _StageRunner:
         try:
             for k in range(n):
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "batchrunner.bench_worker",
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    sys.executable,
+                    "-m",
+                    "batchrunner.bench_worker",
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
                 )
                 assert proc.stdin is not None
                 proc.stdin.write(json.dumps({**common, "worker": k}).encode() + b"\n")

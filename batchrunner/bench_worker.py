@@ -33,7 +33,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
     k, n = job["worker"], job["workers"]
     requests = Path(job["records"]) if job["records"] else None
     run = RunConfig(
-        requests=requests or Path("."), gateway=job["url"], mode=Mode(opts["mode"]),
+        requests=requests or Path(), gateway=job["url"], mode=Mode(opts["mode"]),
         arrival=opts["arrival"], seed=opts["seed"] + k,
         retry=RetryPolicy(max_retries=opts["max_retries"]),
         keep_response_json=opts["keep_response_json"],
@@ -48,15 +48,27 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
     else:
         records = [RequestRecord(i, str(i), p) for i, p in enumerate(job["synthetic"])]
     cfg = stage_config(run, spec, workers=n)
-    store = RunStore.open(Path(job["run_dir"]) / "workers" / worker_dir_name(spec.name, k),
-                          create=True, redo_statuses=frozenset())
+    store = RunStore.open(
+        Path(job["run_dir"]) / "workers" / worker_dir_name(spec.name, k),
+        create=True,
+        redo_statuses=frozenset(),
+    )
     collector = StageCollector()
     collector.slos = [Slo.parse(s) for s in job["slos"]]
     client = GatewayClient(job["url"], job["headers"], timeouts=run.timeouts)
     try:
         with open(os.devnull, "w", encoding="utf-8") as devnull:
-            session = _Session(cfg, store, client, job["run_id"], LiveStats(None), devnull,
-                               sys.stderr, True, stage=spec.name)
+            session = _Session(
+                cfg,
+                store,
+                client,
+                job["run_id"],
+                LiveStats(None),
+                devnull,
+                sys.stderr,
+                True,
+                stage=spec.name,
+            )
             # Ready: the parent waits for every worker, then gives all one start instant.
             sys.stdout.write("READY\n")
             sys.stdout.flush()
@@ -66,8 +78,9 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
             if spec.warmup_s:
                 session.warmup_until_at = job["start_at"] + spec.warmup_s
             session.on_row = collector.add
-            feed = _RecordFeed(cycle_records(records, spec.name, job["base"], k, n),
-                               cfg.max_requests)
+            feed = _RecordFeed(
+                cycle_records(records, spec.name, job["base"], k, n), cfg.max_requests
+            )
             if spec.rate is None:
                 # Closed loop: begin at the agreed instant too, so workers overlap fully.
                 await asyncio.sleep(max(0.0, job["start_at"] - time.time()))

@@ -187,7 +187,9 @@ class GatewayClient:
                     await response.aclose()
         except TimeoutError:
             attempt.timed_out = True
-            _fail(attempt, ERROR_TIMEOUT, f"no complete response within {self.timeouts.attempt_s} s")
+            _fail(
+                attempt, ERROR_TIMEOUT, f"no complete response within {self.timeouts.attempt_s} s"
+            )
         except httpx.TimeoutException as exc:
             attempt.timed_out = True
             _fail(attempt, ERROR_TIMEOUT, f"{type(exc).__name__}: {exc}".rstrip(": "))
@@ -345,7 +347,9 @@ async def _read_stream(response: httpx.Response, attempt: Attempt) -> None:
                     attempt.first_token = now
                 token_times.append(now)
             elif kind == StreamAssembler.ERROR:
-                _fail(attempt, assembler.error_type or "stream_error", assembler.error_message or "")
+                _fail(
+                    attempt, assembler.error_type or "stream_error", assembler.error_message or ""
+                )
                 return
             elif kind == StreamAssembler.STOP:
                 attempt.message = assembler.message()
@@ -357,7 +361,11 @@ async def _read_stream(response: httpx.Response, attempt: Attempt) -> None:
         _fail(attempt, ERROR_STREAM_INCOMPLETE, "stream ended before message_stop")
 
 
-_DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "_partial_json"}
+_DELTA_FIELDS = {
+    "text_delta": "text",
+    "thinking_delta": "thinking",
+    "input_json_delta": "_partial_json",
+}
 _DELTA_VALUE = {"text": "text", "thinking": "thinking", "_partial_json": "partial_json"}
 
 

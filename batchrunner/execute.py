@@ -8,6 +8,7 @@ every request that was started ends as exactly one row.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -82,16 +83,7 @@ async def execute(
                 first_sent, first_sent_at = attempt.sent, attempt.sent_at
             if attempt.ok:
                 break
-            delay = retry_delay(
-                ctx.policy,
-                attempts_done=attempts,
-                http_status=attempt.http_status,
-                error_type=attempt.error_type,
-                headers=attempt.headers,
-                transport_failure=attempt.transport_failure,
-                timed_out=attempt.timed_out,
-                rng=ctx.rng,
-            )
+            delay = attempt_retry_delay(ctx, attempt, attempts)
             if delay is None or ctx.stopping():
                 break
             await asyncio.sleep(delay)
@@ -111,14 +103,46 @@ async def execute(
             row["queue_wait_s"] = first_sent - scheduled
         ctx.emit(row)
         raise
-    assert attempt is not None and first_sent is not None
-    row = base_row(record, ctx, request_id, scheduled_at)
+    assert attempt is not None and first_sent is not None and first_sent_at is not None
+    ctx.emit(
+        final_row(record, ctx, attempt, attempts=attempts, first_sent=first_sent,
+                  first_sent_at=first_sent_at, scheduled=scheduled, scheduled_at=scheduled_at)
+    )  # fmt: skip
+
+
+def attempt_retry_delay(ctx: ExecContext, attempt: Attempt, attempts_done: int) -> float | None:
+    """:func:`batchrunner.retry.retry_delay` for a failed attempt (``None``: do not retry)."""
+    return retry_delay(
+        ctx.policy,
+        attempts_done=attempts_done,
+        http_status=attempt.http_status,
+        error_type=attempt.error_type,
+        headers=attempt.headers,
+        transport_failure=attempt.transport_failure,
+        timed_out=attempt.timed_out,
+        rng=ctx.rng,
+    )
+
+
+def final_row(
+    record: RequestRecord,
+    ctx: ExecContext,
+    attempt: Attempt,
+    *,
+    attempts: int,
+    first_sent: float,
+    first_sent_at: float,
+    scheduled: float,
+    scheduled_at: float,
+) -> dict[str, Any]:
+    """The row of a request whose last attempt was ``attempt`` (first one sent at ``first_sent``)."""
+    row = base_row(record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled_at)
     row["attempts"] = attempts
     row["sent_at"] = first_sent_at
     row["queue_wait_s"] = max(0.0, first_sent - scheduled)
     row["total_s"] = attempt.done - scheduled
     fill_attempt(row, attempt, ctx)
-    ctx.emit(row)
+    return row
 
 
 def base_row(
@@ -196,7 +220,7 @@ def fill_itl(row: dict[str, Any], times: list[float]) -> None:
     """Inter-token statistics over the gaps between content deltas."""
     if len(times) < 2:
         return
-    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
     n = len(gaps)
     row["itl_mean_s"] = sum(gaps) / n
     row["itl_p50_s"] = _quantile(gaps, 0.50)

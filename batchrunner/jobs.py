@@ -22,8 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchrunner.client import Attempt, GatewayClient, is_job_stub
-from batchrunner.execute import ExecContext, base_row, encode_body, fill_attempt
+from batchrunner.client import Attempt, is_job_stub
+from batchrunner.execute import (
+    ExecContext,
+    attempt_retry_delay,
+    base_row,
+    encode_body,
+    fill_attempt,
+    final_row,
+)
 from batchrunner.pacing import RateCeiling
 from batchrunner.polling import PROBES, PollPlanner
 from batchrunner.retry import retry_delay
@@ -154,53 +161,41 @@ async def submit(
         if attempt.ok and attempt.message is not None:
             # A gateway without async support for this route answered synchronously: the
             # result is here, so it is simply the row.
-            _emit_sync_answer(record, jctx, attempt, first, attempts, scheduled, scheduled_at)
+            ctx.emit(_row(record, ctx, attempt, first, attempts, scheduled, scheduled_at))
             return None
         if attempt.http_status == 400 and ASYNC_UNAVAILABLE in (attempt.error_message or ""):
             jctx.on_fatal(
                 f"the gateway does not offer async jobs: {attempt.error_message} "
                 "(Bifrost needs a logs store and the governance plugin for async requests)"
             )
-        delay = retry_delay(
-            ctx.policy,
-            attempts_done=attempts - attempts_before,
-            http_status=attempt.http_status,
-            error_type=attempt.error_type,
-            headers=attempt.headers,
-            transport_failure=attempt.transport_failure,
-            timed_out=attempt.timed_out,
-            rng=ctx.rng,
-        )
+        delay = attempt_retry_delay(ctx, attempt, attempts - attempts_before)
         if delay is None or ctx.stopping():
-            row = base_row(record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled_at)
-            row["attempts"] = attempts
-            row["sent_at"] = first.sent_at
-            row["queue_wait_s"] = max(0.0, first.sent - scheduled)
-            row["total_s"] = attempt.done - scheduled
-            fill_attempt(row, attempt, ctx)
+            row = _row(record, ctx, attempt, first, attempts, scheduled, scheduled_at)
             row["error_message"] = f"submit failed: {row['error_message']}"
             ctx.emit(row)
             return None
         await asyncio.sleep(delay)
 
 
-def _emit_sync_answer(
+def _row(
     record: RequestRecord,
-    jctx: JobContext,
+    ctx: ExecContext,
     attempt: Attempt,
     first: Attempt,
     attempts: int,
     scheduled: float,
     scheduled_at: float,
-) -> None:
-    ctx = jctx.exec
-    row = base_row(record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled_at)
-    row["attempts"] = attempts
-    row["sent_at"] = first.sent_at
-    row["queue_wait_s"] = max(0.0, first.sent - scheduled)
-    row["total_s"] = attempt.done - scheduled
-    fill_attempt(row, attempt, ctx)
-    ctx.emit(row)
+) -> dict[str, Any]:
+    return final_row(
+        record,
+        ctx,
+        attempt,
+        attempts=attempts,
+        first_sent=first.sent,
+        first_sent_at=first.sent_at,
+        scheduled=scheduled,
+        scheduled_at=scheduled_at,
+    )
 
 
 class JobPoller:

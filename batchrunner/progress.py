@@ -93,7 +93,9 @@ def _fmt_duration(seconds: float) -> str:
 class ProgressDisplay:
     """Redraws :meth:`LiveStats.line` on one terminal line until stopped."""
 
-    def __init__(self, stats: LiveStats, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self, stats: LiveStats, stream: TextIO | None = None, enabled: bool = True
+    ) -> None:
         self.stats = stats
         self.stream = stream or sys.stderr
         self.enabled = enabled and _isatty(self.stream)

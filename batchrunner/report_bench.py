@@ -26,10 +26,10 @@ __all__ = [
     "has_stages",
     "parse_slo",
     "stage_entry",
-    "stages_block",
     "stage_keys",
     "stage_order",
     "stage_target",
+    "stages_block",
 ]
 
 #: ``stage`` suffix of warm-up rows (the runner's ``WARMUP_SUFFIX``; not imported from there so

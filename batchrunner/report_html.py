@@ -3,7 +3,9 @@
 One file, no external resources (no scripts, fonts, images or style sheets to fetch), so it
 can be mailed, attached to a CI run or opened offline. Plots per run: latency CDFs (per group
 when grouped), the TTFT histogram, throughput, requests in flight and errors over time, cost by
-model and by group; with several runs, overlaid CDFs and cost side by side come first.
+model and by group; with several runs, overlaid CDFs and cost side by side come first. A bench
+run starts with its saturation curve (latency percentiles against achieved throughput, one point
+per stage) and its stage table, client-bound stages drawn hollow and their rows coloured.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from batchrunner.report_text import (
     run_tables,
 )
 
-__all__ = ["render_html"]
+__all__ = ["render_html", "saturation_chart"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
@@ -36,6 +38,7 @@ th{background:#f6f6f6;text-align:right} td{text-align:right;font-variant-numeric
 th.l,td.l{text-align:left} td.ex{white-space:normal;max-width:480px}
 .charts{display:flex;flex-wrap:wrap;gap:12px} svg.chart{border:1px solid #e3e3e3;border-radius:4px}
 p.note{font-size:12px;color:#555;margin:0 0 8px}
+tr.flag td{background:#fde8e6;color:#8a1c12;font-weight:600}
 """
 
 _CATEGORY_LABELS = {"input": "input", "output": "output", "cache_write_5m": "cache write 5m",
@@ -57,16 +60,19 @@ def _table_html(table: Table) -> str:
         out.append("<table><thead><tr>" + "".join(
             f"<th{cls(i)}>{escape(h)}</th>" for i, h in enumerate(table.headers)) + "</tr></thead>")
         out.append("<tbody>")
-        for row in table.rows:
-            out.append("<tr>" + "".join(f"<td{cls(i)}>{escape(c)}</td>"
-                                        for i, c in enumerate(row)) + "</tr>")
+        flagged = set(table.flagged)
+        for k, row in enumerate(table.rows):
+            tr = '<tr class="flag">' if k in flagged else "<tr>"
+            out.append(tr + "".join(f"<td{cls(i)}>{escape(c)}</td>"
+                                    for i, c in enumerate(row)) + "</tr>")
         out.append("</tbody></table>")
     out += [f'<p class="note">{escape(n)}</p>' for n in table.notes]
     return "\n".join(out)
 
 
 def _group_label(key: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in key.items())
+    # A bench stage's name already says what it is (c=8, rate=50).
+    return ", ".join(v if k == "stage" else f"{k}={v}" for k, v in key.items())
 
 
 def _cdf_series(points: list[list[float]]) -> tuple[list[float], list[float]]:
@@ -75,6 +81,67 @@ def _cdf_series(points: list[list[float]]) -> tuple[list[float], list[float]]:
 
 def _pct(v: float) -> str:
     return f"{v * 100:.0f}%"
+
+
+def saturation_chart(run: dict[str, Any]) -> str:
+    """The saturation curve of a bench run: x = achieved throughput (ok requests/s over each
+    stage's window), y = latency p50/p90/p99 and TTFT p99 (stream runs), one point per stage;
+    concurrency and rate stages are two lines, each joined in stage order."""
+    st = run["stages"]
+    entries = st["per_stage"]
+    cols = [("latency_s", "p50"), ("latency_s", "p90"), ("latency_s", "p99")]
+    if any(e["ttft_s"] for e in entries):
+        cols.append(("ttft_s", "p99"))
+    labels = [f"{'latency' if c == 'latency_s' else 'TTFT'} {q}" for c, q in cols]
+    points = []
+    for e in entries:
+        t = e["target"]
+        rate = t.get("rate") is not None
+        hover = f"target {_target_text(t)}; verdict: {e['verdict'] or '-'}"
+        points.append(svg.CurvePoint(
+            label=e["stage"], x=e["ok_requests_per_s"] if e["ok_requests_per_s"] is not None
+            else float("nan"), ys=tuple((e[c] or {}).get(q) for c, q in cols),
+            line="rate" if rate else "concurrency", square=rate, hollow=e["client_bound"],
+            hover=hover))
+    hlines = []
+    for slo in st["slos"]:
+        if slo["column"] in ("latency_s", "ttft_s") and slo["limit"] is not None:
+            q = f"p{slo['quantile'] * 100:g}"
+            idx = next((i for i, cq in enumerate(cols) if cq == (slo["column"], q)), None)
+            hlines.append((f"SLO {slo['slo']}", slo["limit"], idx))
+    vlines = []
+    sat = st["saturation"] or {}
+    best = sat.get("highest_passing_rate")
+    if best is not None:
+        hit = next((e for e in entries if e["target"].get("rate") is not None
+                    and abs(e["target"]["rate"] - best) <= 1e-9 * max(best, 1.0)
+                    and e["ok_requests_per_s"] is not None), None)
+        if hit:
+            vlines.append((f"saturation: highest passing rate {best:g}/s",
+                           hit["ok_requests_per_s"]))
+    key = []
+    if any(not p.square for p in points):
+        key.append(("circle", "concurrency stage"))
+    if any(p.square for p in points):
+        key.append(("square", "rate stage"))
+    if any(p.hollow for p in points):
+        key.append(("hollow", "hollow: client-bound stage (the client was the limit)"))
+    return svg.curve_chart(
+        points, labels, title="Saturation curve: latency vs achieved throughput, per stage",
+        x_label="achieved throughput (ok requests/s over each stage's window)",
+        y_label="latency (ok rows)", x_fmt=lambda v: f"{v:g}/s", y_fmt=_short_duration,
+        hlines=hlines, vlines=vlines, key=key, height=360)
+
+
+def _short_duration(v: float) -> str:
+    # Tick labels: short enough not to run into the axis title.
+    return f"{v * 1e3:.4g} ms" if abs(v) < 1 else f"{v:.4g} s"
+
+
+def _target_text(t: dict[str, Any]) -> str:
+    if t.get("rate") is not None:
+        return f"rate {t['rate']:g}/s"
+    return f"concurrency {t.get('concurrency')}"
 
 
 def _run_charts(run: dict[str, Any]) -> list[str]:
@@ -200,8 +267,13 @@ def render_html(report: dict[str, Any]) -> str:
         header = run_header(run)
         parts.append(f"<h2>{escape(header[0].removeprefix('== '))}</h2>")
         parts += [f'<p class="meta">{escape(line)}</p>' for line in header[1:]]
+        tables = run_tables(run, prices, report["group_by"])
+        if run.get("stages"):
+            # A bench's answer first: the curve and the stage table, then the usual plots.
+            parts.append('<div class="charts">' + saturation_chart(run) + "</div>")
+            parts.append(_table_html(tables.pop(0)))
         parts.append('<div class="charts">' + "\n".join(_run_charts(run)) + "</div>")
-        parts += [_table_html(t) for t in run_tables(run, prices, report["group_by"])]
+        parts += [_table_html(t) for t in tables]
     parts.append("</body></html>")
     return "\n".join(parts)
 

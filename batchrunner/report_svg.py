@@ -1,5 +1,6 @@
 """Small hand-made SVG charts for the HTML report: lines (CDFs, series over time), columns
-(histograms, stacked counts over time) and horizontal stacked bars (cost by model or tag).
+(histograms, stacked counts over time), horizontal stacked bars (cost by model or tag) and
+marked curves (a bench's saturation curve: latency against achieved throughput per stage).
 
 Why not matplotlib: the report must stay self-contained and the install light (matplotlib and
 its dependencies add ~40 MB and ~1 s of import for a handful of simple charts), and inline SVG
@@ -12,9 +13,11 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from html import escape
 
-__all__ = ["PALETTE", "bar_chart", "column_chart", "line_chart", "nice_ticks"]
+__all__ = ["PALETTE", "CurvePoint", "bar_chart", "column_chart", "curve_chart", "line_chart",
+           "nice_ticks"]
 
 #: Colour-blind-friendly categorical colours (Okabe-Ito, then greys).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
@@ -294,5 +297,158 @@ def bar_chart(categories: Sequence[str], stacks: Sequence[tuple[str, Sequence[fl
         out.append(f'<text x="{x + 6:.1f}" y="{y + 13}" font-size="11" fill="#222">'
                    f"{escape(value_fmt(totals[k]))}</text>")
         y += bar_h + gap
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class CurvePoint:
+    """One point of a :func:`curve_chart` (a bench stage), with one y per series.
+
+    :param line: points with the same value are joined, in the order given.
+    :param square: a square marker instead of a circle.
+    :param hollow: a hollow marker: the point is flagged (a client-bound stage).
+    """
+
+    label: str
+    x: float
+    ys: tuple[float | None, ...]
+    line: str = ""
+    square: bool = False
+    hollow: bool = False
+    hover: str = ""
+
+
+def _marker(x: float, y: float, colour: str, square: bool, hollow: bool, attrs: str = "",
+            size: float = 4.0) -> str:
+    fill = "#ffffff" if hollow else colour
+    width = 2.0 if hollow else 1.0
+    if square:
+        return (f'<rect x="{x - size:.1f}" y="{y - size:.1f}" width="{2 * size:.1f}" '
+                f'height="{2 * size:.1f}" fill="{fill}" stroke="{colour}" '
+                f'stroke-width="{width}"{attrs}')
+    return (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{size + 0.5:.1f}" fill="{fill}" '
+            f'stroke="{colour}" stroke-width="{width}"{attrs}')
+
+
+def curve_chart(points: Sequence[CurvePoint], series: Sequence[str], *, title: str,
+                x_label: str, y_label: str, x_fmt: Fmt = _default_fmt, y_fmt: Fmt = _default_fmt,
+                hlines: Sequence[tuple[str, float, int | None]] = (),
+                vlines: Sequence[tuple[str, float]] = (),
+                key: Sequence[tuple[str, str]] = (), width: int = _W, height: int = 340) -> str:
+    """Points joined by lines, one coloured line per series, each point labelled (a saturation
+    curve: x = achieved throughput, y = latency percentiles, one point per stage).
+
+    Every marker carries ``class="pt"``, ``data-point`` (its label) and ``data-series``, so the
+    chart can be checked as text.
+
+    :param series: one label per y of the points (colours in :data:`PALETTE` order).
+    :param hlines: dashed horizontal lines ``(label, y, series index or None)`` (SLO limits); a
+        line far above the data is named in the key instead of flattening the plot.
+    :param vlines: dashed vertical lines ``(label, x)`` (the saturation result).
+    :param key: marker legend ``(kind, text)``, kind ``circle``, ``square`` or ``hollow``.
+    """
+    pts = [(p.x, y) for p in points for y in p.ys
+           if y is not None and math.isfinite(p.x) and math.isfinite(y)]
+    if not pts:
+        return _empty(title, "no stage with ok rows")
+    x_hi = max([p[0] for p in pts] + [x for _, x in vlines]) * 1.05 or 1.0
+    data_hi = max(p[1] for p in pts) or 1.0
+    notes = []
+    shown = []
+    for label, y, idx in hlines:
+        # An SLO far above every stage would squash the curve into the floor: named instead.
+        if y <= 3 * data_hi:
+            shown.append((label, y, idx))
+        else:
+            notes.append(f"{label}: above the plotted range")
+    y_hi = max([data_hi] + [y for _, y, _ in shown]) * 1.08
+    x_ticks = nice_ticks(0.0, x_hi, 6)
+    y_ticks = nice_ticks(0.0, y_hi)
+    x_hi, y_hi = max(x_hi, x_ticks[-1]), max(y_hi, y_ticks[-1])
+    legend, legend_h = _legend(list(series), width, _M["left"], 28)
+    key_y = 28 + legend_h
+    key_items = [*key, *(("note", n) for n in notes)]
+    key_h = 16.0 if key_items else 0.0
+    top = _M["top"] + legend_h + key_h
+    height += int(legend_h + key_h)
+    pw = width - _M["left"] - _M["right"]
+    ph = height - top - _M["bottom"]
+
+    def sx(x: float) -> float:
+        return _M["left"] + pw * x / x_hi
+
+    def sy(y: float) -> float:
+        return top + ph * (1 - y / y_hi)
+
+    out = _frame(title, x_label, y_label, width, height)
+    out[0] = out[0].replace('class="chart"', 'class="chart curve"')
+    out += legend
+    kx = float(_M["left"])
+    for kind, text in key_items:
+        if kind != "note":
+            out.append(_marker(kx + 5, key_y + 5, "#444", kind == "square", kind == "hollow",
+                               size=3.5) + "/>")
+            kx += 13
+        out.append(f'<text x="{kx:.1f}" y="{key_y + 9:.1f}" font-size="10" fill="#222">'
+                   f"{escape(text)}</text>")
+        kx += 6.0 * len(text) + 14
+    for t in y_ticks:
+        y = sy(t)
+        out.append(f'<line x1="{_M["left"]}" x2="{width - _M["right"]}" y1="{y:.1f}" y2="{y:.1f}"'
+                   ' stroke="#e5e5e5"/>')
+        out.append(f'<text x="{_M["left"] - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end" '
+                   f'fill="#444">{escape(y_fmt(t))}</text>')
+    for t in x_ticks:
+        x = sx(t)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - _M["bottom"]}"'
+                   ' stroke="#f0f0f0"/>')
+        out.append(f'<text x="{x:.1f}" y="{height - _M["bottom"] + 14}" font-size="10" '
+                   f'text-anchor="middle" fill="#444">{escape(x_fmt(t))}</text>')
+    out.append(f'<rect x="{_M["left"]}" y="{top}" width="{pw}" height="{ph}" fill="none" '
+               'stroke="#999"/>')
+    for label, y, idx in shown:
+        colour = PALETTE[idx % len(PALETTE)] if idx is not None else "#444"
+        out.append(f'<line x1="{_M["left"]}" x2="{width - _M["right"]}" y1="{sy(y):.1f}" '
+                   f'y2="{sy(y):.1f}" stroke="{colour}" stroke-width="1.4" '
+                   f'stroke-dasharray="6 4" class="hline"><title>{escape(label)}</title></line>')
+        # Labelled at the left, where the light stages are (usually well under the limit).
+        out.append(f'<text x="{_M["left"] + 4}" y="{sy(y) - 4:.1f}" font-size="10" '
+                   f'fill="{colour}">{escape(label)}</text>')
+    for label, x in vlines:
+        out.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top}" '
+                   f'y2="{height - _M["bottom"]}" stroke="#222" stroke-width="1.2" '
+                   f'stroke-dasharray="3 3" class="vline"><title>{escape(label)}</title></line>')
+        anchor = "end" if sx(x) > _M["left"] + pw * 0.6 else "start"
+        dx = -4 if anchor == "end" else 4
+        out.append(f'<text x="{sx(x) + dx:.1f}" y="{top + 12:.1f}" font-size="10" '
+                   f'text-anchor="{anchor}" fill="#222">{escape(label)}</text>')
+    lines = list(dict.fromkeys(p.line for p in points))
+    for i, name in enumerate(series):
+        colour = PALETTE[i % len(PALETTE)]
+        for line in lines:
+            coords = [(sx(p.x), sy(v)) for p in points if p.line == line
+                      and (v := p.ys[i]) is not None and math.isfinite(p.x) and math.isfinite(v)]
+            if len(coords) > 1:
+                path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+                out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" '
+                           f'points="{path}"><title>{escape(name)}</title></polyline>')
+    for p in points:
+        if not math.isfinite(p.x):
+            continue
+        ys = [(i, y) for i, y in enumerate(p.ys) if y is not None and math.isfinite(y)]
+        for i, y in ys:
+            name = series[i]
+            tip = f"{p.label}: {name} {y_fmt(y)} at {x_fmt(p.x)}" + (
+                f"; {p.hover}" if p.hover else "")
+            attrs = (f' class="pt" data-point="{escape(p.label)}" data-series="{escape(name)}">'
+                     f"<title>{escape(tip)}</title>")
+            out.append(_marker(sx(p.x), sy(y), PALETTE[i % len(PALETTE)], p.square, p.hollow,
+                               attrs) + ("</rect>" if p.square else "</circle>"))
+        if ys:
+            top_y = min(sy(y) for _, y in ys)
+            out.append(f'<text x="{sx(p.x):.1f}" y="{top_y - 8:.1f}" font-size="9" '
+                       f'text-anchor="middle" fill="#333" class="pt-label">'
+                       f"{escape(p.label)}</text>")
     out.append("</svg>")
     return "\n".join(out)

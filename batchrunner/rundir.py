@@ -37,7 +37,11 @@ def input_fingerprint(path: Path) -> dict[str, Any]:
         if stat.st_size > _FINGERPRINT_BYTES:
             fh.seek(max(_FINGERPRINT_BYTES, stat.st_size - _FINGERPRINT_BYTES))
             digest.update(fh.read(_FINGERPRINT_BYTES))
-    return {"path": str(path.resolve()), "size": stat.st_size, "blake2b_head_tail": digest.hexdigest()}
+    return {
+        "path": str(path.resolve()),
+        "size": stat.st_size,
+        "blake2b_head_tail": digest.hexdigest(),
+    }
 
 
 def default_run_name(requests: Path, mode: str, now: float | None = None) -> str:
@@ -82,9 +86,10 @@ def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mo
     old = info.get("input") or {}
     if fingerprint is None:
         pass
-    elif old.get("size") != fingerprint["size"] or old.get("blake2b_head_tail") != fingerprint[
-        "blake2b_head_tail"
-    ]:
+    elif (
+        old.get("size") != fingerprint["size"]
+        or old.get("blake2b_head_tail") != fingerprint["blake2b_head_tail"]
+    ):
         raise RunDirError(
             f"cannot resume: the input {fingerprint['path']} is not the file this run started "
             f"with ({old.get('path')}, {old.get('size')} bytes); rows are matched by position, so "

@@ -32,8 +32,8 @@ from batchrunner.client import GatewayClient, messages_url, redact_url
 from batchrunner.config import DEFAULT_CONCURRENCY, ConfigError, RunConfig
 from batchrunner.execute import ExecContext, execute
 from batchrunner.jobs import Job, JobContext, JobPoller, submit
-from batchrunner.polling import PollPlanner
 from batchrunner.pacing import RateCeiling, schedule_offsets, sleep_until
+from batchrunner.polling import PollPlanner
 from batchrunner.progress import LiveStats, ProgressDisplay
 from batchrunner.rundir import (
     RUN_JSON,
@@ -373,7 +373,9 @@ class _Session:
             if self.store.needs_compaction():
                 # Shielded and remembered: cancelling this task must not leave a compaction
                 # running on its thread while the store is being closed.
-                self.compaction = asyncio.ensure_future(asyncio.to_thread(self.store.compact_closed))
+                self.compaction = asyncio.ensure_future(
+                    asyncio.to_thread(self.store.compact_closed)
+                )
                 await asyncio.shield(self.compaction)
 
 
@@ -671,12 +673,16 @@ async def _restore_jobs(session: _Session, options: SourceOptions) -> list[Job]:
     return jobs
 
 
-async def _finish(session: _Session, info: dict[str, Any], session_info: dict[str, Any]) -> RunResult:
+async def _finish(
+    session: _Session, info: dict[str, Any], session_info: dict[str, Any]
+) -> RunResult:
     store, stats, config = session.store, session.stats, session.config
     if session.compaction is not None:
         await asyncio.gather(session.compaction, return_exceptions=True)
     outstanding, deadline = (
-        await asyncio.to_thread(_outstanding_jobs, store) if config.mode is Mode.ASYNC else (0, None)
+        await asyncio.to_thread(_outstanding_jobs, store)
+        if config.mode is Mode.ASYNC
+        else (0, None)
     )
     await asyncio.to_thread(store.close)
     table = await asyncio.to_thread(store.read_table, SUMMARY_COLUMNS)

@@ -72,17 +72,32 @@ def pinned(core: int, cmd: list[str]) -> list[str]:
 
 
 def start_server(mode: str, events: int) -> tuple[subprocess.Popen[str], int]:
-    cmd = [sys.executable, str(HERE / "_fixed_server.py"), "--port", "0", "--mode", mode,
-           "--events", str(events)]
+    cmd = [
+        sys.executable,
+        str(HERE / "_fixed_server.py"),
+        "--port",
+        "0",
+        "--mode",
+        mode,
+        "--events",
+        str(events),
+    ]
     proc = subprocess.Popen(pinned(1, cmd), stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline().strip())
 
 
 def raw(url: str, n: int, c: int, sse: bool, warm: int) -> dict[str, float]:
-    out = subprocess.run(pinned(0, [sys.executable, "-c", RAW_CLIENT, url, str(n), str(c),
-                                    "1" if sse else "0", str(warm)]),
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        pinned(
+            0,
+            [sys.executable, "-c", RAW_CLIENT, url, str(n), str(c), "1" if sse else "0", str(warm)],
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -94,16 +109,43 @@ def ours(url: str, n: int, c: int, sse: bool, workdir: Path) -> dict[str, float]
     if not requests.exists():
         with requests.open("w") as fh:
             for i in range(n):
-                fh.write(json.dumps({"custom_id": f"r{i}", "params": {
-                    "model": "claude-sonnet-4-5", "max_tokens": 64,
-                    "messages": [{"role": "user", "content": f"Question number {i}: why?"}]}}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "custom_id": f"r{i}",
+                            "params": {
+                                "model": "claude-sonnet-4-5",
+                                "max_tokens": 64,
+                                "messages": [
+                                    {"role": "user", "content": f"Question number {i}: why?"}
+                                ],
+                            },
+                        }
+                    )
+                    + "\n"
+                )
     out = workdir / f"run-{'sse' if sse else 'json'}"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "batchrunner", "run", str(requests), "--gateway", url, "--out",
-           str(out), "-c", str(c), "-q", "--mode", "stream" if sse else "sync"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "batchrunner",
+        "run",
+        str(requests),
+        "--gateway",
+        url,
+        "--out",
+        str(out),
+        "-c",
+        str(c),
+        "-q",
+        "--mode",
+        "stream" if sse else "sync",
+    ]
     subprocess.run(pinned(0, cmd), check=True, timeout=600)
-    table = pq.read_table(out / "data", columns=["sent_at", "completed_at", "latency_s",
-                                                 "content_deltas", "status"])
+    table = pq.read_table(
+        out / "data", columns=["sent_at", "completed_at", "latency_s", "content_deltas", "status"]
+    )
     first = pc.min(table["sent_at"]).as_py().timestamp()
     last = pc.max(table["completed_at"]).as_py().timestamp()
     lat = table["latency_s"]
@@ -113,20 +155,33 @@ def ours(url: str, n: int, c: int, sse: bool, workdir: Path) -> dict[str, float]
     deltas = pc.sum(table["content_deltas"]).as_py() or 0
     events = deltas + 6 * ok if sse else 0
     wall = last - first
-    return {"n": table.num_rows, "ok": ok, "wall": wall, "rate": table.num_rows / wall,
-            "events": events, "p50": q[0], "p99": q[1]}
+    return {
+        "n": table.num_rows,
+        "ok": ok,
+        "wall": wall,
+        "rate": table.num_rows / wall,
+        "events": events,
+        "p50": q[0],
+        "p99": q[1],
+    }
 
 
 def compare(label: str, mine: dict[str, float], base: dict[str, float], sse: bool) -> None:
     unit = "events/s" if sse else "req/s"
     mine_rate = mine["events"] / mine["wall"] if sse else mine["rate"]
     base_rate = base["events"] / base["wall"] if sse else base["rate"]
-    print(f"[{label}] raw aiohttp+uvloop: {base_rate:,.0f} {unit} ({base['rate']:,.0f} req/s), "
-          f"p50 {base['p50'] * 1e3:.2f} ms, p99 {base['p99'] * 1e3:.2f} ms")
-    print(f"[{label}] batchrunner run:    {mine_rate:,.0f} {unit} ({mine['rate']:,.0f} req/s), "
-          f"p50 {mine['p50'] * 1e3:.2f} ms, p99 {mine['p99'] * 1e3:.2f} ms, ok {mine['ok']:,}/{mine['n']:,}")
-    print(f"[{label}] ratio {mine_rate / base_rate:.2f} (target >= 0.7, stretch 0.8); "
-          f"p99 ratio {mine['p99'] / base['p99']:.2f} (target <= 2.0)")
+    print(
+        f"[{label}] raw aiohttp+uvloop: {base_rate:,.0f} {unit} ({base['rate']:,.0f} req/s), "
+        f"p50 {base['p50'] * 1e3:.2f} ms, p99 {base['p99'] * 1e3:.2f} ms"
+    )
+    print(
+        f"[{label}] batchrunner run:    {mine_rate:,.0f} {unit} ({mine['rate']:,.0f} req/s), "
+        f"p50 {mine['p50'] * 1e3:.2f} ms, p99 {mine['p99'] * 1e3:.2f} ms, ok {mine['ok']:,}/{mine['n']:,}"
+    )
+    print(
+        f"[{label}] ratio {mine_rate / base_rate:.2f} (target >= 0.7, stretch 0.8); "
+        f"p99 ratio {mine['p99'] / base['p99']:.2f} (target <= 2.0)"
+    )
 
 
 def main() -> None:
@@ -138,7 +193,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=["json", "sse", "both"], default="both")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in (["json", "sse"] if args.mode == "both" else [args.mode]):
+        for mode in ["json", "sse"] if args.mode == "both" else [args.mode]:
             sse = mode == "sse"
             n = args.sse_requests if sse else args.requests
             server, port = start_server(mode, args.events)

@@ -9,7 +9,7 @@ warm-up whose numbers are discarded, then up to ``--requests`` requests bounded 
 - ``raw``: ``aiohttp.ClientSession.post`` + ``read()``, the ceiling;
 - ``direct``: ``httpx.Request(...)`` -> ``AiohttpTransport.handle_async_request`` -> ``aread()``;
 - ``fast``: the same, with the request made by ``transport.build_request`` (public httpx API,
-  ~4x cheaper than ``httpx.Request(content=...)``);
+  ~2x cheaper than ``httpx.Request(content=...)``);
 - ``client``: ``httpx.AsyncClient(transport=AiohttpTransport())`` -> ``post()``;
 - ``httpx``: plain ``httpx.AsyncClient`` (httpcore's pool; fewer requests, it is slow);
 - ``ref``: ``httpx_aiohttp.AiohttpTransport`` used like ``direct`` (only if that is installed).

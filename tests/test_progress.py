@@ -12,7 +12,12 @@ class FakeTTY(io.StringIO):
 
 
 def row(status="ok", latency=0.1, tokens=10, error_type=None):
-    return {"status": status, "latency_s": latency, "output_tokens": tokens, "error_type": error_type}
+    return {
+        "status": status,
+        "latency_s": latency,
+        "output_tokens": tokens,
+        "error_type": error_type,
+    }
 
 
 def test_line_shows_counts_rate_errors_in_flight_latency_and_eta():

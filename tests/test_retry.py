@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import random
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 
@@ -46,15 +46,25 @@ def test_retry_after_http_date():
 
 def test_retry_after_is_capped():
     policy = RetryPolicy(max_retry_after_s=10)
-    assert retry_delay(policy, attempts_done=1, http_status=429, error_type=None,
-                       headers={"retry-after": "3600"}) == 10
+    assert (
+        retry_delay(
+            policy,
+            attempts_done=1,
+            http_status=429,
+            error_type=None,
+            headers={"retry-after": "3600"},
+        )
+        == 10
+    )
 
 
 def test_attempt_budget():
     assert decide(attempts_done=3, http_status=500) is not None
     assert decide(attempts_done=4, http_status=500) is None
-    assert retry_delay(RetryPolicy(max_retries=0), attempts_done=1, http_status=500,
-                       error_type=None) is None
+    assert (
+        retry_delay(RetryPolicy(max_retries=0), attempts_done=1, http_status=500, error_type=None)
+        is None
+    )
 
 
 def test_x_should_retry_header_overrides_status():
@@ -66,8 +76,10 @@ def test_transport_failures_and_timeouts():
     assert decide(transport_failure=True) is not None
     assert decide(timed_out=True) is not None
     no_timeouts = RetryPolicy(retry_timeouts=False)
-    assert retry_delay(no_timeouts, attempts_done=1, http_status=None, error_type=None,
-                       timed_out=True) is None
+    assert (
+        retry_delay(no_timeouts, attempts_done=1, http_status=None, error_type=None, timed_out=True)
+        is None
+    )
 
 
 def test_stream_error_events_retry_only_transient_types():

@@ -8,21 +8,47 @@ from batchrunner.client import StreamAssembler
 from batchrunner.sse import SSEDecoder
 
 EVENTS = [
-    ("message_start", {"type": "message_start", "message": {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
-        "stop_reason": None, "usage": {"input_tokens": 12, "output_tokens": 1,
-                                       "cache_read_input_tokens": 5}}}),
+    (
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-x",
+                "content": [],
+                "stop_reason": None,
+                "usage": {"input_tokens": 12, "output_tokens": 1, "cache_read_input_tokens": 5},
+            },
+        },
+    ),
     ("ping", {"type": "ping"}),
-    ("content_block_start", {"type": "content_block_start", "index": 0,
-                             "content_block": {"type": "text", "text": ""}}),
-    ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                             "delta": {"type": "text_delta", "text": "Hé"}}),
-    ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                             "delta": {"type": "text_delta", "text": "llo\nworld"}}),
+    (
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    ),
+    (
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hé"}},
+    ),
+    (
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": "llo\nworld"},
+        },
+    ),
     ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens",
-                                                          "stop_sequence": None},
-                       "usage": {"output_tokens": 3}}),
+    (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+            "usage": {"output_tokens": 3},
+        },
+    ),
     ("message_stop", {"type": "message_stop"}),
 ]
 
@@ -30,7 +56,15 @@ EVENTS = [
 def wire(events, newline=b"\n"):
     out = b""
     for name, data in events:
-        out += b"event: " + name.encode() + newline + b"data: " + orjson.dumps(data) + newline + newline
+        out += (
+            b"event: "
+            + name.encode()
+            + newline
+            + b"data: "
+            + orjson.dumps(data)
+            + newline
+            + newline
+        )
     return out
 
 
@@ -43,7 +77,7 @@ def test_decoder_survives_any_chunking():
         pos = 0
         while pos < len(payload):
             step = rng.randint(1, 40)
-            got.extend(decoder.feed(payload[pos:pos + step]))
+            got.extend(decoder.feed(payload[pos : pos + step]))
             pos += step
         assert [(t, orjson.loads(d)) for t, d in got] == EVENTS
         assert decoder.pending == b""
@@ -70,16 +104,34 @@ def test_assembler_rebuilds_message():
 
 def test_assembler_error_event():
     asm = StreamAssembler()
-    kind = asm.add("error", b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}')
+    kind = asm.add(
+        "error", b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    )
     assert kind == StreamAssembler.ERROR
     assert (asm.error_type, asm.error_message) == ("overloaded_error", "Overloaded")
 
 
 def test_assembler_tool_use_json():
     asm = StreamAssembler()
-    asm.add("content_block_start", orjson.dumps({"type": "content_block_start", "index": 0,
-            "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}}))
-    for part in ['{"a":', ' 1}']:
-        asm.add("content_block_delta", orjson.dumps({"type": "content_block_delta", "index": 0,
-                "delta": {"type": "input_json_delta", "partial_json": part}}))
+    asm.add(
+        "content_block_start",
+        orjson.dumps(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}},
+            }
+        ),
+    )
+    for part in ['{"a":', " 1}"]:
+        asm.add(
+            "content_block_delta",
+            orjson.dumps(
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": part},
+                }
+            ),
+        )
     assert asm.message()["content"][0]["input"] == {"a": 1}

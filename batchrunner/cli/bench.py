@@ -16,77 +16,207 @@ from batchrunner.cli import main
 from batchrunner.cli.run import _parse_header
 
 SCENARIO_KEYS = {
-    "requests", "gateway", "mode", "concurrency", "rate", "arrival", "ramp", "stage_duration",
-    "stage_requests", "warmup", "slo", "saturate", "search_start", "search_max",
-    "search_factor", "search_steps", "max_errors", "max_error_rate", "duration", "workers",
-    "timeout", "max_retries", "model", "max_tokens", "seed", "emulator_profile",
+    "requests",
+    "gateway",
+    "mode",
+    "concurrency",
+    "rate",
+    "arrival",
+    "ramp",
+    "stage_duration",
+    "stage_requests",
+    "warmup",
+    "slo",
+    "saturate",
+    "search_start",
+    "search_max",
+    "search_factor",
+    "search_steps",
+    "max_errors",
+    "max_error_rate",
+    "duration",
+    "workers",
+    "timeout",
+    "max_retries",
+    "model",
+    "max_tokens",
+    "seed",
+    "emulator_profile",
 }
 
 
-@main.command(epilog="""\b
+@main.command(
+    epilog="""\b
 Exit codes: 0 done; 2 usage or configuration error; 3 interrupted or stopped by
---max-errors / --max-error-rate / --duration before the last stage.""")
+--max-errors / --max-error-rate / --duration before the last stage."""
+)
 @click.argument("requests", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--scenario", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="TOML file with the same settings (keys as the long options, with _ for -); "
-                   "options given here override it.")
-@click.option("--gateway", envvar="BATCHRUNNER_GATEWAY", metavar="URL",
-              help="Gateway base URL [default: the built-in emulator]. Env BATCHRUNNER_GATEWAY.")
-@click.option("--mode", type=click.Choice(["sync", "stream"]), default=None,
-              help="sync or stream [default: stream, for TTFT and inter-token latency].")
-@click.option("-c", "--concurrency", "concurrency", default=None, metavar="N[,N...]",
-              help="Closed-loop stages, e.g. 1,8,32,128.")
-@click.option("--rate", "rate", default=None, metavar="R[,R...]",
-              help="Open-loop stages in requests/s, e.g. 50,100,200.")
-@click.option("--arrival", type=click.Choice(["constant", "poisson"]), default=None,
-              help="Arrivals of --rate stages [constant].")
-@click.option("--ramp", default=None, metavar="START:END:STEPS",
-              help="Open-loop stages from START to END requests/s in STEPS even steps.")
-@click.option("--stage-duration", type=float, default=None, metavar="SECONDS",
-              help="Length of each stage after its warm-up [30].")
-@click.option("--stage-requests", type=int, default=None, metavar="N",
-              help="Requests per stage (ends the stage first if reached before its duration).")
-@click.option("--warmup", type=float, default=None, metavar="SECONDS",
-              help="Warm-up at the start of each stage, excluded from its figures [0].")
-@click.option("--slo", "slo", multiple=True, metavar="METRIC_pQ=SECONDS",
-              help="Objective, e.g. ttft_p99=0.5, latency_p95=4, error_rate=0.01 (repeatable). "
-                   "Stages report goodput and whether they met every SLO.")
-@click.option("--saturate", is_flag=True, default=None,
-              help="Search the highest rate that meets the SLOs: raise the rate by "
-                   "--search-factor from --search-start until a stage fails, then bisect.")
+@click.option(
+    "--scenario",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="TOML file with the same settings (keys as the long options, with _ for -); "
+    "options given here override it.",
+)
+@click.option(
+    "--gateway",
+    envvar="BATCHRUNNER_GATEWAY",
+    metavar="URL",
+    help="Gateway base URL [default: the built-in emulator]. Env BATCHRUNNER_GATEWAY.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["sync", "stream"]),
+    default=None,
+    help="sync or stream [default: stream, for TTFT and inter-token latency].",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    "concurrency",
+    default=None,
+    metavar="N[,N...]",
+    help="Closed-loop stages, e.g. 1,8,32,128.",
+)
+@click.option(
+    "--rate",
+    "rate",
+    default=None,
+    metavar="R[,R...]",
+    help="Open-loop stages in requests/s, e.g. 50,100,200.",
+)
+@click.option(
+    "--arrival",
+    type=click.Choice(["constant", "poisson"]),
+    default=None,
+    help="Arrivals of --rate stages [constant].",
+)
+@click.option(
+    "--ramp",
+    default=None,
+    metavar="START:END:STEPS",
+    help="Open-loop stages from START to END requests/s in STEPS even steps.",
+)
+@click.option(
+    "--stage-duration",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Length of each stage after its warm-up [30].",
+)
+@click.option(
+    "--stage-requests",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Requests per stage (ends the stage first if reached before its duration).",
+)
+@click.option(
+    "--warmup",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Warm-up at the start of each stage, excluded from its figures [0].",
+)
+@click.option(
+    "--slo",
+    "slo",
+    multiple=True,
+    metavar="METRIC_pQ=SECONDS",
+    help="Objective, e.g. ttft_p99=0.5, latency_p95=4, error_rate=0.01 (repeatable). "
+    "Stages report goodput and whether they met every SLO.",
+)
+@click.option(
+    "--saturate",
+    is_flag=True,
+    default=None,
+    help="Search the highest rate that meets the SLOs: raise the rate by "
+    "--search-factor from --search-start until a stage fails, then bisect.",
+)
 @click.option("--search-start", type=float, default=None, help="First rate of the search [10].")
 @click.option("--search-max", type=float, default=None, help="Highest rate tried [10000].")
 @click.option("--search-factor", type=float, default=None, help="Rate multiplier [2].")
 @click.option("--search-steps", type=int, default=None, help="Bisection steps [3].")
 @click.option("--max-errors", type=int, default=None, help="Stop after this many failed requests.")
-@click.option("--max-error-rate", type=float, default=None, metavar="FRACTION",
-              help="Stop after a stage whose error rate is above this (a failing stage in "
-                   "--saturate).")
-@click.option("--duration", type=float, default=None, metavar="SECONDS",
-              help="Start no new stage after this long.")
-@click.option("--workers", type=int, default=None,
-              help="Processes sharing each stage's load (one event loop each) [1].")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Run directory [results/<input>-bench-<UTC time>].")
-@click.option("--api-key", envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"], default=None,
-              metavar="KEY", help="Sent as x-api-key; never stored.")
-@click.option("--virtual-key", envvar="BIFROST_VK", default=None, metavar="SK_BF_KEY",
-              help="Sent as x-bf-vk; never stored.")
-@click.option("-H", "--header", "headers", multiple=True, callback=_parse_header,
-              metavar="'NAME: VALUE'", help="Extra request header (repeatable).")
+@click.option(
+    "--max-error-rate",
+    type=float,
+    default=None,
+    metavar="FRACTION",
+    help="Stop after a stage whose error rate is above this (a failing stage in --saturate).",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Start no new stage after this long.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Processes sharing each stage's load (one event loop each) [1].",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Run directory [results/<input>-bench-<UTC time>].",
+)
+@click.option(
+    "--api-key",
+    envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"],
+    default=None,
+    metavar="KEY",
+    help="Sent as x-api-key; never stored.",
+)
+@click.option(
+    "--virtual-key",
+    envvar="BIFROST_VK",
+    default=None,
+    metavar="SK_BF_KEY",
+    help="Sent as x-bf-vk; never stored.",
+)
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    callback=_parse_header,
+    metavar="'NAME: VALUE'",
+    help="Extra request header (repeatable).",
+)
 @click.option("--timeout", type=float, default=None, help="Per-request timeout in seconds [120].")
-@click.option("--max-retries", type=int, default=None,
-              help="Retries per request [0: a load test measures first attempts].")
-@click.option("--model", default=None, help="Model for requests that name none (and for the "
-                                            "built-in synthetic request when REQUESTS is omitted).")
+@click.option(
+    "--max-retries",
+    type=int,
+    default=None,
+    help="Retries per request [0: a load test measures first attempts].",
+)
+@click.option(
+    "--model",
+    default=None,
+    help="Model for requests that name none (and for the "
+    "built-in synthetic request when REQUESTS is omitted).",
+)
 @click.option("--max-tokens", type=int, default=None, help="max_tokens default [128].")
 @click.option("--seed", type=int, default=None, help="Seed for arrivals and the emulator [0].")
-@click.option("--emulator-profile", default=None, metavar="NAME|FILE",
-              help="Built-in emulator profile when no --gateway [a fast demo profile].")
+@click.option(
+    "--emulator-profile",
+    default=None,
+    metavar="NAME|FILE",
+    help="Built-in emulator profile when no --gateway [a fast demo profile].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the stage results as JSON.")
 @click.option("-q", "--quiet", is_flag=True)
-def bench(requests: Path | None, scenario: Path | None, headers: dict[str, str],
-          as_json: bool, quiet: bool, **options: Any) -> None:
+def bench(
+    requests: Path | None,
+    scenario: Path | None,
+    headers: dict[str, str],
+    as_json: bool,
+    quiet: bool,
+    **options: Any,
+) -> None:
     """Load-test a gateway in stages and say, per stage, whether the gateway or the client was
     the limit.
 
@@ -135,13 +265,18 @@ def bench(requests: Path | None, scenario: Path | None, headers: dict[str, str],
                 raise ConfigError("--ramp must be START:END:STEPS, e.g. 10:200:5") from None
         stage_duration = values.get("stage_duration", 30.0)
         warmup = values.get("warmup") or 0.0
-        stages = plan_stages(concurrency=concurrency, rates=rates, ramp=ramp_spec,
-                             duration_s=stage_duration, requests=values.get("stage_requests"),
-                             warmup_s=warmup)
+        stages = plan_stages(
+            concurrency=concurrency,
+            rates=rates,
+            ramp=ramp_spec,
+            duration_s=stage_duration,
+            requests=values.get("stage_requests"),
+            warmup_s=warmup,
+        )
         slos = [Slo.parse(s) for s in (values.get("slo") or [])]
         timeout = values.get("timeout") or 120.0
         run = RunConfig(
-            requests=requests or Path(""),
+            requests=requests or Path(),
             gateway=values.get("gateway"),
             mode=Mode(values.get("mode") or "stream"),
             arrival=values.get("arrival") or "constant",
@@ -178,15 +313,27 @@ def bench(requests: Path | None, scenario: Path | None, headers: dict[str, str],
         click.echo(f"Internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
     if as_json:
-        click.echo(orjson.dumps({"run_dir": str(result.run_dir), "status": result.status,
-                                 "stages": result.stages, "saturation": result.saturation},
-                                option=orjson.OPT_INDENT_2).decode())
+        click.echo(
+            orjson.dumps(
+                {
+                    "run_dir": str(result.run_dir),
+                    "status": result.status,
+                    "stages": result.stages,
+                    "saturation": result.saturation,
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
     elif not quiet:
         sat = result.saturation
         if sat is not None:
             best = sat["highest_passing_rate"]
-            click.echo(f"saturation: highest rate meeting {', '.join(sat['slos']) or 'the limits'}"
-                       f": {best:g} req/s" if best else "saturation: no rate met the objectives")
+            click.echo(
+                f"saturation: highest rate meeting {', '.join(sat['slos']) or 'the limits'}"
+                f": {best:g} req/s"
+                if best
+                else "saturation: no rate met the objectives"
+            )
             if sat.get("failure"):
                 click.echo(f"            first failure: {sat['failure']}")
             if sat.get("note"):

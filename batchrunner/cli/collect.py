@@ -12,24 +12,57 @@ from batchrunner.cli.run import _parse_header, finish, run_or_exit
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--gateway", envvar="BATCHRUNNER_GATEWAY", metavar="URL",
-              help="Gateway to poll [default: the one recorded in run.json]. Env "
-                   "BATCHRUNNER_GATEWAY.")
-@click.option("--api-key", envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"], default=None,
-              metavar="KEY", help="As for run (keys are never stored, so give them again).")
-@click.option("--virtual-key", envvar="BIFROST_VK", default=None, metavar="SK_BF_KEY",
-              help="The virtual key the jobs were submitted with: a job can only be read with "
-                   "its own key. Env BIFROST_VK.")
-@click.option("-H", "--header", "headers", multiple=True, callback=_parse_header,
-              metavar="'NAME: VALUE'", help="Extra request header (repeatable).")
-@click.option("--poll-rate", type=click.FloatRange(min=0, min_open=True), default=1000.0,
-              show_default=True, help="Polls per second at most.")
+@click.option(
+    "--gateway",
+    envvar="BATCHRUNNER_GATEWAY",
+    metavar="URL",
+    help="Gateway to poll [default: the one recorded in run.json]. Env BATCHRUNNER_GATEWAY.",
+)
+@click.option(
+    "--api-key",
+    envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"],
+    default=None,
+    metavar="KEY",
+    help="As for run (keys are never stored, so give them again).",
+)
+@click.option(
+    "--virtual-key",
+    envvar="BIFROST_VK",
+    default=None,
+    metavar="SK_BF_KEY",
+    help="The virtual key the jobs were submitted with: a job can only be read with "
+    "its own key. Env BIFROST_VK.",
+)
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    callback=_parse_header,
+    metavar="'NAME: VALUE'",
+    help="Extra request header (repeatable).",
+)
+@click.option(
+    "--poll-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1000.0,
+    show_default=True,
+    help="Polls per second at most.",
+)
 @click.option("--poll-concurrency", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
-def collect(run_dir: Path, gateway: str | None, api_key: str | None, virtual_key: str | None,
-            headers: dict[str, str], poll_rate: float, poll_concurrency: int, as_json: bool,
-            quiet: bool) -> None:
+def collect(
+    run_dir: Path,
+    gateway: str | None,
+    api_key: str | None,
+    virtual_key: str | None,
+    headers: dict[str, str],
+    poll_rate: float,
+    poll_concurrency: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Fetch the results of the async jobs of RUN_DIR (a `run --mode async --detach` run, or
     one that was stopped) into the same run directory. Resumable and repeatable: run it again
     until it reports no outstanding jobs, before the deadline `run` printed."""
@@ -43,8 +76,12 @@ def collect(run_dir: Path, gateway: str | None, api_key: str | None, virtual_key
             raise ConfigError(f"{run_dir} is not a batchrunner run directory (no run.json)")
         recorded = info.get("config") or {}
         if recorded.get("mode") != Mode.ASYNC.value:
-            raise ConfigError(f"{run_dir} is a --mode {recorded.get('mode')} run: nothing to collect")
-        url = gateway or (info.get("gateway") if info.get("gateway") != "built-in emulator" else None)
+            raise ConfigError(
+                f"{run_dir} is a --mode {recorded.get('mode')} run: nothing to collect"
+            )
+        url = gateway or (
+            info.get("gateway") if info.get("gateway") != "built-in emulator" else None
+        )
         if not url:
             raise ConfigError(
                 f"{run_dir} ran on the built-in emulator, whose jobs ended with it; nothing to collect"
@@ -56,8 +93,10 @@ def collect(run_dir: Path, gateway: str | None, api_key: str | None, virtual_key
             out=run_dir,
             api_key=api_key,
             virtual_key=virtual_key,
-            headers={**{k: v for k, v in (recorded.get("headers") or {}).items()
-                        if v != "<redacted>"}, **headers},
+            headers={
+                **{k: v for k, v in (recorded.get("headers") or {}).items() if v != "<redacted>"},
+                **headers,
+            },
             ttl_s=int(recorded.get("ttl_s") or 3600),
             poll_rate=poll_rate,
             poll_concurrency=poll_concurrency,

@@ -30,7 +30,9 @@ Exit codes:
   4  finished, but the share of failed requests is above --max-error-rate"""
 
 
-def _parse_header(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+def _parse_header(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
     headers: dict[str, str] = {}
     for raw in values:
         name, sep, value = raw.partition(":")
@@ -42,87 +44,223 @@ def _parse_header(_ctx: click.Context, _param: click.Parameter, values: tuple[st
 
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("requests", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--gateway", envvar="BATCHRUNNER_GATEWAY", metavar="URL",
-              help="Gateway base URL, e.g. http://localhost:8080 (/anthropic/v1/messages is "
-                   "appended unless the path ends in /v1/messages). Env BATCHRUNNER_GATEWAY. "
-                   "Without it, the built-in emulator is started in-process.")
-@click.option("--mode", type=click.Choice(["sync", "stream", "async"]), default="sync",
-              show_default=True, help="sync: one JSON response; stream: SSE with TTFT and "
-                                      "inter-token timings; async: gateway async jobs.")
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
-              help="Closed loop: requests in flight at once [default: 32]. With --rate: a cap "
-                   "on requests in flight (waiting for it counts in queue_wait_s and total_s).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Open loop: start requests at this many per second on a precomputed "
-                   "schedule, whatever the responses do.")
-@click.option("--arrival", type=click.Choice(["constant", "poisson"]), default="constant",
-              show_default=True, help="Spacing of --rate arrivals.")
-@click.option("--max-rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Ceiling on request starts per second (retries included), to stay under a "
-                   "gateway's limit.")
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="The same ceiling in requests per minute.")
-@click.option("--max-requests", type=click.IntRange(min=0), default=None,
-              help="Send at most this many requests in this session.")
-@click.option("--duration", "duration_s", type=click.FloatRange(min=0, min_open=True),
-              default=None, metavar="SECONDS", help="Stop starting requests after this long.")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Run directory. An existing run directory of the same input is resumed. "
-                   "[default: results/<input>-<mode>-<UTC time>]")
-@click.option("--results-root", type=click.Path(path_type=Path, file_okay=False),
-              default=Path("results"), show_default=True,
-              help="Where default run directories go.")
+@click.option(
+    "--gateway",
+    envvar="BATCHRUNNER_GATEWAY",
+    metavar="URL",
+    help="Gateway base URL, e.g. http://localhost:8080 (/anthropic/v1/messages is "
+    "appended unless the path ends in /v1/messages). Env BATCHRUNNER_GATEWAY. "
+    "Without it, the built-in emulator is started in-process.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["sync", "stream", "async"]),
+    default="sync",
+    show_default=True,
+    help="sync: one JSON response; stream: SSE with TTFT and "
+    "inter-token timings; async: gateway async jobs.",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Closed loop: requests in flight at once [default: 32]. With --rate: a cap "
+    "on requests in flight (waiting for it counts in queue_wait_s and total_s).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Open loop: start requests at this many per second on a precomputed "
+    "schedule, whatever the responses do.",
+)
+@click.option(
+    "--arrival",
+    type=click.Choice(["constant", "poisson"]),
+    default="constant",
+    show_default=True,
+    help="Spacing of --rate arrivals.",
+)
+@click.option(
+    "--max-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Ceiling on request starts per second (retries included), to stay under a "
+    "gateway's limit.",
+)
+@click.option(
+    "--rpm",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="The same ceiling in requests per minute.",
+)
+@click.option(
+    "--max-requests",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Send at most this many requests in this session.",
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop starting requests after this long.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Run directory. An existing run directory of the same input is resumed. "
+    "[default: results/<input>-<mode>-<UTC time>]",
+)
+@click.option(
+    "--results-root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("results"),
+    show_default=True,
+    help="Where default run directories go.",
+)
 @click.option("--name", "run_name", default=None, help="Name of the new run directory.")
-@click.option("--resume", is_flag=True,
-              help="Resume the latest run of this input under --results-root (or --out): send "
-                   "only requests without a result row; cancelled ones are sent again.")
-@click.option("--retry-failed", is_flag=True,
-              help="Resume, and also send again the requests whose row is error, timeout or "
-                   "expired (their old rows are replaced).")
-@click.option("--api-key", envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"], default=None,
-              show_default=False, metavar="KEY",
-              help="Sent as x-api-key. Env BATCHRUNNER_API_KEY, else ANTHROPIC_API_KEY. "
-                   "Never written to disk.")
-@click.option("--virtual-key", envvar="BIFROST_VK", default=None, metavar="SK_BF_KEY",
-              help="Bifrost virtual key, sent as x-bf-vk. Env BIFROST_VK. Never written to disk.")
-@click.option("-H", "--header", "headers", multiple=True, callback=_parse_header,
-              metavar="'NAME: VALUE'", help="Extra request header (repeatable).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
-              default=900.0, show_default=True, metavar="SECONDS",
-              help="Longest time for one attempt, send to last byte.")
-@click.option("--read-timeout", "read_timeout_s", type=click.FloatRange(min=0, min_open=True),
-              default=600.0, show_default=True, metavar="SECONDS",
-              help="Longest silence between two bytes of a response.")
-@click.option("--connect-timeout", "connect_timeout_s",
-              type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              metavar="SECONDS")
-@click.option("--max-retries", type=click.IntRange(min=0), default=4, show_default=True,
-              help="Retries per request for 408/409/429/5xx/529 and connection failures, "
-                   "obeying retry-after.")
-@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=None, metavar="FRACTION",
-              help="Exit with code 4 when more than this share of requests failed (e.g. 0.01).")
-@click.option("--drain-timeout", "drain_timeout_s", type=click.FloatRange(min=0), default=30.0,
-              show_default=True, metavar="SECONDS",
-              help="On stop (Ctrl-C, --duration), how long in-flight requests may finish.")
-@click.option("--no-response-json", is_flag=True,
-              help="Do not store the full response body (smaller files for load tests).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Resume the latest run of this input under --results-root (or --out): send "
+    "only requests without a result row; cancelled ones are sent again.",
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Resume, and also send again the requests whose row is error, timeout or "
+    "expired (their old rows are replaced).",
+)
+@click.option(
+    "--api-key",
+    envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"],
+    default=None,
+    show_default=False,
+    metavar="KEY",
+    help="Sent as x-api-key. Env BATCHRUNNER_API_KEY, else ANTHROPIC_API_KEY. "
+    "Never written to disk.",
+)
+@click.option(
+    "--virtual-key",
+    envvar="BIFROST_VK",
+    default=None,
+    metavar="SK_BF_KEY",
+    help="Bifrost virtual key, sent as x-bf-vk. Env BIFROST_VK. Never written to disk.",
+)
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    callback=_parse_header,
+    metavar="'NAME: VALUE'",
+    help="Extra request header (repeatable).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=900.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest time for one attempt, send to last byte.",
+)
+@click.option(
+    "--read-timeout",
+    "read_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest silence between two bytes of a response.",
+)
+@click.option(
+    "--connect-timeout",
+    "connect_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Retries per request for 408/409/429/5xx/529 and connection failures, "
+    "obeying retry-after.",
+)
+@click.option(
+    "--max-error-rate",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="FRACTION",
+    help="Exit with code 4 when more than this share of requests failed (e.g. 0.01).",
+)
+@click.option(
+    "--drain-timeout",
+    "drain_timeout_s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On stop (Ctrl-C, --duration), how long in-flight requests may finish.",
+)
+@click.option(
+    "--no-response-json",
+    is_flag=True,
+    help="Do not store the full response body (smaller files for load tests).",
+)
 @click.option("--no-response-text", is_flag=True, help="Do not store the response text.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for Poisson arrivals, back-off jitter and the built-in emulator.")
-@click.option("--emulator-profile", default=None, metavar="NAME|FILE",
-              help="Profile of the built-in emulator when no --gateway is given: instant, "
-                   "realistic, flaky, or a TOML file [default: a fast demo profile].")
-@click.option("--ttl", "ttl_s", type=click.IntRange(min=1), default=3600, show_default=True,
-              metavar="SECONDS",
-              help="Async: how long the gateway keeps each job's result after it completes "
-                   "(x-bf-async-job-result-ttl).")
-@click.option("--detach", is_flag=True,
-              help="Async: submit everything, record the job ids, print the deadline and exit; "
-                   "`batchrunner collect RUN_DIR` fetches the results later.")
-@click.option("--poll-rate", type=click.FloatRange(min=0, min_open=True), default=1000.0,
-              show_default=True, help="Async: polls per second at most, all jobs together.")
-@click.option("--poll-concurrency", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Async: polls in flight at most.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for Poisson arrivals, back-off jitter and the built-in emulator.",
+)
+@click.option(
+    "--emulator-profile",
+    default=None,
+    metavar="NAME|FILE",
+    help="Profile of the built-in emulator when no --gateway is given: instant, "
+    "realistic, flaky, or a TOML file [default: a fast demo profile].",
+)
+@click.option(
+    "--ttl",
+    "ttl_s",
+    type=click.IntRange(min=1),
+    default=3600,
+    show_default=True,
+    metavar="SECONDS",
+    help="Async: how long the gateway keeps each job's result after it completes "
+    "(x-bf-async-job-result-ttl).",
+)
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Async: submit everything, record the job ids, print the deadline and exit; "
+    "`batchrunner collect RUN_DIR` fetches the results later.",
+)
+@click.option(
+    "--poll-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1000.0,
+    show_default=True,
+    help="Async: polls per second at most, all jobs together.",
+)
+@click.option(
+    "--poll-concurrency",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Async: polls in flight at most.",
+)
 @source_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
@@ -150,15 +288,15 @@ def run(
       batchrunner run set.jsonl --resume          # after a crash or Ctrl-C
     """
     from batchrunner.client import Timeouts
+    from batchrunner.config import RunConfig
     from batchrunner.retry import RetryPolicy
     from batchrunner.schema import Mode
-
-    from batchrunner.config import RunConfig
 
     max_rate = options.pop("max_rate")
     if rpm is not None:
         per_s = rpm / 60.0
         max_rate = per_s if max_rate is None else min(float(max_rate), per_s)  # type: ignore[arg-type]
+
     def build() -> RunConfig:
         return RunConfig(
             requests=requests,
@@ -210,13 +348,21 @@ def finish(result: RunResult, *, as_json: bool, quiet: bool, resume_hint: str) -
     from batchrunner.summary import format_summary
 
     if as_json:
-        click.echo(orjson.dumps({"run_dir": str(result.run_dir), "status": result.status,
-                                 "exit_code": result.exit_code, "message": result.message,
-                                 "rejected": result.rejected,
-                                 "outstanding_jobs": result.outstanding_jobs,
-                                 "collect_before": result.collect_before,
-                                 "summary": result.summary},
-                                option=orjson.OPT_INDENT_2).decode())
+        click.echo(
+            orjson.dumps(
+                {
+                    "run_dir": str(result.run_dir),
+                    "status": result.status,
+                    "exit_code": result.exit_code,
+                    "message": result.message,
+                    "rejected": result.rejected,
+                    "outstanding_jobs": result.outstanding_jobs,
+                    "collect_before": result.collect_before,
+                    "summary": result.summary,
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
     elif not quiet:
         click.echo(format_summary(result.summary))
     if result.status == "detached" and not as_json:
@@ -226,8 +372,11 @@ def finish(result: RunResult, *, as_json: bool, quiet: bool, resume_hint: str) -
     if not quiet:
         click.echo(f"results    {result.run_dir}", err=as_json)
         if result.rejected:
-            click.echo(f"rejected   {result.rejected:,} invalid input rows, see "
-                       f"{result.run_dir / 'rejects.jsonl'}", err=True)
+            click.echo(
+                f"rejected   {result.rejected:,} invalid input rows, see "
+                f"{result.run_dir / 'rejects.jsonl'}",
+                err=True,
+            )
         if result.status not in ("finished", "detached"):
             click.echo(f"{result.status}: {result.message}", err=True)
         if result.exit_code == EXIT_ABORTED or result.status == "incomplete":

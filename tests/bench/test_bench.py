@@ -26,8 +26,14 @@ from batchrunner.runner import run_sync_coro
 
 
 def bench(gateway: str, out: Path, **kw) -> object:
-    run = RunConfig(requests=Path(""), gateway=gateway, mode=kw.pop("mode", "sync"), out=out,
-                    keep_response_json=False, retry=RetryPolicy(max_retries=0))
+    run = RunConfig(
+        requests=Path(),
+        gateway=gateway,
+        mode=kw.pop("mode", "sync"),
+        out=out,
+        keep_response_json=False,
+        retry=RetryPolicy(max_retries=0),
+    )
     return run_sync_coro(run_bench(BenchConfig(run=run, **kw), quiet=True))
 
 
@@ -43,7 +49,10 @@ def test_slo_parsing():
 def test_stage_plans():
     stages = plan_stages(concurrency=[1, 8], rates=[50.0], duration_s=5, warmup_s=1)
     assert [(s.name, s.concurrency, s.rate) for s in stages] == [
-        ("c=1", 1, None), ("c=8", 8, None), ("rate=50", None, 50.0)]
+        ("c=1", 1, None),
+        ("c=8", 8, None),
+        ("rate=50", None, 50.0),
+    ]
     ramp = plan_stages(ramp=(10, 50, 5))
     assert [s.rate for s in ramp] == [10, 20, 30, 40, 50]
     assert parse_list("1, 8,32", int, "-c") == [1, 8, 32]
@@ -54,10 +63,22 @@ def test_stage_plans():
 
 
 def _row(status="ok", latency=0.1, ttft=0.05, lag=0.0, sent=0.0, done=1.0, stage="s"):
-    return {"status": status, "stage": stage, "latency_s": latency, "ttft_s": ttft,
-            "total_s": latency + lag, "tpot_s": None, "ttfb_s": ttft, "itl_p99_s": None,
-            "queue_wait_s": lag, "sent_at": sent, "scheduled_at": sent - lag, "completed_at": done,
-            "output_tokens": 10, "error_type": None if status == "ok" else "api_error"}
+    return {
+        "status": status,
+        "stage": stage,
+        "latency_s": latency,
+        "ttft_s": ttft,
+        "total_s": latency + lag,
+        "tpot_s": None,
+        "ttfb_s": ttft,
+        "itl_p99_s": None,
+        "queue_wait_s": lag,
+        "sent_at": sent,
+        "scheduled_at": sent - lag,
+        "completed_at": done,
+        "output_tokens": 10,
+        "error_type": None if status == "ok" else "api_error",
+    }
 
 
 def test_stage_figures_goodput_and_slos_against_hand_computation():
@@ -93,9 +114,16 @@ def test_verdict_blames_the_client_when_it_fell_behind():
 def test_saturation_search_finds_the_rate_limit_knee(make_emulator, tmp_path):
     """The gateway allows 40 requests/s per key (429 beyond): the search must find ~40."""
     with make_emulator(rate_limit_rps=40, rate_limit_burst=4) as emu:
-        result = bench(emu.base_url, tmp_path / "out", saturate=True, search_start=10,
-                       search_factor=2, search_steps=3, stage_duration_s=2.0,
-                       max_error_rate=0.02)
+        result = bench(
+            emu.base_url,
+            tmp_path / "out",
+            saturate=True,
+            search_start=10,
+            search_factor=2,
+            search_steps=3,
+            stage_duration_s=2.0,
+            max_error_rate=0.02,
+        )
     sat = result.saturation
     assert sat["lowest_failing_rate"] is not None
     # stated tolerance: within 25 % below the knee, never above it
@@ -107,17 +135,26 @@ def test_saturation_search_finds_the_rate_limit_knee(make_emulator, tmp_path):
 
 def test_starved_client_gets_a_client_bound_verdict(make_emulator, tmp_path):
     with make_emulator() as emu:
-        result = bench(emu.base_url, tmp_path / "out",
-                       stages=[StageSpec("rate=30000", rate=30000.0, duration_s=1.0)])
+        result = bench(
+            emu.base_url,
+            tmp_path / "out",
+            stages=[StageSpec("rate=30000", rate=30000.0, duration_s=1.0)],
+        )
     (stage,) = result.stages
     assert stage["verdict"].startswith("client-bound"), stage
 
 
 def test_workers_write_every_row_exactly_once(make_emulator, tmp_path):
     with make_emulator(ttft=Dist("fixed", 0.01)) as emu:
-        result = bench(emu.base_url, tmp_path / "out", workers=2,
-                       stages=[StageSpec("c=4", concurrency=4, duration_s=1.0),
-                               StageSpec("rate=100", rate=100.0, duration_s=1.0, warmup_s=0.2)])
+        result = bench(
+            emu.base_url,
+            tmp_path / "out",
+            workers=2,
+            stages=[
+                StageSpec("c=4", concurrency=4, duration_s=1.0),
+                StageSpec("rate=100", rate=100.0, duration_s=1.0, warmup_s=0.2),
+            ],
+        )
     rows = pq.read_table(tmp_path / "out" / "data").to_pandas()
     assert rows["input_index"].is_unique
     by_stage = rows.groupby("stage").size().to_dict()
@@ -133,28 +170,54 @@ def test_workers_write_every_row_exactly_once(make_emulator, tmp_path):
 
 def test_max_errors_stops_the_bench(make_emulator, tmp_path):
     with make_emulator(fault_500=1.0) as emu:
-        result = bench(emu.base_url, tmp_path / "out", max_errors=5,
-                       stages=[StageSpec("c=2", concurrency=2, duration_s=5.0),
-                               StageSpec("c=4", concurrency=4, duration_s=5.0)])
+        result = bench(
+            emu.base_url,
+            tmp_path / "out",
+            max_errors=5,
+            stages=[
+                StageSpec("c=2", concurrency=2, duration_s=5.0),
+                StageSpec("c=4", concurrency=4, duration_s=5.0),
+            ],
+        )
     assert result.status == "stopped" and "--max-errors" in result.message
     assert len(result.stages) == 1 and result.stages[0]["requests"] < 50
 
 
 def test_cli_with_a_scenario_file(make_emulator, tmp_path):
     scenario = tmp_path / "scenario.toml"
-    scenario.write_text('description = "smoke"\nconcurrency = [1, 2]\nstage_duration = 0.5\n'
-                        'slo = ["ttft_p99=1.0"]\nmode = "stream"\n')
+    scenario.write_text(
+        'description = "smoke"\nconcurrency = [1, 2]\nstage_duration = 0.5\n'
+        'slo = ["ttft_p99=1.0"]\nmode = "stream"\n'
+    )
     with make_emulator() as emu:
         done = subprocess.run(
-            [sys.executable, "-m", "batchrunner", "bench", "--scenario", str(scenario),
-             "--gateway", emu.base_url, "--out", str(tmp_path / "out"), "--json"],
-            capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "batchrunner",
+                "bench",
+                "--scenario",
+                str(scenario),
+                "--gateway",
+                emu.base_url,
+                "--out",
+                str(tmp_path / "out"),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert [s["stage"] for s in report["stages"]] == ["c=1", "c=2"]
     assert all(s["slo_met"] for s in report["stages"])
     assert report["stages"][0]["ttft_s"]["n"] > 0
 
-    bad = subprocess.run([sys.executable, "-m", "batchrunner", "bench", "--slo", "nope=1",
-                          "-c", "1"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "batchrunner", "bench", "--slo", "nope=1", "-c", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "--slo" in bad.stderr and "Traceback" not in bad.stderr

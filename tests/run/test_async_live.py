@@ -25,12 +25,15 @@ KEY_B = "sk-bf-team-b-000000000000"
 
 def run(requests: Path, gateway: str, out: Path, **kw):
     kw.setdefault("retry", RetryPolicy(max_retries=2, backoff_base_s=0.01, backoff_max_s=0.02))
-    return run_sync(RunConfig(requests=requests, gateway=gateway, out=out, mode="async", **kw),
-                    quiet=True)
+    return run_sync(
+        RunConfig(requests=requests, gateway=gateway, out=out, mode="async", **kw), quiet=True
+    )
 
 
 def jobs_in(run_dir: Path) -> list[dict]:
-    return [orjson.loads(line) for line in (run_dir / "jobs.jsonl").read_bytes().splitlines() if line]
+    return [
+        orjson.loads(line) for line in (run_dir / "jobs.jsonl").read_bytes().splitlines() if line
+    ]
 
 
 def test_async_flow_rows_match_the_emulators_jobs(make_emulator, requests_file, tmp_path):
@@ -60,8 +63,9 @@ def test_async_flow_rows_match_the_emulators_jobs(make_emulator, requests_file, 
 
 
 @pytest.mark.parametrize(("status", "retried"), [(529, True), (400, False), (404, False)])
-def test_failed_jobs_become_error_rows_with_their_status(make_emulator, requests_file, tmp_path,
-                                                         status, retried):
+def test_failed_jobs_become_error_rows_with_their_status(
+    make_emulator, requests_file, tmp_path, status, retried
+):
     with make_emulator(fault_job=1.0, job_failure_status=status) as emu:
         run(requests_file(3), emu.base_url, tmp_path / "out")
     rows = read_rows(tmp_path / "out")
@@ -78,8 +82,18 @@ def test_detach_then_collect_from_another_process(make_emulator, requests_file, 
     out = tmp_path / "out"
     with make_emulator(ttft=Dist("fixed", 0.3), virtual_keys=(KEY_A,)) as emu:
         env = {"BIFROST_VK": KEY_A}
-        detached = run_cli("run", str(requests), "--mode", "async", "--detach", "--gateway",
-                           emu.base_url, "--out", str(out), env=env)
+        detached = run_cli(
+            "run",
+            str(requests),
+            "--mode",
+            "async",
+            "--detach",
+            "--gateway",
+            emu.base_url,
+            "--out",
+            str(out),
+            env=env,
+        )
         assert detached.returncode == 0, detached.stderr
         assert "batchrunner collect" in detached.stdout and "before" in detached.stdout
         assert not (out / "data").exists() or read_rows(out).empty
@@ -103,9 +117,17 @@ def test_short_ttl_and_a_slow_collector_give_expired_rows(make_emulator, request
         result = run(requests_file(4), emu.base_url, out, detach=True, ttl_s=1)
         assert result.status == "detached" and result.outstanding_jobs == 4
         time.sleep(2.2)  # results expire 1 s after completion
-        collected = run_sync(RunConfig(requests=tmp_path / "set-4.jsonl", gateway=emu.base_url,
-                                       out=out, mode="async", collect_only=True, ttl_s=1),
-                             quiet=True)
+        collected = run_sync(
+            RunConfig(
+                requests=tmp_path / "set-4.jsonl",
+                gateway=emu.base_url,
+                out=out,
+                mode="async",
+                collect_only=True,
+                ttl_s=1,
+            ),
+            quiet=True,
+        )
     rows = read_rows(out)
     assert collected.status == "finished"
     assert set(rows["status"]) == {"expired"} and set(rows["error_type"]) == {"job_expired"}
@@ -118,9 +140,17 @@ def test_polling_with_another_key_reads_as_not_found(requests_file, tmp_path, no
     out = tmp_path / "out"
     with running_emulator(config) as emu:
         run(requests_file(3), emu.base_url, out, detach=True, virtual_key=KEY_A)
-        collected = run_sync(RunConfig(requests=tmp_path / "set-3.jsonl", gateway=emu.base_url,
-                                       out=out, mode="async", collect_only=True,
-                                       virtual_key=KEY_B), quiet=True)
+        collected = run_sync(
+            RunConfig(
+                requests=tmp_path / "set-3.jsonl",
+                gateway=emu.base_url,
+                out=out,
+                mode="async",
+                collect_only=True,
+                virtual_key=KEY_B,
+            ),
+            quiet=True,
+        )
     rows = read_rows(out)
     assert collected.status == "finished"
     assert set(rows["status"]) == {"expired"}
@@ -138,8 +168,16 @@ def test_emulator_restart_loses_jobs_and_nothing_hangs(requests_file, tmp_path):
     with running_emulator(config, port=port) as emu:  # same address, empty job store
         started = time.monotonic()
         # more lost jobs than the consecutive-failure abort threshold: all must become rows
-        collected = run_sync(RunConfig(requests=tmp_path / "set-25.jsonl", gateway=emu.base_url,
-                                       out=out, mode="async", collect_only=True), quiet=True)
+        collected = run_sync(
+            RunConfig(
+                requests=tmp_path / "set-25.jsonl",
+                gateway=emu.base_url,
+                out=out,
+                mode="async",
+                collect_only=True,
+            ),
+            quiet=True,
+        )
         assert time.monotonic() - started < 10
     rows = read_rows(out)
     assert collected.status == "finished" and len(rows) == 25
@@ -150,8 +188,20 @@ def test_kill_9_during_submission_then_resume(make_emulator, requests_file, tmp_
     requests = requests_file(400)
     out = tmp_path / "out"
     with make_emulator() as emu:
-        proc = start_run(str(requests), "--mode", "async", "--gateway", emu.base_url, "--out",
-                         str(out), "-c", "4", "--max-rate", "100", "-q")
+        proc = start_run(
+            str(requests),
+            "--mode",
+            "async",
+            "--gateway",
+            emu.base_url,
+            "--out",
+            str(out),
+            "-c",
+            "4",
+            "--max-rate",
+            "100",
+            "-q",
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if (out / "jobs.jsonl").exists() and len(jobs_in(out)) >= 40:
@@ -161,11 +211,23 @@ def test_kill_9_during_submission_then_resume(make_emulator, requests_file, tmp_
         proc.communicate(timeout=10)
         recorded = {j["input_index"] for j in jobs_in(out)}
         assert 40 <= len(recorded) < 400
-        done = run_cli("run", str(requests), "--mode", "async", "--gateway", emu.base_url,
-                       "--out", str(out), "-c", "8", "-q")
+        done = run_cli(
+            "run",
+            str(requests),
+            "--mode",
+            "async",
+            "--gateway",
+            emu.base_url,
+            "--out",
+            str(out),
+            "-c",
+            "8",
+            "-q",
+        )
         assert done.returncode == 0, done.stderr
         submits = collections.Counter(
-            int(t["request_id"].rsplit("-", 1)[1]) for t in emu.ground_truth()
+            int(t["request_id"].rsplit("-", 1)[1])
+            for t in emu.ground_truth()
             if t["kind"] == "async_submit"
         )
     rows = read_rows(out)
@@ -179,8 +241,19 @@ def test_ctrl_c_stops_and_leaves_jobs_to_collect(make_emulator, requests_file, t
     requests = requests_file(30)
     out = tmp_path / "out"
     with make_emulator(ttft=Dist("fixed", 30.0)) as emu:  # jobs that take long
-        proc = start_run(str(requests), "--mode", "async", "--gateway", emu.base_url,
-                         "--out", str(out), "-c", "2", "--max-rate", "20")
+        proc = start_run(
+            str(requests),
+            "--mode",
+            "async",
+            "--gateway",
+            emu.base_url,
+            "--out",
+            str(out),
+            "-c",
+            "2",
+            "--max-rate",
+            "20",
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (
             (out / "jobs.jsonl").exists() and len(jobs_in(out)) >= 5
@@ -196,8 +269,10 @@ def test_ctrl_c_stops_and_leaves_jobs_to_collect(make_emulator, requests_file, t
 
 def test_detach_needs_a_real_gateway(requests_file, tmp_path):
     with pytest.raises(ConfigError, match="--detach needs --gateway"):
-        run_sync(RunConfig(requests=requests_file(1), out=tmp_path / "o", mode="async",
-                           detach=True), quiet=True)
+        run_sync(
+            RunConfig(requests=requests_file(1), out=tmp_path / "o", mode="async", detach=True),
+            quiet=True,
+        )
 
 
 def test_wait_for_rows_helper_is_importable():

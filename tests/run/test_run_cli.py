@@ -22,11 +22,18 @@ pytestmark = pytest.mark.slow
 
 def start_run(*args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "BATCHRUNNER_GATEWAY"}
-    return subprocess.Popen([sys.executable, "-m", "batchrunner", "run", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchrunner", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
-def wait_for_rows(run_dir: Path, at_least: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+def wait_for_rows(
+    run_dir: Path, at_least: int, proc: subprocess.Popen, timeout: float = 30
+) -> None:
     """Wait until the run has durably finished some requests (journal lines or parts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -39,11 +46,15 @@ def wait_for_rows(run_dir: Path, at_least: int, proc: subprocess.Popen, timeout:
     raise AssertionError("the run made no progress")
 
 
-def test_kill_9_then_resume_loses_nothing_and_sends_nothing_twice(make_emulator, requests_file, tmp_path):
+def test_kill_9_then_resume_loses_nothing_and_sends_nothing_twice(
+    make_emulator, requests_file, tmp_path
+):
     requests = requests_file(300)
     out = tmp_path / "out"
     with make_emulator(ttft=Dist("fixed", 0.03)) as emu:
-        proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "4", "-q")
+        proc = start_run(
+            str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "4", "-q"
+        )
         wait_for_rows(out, 60, proc)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
@@ -51,7 +62,9 @@ def test_kill_9_then_resume_loses_nothing_and_sends_nothing_twice(make_emulator,
         # the directory is consistent right after the crash: every part file reads
         for part in out.glob("data/*.parquet"):
             pq.read_table(part)
-        done = run_cli("run", str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "4", "-q")
+        done = run_cli(
+            "run", str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "4", "-q"
+        )
         assert done.returncode == 0, done.stderr
         sent_total = len(emu.ground_truth())
     rows = read_rows(out)
@@ -132,8 +145,9 @@ def test_strict_aborts_at_the_first_invalid_row(make_emulator, tmp_path):
     good = '{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n'
     path.write_text(good * 3 + '{"model": 5}\n' + good)
     with make_emulator() as emu:
-        result = run_cli("run", str(path), "--gateway", emu.base_url, "--strict",
-                         "--out", str(tmp_path / "out"))
+        result = run_cli(
+            "run", str(path), "--gateway", emu.base_url, "--strict", "--out", str(tmp_path / "out")
+        )
     assert result.returncode in (2, 3), result.stderr
     assert f"{path}:4" in result.stderr
     assert "Traceback" not in result.stderr

@@ -39,7 +39,10 @@ def test_sync_run_writes_one_row_per_request(make_emulator, requests_file, tmp_p
     assert (rows["output_tokens"] > 0).all() and (rows["input_tokens"] > 0).all()
     assert rows["response_text"].str.len().gt(0).all()
     assert (rows["attempts"] == 1).all()
-    assert rows["metadata"].map(orjson.loads).map(lambda m: m["i"]).tolist() == rows["input_index"].tolist()
+    assert (
+        rows["metadata"].map(orjson.loads).map(lambda m: m["i"]).tolist()
+        == rows["input_index"].tolist()
+    )
     assert (rows["latency_s"] > 0).all() and (rows["total_s"] >= rows["latency_s"]).all()
     assert rows["ttft_s"].isna().all()  # sync mode has no TTFT
     # run.json describes the run; the summary counted every row
@@ -50,10 +53,12 @@ def test_sync_run_writes_one_row_per_request(make_emulator, requests_file, tmp_p
 
 def test_stream_timings_match_emulator_ground_truth(make_emulator, requests_file, tmp_path):
     """Recorded TTFT/latency vs the delays the emulator injected (catches a 10 ms error)."""
-    with make_emulator(ttft=Dist("fixed", 0.08), token_delay=Dist("fixed", 0.004),
-                       output_tokens=Dist("fixed", 20)) as emu:
-        result = run(requests_file(12), emu.base_url, tmp_path / "out", mode="stream",
-                     concurrency=4)
+    with make_emulator(
+        ttft=Dist("fixed", 0.08), token_delay=Dist("fixed", 0.004), output_tokens=Dist("fixed", 20)
+    ) as emu:
+        result = run(
+            requests_file(12), emu.base_url, tmp_path / "out", mode="stream", concurrency=4
+        )
         truth = {t["request_id"]: t for t in emu.ground_truth() if t.get("request_id")}
     assert result.exit_code == EXIT_OK
     rows = read_rows(tmp_path / "out")
@@ -83,8 +88,13 @@ def test_concurrency_is_capped(make_emulator, requests_file, tmp_path):
 
 def test_retries_obey_retry_after_and_count_attempts(make_emulator, requests_file, tmp_path):
     with make_emulator(fault_429=0.5, retry_after_s=0, seed=3) as emu:
-        result = run(requests_file(30), emu.base_url, tmp_path / "out", concurrency=4,
-                     retry=RetryPolicy(max_retries=8, backoff_base_s=0.01, backoff_max_s=0.02))
+        result = run(
+            requests_file(30),
+            emu.base_url,
+            tmp_path / "out",
+            concurrency=4,
+            retry=RetryPolicy(max_retries=8, backoff_base_s=0.01, backoff_max_s=0.02),
+        )
     rows = read_rows(tmp_path / "out")
     assert result.exit_code == EXIT_OK
     assert set(rows["status"]) == {"ok"}
@@ -95,9 +105,13 @@ def test_retries_obey_retry_after_and_count_attempts(make_emulator, requests_fil
 
 def test_failures_are_rows_with_stable_error_types(make_emulator, requests_file, tmp_path):
     with make_emulator(fault_500=1.0) as emu:
-        result = run(requests_file(10), emu.base_url, tmp_path / "out",
-                     retry=RetryPolicy(max_retries=1, backoff_base_s=0.001, backoff_max_s=0.001),
-                     max_error_rate=0.5)
+        result = run(
+            requests_file(10),
+            emu.base_url,
+            tmp_path / "out",
+            retry=RetryPolicy(max_retries=1, backoff_base_s=0.001, backoff_max_s=0.001),
+            max_error_rate=0.5,
+        )
     rows = read_rows(tmp_path / "out")
     assert len(rows) == 10
     assert set(rows["status"]) == {"error"}
@@ -109,17 +123,26 @@ def test_failures_are_rows_with_stable_error_types(make_emulator, requests_file,
 
 def test_stalled_requests_time_out_as_rows(make_emulator, requests_file, tmp_path):
     with make_emulator(fault_stall=1.0) as emu:
-        run(requests_file(3), emu.base_url, tmp_path / "out",
+        run(
+            requests_file(3),
+            emu.base_url,
+            tmp_path / "out",
             timeouts=Timeouts(connect_s=2, read_s=0.3, attempt_s=0.5),
-            retry=RetryPolicy(max_retries=0))
+            retry=RetryPolicy(max_retries=0),
+        )
     rows = read_rows(tmp_path / "out")
     assert set(rows["status"]) == {"timeout"} and set(rows["error_type"]) == {"timeout"}
 
 
 def test_mid_stream_error_is_an_error_row(make_emulator, requests_file, tmp_path):
     with make_emulator(fault_midstream=1.0) as emu:
-        run(requests_file(4), emu.base_url, tmp_path / "out", mode="stream",
-            retry=RetryPolicy(max_retries=0))
+        run(
+            requests_file(4),
+            emu.base_url,
+            tmp_path / "out",
+            mode="stream",
+            retry=RetryPolicy(max_retries=0),
+        )
     rows = read_rows(tmp_path / "out")
     assert set(rows["status"]) == {"error"}
     assert set(rows["http_status"]) == {200}
@@ -146,10 +169,21 @@ def test_open_loop_schedule_is_recorded(make_emulator, requests_file, tmp_path):
 
 def test_virtual_key_auth_and_no_secret_on_disk(make_emulator, requests_file, tmp_path):
     with make_emulator(virtual_keys=(SECRET_KEY,), require_virtual_key=True) as emu:
-        ok = run(requests_file(5), emu.base_url, tmp_path / "ok", virtual_key=SECRET_KEY,
-                 headers={"Authorization": f"Bearer {SECRET_KEY}", "X-Team": "evals"})
-        bad = run(requests_file(25), emu.base_url, tmp_path / "bad", virtual_key="sk-bf-wrong",
-                  retry=RetryPolicy(max_retries=0), concurrency=1)
+        ok = run(
+            requests_file(5),
+            emu.base_url,
+            tmp_path / "ok",
+            virtual_key=SECRET_KEY,
+            headers={"Authorization": f"Bearer {SECRET_KEY}", "X-Team": "evals"},
+        )
+        bad = run(
+            requests_file(25),
+            emu.base_url,
+            tmp_path / "bad",
+            virtual_key="sk-bf-wrong",
+            retry=RetryPolicy(max_retries=0),
+            concurrency=1,
+        )
     assert ok.exit_code == EXIT_OK and ok.summary["status"] == {"ok": 5}
     # a gateway that refuses every request aborts the run instead of burning the whole set
     assert bad.exit_code == EXIT_ABORTED and "401" in bad.message
@@ -213,7 +247,9 @@ def test_rejects_are_reported_and_skipped(make_emulator, tmp_path):
     assert result.status == "finished" and result.rejected == 2
     rows = read_rows(tmp_path / "out")
     assert sorted(rows["input_index"]) == [0, 3]
-    rejects = [orjson.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    rejects = [
+        orjson.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()
+    ]
     assert [r["location"] for r in rejects] == [f"{path}:2", f"{path}:3"]
     assert "max_tokens" in rejects[1]["reason"]
 
@@ -233,8 +269,13 @@ def test_bad_config_is_a_config_error(requests_file, tmp_path):
 
 def test_response_payload_can_be_left_out(make_emulator, requests_file, tmp_path):
     with make_emulator() as emu:
-        run(requests_file(3), emu.base_url, tmp_path / "out", keep_response_json=False,
-            keep_response_text=False)
+        run(
+            requests_file(3),
+            emu.base_url,
+            tmp_path / "out",
+            keep_response_json=False,
+            keep_response_text=False,
+        )
     rows = read_rows(tmp_path / "out")
     assert rows["response_json"].isna().all() and rows["response_text"].isna().all()
     assert (rows["output_tokens"] > 0).all()
