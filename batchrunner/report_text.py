@@ -130,12 +130,14 @@ def _client_bound(run: dict[str, Any]) -> set[str]:
     return {e["stage"] for e in stages.get("per_stage", []) if e["client_bound"]}
 
 
-def _sections(run: dict[str, Any]) -> list[tuple[list[str], dict[str, Any]]]:
-    """``(group label cells, section)`` for the whole run, then each group."""
+def _sections(run: dict[str, Any], width: int) -> list[tuple[list[str], dict[str, Any]]]:
+    """``(group label cells, section)`` for the whole run, then each group (*width* label
+    cells: the number of group keys, so that a run without rows still fills its columns)."""
     groups = run["groups"]
-    if not groups:
+    if groups:
+        width = len(groups[0]["key"])
+    if not width:
         return [([], run["overall"])]
-    width = len(groups[0]["key"])
     bound = _client_bound(run)
     out = [(["all"] + [""] * (width - 1), run["overall"])]
     for g in groups:
@@ -169,8 +171,10 @@ def stage_table(run: dict[str, Any]) -> Table:
     entries = st["per_stage"]
     ttft = any(e["ttft_s"] for e in entries)
     slos = bool(st["slos"]) or any(e["slo_met"] is not None for e in entries)
-    headers = ["", "stage", "target", "requests", "warm-up", "ok/s", "sent/s", "lag p99",
-               "lat p50", "lat p99"]
+    # A leading "!" column only when some stage is client-bound, so the flag stands out.
+    mark = any(e["client_bound"] for e in entries)
+    headers = [""] * mark + ["stage", "target", "requests", "warm-up", "ok/s", "sent/s",
+                             "lag p99", "lat p50", "lat p99"]
     headers += ["TTFT p50", "TTFT p99"] if ttft else []
     headers += ["errors"] + (["goodput/s", "SLO"] if slos else []) + ["verdict"]
     rows, flagged = [], []
@@ -178,7 +182,7 @@ def stage_table(run: dict[str, Any]) -> Table:
         if e["client_bound"]:
             flagged.append(i)
         lag = e["send_lag_s"]
-        row = ["!" if e["client_bound"] else "", e["stage"], _target(e["target"]),
+        row = ["!" if e["client_bound"] else ""] * mark + [e["stage"], _target(e["target"]),
                _int(e["requests"]), _int(e["warmup_requests"]), _rate(e["ok_requests_per_s"]),
                _rate(e["achieved_send_rate"]), _pq(lag, "p99"),
                _pq(e["latency_s"], "p50"), _pq(e["latency_s"], "p99")]
@@ -194,7 +198,7 @@ def stage_table(run: dict[str, Any]) -> Table:
     title = ("Stages (measured rows, warm-up excluded; each stage over its own window; "
              + (f"goodput, SLO and verdict from {source})" if source else
                 "no bench.json yet: no goodput, SLO or verdict)"))
-    t = Table(title, headers, rows, left=3, last_left=True, flagged=flagged)
+    t = Table(title, headers, rows, left=2 + mark, last_left=True, flagged=flagged)
     if st["slos"]:
         t.notes.append("SLOs: " + ", ".join(s["slo"] for s in st["slos"])
                        + "; goodput = ok requests meeting every per-request SLO, per second")
@@ -266,7 +270,7 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
     cost."""
     groups = run_keys(run, by)
     g = len(groups)
-    sections = _sections(run)
+    sections = _sections(run, g)
     o = run["overall"]
     tables: list[Table] = [stage_table(run)] if run.get("stages") else []
 

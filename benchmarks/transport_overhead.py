@@ -339,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             url = f"http://127.0.0.1:{port}{PATH}"
             for rnd in range(args.rounds):
-                print(f"\n== {mode} ({what}), round {rnd + 1}/{args.rounds}")
+                # Other work on this shared machine moves every figure; say how busy it was.
+                load = f"  load avg {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+                print(f"\n== {mode} ({what}), round {rnd + 1}/{args.rounds}{load}")
                 results = []
                 for name in variants:
                     results.append(run_variant(name, url, sse, args))

@@ -105,7 +105,7 @@ def real_bench(make_emulator, tmp_path) -> Path:
     out = tmp_path / "bench"
     with make_emulator(ttft=Dist("fixed", 0.004), token_delay=Dist("fixed", 0.0002),
                        fault_500=0.05, seed=7) as emu:
-        run = RunConfig(requests=Path(""), gateway=emu.base_url, mode="stream", out=out,
+        run = RunConfig(requests=Path(), gateway=emu.base_url, mode="stream", out=out,
                         keep_response_json=False, retry=RetryPolicy(max_retries=0))
         stages = [StageSpec("c=2", concurrency=2, duration_s=0.5, warmup_s=0.2),
                   StageSpec("c=10", concurrency=10, duration_s=0.5, warmup_s=0.2),
