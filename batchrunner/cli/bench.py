@@ -338,7 +338,7 @@ def bench(
                 click.echo(f"            first failure: {sat['failure']}")
             if sat.get("note"):
                 click.echo(f"            note: {sat['note']}")
-        click.echo(f"results    {result.run_dir}  (batchrunner report {result.run_dir} --by stage)")
+        click.echo(f"results    {result.run_dir}  (batchrunner report {result.run_dir})")
     if result.status != "finished":
         click.echo(f"{result.status}: {result.message}", err=True)
         sys.exit(3)
