@@ -27,8 +27,11 @@ from batchrunner.schema import RequestRecord, Status
 MAX_SEND_LAG_P99_S = 0.01
 #: A stage that sent less than this share of its target rate fell behind.
 MIN_ACHIEVED_SHARE = 0.95
-#: Client CPU at or above this share of one core means the client is the bottleneck.
+#: Closed loop: client CPU at or above this share of one core means the client is the limit.
+#: (Open-loop stages spin before each send, so their CPU share says nothing.)
 CPU_PEGGED = 0.9
+#: An event loop that runs a timer this late (p99) is saturated, in either loop.
+MAX_LOOP_LAG_P99_S = 0.01
 DEFAULT_STAGE_DURATION_S = 30.0
 DEFAULT_SEARCH_FACTOR = 2.0
 DEFAULT_SEARCH_STEPS = 3
@@ -170,6 +173,7 @@ class StageCollector:
         self.output_tokens = 0
         self.cpu_s = 0.0
         self.wall_s = 0.0
+        self.loop_lag_p99_s: float | None = None
         self.slos: list[Slo] = []
 
     def add(self, row: dict[str, Any]) -> None:
@@ -213,7 +217,7 @@ class StageCollector:
             "sent_at": list(self.sent_at), "first_scheduled_at": self.first_scheduled_at,
             "last_completed_at": self.last_completed_at, "good": self.good,
             "warmup_rows": self.warmup_rows, "output_tokens": self.output_tokens,
-            "cpu_s": self.cpu_s, "wall_s": self.wall_s,
+            "cpu_s": self.cpu_s, "wall_s": self.wall_s, "loop_lag_p99_s": self.loop_lag_p99_s,
         }  # fmt: skip
 
     def merge_json(self, data: dict[str, Any]) -> None:
@@ -228,6 +232,9 @@ class StageCollector:
         self.good += data["good"]
         self.warmup_rows += data["warmup_rows"]
         self.output_tokens += data["output_tokens"]
+        lag = data.get("loop_lag_p99_s")
+        if lag is not None:
+            self.loop_lag_p99_s = max(lag, self.loop_lag_p99_s or 0.0)
         # Workers run in parallel: the busiest one tells whether the client side was saturated.
         if data["wall_s"] and (not self.wall_s or data["cpu_s"] / data["wall_s"] > self.cpu_share):
             self.cpu_s, self.wall_s = data["cpu_s"], data["wall_s"]
@@ -277,6 +284,7 @@ def stage_result(spec: StageSpec, c: StageCollector, slos: list[Slo]) -> dict[st
             "max": max(c.lag) if c.lag else None,
         },  # fmt: skip
         "client_cpu": c.cpu_share,
+        "loop_lag_p99_s": c.loop_lag_p99_s,
     }
     for name in StageCollector.TIMINGS:
         values = c.values[name]
@@ -311,8 +319,11 @@ def verdict(spec: StageSpec, r: dict[str, Any]) -> str:
             reasons.append(f"sent {achieved:,.1f}/s of the {spec.rate:g}/s scheduled")
         if lag is not None and lag > MAX_SEND_LAG_P99_S:
             reasons.append(f"send lag p99 {lag * 1000:,.1f} ms")
-    if r["client_cpu"] >= CPU_PEGGED:
+    elif r["client_cpu"] >= CPU_PEGGED:
         reasons.append(f"client CPU {r['client_cpu']:.0%} of a core")
+    loop_lag = r.get("loop_lag_p99_s")
+    if loop_lag is not None and loop_lag > MAX_LOOP_LAG_P99_S:
+        reasons.append(f"event loop lag p99 {loop_lag * 1000:,.1f} ms")
     if reasons:
         return "client-bound (" + "; ".join(reasons) + "): add --workers or machines"
     if r["requests"] == 0:

@@ -39,6 +39,7 @@ from batchrunner.bench import (
 )
 from batchrunner.client import GatewayClient, redact_url
 from batchrunner.config import ConfigError, RunConfig
+from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
 from batchrunner.rundir import default_run_name, environment
 from batchrunner.runner import (
@@ -392,13 +393,19 @@ class _StageRunner:
         session.on_row = on_row
         feed = _RecordFeed(cycle_records(self.records, spec.name, base), cfg.max_requests)
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        await _drive(
-            session,
-            cfg.source_options(),
-            self.handle_signals,
-            show_progress=not self.quiet,
-            feed=feed,
-        )
+        meter = LoopLagMeter()
+        meter_task = asyncio.create_task(meter.run())
+        try:
+            await _drive(
+                session,
+                cfg.source_options(),
+                self.handle_signals,
+                show_progress=not self.quiet,
+                feed=feed,
+            )
+        finally:
+            meter_task.cancel()
+        collector.loop_lag_p99_s = meter.p99()
         collector.cpu_s = time.process_time() - cpu0
         collector.wall_s = time.perf_counter() - wall0
         # errors were counted live when --max-errors is set; avoid counting them twice

@@ -19,6 +19,7 @@ from batchrunner.bench import Slo, StageCollector, StageSpec, cycle_records, sta
 from batchrunner.bench_run import phase_of, worker_dir_name
 from batchrunner.client import GatewayClient, Timeouts
 from batchrunner.config import RunConfig
+from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import _drive, _RecordFeed, _Session
@@ -85,8 +86,14 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
                 # Closed loop: begin at the agreed instant too, so workers overlap fully.
                 await asyncio.sleep(max(0.0, job["start_at"] - time.time()))
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            async with client:
-                await _drive(session, cfg.source_options(), False, False, feed=feed)
+            meter = LoopLagMeter()
+            meter_task = asyncio.create_task(meter.run())
+            try:
+                async with client:
+                    await _drive(session, cfg.source_options(), False, False, feed=feed)
+            finally:
+                meter_task.cancel()
+            collector.loop_lag_p99_s = meter.p99()
             collector.cpu_s = time.process_time() - cpu0
             collector.wall_s = time.perf_counter() - wall0
     finally:

@@ -74,3 +74,28 @@ class RateCeiling:
 
     async def acquire(self) -> None:
         await self._throttler.acquire()
+
+
+class LoopLagMeter:
+    """How late the event loop runs a timer: the client's own saturation, whatever the CPU says.
+
+    CPU share is no saturation signal for an open loop that spins before each send (it keeps a
+    core busy by design); a loop that cannot run a 20 ms timer on time is saturated.
+    """
+
+    INTERVAL_S = 0.02
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(self.INTERVAL_S)
+            self.samples.append(max(0.0, time.perf_counter() - start - self.INTERVAL_S))
+
+    def p99(self) -> float | None:
+        if not self.samples:
+            return None
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
