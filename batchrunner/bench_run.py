@@ -384,7 +384,7 @@ class _StageRunner:
 
         def on_row(row: dict[str, Any]) -> None:
             collector.add(row)
-            if max_errors is not None and row["status"] != "ok":
+            if max_errors is not None and row.get("status") != "ok":
                 state.errors += 1
                 if state.errors > max_errors and not session.stopping:
                     state.stop_reason = f"--max-errors {max_errors} exceeded"

@@ -171,7 +171,7 @@ async def submit(
         delay = attempt_retry_delay(ctx, attempt, attempts - attempts_before)
         if delay is None or ctx.stopping():
             row = _row(record, ctx, attempt, first, attempts, scheduled, scheduled_at)
-            row["error_message"] = f"submit failed: {row['error_message']}"
+            row["error_message"] = f"submit failed: {row.get('error_message')}"
             ctx.emit(row)
             return None
         await asyncio.sleep(delay)
@@ -399,8 +399,8 @@ class JobPoller:
         fill_attempt(row, attempt, ctx)
         if error is not None:
             row["error_type"], row["error_message"] = error
-        elif note and row["error_message"] is not None:
-            row["error_message"] = note + row["error_message"]
+        elif note and row.get("error_message") is not None:
+            row["error_message"] = note + row.get("error_message")
         row["status"] = status.value
         row["attempts"] = job.attempts
         row["job_id"] = job.job_id

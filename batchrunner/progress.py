@@ -37,7 +37,7 @@ class LiveStats:
 
     def record(self, row: dict[str, Any]) -> None:
         self.done += 1
-        status = row["status"]
+        status = row.get("status")
         self.by_status[status] += 1
         if status != "ok":
             self.errors_by_type[row.get("error_type") or status] += 1

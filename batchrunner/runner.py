@@ -172,7 +172,7 @@ class _Session:
 
     # -- rows ---------------------------------------------------------------------------------
     def emit(self, row: dict[str, Any]) -> None:
-        if self.warmup_until_at is not None and (row["scheduled_at"] or 0) < self.warmup_until_at:
+        if self.warmup_until_at is not None and (row.get("scheduled_at") or 0) < self.warmup_until_at:
             row["stage"] = f"{self.stage}{WARMUP_SUFFIX}"
         if self.on_row is not None:
             self.on_row(row)
@@ -195,24 +195,24 @@ class _Session:
             self.stop("output is not writable")
 
     def _track_config_errors(self, row: dict[str, Any]) -> None:
-        status = row["http_status"]
-        unreachable = row["error_type"] == ERROR_CONNECTION and status is None
+        status = row.get("http_status")
+        unreachable = row.get("error_type") == ERROR_CONNECTION and status is None
         # Only plain errors count: an expired job's 404 says nothing about the configuration.
-        if row["status"] == Status.ERROR.value and (status in CONFIG_ERROR_STATUSES or unreachable):
+        if row.get("status") == Status.ERROR.value and (status in CONFIG_ERROR_STATUSES or unreachable):
             self._consecutive_config_errors += 1
             if self._consecutive_config_errors == MAX_CONSECUTIVE_CONFIG_ERRORS:
                 if unreachable:
-                    what = f"could not reach the gateway ({row['error_message']}); check --gateway"
+                    what = f"could not reach the gateway ({row.get('error_message')}); check --gateway"
                 else:
                     what = (
-                        f"were refused with HTTP {status} ({row['error_type']}: "
-                        f"{row['error_message']}); check --gateway, --api-key and --virtual-key"
+                        f"were refused with HTTP {status} ({row.get('error_type')}: "
+                        f"{row.get('error_message')}); check --gateway, --api-key and --virtual-key"
                     )
                 self.fatal = RunAborted(
                     f"{MAX_CONSECUTIVE_CONFIG_ERRORS} requests in a row (after retries) {what}"
                 )
                 self.stop("the gateway keeps failing every request")
-        elif row["status"] == Status.OK.value:
+        elif row.get("status") == Status.OK.value:
             self._consecutive_config_errors = 0
 
     def on_reject(self, reject: Reject) -> None:

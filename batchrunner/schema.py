@@ -1,7 +1,8 @@
 """Request and result records and the Arrow schema of a result row (a contract: see README "Output columns").
 
 A request set is read into :class:`RequestRecord` objects. Every request ends as exactly one
-result row: a plain ``dict`` keyed by the names in :data:`RESULT_SCHEMA`. In memory, instants
+result row: a plain ``dict`` keyed by names in :data:`RESULT_SCHEMA` (a column a row does not
+set is null; the store fills it in). In memory, instants
 (columns ending in ``_at``) are float seconds since the epoch (``time.time()``); the sink turns
 them into ``timestamp[us, UTC]``. Durations end in ``_s`` and are float seconds from
 ``time.perf_counter()`` differences. Missing values are ``None``.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,13 @@ def start_server(mode: str, events: int) -> tuple[subprocess.Popen[str], int]:
     return proc, int(proc.stdout.readline().strip())
 
 
+def child_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def raw(url: str, n: int, c: int, sse: bool, warm: int) -> dict[str, float]:
+    cpu0 = child_cpu_s()
     out = subprocess.run(
         pinned(
             0,
@@ -98,10 +105,12 @@ def raw(url: str, n: int, c: int, sse: bool, warm: int) -> dict[str, float]:
         timeout=300,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["cpu_us_per_req"] = (child_cpu_s() - cpu0) / (n + warm) * 1e6
+    return result
 
 
-def ours(url: str, n: int, c: int, sse: bool, workdir: Path) -> dict[str, float]:
+def ours(url: str, n: int, c: int, sse: bool, workdir: Path, extra: list[str]) -> dict[str, float]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -141,8 +150,11 @@ def ours(url: str, n: int, c: int, sse: bool, workdir: Path) -> dict[str, float]
         "-q",
         "--mode",
         "stream" if sse else "sync",
+        *extra,
     ]
+    cpu0 = child_cpu_s()
     subprocess.run(pinned(0, cmd), check=True, timeout=600)
+    cpu_us = (child_cpu_s() - cpu0) / n * 1e6
     table = pq.read_table(
         out / "data", columns=["sent_at", "completed_at", "latency_s", "content_deltas", "status"]
     )
@@ -163,6 +175,7 @@ def ours(url: str, n: int, c: int, sse: bool, workdir: Path) -> dict[str, float]
         "events": events,
         "p50": q[0],
         "p99": q[1],
+        "cpu_us_per_req": cpu_us,
     }
 
 
@@ -177,6 +190,11 @@ def compare(label: str, mine: dict[str, float], base: dict[str, float], sse: boo
     print(
         f"[{label}] batchrunner run:    {mine_rate:,.0f} {unit} ({mine['rate']:,.0f} req/s), "
         f"p50 {mine['p50'] * 1e3:.2f} ms, p99 {mine['p99'] * 1e3:.2f} ms, ok {mine['ok']:,}/{mine['n']:,}"
+    )
+    print(
+        f"[{label}] whole-process CPU per request (startup, reading, Parquet included): "
+        f"raw {base['cpu_us_per_req']:.0f} us, ours {mine['cpu_us_per_req']:.0f} us "
+        f"-> CPU-efficiency ratio {base['cpu_us_per_req'] / mine['cpu_us_per_req']:.2f}"
     )
     print(
         f"[{label}] ratio {mine_rate / base_rate:.2f} (target >= 0.7, stretch 0.8); "
@@ -200,11 +218,13 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             try:
                 base = raw(url + "/anthropic/v1/messages", n, args.concurrency, sse, warm=n // 20)
-                mine = ours(url, n, args.concurrency, sse, Path(tmp))
+                mine = ours(url, n, args.concurrency, sse, Path(tmp), [])
+                lean = ours(url, n, args.concurrency, sse, Path(tmp), ["--no-response-json"])
             finally:
                 server.terminate()
                 server.wait(timeout=10)
             compare(mode, mine, base, sse)
+            compare(mode + ", --no-response-json", lean, base, sse)
 
 
 if __name__ == "__main__":

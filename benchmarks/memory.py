@@ -43,17 +43,31 @@ def pinned(core: int, cmd: list[str]) -> list[str]:
 
 def write_set(path: Path, n: int) -> None:
     # Formatting in blocks keeps this at a few seconds for 1M lines.
-    line = ('{"custom_id":"req-%07d","params":{"model":"claude-sonnet-4-5","max_tokens":32,'
-            '"messages":[{"role":"user","content":"Say something about the number %d."}]}}\n')
+    head = '{"custom_id":"req-'
+    mid = '","params":{"model":"claude-sonnet-4-5","max_tokens":32,"messages":[{"role":"user",'
     with path.open("w") as fh:
         for start in range(0, n, 50_000):
-            fh.write("".join(line % (i, i) for i in range(start, min(n, start + 50_000))))
+            fh.write(
+                "".join(
+                    f'{head}{i:07d}{mid}"content":"Say something about the number {i}."}}]}}}}\n'
+                    for i in range(start, min(n, start + 50_000))
+                )
+            )
 
 
 def start_emulator(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = (workdir / "emulator.log").open("wb")
-    cmd = [sys.executable, "-m", "batchrunner", "emulate", "--port", "0", "--profile",
-           str(ROOT / "jobs" / "emulator" / "instant.toml"), "--no-ground-truth"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "batchrunner",
+        "emulate",
+        "--port",
+        "0",
+        "--profile",
+        str(ROOT / "jobs" / "emulator" / "instant.toml"),
+        "--no-ground-truth",
+    ]
     proc = subprocess.Popen(pinned(1, cmd), stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -71,7 +85,7 @@ def start_emulator(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
     out = {}
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with Path(f"/proc/{pid}/status").open() as fh:
             for line in fh:
                 name, _, value = line.partition(":")
                 if name in keys:
@@ -81,8 +95,9 @@ def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
-def run_sampled(cmd: list[str], interval: float, timeout: float) -> tuple[np.ndarray, np.ndarray,
-                                                                          int, int, float]:
+def run_sampled(
+    cmd: list[str], interval: float, timeout: float
+) -> tuple[np.ndarray, np.ndarray, int, int, float]:
     """Run ``cmd``, sampling its RSS; return (times, rss_kb, hwm_kb, exit code, wall seconds)."""
     proc = subprocess.Popen(cmd)
     times: list[float] = []
@@ -109,15 +124,21 @@ def run_sampled(cmd: list[str], interval: float, timeout: float) -> tuple[np.nda
     return np.asarray(times), np.asarray(rss), hwm, proc.returncode, time.monotonic() - t0
 
 
+def _fmt_mb(values: np.ndarray) -> str:
+    return f"{float(values.max()):.0f}" if values.size else "-"  # no sample in this tenth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1_000_000)
-    parser.add_argument("--checkpoint", type=int, default=100_000,
-                        help="the early reference point [100000]")
+    parser.add_argument(
+        "--checkpoint", type=int, default=100_000, help="the early reference point [100000]"
+    )
     parser.add_argument("-c", "--concurrency", type=int, default=64)
     parser.add_argument("--interval", type=float, default=0.2, help="RSS sampling period [0.2 s]")
-    parser.add_argument("--timeout", type=float, default=1800.0,
-                        help="kill the run after this many seconds [1800]")
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="kill the run after this many seconds [1800]"
+    )
     args = parser.parse_args()
     n = args.requests
     checkpoint = min(args.checkpoint, n)
@@ -132,12 +153,27 @@ def main() -> None:
         requests = workdir / "set.jsonl"
         t = time.perf_counter()
         write_set(requests, n)
-        print(f"wrote {n:,} requests ({requests.stat().st_size / 1e6:,.0f} MB) in "
-              f"{time.perf_counter() - t:.1f} s")
+        print(
+            f"wrote {n:,} requests ({requests.stat().st_size / 1e6:,.0f} MB) in "
+            f"{time.perf_counter() - t:.1f} s"
+        )
         emulator, url = start_emulator(workdir)
         out = workdir / "run"
-        cmd = [sys.executable, "-m", "batchrunner", "run", str(requests), "--gateway", url,
-               "--out", str(out), "-c", str(args.concurrency), "-q", "--no-response-json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "batchrunner",
+            "run",
+            str(requests),
+            "--gateway",
+            url,
+            "--out",
+            str(out),
+            "-c",
+            str(args.concurrency),
+            "-q",
+            "--no-response-json",
+        ]
         try:
             times, rss, hwm, code, wall = run_sampled(pinned(0, cmd), args.interval, args.timeout)
         finally:
@@ -149,8 +185,10 @@ def main() -> None:
         if code != 0:
             raise SystemExit(f"batchrunner run exited with {code}")
         table = pq.read_table(out / "data", columns=["completed_at", "status"])
-        done_at = np.sort(table["completed_at"].cast(pa.int64()).to_numpy(zero_copy_only=False)
-                          .astype(np.float64) / 1e6)
+        done_at = np.sort(
+            table["completed_at"].cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+            / 1e6
+        )
         ok = table.filter(pc.equal(table["status"], "ok")).num_rows
 
     rows_at = np.searchsorted(done_at, times, side="right")  # rows done at each sample
@@ -165,25 +203,38 @@ def main() -> None:
     at_check = peak_until(checkpoint)
     at_end_sending = peak_until(done_at.size)
     overall = float(mb.max())
-    print(f"batchrunner run: {done_at.size:,} rows (ok {ok:,}) in {wall:.0f} s "
-          f"({done_at.size / (done_at[-1] - done_at[0]):,.0f} req/s while sending), "
-          f"{times.size:,} RSS samples")
-    print("peak RSS per 10 % of rows: " + ", ".join(
-        f"{int(k / 1000)}k {float(mb[(rows_at > lo) & (rows_at <= k)].max(initial=0)):.0f}"
-        for lo, k in zip([0, *np.linspace(n / 10, n, 10)[:-1].astype(int)],
-                         np.linspace(n / 10, n, 10).astype(int), strict=True)
-    ) + " MB")
+    print(
+        f"batchrunner run: {done_at.size:,} rows (ok {ok:,}) in {wall:.0f} s "
+        f"({done_at.size / (done_at[-1] - done_at[0]):,.0f} req/s while sending), "
+        f"{times.size:,} RSS samples"
+    )
+    print(
+        "peak RSS per 10 % of rows: "
+        + ", ".join(
+            f"{k:,} {_fmt_mb(mb[(rows_at > lo) & (rows_at <= k)])}"
+            for lo, k in zip(
+                [0, *np.linspace(n / 10, n, 10)[:-1].astype(int)],
+                np.linspace(n / 10, n, 10).astype(int),
+                strict=True,
+            )
+        )
+        + " MB"
+    )
     print(f"peak RSS at {checkpoint:,} rows done: {at_check:.1f} MB")
-    print(f"peak RSS at {done_at.size:,} rows done: {at_end_sending:.1f} MB (while sending); "
-          f"{overall:.1f} MB over the whole process (VmHWM {hwm / 1024:.1f} MB, incl. final "
-          "compaction and summary)")
+    print(
+        f"peak RSS at {done_at.size:,} rows done: {at_end_sending:.1f} MB (while sending); "
+        f"{overall:.1f} MB over the whole process (VmHWM {hwm / 1024:.1f} MB, incl. final "
+        "compaction and summary)"
+    )
     growth = at_end_sending / at_check
     growth_all = max(overall, hwm / 1024) / at_check
     ok_peak = max(overall, hwm / 1024) <= TARGET_PEAK_MB
-    print(f"growth {growth:.2f}x while sending, {growth_all:.2f}x incl. the end "
-          f"(target <= {TARGET_GROWTH}x); peak {max(overall, hwm / 1024):.0f} MB "
-          f"(target <= {TARGET_PEAK_MB:.0f} MB): "
-          + ("OK" if ok_peak and growth_all <= TARGET_GROWTH else "MISS"))
+    print(
+        f"growth {growth:.2f}x while sending, {growth_all:.2f}x incl. the end "
+        f"(target <= {TARGET_GROWTH}x); peak {max(overall, hwm / 1024):.0f} MB "
+        f"(target <= {TARGET_PEAK_MB:.0f} MB): "
+        + ("OK" if ok_peak and growth_all <= TARGET_GROWTH else "MISS")
+    )
     print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -10,7 +10,8 @@ fraction of that ceiling one open-loop run of about ``--seconds`` of schedule, b
 * **sent/s**: (rows - 1) / (last ``sent_at`` - first ``sent_at``), how fast requests really
   left, against the target rate (the schedule itself spans (rows - 1) / R);
 * **send lag**: ``queue_wait_s`` (= ``sent_at - scheduled_at``, clamped at 0), p50/p99/max;
-  ``min`` is the smallest unclamped ``sent_at - scheduled_at`` (µs timestamps; negative = sent early);
+  ``min`` is the smallest unclamped ``sent_at - scheduled_at`` (µs timestamps; negative =
+  sent early);
 * **done/s**: ok rows / (last ``completed_at`` - first ``sent_at``);
 * **CPU**: the run's CPU seconds / its wall seconds (start-up and final compaction included);
   **runq**: the share of that wall time its main thread (the event loop) was runnable but
@@ -69,9 +70,20 @@ def start_server(kind: str) -> tuple[subprocess.Popen[str], str]:
         assert proc.stdout is not None
         return proc, f"http://127.0.0.1:{int(proc.stdout.readline().strip())}"
     port = _free_port()
-    cmd = [sys.executable, "-m", "batchrunner", "emulate", "--port", str(port), "--profile",
-           str(ROOT / "jobs" / "emulator" / "instant.toml"), "--no-ground-truth"]
-    proc = subprocess.Popen(pinned(1, cmd), stdout=subprocess.DEVNULL, text=True, cwd=ROOT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "batchrunner",
+        "emulate",
+        "--port",
+        str(port),
+        "--profile",
+        str(ROOT / "jobs" / "emulator" / "instant.toml"),
+        "--no-ground-truth",
+    ]
+    proc = subprocess.Popen(
+        pinned(1, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+    )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
@@ -86,33 +98,48 @@ def start_server(kind: str) -> tuple[subprocess.Popen[str], str]:
 def write_set(path: Path, n: int) -> Path:
     with path.open("w") as fh:
         for start in range(0, n, 10_000):
-            fh.write("".join(
-                '{"custom_id":"r%d","params":{"model":"claude-sonnet-4-5","max_tokens":64,'
-                '"messages":[{"role":"user","content":"Question number %d: why?"}]}}\n' % (i, i)
-                for i in range(start, min(n, start + 10_000))
-            ))
+            fh.write(
+                "".join(
+                    f'{{"custom_id":"r{i}","params":{{"model":"claude-sonnet-4-5","max_tokens":64,'
+                    f'"messages":[{{"role":"user","content":"Question number {i}: why?"}}]}}}}\n'
+                    for i in range(start, min(n, start + 10_000))
+                )
+            )
     return path
 
 
 def _schedstat(pid: int) -> tuple[int, int] | None:
     """(ns on a CPU, ns runnable but waiting for one) of the process's main thread."""
     try:
-        run_ns, wait_ns, _ = open(f"/proc/{pid}/schedstat").read().split()
+        run_ns, wait_ns, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
         return int(run_ns), int(wait_ns)
     except (OSError, ValueError):
         return None
 
 
-def run_batchrunner(requests: Path, url: str, out: Path, extra: list[str],
-                    timeout: float) -> dict[str, float]:
+def run_batchrunner(
+    requests: Path, url: str, out: Path, extra: list[str], timeout: float
+) -> dict[str, float]:
     """Run ``batchrunner run`` pinned to core 0.
 
     :return: ``wall`` and ``cpu`` seconds of the process, and ``runq``: the share of its main
         thread's life spent runnable but waiting for the CPU (other tenants on core 0), the
         first thing to look at when lag is high.
     """
-    cmd = [sys.executable, "-m", "batchrunner", "run", str(requests), "--gateway", url,
-           "--out", str(out), "-q", "--no-response-json", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "batchrunner",
+        "run",
+        str(requests),
+        "--gateway",
+        url,
+        "--out",
+        str(out),
+        "-q",
+        "--no-response-json",
+        *extra,
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.Popen(pinned(0, cmd))
@@ -147,8 +174,9 @@ def _seconds(column: object) -> np.ndarray:
 def read_rows(out: Path) -> dict[str, np.ndarray]:
     import pyarrow.parquet as pq
 
-    t = pq.read_table(out / "data", columns=["scheduled_at", "sent_at", "completed_at",
-                                             "queue_wait_s", "status"])
+    t = pq.read_table(
+        out / "data", columns=["scheduled_at", "sent_at", "completed_at", "queue_wait_s", "status"]
+    )
     t = t.filter(t["sent_at"].is_valid())
     return {
         "scheduled": _seconds(t["scheduled_at"]),
@@ -164,16 +192,31 @@ def ceiling(requests: Path, url: str, workdir: Path, c: int) -> dict[str, float]
     proc = run_batchrunner(requests, url, out, ["-c", str(c)], timeout=300)
     rows = read_rows(out)
     span = rows["completed"].max() - rows["sent"].min()
-    return {"rate": rows["sent"].size / span, "ok": int(rows["ok"].sum()),
-            "cpu": proc["cpu"] / proc["wall"], "runq": proc["runq"]}
+    return {
+        "rate": rows["sent"].size / span,
+        "ok": int(rows["ok"].sum()),
+        "cpu": proc["cpu"] / proc["wall"],
+        "runq": proc["runq"],
+    }
 
 
-def open_loop(requests: Path, url: str, out: Path, rate: float, n: int,
-              seconds: float) -> dict[str, float]:
+def open_loop(
+    requests: Path, url: str, out: Path, rate: float, n: int, seconds: float
+) -> dict[str, float]:
     proc = run_batchrunner(
-        requests, url, out,
-        ["--rate", f"{rate:.3f}", "--max-requests", str(n), "--duration", f"{seconds + 2:g}",
-         "--drain-timeout", "10"],
+        requests,
+        url,
+        out,
+        [
+            "--rate",
+            f"{rate:.3f}",
+            "--max-requests",
+            str(n),
+            "--duration",
+            f"{seconds + 2:g}",
+            "--drain-timeout",
+            "10",
+        ],
         timeout=seconds + 60,
     )
     rows = read_rows(out)
@@ -199,8 +242,11 @@ def open_loop(requests: Path, url: str, out: Path, rate: float, n: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fractions", default="0.1,0.25,0.5,0.8,1.0",
-                        help="target rates as fractions of the closed-loop ceiling")
+    parser.add_argument(
+        "--fractions",
+        default="0.1,0.25,0.5,0.8,1.0",
+        help="target rates as fractions of the closed-loop ceiling",
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="schedule length per rate [6]")
     parser.add_argument("--ceiling-requests", type=int, default=30_000)
     parser.add_argument("-c", "--concurrency", type=int, default=64, help="closed loop [64]")
@@ -216,27 +262,36 @@ def main() -> None:
             closed_set = write_set(workdir / "closed.jsonl", args.ceiling_requests)
             c = ceiling(closed_set, url, workdir, args.concurrency)
             top = c["rate"]
-            print(f"server {args.server} on core 1, batchrunner on core 0; closed-loop ceiling "
-                  f"(-c {args.concurrency}, {args.ceiling_requests:,} requests): {top:,.0f} req/s "
-                  f"(ok {c['ok']:,}; process CPU {c['cpu']:.0%}, run-queue wait {c['runq']:.0%})")
+            print(
+                f"server {args.server} on core 1, batchrunner on core 0; closed-loop ceiling "
+                f"(-c {args.concurrency}, {args.ceiling_requests:,} requests): {top:,.0f} req/s "
+                f"(ok {c['ok']:,}; process CPU {c['cpu']:.0%}, run-queue wait {c['runq']:.0%})"
+            )
             need = max(math.ceil(f * top * args.seconds) for f in fractions)
             open_set = write_set(workdir / "open.jsonl", need)
-            print(f"{'x ceil':>6} {'target/s':>9} {'sent/s':>9} {'err':>7} {'done/s':>9} "
-                  f"{'lag p50 ms':>10} {'p99 ms':>8} {'max ms':>8} {'min ms':>8} "
-                  f"{'rows':>7} {'ok':>7} {'CPU':>5} {'runq':>5}  verdict")
+            print(
+                f"{'x ceil':>6} {'target/s':>9} {'sent/s':>9} {'err':>7} {'done/s':>9} "
+                f"{'lag p50 ms':>10} {'p99 ms':>8} {'max ms':>8} {'min ms':>8} "
+                f"{'rows':>7} {'ok':>7} {'CPU':>5} {'runq':>5}  verdict"
+            )
             for f in fractions:
                 rate = f * top
                 n = math.ceil(rate * args.seconds)
                 r = open_loop(open_set, url, workdir / f"open-{f:g}", rate, n, args.seconds)
                 err = r["sent"] / rate - 1
                 good = abs(err) <= TARGET_ERR and r["p99"] <= TARGET_P99_S
-                verdict = ("OK" if good else "MISS") if f <= TARGET_UP_TO + 1e-9 else (
-                    "(beyond target range: " + ("holds" if good else "breaks") + ")")
-                print(f"{f:>6.2f} {rate:>9,.0f} {r['sent']:>9,.0f} {err:>+7.2%} {r['done']:>9,.0f} "
-                      f"{r['p50'] * 1e3:>10.3f} {r['p99'] * 1e3:>8.3f} {r['max'] * 1e3:>8.2f} "
-                      f"{r['early'] * 1e3:>8.3f} {r['rows']:>7,} {r['ok']:>7,} {r['cpu']:>5.0%} "
-                      f"{r['runq']:>5.0%}  "
-                      f"{verdict}")
+                verdict = (
+                    ("OK" if good else "MISS")
+                    if f <= TARGET_UP_TO + 1e-9
+                    else ("(beyond target range: " + ("holds" if good else "breaks") + ")")
+                )
+                print(
+                    f"{f:>6.2f} {rate:>9,.0f} {r['sent']:>9,.0f} {err:>+7.2%} {r['done']:>9,.0f} "
+                    f"{r['p50'] * 1e3:>10.3f} {r['p99'] * 1e3:>8.3f} {r['max'] * 1e3:>8.2f} "
+                    f"{r['early'] * 1e3:>8.3f} {r['rows']:>7,} {r['ok']:>7,} {r['cpu']:>5.0%} "
+                    f"{r['runq']:>5.0%}  "
+                    f"{verdict}"
+                )
     finally:
         server.terminate()
         try:
@@ -244,8 +299,10 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
     print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"target: sent/s within {TARGET_ERR:.0%} of target and lag p99 <= "
-          f"{TARGET_P99_S * 1e3:g} ms up to {TARGET_UP_TO:g}x the ceiling")
+    print(
+        f"target: sent/s within {TARGET_ERR:.0%} of target and lag p99 <= "
+        f"{TARGET_P99_S * 1e3:g} ms up to {TARGET_UP_TO:g}x the ceiling"
+    )
 
 
 if __name__ == "__main__":
