@@ -39,6 +39,7 @@ from batchrunner.bench import (
 )
 from batchrunner.client import GatewayClient, redact_url
 from batchrunner.config import ConfigError, RunConfig
+from batchrunner.feed import RecordFeed
 from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
 from batchrunner.rundir import default_run_name, environment
@@ -46,7 +47,6 @@ from batchrunner.runner import (
     RunDirError,
     _drive,
     _gateway,
-    _RecordFeed,
     _Session,
 )
 from batchrunner.schema import RequestRecord
@@ -391,7 +391,7 @@ class _StageRunner:
                     session.stop(state.stop_reason)
 
         session.on_row = on_row
-        feed = _RecordFeed(cycle_records(self.records, spec.name, base), cfg.max_requests)
+        feed = RecordFeed(cycle_records(self.records, spec.name, base), cfg.max_requests)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         meter = LoopLagMeter()
         meter_task = asyncio.create_task(meter.run())

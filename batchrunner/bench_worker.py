@@ -19,10 +19,11 @@ from batchrunner.bench import Slo, StageCollector, StageSpec, cycle_records, sta
 from batchrunner.bench_run import phase_of, worker_dir_name
 from batchrunner.client import GatewayClient, Timeouts
 from batchrunner.config import RunConfig
+from batchrunner.feed import RecordFeed
 from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import _drive, _RecordFeed, _Session
+from batchrunner.runner import _drive, _Session
 from batchrunner.schema import Mode, RequestRecord
 from batchrunner.sources import iter_requests
 from batchrunner.store import RunStore
@@ -79,7 +80,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
             if spec.warmup_s:
                 session.warmup_until_at = job["start_at"] + spec.warmup_s
             session.on_row = collector.add
-            feed = _RecordFeed(
+            feed = RecordFeed(
                 cycle_records(records, spec.name, job["base"], k, n), cfg.max_requests
             )
             if spec.rate is None:

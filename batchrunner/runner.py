@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import pyarrow.compute as pc
 from batchrunner.client import GatewayClient, messages_url, redact_url
 from batchrunner.config import DEFAULT_CONCURRENCY, ConfigError, RunConfig
 from batchrunner.execute import ExecContext, execute
+from batchrunner.feed import RecordFeed
 from batchrunner.jobs import Job, JobContext, JobPoller, submit
 from batchrunner.pacing import RateCeiling, schedule_offsets, sleep_until
 from batchrunner.polling import PollPlanner
@@ -59,7 +59,6 @@ EXIT_USAGE = 2
 EXIT_ABORTED = 3
 EXIT_ERROR_RATE = 4
 
-FEED_BATCH = 512
 #: ``stage`` of rows in a bench stage's warm-up (excluded from its figures).
 WARMUP_SUFFIX = "#warmup"
 #: Open loop without an explicit --concurrency: this many requests may be outstanding before
@@ -99,42 +98,6 @@ class RunResult:
 
 class RunAborted(Exception):
     """The run cannot go on (bad input in strict mode, unwritable output, config errors)."""
-
-
-class _RecordFeed:
-    """Hands out request records, reading the source on a thread in batches."""
-
-    def __init__(self, iterator: Iterator[RequestRecord], limit: int | None) -> None:
-        self._it = iterator
-        self._buf: deque[RequestRecord] = deque()
-        self._left = limit
-        self._done = False
-        self._lock = asyncio.Lock()
-
-    def _take(self) -> list[RequestRecord]:
-        want = FEED_BATCH if self._left is None else min(FEED_BATCH, self._left)
-        batch = []
-        for record in self._it:
-            batch.append(record)
-            if len(batch) >= want:
-                break
-        return batch
-
-    async def next(self) -> RequestRecord | None:
-        if self._buf:
-            return self._buf.popleft()
-        async with self._lock:
-            while not self._buf:
-                if self._done or self._left == 0:
-                    return None
-                batch = await asyncio.to_thread(self._take)
-                if not batch:
-                    self._done = True
-                    return None
-                if self._left is not None:
-                    self._left -= len(batch)
-                self._buf.extend(batch)
-            return self._buf.popleft()
 
 
 @dataclass
@@ -315,7 +278,7 @@ class _Session:
         if job is not None and self.poller is not None:
             self.poller.add(job)
 
-    async def closed_loop(self, feed: _RecordFeed, tg: asyncio.TaskGroup) -> None:
+    async def closed_loop(self, feed: RecordFeed, tg: asyncio.TaskGroup) -> None:
         async def worker() -> None:
             while not self.stopping:
                 record = await feed.next()
@@ -332,7 +295,7 @@ class _Session:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def open_loop(self, feed: _RecordFeed, tg: asyncio.TaskGroup) -> None:
+    async def open_loop(self, feed: RecordFeed, tg: asyncio.TaskGroup) -> None:
         cfg = self.config
         assert cfg.rate is not None
         cap = cfg.concurrency or OPEN_LOOP_MAX_OUTSTANDING
@@ -564,7 +527,7 @@ async def _drive(
     options: SourceOptions,
     handle_signals: bool,
     show_progress: bool,
-    feed: _RecordFeed | None = None,
+    feed: RecordFeed | None = None,
 ) -> None:
     config = session.config
     loop = asyncio.get_running_loop()
@@ -583,7 +546,7 @@ async def _drive(
                 skip=(lambda i: is_done(i) or i in pending_jobs) if pending_jobs else is_done,
             )
         )
-        feed = _RecordFeed(source, config.max_requests)
+        feed = RecordFeed(source, config.max_requests)
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
     if handle_signals:
         loop.add_signal_handler(signal.SIGINT, session.on_sigint)
