@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import signal
 import sys
@@ -48,7 +49,7 @@ from batchrunner.rundir import (
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
 from batchrunner.store import RunStore, write_json_atomic
-from batchrunner.summary import SUMMARY_COLUMNS, summarize
+from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
 
 T = TypeVar("T")
 
@@ -301,6 +302,9 @@ class _Session:
         cap = cfg.concurrency or OPEN_LOOP_MAX_OUTSTANDING
         slots = asyncio.Semaphore(cap)
         offsets = schedule_offsets(cfg.rate, cfg.arrival, cfg.seed)
+        # The first read (a batch, on a thread) happens before the clock starts, so that the
+        # first requests are not late before the run has really begun.
+        first: RequestRecord | None = await feed.next()
         # Several workers sharing one schedule start at one agreed instant, each shifted by its
         # phase, so that their interleaved sends add up to the stage's rate.
         start_at = self.start_at if self.start_at is not None else time.time() + 0.01
@@ -315,11 +319,17 @@ class _Session:
                 slots.release()
 
         for offset in offsets:
-            record = await feed.next()  # read before waiting, so reading never adds lag
+            # read before waiting, so reading never adds lag
+            record, first = (first, None) if first is not None else (await feed.next(), None)
             if record is None or self.stopping:
                 return
             scheduled = t0 + offset
-            await sleep_until(scheduled)
+            if scheduled > time.perf_counter():
+                await sleep_until(scheduled)
+            else:
+                # Behind schedule: still yield once per send, so that responses are handled
+                # and connections reused instead of a burst of new ones piling up.
+                await asyncio.sleep(0)
             if self.stopping:
                 return
             # With a cap, a late slot delays the send; the row's total_s still counts from
@@ -548,6 +558,11 @@ async def _drive(
         )
         feed = RecordFeed(source, config.max_requests)
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
+    # Start-up leaves ~100k long-lived objects (imports, config, buffers); a full collection
+    # over them blocks the loop for 30-50 ms, which an open-loop schedule sees as send lag.
+    # Freezing them keeps every later collection small.
+    gc.collect()
+    gc.freeze()
     if handle_signals:
         loop.add_signal_handler(signal.SIGINT, session.on_sigint)
     try:
@@ -593,6 +608,8 @@ async def _drive(
     except* InputError as group:
         session.fatal = group.exceptions[0]
     finally:
+        gc.unfreeze()  # back to normal collection: a notebook may run many sessions
+        await feed.aclose()
         if handle_signals:
             loop.remove_signal_handler(signal.SIGINT)
         session.flush()
@@ -648,8 +665,10 @@ async def _finish(
         else (0, None)
     )
     await asyncio.to_thread(store.close)
-    table = await asyncio.to_thread(store.read_table, SUMMARY_COLUMNS)
-    summary = summarize(table)
+    # Part by part: the whole table (and a frame of it) would cost ~1 GB per million rows.
+    summary = await asyncio.to_thread(
+        lambda: summarize_batches(store.iter_batches(SUMMARY_COLUMNS))
+    )
     finished = summary["requests"]
     settled = finished - summary["status"].get(Status.CANCELLED.value, 0)
     complete = settled + stats.rejected >= (stats.total or 0) and not outstanding

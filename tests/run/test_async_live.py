@@ -260,7 +260,12 @@ def test_ctrl_c_stops_and_leaves_jobs_to_collect(make_emulator, requests_file, t
         ):
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # never leave a process behind, even on failure
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 3, stderr
     assert "batchrunner collect" in stderr
     info = orjson.loads((out / "run.json").read_bytes())

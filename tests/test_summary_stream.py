@@ -1,0 +1,106 @@
+"""``summarize_batches`` gives what ``summarize`` gives, from the rows one batch at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from batchrunner.schema import RESULT_SCHEMA
+from batchrunner.summary import SUMMARY_COLUMNS, summarize, summarize_batches
+
+_MODELS = np.array(["claude-sonnet-4-5", "anthropic/claude-haiku-4-5", "no-such-model-x",
+                    "claude-opus-4-1", "private/Model-B", None], dtype=object)
+_STATUSES = np.array(["ok", "ok", "ok", "ok", "error", "timeout", "expired", "cancelled",
+                      "mystery"], dtype=object)
+_ERRORS = np.array(["overloaded_error", "timeout", "api_error", None], dtype=object)
+
+
+def _with_nulls(rng: np.random.Generator, values: np.ndarray, share: float) -> list[Any]:
+    mask = rng.random(values.size) < share
+    return [None if m else v for v, m in zip(values.tolist(), mask.tolist(), strict=True)]
+
+
+def _table(n: int, seed: int = 7) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    status = _STATUSES[rng.integers(0, _STATUSES.size, n)]
+    error_type = np.where(status == "ok", None, _ERRORS[rng.integers(0, _ERRORS.size, n)])
+    # Two UTC days, so rows of one model are priced per (model, day).
+    t0 = 1_760_000_000.0 + rng.uniform(0, 2 * 86400, n)
+    sent = t0 + rng.uniform(0, 0.5, n)
+    done = sent + rng.exponential(2.0, n)
+    us = lambda a: (a * 1e6).astype(np.int64)  # noqa: E731
+    ts = pa.timestamp("us", tz="UTC")
+    cols: dict[str, Any] = {
+        "input_index": pa.array(np.arange(n)),
+        "mode": pa.array(rng.choice(["sync", "stream"], n)),
+        "model": pa.array(_with_nulls(rng, _MODELS[rng.integers(0, _MODELS.size, n)], 0.05)),
+        "model_requested": pa.array(_with_nulls(rng, _MODELS[rng.integers(0, 5, n)], 0.3)),
+        "status": pa.array(status.tolist()),
+        "error_type": pa.array(error_type.tolist(), pa.string()),
+        "error_message": pa.array([None if e is None else f"msg {i}"
+                                   for i, e in enumerate(error_type.tolist())], pa.string()),
+        "http_status": pa.array(_with_nulls(rng, rng.choice([200, 429, 500, 529], n), 0.3),
+                                pa.int32()),
+        "scheduled_at": pa.array(_with_nulls(rng, us(t0), 0.02), ts),
+        "sent_at": pa.array(_with_nulls(rng, us(sent), 0.02), ts),
+        "completed_at": pa.array(_with_nulls(rng, us(done), 0.02), ts),
+    }
+    for m in ("queue_wait_s", "ttfb_s", "ttft_s", "latency_s", "total_s", "itl_mean_s",
+              "itl_p50_s", "itl_p99_s", "itl_max_s"):
+        cols[m] = pa.array(_with_nulls(rng, rng.exponential(1.0, n), 0.2), pa.float64())
+    cols["tpot_s"] = pa.nulls(n, pa.float64())  # a metric no row has
+    for name, scale in (("input_tokens", 2000), ("output_tokens", 500),
+                        ("cache_creation_input_tokens", 3000),
+                        ("cache_read_input_tokens", 8000),
+                        ("cache_creation_5m_input_tokens", 1000),
+                        ("cache_creation_1h_input_tokens", 1000)):
+        cols[name] = pa.array(_with_nulls(rng, rng.integers(0, scale, n), 0.25), pa.int64())
+    schema = pa.schema([RESULT_SCHEMA.field(c) for c in SUMMARY_COLUMNS])
+    return pa.table({c: cols[c] for c in SUMMARY_COLUMNS}, schema=schema)
+
+
+def _assert_same(got: Any, want: Any, where: str = "") -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict), where
+        assert list(got) == list(want), where
+        for key in want:
+            _assert_same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), where
+    else:
+        assert got == want, where
+
+
+def _tables(table: pa.Table, rows: int) -> list[pa.Table]:
+    return [pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=rows)]
+
+
+def test_batches_give_the_whole_table_summary() -> None:
+    table = _table(30_000)
+    want = summarize(table)
+    # The synthetic rows reach every kind of figure.
+    assert len(want["cost"]["unpriced_models"]) == 3 and not want["cost"]["complete"]
+    assert want["status"]["mystery"] and want["error_types"]
+    assert want["tpot_s"] is None and want["latency_s"]["n"]
+    assert want["tokens"]["cache_creation_1h_input"] and want["wall_s"]
+    _assert_same(summarize_batches(_tables(table, 4096)), want)
+    _assert_same(summarize_batches(iter(_tables(table, 30_000))), want)
+
+
+def test_priced_only_rows_are_complete() -> None:
+    table = _table(5_000, seed=3)
+    model = np.array(table.column("model").to_pylist(), dtype=object)
+    priced = np.flatnonzero(model == "claude-sonnet-4-5")
+    table = table.take(priced)
+    want = summarize(table)
+    assert want["cost"]["complete"] and want["cost"]["total_usd"]
+    _assert_same(summarize_batches(_tables(table, 700)), want)
+
+
+def test_empty_input() -> None:
+    empty = _table(0)
+    _assert_same(summarize_batches([]), summarize(empty))
+    _assert_same(summarize_batches([empty, empty]), summarize(empty))
