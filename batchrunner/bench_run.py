@@ -48,6 +48,7 @@ from batchrunner.runner import (
     _drive,
     _gateway,
     _Session,
+    frozen_heap,
 )
 from batchrunner.schema import RequestRecord
 from batchrunner.sources import iter_requests
@@ -376,10 +377,6 @@ class _StageRunner:
             self.quiet,
             stage=spec.name,
         )
-        start_at = time.time() + 0.05
-        session.start_at = start_at
-        if spec.warmup_s:
-            session.warmup_until_at = start_at + spec.warmup_s
         max_errors = self.config.max_errors
 
         def on_row(row: dict[str, Any]) -> None:
@@ -392,6 +389,12 @@ class _StageRunner:
 
         session.on_row = on_row
         feed = RecordFeed(cycle_records(self.records, spec.name, base), cfg.max_requests)
+        heap = frozen_heap()  # before the clock and the lag meter: the collection blocks the loop
+        heap.__enter__()
+        start_at = time.time() + 0.05
+        session.start_at = start_at
+        if spec.warmup_s:
+            session.warmup_until_at = start_at + spec.warmup_s
         cpu0, wall0 = time.process_time(), time.perf_counter()
         meter = LoopLagMeter()
         meter_task = asyncio.create_task(meter.run())
@@ -405,6 +408,7 @@ class _StageRunner:
             )
         finally:
             meter_task.cancel()
+            heap.__exit__(None, None, None)
         collector.loop_lag_p99_s = meter.p99()
         collector.cpu_s = time.process_time() - cpu0
         collector.wall_s = time.perf_counter() - wall0

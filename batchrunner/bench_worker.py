@@ -8,6 +8,7 @@ the parent merges. Its rows go to its own store under ``workers/``; the parent a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from batchrunner.feed import RecordFeed
 from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import _drive, _Session
+from batchrunner.runner import _drive, _Session, frozen_heap
 from batchrunner.schema import Mode, RequestRecord
 from batchrunner.sources import iter_requests
 from batchrunner.store import RunStore
@@ -59,7 +60,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
     collector.slos = [Slo.parse(s) for s in job["slos"]]
     client = GatewayClient(job["url"], job["headers"], timeouts=run.timeouts)
     try:
-        with open(os.devnull, "w", encoding="utf-8") as devnull:
+        with contextlib.ExitStack() as stack, open(os.devnull, "w", encoding="utf-8") as devnull:
             session = _Session(
                 cfg,
                 store,
@@ -86,6 +87,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
             if spec.rate is None:
                 # Closed loop: begin at the agreed instant too, so workers overlap fully.
                 await asyncio.sleep(max(0.0, job["start_at"] - time.time()))
+            stack.enter_context(frozen_heap())
             cpu0, wall0 = time.process_time(), time.perf_counter()
             meter = LoopLagMeter()
             meter_task = asyncio.create_task(meter.run())

@@ -456,6 +456,23 @@ async def run_session(
         await asyncio.to_thread(store.close)
 
 
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep the garbage collector off the objects that exist before the sends start.
+
+    Start-up leaves ~100k long-lived objects (imports, config, buffers); a full collection over
+    them blocks the loop for 30-50 ms, which an open-loop schedule sees as send lag. Frozen,
+    they are skipped; unfrozen at the end, so that a notebook running many sessions leaks
+    nothing.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _indices_with_status(run_dir: Path, statuses: frozenset[str]) -> frozenset[int]:
     store = RunStore.open(run_dir, create=True, redo_statuses=frozenset())
     try:
@@ -528,7 +545,8 @@ async def _run_in_store(
             session = _Session(config, store, client, run_id, stats, rejects, stderr, quiet)
             session.redo_indices = redo_indices
             async with client:
-                await _drive(session, options, handle_signals, progress and not quiet)
+                with frozen_heap():
+                    await _drive(session, options, handle_signals, progress and not quiet)
     return await _finish(session, info, session_info)
 
 
@@ -558,11 +576,6 @@ async def _drive(
         )
         feed = RecordFeed(source, config.max_requests)
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
-    # Start-up leaves ~100k long-lived objects (imports, config, buffers); a full collection
-    # over them blocks the loop for 30-50 ms, which an open-loop schedule sees as send lag.
-    # Freezing them keeps every later collection small.
-    gc.collect()
-    gc.freeze()
     if handle_signals:
         loop.add_signal_handler(signal.SIGINT, session.on_sigint)
     try:
@@ -608,7 +621,6 @@ async def _drive(
     except* InputError as group:
         session.fatal = group.exceptions[0]
     finally:
-        gc.unfreeze()  # back to normal collection: a notebook may run many sessions
         await feed.aclose()
         if handle_signals:
             loop.remove_signal_handler(signal.SIGINT)
