@@ -182,6 +182,7 @@ def main() -> None:
                 emulator.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 emulator.kill()
+            emulator.wait()
         if code != 0:
             raise SystemExit(f"batchrunner run exited with {code}")
         table = pq.read_table(out / "data", columns=["completed_at", "status"])

@@ -298,6 +298,7 @@ def main() -> None:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
     print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"target: sent/s within {TARGET_ERR:.0%} of target and lag p99 <= "
