@@ -13,7 +13,7 @@ import click
 import orjson
 
 from batchrunner.cli import main
-from batchrunner.cli.run import _parse_header
+from batchrunner.cli.options import credential_options
 
 SCENARIO_KEYS = {
     "requests",
@@ -51,6 +51,7 @@ Exit codes: 0 done; 2 usage or configuration error; 3 interrupted or stopped by
 --max-errors / --max-error-rate / --duration before the last stage."""
 )
 @click.argument("requests", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@credential_options
 @click.option(
     "--scenario",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -162,29 +163,6 @@ Exit codes: 0 done; 2 usage or configuration error; 3 interrupted or stopped by
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
     help="Run directory [results/<input>-bench-<UTC time>].",
-)
-@click.option(
-    "--api-key",
-    envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"],
-    default=None,
-    metavar="KEY",
-    help="Sent as x-api-key; never stored.",
-)
-@click.option(
-    "--virtual-key",
-    envvar="BIFROST_VK",
-    default=None,
-    metavar="SK_BF_KEY",
-    help="Sent as x-bf-vk; never stored.",
-)
-@click.option(
-    "-H",
-    "--header",
-    "headers",
-    multiple=True,
-    callback=_parse_header,
-    metavar="'NAME: VALUE'",
-    help="Extra request header (repeatable).",
 )
 @click.option("--timeout", type=float, default=None, help="Per-request timeout in seconds [120].")
 @click.option(

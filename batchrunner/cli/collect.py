@@ -7,40 +7,18 @@ from pathlib import Path
 import click
 
 from batchrunner.cli import main
-from batchrunner.cli.run import _parse_header, finish, run_or_exit
+from batchrunner.cli.options import credential_options
+from batchrunner.cli.run import finish, run_or_exit
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@credential_options
 @click.option(
     "--gateway",
     envvar="BATCHRUNNER_GATEWAY",
     metavar="URL",
     help="Gateway to poll [default: the one recorded in run.json]. Env BATCHRUNNER_GATEWAY.",
-)
-@click.option(
-    "--api-key",
-    envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"],
-    default=None,
-    metavar="KEY",
-    help="As for run (keys are never stored, so give them again).",
-)
-@click.option(
-    "--virtual-key",
-    envvar="BIFROST_VK",
-    default=None,
-    metavar="SK_BF_KEY",
-    help="The virtual key the jobs were submitted with: a job can only be read with "
-    "its own key. Env BIFROST_VK.",
-)
-@click.option(
-    "-H",
-    "--header",
-    "headers",
-    multiple=True,
-    callback=_parse_header,
-    metavar="'NAME: VALUE'",
-    help="Extra request header (repeatable).",
 )
 @click.option(
     "--poll-rate",

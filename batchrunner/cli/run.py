@@ -12,6 +12,7 @@ import click
 import orjson
 
 from batchrunner.cli import main
+from batchrunner.cli.options import credential_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,20 +31,9 @@ Exit codes:
   4  finished, but the share of failed requests is above --max-error-rate"""
 
 
-def _parse_header(
-    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for raw in values:
-        name, sep, value = raw.partition(":")
-        if not sep or not name.strip():
-            raise click.BadParameter(f"expected 'Name: value', got {raw!r}")
-        headers[name.strip()] = value.strip()
-    return headers
-
-
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("requests", type=click.Path(path_type=Path, dir_okay=False))
+@credential_options
 @click.option(
     "--gateway",
     envvar="BATCHRUNNER_GATEWAY",
@@ -135,31 +125,6 @@ def _parse_header(
     is_flag=True,
     help="Resume, and also send again the requests whose row is error, timeout or "
     "expired (their old rows are replaced).",
-)
-@click.option(
-    "--api-key",
-    envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"],
-    default=None,
-    show_default=False,
-    metavar="KEY",
-    help="Sent as x-api-key. Env BATCHRUNNER_API_KEY, else ANTHROPIC_API_KEY. "
-    "Never written to disk.",
-)
-@click.option(
-    "--virtual-key",
-    envvar="BIFROST_VK",
-    default=None,
-    metavar="SK_BF_KEY",
-    help="Bifrost virtual key, sent as x-bf-vk. Env BIFROST_VK. Never written to disk.",
-)
-@click.option(
-    "-H",
-    "--header",
-    "headers",
-    multiple=True,
-    callback=_parse_header,
-    metavar="'NAME: VALUE'",
-    help="Extra request header (repeatable).",
 )
 @click.option(
     "--timeout",

@@ -1,0 +1,57 @@
+"""Options shared by the commands that talk to a gateway (``run``, ``bench``, ``collect``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def parse_header(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    """``-H 'Name: value'`` (repeatable) → a dict."""
+    headers: dict[str, str] = {}
+    for raw in values:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected 'Name: value', got {raw!r}")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def credential_options(func: F) -> F:
+    """Add ``--api-key``, ``--virtual-key`` and ``-H/--header``. Keys are never stored."""
+    decorators = [
+        click.option(
+            "--api-key",
+            envvar=["BATCHRUNNER_API_KEY", "ANTHROPIC_API_KEY"],
+            default=None,
+            metavar="KEY",
+            help="Sent as x-api-key. Env BATCHRUNNER_API_KEY, else ANTHROPIC_API_KEY. "
+            "Never written to disk (give it again to resume or collect).",
+        ),
+        click.option(
+            "--virtual-key",
+            envvar="BIFROST_VK",
+            default=None,
+            metavar="SK_BF_KEY",
+            help="Bifrost virtual key, sent as x-bf-vk. Env BIFROST_VK. Never written to disk; "
+            "an async job can only be read with the key that created it.",
+        ),
+        click.option(
+            "-H",
+            "--header",
+            "headers",
+            multiple=True,
+            callback=parse_header,
+            metavar="'NAME: VALUE'",
+            help="Extra request header (repeatable).",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
