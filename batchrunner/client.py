@@ -1,11 +1,12 @@
 """The HTTP side of a request: one attempt at ``POST /anthropic/v1/messages``, sync or SSE.
 
-The gateway is spoken to through httpx types (a user may pass an ``httpx.AsyncClient`` or any
-``httpx.AsyncBaseTransport``, and tests may pass ``httpx.MockTransport``). By default requests
-go straight to our aiohttp-backed transport (:mod:`batchrunner.transport`), skipping
-``AsyncClient``'s per-request pipeline, which on these machines costs more than the request
-itself (see ``shared/specs/perf-anchors.md`` §7). An attempt never raises for a gateway or
-network failure: it returns an :class:`Attempt` describing what happened.
+By default requests go over :mod:`batchrunner.wire`, a lean HTTP/1.1 client made for this one
+endpoint: httpx's ``AsyncClient`` costs more CPU than the request itself on these machines, and
+even aiohttp's session as much as the rest of batchrunner (``docs/transport.md``). A user may
+instead pass an ``httpx.AsyncClient`` or any ``httpx.AsyncBaseTransport`` (for proxies, custom
+auth, or ``httpx.MockTransport`` in tests); those are spoken to through httpx types. An attempt
+never raises for a gateway or network failure: it returns an :class:`Attempt` describing what
+happened.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ from batchrunner.schema import (
     ERROR_TIMEOUT,
 )
 from batchrunner.sse import SSEDecoder
+from batchrunner.wire import (
+    TIMEOUT,
+    ResponseHeaders,
+    WireError,
+    WirePool,
+    encode_headers,
+    format_wire_error,
+)
 
 ANTHROPIC_VERSION = "2023-06-01"
 MESSAGES_PATH = "/anthropic/v1/messages"
@@ -38,7 +47,7 @@ MAX_ERROR_MESSAGE_CHARS = 2000
 
 
 def messages_url(gateway: str) -> str:
-    """The Messages endpoint for a gateway base URL (``/anthropic/v1/messages`` appended unless present).
+    """The Messages endpoint of a gateway base URL (adds ``/anthropic/v1/messages`` if absent).
 
     :raises ValueError: the URL is not http(s) or has no host.
     """
@@ -76,7 +85,7 @@ class Attempt:
     first_byte: float | None = None
     first_token: float | None = None
     http_status: int | None = None
-    headers: httpx.Headers | None = None
+    headers: httpx.Headers | ResponseHeaders | None = None
     message: dict[str, Any] | None = None  # sync: the parsed body; stream: the assembled message
     parsed: Any = None  # the decoded JSON body of a non-stream response, whatever it is
     raw_body: bytes | None = None
@@ -96,7 +105,9 @@ class GatewayClient:
 
     :param url: full endpoint URL (see :func:`messages_url`).
     :param headers: headers sent with every request (auth, ``anthropic-version``, extras).
-    :param transport: an httpx transport used directly; default: our aiohttp transport.
+    :param transport: an httpx transport used directly (e.g.
+        :class:`batchrunner.transport.AiohttpTransport`); default: our own
+        :class:`~batchrunner.wire.WirePool`.
     :param client: an ``httpx.AsyncClient`` to send through instead (its pipeline is used).
     :param timeouts: connect/read/attempt timeouts.
     :param concurrency_hint: expected concurrent requests, to size the default pool.
@@ -115,20 +126,19 @@ class GatewayClient:
         self.url = httpx.URL(url)
         self.timeouts = timeouts or Timeouts()
         self._client = client
-        self._owns_transport = transport is None and client is None
-        if self._owns_transport:
-            from batchrunner.transport import TransportTimeouts, make_default_transport
-
-            transport = make_default_transport(
-                limit=0,
-                timeout=TransportTimeouts(
-                    connect_s=self.timeouts.connect_s, read_s=self.timeouts.read_s
-                ),
-            )
         self._transport = transport
         base = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         base.update({k.lower(): v for k, v in headers.items()})
         t = self.timeouts
+        self._wire: WirePool | None = None
+        if transport is None and client is None:
+            self._wire = WirePool(
+                self.url,
+                list(base.items()),
+                connect_s=t.connect_s,
+                read_s=t.read_s,
+                exchange_s=t.attempt_s,
+            )
         # httpx transports read their timeouts from the request; AsyncClient sets this itself.
         extensions = {
             "timeout": {"connect": t.connect_s, "read": t.read_s, "write": t.read_s, "pool": None}
@@ -137,8 +147,8 @@ class GatewayClient:
         del concurrency_hint  # the scheduler owns concurrency; the pool is unlimited
 
     async def aclose(self) -> None:
-        if self._owns_transport and self._transport is not None:
-            await self._transport.aclose()
+        if self._wire is not None:
+            await self._wire.aclose()
 
     async def __aenter__(self) -> GatewayClient:
         return self
@@ -170,6 +180,8 @@ class GatewayClient:
         :param stream: parse the response as Anthropic SSE.
         :param extra_headers: per-request headers (e.g. ``x-request-id``).
         """
+        if self._wire is not None:
+            return await self._send_wire(self._wire, body, stream, extra_headers)
         request = self._build(body, extra_headers)
         attempt = Attempt(sent=time.perf_counter(), sent_at=time.time())
         try:
@@ -182,7 +194,8 @@ class GatewayClient:
                     if stream and response.status_code == 200:
                         await _read_stream(response, attempt)
                     else:
-                        await _read_body(response, attempt)
+                        raw = await response.aread()
+                        interpret_body(attempt, response.status_code, raw)
                 finally:
                     await response.aclose()
         except TimeoutError:
@@ -197,6 +210,44 @@ class GatewayClient:
             attempt.transport_failure = True
             _fail(attempt, ERROR_CONNECTION, f"{type(exc).__name__}: {exc}".rstrip(": "))
         attempt.done = time.perf_counter()
+        return attempt
+
+    async def _send_wire(
+        self,
+        wire: WirePool,
+        body: bytes,
+        stream: bool,
+        extra_headers: list[tuple[str, str]] | None,
+    ) -> Attempt:
+        attempt = Attempt(sent=time.perf_counter(), sent_at=time.time())
+        sink = StreamSink(attempt) if stream else None
+        extra = encode_headers(extra_headers) if extra_headers else b""
+        try:
+            exchange = await wire.post(body, extra, sink)
+        except WireError as exc:
+            partial = exc.exchange
+            if partial is not None:
+                attempt.http_status = partial.status
+                attempt.first_byte = partial.first_byte
+                if partial.status is not None:
+                    attempt.headers = ResponseHeaders(partial.headers)
+            if exc.kind == TIMEOUT:
+                attempt.timed_out = True
+                _fail(attempt, ERROR_TIMEOUT, format_wire_error(exc))
+            else:
+                attempt.transport_failure = True
+                _fail(attempt, ERROR_CONNECTION, format_wire_error(exc))
+            attempt.done = time.perf_counter()
+            return attempt
+        attempt.first_byte = exchange.first_byte
+        status = exchange.status
+        attempt.http_status = status
+        attempt.headers = ResponseHeaders(exchange.headers)
+        attempt.done = exchange.done
+        if sink is not None and status == 200:
+            sink.finish()
+        else:
+            interpret_body(attempt, status or 0, exchange.content)
         return attempt
 
 
@@ -273,7 +324,7 @@ def _same_request(a: httpx.Request, b: httpx.Request) -> bool:
     )
 
 
-def bifrost_headers(headers: httpx.Headers) -> dict[str, str]:
+def bifrost_headers(headers: httpx.Headers | ResponseHeaders) -> dict[str, str]:
     """The ``x-bifrost-*`` response headers, lower-cased (one scan instead of many look-ups)."""
     found: dict[str, str] = {}
     for name, value in headers.raw:
@@ -287,10 +338,9 @@ def _fail(attempt: Attempt, error_type: str, message: str) -> None:
     attempt.error_message = message[:MAX_ERROR_MESSAGE_CHARS]
 
 
-async def _read_body(response: httpx.Response, attempt: Attempt) -> None:
-    raw = await response.aread()
+def interpret_body(attempt: Attempt, status: int, raw: bytes) -> None:
+    """Fill ``attempt`` from a whole (non-streamed) response body."""
     attempt.raw_body = raw
-    status = response.status_code
     try:
         parsed = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -335,30 +385,56 @@ def _excerpt(raw: bytes, prefix: str) -> str:
 
 
 async def _read_stream(response: httpx.Response, attempt: Attempt) -> None:
-    decoder = SSEDecoder()
-    assembler = StreamAssembler()
-    token_times = attempt.token_times
+    sink = StreamSink(attempt)
     async for chunk in response.aiter_raw():
-        now = time.perf_counter()
-        for event_type, data in decoder.feed(chunk):
+        if sink(chunk, time.perf_counter()):
+            return
+    sink.finish()
+
+
+class StreamSink:
+    """Turns the body of a 200 SSE response into ``attempt``'s message, token times or error.
+
+    Called with each body piece and its arrival time; returns True at ``message_stop`` or an
+    ``error`` event, when the attempt has its answer.
+    """
+
+    __slots__ = ("assembler", "attempt", "decoder")
+
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
+        self.decoder = SSEDecoder()
+        self.assembler = StreamAssembler()
+
+    def __call__(self, chunk: bytes, now: float) -> bool:
+        attempt = self.attempt
+        assembler = self.assembler
+        for event_type, data in self.decoder.feed(chunk):
             kind = assembler.add(event_type, data)
             if kind == StreamAssembler.CONTENT:
                 if attempt.first_token is None:
                     attempt.first_token = now
-                token_times.append(now)
+                attempt.token_times.append(now)
             elif kind == StreamAssembler.ERROR:
                 _fail(
                     attempt, assembler.error_type or "stream_error", assembler.error_message or ""
                 )
-                return
+                return True
             elif kind == StreamAssembler.STOP:
                 attempt.message = assembler.message()
-                return
-    if assembler.invalid:
-        _fail(attempt, ERROR_INVALID_RESPONSE, assembler.invalid)
-    else:
-        attempt.transport_failure = True
-        _fail(attempt, ERROR_STREAM_INCOMPLETE, "stream ended before message_stop")
+                return True
+        return False
+
+    def finish(self) -> None:
+        """The body ended: without ``message_stop`` the attempt failed."""
+        attempt = self.attempt
+        if attempt.message is not None or attempt.error_type is not None:
+            return
+        if self.assembler.invalid:
+            _fail(attempt, ERROR_INVALID_RESPONSE, self.assembler.invalid)
+        else:
+            attempt.transport_failure = True
+            _fail(attempt, ERROR_STREAM_INCOMPLETE, "stream ended before message_stop")
 
 
 _DELTA_FIELDS = {

@@ -33,7 +33,6 @@ __all__ = [
     "AiohttpTransport",
     "TransportTimeouts",
     "build_request",
-    "make_default_transport",
 ]
 
 
@@ -637,18 +636,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session, self._session, self._send = self._session, None, None
         if session is not None:
             await session.close()
-
-
-def make_default_transport(
-    limit: int, timeout: TransportTimeouts = DEFAULT_TIMEOUTS
-) -> httpx.AsyncBaseTransport:
-    """Return the transport batchrunner uses when the caller brings none.
-
-    :param limit: maximum connections, ``0`` for unlimited (the scheduler bounds concurrency).
-    :param timeout: connect, read, total and pool timeouts.
-    :return: an :class:`AiohttpTransport`.
-    """
-    return AiohttpTransport(limit=limit, timeouts=timeout)
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

@@ -6,6 +6,7 @@ any :class:`~batchrunner.emulator.EmulatorConfig` fields overridden; all are sto
 the test. Both give :class:`~batchrunner.emulator.Emulator` handles (``base_url``,
 ``ground_truth()``, ``stats()``, ``reset()``, live ``config``). A handle is also a context
 manager: ``with make_emulator(ttft="fixed:0.05") as emu:`` stops it at the end of the block.
+``server``: the misbehaving raw HTTP/1.1 server of ``rawserver.py``, for client-level tests.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from rawserver import server  # noqa: F401  (a fixture, shared with every test module)
 
 from batchrunner.emulator import Emulator, EmulatorConfig, running_emulator
 

@@ -1,189 +1,25 @@
 """Tests of the aiohttp-backed httpx transport against a real HTTP/1.1 server on 127.0.0.1.
 
-The server is a few lines of raw ``asyncio`` written here (not the project's emulator), so that
-each test can misbehave on purpose: drop the connection before answering or in the middle of a
-body, stall, pace chunks, or compress. It records what it received and how many connections it
-accepted, which is how the tests check headers on the wire and connection reuse.
+The server (``rawserver.py``) misbehaves on purpose: it drops the connection before answering or
+in the middle of a body, stalls, paces chunks, or compresses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from rawserver import Server, serve_one
 
-from batchrunner.transport import (
-    AiohttpTransport,
-    TransportTimeouts,
-    build_request,
-    make_default_transport,
-)
+from batchrunner.transport import AiohttpTransport, TransportTimeouts, build_request
 
 FAST = TransportTimeouts(connect_s=5.0, read_s=5.0)
-
-
-@dataclass
-class Server:
-    """What the test server saw; ``url(path)`` addresses it."""
-
-    port: int
-    accepted: int = 0
-    open_connections: int = 0
-    requests: list[dict[str, object]] = field(default_factory=list)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
-async def _read_request(
-    reader: asyncio.StreamReader,
-) -> tuple[str, str, list[tuple[bytes, bytes]], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].split(b"\r\n")
-    method, target, _ = lines[0].decode().split(" ", 2)
-    headers = [tuple(part.strip() for part in line.split(b":", 1)) for line in lines[1:]]
-    lower = {k.lower(): v for k, v in headers}
-    if b"content-length" in lower:
-        body = await reader.readexactly(int(lower[b"content-length"]))
-    elif lower.get(b"transfer-encoding", b"").lower() == b"chunked":
-        parts = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
-            data = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            parts.append(data[:-2])
-        body = b"".join(parts)
-    else:
-        body = b""
-    return method, target, headers, body  # type: ignore[return-value]
-
-
-def _response(status: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
-    lines = [
-        f"HTTP/1.1 {status}",
-        *(f"{k}: {v}" for k, v in headers),
-        f"content-length: {len(body)}",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-async def _until_closed(reader: asyncio.StreamReader, timeout_s: float = 3.0) -> None:
-    """Stall: send nothing until the client closes the connection (or ``timeout_s`` passes)."""
-    with contextlib.suppress(TimeoutError, ConnectionError):
-        async with asyncio.timeout(timeout_s):
-            await reader.read()
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-async def _serve_one(
-    server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    """Serve keep-alive requests on one connection until the client leaves or a route drops it."""
-    while True:
-        try:
-            method, target, headers, body = await _read_request(reader)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return
-        path, _, query = target.partition("?")
-        server.requests.append(
-            {"method": method, "target": target, "headers": headers, "body": body}
-        )
-        if path == "/echo":
-            payload = {
-                "method": method,
-                "target": target,
-                "headers": [[k.decode(), v.decode()] for k, v in headers],
-                "body": body.decode(),
-            }
-            extra = [("content-type", "application/json"), ("x-multi", "a"), ("X-Multi", "b")]
-            writer.write(_response("200 OK", extra, json.dumps(payload).encode()))
-        elif path == "/chunks":
-            # Five chunks, 50 ms apart, each its own write.
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                b"transfer-encoding: chunked\r\n\r\n"
-            )
-            for i in range(5):
-                writer.write(_chunk(b"data: %d\n\n" % i))
-                await writer.drain()
-                await asyncio.sleep(0.05)
-            writer.write(b"0\r\n\r\n")
-        elif path == "/drop":
-            writer.close()  # read the request, answer nothing
-            return
-        elif path == "/drop-mid":
-            if query == "chunked":
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + _chunk(b"partial")
-                )
-            else:
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
-            await writer.drain()
-            await asyncio.sleep(0.05)
-            writer.close()
-            return
-        elif path == "/stall-head":
-            await _until_closed(reader)
-            return
-        elif path == "/stall-body":
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nfirst")
-            await writer.drain()
-            await _until_closed(reader)
-            return
-        elif path == "/gzip":
-            writer.write(
-                _response("200 OK", [("content-encoding", "gzip")], gzip.compress(b"hello " * 50))
-            )
-        elif path == "/slow":
-            await asyncio.sleep(0.05)
-            writer.write(_response("200 OK", [], b"ok"))
-        else:
-            writer.write(_response("404 Not Found", [], b"no"))
-        await writer.drain()
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    state = Server(port=0)
-    handlers: set[asyncio.Task[None]] = set()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        state.accepted += 1
-        state.open_connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
-        try:
-            await _serve_one(state, reader, writer)
-        except asyncio.CancelledError:
-            pass  # teardown cancels stalled handlers; Python 3.11's stream callback would log it
-        finally:
-            state.open_connections -= 1
-            handlers.discard(task)
-            writer.close()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-    state.port = srv.sockets[0].getsockname()[1]
-    try:
-        yield state
-    finally:
-        srv.close()
-        for task in list(handlers):
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await srv.wait_closed()
 
 
 @pytest.fixture
@@ -488,8 +324,7 @@ async def test_concurrent_requests_reuse_connections(
 
 
 async def test_limit_caps_connections(server: Server) -> None:
-    transport = make_default_transport(2, FAST)
-    assert isinstance(transport, AiohttpTransport)
+    transport = AiohttpTransport(limit=2, timeouts=FAST)
     try:
 
         async def one() -> int:
@@ -562,7 +397,7 @@ def test_transport_is_made_anywhere_and_belongs_to_one_loop() -> None:
 
     async def main() -> int:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await _serve_one(Server(port=0), reader, writer)
+            await serve_one(Server(port=0), reader, writer)
             writer.close()
 
         srv = await asyncio.start_server(handle, "127.0.0.1", 0)

@@ -1,0 +1,504 @@
+"""A lean HTTP/1.1 client for one endpoint: how batchrunner talks to a gateway by default.
+
+aiohttp's ``ClientSession`` spends ~70 µs of CPU per request on these machines (tracing hooks,
+cookies, redirects, per-request timers, header multidicts), as much as all the rest batchrunner
+does for a request; a load tester built on it measures itself at high rates. This client does
+only what a Messages gateway needs: it writes a prepared ``POST`` (request line and fixed
+headers encoded once per run) on a pooled keep-alive connection, and parses the response with
+httptools (llhttp, the parser of Node.js and uvicorn) inside the protocol callback, where the
+arrival time of each piece is read once. Content-Length, chunked and close-delimited bodies,
+``Connection: close``, 1xx responses and TLS are handled; proxies, redirects, compression and
+HTTP/2 are not: callers who need them pass an httpx client or transport to
+:class:`batchrunner.client.GatewayClient` instead. Timeouts (connect, read silence, whole
+exchange) are enforced by one watchdog task per pool rather than a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import httptools
+import httpx
+
+__all__ = ["Exchange", "ResponseHeaders", "WireError", "WirePool"]
+
+#: A stream sink gets each body piece of a 200 response with its arrival time; it returns True
+#: once it has what it needs (the exchange is then answered; the rest is read and discarded).
+Sink = Callable[[bytes, float], bool]
+
+CONNECT, TIMEOUT, DISCONNECT, PROTOCOL = "connect", "timeout", "disconnect", "protocol"
+
+# After a sink has its answer, this much more of a body is read to reuse the connection.
+_DISCARD_MAX_BYTES = 256 * 1024
+_WATCH_PERIOD_MAX_S = 1.0
+_WATCH_PERIOD_MIN_S = 0.005
+
+
+class WireError(Exception):
+    """A failed exchange; ``kind`` is ``connect``, ``timeout``, ``disconnect`` or ``protocol``.
+
+    ``timeout_phase`` says which limit a timeout hit: ``connect``, ``read`` or ``exchange``;
+    ``exchange`` is the exchange as far as it got (status and headers may have arrived).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        timeout_phase: str | None = None,
+        exchange: Exchange | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.timeout_phase = timeout_phase
+        self.exchange = exchange
+
+
+class ResponseHeaders(Mapping[str, str]):
+    """Response headers as received (``raw``), looked up case-insensitively.
+
+    Repeated headers are joined with ``", "`` on lookup, as ``httpx.Headers`` does. The lookup
+    table is built on first use: most responses are only scanned once through ``raw``.
+    """
+
+    __slots__ = ("_map", "raw")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = raw
+        self._map: dict[str, str] | None = None
+
+    def _lookup(self) -> dict[str, str]:
+        found = self._map
+        if found is None:
+            found = {}
+            for name, value in self.raw:
+                key = name.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                found[key] = f"{found[key]}, {text}" if key in found else text
+            self._map = found
+        return found
+
+    def __getitem__(self, name: str) -> str:
+        return self._lookup()[name.lower()]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._lookup().get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._lookup()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._lookup())
+
+    def __len__(self) -> int:
+        return len(self._lookup())
+
+    def __repr__(self) -> str:
+        return f"ResponseHeaders({self.raw!r})"
+
+
+class Exchange:
+    """One request and its response. Times are ``time.perf_counter()`` seconds."""
+
+    __slots__ = (
+        "answered",
+        "body",
+        "discarded",
+        "done",
+        "error",
+        "first_byte",
+        "future",
+        "headers",
+        "sink",
+        "started",
+        "status",
+    )
+
+    def __init__(self, future: asyncio.Future[None], sink: Sink | None, started: float) -> None:
+        self.future = future
+        self.sink = sink
+        self.started = started
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.first_byte: float | None = None
+        self.done = 0.0
+        self.error: WireError | None = None
+        self.answered = False
+        self.discarded = 0
+
+    @property
+    def content(self) -> bytes:
+        """The buffered body (empty for a body that went to a sink)."""
+        body = self.body
+        return body[0] if len(body) == 1 else b"".join(body)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; runs at most one exchange at a time."""
+
+    def __init__(self, pool: WirePool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.last_io = 0.0
+        self.now = 0.0
+        self.framed = False  # the current response has Content-Length or chunked framing
+        self.informational = False  # the current response is a 1xx
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.now = self.last_io = time.perf_counter()
+        exchange = self.exchange
+        if exchange is None:
+            self.close()  # bytes nobody asked for: this connection cannot be trusted for reuse
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(PROTOCOL, "the server switched protocols (not HTTP/1.1)")
+        except httptools.HttpParserError as exc:
+            self._fail(PROTOCOL, f"invalid HTTP response from the server: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        exchange = self.exchange
+        if exchange is not None:
+            if exchange.status is not None and not self.framed and not self.informational:
+                # A body delimited by the end of the connection ends here.
+                self.on_message_complete()
+            else:
+                why = f" ({exc})" if exc else ""
+                if exchange.status is None:
+                    message = f"Server disconnected without sending a response{why}."
+                else:
+                    message = f"Server disconnected before the end of the response{why}."
+                self._fail(DISCONNECT, message)
+        self.pool._forget(self)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.exchange is None:
+            self.close()  # a second response nobody asked for: do not reuse this connection
+        self.framed = False
+        self.informational = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.headers.append((name, value))
+            lower = name.lower()
+            if lower == b"content-length" or lower == b"transfer-encoding":
+                self.framed = True
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.informational = True  # 100 Continue and the like: the real answer follows
+            exchange.headers = []
+            return
+        if status == 204 or status == 304:
+            self.framed = True  # no body by definition
+        exchange.status = status
+        exchange.first_byte = self.now
+        if status != 200:
+            exchange.sink = None  # error bodies are buffered and interpreted whole
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if exchange.answered:
+            exchange.discarded += len(body)
+            if exchange.discarded > _DISCARD_MAX_BYTES:
+                self.close()
+            return
+        sink = exchange.sink
+        if sink is None:
+            exchange.body.append(body)
+            return
+        try:
+            finished = sink(body, self.now)
+        except Exception as exc:  # a sink bug must fail this request, not the event loop
+            self._fail(PROTOCOL, f"response body could not be processed: {exc!r}")
+            return
+        if finished:
+            exchange.done = self.now
+            self._answer(exchange)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.exchange = None
+        if not exchange.answered:
+            exchange.done = self.now
+            self._answer(exchange)
+        keep = not self.closed and self.parser.should_keep_alive()
+        self.pool._release(self, keep)
+
+    # used by the pool
+
+    def start(self, exchange: Exchange, head: bytes, body: bytes) -> None:
+        self.exchange = exchange
+        self.last_io = exchange.started
+        transport = self.transport
+        assert transport is not None
+        if len(body) < 65536:
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))  # no copy of a long prompt
+
+    def expire(self, now: float) -> None:
+        """Called by the watchdog: fail the exchange if it waited too long."""
+        exchange = self.exchange
+        if exchange is None:
+            return
+        pool = self.pool
+        if pool.exchange_s is not None and now - exchange.started > pool.exchange_s:
+            self._fail(TIMEOUT, f"no complete response within {pool.exchange_s:g} s", "exchange")
+        elif pool.read_s is not None and now - self.last_io > pool.read_s:
+            self._fail(TIMEOUT, f"no response data for {pool.read_s:g} s", "read")
+
+    def _answer(self, exchange: Exchange) -> None:
+        exchange.answered = True
+        if not exchange.future.done():
+            exchange.future.set_result(None)
+
+    def _fail(self, kind: str, message: str, timeout_phase: str | None = None) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is not None and not exchange.answered:
+            exchange.error = WireError(kind, message, timeout_phase, exchange)
+            exchange.done = time.perf_counter()
+            self._answer(exchange)
+        self.close()  # whatever was half-read makes this connection unusable
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()  # no graceful wait for a connection we give up on
+        self.pool._forget(self)
+
+
+class WirePool:
+    """Keep-alive connections to one ``POST`` endpoint, and the exchanges sent over them.
+
+    :param url: the endpoint (``http`` or ``https``).
+    :param headers: headers sent with every request, in order (``Host`` and ``Content-Length``
+        are added here). Names and values must not contain CR or LF.
+    :param connect_s: TCP (and TLS) connection set-up limit.
+    :param read_s: longest silence while waiting for response data (LLM calls can think for
+        minutes before the first byte).
+    :param exchange_s: longest whole exchange, from send to the end of the answer.
+    :param keepalive_s: an idle connection older than this is closed instead of reused.
+    :param ssl: for ``https``: ``True`` (system CAs), ``False`` (no verification) or a context.
+    :raises ValueError: the URL is not http(s), or a header contains CR/LF.
+    """
+
+    def __init__(
+        self,
+        url: str | httpx.URL,
+        headers: Sequence[tuple[str, str]],
+        *,
+        connect_s: float | None = 10.0,
+        read_s: float | None = 600.0,
+        exchange_s: float | None = None,
+        keepalive_s: float = 30.0,
+        ssl: ssl_module.SSLContext | bool = True,
+    ) -> None:
+        parsed = httpx.URL(url) if isinstance(url, str) else url
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"expected an http(s) URL with a host, got {str(url)!r}")
+        self.host = parsed.host
+        self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._ssl: ssl_module.SSLContext | None = None
+        if parsed.scheme == "https":
+            if isinstance(ssl, ssl_module.SSLContext):
+                self._ssl = ssl
+            else:
+                self._ssl = ssl_module.create_default_context()
+                if ssl is False:
+                    self._ssl.check_hostname = False
+                    self._ssl.verify_mode = ssl_module.CERT_NONE
+        self.connect_s = connect_s
+        self.read_s = read_s
+        self.exchange_s = exchange_s
+        self.keepalive_s = keepalive_s
+        target = parsed.raw_path or b"/"
+        lines = [b"POST " + target + b" HTTP/1.1", b"host: " + parsed.netloc]
+        lines += [encode_header(name, value) for name, value in headers]
+        self._head = b"\r\n".join(lines) + b"\r\n"
+        self._idle: deque[_Connection] = deque()
+        self._busy: set[_Connection] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        limits = [s for s in (read_s, exchange_s) if s is not None]
+        period = min(limits) / 4 if limits else _WATCH_PERIOD_MAX_S
+        self._watch_period = max(_WATCH_PERIOD_MIN_S, min(_WATCH_PERIOD_MAX_S, period))
+        self._closed = False
+        self.connections_opened = 0
+
+    async def post(
+        self, body: bytes, extra_headers: bytes = b"", sink: Sink | None = None
+    ) -> Exchange:
+        """Send ``body`` and wait for the answer.
+
+        :param body: the request body.
+        :param extra_headers: more header lines for this request, already encoded by
+            :func:`encode_header` (each ending in CRLF).
+        :param sink: for a streamed response, receives each body piece of a 200 response as it
+            arrives (see :data:`Sink`); other responses are buffered in the exchange.
+        :return: the answered exchange (status, raw headers, buffered body, times).
+        :raises WireError: connecting, sending or receiving failed, or a timeout hit.
+        """
+        if self._closed:
+            raise RuntimeError("WirePool is closed")
+        head = self._head + extra_headers + b"content-length: %d\r\n\r\n" % len(body)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        conn = self._take_idle(started)
+        if conn is None:
+            conn = await self._connect()
+            started = time.perf_counter()
+        exchange = Exchange(loop.create_future(), sink, started)
+        self._busy.add(conn)
+        if self._watchdog is None:
+            self._watchdog = loop.create_task(self._watch())
+        conn.start(exchange, head, body)
+        try:
+            await exchange.future
+        except asyncio.CancelledError:
+            if conn.exchange is exchange:
+                conn._fail(DISCONNECT, "cancelled")
+            raise
+        # No silent resend when a reused connection drops: the gateway may have read the
+        # request (an LLM call costs money); the caller's retry policy decides, and counts it.
+        if exchange.error is not None:
+            raise exchange.error
+        return exchange
+
+    def _take_idle(self, now: float) -> _Connection | None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if now - conn.idle_since > self.keepalive_s:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_s):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            raise WireError(
+                TIMEOUT,
+                f"could not connect to {self.host}:{self.port} within {self.connect_s:g} s",
+                "connect",
+            ) from None
+        except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
+            raise WireError(CONNECT, f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        self.connections_opened += 1
+        return conn
+
+    def _release(self, conn: _Connection, keep: bool) -> None:
+        self._busy.discard(conn)
+        if not keep or self._closed or self.keepalive_s <= 0:
+            conn.close()
+            return
+        now = conn.now
+        conn.idle_since = now
+        idle = self._idle
+        # Oldest at the left: drop the ones past keep-alive as new ones come back.
+        while idle and now - idle[0].idle_since > self.keepalive_s:
+            idle.popleft().close()
+        idle.append(conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+
+    async def _watch(self) -> None:
+        try:
+            while self._busy:  # runs only while exchanges are out; the next one restarts it
+                await asyncio.sleep(self._watch_period)
+                now = time.perf_counter()
+                for conn in list(self._busy):
+                    conn.expire(now)
+        finally:
+            self._watchdog = None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections currently open (idle and busy)."""
+        return len(self._busy) + sum(1 for c in self._idle if not c.closed)
+
+    async def aclose(self) -> None:
+        """Close every connection; exchanges still out fail with ``disconnect``."""
+        self._closed = True
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        for conn in [*self._busy, *self._idle]:
+            conn._fail(DISCONNECT, "the client was closed")
+        self._idle.clear()
+        self._busy.clear()
+
+
+def encode_header(name: str, value: str) -> bytes:
+    """One ``name: value`` header line without its CRLF; refuses CR/LF (header injection).
+
+    Values are sent as UTF-8, as httpx and aiohttp do.
+    """
+    line = f"{name}: {value}".encode()
+    if b"\r" in line or b"\n" in line or not name or ":" in name:
+        raise ValueError(f"invalid header {name!r}: names and values must not contain CR or LF")
+    return line
+
+
+def encode_headers(headers: Sequence[tuple[str, str]]) -> bytes:
+    """Header lines for :meth:`WirePool.post`'s ``extra_headers`` (each ending in CRLF)."""
+    return b"".join(encode_header(name, value) + b"\r\n" for name, value in headers)
+
+
+def format_wire_error(error: WireError) -> str:
+    """The error text stored in a row, named like httpx's exceptions for the same failures."""
+    prefix = {
+        CONNECT: "ConnectError",
+        DISCONNECT: "RemoteProtocolError",
+        PROTOCOL: "RemoteProtocolError",
+        TIMEOUT: {"connect": "ConnectTimeout", "read": "ReadTimeout"}.get(
+            error.timeout_phase or "", "Timeout"
+        ),
+    }[error.kind]
+    return f"{prefix}: {error}"

@@ -1,0 +1,204 @@
+"""GatewayClient over each way it can send: the default wire client, our aiohttp httpx transport
+passed by the user, and a user's ``httpx.AsyncClient``. Every response shape must become the
+same :class:`Attempt`, whichever path carried it; responses are scripted by the raw server of
+``rawserver.py`` (real sockets, no mocks).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from rawserver import Server
+
+from batchrunner.client import Attempt, GatewayClient, Timeouts, bifrost_headers
+from batchrunner.schema import (
+    ERROR_CONNECTION,
+    ERROR_INVALID_RESPONSE,
+    ERROR_STREAM_INCOMPLETE,
+    ERROR_TIMEOUT,
+)
+from batchrunner.transport import AiohttpTransport
+
+MESSAGE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-x",
+    "content": [{"type": "text", "text": "hi"}],
+    "stop_reason": "end_turn",
+    "usage": {"input_tokens": 3, "output_tokens": 2},
+}
+
+
+def sse(*events: tuple[str, dict[str, Any]]) -> list[str]:
+    return [f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events]
+
+
+STREAM_OK = sse(
+    ("message_start", {"type": "message_start", "message": {**MESSAGE, "content": []}}),
+    ("content_block_start", {"type": "content_block_start", "index": 0,
+                             "content_block": {"type": "text", "text": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "text_delta", "text": "h"}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "text_delta", "text": "i"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                       "usage": {"output_tokens": 2}}),
+    ("message_stop", {"type": "message_stop"}),
+)  # fmt: skip
+
+PATHS = ["wire", "aiohttp-transport", "httpx-client"]
+
+
+@pytest.fixture(params=PATHS)
+async def make_client(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[..., GatewayClient]]:
+    closers: list[Any] = []
+
+    def make(url: str, timeouts: Timeouts | None = None) -> GatewayClient:
+        headers = {"x-api-key": "k"}
+        if request.param == "wire":
+            client = GatewayClient(url, headers, timeouts=timeouts)
+        elif request.param == "aiohttp-transport":
+            transport = AiohttpTransport()
+            closers.append(transport)
+            client = GatewayClient(url, headers, transport=transport, timeouts=timeouts)
+        else:
+            http = httpx.AsyncClient()
+            closers.append(http)
+            client = GatewayClient(url, headers, client=http, timeouts=timeouts)
+        closers.append(client)
+        return client
+
+    yield make
+    for closer in reversed(closers):
+        await closer.aclose()
+
+
+async def send(client: GatewayClient, script: dict[str, Any], stream: bool = False) -> Attempt:
+    return await client.send(
+        json.dumps(script).encode(), stream=stream, extra_headers=[("x-request-id", "r1")]
+    )
+
+
+async def test_sync_message(server: Server, make_client) -> None:
+    client = make_client(server.url("/script"))
+    headers = [["content-type", "application/json"], ["x-bifrost-provider", "anthropic"]]
+    attempt = await send(client, {"status": 200, "headers": headers, "body": json.dumps(MESSAGE)})
+    assert attempt.ok and attempt.http_status == 200
+    assert attempt.message == MESSAGE
+    assert attempt.raw_body == json.dumps(MESSAGE).encode()
+    assert attempt.headers is not None and attempt.headers.get("Content-Type") == "application/json"
+    assert bifrost_headers(attempt.headers) == {"x-bifrost-provider": "anthropic"}
+    assert attempt.first_byte is not None and attempt.sent <= attempt.first_byte <= attempt.done
+    sent = server.requests[-1]["headers"]
+    names = [name.decode().lower() for name, _ in sent]  # type: ignore[union-attr]
+    assert {"x-api-key", "x-request-id", "anthropic-version", "content-type"} <= set(names)
+
+
+async def test_job_stub_is_a_success_without_message(server: Server, make_client) -> None:
+    stub = {"id": "job-1", "type": "", "role": "", "content": None}
+    attempt = await send(
+        make_client(server.url("/script")), {"status": 202, "body": json.dumps(stub)}
+    )
+    assert attempt.ok and attempt.message is None and attempt.parsed == stub
+
+
+async def test_invalid_json_body(server: Server, make_client) -> None:
+    attempt = await send(make_client(server.url("/script")), {"status": 200, "body": "<html>oops"})
+    assert attempt.error_type == ERROR_INVALID_RESPONSE and "<html>oops" in attempt.error_message
+
+
+async def test_error_envelope_and_retry_headers(server: Server, make_client) -> None:
+    envelope = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    script = {"status": 529, "headers": [["retry-after-ms", "50"]], "body": json.dumps(envelope)}
+    attempt = await send(make_client(server.url("/script")), script)
+    assert not attempt.ok and attempt.http_status == 529
+    assert (attempt.error_type, attempt.error_message) == ("overloaded_error", "busy")
+    assert attempt.headers is not None and attempt.headers.get("Retry-After-Ms") == "50"
+
+
+async def test_error_without_envelope(server: Server, make_client) -> None:
+    attempt = await send(make_client(server.url("/script")), {"status": 502, "body": "bad gateway"})
+    assert attempt.error_type == "http_502" and "bad gateway" in attempt.error_message
+
+
+async def test_stream_message(server: Server, make_client) -> None:
+    client = make_client(server.url("/script"))
+    attempt = await send(client, {"status": 200, "chunks": STREAM_OK}, stream=True)
+    assert attempt.ok, attempt.error_message
+    assert attempt.message is not None
+    assert attempt.message["content"] == [{"type": "text", "text": "hi"}]
+    assert attempt.message["usage"]["output_tokens"] == 2
+    assert len(attempt.token_times) == 2
+    assert attempt.first_token == attempt.token_times[0]
+    assert attempt.first_byte is not None and attempt.first_byte <= attempt.first_token
+
+
+async def test_stream_error_event(server: Server, make_client) -> None:
+    chunks = [*STREAM_OK[:3], *sse(("error", {"type": "error", "error": {
+        "type": "overloaded_error", "message": "mid-stream"}}))]  # fmt: skip
+    attempt = await send(
+        make_client(server.url("/script")), {"status": 200, "chunks": chunks}, True
+    )
+    assert (attempt.error_type, attempt.error_message) == ("overloaded_error", "mid-stream")
+    assert len(attempt.token_times) == 1
+
+
+async def test_stream_without_message_stop(server: Server, make_client) -> None:
+    script = {"status": 200, "chunks": STREAM_OK[:-1]}
+    attempt = await send(make_client(server.url("/script")), script, stream=True)
+    assert attempt.error_type == ERROR_STREAM_INCOMPLETE and attempt.transport_failure
+
+
+async def test_stream_cut_by_the_server(server: Server, make_client) -> None:
+    script = {"status": 200, "chunks": STREAM_OK[:4], "truncate": True}
+    attempt = await send(make_client(server.url("/script")), script, stream=True)
+    assert attempt.error_type in (ERROR_CONNECTION, ERROR_STREAM_INCOMPLETE)
+    assert attempt.transport_failure and attempt.http_status == 200
+    assert len(attempt.token_times) == 2  # what arrived before the cut is kept
+
+
+async def test_stream_request_with_error_status_reads_the_envelope(
+    server: Server, make_client
+) -> None:
+    envelope = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    script = {"status": 429, "body": json.dumps(envelope)}
+    attempt = await send(make_client(server.url("/script")), script, stream=True)
+    assert attempt.error_type == "rate_limit_error" and attempt.http_status == 429
+
+
+async def test_body_cut_by_the_server(server: Server, make_client) -> None:
+    script = {"status": 200, "body": json.dumps(MESSAGE), "truncate": True}
+    attempt = await send(make_client(server.url("/script")), script)
+    assert attempt.error_type == ERROR_CONNECTION and attempt.transport_failure
+
+
+async def test_read_timeout(server: Server, make_client) -> None:
+    client = make_client(server.url("/stall-head"), Timeouts(connect_s=5, read_s=0.2, attempt_s=30))
+    attempt = await client.send(b"{}", stream=False)
+    assert attempt.error_type == ERROR_TIMEOUT and attempt.timed_out
+    assert "ReadTimeout" in attempt.error_message
+
+
+async def test_attempt_timeout(server: Server, make_client) -> None:
+    client = make_client(server.url("/chunks"), Timeouts(connect_s=5, read_s=5, attempt_s=0.12))
+    attempt = await client.send(b"{}", stream=True)
+    assert attempt.error_type == ERROR_TIMEOUT and attempt.timed_out
+
+
+async def test_connection_refused(make_client) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    attempt = await make_client(f"http://127.0.0.1:{port}").send(b"{}", stream=False)
+    assert attempt.error_type == ERROR_CONNECTION and attempt.transport_failure
+    assert attempt.http_status is None and "ConnectError" in attempt.error_message

@@ -1,0 +1,324 @@
+"""Tests of the lean HTTP/1.1 client (:mod:`batchrunner.wire`) against real servers on 127.0.0.1.
+
+The raw server of ``rawserver.py`` misbehaves on purpose (drops, stalls, garbage, 1xx, close-
+delimited bodies); a TLS test runs a real TLS server with a certificate made by ``openssl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from rawserver import Server
+
+from batchrunner.wire import (
+    CONNECT,
+    DISCONNECT,
+    PROTOCOL,
+    TIMEOUT,
+    ResponseHeaders,
+    WireError,
+    WirePool,
+    encode_headers,
+    format_wire_error,
+)
+
+HEADERS = [("content-type", "application/json"), ("x-api-key", "k")]
+
+
+@pytest.fixture
+async def make_pool() -> AsyncIterator:  # type: ignore[type-arg]
+    pools: list[WirePool] = []
+
+    def make(url: str, **kwargs: object) -> WirePool:
+        kwargs.setdefault("connect_s", 5.0)
+        kwargs.setdefault("read_s", 5.0)
+        pool = WirePool(url, HEADERS, **kwargs)  # type: ignore[arg-type]
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        await pool.aclose()
+
+
+async def test_post_round_trip_headers_and_body_on_the_wire(server: Server, make_pool) -> None:
+    pool = make_pool(server.url("/echo?a=1"))
+    body = '{"model":"m","messages":[{"role":"user","content":"hé"}]}'.encode()
+    exchange = await pool.post(body, encode_headers([("x-request-id", "r-1")]))
+    assert exchange.status == 200
+    echoed = json.loads(exchange.content)
+    assert echoed["method"] == "POST" and echoed["target"] == "/echo?a=1"
+    assert echoed["body"].encode() == body
+    sent = [(k.lower(), v) for k, v in echoed["headers"]]
+    assert sent == [
+        ("host", f"127.0.0.1:{server.port}"),
+        ("content-type", "application/json"),
+        ("x-api-key", "k"),
+        ("x-request-id", "r-1"),
+        ("content-length", str(len(body))),
+    ]
+    headers = ResponseHeaders(exchange.headers)
+    assert headers["Content-Type"] == "application/json"
+    assert headers.get("x-multi") == "a, b"  # repeated headers joined, as httpx does
+    assert "X-MULTI" in headers and headers.get("absent") is None
+    assert exchange.first_byte is not None
+    assert exchange.started <= exchange.first_byte <= exchange.done
+
+
+async def test_keep_alive_reuses_one_connection(server: Server, make_pool) -> None:
+    pool = make_pool(server.url("/echo"))
+    for _ in range(20):
+        assert (await pool.post(b"{}")).status == 200
+    assert server.accepted == 1
+    # Concurrent exchanges each get a connection, and all go back to the pool.
+    results = await asyncio.gather(*(pool.post(b"{}") for _ in range(8)))
+    assert [r.status for r in results] == [200] * 8
+    assert server.accepted <= 8
+    assert pool.open_connections == server.accepted
+
+
+async def test_sink_sees_chunks_as_they_arrive_and_may_answer_early(
+    server: Server, make_pool
+) -> None:
+    pool = make_pool(server.url("/chunks"))
+    seen: list[tuple[bytes, float]] = []
+
+    def sink(chunk: bytes, now: float) -> bool:
+        seen.append((chunk, now))
+        return b"data: 3" in chunk  # answered before the body's end
+
+    exchange = await pool.post(b"{}", sink=sink)
+    assert exchange.status == 200 and exchange.content == b""  # the body went to the sink
+    assert [c for c, _ in seen] == [b"data: %d\n\n" % i for i in range(4)]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(seen)]
+    assert all(gap > 0.03 for gap in gaps)  # the server paces chunks 50 ms apart
+    assert exchange.done == seen[-1][1]
+    # The rest of the body is read in the background; then the connection is reused.
+    await asyncio.sleep(0.3)
+    again = await pool.post(b"{}", sink=lambda chunk, now: False)
+    assert again.status == 200
+    assert server.accepted == 1
+
+
+async def test_sink_is_not_used_for_error_statuses(server: Server, make_pool) -> None:
+    pool = make_pool(server.url("/missing"))
+    calls: list[bytes] = []
+    exchange = await pool.post(b"{}", sink=lambda chunk, now: calls.append(chunk) or False)
+    assert exchange.status == 404 and exchange.content == b"no" and calls == []
+
+
+async def test_failing_sink_fails_the_request_not_the_loop(server: Server, make_pool) -> None:
+    pool = make_pool(server.url("/chunks"))
+
+    def sink(chunk: bytes, now: float) -> bool:
+        raise KeyError("bug")
+
+    with pytest.raises(WireError) as err:
+        await pool.post(b"{}", sink=sink)
+    assert err.value.kind == PROTOCOL and "KeyError" in str(err.value)
+    assert (await make_pool(server.url("/echo")).post(b"{}")).status == 200
+
+
+async def test_close_delimited_body_completes_at_eof(server: Server, make_pool) -> None:
+    pool = make_pool(server.url("/close-delimited"))
+    exchange = await pool.post(b"{}")
+    assert exchange.status == 200 and exchange.content == b"until the end"
+    assert pool.open_connections == 0
+
+
+async def test_connection_close_is_honoured(server: Server, make_pool) -> None:
+    pool = make_pool(server.url("/close"))
+    for _ in range(3):
+        assert (await pool.post(b"{}")).content == b"bye"
+    assert server.accepted == 3
+
+
+async def test_informational_response_is_skipped(server: Server, make_pool) -> None:
+    exchange = await make_pool(server.url("/continue")).post(b"{}")
+    assert exchange.status == 200 and exchange.content == b"after continue"
+
+
+async def test_no_content_response(server: Server, make_pool) -> None:
+    pool = make_pool(server.url("/no-content"))
+    exchange = await pool.post(b"{}")
+    assert exchange.status == 204 and exchange.content == b""
+    assert ResponseHeaders(exchange.headers)["x-kind"] == "empty"
+    assert (await pool.post(b"{}")).status == 204
+    assert server.accepted == 1
+
+
+async def test_drop_before_response(server: Server, make_pool) -> None:
+    with pytest.raises(WireError) as err:
+        await make_pool(server.url("/drop")).post(b"{}")
+    assert err.value.kind == DISCONNECT
+    assert "without sending a response" in str(err.value)
+    assert format_wire_error(err.value).startswith("RemoteProtocolError: ")
+    assert len(server.requests) == 1  # never sent twice behind the caller's back
+
+
+async def test_drop_of_reused_connection_is_not_resent(server: Server, make_pool) -> None:
+    echo = make_pool(server.url("/echo"))
+    assert (await echo.post(b"{}")).status == 200
+    drop = WirePool(server.url("/drop"), HEADERS, read_s=5.0)
+    drop._idle, echo._idle = echo._idle, drop._idle  # reuse the echo connection
+    try:
+        with pytest.raises(WireError) as err:
+            await drop.post(b"{}")
+    finally:
+        await drop.aclose()
+    assert err.value.kind == DISCONNECT
+    assert [r["target"] for r in server.requests] == ["/echo", "/drop"]
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_drop_mid_body_keeps_status(server: Server, make_pool, framing: str) -> None:
+    query = "?chunked" if framing == "chunked" else ""
+    with pytest.raises(WireError) as err:
+        await make_pool(server.url("/drop-mid" + query)).post(b"{}")
+    assert err.value.kind == DISCONNECT
+    assert "before the end of the response" in str(err.value)
+    assert err.value.exchange is not None and err.value.exchange.status == 200
+
+
+async def test_invalid_response_is_protocol_error(server: Server, make_pool) -> None:
+    with pytest.raises(WireError) as err:
+        await make_pool(server.url("/garbage")).post(b"{}")
+    assert err.value.kind == PROTOCOL and "invalid HTTP response" in str(err.value)
+
+
+async def test_unsolicited_bytes_close_the_connection(server: Server, make_pool) -> None:
+    pool = make_pool(server.url("/extra-bytes"))
+    assert (await pool.post(b"{}")).content == b"ok"
+    assert (await pool.post(b"{}")).content == b"ok"
+    assert server.accepted == 2  # the connection that carried junk was not reused
+
+
+@pytest.mark.parametrize("path", ["/stall-head", "/stall-body"])
+async def test_read_timeout(server: Server, make_pool, path: str) -> None:
+    pool = make_pool(server.url(path), read_s=0.2)
+    t0 = time.perf_counter()
+    with pytest.raises(WireError) as err:
+        await pool.post(b"{}")
+    waited = time.perf_counter() - t0
+    assert err.value.kind == TIMEOUT and err.value.timeout_phase == "read"
+    assert format_wire_error(err.value) == "ReadTimeout: no response data for 0.2 s"
+    assert 0.2 <= waited < 2.0
+    if path == "/stall-body":
+        assert err.value.exchange is not None and err.value.exchange.status == 200
+
+
+async def test_exchange_timeout_while_data_keeps_coming(server: Server, make_pool) -> None:
+    # /chunks sends a chunk every 50 ms for 250 ms: never silent, but longer than allowed.
+    pool = make_pool(server.url("/chunks"), read_s=5.0, exchange_s=0.12)
+    with pytest.raises(WireError) as err:
+        await pool.post(b"{}", sink=lambda chunk, now: False)
+    assert err.value.kind == TIMEOUT and err.value.timeout_phase == "exchange"
+
+
+async def test_connection_refused(make_pool) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(WireError) as err:
+        await make_pool(f"http://127.0.0.1:{port}/x").post(b"{}")
+    assert err.value.kind == CONNECT and f"127.0.0.1:{port}" in str(err.value)
+    assert format_wire_error(err.value).startswith("ConnectError: ")
+
+
+async def test_keepalive_expiry_opens_a_new_connection(server: Server, make_pool) -> None:
+    pool = make_pool(server.url("/echo"), keepalive_s=0.05)
+    await pool.post(b"{}")
+    await asyncio.sleep(0.1)
+    await pool.post(b"{}")
+    assert server.accepted == 2
+
+
+async def test_cancelled_exchange_drops_its_connection(server: Server, make_pool) -> None:
+    pool = make_pool(server.url("/stall-head"))
+    task = asyncio.create_task(pool.post(b"{}"))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.open_connections == 0
+    assert (await make_pool(server.url("/echo")).post(b"{}")).status == 200
+
+
+async def test_aclose_fails_exchanges_in_flight(server: Server) -> None:
+    pool = WirePool(server.url("/stall-head"), HEADERS)
+    task = asyncio.create_task(pool.post(b"{}"))
+    await asyncio.sleep(0.1)
+    await pool.aclose()
+    with pytest.raises(WireError) as err:
+        await task
+    assert err.value.kind == DISCONNECT
+    with pytest.raises(RuntimeError, match="closed"):
+        await pool.post(b"{}")
+
+
+def test_header_injection_is_refused() -> None:
+    with pytest.raises(ValueError, match="x-api-key"):
+        WirePool("http://127.0.0.1:1/x", [("x-api-key", "secret\r\nx-evil: 1")])
+    with pytest.raises(ValueError):
+        encode_headers([("x-request-id", "a\nb")])
+    with pytest.raises(ValueError, match="http"):
+        WirePool("ftp://127.0.0.1/x", [])
+
+
+def test_header_error_does_not_echo_the_value() -> None:
+    with pytest.raises(ValueError) as err:
+        WirePool("http://127.0.0.1:1/x", [("x-api-key", "sk-secret-value\n")])
+    assert "sk-secret-value" not in str(err.value)
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecure")
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/v1"
+    trusting = ssl.create_default_context(cafile=str(cert))
+    pools = [WirePool(url, HEADERS, ssl=trusting), WirePool(url, HEADERS, ssl=False)]
+    strict = WirePool(url, HEADERS)  # system CAs do not know this certificate
+    try:
+        for pool in pools:
+            assert (await pool.post(b"")).content == b"secure"
+        with pytest.raises(WireError) as err:
+            await strict.post(b"")
+        assert err.value.kind == CONNECT and "CERTIFICATE" in str(err.value).upper()
+    finally:
+        for pool in [*pools, strict]:
+            await pool.aclose()
+        srv.close()
+        await srv.wait_closed()
