@@ -48,7 +48,7 @@ from batchrunner.runner import (
     _drive,
     _gateway,
     _Session,
-    frozen_heap,
+    send_phase,
 )
 from batchrunner.schema import RequestRecord
 from batchrunner.sources import iter_requests
@@ -389,7 +389,7 @@ class _StageRunner:
 
         session.on_row = on_row
         feed = RecordFeed(cycle_records(self.records, spec.name, base), cfg.max_requests)
-        heap = frozen_heap()  # before the clock and the lag meter: the collection blocks the loop
+        heap = send_phase()  # before the clock and the lag meter: the collection blocks the loop
         heap.__enter__()
         start_at = time.time() + 0.05
         session.start_at = start_at

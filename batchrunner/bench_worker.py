@@ -24,7 +24,7 @@ from batchrunner.feed import RecordFeed
 from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import _drive, _Session, frozen_heap
+from batchrunner.runner import _drive, _Session, send_phase
 from batchrunner.schema import Mode, RequestRecord
 from batchrunner.sources import iter_requests
 from batchrunner.store import RunStore
@@ -87,7 +87,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
             if spec.rate is None:
                 # Closed loop: begin at the agreed instant too, so workers overlap fully.
                 await asyncio.sleep(max(0.0, job["start_at"] - time.time()))
-            stack.enter_context(frozen_heap())
+            stack.enter_context(send_phase())
             cpu0, wall0 = time.process_time(), time.perf_counter()
             meter = LoopLagMeter()
             meter_task = asyncio.create_task(meter.run())

@@ -124,8 +124,8 @@ class JsonlSource:
         except (OSError, EOFError, zlib.error) as exc:
             raise FormatError(f"{self.display}: cannot read: {exc}") from None
 
-    def batches(self) -> Iterator[list[RawRow]]:
-        """Rows in file order, in lists of at most :data:`BATCH_ROWS` rows or ~1 MiB of text."""
+    def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[list[RawRow]]:
+        """Rows in file order, in lists of at most ``batch_rows`` rows or ~1 MiB of text."""
         display = self.display
         index = 0
         batch: list[RawRow] = []
@@ -140,7 +140,7 @@ class JsonlSource:
                     batch.append(_parse_line(line, index, f"{display}:{line_no}"))
                     index += 1
                     size += len(line)
-                    if len(batch) >= BATCH_ROWS or size >= BATCH_BYTES:
+                    if len(batch) >= batch_rows or size >= BATCH_BYTES:
                         yield batch
                         batch, size = [], 0
         except (OSError, EOFError, zlib.error) as exc:
@@ -341,7 +341,8 @@ class ParquetSource:
     def count(self) -> int:
         return int(self.num_rows)
 
-    def batches(self) -> Iterator[list[RawRow]]:
+    def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[list[RawRow]]:
+        """Rows in file order, in lists of at most ``batch_rows`` rows."""
         display = self.display
         columns = self.columns
         index = 0
@@ -350,7 +351,14 @@ class ParquetSource:
             # pages, and no pyarrow thread pool competes with the run's event loop.
             with pq.ParquetFile(self.path, buffer_size=_BLOCK) as pf:
                 batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
-                for record_batch in batches:
+                # Arrow batches are decoded to Python a slice at a time: ``to_pylist`` of a
+                # whole batch of nested params is milliseconds in one go.
+                slices = (
+                    whole.slice(start, batch_rows)
+                    for whole in batches
+                    for start in range(0, whole.num_rows, batch_rows)
+                )
+                for record_batch in slices:
                     values = [record_batch.column(c).to_pylist() for c in columns]
                     ids = values[columns.index("custom_id")] if "custom_id" in columns else None
                     rows = []

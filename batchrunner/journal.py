@@ -200,7 +200,8 @@ def _read_json_fast(buf: pa.Buffer) -> pa.Table:
     try:
         return pa_json.read_json(
             pa.BufferReader(buf),
-            read_options=pa_json.ReadOptions(block_size=_JSON_BLOCK_SIZE),
+            # One thread: compaction runs at low priority beside the event loop (background.py).
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=_JSON_BLOCK_SIZE),
             parse_options=parse,
             memory_pool=_POOL,
         )
@@ -210,7 +211,7 @@ def _read_json_fast(buf: pa.Buffer) -> pa.Table:
     # Perhaps one line was longer than a block ("straddling object"): one block for all.
     return pa_json.read_json(
         pa.BufferReader(buf),
-        read_options=pa_json.ReadOptions(block_size=buf.size + 1),
+        read_options=pa_json.ReadOptions(use_threads=False, block_size=buf.size + 1),
         parse_options=parse,
         memory_pool=_POOL,
     )

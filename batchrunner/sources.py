@@ -23,6 +23,7 @@ from typing import Any
 from batchrunner.bodycheck import RowError, json_type, normalize_params
 from batchrunner.dedupe import DuplicateDetector
 from batchrunner.formats import (
+    BATCH_ROWS,
     FormatError,
     JsonlSource,
     ParquetSource,
@@ -176,11 +177,13 @@ def iter_requests(
     options: SourceOptions,
     on_reject: Callable[[Reject], None] | None = None,
     skip: Callable[[int], bool] | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> Iterator[RequestRecord]:
     """Stream the valid requests of a file, in file order.
 
     The file is opened and checked when this is called (so a missing file fails here, not at
-    the first ``next``); rows are read lazily, a batch of up to 1024 rows at a time.
+    the first ``next``); rows are read lazily, ``batch_rows`` rows at a time (a small batch
+    spreads the work for a reader that shares its thread with latency-sensitive work).
 
     Each body is completed with the defaults of ``options`` (never replacing a value the row
     has, except ``model_override``) and its ``stream`` field is dropped: the run's mode decides
@@ -198,7 +201,7 @@ def iter_requests(
         file), or, with ``options.strict``, at the first invalid row (``exc.reject`` holds it).
     """
     source = _open(path, options)
-    return _generate(source, options, on_reject, skip, None)
+    return _generate(source, options, on_reject, skip, None, batch_rows)
 
 
 def validate_file(
@@ -305,6 +308,7 @@ def _generate(
     on_reject: Callable[[Reject], None] | None,
     skip: Callable[[int], bool] | None,
     stats: _Stats | None,
+    batch_rows: int = BATCH_ROWS,
 ) -> Iterator[RequestRecord]:
     detector = DuplicateDetector()
 
@@ -316,7 +320,7 @@ def _generate(
             on_reject(item)
 
     try:
-        for batch in source.batches():
+        for batch in source.batches(batch_rows):
             for row, (cid, error, duplicate) in zip(batch, _identify(batch, detector), strict=True):
                 if skip is not None and skip(row.index):
                     continue

@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import asyncio
 import itertools
+import os
 import statistics
+import sys
+import threading
 import time
 
 import pytest
 
-from batchrunner.pacing import RateCeiling, schedule_offsets, sleep_until
+from batchrunner import pacing
+from batchrunner.background import BACKGROUND_NICE, background_executor
+from batchrunner.pacing import Pacer, RateCeiling, schedule_offsets, sleep_until
 
 
 def test_constant_schedule_is_evenly_spaced():
@@ -37,6 +43,56 @@ async def test_sleep_until_never_returns_early():
         target = time.perf_counter() + delay
         await sleep_until(target)
         assert time.perf_counter() >= target
+
+
+@pytest.mark.parametrize("precise", [True, False])
+async def test_pacer_never_returns_early(monkeypatch: pytest.MonkeyPatch, precise: bool):
+    if not precise:
+        monkeypatch.setattr(pacing, "open_timerfd", lambda loop: None)
+    pacer = Pacer()
+    try:
+        if not precise:
+            assert not pacer.precise  # the sleep-and-spin fallback
+        elif sys.platform.startswith("linux"):
+            assert pacer.precise  # Linux: the timerfd is used
+        base = time.perf_counter()
+        targets = [base + d for d in (0.0, 0.0002, 0.0005, 0.003, 0.02)]
+        targets += [targets[-1] + i * 0.0001 for i in range(1, 50)]  # a 10k/s schedule
+        for target in targets:
+            await pacer.sleep_until(target)
+            assert time.perf_counter() >= target
+        await pacer.sleep_until(time.perf_counter() - 1.0)  # the past: returns at once
+    finally:
+        pacer.close()
+
+
+async def test_pacer_wait_can_be_cancelled_and_reused():
+    pacer = Pacer()
+    try:
+        task = asyncio.create_task(pacer.sleep_until(time.perf_counter() + 10))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        target = time.perf_counter() + 0.002
+        await asyncio.wait_for(pacer.sleep_until(target), timeout=5)
+        assert time.perf_counter() >= target
+    finally:
+        pacer.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_background_worker_runs_at_the_lowest_priority():
+    executor = background_executor()
+    try:
+        tid, nice = executor.submit(
+            lambda: (threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0))
+        ).result(timeout=10)
+    finally:
+        executor.shutdown()
+    assert tid != threading.get_native_id()
+    assert nice == BACKGROUND_NICE
+    assert os.getpriority(os.PRIO_PROCESS, 0) != BACKGROUND_NICE  # the caller is untouched
 
 
 async def test_rate_ceiling_limits_starts_per_window():

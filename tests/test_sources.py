@@ -367,6 +367,42 @@ def test_duplicates_across_batches(tmp_path: Path) -> None:
     assert (report.ok, report.rejected, report.duplicates) == (n, 2, 2)
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_small_batches_read_the_same_records(tmp_path: Path, kind: str) -> None:
+    # The run reads in small batches (so that reading never stalls its loop for long); what it
+    # reads, rejects and flags as duplicate must not depend on the batch size.
+    n = 100
+    lines: list[Any] = [{"custom_id": f"id-{i}", "params": BODY} for i in range(n)]
+    lines += [{"custom_id": "id-3", "params": BODY}, {"custom_id": "bad", "params": {"x": 1}}]
+    if kind == "jsonl":
+        path = write_jsonl(tmp_path / "a.jsonl", *lines)
+    else:
+        path = tmp_path / "a.parquet"
+        pq.write_table(
+            pa.table(
+                {
+                    "custom_id": [line["custom_id"] for line in lines],
+                    "params": [dumps(line["params"]) for line in lines],
+                }
+            ),
+            path,
+            row_group_size=40,
+        )
+
+    def outcome(batch_rows: int) -> tuple[list[Any], list[Any]]:
+        seen: list[Reject] = []
+        records = list(iter_requests(path, SourceOptions(), seen.append, batch_rows=batch_rows))
+        return (
+            [(r.input_index, r.custom_id, r.params, r.location) for r in records],
+            [(r.input_index, r.reason, r.location) for r in seen],
+        )
+
+    reference = outcome(formats.BATCH_ROWS)
+    assert len(reference[0]) == n and len(reference[1]) == 2
+    for batch_rows in (1, 7, 32):
+        assert outcome(batch_rows) == reference
+
+
 def test_duplicate_detector_matches_a_set() -> None:
     rng = random.Random(3)
     for _ in range(40):
