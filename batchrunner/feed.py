@@ -46,6 +46,10 @@ class RecordFeed:
 
         :raises InputError: an invalid row in strict mode, or an unreadable source.
         """
+        return self.next_nowait()
+
+    def next_nowait(self) -> RequestRecord | None:
+        """:meth:`next` for callbacks (reading never waits: it is done on the loop)."""
         if not self._buf and not self._done:
             self._fill()
         return self._buf.popleft() if self._buf else None

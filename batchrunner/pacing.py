@@ -11,7 +11,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from asyncio_throttle import Throttler
 
@@ -48,37 +48,66 @@ def schedule_offsets(rate: float, arrival: str = "constant", seed: int = 0) -> I
         raise ValueError(f"unknown arrival process {arrival!r}")
 
 
-async def sleep_until(target: float) -> None:
-    """Wait until ``time.perf_counter()`` reaches ``target`` (sleep, then spin the last stretch)."""
-    remaining = target - time.perf_counter()
-    if remaining > SPIN_WINDOW_S:
-        await asyncio.sleep(remaining - SPIN_WINDOW_S)
-    while time.perf_counter() < target:
-        await asyncio.sleep(0)
-
-
 class Pacer:
-    """Waits until ``perf_counter`` instants, as precisely as the platform allows.
+    """Calls back, or wakes a waiter, at ``perf_counter`` instants, as precisely as possible.
 
     On Linux a timerfd wakes the loop at the instant (no spinning, see :mod:`batchrunner.timerfd`);
-    elsewhere :func:`sleep_until`. One waiter at a time; :meth:`close` when done.
+    elsewhere a loop timer wakes it :data:`SPIN_WINDOW_S` early and it spins the rest. One
+    pending instant at a time: arming again replaces it. :meth:`close` when done.
     """
 
     def __init__(self) -> None:
-        self._timer = open_timerfd(asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
+        self._timer = open_timerfd(self._loop)
+        self._handle: asyncio.Handle | None = None
 
     @property
     def precise(self) -> bool:
-        """Whether waits use the timerfd."""
+        """Whether the timerfd is used."""
         return self._timer is not None
 
-    async def sleep_until(self, target: float) -> None:
+    def call_at(self, target: float, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once ``time.perf_counter()`` has reached ``target``."""
         if self._timer is not None:
-            await self._timer.sleep_until(target)
+            self._timer.call_at(target, callback)
+            return
+        self.cancel()
+
+        def spin() -> None:
+            if time.perf_counter() >= target:
+                self._handle = None
+                callback()
+            else:
+                self._handle = self._loop.call_soon(spin)
+
+        remaining = target - time.perf_counter()
+        if remaining > SPIN_WINDOW_S:
+            self._handle = self._loop.call_later(remaining - SPIN_WINDOW_S, spin)
         else:
-            await sleep_until(target)
+            spin()
+
+    def cancel(self) -> None:
+        """Forget the pending instant, if any."""
+        if self._timer is not None:
+            self._timer.cancel()
+        elif self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    async def sleep_until(self, target: float) -> None:
+        """Return once ``time.perf_counter()`` has reached ``target``."""
+        if target <= time.perf_counter():
+            return
+        waiter = self._loop.create_future()
+        self.call_at(target, lambda: waiter.done() or waiter.set_result(None))
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                self.cancel()
 
     def close(self) -> None:
+        self.cancel()
         if self._timer is not None:
             self._timer.close()
             self._timer = None

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from batchrunner.background import background_executor
 from batchrunner.client import GatewayClient, messages_url, redact_url
 from batchrunner.config import DEFAULT_CONCURRENCY, ConfigError, RunConfig
+from batchrunner.dispatch import ScheduleDispatcher
 from batchrunner.execute import ExecContext, execute
 from batchrunner.feed import FEED_CHUNK, RecordFeed
 from batchrunner.jobs import Job, JobContext, JobPoller, submit
@@ -68,6 +69,8 @@ WARMUP_SUFFIX = "#warmup"
 #: the dispatcher waits (the wait shows as send lag and in total_s, never hidden).
 OPEN_LOOP_MAX_OUTSTANDING = 10_000
 COMPACT_CHECK_S = 1.0
+#: How often an open-loop schedule waiting for its next send looks for a stop request.
+STOP_CHECK_S = 0.1
 #: How long another thread may hold the interpreter lock while the event loop waits for it.
 #: Python's default, 5 ms, shows up whole in open-loop send lag (measured with a thread running
 #: Python code beside a paced loop: lag p50 2.5 ms at 5 ms, 0.17 ms at 0.2 ms).
@@ -303,53 +306,63 @@ class _Session:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def open_loop(self, feed: RecordFeed, tg: asyncio.TaskGroup) -> None:
+    async def open_loop(self, feed: RecordFeed) -> None:
         cfg = self.config
         assert cfg.rate is not None
-        cap = cfg.concurrency or OPEN_LOOP_MAX_OUTSTANDING
-        slots = asyncio.Semaphore(cap)
+        loop = asyncio.get_running_loop()
         offsets = schedule_offsets(cfg.rate, cfg.arrival, cfg.seed)
-        # The first read (a batch, on a thread) happens before the clock starts, so that the
-        # first requests are not late before the run has really begun.
-        first: RequestRecord | None = await feed.next()
+        # The first read happens before the clock starts, so that the first requests are not
+        # late before the run has really begun.
+        first: list[RequestRecord | None] = [await feed.next()]
         # Several workers sharing one schedule start at one agreed instant, each shifted by its
         # phase, so that their interleaved sends add up to the stage's rate.
         start_at = self.start_at if self.start_at is not None else time.time() + 0.01
         t0 = time.perf_counter() + (start_at - time.time()) + self.phase_s
         t0_at = start_at + self.phase_s
+        failures: list[BaseException] = []
 
-        async def one(record: RequestRecord, scheduled: float) -> None:
-            try:
-                await self.handle(record, scheduled, t0_at + (scheduled - t0))
-            finally:
-                self.stats.in_flight -= 1
-                slots.release()
+        def take() -> tuple[RequestRecord, float] | None:
+            record = first.pop() if first else feed.next_nowait()
+            if record is None or self.stopping:
+                return None
+            return record, t0 + next(offsets)
+
+        def start(record: RequestRecord, scheduled: float) -> asyncio.Task[None]:
+            self.stats.in_flight += 1
+            task = loop.create_task(self.handle(record, scheduled, t0_at + (scheduled - t0)))
+            self.tasks.add(task)
+            task.add_done_callback(finished)
+            return task
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self.stats.in_flight -= 1
+            self.tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())  # a bug, not a failed request: stop the run
+                self.stop("internal error")
 
         pacer = Pacer()
+        dispatcher = ScheduleDispatcher(
+            pacer, take, start, cap=cfg.concurrency or OPEN_LOOP_MAX_OUTSTANDING
+        )
         try:
-            for offset in offsets:
-                # read before waiting, so reading never adds lag
-                record, first = (first, None) if first is not None else (await feed.next(), None)
-                if record is None or self.stopping:
-                    return
-                scheduled = t0 + offset
-                if scheduled > time.perf_counter():
-                    await pacer.sleep_until(scheduled)
-                else:
-                    # Behind schedule: still yield once per send, so that responses are handled
-                    # and connections reused instead of a burst of new ones piling up.
-                    await asyncio.sleep(0)
+            dispatcher.begin()
+            while not dispatcher.finished.done():
+                # The dispatcher may sleep long between sends at low rates: look for a stop.
+                await asyncio.wait([dispatcher.finished], timeout=STOP_CHECK_S)
                 if self.stopping:
-                    return
-                # With a cap, a late slot delays the send; the row's total_s still counts from
-                # the schedule, so the wait is visible.
-                await slots.acquire()
-                self.stats.in_flight += 1
-                task = tg.create_task(one(record, scheduled))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                    dispatcher.stop()
+            dispatcher.finished.result()  # the input's error, if reading failed
         finally:
+            dispatcher.stop()
             pacer.close()
+        while self.tasks and not failures:
+            await asyncio.wait(set(self.tasks))
+        if failures:
+            self.cancel_in_flight()  # each still ends as a row (cancelled)
+            while self.tasks:
+                await asyncio.wait(set(self.tasks))
+            raise failures[0]
 
     async def compactor(self) -> None:
         while True:
@@ -610,7 +623,7 @@ async def _drive(
             )
             try:
                 if config.rate is not None:
-                    await session.open_loop(feed, tg)
+                    await session.open_loop(feed)
                 else:
                     await session.closed_loop(feed, tg)
                 while session.tasks:

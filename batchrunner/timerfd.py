@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 _CLOCK_MONOTONIC = 1
@@ -36,42 +37,47 @@ class _Itimerspec(ctypes.Structure):
 
 
 class TimerFd:
-    """One absolute-time timer on the loop; one waiter at a time (the dispatcher)."""
+    """One absolute-time timer on the loop, calling back once per arming."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, libc: Any, fd: int) -> None:
         self._loop = loop
         self._settime = libc.timerfd_settime
         self._fd = fd
         self._spec = _Itimerspec()
-        self._waiter: asyncio.Future[None] | None = None
+        self._callback: Callable[[], None] | None = None
+        self._target = 0.0
         loop.add_reader(fd, self._fired)
 
-    async def sleep_until(self, target: float) -> None:
-        """Return once ``time.perf_counter()`` has reached ``target``."""
-        if target <= time.perf_counter():
-            return
+    def call_at(self, target: float, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` from the loop once ``time.perf_counter()`` reaches ``target``;
+        replaces any pending call."""
         value = self._spec.it_value
-        frac, whole = math.modf(target)
+        frac, whole = math.modf(max(target, 1e-9))
         value.tv_sec = int(whole)
         value.tv_nsec = min(999_999_999, int(frac * 1e9) + 1)  # never a nanosecond early
+        self._callback = callback
+        self._target = target
         if self._settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) != 0:
+            self._callback = None
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
-        waiter = self._waiter = self._loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+
+    def cancel(self) -> None:
+        # The timer may still fire; with no callback it does nothing.
+        self._callback = None
 
     def _fired(self) -> None:
         try:
-            os.read(self._fd, 8)  # the expiration count; reading re-arms readiness
+            os.read(self._fd, 8)  # the expiration count; reading clears readiness
         except BlockingIOError:
-            return
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            return  # an expiry already consumed, or cleared by a re-arm
+        if self._callback is not None and time.perf_counter() < self._target:
+            return  # not ours (the timer was re-armed later after it fired): wait on
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
 
     def close(self) -> None:
+        self._callback = None
         if self._fd >= 0:
             self._loop.remove_reader(self._fd)
             os.close(self._fd)

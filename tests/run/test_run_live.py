@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import orjson
@@ -165,6 +166,26 @@ def test_open_loop_schedule_is_recorded(make_emulator, requests_file, tmp_path):
     gaps = scheduled[1:] - scheduled[:-1]
     assert gaps == pytest.approx([0.02] * 19, abs=1e-4)
     assert (rows["queue_wait_s"] < 0.05).all()
+
+
+def test_open_loop_stops_promptly_between_distant_sends(make_emulator, requests_file, tmp_path):
+    # One send every 4 s: --duration must not wait for the next scheduled instant.
+    with make_emulator() as emu:
+        t0 = time.monotonic()
+        result = run(requests_file(5), emu.base_url, tmp_path / "out", rate=0.25, duration_s=0.3)
+        elapsed = time.monotonic() - t0
+    assert elapsed < 3.0
+    assert result.summary["requests"] == 1  # only the send at the start was due
+
+
+def test_open_loop_outstanding_cap_delays_and_shows_it(make_emulator, requests_file, tmp_path):
+    with make_emulator(ttft=Dist("fixed", 0.05)) as emu:
+        run(requests_file(12), emu.base_url, tmp_path / "out", rate=200.0, concurrency=2)
+    rows = read_rows(tmp_path / "out").sort_values("input_index")
+    assert list(rows["status"]) == ["ok"] * 12
+    # 2 at a time, 50 ms each: the last of 12 waits ~250 ms beyond its instant, and says so
+    assert rows["queue_wait_s"].max() > 0.15
+    assert (rows["total_s"] >= rows["queue_wait_s"] + rows["latency_s"] - 1e-3).all()
 
 
 def test_virtual_key_auth_and_no_secret_on_disk(make_emulator, requests_file, tmp_path):
