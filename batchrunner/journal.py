@@ -151,6 +151,67 @@ def write_parquet_atomic(table: pa.Table, path: Path, tmp_dir: Path) -> None:
     fsync_dir(path.parent)
 
 
+#: Journal bytes converted per step of a compaction: memory stays near this (times ~3 for the
+#: Arrow columns) instead of growing with the segment.
+COMPACT_BLOCK_BYTES = 4 << 20
+
+
+def compact_segment(
+    seg: Path,
+    path: Path,
+    tmp_dir: Path,
+    *,
+    metadata: Mapping[bytes, bytes] | None = None,
+    block_bytes: int = COMPACT_BLOCK_BYTES,
+) -> tuple[int, int]:
+    """Convert the complete lines of segment *seg* into the Parquet part *path*, block by block.
+
+    Each block of whole lines becomes one row group, so memory does not grow with the segment.
+    The part is written as :func:`write_parquet_atomic` writes (never visible half-written,
+    durable on return); a segment without a complete line writes no part.
+
+    :return: ``(rows written, bytes of a torn last line that were dropped)``.
+    """
+    schema = RESULT_SCHEMA.with_metadata(metadata or RESULT_SCHEMA.metadata)
+    tmp = tmp_dir / f"{path.name}.tmp"
+    writer: pq.ParquetWriter | None = None
+    rows = 0
+    carry = b""
+    try:
+        with seg.open("rb") as f:
+            while True:
+                chunk = f.read(block_bytes)
+                data = carry + chunk if carry else chunk
+                end = data.rfind(b"\n") + 1
+                if not chunk:
+                    carry = data
+                    break
+                carry = data[end:]
+                if end == 0:
+                    continue  # one line longer than a block: read on until it ends
+                table = segment_table(pa.py_buffer(data).slice(0, end), metadata=metadata,
+                                      source=seg.name)  # fmt: skip
+                if table.num_rows == 0:
+                    continue
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, schema, compression=PARQUET_COMPRESSION)
+                writer.write_table(table)
+                rows += table.num_rows
+        if writer is None:
+            return 0, len(carry)
+        writer.close()
+        writer = None
+        fsync_file(tmp)
+        tmp.replace(path)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return rows, len(carry)
+
+
 # --------------------------------------------------------------------------------------------
 # segments → Arrow
 

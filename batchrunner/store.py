@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchrunner.journal import (
+    compact_segment,
     encode_rows,
     fsync_dir,
     read_complete,
@@ -584,7 +585,9 @@ class RunStore:
                     self._closed_segments.popleft()
 
     def _compact_segment_file(self, seq: int, seg: Path, *, recovering: bool) -> int:
-        buf, torn = read_complete(seg)
+        rows, torn = compact_segment(
+            seg, self.data_dir / _part_name(seq), self.journal_dir, metadata=self._metadata
+        )
         if torn:
             # Expected after kill -9 mid-write: those rows were never acknowledged.
             log.log(
@@ -593,10 +596,7 @@ class RunStore:
                 seg.name,
                 torn,
             )
-        table = segment_table(buf, metadata=self._metadata, source=seg.name)
-        if table.num_rows:
-            write_parquet_atomic(table, self.data_dir / _part_name(seq), self.journal_dir)
-        return int(table.num_rows)
+        return rows
 
     # ----------------------------------------------------------------------------------------
     # async jobs

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrunner.journal import write_json_atomic
+from batchrunner.journal import compact_segment, encode_rows, segment_table, write_json_atomic
 from batchrunner.schema import INSTANT_COLUMNS, RESULT_SCHEMA, empty_row
 from batchrunner.store import (
     RETRY_FAILED_STATUSES,
@@ -525,6 +525,29 @@ def test_kill_9_loses_nothing_acknowledged_and_resume_adds_no_duplicates(tmp_pat
 
 # ------------------------------------------------------------------------------------------------
 # jobs, lock, json
+
+
+def test_compact_segment_block_by_block_equals_whole(tmp_path: Path) -> None:
+    rows = [row(i, response_text="x" * (i % 7) * 50) for i in range(300)]
+    rows[150]["response_text"] = "long " * 2000  # one line longer than a block
+    data = encode_rows(rows)
+    seg = tmp_path / "seg"
+    seg.write_bytes(data + b'{"input_index": 999, "status": "o')  # torn by a crash
+    part = tmp_path / "part.parquet"
+    written, torn = compact_segment(seg, part, tmp_path, block_bytes=4096)
+    assert (written, torn) == (300, len(b'{"input_index": 999, "status": "o'))
+    whole = segment_table(pa.py_buffer(data))
+    got = pq.read_table(part)
+    assert got.equals(whole)
+    assert pq.ParquetFile(part).num_row_groups > 1  # converted in steps, not all at once
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_compact_segment_without_a_complete_line_writes_nothing(tmp_path: Path) -> None:
+    seg = tmp_path / "seg"
+    seg.write_bytes(b'{"input_index": 1')
+    assert compact_segment(seg, tmp_path / "part.parquet", tmp_path) == (0, 17)
+    assert not (tmp_path / "part.parquet").exists()
 
 
 def test_job_ledger(tmp_path: Path) -> None:
