@@ -1,12 +1,14 @@
-"""What the httpx API over our aiohttp transport costs, compared with raw aiohttp.
+"""What our HTTP clients cost per request (default wire client, httpx routes) vs raw aiohttp.
 
-Measures ``batchrunner.transport.AiohttpTransport`` in one run: one fixed-response server
-(``benchmarks/_fixed_server.py``, pinned to core 1), one client process pinned to core 0 on
-uvloop, closed loop at ``-c`` concurrent requests. Each variant gets a fresh event loop and a
+Measures ``batchrunner.wire.WirePool`` and ``batchrunner.transport.AiohttpTransport`` in one
+run: one fixed-response server (``benchmarks/_fixed_server.py``, pinned to core 1), one client
+process pinned to core 0 on uvloop, closed loop at ``-c`` concurrent requests. Each variant gets a fresh event loop and a
 warm-up whose numbers are discarded, then up to ``--requests`` requests bounded by
 ``--duration`` seconds:
 
-- ``raw``: ``aiohttp.ClientSession.post`` + ``read()``, the ceiling;
+- ``raw``: ``aiohttp.ClientSession.post`` + ``read()``, the reference;
+- ``wire``: ``batchrunner.wire.WirePool.post`` (batchrunner's default client, no httpx types;
+  SSE chunks go to a sink called as they arrive);
 - ``direct``: ``httpx.Request(...)`` -> ``AiohttpTransport.handle_async_request`` -> ``aread()``;
 - ``fast``: the same, with the request made by ``transport.build_request`` (public httpx API,
   ~2x cheaper than ``httpx.Request(content=...)``);
@@ -57,6 +59,7 @@ from batchrunner.transport import (  # noqa: E402
     TransportTimeouts,
     build_request,
 )
+from batchrunner.wire import WirePool  # noqa: E402
 
 PATH = "/anthropic/v1/messages"
 BODY = (
@@ -70,7 +73,7 @@ HEADERS = {
     "anthropic-version": "2023-06-01",
 }
 TIMEOUTS = TransportTimeouts(connect_s=10.0, read_s=60.0)
-ALL_VARIANTS = ("raw", "direct", "fast", "client", "httpx", "ref")
+ALL_VARIANTS = ("raw", "wire", "direct", "fast", "client", "httpx", "ref")
 
 # One request: gets a list holding its start time (ns), appends the first-chunk time if any,
 # and returns the number of SSE data lines it saw.
@@ -154,6 +157,8 @@ class Variant:
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.concurrency)
             )
+        elif self.name == "wire":
+            self.transport = WirePool(self.url, self.header_list, read_s=TIMEOUTS.read_s)
         elif self.name in ("direct", "fast", "client"):
             self.transport = AiohttpTransport(limit=self.concurrency, timeouts=TIMEOUTS)
             if self.name == "client":
@@ -174,7 +179,23 @@ class Variant:
             await self.session.close()
 
     def op(self) -> Op:
-        return getattr(self, f"_op_{'raw' if self.name == 'raw' else 'client'}")  # type: ignore[no-any-return]
+        kind = self.name if self.name in ("raw", "wire") else "client"
+        return getattr(self, f"_op_{kind}")  # type: ignore[no-any-return]
+
+    async def _op_wire(self, marks: list[int]) -> int:
+        if not self.sse:
+            await self.transport.post(BODY)
+            return 0
+        state, n = [b""], [0]
+
+        def sink(chunk: bytes, now: float) -> bool:
+            if len(marks) == 1:
+                marks.append(time.perf_counter_ns())
+            n[0] += count_data_lines(state, chunk)
+            return False
+
+        await self.transport.post(BODY, sink=sink)
+        return n[0]
 
     async def _op_raw(self, marks: list[int]) -> int:
         assert self.session is not None
@@ -315,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument(
         "--variants",
-        default="raw,direct,fast,client,httpx",
+        default="raw,wire,direct,fast,client,httpx",
         help=f"comma list from {','.join(ALL_VARIANTS)}; raw first gives the ratios",
     )
     args = parser.parse_args(argv)
