@@ -709,7 +709,9 @@ async def _finish(
     await asyncio.to_thread(store.close)
     # Part by part: the whole table (and a frame of it) would cost ~1 GB per million rows.
     summary = await asyncio.to_thread(
-        lambda: summarize_batches(store.iter_batches(SUMMARY_COLUMNS))
+        lambda: summarize_batches(
+            store.iter_batches(SUMMARY_COLUMNS), reread=store.iter_batches
+        )
     )
     finished = summary["requests"]
     settled = finished - summary["status"].get(Status.CANCELLED.value, 0)

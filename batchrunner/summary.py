@@ -13,11 +13,12 @@ own per-rows code, and only sums, counts and the ok rows' timing values are kept
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchrunner import report_stats as stats
 from batchrunner.pricing import CATEGORIES, PriceBook
@@ -26,6 +27,7 @@ from batchrunner.report import (
     _STATUSES,
     METRICS,
     SUMMARY_COLUMNS,
+    _floats,
     _frame,
     _num,
     _ratio,
@@ -54,8 +56,12 @@ def summarize(table: pa.Table) -> dict[str, Any]:
     return summarize_table(table)
 
 
-def summarize_batches(batches: Iterable[pa.Table], book: PriceBook | None = None,
-                      ) -> dict[str, Any]:
+def summarize_batches(
+    batches: Iterable[pa.Table],
+    book: PriceBook | None = None,
+    *,
+    reread: Callable[[list[str]], Iterable[pa.Table]] | None = None,
+) -> dict[str, Any]:
     """:func:`summarize` of the rows of all *batches*, holding one batch at a time.
 
     Kept between batches: counts, sums, the window's ends and, for the percentiles, the
@@ -65,6 +71,9 @@ def summarize_batches(batches: Iterable[pa.Table], book: PriceBook | None = None
     :param batches: tables with at least :data:`SUMMARY_COLUMNS` (e.g.
         ``RunStore.iter_batches(SUMMARY_COLUMNS)``); consumed once.
     :param book: prices (default: bundled genai-prices data).
+    :param reread: gives the same rows again, only the named columns (e.g.
+        ``store.iter_batches``). With it, each metric's values are gathered by a pass of their
+        own after the first, so that only one metric's values are held at a time.
     :return: the dict :func:`summarize` returns for the same rows (floats up to rounding).
     """
     book = book or PriceBook()
@@ -79,6 +88,7 @@ def summarize_batches(batches: Iterable[pa.Table], book: PriceBook | None = None
     start: float | None = None
     end: float | None = None
     ok_values: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
+    present: set[str] = set()  # metrics with at least one ok value
     for batch in _slices(batches, _SLICE_ROWS):
         f, _cards = _frame(batch, (), book)
         # The report's own per-rows figures (no distributions: those need every value).
@@ -108,7 +118,9 @@ def summarize_batches(batches: Iterable[pa.Table], book: PriceBook | None = None
             values = f[m].to_numpy()[ok]
             values = values[~np.isnan(values)]
             if values.size:
-                ok_values[m].append(values)  # a copy: the batch's frame is not kept
+                present.add(m)
+                if reread is None:
+                    ok_values[m].append(values)  # a copy: the batch's frame is not kept
         del f, section
     wall = None if start is None or end is None else max(end - start, 0.0)
     # Same order as summarize(): known statuses first, then the others by count.
@@ -126,6 +138,8 @@ def summarize_batches(batches: Iterable[pa.Table], book: PriceBook | None = None
     }
     for m in METRICS:
         parts = ok_values.pop(m)
+        if reread is not None and m in present:
+            parts = [v for v in _ok_values(reread(["status", m]), m) if v.size]
         if not parts:
             out[m] = None
             continue
@@ -149,6 +163,14 @@ def summarize_batches(batches: Iterable[pa.Table], book: PriceBook | None = None
         "prices": f"genai-prices {prices['version']}" if prices["version"] else None,
     }
     return out
+
+
+def _ok_values(tables: Iterable[pa.Table], metric: str) -> Iterator[np.ndarray]:
+    """The non-null values of *metric* in ``ok`` rows, as float64 arrays (the report's _frame)."""
+    for table in tables:
+        ok = pc.equal(table.column("status"), "ok")
+        values = pc.filter(table.column(metric), pc.fill_null(ok, False))
+        yield _floats(pa.table({metric: pc.drop_null(values)}), metric)
 
 
 def _slices(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:

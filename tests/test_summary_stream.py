@@ -88,6 +88,16 @@ def test_batches_give_the_whole_table_summary() -> None:
     assert want["tokens"]["cache_creation_1h_input"] and want["wall_s"]
     _assert_same(summarize_batches(_tables(table, 4096)), want)
     _assert_same(summarize_batches(iter(_tables(table, 30_000))), want)
+    # One pass per metric for the percentiles (what a run does, to hold one metric at a time).
+    passes: list[list[str]] = []
+
+    def reread(columns: list[str]) -> list[pa.Table]:
+        passes.append(columns)
+        return _tables(table.select(columns), 5000)
+
+    _assert_same(summarize_batches(_tables(table, 4096), reread=reread), want)
+    assert passes and all(cols[0] == "status" and len(cols) == 2 for cols in passes)
+    assert ["status", "tpot_s"] not in passes  # a metric without values is not read again
 
 
 def test_priced_only_rows_are_complete() -> None:
