@@ -34,6 +34,7 @@ from batchrunner.client import GatewayClient, messages_url, redact_url
 from batchrunner.config import DEFAULT_CONCURRENCY, ConfigError, RunConfig
 from batchrunner.dispatch import ScheduleDispatcher
 from batchrunner.execute import ExecContext, execute
+from batchrunner.fdlimit import ensure_open_files
 from batchrunner.feed import FEED_CHUNK, RecordFeed
 from batchrunner.jobs import Job, JobContext, JobPoller, submit
 from batchrunner.pacing import Pacer, RateCeiling, schedule_offsets
@@ -443,7 +444,7 @@ async def run_session(
     """Run (or resume) a request set and return what it left behind.
 
     :param config: the run configuration (validated here).
-    :param transport: an httpx transport to send through (default: our aiohttp transport).
+    :param transport: an httpx transport to send through (default: the `wire` client).
     :param http_client: an ``httpx.AsyncClient`` to send through instead.
     :param handle_signals: install Ctrl-C handling (first: drain, second: cancel).
     :param quiet: no messages on stderr.
@@ -454,6 +455,13 @@ async def run_session(
     """
     stderr = stderr or sys.stderr
     config.validate()
+    if not config.collect_only:
+        # Open loop without -c may have up to OPEN_LOOP_MAX_OUTSTANDING in flight: room is made
+        # for them if allowed, but a warning is only due for a number the user asked for.
+        asked = config.concurrency or (None if config.rate else DEFAULT_CONCURRENCY)
+        warning = ensure_open_files(asked or OPEN_LOOP_MAX_OUTSTANDING)
+        if warning and asked and not quiet:
+            print(warning, file=stderr, flush=True)
     requests = config.requests
     if requests.is_file():
         fingerprint: dict[str, Any] | None = input_fingerprint(requests)
