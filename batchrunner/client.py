@@ -27,6 +27,7 @@ from batchrunner.schema import (
 )
 from batchrunner.sse import SSEDecoder
 from batchrunner.wire import (
+    BODY,
     TIMEOUT,
     ResponseHeaders,
     WireError,
@@ -221,7 +222,14 @@ class GatewayClient:
     ) -> Attempt:
         attempt = Attempt(sent=time.perf_counter(), sent_at=time.time())
         sink = StreamSink(attempt) if stream else None
-        extra = encode_headers(extra_headers) if extra_headers else b""
+        try:
+            extra = encode_headers(extra_headers) if extra_headers else b""
+        except ValueError as exc:
+            # Only values that came from a response can get here (a job id used in the next
+            # poll's header); the run's own headers were checked when the client was made.
+            _fail(attempt, ERROR_INVALID_RESPONSE, f"cannot send this request: {exc}")
+            attempt.done = time.perf_counter()
+            return attempt
         try:
             exchange = await wire.post(body, extra, sink)
         except WireError as exc:
@@ -234,6 +242,8 @@ class GatewayClient:
             if exc.kind == TIMEOUT:
                 attempt.timed_out = True
                 _fail(attempt, ERROR_TIMEOUT, format_wire_error(exc))
+            elif exc.kind == BODY:
+                _fail(attempt, ERROR_INVALID_RESPONSE, str(exc))
             else:
                 attempt.transport_failure = True
                 _fail(attempt, ERROR_CONNECTION, format_wire_error(exc))
@@ -360,11 +370,13 @@ def interpret_body(attempt: Attempt, status: int, raw: bytes) -> None:
 
 def is_job_stub(parsed: Any) -> bool:
     """The gateway's async-job stub ``{"id": …, "type": "", "role": "", "content": null, …}``."""
+    job_id = parsed.get("id") if isinstance(parsed, dict) else None
     return (
-        isinstance(parsed, dict)
+        isinstance(job_id, str)
+        and bool(job_id)
         and not parsed.get("type")
-        and isinstance(parsed.get("id"), str)
-        and bool(parsed["id"])
+        # it goes back in a header of every poll
+        and job_id.isprintable()
     )
 
 
@@ -387,7 +399,11 @@ def _excerpt(raw: bytes, prefix: str) -> str:
 async def _read_stream(response: httpx.Response, attempt: Attempt) -> None:
     sink = StreamSink(attempt)
     async for chunk in response.aiter_raw():
-        if sink(chunk, time.perf_counter()):
+        try:
+            if sink(chunk, time.perf_counter()):
+                return
+        except Exception as exc:  # the same outcome as on the wire path
+            _fail(attempt, ERROR_INVALID_RESPONSE, f"response body could not be processed: {exc!r}")
             return
     sink.finish()
 
@@ -470,8 +486,8 @@ class StreamAssembler:
         kind = event_type or payload.get("type")
         if kind == "content_block_delta":
             block = self._blocks.get(payload.get("index", 0))
-            delta = payload.get("delta") or {}
-            if block is not None:
+            delta = payload.get("delta")
+            if block is not None and isinstance(delta, dict):
                 key = _DELTA_FIELDS.get(delta.get("type"))
                 if key is not None:
                     # Parts are joined once at the end: += on str is quadratic on long outputs.
@@ -492,7 +508,9 @@ class StreamAssembler:
         if kind == "message_delta":
             msg = self._msg if self._msg is not None else {}
             self._msg = msg
-            delta = payload.get("delta") or {}
+            delta = payload.get("delta")
+            if not isinstance(delta, dict):
+                delta = {}
             for key in ("stop_reason", "stop_sequence"):
                 if key in delta:
                     msg[key] = delta[key]

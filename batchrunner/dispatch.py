@@ -36,14 +36,24 @@ class ScheduleDispatcher:
     :param take: gives the next item and its instant; may raise (e.g. invalid input, strict).
     :param start: starts one request; its task's completion frees an outstanding slot.
     :param cap: most requests outstanding at once.
+    :param stopping: checked right before each start (an item read ahead must not start once
+        the run is stopping).
     """
 
-    def __init__(self, pacer: Pacer, take: Take, start: Start, cap: int) -> None:
+    def __init__(
+        self,
+        pacer: Pacer,
+        take: Take,
+        start: Start,
+        cap: int,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._pacer = pacer
         self._take = take
         self._start = start
         self._cap = cap
+        self._stopping = stopping
         self._next: tuple[Any, float] | None = None
         self._blocked = False
         self.outstanding = 0
@@ -83,6 +93,9 @@ class ScheduleDispatcher:
                     return
                 if launched >= BURST:
                     self._loop.call_soon(self._run)
+                    return
+                if self._stopping():
+                    self.stop()
                     return
                 self._next = None
                 task = self._start(item[0], scheduled)

@@ -84,7 +84,7 @@ class Pacer:
         if remaining > SPIN_WINDOW_S:
             self._handle = self._loop.call_later(remaining - SPIN_WINDOW_S, spin)
         else:
-            spin()
+            self._handle = self._loop.call_soon(spin)  # never from inside call_at itself
 
     def cancel(self) -> None:
         """Forget the pending instant, if any."""

@@ -307,10 +307,9 @@ class _Session:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def open_loop(self, feed: RecordFeed) -> None:
+    async def open_loop(self, feed: RecordFeed, tg: asyncio.TaskGroup) -> None:
         cfg = self.config
         assert cfg.rate is not None
-        loop = asyncio.get_running_loop()
         offsets = schedule_offsets(cfg.rate, cfg.arrival, cfg.seed)
         # The first read happens before the clock starts, so that the first requests are not
         # late before the run has really begun.
@@ -320,7 +319,6 @@ class _Session:
         start_at = self.start_at if self.start_at is not None else time.time() + 0.01
         t0 = time.perf_counter() + (start_at - time.time()) + self.phase_s
         t0_at = start_at + self.phase_s
-        failures: list[BaseException] = []
 
         def take() -> tuple[RequestRecord, float] | None:
             record = first.pop() if first else feed.next_nowait()
@@ -329,8 +327,10 @@ class _Session:
             return record, t0 + next(offsets)
 
         def start(record: RequestRecord, scheduled: float) -> asyncio.Task[None]:
+            # In the task group: if the run fails, its requests are cancelled and each still
+            # ends as a row before the store closes.
             self.stats.in_flight += 1
-            task = loop.create_task(self.handle(record, scheduled, t0_at + (scheduled - t0)))
+            task = tg.create_task(self.handle(record, scheduled, t0_at + (scheduled - t0)))
             self.tasks.add(task)
             task.add_done_callback(finished)
             return task
@@ -338,13 +338,14 @@ class _Session:
         def finished(task: asyncio.Task[None]) -> None:
             self.stats.in_flight -= 1
             self.tasks.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                failures.append(task.exception())  # a bug, not a failed request: stop the run
-                self.stop("internal error")
 
         pacer = Pacer()
         dispatcher = ScheduleDispatcher(
-            pacer, take, start, cap=cfg.concurrency or OPEN_LOOP_MAX_OUTSTANDING
+            pacer,
+            take,
+            start,
+            cap=cfg.concurrency or OPEN_LOOP_MAX_OUTSTANDING,
+            stopping=lambda: self.stopping,
         )
         try:
             dispatcher.begin()
@@ -357,13 +358,6 @@ class _Session:
         finally:
             dispatcher.stop()
             pacer.close()
-        while self.tasks and not failures:
-            await asyncio.wait(set(self.tasks))
-        if failures:
-            self.cancel_in_flight()  # each still ends as a row (cancelled)
-            while self.tasks:
-                await asyncio.wait(set(self.tasks))
-            raise failures[0]
 
     async def compactor(self) -> None:
         while True:
@@ -631,7 +625,7 @@ async def _drive(
             )
             try:
                 if config.rate is not None:
-                    await session.open_loop(feed)
+                    await session.open_loop(feed, tg)
                 else:
                     await session.closed_loop(feed, tg)
                 while session.tasks:

@@ -51,12 +51,14 @@ class TimerFd:
     def call_at(self, target: float, callback: Callable[[], None]) -> None:
         """Call ``callback()`` from the loop once ``time.perf_counter()`` reaches ``target``;
         replaces any pending call."""
-        value = self._spec.it_value
-        frac, whole = math.modf(max(target, 1e-9))
-        value.tv_sec = int(whole)
-        value.tv_nsec = min(999_999_999, int(frac * 1e9) + 1)  # never a nanosecond early
         self._callback = callback
         self._target = target
+        self._arm(target)
+
+    def _arm(self, target: float) -> None:
+        # Whole nanoseconds, rounded up: the timer never fires before ``target``.
+        value = self._spec.it_value
+        value.tv_sec, value.tv_nsec = divmod(max(1, math.ceil(target * 1e9)), 1_000_000_000)
         if self._settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) != 0:
             self._callback = None
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
@@ -71,7 +73,8 @@ class TimerFd:
         except BlockingIOError:
             return  # an expiry already consumed, or cleared by a re-arm
         if self._callback is not None and time.perf_counter() < self._target:
-            return  # not ours (the timer was re-armed later after it fired): wait on
+            self._arm(self._target)  # an expiry of an earlier arming: wait for ours
+            return
         callback, self._callback = self._callback, None
         if callback is not None:
             callback()

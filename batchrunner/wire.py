@@ -32,6 +32,8 @@ __all__ = ["Exchange", "ResponseHeaders", "WireError", "WirePool"]
 Sink = Callable[[bytes, float], bool]
 
 CONNECT, TIMEOUT, DISCONNECT, PROTOCOL = "connect", "timeout", "disconnect", "protocol"
+#: The response arrived, but the sink could not make sense of its body.
+BODY = "body"
 
 # After a sink has its answer, this much more of a body is read to reuse the connection.
 _DISCARD_MAX_BYTES = 256 * 1024
@@ -40,7 +42,8 @@ _WATCH_PERIOD_MIN_S = 0.005
 
 
 class WireError(Exception):
-    """A failed exchange; ``kind`` is ``connect``, ``timeout``, ``disconnect`` or ``protocol``.
+    """A failed exchange; ``kind`` is ``connect``, ``timeout``, ``disconnect``, ``protocol`` (not
+    valid HTTP) or ``body`` (the stream sink refused the body).
 
     ``timeout_phase`` says which limit a timeout hit: ``connect``, ``read`` or ``exchange``;
     ``exchange`` is the exchange as far as it got (status and headers may have arrived).
@@ -176,8 +179,14 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         exchange = self.exchange
         if exchange is not None:
-            if exchange.status is not None and not self.framed and not self.informational:
-                # A body delimited by the end of the connection ends here.
+            if (
+                exc is None
+                and exchange.status is not None
+                and not self.framed
+                and not self.informational
+            ):
+                # A body delimited by the end of the connection ends here (an orderly close;
+                # a reset is a cut, not an end).
                 self.on_message_complete()
             else:
                 why = f" ({exc})" if exc else ""
@@ -201,8 +210,12 @@ class _Connection(asyncio.Protocol):
         if exchange is not None:
             exchange.headers.append((name, value))
             lower = name.lower()
-            if lower == b"content-length" or lower == b"transfer-encoding":
+            if lower == b"content-length":
                 self.framed = True
+            elif lower == b"transfer-encoding":
+                # Framed only when the last coding is chunked; otherwise the body runs to the
+                # close of the connection (RFC 9112 §6.3).
+                self.framed = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -236,7 +249,7 @@ class _Connection(asyncio.Protocol):
         try:
             finished = sink(body, self.now)
         except Exception as exc:  # a sink bug must fail this request, not the event loop
-            self._fail(PROTOCOL, f"response body could not be processed: {exc!r}")
+            self._fail(BODY, f"response body could not be processed: {exc!r}")
             return
         if finished:
             exchange.done = self.now
@@ -263,10 +276,13 @@ class _Connection(asyncio.Protocol):
         self.last_io = exchange.started
         transport = self.transport
         assert transport is not None
-        if len(body) < 65536:
-            transport.write(head + body)
-        else:
-            transport.writelines((head, body))  # no copy of a long prompt
+        try:
+            if len(body) < 65536:
+                transport.write(head + body)
+            else:
+                transport.writelines((head, body))  # no copy of a long prompt
+        except (RuntimeError, OSError) as exc:  # the transport closed under us
+            self._fail(DISCONNECT, f"Server disconnected before the request was sent ({exc}).")
 
     def expire(self, now: float) -> None:
         """Called by the watchdog: fail the exchange if it waited too long."""
@@ -379,7 +395,12 @@ class WirePool:
         conn = self._take_idle(started)
         if conn is None:
             conn = await self._connect()
-            started = time.perf_counter()
+            if self._closed or conn.closed:
+                conn.close()
+                why = "the client was closed" if self._closed else "the server closed at once"
+                raise WireError(
+                    DISCONNECT, f"Server disconnected without sending a response ({why})."
+                )
         exchange = Exchange(loop.create_future(), sink, started)
         self._busy.add(conn)
         if self._watchdog is None:
@@ -455,7 +476,8 @@ class WirePool:
                 for conn in list(self._busy):
                     conn.expire(now)
         finally:
-            self._watchdog = None
+            if self._watchdog is asyncio.current_task():
+                self._watchdog = None
 
     @property
     def open_connections(self) -> int:

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import gzip
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -139,6 +141,21 @@ async def serve_one(
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end")
             await writer.drain()
             writer.close()
+            return
+        elif path == "/te-identity":
+            # A transfer coding other than chunked: the body still ends at the close.
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n\r\nwhole body")
+            await writer.drain()
+            writer.close()
+            return
+        elif path == "/close-delimited-reset":
+            # Part of a close-delimited body, then a reset (not an orderly close): a cut.
+            writer.write(b"HTTP/1.1 200 OK\r\n\r\npart of the bo")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
             return
         elif path == "/close":
             writer.write(_response("200 OK", [("connection", "close")], b"bye"))

@@ -151,6 +151,16 @@ async def test_stream_error_event(server: Server, make_client) -> None:
     assert len(attempt.token_times) == 1
 
 
+async def test_stream_that_cannot_be_assembled_is_invalid_response(
+    server: Server, make_client
+) -> None:
+    bad = [*STREAM_OK[:2], *sse(("content_block_delta", {"type": "content_block_delta",
+        "index": [0], "delta": {"type": "text_delta", "text": "h"}}))]  # fmt: skip
+    script = {"status": 200, "chunks": bad}
+    attempt = await send(make_client(server.url("/script")), script, stream=True)
+    assert attempt.error_type == ERROR_INVALID_RESPONSE and not attempt.transport_failure
+
+
 async def test_stream_without_message_stop(server: Server, make_client) -> None:
     script = {"status": 200, "chunks": STREAM_OK[:-1]}
     attempt = await send(make_client(server.url("/script")), script, stream=True)
@@ -202,3 +212,16 @@ async def test_connection_refused(make_client) -> None:
     attempt = await make_client(f"http://127.0.0.1:{port}").send(b"{}", stream=False)
     assert attempt.error_type == ERROR_CONNECTION and attempt.transport_failure
     assert attempt.http_status is None and "ConnectError" in attempt.error_message
+
+
+async def test_header_with_a_line_break_fails_the_attempt_not_the_run(server: Server) -> None:
+    # A job id from a gateway goes back in the next poll's header: it cannot inject headers.
+    client = GatewayClient(server.url("/script"), {"x-api-key": "k"})
+    try:
+        attempt = await client.send(
+            b"{}", stream=False, extra_headers=[("x-bf-async-id", "a\r\nx: y")]
+        )
+    finally:
+        await client.aclose()
+    assert attempt.error_type == ERROR_INVALID_RESPONSE and "x-bf-async-id" in attempt.error_message
+    assert server.requests == []

@@ -112,3 +112,21 @@ async def test_stop_starts_nothing_more() -> None:
         assert recorder.started == []
     finally:
         pacer.close()
+
+
+async def test_an_item_read_ahead_does_not_start_once_stopping() -> None:
+    recorder = Recorder([time.perf_counter() + 0.05, time.perf_counter() + 0.06])
+    stopping = False
+    pacer = Pacer()
+    dispatcher = ScheduleDispatcher(
+        pacer, recorder.take, recorder.start, cap=10, stopping=lambda: stopping
+    )
+    try:
+        dispatcher.begin()
+        await asyncio.sleep(0.01)  # the first item is read and waits for its instant
+        stopping = True
+        await asyncio.wait_for(asyncio.shield(dispatcher.finished), timeout=5)
+        await asyncio.sleep(0.1)
+        assert recorder.started == []
+    finally:
+        pacer.close()

@@ -21,6 +21,7 @@ import pytest
 from rawserver import Server
 
 from batchrunner.wire import (
+    BODY,
     CONNECT,
     DISCONNECT,
     PROTOCOL,
@@ -125,7 +126,7 @@ async def test_failing_sink_fails_the_request_not_the_loop(server: Server, make_
 
     with pytest.raises(WireError) as err:
         await pool.post(b"{}", sink=sink)
-    assert err.value.kind == PROTOCOL and "KeyError" in str(err.value)
+    assert err.value.kind == BODY and "KeyError" in str(err.value)
     assert (await make_pool(server.url("/echo")).post(b"{}")).status == 200
 
 
@@ -134,6 +135,32 @@ async def test_close_delimited_body_completes_at_eof(server: Server, make_pool) 
     exchange = await pool.post(b"{}")
     assert exchange.status == 200 and exchange.content == b"until the end"
     assert pool.open_connections == 0
+
+
+async def test_other_transfer_coding_body_ends_at_close(server: Server, make_pool) -> None:
+    exchange = await make_pool(server.url("/te-identity")).post(b"{}")
+    assert exchange.status == 200 and exchange.content == b"whole body"
+
+
+async def test_close_delimited_body_cut_by_a_reset_is_a_disconnect(
+    server: Server, make_pool
+) -> None:
+    with pytest.raises(WireError) as err:
+        await make_pool(server.url("/close-delimited-reset")).post(b"{}")
+    assert err.value.kind == DISCONNECT and "before the end" in str(err.value)
+
+
+async def test_aclose_while_connecting_sends_nothing(server: Server) -> None:
+    pool = WirePool(server.url("/echo"), HEADERS, read_s=5.0)
+    task = asyncio.create_task(pool.post(b"{}"))
+    await asyncio.sleep(0)  # the post is inside create_connection
+    await pool.aclose()
+    with pytest.raises(WireError) as err:
+        await asyncio.wait_for(task, timeout=5)
+    assert err.value.kind == DISCONNECT and "closed" in str(err.value)
+    await asyncio.sleep(0.05)
+    assert server.requests == [] and pool.open_connections == 0
+    assert pool._watchdog is None
 
 
 async def test_connection_close_is_honoured(server: Server, make_pool) -> None:

@@ -188,6 +188,30 @@ def test_open_loop_outstanding_cap_delays_and_shows_it(make_emulator, requests_f
     assert (rows["total_s"] >= rows["queue_wait_s"] + rows["latency_s"] - 1e-3).all()
 
 
+def test_open_loop_failure_still_records_every_started_request(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    # Reading fails mid-run with an unexpected error: requests already started are cancelled
+    # and still end as rows before the store closes.
+    from batchrunner import feed as feed_module
+
+    original = feed_module.RecordFeed.next_nowait
+    calls = [0]
+
+    def failing(self):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] > 10:
+            raise OSError(5, "Input/output error (simulated)")
+        return original(self)
+
+    monkeypatch.setattr(feed_module.RecordFeed, "next_nowait", failing)
+    with make_emulator(ttft=Dist("fixed", 0.5)) as emu, pytest.raises(BaseException):
+        run(requests_file(40), emu.base_url, tmp_path / "out", rate=50.0)
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 10 and rows["input_index"].is_unique
+    assert set(rows["status"]) == {"cancelled"}
+
+
 def test_virtual_key_auth_and_no_secret_on_disk(make_emulator, requests_file, tmp_path):
     with make_emulator(virtual_keys=(SECRET_KEY,), require_virtual_key=True) as emu:
         ok = run(
