@@ -1,3 +1,5 @@
 from batchrunner.cli import main
 
-main()
+# Guarded: the compaction worker process (spawn) imports the main module again.
+if __name__ == "__main__":
+    main()

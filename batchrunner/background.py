@@ -8,7 +8,9 @@ interpreter lock between Arrow calls, and when another process competes for the 
 lowest-priority holder is scheduled so rarely that the loop waits for the lock. Measured with a
 CPU-bound process on the same core, loop timer lag p99: nice 0: 3.0 ms, 5: 2.0 ms, 10: 10.5 ms,
 19: 203 ms; alone on a pinned core at 8,500 sends/s, nice 19 gave the lowest send lag (p99
-~1 ms against 3-7 ms), a gain not worth that risk.
+~1 ms against 3-7 ms), a gain not worth that risk. A worker *process* at nice 19 has neither
+problem (its own interpreter lock) but costs ~115 MB more memory (its own pyarrow, and
+multiprocessing's resource tracker), so it was measured (send lag p99 2.8 ms) and not kept.
 """
 
 from __future__ import annotations

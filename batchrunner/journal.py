@@ -156,24 +156,22 @@ def write_parquet_atomic(table: pa.Table, path: Path, tmp_dir: Path) -> None:
 COMPACT_BLOCK_BYTES = 4 << 20
 
 
-def compact_segment(
+def convert_segment(
     seg: Path,
-    path: Path,
-    tmp_dir: Path,
+    out: Path,
     *,
     metadata: Mapping[bytes, bytes] | None = None,
     block_bytes: int = COMPACT_BLOCK_BYTES,
 ) -> tuple[int, int]:
-    """Convert the complete lines of segment *seg* into the Parquet part *path*, block by block.
+    """Write the complete lines of segment *seg* as the Parquet file *out*, block by block.
 
     Each block of whole lines becomes one row group, so memory does not grow with the segment.
-    The part is written as :func:`write_parquet_atomic` writes (never visible half-written,
-    durable on return); a segment without a complete line writes no part.
+    Nothing is made durable here (see :func:`compact_segment`); a segment without a complete
+    line leaves no file.
 
     :return: ``(rows written, bytes of a torn last line that were dropped)``.
     """
     schema = RESULT_SCHEMA.with_metadata(metadata or RESULT_SCHEMA.metadata)
-    tmp = tmp_dir / f"{path.name}.tmp"
     writer: pq.ParquetWriter | None = None
     rows = 0
     carry = b""
@@ -194,22 +192,49 @@ def compact_segment(
                 if table.num_rows == 0:
                     continue
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, schema, compression=PARQUET_COMPRESSION)
+                    writer = pq.ParquetWriter(out, schema, compression=PARQUET_COMPRESSION)
                 writer.write_table(table)
                 rows += table.num_rows
-        if writer is None:
-            return 0, len(carry)
-        writer.close()
-        writer = None
-        fsync_file(tmp)
-        tmp.replace(path)
+        if writer is not None:
+            writer.close()
+            writer = None
     except BaseException:
         if writer is not None:
             writer.close()
+        out.unlink(missing_ok=True)
+        raise
+    return rows, len(carry)
+
+
+def compact_segment(
+    seg: Path,
+    path: Path,
+    tmp_dir: Path,
+    *,
+    metadata: Mapping[bytes, bytes] | None = None,
+    block_bytes: int = COMPACT_BLOCK_BYTES,
+) -> tuple[int, int]:
+    """Convert segment *seg* into the Parquet part *path*, never visible half-written.
+
+    The part is written under *tmp_dir* by :func:`convert_segment`, fsynced, renamed to *path*,
+    and *path*'s directory is fsynced: when this returns, the part survives a crash or a power
+    loss. A segment without a complete line writes no part.
+
+    :return: ``(rows written, bytes of a torn last line that were dropped)``.
+    """
+    tmp = tmp_dir / f"{path.name}.tmp"  # stale *.tmp files are removed when a store opens
+    try:
+        rows, torn = convert_segment(seg, tmp, metadata=metadata, block_bytes=block_bytes)
+        if rows == 0:
+            tmp.unlink(missing_ok=True)
+            return 0, torn
+        fsync_file(tmp)
+        tmp.replace(path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-    return rows, len(carry)
+    return rows, torn
 
 
 # --------------------------------------------------------------------------------------------
