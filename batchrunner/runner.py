@@ -70,6 +70,10 @@ WARMUP_SUFFIX = "#warmup"
 #: the dispatcher waits (the wait shows as send lag and in total_s, never hidden).
 OPEN_LOOP_MAX_OUTSTANDING = 10_000
 COMPACT_CHECK_S = 1.0
+#: Compaction waits while the process used more than this share of a core over the last
+#: check period, as long as fewer than COMPACT_MAX_BACKLOG segments wait.
+COMPACT_DEFER_BUSY = 0.2
+COMPACT_MAX_BACKLOG = 4
 #: How often an open-loop schedule waiting for its next send looks for a stop request.
 STOP_CHECK_S = 0.1
 #: How long another thread may hold the interpreter lock while the event loop waits for it.
@@ -360,15 +364,32 @@ class _Session:
             pacer.close()
 
     async def compactor(self) -> None:
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         while True:
             await asyncio.sleep(COMPACT_CHECK_S)
-            if self.store.needs_compaction():
-                # Shielded and remembered: cancelling this task must not leave a compaction
-                # running on its thread while the store is being closed.
-                self.compaction = asyncio.get_running_loop().run_in_executor(
-                    self.background, self.store.compact_closed
-                )
-                await asyncio.shield(self.compaction)
+            cpu1, wall1 = time.process_time(), time.perf_counter()
+            busy = (cpu1 - cpu0) / max(wall1 - wall0, 1e-9)
+            cpu0, wall0 = cpu1, wall1
+            if not self.store.needs_compaction():
+                continue
+            if defer_compaction(busy, self.store.closed_segments, self.stopping):
+                continue
+            # Shielded and remembered: cancelling this task must not leave a compaction
+            # running on its thread while the store is being closed.
+            self.compaction = asyncio.get_running_loop().run_in_executor(
+                self.background, self.store.compact_closed
+            )
+            await asyncio.shield(self.compaction)
+
+
+def defer_compaction(busy: float, backlog: int, stopping: bool) -> bool:
+    """Whether waiting segments should wait a little longer.
+
+    While sending keeps the process busy (``busy``: CPU seconds per second over the last check),
+    converting would take CPU from the loop (send lag, late timestamps). The journal is durable,
+    so compaction waits for a quieter moment, a long backlog, or the end of the run.
+    """
+    return busy > COMPACT_DEFER_BUSY and backlog < COMPACT_MAX_BACKLOG and not stopping
 
 
 def resolve_run_dir(

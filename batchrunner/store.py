@@ -549,6 +549,12 @@ class RunStore:
     # ----------------------------------------------------------------------------------------
     # compaction
 
+    @property
+    def closed_segments(self) -> int:
+        """Closed journal segments waiting for compaction."""
+        with self._lock:
+            return len(self._closed_segments)
+
     def needs_compaction(self) -> bool:
         """Whether a closed segment waits for :meth:`compact_closed`.
 

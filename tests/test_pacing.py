@@ -13,6 +13,7 @@ import pytest
 from batchrunner import pacing
 from batchrunner.background import BACKGROUND_NICE, background_executor
 from batchrunner.pacing import Pacer, RateCeiling, schedule_offsets
+from batchrunner.runner import COMPACT_DEFER_BUSY, COMPACT_MAX_BACKLOG, defer_compaction
 
 
 def test_constant_schedule_is_evenly_spaced():
@@ -99,3 +100,11 @@ async def test_rate_ceiling_limits_starts_per_window():
     # any 0.1 s window holds at most 5 starts
     for i in range(len(starts) - 5):
         assert starts[i + 5] - starts[i] >= 0.1 - 1e-3
+
+
+def test_compaction_waits_while_sending_is_busy_but_not_forever():
+    busy, quiet = COMPACT_DEFER_BUSY + 0.3, COMPACT_DEFER_BUSY - 0.3
+    assert defer_compaction(busy, backlog=1, stopping=False)
+    assert not defer_compaction(quiet, backlog=1, stopping=False)
+    assert not defer_compaction(busy, backlog=COMPACT_MAX_BACKLOG, stopping=False)
+    assert not defer_compaction(busy, backlog=1, stopping=True)
