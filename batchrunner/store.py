@@ -589,6 +589,9 @@ class RunStore:
                 seg.unlink()
                 with self._lock:
                     self._closed_segments.popleft()
+                # Arrow's allocator keeps freed blocks for reuse; between compactions that is
+                # resident memory doing nothing.
+                pa.default_memory_pool().release_unused()
 
     def _compact_segment_file(self, seq: int, seg: Path, *, recovering: bool) -> int:
         rows, torn = compact_segment(
