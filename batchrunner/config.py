@@ -106,6 +106,11 @@ class RunConfig:
             raise ConfigError("--drain-timeout must be >= 0")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError("--max-tokens must be >= 1")
+        for option, secret in (("--api-key", self.api_key), ("--virtual-key", self.virtual_key)):
+            # The value is never quoted: it is a secret. A key read from a file often ends in a
+            # newline, which would otherwise break (or inject) request headers.
+            if secret and ("\n" in secret or "\r" in secret):
+                raise ConfigError(f"{option}: the key contains a line break (read from a file?)")
         for name, value in self.headers.items():
             if not _HEADER_NAME.match(name):
                 raise ConfigError(f"-H: invalid header name {name!r}")

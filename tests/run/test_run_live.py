@@ -212,6 +212,18 @@ def test_open_loop_failure_still_records_every_started_request(
     assert set(rows["status"]) == {"cancelled"}
 
 
+@pytest.mark.parametrize("field", ["api_key", "virtual_key"])
+def test_key_with_a_line_break_is_a_config_error_that_does_not_quote_it(
+    requests_file, tmp_path, field
+):
+    with pytest.raises(ConfigError) as err:
+        run(
+            requests_file(1), "http://127.0.0.1:9", tmp_path / "out", **{field: "sk-secret\r\nx: y"}
+        )
+    assert "line break" in str(err.value) and "sk-secret" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_virtual_key_auth_and_no_secret_on_disk(make_emulator, requests_file, tmp_path):
     with make_emulator(virtual_keys=(SECRET_KEY,), require_virtual_key=True) as emu:
         ok = run(
