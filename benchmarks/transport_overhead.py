@@ -2,9 +2,9 @@
 
 Measures ``batchrunner.wire.WirePool`` and ``batchrunner.transport.AiohttpTransport`` in one
 run: one fixed-response server (``benchmarks/_fixed_server.py``, pinned to core 1), one client
-process pinned to core 0 on uvloop, closed loop at ``-c`` concurrent requests. Each variant gets a fresh event loop and a
-warm-up whose numbers are discarded, then up to ``--requests`` requests bounded by
-``--duration`` seconds:
+process pinned to core 0 on uvloop, closed loop at ``-c`` concurrent requests. Each variant
+gets a fresh event loop and a warm-up whose numbers are discarded, then up to ``--requests``
+requests bounded by ``--duration`` seconds:
 
 - ``raw``: ``aiohttp.ClientSession.post`` + ``read()``, the reference;
 - ``wire``: ``batchrunner.wire.WirePool.post`` (batchrunner's default client, no httpx types;

@@ -205,7 +205,7 @@ def test_open_loop_failure_still_records_every_started_request(
         return original(self)
 
     monkeypatch.setattr(feed_module.RecordFeed, "next_nowait", failing)
-    with make_emulator(ttft=Dist("fixed", 0.5)) as emu, pytest.raises(BaseException):
+    with make_emulator(ttft=Dist("fixed", 0.5)) as emu, pytest.raises(ExceptionGroup):
         run(requests_file(40), emu.base_url, tmp_path / "out", rate=50.0)
     rows = read_rows(tmp_path / "out")
     assert len(rows) == 10 and rows["input_index"].is_unique
