@@ -111,7 +111,6 @@ class GatewayClient:
         :class:`~batchrunner.wire.WirePool`.
     :param client: an ``httpx.AsyncClient`` to send through instead (its pipeline is used).
     :param timeouts: connect/read/attempt timeouts.
-    :param concurrency_hint: expected concurrent requests, to size the default pool.
     """
 
     def __init__(
@@ -122,7 +121,6 @@ class GatewayClient:
         transport: httpx.AsyncBaseTransport | None = None,
         client: httpx.AsyncClient | None = None,
         timeouts: Timeouts | None = None,
-        concurrency_hint: int = 64,
     ) -> None:
         self.url = httpx.URL(url)
         self.timeouts = timeouts or Timeouts()
@@ -131,7 +129,9 @@ class GatewayClient:
         base = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         base.update({k.lower(): v for k, v in headers.items()})
         t = self.timeouts
+        # The pools are unbounded: the scheduler alone decides how many requests are in flight.
         self._wire: WirePool | None = None
+        self._factory: RequestFactory | None = None
         if transport is None and client is None:
             self._wire = WirePool(
                 self.url,
@@ -140,12 +140,17 @@ class GatewayClient:
                 read_s=t.read_s,
                 exchange_s=t.attempt_s,
             )
-        # httpx transports read their timeouts from the request; AsyncClient sets this itself.
-        extensions = {
-            "timeout": {"connect": t.connect_s, "read": t.read_s, "write": t.read_s, "pool": None}
-        }
-        self._factory = RequestFactory(self.url, list(base.items()), extensions)
-        del concurrency_hint  # the scheduler owns concurrency; the pool is unlimited
+        else:
+            # httpx transports read their timeouts from the request; AsyncClient sets them too.
+            extensions = {
+                "timeout": {
+                    "connect": t.connect_s,
+                    "read": t.read_s,
+                    "write": t.read_s,
+                    "pool": None,
+                }
+            }
+            self._factory = RequestFactory(self.url, list(base.items()), extensions)
 
     async def aclose(self) -> None:
         if self._wire is not None:
@@ -158,6 +163,7 @@ class GatewayClient:
         await self.aclose()
 
     def _build(self, body: bytes, extra_headers: list[tuple[str, str]] | None) -> httpx.Request:
+        assert self._factory is not None
         return self._factory.build(body, extra_headers)
 
     async def _open(self, request: httpx.Request) -> httpx.Response:

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -140,15 +140,26 @@ def write_parquet_atomic(table: pa.Table, path: Path, tmp_dir: Path) -> None:
     reader ever lists it), fsynced, renamed to *path*, and *path*'s directory is fsynced: when
     this returns, the part survives a crash or a power loss.
     """
-    tmp = tmp_dir / f"{path.name}.tmp"
+    _publish(path, tmp_dir, lambda tmp: pq.write_table(table, tmp, compression=PARQUET_COMPRESSION))
+
+
+def _publish(path: Path, tmp_dir: Path, write: Callable[[Path], object]) -> bool:
+    """Have *write* make a file under *tmp_dir*, then make it durable as *path*.
+
+    :return: False (and nothing published) when *write* left no file.
+    """
+    tmp = tmp_dir / f"{path.name}.tmp"  # stale *.tmp files are removed when a store opens
     try:
-        pq.write_table(table, tmp, compression=PARQUET_COMPRESSION)
+        write(tmp)
+        if not tmp.exists():
+            return False
         fsync_file(tmp)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    return True
 
 
 #: Journal bytes converted per step of a compaction: memory stays near this (times ~3 for the
@@ -222,19 +233,14 @@ def compact_segment(
 
     :return: ``(rows written, bytes of a torn last line that were dropped)``.
     """
-    tmp = tmp_dir / f"{path.name}.tmp"  # stale *.tmp files are removed when a store opens
-    try:
-        rows, torn = convert_segment(seg, tmp, metadata=metadata, block_bytes=block_bytes)
-        if rows == 0:
-            tmp.unlink(missing_ok=True)
-            return 0, torn
-        fsync_file(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return rows, torn
+    counts = (0, 0)
+
+    def write(tmp: Path) -> None:
+        nonlocal counts
+        counts = convert_segment(seg, tmp, metadata=metadata, block_bytes=block_bytes)
+
+    _publish(path, tmp_dir, write)
+    return counts
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def schedule_offsets(rate: float, arrival: str = "constant", seed: int = 0) -> I
 
 
 class Pacer:
-    """Calls back, or wakes a waiter, at ``perf_counter`` instants, as precisely as possible.
+    """Calls back at ``perf_counter`` instants, as precisely as possible.
 
     On Linux a timerfd wakes the loop at the instant (no spinning, see :mod:`batchrunner.timerfd`);
     elsewhere a loop timer wakes it :data:`SPIN_WINDOW_S` early and it spins the rest. One
@@ -93,18 +93,6 @@ class Pacer:
         elif self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-    async def sleep_until(self, target: float) -> None:
-        """Return once ``time.perf_counter()`` has reached ``target``."""
-        if target <= time.perf_counter():
-            return
-        waiter = self._loop.create_future()
-        self.call_at(target, lambda: waiter.done() or waiter.set_result(None))
-        try:
-            await waiter
-        finally:
-            if not waiter.done():
-                self.cancel()
 
     def close(self) -> None:
         self.cancel()

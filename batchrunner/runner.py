@@ -587,7 +587,6 @@ async def _run_in_store(
             transport=transport,
             client=http_client,
             timeouts=config.timeouts,
-            concurrency_hint=config.concurrency or DEFAULT_CONCURRENCY,
         )
         # Rejects are found again by every session that reads the input, so each rewrites it.
         rejects_mode = "a" if config.collect_only else "w"

@@ -271,16 +271,18 @@ class _Connection(asyncio.Protocol):
 
     # used by the pool
 
-    def start(self, exchange: Exchange, head: bytes, body: bytes) -> None:
+    def start(self, exchange: Exchange, tail: bytes, body: bytes) -> None:
+        """Send the pool's fixed head, this request's own header lines (``tail``) and body."""
         self.exchange = exchange
         self.last_io = exchange.started
         transport = self.transport
         assert transport is not None
         try:
+            head = self.pool._head
             if len(body) < 65536:
-                transport.write(head + body)
+                transport.write(b"".join((head, tail, body)))  # one copy, one write
             else:
-                transport.writelines((head, body))  # no copy of a long prompt
+                transport.writelines((head + tail, body))  # no copy of a long prompt
         except (RuntimeError, OSError) as exc:  # the transport closed under us
             self._fail(DISCONNECT, f"Server disconnected before the request was sent ({exc}).")
 
@@ -372,7 +374,6 @@ class WirePool:
         period = min(limits) / 4 if limits else _WATCH_PERIOD_MAX_S
         self._watch_period = max(_WATCH_PERIOD_MIN_S, min(_WATCH_PERIOD_MAX_S, period))
         self._closed = False
-        self.connections_opened = 0
 
     async def post(
         self, body: bytes, extra_headers: bytes = b"", sink: Sink | None = None
@@ -389,7 +390,7 @@ class WirePool:
         """
         if self._closed:
             raise RuntimeError("WirePool is closed")
-        head = self._head + extra_headers + b"content-length: %d\r\n\r\n" % len(body)
+        tail = extra_headers + b"content-length: %d\r\n\r\n" % len(body)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         conn = self._take_idle(started)
@@ -405,7 +406,7 @@ class WirePool:
         self._busy.add(conn)
         if self._watchdog is None:
             self._watchdog = loop.create_task(self._watch())
-        conn.start(exchange, head, body)
+        conn.start(exchange, tail, body)
         try:
             await exchange.future
         except asyncio.CancelledError:
@@ -449,7 +450,6 @@ class WirePool:
             ) from None
         except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
             raise WireError(CONNECT, f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        self.connections_opened += 1
         return conn
 
     def _release(self, conn: _Connection, keep: bool) -> None:

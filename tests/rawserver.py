@@ -81,6 +81,7 @@ async def serve_one(
     server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """Serve keep-alive requests on one connection until the client leaves or a route drops it."""
+    served = 0  # requests answered on this connection
     while True:
         try:
             method, target, headers, body = await _read_request(reader)
@@ -90,6 +91,12 @@ async def serve_one(
         server.requests.append(
             {"method": method, "target": target, "headers": headers, "body": body}
         )
+        served += 1
+        if path == "/second-drops" and served > 1:
+            writer.close()  # the request was read, no answer: the keep-alive race, for sure
+            return
+        if path == "/second-drops":
+            path = "/slow"
         if path == "/echo":
             payload = {
                 "method": method,

@@ -39,8 +39,15 @@ def test_schedule_rejects_bad_input():
         next(schedule_offsets(1, "gamma"))
 
 
+async def _called_at(pacer: Pacer, target: float) -> float:
+    """Arm ``pacer`` for ``target`` and return when its callback ran."""
+    fired = asyncio.get_running_loop().create_future()
+    pacer.call_at(target, lambda: fired.set_result(time.perf_counter()))
+    return await asyncio.wait_for(fired, timeout=5)
+
+
 @pytest.mark.parametrize("precise", [True, False])
-async def test_pacer_never_returns_early(monkeypatch: pytest.MonkeyPatch, precise: bool):
+async def test_pacer_never_calls_back_early(monkeypatch: pytest.MonkeyPatch, precise: bool):
     if not precise:
         monkeypatch.setattr(pacing, "open_timerfd", lambda loop: None)
     pacer = Pacer()
@@ -53,24 +60,27 @@ async def test_pacer_never_returns_early(monkeypatch: pytest.MonkeyPatch, precis
         targets = [base + d for d in (0.0, 0.0002, 0.0005, 0.003, 0.02)]
         targets += [targets[-1] + i * 0.0001 for i in range(1, 50)]  # a 10k/s schedule
         for target in targets:
-            await pacer.sleep_until(target)
-            assert time.perf_counter() >= target
-        await pacer.sleep_until(time.perf_counter() - 1.0)  # the past: returns at once
+            assert await _called_at(pacer, target) >= target
+        past = time.perf_counter() - 1.0
+        assert await _called_at(pacer, past) >= past  # the past: called back at once
     finally:
         pacer.close()
 
 
-async def test_pacer_wait_can_be_cancelled_and_reused():
+@pytest.mark.parametrize("precise", [True, False])
+async def test_pacer_rearm_and_cancel(monkeypatch: pytest.MonkeyPatch, precise: bool):
+    if not precise:
+        monkeypatch.setattr(pacing, "open_timerfd", lambda loop: None)
     pacer = Pacer()
+    calls: list[str] = []
     try:
-        task = asyncio.create_task(pacer.sleep_until(time.perf_counter() + 10))
-        await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        pacer.call_at(time.perf_counter() + 0.02, lambda: calls.append("cancelled"))
+        pacer.cancel()
+        pacer.call_at(time.perf_counter() + 0.02, lambda: calls.append("replaced"))
         target = time.perf_counter() + 0.002
-        await asyncio.wait_for(pacer.sleep_until(target), timeout=5)
-        assert time.perf_counter() >= target
+        assert await _called_at(pacer, target) >= target  # arming again replaces the last
+        await asyncio.sleep(0.05)
+        assert calls == []
     finally:
         pacer.close()
 
