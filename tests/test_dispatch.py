@@ -130,3 +130,63 @@ async def test_an_item_read_ahead_does_not_start_once_stopping() -> None:
         assert recorder.started == []
     finally:
         pacer.close()
+
+
+async def test_close_instants_share_a_wakeup_and_none_starts_early() -> None:
+    base = time.perf_counter() + 0.01
+    instants = [base + i * 0.00005 for i in range(400)]  # 20,000/s
+    recorder = Recorder(instants)
+    dispatcher = await run(recorder)
+    assert [item for item, _, _ in recorder.started] == list(range(400))
+    assert all(at >= scheduled for _, scheduled, at in recorder.started)
+    # A 0.25 ms window holds five instants: a wake-up per instant would be 400 turns.
+    assert dispatcher.turns <= 400 // 3
+
+
+async def test_distant_instants_are_each_woken_for() -> None:
+    base = time.perf_counter() + 0.005
+    instants = [base + i * 0.003 for i in range(10)]  # further apart than the window
+    recorder = Recorder(instants)
+    dispatcher = await run(recorder)
+    assert all(at >= scheduled for _, scheduled, at in recorder.started)
+    assert dispatcher.turns >= 10
+
+
+async def test_items_read_before_an_error_still_start_then_it_surfaces() -> None:
+    base = time.perf_counter() + 0.01
+    recorder = Recorder([base, base + 0.00005, base + 0.0001])
+    taken = 0
+    original = recorder.take
+
+    def take() -> tuple[Any, float] | None:
+        nonlocal taken
+        taken += 1
+        if taken == 4:  # read while looking ahead through the first window
+            raise ValueError("bad row")
+        return original()
+
+    pacer = Pacer()
+    dispatcher = ScheduleDispatcher(pacer, take, recorder.start, cap=10)
+    try:
+        dispatcher.begin()
+        with pytest.raises(ValueError, match="bad row"):
+            await asyncio.wait_for(dispatcher.finished, timeout=5)
+    finally:
+        pacer.close()
+    assert [item for item, _, _ in recorder.started] == [0, 1, 2]
+
+
+async def test_an_error_from_start_resolves_finished() -> None:
+    recorder = Recorder([time.perf_counter() - 1.0])
+
+    def start(item: int, scheduled: float) -> asyncio.Task[None]:
+        raise RuntimeError("task group is closing")
+
+    pacer = Pacer()
+    dispatcher = ScheduleDispatcher(pacer, recorder.take, start, cap=10)
+    try:
+        dispatcher.begin()
+        with pytest.raises(RuntimeError, match="closing"):
+            await asyncio.wait_for(dispatcher.finished, timeout=5)
+    finally:
+        pacer.close()
