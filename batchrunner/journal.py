@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,9 +162,47 @@ def _publish(path: Path, tmp_dir: Path, write: Callable[[Path], object]) -> bool
     return True
 
 
-#: Journal bytes converted per step of a compaction: memory stays near this (times ~3 for the
-#: Arrow columns) instead of growing with the segment.
-COMPACT_BLOCK_BYTES = 4 << 20
+#: Journal bytes converted per step of a compaction (one Parquet row group, ~1,000 rows):
+#: memory stays near a small multiple of this instead of growing with the segment. Measured on
+#: a 32 MB segment, the conversion's resident peak: 4 MB blocks +54-60 MB, 2 MB +42 MB, 1 MB
+#: +21 MB, for 25 % more CPU than 4 MB blocks.
+COMPACT_BLOCK_BYTES = 1 << 20
+
+
+class SegmentBlocks:
+    """The complete lines of a journal segment, about *block_bytes* at a time, as buffers.
+
+    Iterate once; afterwards :attr:`torn` is the length of an unfinished last line (0 if the
+    segment ends with a newline), which is not part of any block.
+
+    :param limit: read at most this many bytes (a snapshot of a segment still being written).
+    """
+
+    def __init__(
+        self, path: Path, limit: int | None = None, block_bytes: int = COMPACT_BLOCK_BYTES
+    ) -> None:
+        self.path = path
+        self.torn = 0
+        self._limit = limit
+        self._block_bytes = block_bytes
+
+    def __iter__(self) -> Iterator[pa.Buffer]:
+        left = self._limit
+        carry = b""
+        with self.path.open("rb") as f:
+            while True:
+                want = self._block_bytes if left is None else min(self._block_bytes, left)
+                chunk = f.read(want) if want > 0 else b""
+                if left is not None:
+                    left -= len(chunk)
+                if not chunk:
+                    break
+                data = carry + chunk if carry else chunk
+                end = data.rfind(b"\n") + 1
+                carry = data[end:]
+                if end:  # else one line longer than a block: read on until it ends
+                    yield pa.py_buffer(data).slice(0, end)
+        self.torn = len(carry)
 
 
 def convert_segment(
@@ -185,27 +223,16 @@ def convert_segment(
     schema = RESULT_SCHEMA.with_metadata(metadata or RESULT_SCHEMA.metadata)
     writer: pq.ParquetWriter | None = None
     rows = 0
-    carry = b""
+    blocks = SegmentBlocks(seg, block_bytes=block_bytes)
     try:
-        with seg.open("rb") as f:
-            while True:
-                chunk = f.read(block_bytes)
-                data = carry + chunk if carry else chunk
-                end = data.rfind(b"\n") + 1
-                if not chunk:
-                    carry = data
-                    break
-                carry = data[end:]
-                if end == 0:
-                    continue  # one line longer than a block: read on until it ends
-                table = segment_table(pa.py_buffer(data).slice(0, end), metadata=metadata,
-                                      source=seg.name)  # fmt: skip
-                if table.num_rows == 0:
-                    continue
-                if writer is None:
-                    writer = pq.ParquetWriter(out, schema, compression=PARQUET_COMPRESSION)
-                writer.write_table(table)
-                rows += table.num_rows
+        for buf in blocks:
+            table = segment_table(buf, metadata=metadata, source=seg.name)
+            if table.num_rows == 0:
+                continue
+            if writer is None:
+                writer = pq.ParquetWriter(out, schema, compression=PARQUET_COMPRESSION)
+            writer.write_table(table)
+            rows += table.num_rows
         if writer is not None:
             writer.close()
             writer = None
@@ -214,7 +241,7 @@ def convert_segment(
             writer.close()
         out.unlink(missing_ok=True)
         raise
-    return rows, len(carry)
+    return rows, blocks.torn
 
 
 def compact_segment(

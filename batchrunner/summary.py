@@ -88,7 +88,7 @@ def summarize_batches(
     start: float | None = None
     end: float | None = None
     ok_values: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-    present: set[str] = set()  # metrics with at least one ok value
+    counts: dict[str, int] = dict.fromkeys(METRICS, 0)  # ok values per metric
     for batch in _slices(batches, _SLICE_ROWS):
         f, _cards = _frame(batch, (), book)
         # The report's own per-rows figures (no distributions: those need every value).
@@ -118,7 +118,7 @@ def summarize_batches(
             values = f[m].to_numpy()[ok]
             values = values[~np.isnan(values)]
             if values.size:
-                present.add(m)
+                counts[m] += values.size
                 if reread is None:
                     ok_values[m].append(values)  # a copy: the batch's frame is not kept
         del f, section
@@ -138,13 +138,25 @@ def summarize_batches(
     }
     for m in METRICS:
         parts = ok_values.pop(m)
-        if reread is not None and m in present:
-            parts = [v for v in _ok_values(reread(["status", m]), m) if v.size]
-        if not parts:
+        if not counts[m]:
             out[m] = None
             continue
-        values = np.concatenate(parts)
-        del parts  # before the percentiles: one copy of the metric at a time
+        if reread is None:
+            values = np.concatenate(parts)
+        else:
+            # Filled in place, never concatenated: one copy of one metric at a time.
+            values = np.empty(counts[m], dtype=np.float64)
+            filled = 0
+            for part in _ok_values(reread(["status", m]), m):
+                part = part[~np.isnan(part)]  # as in the first pass
+                end = filled + part.size
+                if end > values.size:
+                    raise RuntimeError(f"{m}: rows changed between the summary's passes")
+                values[filled:end] = part
+                filled = end
+            if filled != values.size:
+                raise RuntimeError(f"{m}: rows changed between the summary's passes")
+        del parts
         out[m] = stats.distribution(values, owned=True)
         del values
     out["tokens"] = {

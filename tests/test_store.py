@@ -22,7 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrunner.journal import compact_segment, encode_rows, segment_table, write_json_atomic
+from batchrunner.journal import (
+    SegmentBlocks,
+    compact_segment,
+    encode_rows,
+    segment_table,
+    write_json_atomic,
+)
 from batchrunner.schema import INSTANT_COLUMNS, RESULT_SCHEMA, empty_row
 from batchrunner.store import (
     RETRY_FAILED_STATUSES,
@@ -541,6 +547,39 @@ def test_compact_segment_block_by_block_equals_whole(tmp_path: Path) -> None:
     assert got.equals(whole)
     assert pq.ParquetFile(part).num_row_groups > 1  # converted in steps, not all at once
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_segment_blocks_are_whole_lines_within_a_snapshot_limit(tmp_path: Path) -> None:
+    lines = [b'{"input_index": %d, "pad": "%s"}\n' % (i, b"y" * (i * 37 % 300)) for i in range(200)]
+    lines[50] = b'{"input_index": 50, "pad": "%s"}\n' % (b"z" * 5000)  # longer than a block
+    data = b"".join(lines)
+    seg = tmp_path / "seg"
+    seg.write_bytes(data + b'{"input_index": 2')
+    blocks = SegmentBlocks(seg, block_bytes=1024)
+    got = [bytes(buf) for buf in blocks]
+    assert all(b.endswith(b"\n") for b in got) and len(got) > 10
+    assert b"".join(got) == data and blocks.torn == len(b'{"input_index": 2')
+    # A snapshot of a segment being written: only the bytes up to the limit count.
+    limit = len(b"".join(lines[:120])) + 10
+    snapshot = SegmentBlocks(seg, limit, block_bytes=1024)
+    assert b"".join(bytes(buf) for buf in snapshot) == b"".join(lines[:120])
+    assert snapshot.torn == 10
+
+
+def test_iter_batches_hands_out_parts_in_bounded_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("batchrunner.store.READ_BATCH_ROWS", 64)
+    run_dir = tmp_path / "run"
+    with RunStore.open(run_dir, segment_rows=500) as store:
+        store.append_rows([row(i) for i in range(1_200)])
+        store.compact_closed()
+        tables = list(store.iter_batches(["input_index", "status"]))
+    assert max(t.num_rows for t in tables) <= 500  # parts in pieces; the open segment too
+    assert max(t.num_rows for t in tables[:2]) <= 64
+    got = sorted(i for t in tables for i in t.column("input_index").to_pylist())
+    assert got == list(range(1_200))
+    assert all(t.column_names == ["input_index", "status"] for t in tables)
 
 
 def test_compact_segment_without_a_complete_line_writes_nothing(tmp_path: Path) -> None:
