@@ -409,6 +409,7 @@ class _StageRunner:
         finally:
             meter_task.cancel()
             heap.__exit__(None, None, None)
+            session.background.shutdown(wait=False)  # a compaction under way still completes
         collector.loop_lag_p99_s = meter.p99()
         collector.cpu_s = time.process_time() - cpu0
         collector.wall_s = time.perf_counter() - wall0

@@ -96,6 +96,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
                     await _drive(session, cfg.source_options(), False, False, feed=feed)
             finally:
                 meter_task.cancel()
+                session.background.shutdown(wait=False)  # a compaction under way still completes
             collector.loop_lag_p99_s = meter.p99()
             collector.cpu_s = time.process_time() - cpu0
             collector.wall_s = time.perf_counter() - wall0

@@ -49,7 +49,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batchrunner.heap import release_free_heap
 from batchrunner.journal import (
     SegmentBlocks,
     compact_segment,
@@ -596,7 +595,6 @@ class RunStore:
                 # Arrow's allocator keeps freed blocks for reuse; between compactions that is
                 # resident memory doing nothing.
                 pa.default_memory_pool().release_unused()
-                release_free_heap()
 
     def _compact_segment_file(self, seq: int, seg: Path, *, recovering: bool) -> int:
         rows, torn = compact_segment(

@@ -147,15 +147,23 @@ def summarize_batches(
             # Filled in place, never concatenated: one copy of one metric at a time.
             values = np.empty(counts[m], dtype=np.float64)
             filled = 0
+            extra: list[np.ndarray] = []
             for part in _ok_values(reread(["status", m]), m):
                 part = part[~np.isnan(part)]  # as in the first pass
-                end = filled + part.size
-                if end > values.size:
-                    raise RuntimeError(f"{m}: rows changed between the summary's passes")
-                values[filled:end] = part
-                filled = end
-            if filled != values.size:
-                raise RuntimeError(f"{m}: rows changed between the summary's passes")
+                room = min(part.size, values.size - filled)
+                values[filled : filled + room] = part[:room]
+                filled += room
+                if room < part.size:
+                    extra.append(part[room:])
+            # Rows added in between (another process resuming the run after the store closed)
+            # or gone: the percentiles describe the second pass rather than fail.
+            if extra:
+                values = np.concatenate([values, *extra])
+            elif filled < values.size:
+                values = values[:filled]
+            if not values.size:
+                out[m] = None
+                continue
         del parts
         out[m] = stats.distribution(values, owned=True)
         del values

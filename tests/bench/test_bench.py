@@ -224,3 +224,35 @@ def test_cli_with_a_scenario_file(make_emulator, tmp_path):
         timeout=60,
     )
     assert bad.returncode == 2 and "--slo" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_stages_leave_no_background_thread_behind(make_emulator, tmp_path, monkeypatch):
+    import threading
+
+    import batchrunner.runner as runner
+    from batchrunner.store import RunStore
+
+    # Segments close after 0.2 s and are converted at once, so every stage starts its
+    # compaction thread.
+    opened = RunStore.open.__func__
+    monkeypatch.setattr(
+        RunStore, "open", classmethod(lambda cls, *a, **k: opened(cls, *a, segment_age_s=0.2, **k))
+    )
+    monkeypatch.setattr(runner, "COMPACT_CHECK_S", 0.2)
+    monkeypatch.setattr(runner, "COMPACT_DEFER_BUSY", 10.0)
+
+    def background() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("batchrunner-background")]
+
+    before = set(background())
+    with make_emulator() as emu:
+        result = bench(
+            emu.base_url,
+            tmp_path / "out",
+            stages=[StageSpec(f"rate={r}", rate=float(r), duration_s=0.8) for r in (20, 40)],
+        )
+    assert [s["stage"] for s in result.stages] == ["rate=20", "rate=40"]
+    left = [t for t in background() if t not in before]
+    for thread in left:  # shut down: each exits once it sees that (bounded wait)
+        thread.join(timeout=5)
+    assert not [t for t in left if t.is_alive()]
