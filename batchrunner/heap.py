@@ -12,7 +12,6 @@ libraries have no such call; there this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import sys
 from collections.abc import Callable
@@ -23,8 +22,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        trim = libc.malloc_trim  # glibc only (musl has none)
+        # The process's own symbols, libc's among them (find_library would run ldconfig).
+        trim = ctypes.CDLL(None).malloc_trim  # glibc only (musl has none)
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
