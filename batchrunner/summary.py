@@ -8,7 +8,8 @@ it cannot price is listed, never counted as $0.
 
 :func:`summarize_batches` gives the same dict from the rows one part at a time (the end of a
 million-row run must not build a DataFrame of every row): each part goes through the report's
-own per-rows code, and only sums, counts and the ok rows' timing values are kept.
+own per-rows code, and only sums and counts are kept; the exact percentiles take one more pass
+over the timing columns (:mod:`batchrunner.quantiles`), so memory does not grow with the rows.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 
 from batchrunner import report_stats as stats
 from batchrunner.pricing import CATEGORIES, PriceBook
+from batchrunner.quantiles import TwoPassPercentiles
 from batchrunner.report import (
     _NONE,
     _STATUSES,
@@ -72,8 +74,9 @@ def summarize_batches(
         ``RunStore.iter_batches(SUMMARY_COLUMNS)``); consumed once.
     :param book: prices (default: bundled genai-prices data).
     :param reread: gives the same rows again, only the named columns (e.g.
-        ``store.iter_batches``). With it, each metric's values are gathered by a pass of their
-        own after the first, so that only one metric's values are held at a time.
+        ``store.iter_batches``). With it, no timing values are kept: the percentiles come from
+        one more pass over the timing columns (:class:`~batchrunner.quantiles.TwoPassPercentiles`),
+        and memory no longer grows with the rows.
     :return: the dict :func:`summarize` returns for the same rows (floats up to rounding).
     """
     book = book or PriceBook()
@@ -88,7 +91,7 @@ def summarize_batches(
     start: float | None = None
     end: float | None = None
     ok_values: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-    counts: dict[str, int] = dict.fromkeys(METRICS, 0)  # ok values per metric
+    two_pass = {m: TwoPassPercentiles() for m in METRICS}
     for batch in _slices(batches, _SLICE_ROWS):
         f, _cards = _frame(batch, (), book)
         # The report's own per-rows figures (no distributions: those need every value).
@@ -117,10 +120,10 @@ def summarize_batches(
         for m in METRICS:
             values = f[m].to_numpy()[ok]
             values = values[~np.isnan(values)]
-            if values.size:
-                counts[m] += values.size
-                if reread is None:
-                    ok_values[m].append(values)  # a copy: the batch's frame is not kept
+            if reread is not None:
+                two_pass[m].count(values)
+            elif values.size:
+                ok_values[m].append(values)  # a copy: the batch's frame is not kept
         del f, section
     wall = None if start is None or end is None else max(end - start, 0.0)
     # Same order as summarize(): known statuses first, then the others by count.
@@ -136,37 +139,21 @@ def summarize_batches(
         "requests_per_s": _ratio(n, wall),
         "output_tokens_per_s": _ratio(float(tokens["output"]), wall),
     }
-    for m in METRICS:
-        parts = ok_values.pop(m)
-        if not counts[m]:
-            out[m] = None
-            continue
-        if reread is None:
-            values = np.concatenate(parts)
-        else:
-            # Filled in place, never concatenated: one copy of one metric at a time.
-            values = np.empty(counts[m], dtype=np.float64)
-            filled = 0
-            extra: list[np.ndarray] = []
-            for part in _ok_values(reread(["status", m]), m):
-                part = part[~np.isnan(part)]  # as in the first pass
-                room = min(part.size, values.size - filled)
-                values[filled : filled + room] = part[:room]
-                filled += room
-                if room < part.size:
-                    extra.append(part[room:])
-            # Rows added in between (another process resuming the run after the store closed)
-            # or gone: the percentiles describe the second pass rather than fail.
-            if extra:
-                values = np.concatenate([values, *extra])
-            elif filled < values.size:
-                values = values[:filled]
-            if not values.size:
-                out[m] = None
-                continue
-        del parts
-        out[m] = stats.distribution(values, owned=True)
-        del values
+    if reread is not None:
+        timed = [m for m in METRICS if two_pass[m].n]
+        if timed:
+            for table in reread(["status", *timed]):
+                ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+                for m in timed:
+                    values = _floats(pa.table({m: pc.drop_null(pc.filter(table.column(m), ok))}), m)
+                    two_pass[m].keep(values[~np.isnan(values)])  # as in the first pass
+        for m in METRICS:
+            out[m] = two_pass[m].result() if two_pass[m].n else None
+    else:
+        for m in METRICS:
+            parts = ok_values.pop(m)
+            out[m] = stats.distribution(np.concatenate(parts), owned=True) if parts else None
+            del parts
     out["tokens"] = {
         "input": tokens["input"], "output": tokens["output"],
         "cache_creation_input": tokens["cache_write_5m"] + tokens["cache_write_1h"],
@@ -183,14 +170,6 @@ def summarize_batches(
         "prices": f"genai-prices {prices['version']}" if prices["version"] else None,
     }
     return out
-
-
-def _ok_values(tables: Iterable[pa.Table], metric: str) -> Iterator[np.ndarray]:
-    """The non-null values of *metric* in ``ok`` rows, as float64 arrays (the report's _frame)."""
-    for table in tables:
-        ok = pc.equal(table.column("status"), "ok")
-        values = pc.filter(table.column(metric), pc.fill_null(ok, False))
-        yield _floats(pa.table({metric: pc.drop_null(values)}), metric)
 
 
 def _slices(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:

@@ -88,7 +88,8 @@ def test_batches_give_the_whole_table_summary() -> None:
     assert want["tokens"]["cache_creation_1h_input"] and want["wall_s"]
     _assert_same(summarize_batches(_tables(table, 4096)), want)
     _assert_same(summarize_batches(iter(_tables(table, 30_000))), want)
-    # One pass per metric for the percentiles (what a run does, to hold one metric at a time).
+    # One more pass over the timing columns for the percentiles (what a run does, so that no
+    # metric's values are held whole).
     passes: list[list[str]] = []
 
     def reread(columns: list[str]) -> list[pa.Table]:
@@ -96,8 +97,8 @@ def test_batches_give_the_whole_table_summary() -> None:
         return _tables(table.select(columns), 5000)
 
     _assert_same(summarize_batches(_tables(table, 4096), reread=reread), want)
-    assert passes and all(cols[0] == "status" and len(cols) == 2 for cols in passes)
-    assert ["status", "tpot_s"] not in passes  # a metric without values is not read again
+    assert len(passes) == 1 and passes[0][0] == "status" and "latency_s" in passes[0]
+    assert "tpot_s" not in passes[0]  # a metric without values is not read again
 
 
 def test_priced_only_rows_are_complete() -> None:
@@ -116,19 +117,19 @@ def test_empty_input() -> None:
     _assert_same(summarize_batches([empty, empty]), summarize(empty))
 
 
-def test_rows_that_change_between_passes_give_the_second_pass_percentiles() -> None:
+def test_rows_that_change_between_passes_give_figures_not_an_error() -> None:
     # Another process may resume the run between the summary's passes (the store is closed by
-    # then): the percentiles then describe what the second pass read, and nothing fails.
+    # then): the figures stay numbers (or None), counts come from the first pass.
     table = _table(6_000, seed=5)
     more = pa.concat_tables([table, _table(2_000, seed=6)])
-    fewer = table.slice(0, 3_000)
-    for second in (more, fewer):
+    for second in (more, table.slice(0, 3_000), table.slice(0, 0)):
 
         def reread(columns: list[str], second: pa.Table = second) -> list[pa.Table]:
             return _tables(second.select(columns), 1000)
 
         got = summarize_batches(_tables(table, 4096), reread=reread)
-        want = summarize(second)
+        want = summarize(table)
+        assert got["requests"] == want["requests"]
         for m in ("latency_s", "ttft_s", "total_s"):
-            _assert_same(got[m], want[m], m)
-        assert got["requests"] == table.num_rows  # counts come from the first pass
+            assert got[m]["n"] == want[m]["n"]
+            assert all(v is None or np.isfinite(v) for v in got[m].values()), m
