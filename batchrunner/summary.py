@@ -45,6 +45,10 @@ __all__ = ["SUMMARY_COLUMNS", "format_summary", "summarize", "summarize_batches"
 # costs tens of MB; 16,384-row slices keep the peak of 1M rows ~60 MB lower at the same speed.
 _SLICE_ROWS = 16_384
 
+# Values the percentiles' second pass may hold at once, over all the metrics read together
+# (8 MB): the values of one clustered metric can fill the bins it needs (see quantiles.py).
+_KEEP_BUDGET = 1 << 20
+
 
 def summarize(table: pa.Table) -> dict[str, Any]:
     """Counts, throughput, percentiles, token totals and cost of a run's rows.
@@ -140,15 +144,18 @@ def summarize_batches(
         "output_tokens_per_s": _ratio(float(tokens["output"]), wall),
     }
     if reread is not None:
-        timed = [m for m in METRICS if two_pass[m].n]
-        if timed:
-            for table in reread(["status", *timed]):
+        dists: dict[str, dict[str, Any]] = {}
+        for group in _reread_groups({m: q.plan() for m, q in two_pass.items() if q.n}):
+            for table in reread(["status", *group]):
                 ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
-                for m in timed:
+                for m in group:
                     values = _floats(pa.table({m: pc.drop_null(pc.filter(table.column(m), ok))}), m)
                     two_pass[m].keep(values[~np.isnan(values)])  # as in the first pass
+            for m in group:
+                dists[m] = two_pass[m].result()
+                two_pass[m] = TwoPassPercentiles()  # its kept values go now
         for m in METRICS:
-            out[m] = two_pass[m].result() if two_pass[m].n else None
+            out[m] = dists.get(m)
     else:
         for m in METRICS:
             parts = ok_values.pop(m)
@@ -170,6 +177,22 @@ def summarize_batches(
         "prices": f"genai-prices {prices['version']}" if prices["version"] else None,
     }
     return out
+
+
+def _reread_groups(kept: dict[str, int]) -> list[list[str]]:
+    """Metrics read back together: as many as fit :data:`_KEEP_BUDGET` kept values (usually
+    all, in one pass); a metric whose values cluster into few bins gets a pass of its own, so
+    that memory stays at most what one metric's values used to cost."""
+    groups: list[list[str]] = []
+    total = 0
+    for m, n in kept.items():
+        if groups and total + n <= _KEEP_BUDGET:
+            groups[-1].append(m)
+            total += n
+        else:
+            groups.append([m])
+            total = n
+    return groups
 
 
 def _slices(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:

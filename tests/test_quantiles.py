@@ -28,15 +28,26 @@ def two_pass(values: np.ndarray, chunk: int) -> dict[str, float | int | None]:
         np.array([2.0, -1.0]),
         np.concatenate([np.zeros(500), -np.zeros(500), [np.inf], np.arange(1000.0)]),
         np.random.default_rng(3).integers(0, 4, 9_999).astype(float) * 1e-6,  # many ties
+        # A slow tail far from the bulk: a rounding difference in the interpolation fraction
+        # would show (found in review at 1M rows: rel 1.5e-9 at p99).
+        np.concatenate(
+            [
+                np.random.default_rng(7).uniform(0.2, 1.0, 1_048_576),
+                np.random.default_rng(8).uniform(30.0, 60.0, 10_613),
+            ]
+        ),
     ],
-    ids=["exponential", "normal", "constant", "one", "two", "zeros-inf", "ties"],
+    ids=["exponential", "normal", "constant", "one", "two", "zeros-inf", "ties", "slow-tail"],
 )
 def test_figures_equal_numpy_over_all_values(values: np.ndarray) -> None:
     want = distribution(values.copy())
     got = two_pass(values, 4096)
     assert list(got) == list(want)
     for key, expected in want.items():
-        assert got[key] == pytest.approx(expected, rel=1e-12, abs=1e-15), key
+        if key == "mean":  # per-batch sums against numpy's pairwise sum
+            assert got[key] == pytest.approx(expected, rel=1e-12, abs=1e-15), key
+        else:
+            assert got[key] == expected, key  # bit for bit
 
 
 def test_no_values_gives_empty_figures() -> None:
@@ -48,10 +59,17 @@ def test_second_pass_keeps_only_the_bins_of_wanted_ranks() -> None:
     values = np.random.default_rng(4).lognormal(0.0, 2.0, 200_000)
     q = TwoPassPercentiles()
     q.count(values)
+    kept = q.plan()
+    assert 0 < kept < values.size // 20  # a few 1/16-octave bins, not the whole metric
     q.keep(values)
-    kept = sum(part.size for parts in q._kept.values() for part in parts)
-    assert kept < values.size // 20  # a few 1/16-octave bins, not the whole metric
-    assert q.result()["p99"] == pytest.approx(np.percentile(values, 99), rel=1e-12)
+    assert q.result()["p99"] == np.percentile(values, 99)
+
+
+def test_plan_counts_clustered_values_all() -> None:
+    values = np.random.default_rng(9).uniform(0.100, 0.101, 50_000)  # one 1/16-octave bin
+    q = TwoPassPercentiles()
+    q.count(values)
+    assert q.plan() == values.size
 
 
 def test_rows_changed_between_passes_give_figures_not_an_error() -> None:

@@ -133,3 +133,19 @@ def test_rows_that_change_between_passes_give_figures_not_an_error() -> None:
         for m in ("latency_s", "ttft_s", "total_s"):
             assert got[m]["n"] == want[m]["n"]
             assert all(v is None or np.isfinite(v) for v in got[m].values()), m
+
+
+def test_metrics_whose_kept_values_exceed_the_budget_are_read_back_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("batchrunner.summary._KEEP_BUDGET", 10)  # every metric on its own
+    table = _table(20_000, seed=9)
+    passes: list[list[str]] = []
+
+    def reread(columns: list[str]) -> list[pa.Table]:
+        passes.append(columns)
+        return _tables(table.select(columns), 3000)
+
+    got = summarize_batches(_tables(table, 4096), reread=reread)
+    _assert_same(got, summarize(table))
+    assert len(passes) > 5 and all(len(cols) == 2 for cols in passes)
