@@ -274,23 +274,12 @@ def compact_segment(
 # segments → Arrow
 
 
-def read_complete(path: Path, limit: int | None = None) -> tuple[pa.Buffer, int]:
-    """The complete lines of a segment, and the number of bytes after the last newline.
-
-    :param limit: read at most this many bytes (a snapshot of a segment still being written).
-    """
-    with path.open("rb") as f:
-        data = f.read() if limit is None else f.read(limit)
-    end = data.rfind(b"\n") + 1
-    return pa.py_buffer(data).slice(0, end), len(data) - end
-
-
 def segment_table(
     buf: pa.Buffer, *, metadata: Mapping[bytes, bytes] | None = None, source: str = "segment"
 ) -> pa.Table:
     """Convert complete journal lines into a table of ``RESULT_SCHEMA`` (with *metadata*).
 
-    :param buf: whole lines, each one JSON object (as :func:`read_complete` returns them).
+    :param buf: whole lines, each one JSON object (as :class:`SegmentBlocks` gives them).
     :param metadata: the schema metadata to give the table.
     :param source: a name for log messages (the segment file).
     """

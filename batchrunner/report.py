@@ -132,7 +132,7 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
     :param by: the group keys that will be used (so their columns are read).
     :raises ReportError: not a directory, or neither ``data/`` nor ``run.json`` in it.
     """
-    from batchrunner.journal import read_complete, segment_table
+    from batchrunner.journal import SegmentBlocks, segment_table
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -155,15 +155,15 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
         if number in parts:
             continue  # already compacted (a crash between rename and delete)
         try:
-            buf, _ = read_complete(seg)
+            seg_tables = [segment_table(buf, source=seg.name) for buf in SegmentBlocks(seg)]
         except FileNotFoundError:
             part = data_dir / f"part-{number}.parquet"
             if part.is_file():
                 parts[number] = part
             continue
-        table = segment_table(buf, source=seg.name)
-        journal_rows += table.num_rows
-        tables.append(_conform(table, schema))
+        for table in seg_tables:
+            journal_rows += table.num_rows
+            tables.append(_conform(table, schema))
     for path in parts.values():
         try:
             with pq.ParquetFile(path) as pf:

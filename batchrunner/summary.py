@@ -70,8 +70,8 @@ def summarize_batches(
 ) -> dict[str, Any]:
     """:func:`summarize` of the rows of all *batches*, holding one batch at a time.
 
-    Kept between batches: counts, sums, the window's ends and, for the percentiles, the
-    non-null timing values of ok rows (float64, so at most 8 bytes per row and metric).
+    Kept between batches: counts, sums, the window's ends and, for the percentiles without
+    *reread*, the non-null timing values of ok rows (float64, 8 bytes per row and metric).
     Cost is priced batch by batch; rates are per (model, UTC day), so the sums are the same.
 
     :param batches: tables with at least :data:`SUMMARY_COLUMNS` (e.g.

@@ -44,6 +44,18 @@ async def run(recorder: Recorder, cap: int = 10_000) -> ScheduleDispatcher:
     return dispatcher
 
 
+async def expect_failure(take: Any, start: Any, error: type[BaseException], match: str) -> None:
+    """Run a dispatcher whose ``finished`` must fail with *error*."""
+    pacer = Pacer()
+    dispatcher = ScheduleDispatcher(pacer, take, start, cap=10)
+    try:
+        dispatcher.begin()
+        with pytest.raises(error, match=match):
+            await asyncio.wait_for(dispatcher.finished, timeout=5)
+    finally:
+        pacer.close()
+
+
 async def test_each_start_is_at_or_after_its_instant_in_order() -> None:
     base = time.perf_counter() + 0.005
     instants = [base + i * 0.0007 for i in range(60)]  # ~1,400/s
@@ -89,14 +101,7 @@ async def test_outstanding_cap_holds_back_starts_until_a_completion() -> None:
 async def test_error_from_take_resolves_finished() -> None:
     recorder = Recorder([time.perf_counter() + 10])
     recorder.error = ValueError("bad row")
-    pacer = Pacer()
-    dispatcher = ScheduleDispatcher(pacer, recorder.take, recorder.start, cap=10)
-    try:
-        dispatcher.begin()
-        with pytest.raises(ValueError, match="bad row"):
-            await asyncio.wait_for(dispatcher.finished, timeout=5)
-    finally:
-        pacer.close()
+    await expect_failure(recorder.take, recorder.start, ValueError, "bad row")
 
 
 async def test_stop_starts_nothing_more() -> None:
@@ -165,14 +170,7 @@ async def test_items_read_before_an_error_still_start_then_it_surfaces() -> None
             raise ValueError("bad row")
         return original()
 
-    pacer = Pacer()
-    dispatcher = ScheduleDispatcher(pacer, take, recorder.start, cap=10)
-    try:
-        dispatcher.begin()
-        with pytest.raises(ValueError, match="bad row"):
-            await asyncio.wait_for(dispatcher.finished, timeout=5)
-    finally:
-        pacer.close()
+    await expect_failure(take, recorder.start, ValueError, "bad row")
     assert [item for item, _, _ in recorder.started] == [0, 1, 2]
 
 
@@ -182,11 +180,4 @@ async def test_an_error_from_start_resolves_finished() -> None:
     def start(item: int, scheduled: float) -> asyncio.Task[None]:
         raise RuntimeError("task group is closing")
 
-    pacer = Pacer()
-    dispatcher = ScheduleDispatcher(pacer, recorder.take, start, cap=10)
-    try:
-        dispatcher.begin()
-        with pytest.raises(RuntimeError, match="closing"):
-            await asyncio.wait_for(dispatcher.finished, timeout=5)
-    finally:
-        pacer.close()
+    await expect_failure(recorder.take, start, RuntimeError, "closing")
