@@ -2,7 +2,8 @@
 
 A coroutine that sleeps before every send costs a timer, a future and a task step per request;
 at tens of thousands of requests per second that overhead was a third of a request's CPU. Here
-the timer callback itself starts every request that is due (a task each) and re-arms the timer.
+the timer callback itself starts every request that is due (through ``start``, which hands it to
+a parked worker: :mod:`batchrunner.workers`) and re-arms the timer.
 
 One wake-up per send still cost as much CPU as the rest of the request at high rates (an
 ``epoll`` return, two syscalls for the timer and a loop turn each, and every response arriving
@@ -39,8 +40,8 @@ COALESCE_S = 0.00025
 
 #: ``take()``: the next ``(item, scheduled perf_counter instant)``, or ``None`` when done.
 Take = Callable[[], "tuple[Any, float] | None"]
-#: ``start(item, scheduled)``: start the request and return its task.
-Start = Callable[[Any, float], "asyncio.Task[Any]"]
+#: ``start(item, scheduled, done)``: start the request; it calls ``done()`` once it has ended.
+Start = Callable[[Any, float, Callable[[], None]], None]
 
 
 class ScheduleDispatcher:
@@ -51,7 +52,7 @@ class ScheduleDispatcher:
     :param pacer: the timer (timerfd on Linux).
     :param take: gives the next item and its instant (instants never decrease); may raise
         (e.g. invalid input, strict).
-    :param start: starts one request; its task's completion frees an outstanding slot.
+    :param start: starts one request; its ``done()`` frees an outstanding slot.
     :param cap: most requests outstanding at once.
     :param stopping: checked right before each start (an item read ahead must not start once
         the run is stopping).
@@ -156,11 +157,14 @@ class ScheduleDispatcher:
                 self.stop()
                 return
             ahead.popleft()
-            task = self._start(item, scheduled)
             self.outstanding += 1
             self.started += 1
             launched += 1
-            task.add_done_callback(self._completed)
+            try:
+                self._start(item, scheduled, self._completed)
+            except BaseException:
+                self.outstanding -= 1
+                raise
 
     def _end(self) -> None:
         self._pacer.cancel()
@@ -171,7 +175,7 @@ class ScheduleDispatcher:
         else:
             self.finished.set_result(None)
 
-    def _completed(self, _task: asyncio.Task[Any]) -> None:
+    def _completed(self) -> None:
         self.outstanding -= 1
         if self._blocked:
             self._blocked = False

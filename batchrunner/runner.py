@@ -55,6 +55,7 @@ from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
 from batchrunner.store import RunStore, write_json_atomic
 from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
+from batchrunner.workers import ParkedWorkers
 
 T = TypeVar("T")
 
@@ -331,24 +332,27 @@ class _Session:
                 return None
             return record, t0 + next(offsets)
 
-        def start(record: RequestRecord, scheduled: float) -> asyncio.Task[None]:
+        async def run_one(record: RequestRecord, scheduled: float) -> None:
+            self.stats.in_flight += 1
+            try:
+                await self.handle(record, scheduled, t0_at + (scheduled - t0))
+            finally:
+                self.stats.in_flight -= 1
+
+        def spawn(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
             # In the task group: if the run fails, its requests are cancelled and each still
             # ends as a row before the store closes.
-            self.stats.in_flight += 1
-            task = tg.create_task(self.handle(record, scheduled, t0_at + (scheduled - t0)))
+            task = tg.create_task(work)
             self.tasks.add(task)
-            task.add_done_callback(finished)
+            task.add_done_callback(self.tasks.discard)
             return task
 
-        def finished(task: asyncio.Task[None]) -> None:
-            self.stats.in_flight -= 1
-            self.tasks.discard(task)
-
+        workers = ParkedWorkers(run_one, spawn)
         pacer = Pacer()
         dispatcher = ScheduleDispatcher(
             pacer,
             take,
-            start,
+            workers.start,
             cap=cfg.concurrency or OPEN_LOOP_MAX_OUTSTANDING,
             stopping=lambda: self.stopping,
         )
@@ -363,6 +367,7 @@ class _Session:
         finally:
             dispatcher.stop()
             pacer.close()
+            workers.close()
 
     async def compactor(self) -> None:
         cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,15 +23,18 @@ class Recorder:
         if not gated:
             self.gate.set()
         self.error: BaseException | None = None
+        self.tasks: set[asyncio.Task[bool]] = set()
 
     def take(self) -> tuple[Any, float] | None:
         if self.error is not None:
             raise self.error
         return next(self.items, None)
 
-    def start(self, item: int, scheduled: float) -> asyncio.Task[None]:
+    def start(self, item: int, scheduled: float, done: Callable[[], None]) -> None:
         self.started.append((item, scheduled, time.perf_counter()))
-        return asyncio.get_running_loop().create_task(self.gate.wait())  # type: ignore[return-value]
+        task = asyncio.get_running_loop().create_task(self.gate.wait())
+        self.tasks.add(task)
+        task.add_done_callback(lambda t: (self.tasks.discard(t), done()))
 
 
 async def run(recorder: Recorder, cap: int = 10_000) -> ScheduleDispatcher:
@@ -177,7 +181,7 @@ async def test_items_read_before_an_error_still_start_then_it_surfaces() -> None
 async def test_an_error_from_start_resolves_finished() -> None:
     recorder = Recorder([time.perf_counter() - 1.0])
 
-    def start(item: int, scheduled: float) -> asyncio.Task[None]:
+    def start(item: int, scheduled: float, done: Callable[[], None]) -> None:
         raise RuntimeError("task group is closing")
 
     await expect_failure(recorder.take, start, RuntimeError, "closing")
