@@ -3,9 +3,9 @@
 The server (``_fixed_server.py``, or the built-in emulator with the instant profile and ground
 truth off) runs in its own process pinned to core 1; every ``batchrunner run`` runs as its own
 process pinned to core 0. First the closed-loop ceiling is measured (``-c 64``, rate =
-requests / (last completion - first send), as ``client_throughput.py`` does); then for each
-fraction of that ceiling one open-loop run of about ``--seconds`` of schedule, bounded by
-``--max-requests`` and ``--duration``. From the run's rows:
+requests / (last completion - first send), as ``client_throughput.py`` does; the median of
+``--ceiling-runs`` runs); then for each fraction of that ceiling one open-loop run of about
+``--seconds`` of schedule, bounded by ``--max-requests`` and ``--duration``. From the run's rows:
 
 * **sent/s**: (rows - 1) / (last ``sent_at`` - first ``sent_at``), how fast requests really
   left, against the target rate (the schedule itself spans (rows - 1) / R);
@@ -20,6 +20,7 @@ fraction of that ceiling one open-loop run of about ``--seconds`` of schedule, b
 
     python benchmarks/open_loop.py [--fractions 0.1,0.25,0.5,0.8,1.0] [--seconds 6]
                                    [--server fixed|emulator] [--ceiling-requests 30000]
+                                   [--ceiling-runs 3]
 
 Target (issue 3): sent/s within 1 % of the target and send-lag p99 <= 1 ms up to 0.8x the
 closed-loop ceiling. Every figure comes from this one run; the box is shared, so compare
@@ -40,6 +41,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -187,17 +189,28 @@ def read_rows(out: Path) -> dict[str, np.ndarray]:
     }
 
 
-def ceiling(requests: Path, url: str, workdir: Path, c: int) -> dict[str, float]:
-    out = workdir / "closed"
-    proc = run_batchrunner(requests, url, out, ["-c", str(c)], timeout=300)
-    rows = read_rows(out)
-    span = rows["completed"].max() - rows["sent"].min()
-    return {
-        "rate": rows["sent"].size / span,
-        "ok": int(rows["ok"].sum()),
-        "cpu": proc["cpu"] / proc["wall"],
-        "runq": proc["runq"],
-    }
+def ceiling(requests: Path, url: str, workdir: Path, c: int, runs: int) -> dict[str, Any]:
+    """The closed-loop rate: the median of ``runs`` runs (one short run varied 19-29k req/s
+    on this shared box, and every target rate is a fraction of it)."""
+    results = []
+    for i in range(runs):
+        out = workdir / f"closed-{i}"
+        proc = run_batchrunner(requests, url, out, ["-c", str(c)], timeout=300)
+        rows = read_rows(out)
+        span = rows["completed"].max() - rows["sent"].min()
+        results.append(
+            {
+                "rate": rows["sent"].size / span,
+                "ok": int(rows["ok"].sum()),
+                "cpu": proc["cpu"] / proc["wall"],
+                "runq": proc["runq"],
+            }
+        )
+        shutil.rmtree(out)
+    results.sort(key=lambda r: r["rate"])
+    median = dict(results[len(results) // 2])
+    median["all"] = [r["rate"] for r in results]
+    return median
 
 
 def open_loop(
@@ -249,6 +262,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=6.0, help="schedule length per rate [6]")
     parser.add_argument("--ceiling-requests", type=int, default=30_000)
+    parser.add_argument(
+        "--ceiling-runs", type=int, default=3, help="closed-loop runs; the median is used [3]"
+    )
     parser.add_argument("-c", "--concurrency", type=int, default=64, help="closed loop [64]")
     parser.add_argument("--server", choices=["fixed", "emulator"], default="fixed")
     args = parser.parse_args()
@@ -260,11 +276,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             closed_set = write_set(workdir / "closed.jsonl", args.ceiling_requests)
-            c = ceiling(closed_set, url, workdir, args.concurrency)
+            c = ceiling(closed_set, url, workdir, args.concurrency, max(1, args.ceiling_runs))
             top = c["rate"]
             print(
                 f"server {args.server} on core 1, batchrunner on core 0; closed-loop ceiling "
-                f"(-c {args.concurrency}, {args.ceiling_requests:,} requests): {top:,.0f} req/s "
+                f"(-c {args.concurrency}, {args.ceiling_requests:,} requests, median of "
+                f"{', '.join(f'{r:,.0f}' for r in c['all'])}): {top:,.0f} req/s "
                 f"(ok {c['ok']:,}; process CPU {c['cpu']:.0%}, run-queue wait {c['runq']:.0%})"
             )
             need = max(math.ceil(f * top * args.seconds) for f in fractions)
