@@ -154,3 +154,141 @@ async def test_a_request_handed_to_a_worker_cancelled_before_it_runs_is_still_do
     await settle()
     assert [item for item, _ in h.ran] == [0]  # never sent
     assert h.done == [0, 1]  # but its slot is given back
+
+
+# Eager starts: a start from a loop callback (as the dispatcher's timer makes it) runs the
+# request at once, up to its first wait, on behalf of a parked worker's task.
+
+
+class Probe:
+    """Requests that record what ran synchronously inside ``start`` and how they ended."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.gate = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.done: list[Any] = []
+        self.pool = ParkedWorkers(self.run, self.spawn)
+
+    async def run(self, item: Any, scheduled: float) -> None:
+        task = asyncio.current_task()
+        self.log.append(f"{item} sent by {'worker' if task in self.tasks else task}")
+        if item == "sync-error":
+            raise ValueError("bad request")
+        if item == "instant":
+            return
+        try:
+            if item == "timeout":
+                async with asyncio.timeout(0.01):
+                    await asyncio.sleep(5)
+            await self.gate.wait()
+        except TimeoutError:
+            self.log.append(f"{item} timed out")
+        except asyncio.CancelledError:
+            self.log.append(f"{item} cancelled")
+            raise
+        self.log.append(f"{item} answered")
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.append(task)
+        return task
+
+    def start_from_callback(self, item: Any) -> None:
+        """As the dispatcher does: from a loop callback, outside any task."""
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.pool.start, item, 0.0, lambda: self.done.append(item))
+
+    async def with_a_parked_worker(self) -> None:
+        self.gate.set()
+        self.start_from_callback("warm-up")
+        await settle()
+        self.gate.clear()
+        assert self.pool.parked == 1
+
+
+async def test_a_start_from_a_callback_sends_at_once_on_the_parked_workers_task() -> None:
+    p = Probe()
+    await p.with_a_parked_worker()
+    loop = asyncio.get_running_loop()
+    sent_inside_start: list[bool] = []
+
+    def start_and_look() -> None:
+        p.pool.start("r1", 0.0, lambda: p.done.append("r1"))
+        sent_inside_start.append("r1 sent by worker" in p.log)
+
+    loop.call_soon(start_and_look)
+    await settle()
+    assert sent_inside_start == [True] and p.pool.started_eagerly == 1
+    p.gate.set()
+    await settle()
+    assert p.log[-1] == "r1 answered" and p.done == ["warm-up", "r1"]
+    assert p.pool.spawned == 1 and p.pool.parked == 1
+
+
+async def test_an_eager_request_can_use_timeouts_bound_to_its_worker() -> None:
+    p = Probe()
+    await p.with_a_parked_worker()
+    p.start_from_callback("timeout")
+    await asyncio.sleep(0.05)
+    p.gate.set()
+    await settle()
+    assert p.pool.started_eagerly == 1
+    assert p.log[-3:] == ["timeout sent by worker", "timeout timed out", "timeout answered"]
+
+
+async def test_cancelling_the_worker_cancels_the_eager_request_in_flight() -> None:
+    p = Probe()
+    await p.with_a_parked_worker()
+    p.start_from_callback("r1")
+    await settle()
+    p.tasks[0].cancel()
+    await settle()
+    assert p.log[-1] == "r1 cancelled" and p.done == ["warm-up", "r1"]
+    assert p.tasks[0].cancelled()
+
+
+async def test_a_worker_cancelled_before_it_continues_an_eager_request_still_ends_it() -> None:
+    p = Probe()
+    await p.with_a_parked_worker()
+    loop = asyncio.get_running_loop()
+
+    def start_then_cancel() -> None:
+        p.pool.start("r1", 0.0, lambda: p.done.append("r1"))
+        p.tasks[0].cancel()  # before the worker has run again
+
+    loop.call_soon(start_then_cancel)
+    await settle()
+    # It was sent, so it must end as a cancelled request, not vanish.
+    assert p.log[-2:] == ["r1 sent by worker", "r1 cancelled"]
+    assert p.done == ["warm-up", "r1"]
+
+
+async def test_an_eager_request_that_raises_at_once_ends_its_worker_with_the_error() -> None:
+    p = Probe()
+    await p.with_a_parked_worker()
+    p.start_from_callback("sync-error")
+    await settle()
+    assert p.done == ["warm-up", "sync-error"]
+    with pytest.raises(ValueError, match="bad request"):
+        await p.tasks[0]
+
+
+async def test_an_eager_request_that_finishes_at_once_frees_its_worker() -> None:
+    p = Probe()
+    await p.with_a_parked_worker()
+    p.start_from_callback("instant")
+    await settle()
+    assert p.done == ["warm-up", "instant"] and p.pool.parked == 1
+
+
+async def test_a_start_from_inside_a_task_is_not_eager() -> None:
+    p = Probe()
+    await p.with_a_parked_worker()
+    p.pool.start("r1", 0.0, lambda: p.done.append("r1"))  # this test is a task
+    assert "r1 sent by worker" not in p.log  # not sent yet
+    await settle()
+    assert p.log[-1] == "r1 sent by worker" and p.pool.started_eagerly == 0
+    p.gate.set()
+    await settle()
+    assert p.done == ["warm-up", "r1"]

@@ -212,6 +212,31 @@ def test_open_loop_failure_still_records_every_started_request(
     assert set(rows["status"]) == {"cancelled"}
 
 
+def test_open_loop_failure_with_reused_workers_records_every_started_request(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    # Fast answers: workers finish, park and are handed the next requests, which then start at
+    # once from the timer (eagerly). A failure mid-run must still end each of them as a row.
+    from batchrunner import feed as feed_module
+
+    original = feed_module.RecordFeed.next_nowait
+    calls = [0]
+
+    def failing(self):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] > 60:
+            raise OSError(5, "Input/output error (simulated)")
+        return original(self)
+
+    monkeypatch.setattr(feed_module.RecordFeed, "next_nowait", failing)
+    with make_emulator(ttft=Dist("fixed", 0.05)) as emu, pytest.raises(ExceptionGroup):
+        run(requests_file(100), emu.base_url, tmp_path / "out", rate=200.0)
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 60 and rows["input_index"].is_unique
+    assert set(rows["status"]) == {"ok", "cancelled"}
+    assert (rows["status"] == "ok").sum() >= 30
+
+
 @pytest.mark.parametrize("field", ["api_key", "virtual_key"])
 def test_key_with_a_line_break_is_a_config_error_that_does_not_quote_it(
     requests_file, tmp_path, field
