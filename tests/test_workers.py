@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -197,7 +198,10 @@ class Probe:
     def start_from_callback(self, item: Any) -> None:
         """As the dispatcher does: from a loop callback, outside any task."""
         loop = asyncio.get_running_loop()
-        loop.call_soon(self.pool.start, item, 0.0, lambda: self.done.append(item))
+        loop.call_soon(self.start_now, item)
+
+    def start_now(self, item: Any, late_s: float = 0.0) -> None:
+        self.pool.start(item, time.perf_counter() - late_s, lambda: self.done.append(item))
 
     async def with_a_parked_worker(self) -> None:
         self.gate.set()
@@ -214,7 +218,7 @@ async def test_a_start_from_a_callback_sends_at_once_on_the_parked_workers_task(
     sent_inside_start: list[bool] = []
 
     def start_and_look() -> None:
-        p.pool.start("r1", 0.0, lambda: p.done.append("r1"))
+        p.start_now("r1")
         sent_inside_start.append("r1 sent by worker" in p.log)
 
     loop.call_soon(start_and_look)
@@ -254,7 +258,7 @@ async def test_a_worker_cancelled_before_it_continues_an_eager_request_still_end
     loop = asyncio.get_running_loop()
 
     def start_then_cancel() -> None:
-        p.pool.start("r1", 0.0, lambda: p.done.append("r1"))
+        p.start_now("r1")
         p.tasks[0].cancel()  # before the worker has run again
 
     loop.call_soon(start_then_cancel)
@@ -285,10 +289,20 @@ async def test_an_eager_request_that_finishes_at_once_frees_its_worker() -> None
 async def test_a_start_from_inside_a_task_is_not_eager() -> None:
     p = Probe()
     await p.with_a_parked_worker()
-    p.pool.start("r1", 0.0, lambda: p.done.append("r1"))  # this test is a task
+    p.start_now("r1")  # this test is a task
     assert "r1 sent by worker" not in p.log  # not sent yet
     await settle()
     assert p.log[-1] == "r1 sent by worker" and p.pool.started_eagerly == 0
     p.gate.set()
     await settle()
     assert p.done == ["warm-up", "r1"]
+
+
+async def test_a_request_already_late_is_not_started_eagerly() -> None:
+    p = Probe()
+    await p.with_a_parked_worker()
+    asyncio.get_running_loop().call_soon(p.start_now, "r1", 0.01)  # 10 ms behind
+    await settle()
+    p.gate.set()
+    await settle()
+    assert p.pool.started_eagerly == 0 and p.done == ["warm-up", "r1"]
