@@ -16,7 +16,7 @@ the worker then continues it from there. Measured at 10,000 sends/s on one core,
 send-lag p50 0.14 against 0.19-0.24 ms and p99 0.40-0.52 against 0.70-0.84 ms, at the same CPU.
 A request already late by :data:`EAGER_WITHIN_S` is handed over plainly: the loop is behind, and
 catching up matters more than a few hundred microseconds for one request (eager starts of every
-request cut saturated throughput by 8-10 % in a first version). Where the interpreter lacks the
+request cut saturated throughput by 9-14 % in a first version). Where the interpreter lacks the
 hook this needs (``asyncio.tasks._enter_task``), or the start comes from inside a task, the
 request simply starts when its worker next runs.
 """
