@@ -43,6 +43,15 @@ class Harness:
     def start(self, item: Any) -> None:
         self.pool.start(item, float(item), lambda: self.done.append(item))
 
+    async def run_together(self, items: range) -> None:
+        """Start *items* while none can finish, then let them all finish."""
+        self.gate.clear()
+        for i in items:
+            self.start(i)
+        await settle()
+        self.gate.set()
+        await settle()
+
 
 async def settle() -> None:
     for _ in range(5):
@@ -61,13 +70,8 @@ async def test_one_request_at_a_time_reuses_one_worker() -> None:
 
 async def test_a_worker_is_spawned_only_when_all_are_busy() -> None:
     h = Harness()
-    h.gate.clear()
-    for i in range(5):
-        h.start(i)
-    await settle()
-    assert h.pool.spawned == 5 and h.done == []
-    h.gate.set()
-    await settle()
+    await h.run_together(range(5))
+    assert h.pool.spawned == 5
     assert sorted(h.done) == list(range(5)) and h.pool.parked == 5
     for i in range(5, 10):
         h.start(i)
@@ -78,24 +82,14 @@ async def test_a_worker_is_spawned_only_when_all_are_busy() -> None:
 
 async def test_workers_beyond_keep_idle_finish() -> None:
     h = Harness(keep_idle=2)
-    h.gate.clear()
-    for i in range(5):
-        h.start(i)
-    await settle()
-    h.gate.set()
-    await settle()
+    await h.run_together(range(5))
     assert h.pool.parked == 2
     assert sum(t.done() for t in h.tasks) == 3
 
 
 async def test_close_releases_parked_workers_and_refuses_new_requests() -> None:
     h = Harness()
-    h.gate.clear()
-    for i in range(3):
-        h.start(i)
-    await settle()
-    h.gate.set()
-    await settle()
+    await h.run_together(range(3))
     h.gate.clear()
     h.start(3)  # busy when the pool closes: it finishes its request, then ends
     await settle()

@@ -188,11 +188,8 @@ def test_open_loop_outstanding_cap_delays_and_shows_it(make_emulator, requests_f
     assert (rows["total_s"] >= rows["queue_wait_s"] + rows["latency_s"] - 1e-3).all()
 
 
-def test_open_loop_failure_still_records_every_started_request(
-    make_emulator, requests_file, tmp_path, monkeypatch
-):
-    # Reading fails mid-run with an unexpected error: requests already started are cancelled
-    # and still end as rows before the store closes.
+def fail_reading_after(monkeypatch: pytest.MonkeyPatch, records: int) -> None:
+    """Make reading the input fail with an unexpected error after *records* records."""
     from batchrunner import feed as feed_module
 
     original = feed_module.RecordFeed.next_nowait
@@ -200,11 +197,19 @@ def test_open_loop_failure_still_records_every_started_request(
 
     def failing(self):  # type: ignore[no-untyped-def]
         calls[0] += 1
-        if calls[0] > 10:
+        if calls[0] > records:
             raise OSError(5, "Input/output error (simulated)")
         return original(self)
 
     monkeypatch.setattr(feed_module.RecordFeed, "next_nowait", failing)
+
+
+def test_open_loop_failure_still_records_every_started_request(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    # Reading fails mid-run with an unexpected error: requests already started are cancelled
+    # and still end as rows before the store closes.
+    fail_reading_after(monkeypatch, 10)
     with make_emulator(ttft=Dist("fixed", 0.5)) as emu, pytest.raises(ExceptionGroup):
         run(requests_file(40), emu.base_url, tmp_path / "out", rate=50.0)
     rows = read_rows(tmp_path / "out")
@@ -217,18 +222,7 @@ def test_open_loop_failure_with_reused_workers_records_every_started_request(
 ):
     # Fast answers: workers finish, park and are handed the next requests, which then start at
     # once from the timer (eagerly). A failure mid-run must still end each of them as a row.
-    from batchrunner import feed as feed_module
-
-    original = feed_module.RecordFeed.next_nowait
-    calls = [0]
-
-    def failing(self):  # type: ignore[no-untyped-def]
-        calls[0] += 1
-        if calls[0] > 60:
-            raise OSError(5, "Input/output error (simulated)")
-        return original(self)
-
-    monkeypatch.setattr(feed_module.RecordFeed, "next_nowait", failing)
+    fail_reading_after(monkeypatch, 60)
     with make_emulator(ttft=Dist("fixed", 0.05)) as emu, pytest.raises(ExceptionGroup):
         run(requests_file(100), emu.base_url, tmp_path / "out", rate=200.0)
     rows = read_rows(tmp_path / "out")
