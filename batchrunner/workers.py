@@ -4,21 +4,24 @@ A task per request costs its creation, a first step, its teardown and a callback
 when it ends (the task group's, the dispatcher's, the run's): five loop callbacks for one
 request, where a closed-loop worker needs one. Measured on ``benchmarks/open_loop.py``, that was a
 large part of why an open-loop request cost more CPU than a closed-loop one. Here a request is
-handed to a parked worker by resolving the future it waits on (one callback); a worker only
-exists as a task while there are requests for it, and one is spawned when all are busy, so the
-number of workers follows the most requests outstanding at once, not the request count.
+handed to a parked worker by resolving the future it waits on (one callback). A worker is
+spawned only when all are busy and at most :data:`KEEP_IDLE` idle ones stay parked, so the
+number of worker tasks follows the most requests outstanding at once, not the request count.
 
 A handed-over request would still wait its turn in the loop's ready queue, behind every response
 already being processed in that turn, and that wait is send lag. So the request is started
 *eagerly*: its coroutine is run at once, inside the timer callback, up to its first real wait (the
-request is on the wire by then) on behalf of the worker's task, as Python 3.12's eager tasks do;
-the worker then continues it from there. Measured at 10,000 sends/s on one core, four runs each:
-send-lag p50 0.14 against 0.19-0.24 ms and p99 0.40-0.52 against 0.70-0.84 ms, at the same CPU.
-A request already late by :data:`EAGER_WITHIN_S` is handed over plainly: the loop is behind, and
-catching up matters more than a few hundred microseconds for one request (eager starts of every
-request cut saturated throughput by 9-14 % in a first version). Where the interpreter lacks the
-hook this needs (``asyncio.tasks._enter_task``), or the start comes from inside a task, the
-request simply starts when its worker next runs.
+request is on the wire by then, if a kept-alive connection was free) on behalf of the worker's
+task, much as Python 3.12's eager tasks do (in that task's context where the interpreter exposes
+it, 3.12+); the worker then continues it from there. A cancellation that reaches the worker
+before it continues the request is delivered into the request as ``Task.cancel()`` would, so
+the request still ends as its own ``cancelled`` row. Measured at 10,000 sends/s on one core,
+four runs each: send-lag p50 0.14 against 0.19-0.24 ms and p99 0.40-0.52 against 0.70-0.84 ms,
+at the same CPU. A request already late by :data:`EAGER_WITHIN_S` is handed over plainly: the
+loop is behind, and catching up matters more than a few hundred microseconds for one request
+(eager starts of every request cut saturated throughput by 9-14 % in a first version). Should
+an interpreter lack the hook this needs (``asyncio.tasks._enter_task``, present in 3.11-3.13),
+or the start come from inside a task, the request simply starts when its worker next runs.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ _enter_task = getattr(asyncio.tasks, "_enter_task", None)
 _leave_task = getattr(asyncio.tasks, "_leave_task", None)
 #: Whether requests can be started eagerly on this interpreter.
 EAGER_AVAILABLE = _enter_task is not None and _leave_task is not None
+#: Whether a task's context can be entered from outside (Python 3.12+).
+_TASK_CONTEXT = hasattr(asyncio.Task, "get_context")
 
 
 class _Started:
@@ -70,6 +75,23 @@ class _Started:
             yield from _Started(coro, pending).__await__()  # it caught that and waits again
             return
         yield from coro.__await__()
+
+
+class _Throw:
+    """Delivers ``exc`` into a started coroutine, then continues it like :class:`_Started`."""
+
+    __slots__ = ("coro", "exc")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], exc: BaseException) -> None:
+        self.coro = coro
+        self.exc = exc
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        try:
+            pending = self.coro.throw(self.exc)
+        except StopIteration:
+            return
+        yield from _Started(self.coro, pending).__await__()
 
 
 class ParkedWorkers:
@@ -110,7 +132,11 @@ class ParkedWorkers:
             # The most recently parked first: its frame is the likeliest still in cache.
             waiting, task = parked.pop()
             if not waiting.done():  # a cancelled worker leaves its future behind
-                waiting.set_result(self._begin(task, item, scheduled, done))
+                # Resolved first, so that during the eager start the task no longer waits on
+                # it, as a running task would not (the request may cancel its own task).
+                box: list[tuple[Any, Callable[[], None]]] = []
+                waiting.set_result(box)
+                box.append(self._begin(task, item, scheduled, done))
                 return
         # A new worker starts its first request when it first runs: cancelled before that, a
         # task never runs any of its code, so a request it had sent could not end as a row.
@@ -146,7 +172,10 @@ class ParkedWorkers:
         assert _enter_task is not None and _leave_task is not None
         _enter_task(loop, task)
         try:
-            pending = coro.send(None)
+            if _TASK_CONTEXT:
+                pending = task.get_context().run(coro.send, None)  # type: ignore[attr-defined]
+            else:
+                pending = coro.send(None)
         except StopIteration:
             return None, done
         except BaseException as exc:  # noqa: BLE001 - raised in the worker's task instead
@@ -176,11 +205,23 @@ class ParkedWorkers:
             waiting = self._loop.create_future()
             self._parked.append((waiting, task))
             try:
-                handoff = await waiting
+                box = await waiting
             except asyncio.CancelledError as exc:
-                if waiting.done() and not waiting.cancelled():
-                    _abandon(waiting.result(), exc)
-                raise
+                box = waiting.result() if waiting.done() and not waiting.cancelled() else None
+                if not box or not isinstance(box[0][0], _Started):
+                    _drop_unstarted(box[0] if box else None)
+                    raise
+                # Cancelled between an eager start and this task continuing it: do what
+                # Task.cancel() does to a task waiting there (cancel what it waits on, then
+                # deliver the cancellation into it), through this task, so that its clean-up
+                # may await and ends it as its cancelled row, and a timeout that turns the
+                # cancellation into TimeoutError lets it go on.
+                started, done = box[0]
+                if isinstance(started.pending, asyncio.Future):
+                    started.pending.cancel()
+                handoff = (_Throw(started.coro, exc), done)
+                continue
+            handoff = box[0] if box is not None else None
 
 
 def _reap_unstarted(coro: Coroutine[Any, Any, None], done: Callable[[], None]) -> None:
@@ -191,25 +232,15 @@ def _reap_unstarted(coro: Coroutine[Any, Any, None], done: Callable[[], None]) -
         done()
 
 
-def _abandon(handoff: tuple[Any, Callable[[], None]] | None, exc: BaseException) -> None:
-    """A worker was cancelled with a request handed over that it never continued.
-
-    A request started eagerly is already on the wire: the cancellation is thrown into it, so it
-    ends as its ``cancelled`` row like any request in flight. One not yet started was never sent
-    and leaves no row, like a task cancelled before its first step (a resume sends it). Either
-    way its slot is given back.
-    """
+def _drop_unstarted(handoff: tuple[Any, Callable[[], None]] | None) -> None:
+    """A worker was cancelled with a request handed over that had not started: it was never
+    sent and leaves no row, like a task cancelled before its first step (a resume sends it);
+    its slot is given back."""
     if handoff is None:
         return
     work, done = handoff
     try:
-        if isinstance(work, _Started):
-            try:
-                work.coro.throw(exc)
-            except BaseException:  # noqa: BLE001 - the cancellation itself, or its aftermath
-                pass
-            work.coro.close()
-        elif asyncio.iscoroutine(work):
-            work.close()  # never started: nothing to clean up, and no "never awaited" warning
+        if asyncio.iscoroutine(work):
+            work.close()  # no "never awaited" warning
     finally:
         done()

@@ -300,3 +300,101 @@ async def test_a_request_already_late_is_not_started_eagerly() -> None:
     p.gate.set()
     await settle()
     assert p.pool.started_eagerly == 0 and p.done == ["warm-up", "r1"]
+
+
+async def eager_pool(run: Any) -> tuple[ParkedWorkers, list[asyncio.Task[None]], list[Any]]:
+    """A pool around *run* with one worker parked (its first request, ``"warm"``, returns at
+    once), the tasks it spawned, and the items reported done."""
+    tasks: list[asyncio.Task[None]] = []
+    done: list[Any] = []
+
+    def spawn(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        tasks.append(asyncio.get_running_loop().create_task(work))
+        return tasks[-1]
+
+    pool = ParkedWorkers(run, spawn)
+    pool.start("warm", time.perf_counter(), lambda: done.append("warm"))
+    await settle()
+    assert pool.parked == 1
+    return pool, tasks, done
+
+
+async def test_an_eager_request_whose_cancel_handling_awaits_still_ends_as_cancelled() -> None:
+    log: list[str] = []
+
+    async def run(item: Any, scheduled: float) -> None:
+        if item == "warm":
+            return
+        log.append("sent")
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0)  # e.g. closing the response
+            log.append("cancelled row")
+            raise
+
+    pool, tasks, done = await eager_pool(run)
+
+    def start_then_cancel() -> None:
+        pool.start("r1", time.perf_counter(), lambda: done.append("r1"))
+        tasks[0].cancel()  # before the worker continues it
+
+    asyncio.get_running_loop().call_soon(start_then_cancel)
+    await settle()
+    assert pool.started_eagerly == 1
+    assert log == ["sent", "cancelled row"] and done == ["warm", "r1"]
+    assert tasks[0].cancelled()
+
+
+async def test_a_timeout_from_the_eager_start_that_fires_first_lets_the_request_go_on() -> None:
+    log: list[str] = []
+
+    async def run(item: Any, scheduled: float) -> None:
+        if item == "warm":
+            return
+        for attempt in range(2):
+            try:
+                async with asyncio.timeout(0):  # expires before the worker continues
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                log.append(f"attempt {attempt} timed out")
+                await asyncio.sleep(0.001)
+        log.append("row")
+
+    pool, tasks, done = await eager_pool(run)
+    asyncio.get_running_loop().call_soon(
+        pool.start, "r1", time.perf_counter(), lambda: done.append("r1")
+    )
+    await asyncio.sleep(0.05)
+    assert pool.started_eagerly == 1
+    assert log == ["attempt 0 timed out", "attempt 1 timed out", "row"]
+    assert done == ["warm", "r1"] and not tasks[0].done()  # the worker lives on
+
+
+async def test_an_eager_request_may_cancel_its_own_task() -> None:
+    log: list[str] = []
+
+    async def run(item: Any, scheduled: float) -> None:
+        if item == "warm":
+            return
+        try:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            log.append("cancelled row")
+            raise
+
+    pool, tasks, done = await eager_pool(run)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            pool.start("r1", time.perf_counter(), lambda: done.append("r1"))
+        except BaseException as exc:  # noqa: BLE001 - what the test looks for
+            errors.append(exc)
+
+    asyncio.get_running_loop().call_soon(start)
+    await settle()
+    assert errors == [] and log == ["cancelled row"] and done == ["warm", "r1"]
