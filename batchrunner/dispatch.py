@@ -157,14 +157,14 @@ class ScheduleDispatcher:
                 self.stop()
                 return
             ahead.popleft()
-            self.outstanding += 1
-            self.started += 1
-            launched += 1
+            self.outstanding += 1  # before start(): its done() may come back at once
             try:
                 self._start(item, scheduled, self._completed)
             except BaseException:
                 self.outstanding -= 1
                 raise
+            self.started += 1
+            launched += 1
 
     def _end(self) -> None:
         self._pacer.cancel()
