@@ -17,9 +17,11 @@ it, 3.12+); the worker then continues it from there. A cancellation that reaches
 before it continues the request is delivered into the request as ``Task.cancel()`` would, so
 the request still ends as its own ``cancelled`` row. Measured at 10,000 sends/s on one core,
 four runs each: send-lag p50 0.14 against 0.19-0.24 ms and p99 0.40-0.52 against 0.70-0.84 ms,
-at the same CPU. A request already late by :data:`EAGER_WITHIN_S` is handed over plainly: the
-loop is behind, and catching up matters more than a few hundred microseconds for one request
-(eager starts of every request cut saturated throughput by 9-14 % in a first version). Should
+at the same CPU. But an eager start costs ~1 µs more (one more frame per wait), and near the
+loop's capacity that tipped runs into falling behind: starting every request eagerly cut
+saturated throughput by 9-14 % in a first version. So once a request is already late by
+:data:`EAGER_WITHIN_S`, it and the next :data:`EAGER_BACKOFF` requests are handed over plainly:
+the loop is behind, and catching up matters more than a few hundred microseconds. Should
 an interpreter lack the hook this needs (``asyncio.tasks._enter_task``, present in 3.11-3.13),
 or the start come from inside a task, the request simply starts when its worker next runs.
 """
@@ -35,8 +37,10 @@ from typing import Any
 #: Most parked workers kept after a burst; the ones beyond finish (a coroutine frame each).
 KEEP_IDLE = 1024
 
-#: A request started later than this after its instant is not started eagerly.
+#: A request started later than this after its instant is not started eagerly, and neither
+#: are the next :data:`EAGER_BACKOFF` requests (the loop is behind: catching up comes first).
 EAGER_WITHIN_S = 0.001
+EAGER_BACKOFF = 1000
 
 #: ``run(item, scheduled)``: the request itself.
 Run = Callable[[Any, float], Coroutine[Any, Any, None]]
@@ -119,6 +123,7 @@ class ParkedWorkers:
         self.spawned = 0
         #: Requests that were started inside :meth:`start`.
         self.started_eagerly = 0
+        self._plain_left = 0
 
     def start(self, item: Any, scheduled: float, done: Callable[[], None]) -> None:
         """Run one request; ``done()`` is called when it has ended, however it ended.
@@ -163,13 +168,18 @@ class ParkedWorkers:
         """What the worker is handed: the coroutine, started eagerly if possible."""
         coro = self._run(item, scheduled)
         loop = self._loop
-        if (
-            not self._eager
-            or time.perf_counter() - scheduled > EAGER_WITHIN_S
-            or asyncio.current_task(loop) is not None
-        ):
+        if not self._eager:
+            return coro, done
+        if time.perf_counter() - scheduled > EAGER_WITHIN_S:
+            self._plain_left = EAGER_BACKOFF
+            return coro, done
+        if self._plain_left > 0:
+            self._plain_left -= 1
+            return coro, done
+        if asyncio.current_task(loop) is not None:
             return coro, done
         assert _enter_task is not None and _leave_task is not None
+        self.started_eagerly += 1
         _enter_task(loop, task)
         try:
             if _TASK_CONTEXT:
@@ -182,7 +192,6 @@ class ParkedWorkers:
             return exc, done
         finally:
             _leave_task(loop, task)
-        self.started_eagerly += 1
         return _Started(coro, pending), done
 
     async def _work(self, first: tuple[Any, Callable[[], None]]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from batchrunner import workers as workers_module
 from batchrunner.workers import ParkedWorkers
 
 
@@ -398,3 +399,20 @@ async def test_an_eager_request_may_cancel_its_own_task() -> None:
     asyncio.get_running_loop().call_soon(start)
     await settle()
     assert errors == [] and log == ["cancelled row"] and done == ["warm", "r1"]
+
+
+async def test_after_a_late_start_the_next_starts_are_not_eager(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers_module, "EAGER_BACKOFF", 3)
+    p = Probe()
+    await p.with_a_parked_worker()
+    p.gate.set()
+    loop = asyncio.get_running_loop()
+    loop.call_soon(p.start_now, "late", 0.01)  # 10 ms behind: plain, and so are the next 3
+    await settle()
+    for i in range(5):
+        loop.call_soon(p.start_now, f"r{i}")
+        await settle()
+    assert p.pool.started_eagerly == 2  # r3 and r4
+    assert p.done == ["warm-up", "late", "r0", "r1", "r2", "r3", "r4"]
