@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import Context
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -339,10 +340,10 @@ class _Session:
             finally:
                 self.stats.in_flight -= 1
 
-        def spawn(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        def spawn(work: Coroutine[Any, Any, None], context: Context) -> asyncio.Task[None]:
             # In the task group: if the run fails, its requests are cancelled and each still
             # ends as a row before the store closes.
-            task = tg.create_task(work)
+            task = tg.create_task(work, context=context)
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             return task

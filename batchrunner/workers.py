@@ -12,23 +12,24 @@ A handed-over request would still wait its turn in the loop's ready queue, behin
 already being processed in that turn, and that wait is send lag. So the request is started
 *eagerly*: its coroutine is run at once, inside the timer callback, up to its first real wait (the
 request is on the wire by then, if a kept-alive connection was free) on behalf of the worker's
-task, much as Python 3.12's eager tasks do (in that task's context where the interpreter exposes
-it, 3.12+); the worker then continues it from there. A cancellation that reaches the worker
-before it continues the request is delivered into the request as ``Task.cancel()`` would, so
-the request still ends as its own ``cancelled`` row. Measured at 10,000 sends/s on one core,
-four runs each: send-lag p50 0.14 against 0.19-0.24 ms and p99 0.40-0.52 against 0.70-0.84 ms,
-at the same CPU. But an eager start costs ~1 µs more (one more frame per wait), and near the
-loop's capacity that tipped runs into falling behind: starting every request eagerly cut
-saturated throughput by 9-14 % in a first version. So once a request is already late by
-:data:`EAGER_WITHIN_S`, it and the next :data:`EAGER_BACKOFF` requests are handed over plainly:
-the loop is behind, and catching up matters more than a few hundred microseconds. Should
-an interpreter lack the hook this needs (``asyncio.tasks._enter_task``, present in 3.11-3.13),
+task and in that task's context, much as Python 3.12's eager tasks do; the worker then continues
+it from there. (A worker's requests share its context, as a closed-loop worker's do.) A
+cancellation that reaches the worker before it continues the request is delivered into the
+request as ``Task.cancel()`` would, so the request still ends as its own ``cancelled`` row.
+Measured at 10,000 sends/s on one core, four runs each: send-lag p50 0.14 against 0.19-0.24 ms and
+p99 0.40-0.52 against 0.70-0.84 ms, at the same CPU. But an eager start costs ~1 µs more (one more
+frame per wait), and near the loop's capacity that tipped runs into falling behind: starting every
+request eagerly cut saturated throughput by 9-14 % in a first version. So once a request is already
+late by :data:`EAGER_WITHIN_S`, it and the next :data:`EAGER_BACKOFF` requests are handed over
+plainly: the loop is behind, and catching up matters more than a few hundred microseconds. Should an
+interpreter lack the hook this needs (``asyncio.tasks._enter_task``, present in 3.11-3.13),
 or the start come from inside a task, the request simply starts when its worker next runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections.abc import Callable, Coroutine, Generator
@@ -44,15 +45,14 @@ EAGER_BACKOFF = 1000
 
 #: ``run(item, scheduled)``: the request itself.
 Run = Callable[[Any, float], Coroutine[Any, Any, None]]
-#: ``spawn(coroutine)``: starts a worker as a task (in the run's task group).
-Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+#: ``spawn(coroutine, context)``: starts a worker as a task (in the run's task group) that runs
+#: in ``context`` (``create_task(..., context=context)``).
+Spawn = Callable[[Coroutine[Any, Any, None], contextvars.Context], "asyncio.Task[None]"]
 
 _enter_task = getattr(asyncio.tasks, "_enter_task", None)
 _leave_task = getattr(asyncio.tasks, "_leave_task", None)
 #: Whether requests can be started eagerly on this interpreter.
 EAGER_AVAILABLE = _enter_task is not None and _leave_task is not None
-#: Whether a task's context can be entered from outside (Python 3.12+).
-_TASK_CONTEXT = hasattr(asyncio.Task, "get_context")
 
 
 class _Started:
@@ -117,7 +117,9 @@ class ParkedWorkers:
         self._keep_idle = keep_idle
         self._eager = eager and EAGER_AVAILABLE
         self._loop = asyncio.get_running_loop()
-        self._parked: list[tuple[asyncio.Future[Any], asyncio.Task[Any]]] = []
+        # A parked worker: the future it waits on, its task and that task's context (kept
+        # here because Python 3.11 does not expose a task's context).
+        self._parked: list[tuple[asyncio.Future[Any], asyncio.Task[Any], contextvars.Context]] = []
         self._closed = False
         #: Worker tasks made so far (the rest of the starts reused one).
         self.spawned = 0
@@ -135,26 +137,27 @@ class ParkedWorkers:
         parked = self._parked
         while parked:
             # The most recently parked first: its frame is the likeliest still in cache.
-            waiting, task = parked.pop()
+            waiting, task, context = parked.pop()
             if not waiting.done():  # a cancelled worker leaves its future behind
                 # Resolved first, so that during the eager start the task no longer waits on
                 # it, as a running task would not (the request may cancel its own task).
                 box: list[tuple[Any, Callable[[], None]]] = []
                 waiting.set_result(box)
-                box.append(self._begin(task, item, scheduled, done))
+                box.append(self._begin(task, context, item, scheduled, done))
                 return
         # A new worker starts its first request when it first runs: cancelled before that, a
         # task never runs any of its code, so a request it had sent could not end as a row.
         self.spawned += 1
         coro = self._run(item, scheduled)
-        task = self._spawn(self._work((coro, done)))
+        context = contextvars.copy_context()  # what create_task() would have given it
+        task = self._spawn(self._work((coro, done), context), context)
         task.add_done_callback(lambda _: _reap_unstarted(coro, done))
 
     def close(self) -> None:
         """Start nothing more; parked workers finish, busy ones after their request."""
         self._closed = True
         parked, self._parked = self._parked, []
-        for waiting, _ in parked:
+        for waiting, _, _ in parked:
             if not waiting.done():
                 waiting.set_result(None)
 
@@ -163,7 +166,12 @@ class ParkedWorkers:
         return len(self._parked)
 
     def _begin(
-        self, task: asyncio.Task[Any], item: Any, scheduled: float, done: Callable[[], None]
+        self,
+        task: asyncio.Task[Any],
+        context: contextvars.Context,
+        item: Any,
+        scheduled: float,
+        done: Callable[[], None],
     ) -> tuple[Any, Callable[[], None]]:
         """What the worker is handed: the coroutine, started eagerly if possible."""
         coro = self._run(item, scheduled)
@@ -182,10 +190,7 @@ class ParkedWorkers:
         self.started_eagerly += 1
         _enter_task(loop, task)
         try:
-            if _TASK_CONTEXT:
-                pending = task.get_context().run(coro.send, None)  # type: ignore[attr-defined]
-            else:
-                pending = coro.send(None)
+            pending = context.run(coro.send, None)
         except StopIteration:
             return None, done
         except BaseException as exc:  # noqa: BLE001 - raised in the worker's task instead
@@ -194,7 +199,9 @@ class ParkedWorkers:
             _leave_task(loop, task)
         return _Started(coro, pending), done
 
-    async def _work(self, first: tuple[Any, Callable[[], None]]) -> None:
+    async def _work(
+        self, first: tuple[Any, Callable[[], None]], context: contextvars.Context
+    ) -> None:
         task = asyncio.current_task(self._loop)
         assert task is not None
         handoff: tuple[Any, Callable[[], None]] | None = first
@@ -212,7 +219,7 @@ class ParkedWorkers:
             if self._closed or len(self._parked) >= self._keep_idle:
                 return
             waiting = self._loop.create_future()
-            self._parked.append((waiting, task))
+            self._parked.append((waiting, task, context))
             try:
                 box = await waiting
             except asyncio.CancelledError as exc:

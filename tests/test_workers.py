@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
+from contextvars import Context, ContextVar
 from typing import Any
 
 import pytest
@@ -36,8 +37,8 @@ class Harness:
         if item == self.fail_on:
             raise ValueError(f"request {item} failed")
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work)
+    def spawn(self, work: Coroutine[Any, Any, None], context: Context) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work, context=context)
         self.tasks.append(task)
         return task
 
@@ -185,8 +186,8 @@ class Probe:
             raise
         self.log.append(f"{item} answered")
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work)
+    def spawn(self, work: Coroutine[Any, Any, None], context: Context) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work, context=context)
         self.tasks.append(task)
         return task
 
@@ -309,8 +310,8 @@ async def eager_pool(run: Any) -> tuple[ParkedWorkers, list[asyncio.Task[None]],
     tasks: list[asyncio.Task[None]] = []
     done: list[Any] = []
 
-    def spawn(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        tasks.append(asyncio.get_running_loop().create_task(work))
+    def spawn(work: Coroutine[Any, Any, None], context: Context) -> asyncio.Task[None]:
+        tasks.append(asyncio.get_running_loop().create_task(work, context=context))
         return tasks[-1]
 
     pool = ParkedWorkers(run, spawn)
@@ -416,3 +417,34 @@ async def test_after_a_late_start_the_next_starts_are_not_eager(
         await settle()
     assert p.pool.started_eagerly == 2  # r3 and r4
     assert p.done == ["warm-up", "late", "r0", "r1", "r2", "r3", "r4"]
+
+
+REQUEST_VAR: ContextVar[str] = ContextVar("request_var", default="unset")
+
+
+async def test_an_eager_start_runs_in_its_worker_tasks_context() -> None:
+    """What the eager part sets (e.g. a tracing span an instrumented client attaches) is seen
+    where the worker continues the request, and never leaks into the dispatcher's context."""
+    seen: list[str] = []
+    gate = asyncio.Event()
+
+    async def run(item: Any, scheduled: float) -> None:
+        if item == "warm":
+            return
+        REQUEST_VAR.set(item)  # runs inside start(): the eager part
+        await gate.wait()
+        seen.append(REQUEST_VAR.get())
+
+    pool, tasks, done = await eager_pool(run)
+    caller: list[str] = []
+
+    def start() -> None:
+        pool.start("r1", time.perf_counter(), lambda: done.append("r1"))
+        caller.append(REQUEST_VAR.get())
+
+    asyncio.get_running_loop().call_soon(start)
+    await settle()
+    assert pool.started_eagerly == 1 and caller == ["unset"]
+    gate.set()
+    await settle()
+    assert seen == ["r1"] and done == ["warm", "r1"] and REQUEST_VAR.get() == "unset"
