@@ -23,6 +23,8 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0
 SECRET_HEADER_PATTERN = re.compile(
     r"(authorization|api[-_]?key|x-bf-vk|token|secret|cookie|password)", re.IGNORECASE
 )
+#: What a secret is replaced with wherever it would be stored or shown.
+REDACTED = "<redacted>"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -165,6 +167,18 @@ class RunConfig:
         headers.update({k.lower(): v for k, v in self.headers.items()})
         return headers
 
+    def secret_values(self) -> list[str]:
+        """Every credential this run sends: the keys, and the value of each header that
+        :meth:`public_dict` redacts (a ``Bearer`` token also on its own)."""
+        values = [self.api_key or "", self.virtual_key or ""]
+        for name, value in self.headers.items():
+            if SECRET_HEADER_PATTERN.search(name) or _looks_secret(value):
+                values.append(value.strip())
+                scheme, _, token = value.strip().partition(" ")
+                if token and scheme.lower() in ("bearer", "basic", "token"):
+                    values.append(token.strip())
+        return values
+
     def public_dict(self) -> dict[str, Any]:
         """The configuration with every secret removed, for ``run.json`` and logs."""
         data = asdict(self)
@@ -173,7 +187,7 @@ class RunConfig:
         data["api_key_set"] = bool(self.api_key)
         data["virtual_key_set"] = bool(self.virtual_key)
         data["headers"] = {
-            k: ("<redacted>" if SECRET_HEADER_PATTERN.search(k) or _looks_secret(v) else v)
+            k: (REDACTED if SECRET_HEADER_PATTERN.search(k) or _looks_secret(v) else v)
             for k, v in self.headers.items()
         }
         data["gateway"] = redact_url(self.gateway) if self.gateway else None
@@ -183,6 +197,26 @@ class RunConfig:
             if data[key] is not None:
                 data[key] = str(data[key])
         return data
+
+
+class Redactor:
+    """Replaces a run's secrets in text that came back from elsewhere.
+
+    A gateway may quote the credentials it was sent in an error message ("invalid x-api-key
+    sk-…"); such text goes into rows, ``run.json`` and stderr, so every secret is cut out of it
+    first. Longest first, so that a key containing another is replaced whole.
+    """
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self, secrets: list[str]) -> None:
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
 
 
 def _looks_secret(value: str) -> bool:

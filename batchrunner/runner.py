@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from batchrunner.background import background_executor
 from batchrunner.client import GatewayClient, messages_url, redact_url
-from batchrunner.config import DEFAULT_CONCURRENCY, ConfigError, RunConfig
+from batchrunner.config import DEFAULT_CONCURRENCY, ConfigError, Redactor, RunConfig
 from batchrunner.dispatch import ScheduleDispatcher
 from batchrunner.execute import ExecContext, execute
 from batchrunner.fdlimit import ensure_open_files
@@ -141,6 +141,7 @@ class _Session:
     compaction: asyncio.Future[int] | None = None
     background: ThreadPoolExecutor = field(default_factory=background_executor)
     ctx: ExecContext = field(init=False)
+    redact: Redactor = field(init=False)
     jctx: JobContext | None = None
     poller: JobPoller | None = None
     poller_task: asyncio.Task[None] | None = None
@@ -152,8 +153,14 @@ class _Session:
     start_at: float | None = None
     phase_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.redact = Redactor(self.config.secret_values())
+
     # -- rows ---------------------------------------------------------------------------------
     def emit(self, row: dict[str, Any]) -> None:
+        message = row.get("error_message")
+        if message:  # a gateway may quote the key it refused
+            row["error_message"] = self.redact(message)
         if self.warmup_until_at is not None and (row.get("scheduled_at") or 0) < self.warmup_until_at:
             row["stage"] = f"{self.stage}{WARMUP_SUFFIX}"
         if self.on_row is not None:
@@ -240,7 +247,7 @@ class _Session:
 
     def _say(self, text: str) -> None:
         if not self.quiet:
-            print(text, file=self.stderr, flush=True)
+            print(self.redact(text), file=self.stderr, flush=True)
 
     # -- scheduling ---------------------------------------------------------------------------
     def exec_context(self) -> ExecContext:
@@ -798,6 +805,7 @@ async def _finish(
                 f"{failed:,} of {finished:,} requests failed ({rate:.1%}), "
                 f"above --max-error-rate {config.max_error_rate:.1%}"
             )
+    message = session.redact(message)
     session_info.update(
         finished_at=time.time(),
         status=status,
