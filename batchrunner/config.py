@@ -172,7 +172,7 @@ class RunConfig:
         :meth:`public_dict` redacts (a ``Bearer`` token also on its own)."""
         values = [self.api_key or "", self.virtual_key or ""]
         for name, value in self.headers.items():
-            if SECRET_HEADER_PATTERN.search(name) or _looks_secret(value):
+            if SECRET_HEADER_PATTERN.search(name) or looks_secret(value):
                 values.append(value.strip())
                 scheme, _, token = value.strip().partition(" ")
                 if token and scheme.lower() in ("bearer", "basic", "token"):
@@ -187,7 +187,7 @@ class RunConfig:
         data["api_key_set"] = bool(self.api_key)
         data["virtual_key_set"] = bool(self.virtual_key)
         data["headers"] = {
-            k: (REDACTED if SECRET_HEADER_PATTERN.search(k) or _looks_secret(v) else v)
+            k: (REDACTED if SECRET_HEADER_PATTERN.search(k) or looks_secret(v) else v)
             for k, v in self.headers.items()
         }
         data["gateway"] = redact_url(self.gateway) if self.gateway else None
@@ -219,7 +219,7 @@ class Redactor:
         return text
 
 
-def _looks_secret(value: str) -> bool:
+def looks_secret(value: str) -> bool:
     """Key-shaped values (``sk-…``, ``Bearer …``) are redacted whatever their header is called."""
     v = value.strip().lower()
     return v.startswith(("sk-", "bearer "))

@@ -60,6 +60,9 @@ from batchrunner.workers import ParkedWorkers
 
 T = TypeVar("T")
 
+#: What ``run.json`` records as the gateway of a run on the built-in emulator.
+EMULATOR_GATEWAY = "built-in emulator"
+
 # Exit codes (documented in the README and in `batchrunner run --help`).
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -112,6 +115,9 @@ class RunResult:
     sent_this_session: int = 0
     outstanding_jobs: int = 0
     collect_before: float | None = None
+    #: Aborted because requests kept failing on the configuration (key, URL): resuming must
+    #: send the failed ones again (``--retry-failed``).
+    failed_on_config: bool = False
 
 
 class RunAborted(Exception):
@@ -137,6 +143,7 @@ class _Session:
     _pending_rows: list[dict[str, Any]] = field(default_factory=list)
     _flush_scheduled: bool = False
     _consecutive_config_errors: int = 0
+    failed_on_config: bool = False
     _drain_handle: asyncio.TimerHandle | None = None
     compaction: asyncio.Future[int] | None = None
     background: ThreadPoolExecutor = field(default_factory=background_executor)
@@ -200,6 +207,7 @@ class _Session:
                 self.fatal = RunAborted(
                     f"{MAX_CONSECUTIVE_CONFIG_ERRORS} requests in a row (after retries) {what}"
                 )
+                self.failed_on_config = True
                 self.stop("the gateway keeps failing every request")
         elif row.get("status") == Status.OK.value:
             self._consecutive_config_errors = 0
@@ -612,7 +620,10 @@ async def _run_in_store(
     session: _Session | None = None
     try:
         with _gateway(config, stderr, quiet) as url:
-            info["gateway"] = redact_url(url) if config.gateway else "built-in emulator"
+            gateway = redact_url(url) if config.gateway else EMULATOR_GATEWAY
+            if resumed:
+                _check_same_gateway(info.get("gateway"), gateway, stderr, quiet)
+            info["gateway"] = gateway
             session_info["gateway"] = info["gateway"]
             await asyncio.to_thread(write_json_atomic, run_dir / RUN_JSON, info)
             client = GatewayClient(
@@ -636,6 +647,31 @@ async def _run_in_store(
         # compaction already started still completes.
         if session is not None:
             session.background.shutdown(wait=False)
+
+
+def _check_same_gateway(before: str | None, now: str, stderr: TextIO, quiet: bool) -> None:
+    """A resumed run goes on against the gateway it started with.
+
+    Between the built-in emulator and a real gateway it is refused: the run would mix made-up
+    rows with real ones (a resume command without ``--gateway`` did exactly that). Another
+    real address is allowed (a gateway moves), with a warning.
+
+    :raises ConfigError: the emulator where the run had a gateway, or the other way round.
+    """
+    if not before or before == now:
+        return
+    if EMULATOR_GATEWAY in (before, now):
+        hint = (
+            f"give --gateway {before} (or set BATCHRUNNER_GATEWAY)"
+            if now == EMULATOR_GATEWAY
+            else "start a new run (another --out) to use a gateway"
+        )
+        raise ConfigError(
+            f"this run was sent to {before}; resuming it against {now} would mix their "
+            f"results in one run: {hint}"
+        )
+    if not quiet:
+        print(f"Warning: this run was sent to {before}; it goes on against {now}", file=stderr)
 
 
 async def _drive(
@@ -831,6 +867,7 @@ async def _finish(
         sent_this_session=stats.done,
         outstanding_jobs=outstanding,
         collect_before=deadline,
+        failed_on_config=session.failed_on_config and session.fatal is not None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -84,4 +85,5 @@ def collect(
         )
 
     result = run_or_exit(build, quiet=quiet)
-    finish(result, as_json=as_json, quiet=quiet, resume_hint="batchrunner collect")
+    hint = f"batchrunner collect {shlex.quote(str(result.run_dir))}"
+    finish(result, as_json=as_json, quiet=quiet, resume_hint=hint)

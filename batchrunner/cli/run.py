@@ -13,6 +13,7 @@ import orjson
 
 from batchrunner.cli import main
 from batchrunner.cli.options import credential_options
+from batchrunner.cli.resume_hint import RecordingCommand, raw_args, resume_command
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,7 +32,7 @@ Exit codes:
   4  finished, but the share of failed requests is above --max-error-rate"""
 
 
-@main.command(epilog=EXIT_CODES_HELP)
+@main.command(cls=RecordingCommand, epilog=EXIT_CODES_HELP)
 @click.argument("requests", type=click.Path(path_type=Path, dir_okay=False))
 @credential_options
 @click.option(
@@ -278,7 +279,18 @@ def run(
         )
 
     result = run_or_exit(build, quiet=quiet)
-    finish(result, as_json=as_json, quiet=quiet, resume_hint=f"batchrunner run {requests} --out")
+    args = raw_args() or [str(requests)]
+    command, left_out = resume_command(args, result.run_dir, retry_failed=result.failed_on_config)
+    notes = []
+    if result.failed_on_config:
+        notes.append("once the gateway address or key is fixed (change them in the command)")
+    if left_out:
+        notes.append(
+            f"with {', '.join(dict.fromkeys(left_out))} given again or set in the environment "
+            "(credentials are never stored or shown)"
+        )
+    note = f"({'; '.join(notes)})" if notes else ""
+    finish(result, as_json=as_json, quiet=quiet, resume_hint=command, hint_note=note)
 
 
 def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:
@@ -304,10 +316,13 @@ def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:
         sys.exit(EXIT_INTERNAL)
 
 
-def finish(result: RunResult, *, as_json: bool, quiet: bool, resume_hint: str) -> None:
+def finish(
+    result: RunResult, *, as_json: bool, quiet: bool, resume_hint: str, hint_note: str = ""
+) -> None:
     """Print the outcome of a run session (summary, where the results are, what next) and exit.
 
-    :param resume_hint: the command that resumes, without the run directory.
+    :param resume_hint: the whole command that resumes the run.
+    :param hint_note: printed under it (e.g. which credentials it leaves out).
     """
     from batchrunner.runner import EXIT_ABORTED, EXIT_OK
     from batchrunner.summary import format_summary
@@ -345,7 +360,9 @@ def finish(result: RunResult, *, as_json: bool, quiet: bool, resume_hint: str) -
         if result.status not in ("finished", "detached"):
             click.echo(f"{result.status}: {result.message}", err=True)
         if result.exit_code == EXIT_ABORTED or result.status == "incomplete":
-            click.echo(f"Resume with: {resume_hint} {result.run_dir}", err=True)
+            click.echo(f"Resume with: {resume_hint}", err=True)
+            if hint_note:
+                click.echo(f"  {hint_note}", err=True)
         elif result.exit_code != EXIT_OK:
             click.echo(result.message, err=True)
     sys.exit(result.exit_code)

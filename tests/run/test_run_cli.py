@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -107,6 +108,61 @@ def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, 
     assert done.returncode == 0, done.stderr
     rows = read_rows(out)
     assert sorted(rows["input_index"]) == list(range(100)) and set(rows["status"]) == {"ok"}
+
+
+def resume_hint(stderr: str) -> list[str]:
+    """The printed resume command's arguments after ``batchrunner``."""
+    line = next(x for x in stderr.splitlines() if x.startswith("Resume with: "))
+    words = shlex.split(line.removeprefix("Resume with: "))
+    assert words[0] == "batchrunner"
+    return words[1:]
+
+
+def test_the_printed_resume_command_works_verbatim_and_keeps_the_gateway(
+    make_emulator, requests_file, tmp_path
+):
+    requests = requests_file(60)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.05)) as emu:
+        proc = start_run(
+            str(requests), "--gateway", emu.base_url, "--mode", "stream", "-c", "2",
+            "--api-key", "sk-ant-hint-SECRET", "--out", str(out),
+        )  # fmt: skip
+        wait_for_rows(out, 5, proc)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 3, stderr
+        hint = resume_hint(stderr)
+        assert "sk-ant-hint-SECRET" not in stderr and "--api-key" in stderr  # named, not shown
+        assert hint[:2] == ["run", str(requests)] and "--mode" in hint and emu.base_url in hint
+        # the old hint (no --gateway, no --mode) is refused instead of mixing in emulator rows
+        bare = run_cli("run", str(requests), "--mode", "stream", "--out", str(out))
+        assert bare.returncode == 2 and f"--gateway {emu.base_url}" in bare.stderr, bare.stderr
+        done = run_cli(*hint)
+        assert done.returncode == 0, done.stderr
+    rows = read_rows(out)
+    assert sorted(rows["input_index"]) == list(range(60)) and set(rows["status"]) == {"ok"}
+    assert set(rows["mode"]) == {"stream"}
+    info = orjson.loads((out / "run.json").read_bytes())
+    assert len({s["gateway"] for s in info["sessions"]}) == 1
+
+
+def test_after_a_configuration_abort_the_resume_command_retries_the_failed(
+    make_emulator, requests_file, tmp_path
+):
+    requests = requests_file(30)
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        wrong = emu.base_url + "/anthropic"  # the path is appended again: every request 404s
+        first = run_cli("run", str(requests), "--gateway", wrong, "-c", "1", "--out", str(out))
+        assert first.returncode == 3, first.stderr
+        hint = resume_hint(first.stderr)
+        assert hint[-1] == "--retry-failed" and "once the gateway address" in first.stderr
+        fixed = [emu.base_url if word == wrong else word for word in hint]
+        done = run_cli(*fixed)
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(out)
+    assert sorted(rows["input_index"]) == list(range(30)) and set(rows["status"]) == {"ok"}
 
 
 def test_demo_runs_on_the_built_in_emulator(tmp_path):

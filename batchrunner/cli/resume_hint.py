@@ -1,0 +1,80 @@
+"""The command that resumes a run: the user's own command line, pointed at the run directory.
+
+Printed after an interrupted or aborted run, it must be runnable as it stands. A hint of only
+``batchrunner run FILE --out DIR`` lost ``--gateway`` (the rest of the run then went to the
+built-in emulator), ``--mode`` (refused on resume) and the load options. Credentials are left
+out: the hint goes to a terminal or a log, and keys never do.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchrunner.config import SECRET_HEADER_PATTERN, looks_secret
+
+#: Options whose value is a credential: left out of the hint.
+_KEY_OPTIONS = ("--api-key", "--virtual-key")
+#: Options the hint replaces with ``--out RUN_DIR`` (which resumes that directory).
+_REPLACED = {"--out": True, "--name": True, "--results-root": True, "--resume": False}
+_HEADER_OPTIONS = ("-H", "--header")
+
+
+class RecordingCommand(click.Command):
+    """A command that keeps its raw arguments (``ctx.meta["raw_args"]``) for the hint."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["raw_args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def raw_args() -> list[str] | None:
+    """The current command's arguments as typed, if it is a :class:`RecordingCommand`."""
+    ctx = click.get_current_context(silent=True)
+    found: Any = ctx.meta.get("raw_args") if ctx is not None else None
+    return list(found) if found is not None else None
+
+
+def resume_command(
+    args: list[str], run_dir: Path, *, retry_failed: bool = False
+) -> tuple[str, list[str]]:
+    """``batchrunner run …`` that resumes ``run_dir``, and the credential options left out.
+
+    :param args: the ``run`` command's arguments as typed.
+    :param retry_failed: add ``--retry-failed`` (the failed requests must be sent again).
+    """
+    kept: list[str] = []
+    left_out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name in _KEY_OPTIONS:
+            left_out.append(name)
+            i += 1 if eq else 2
+        elif name in _REPLACED:
+            takes_value = _REPLACED[name]
+            i += 1 if eq or not takes_value else 2
+        elif name in _HEADER_OPTIONS or (arg.startswith("-H") and len(arg) > 2):
+            if eq:
+                value, used = inline, 1
+            elif name in _HEADER_OPTIONS:
+                value, used = (args[i + 1] if i + 1 < len(args) else ""), 2
+            else:
+                value, used = arg[2:], 1
+            header, _, header_value = value.partition(":")
+            if SECRET_HEADER_PATTERN.search(header) or looks_secret(header_value):
+                left_out.append(f"-H '{header.strip()}: …'")
+            else:
+                kept.extend(args[i : i + used])
+            i += used
+        else:
+            kept.append(arg)
+            i += 1
+    kept += ["--out", str(run_dir)]
+    if retry_failed and "--retry-failed" not in kept:
+        kept.append("--retry-failed")
+    return "batchrunner run " + shlex.join(kept), left_out

@@ -1,0 +1,117 @@
+"""The resume command printed after an interrupted run: the user's command, runnable as is."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+from click.testing import CliRunner
+
+from batchrunner.cli.resume_hint import RecordingCommand, raw_args, resume_command
+
+RUN_DIR = Path("results/set-sync-20261126T000000Z")
+
+
+def test_keeps_every_option_and_points_at_the_run_directory() -> None:
+    args = [
+        "set.jsonl",
+        "--gateway",
+        "http://gw:8080",
+        "--mode",
+        "stream",
+        "-c",
+        "64",
+        "--rate=20",
+        "--arrival",
+        "poisson",
+        "-H",
+        "X-Team: evals",
+        "--seed",
+        "7",
+    ]
+    command, left_out = resume_command(args, RUN_DIR)
+    assert shlex.split(command) == ["batchrunner", "run", *args, "--out", str(RUN_DIR)]
+    assert left_out == []
+
+
+def test_replaces_out_name_results_root_and_resume_in_either_spelling() -> None:
+    args = [
+        "set.jsonl",
+        "--out",
+        "old",
+        "--name=n",
+        "--results-root",
+        "r",
+        "--resume",
+        "--out=other",
+        "-q",
+    ]
+    command, _ = resume_command(args, RUN_DIR)
+    assert shlex.split(command) == ["batchrunner", "run", "set.jsonl", "-q", "--out", str(RUN_DIR)]
+
+
+def test_leaves_out_every_credential_in_every_spelling() -> None:
+    args = [
+        "set.jsonl",
+        "--api-key",
+        "sk-ant-1",
+        "--virtual-key=sk-bf-2",
+        "-H",
+        "Authorization: Bearer tok-3",
+        "--header=X-Api-Token: tok-4",
+        "-HX-Trace: sk-5",
+        "-H",
+        "X-Team: evals",
+        "--gateway",
+        "http://gw",
+    ]
+    command, left_out = resume_command(args, RUN_DIR)
+    for secret in ("sk-ant-1", "sk-bf-2", "tok-3", "tok-4", "sk-5"):
+        assert secret not in command
+    assert shlex.split(command) == [
+        "batchrunner",
+        "run",
+        "set.jsonl",
+        "-H",
+        "X-Team: evals",
+        "--gateway",
+        "http://gw",
+        "--out",
+        str(RUN_DIR),
+    ]
+    assert left_out == [
+        "--api-key",
+        "--virtual-key",
+        "-H 'Authorization: …'",
+        "-H 'X-Api-Token: …'",
+        "-H 'X-Trace: …'",
+    ]
+
+
+def test_adds_retry_failed_once_when_asked_and_quotes_paths() -> None:
+    command, _ = resume_command(["my set.jsonl"], Path("runs/a b"), retry_failed=True)
+    assert shlex.split(command) == [
+        "batchrunner",
+        "run",
+        "my set.jsonl",
+        "--out",
+        "runs/a b",
+        "--retry-failed",
+    ]
+    again, _ = resume_command(["s.jsonl", "--retry-failed"], RUN_DIR, retry_failed=True)
+    assert again.count("--retry-failed") == 1
+
+
+def test_a_recording_command_keeps_its_arguments_as_typed() -> None:
+    seen: list[list[str] | None] = []
+
+    @click.command(cls=RecordingCommand)
+    @click.argument("path")
+    @click.option("--api-key")
+    def cmd(path: str, api_key: str | None) -> None:
+        seen.append(raw_args())
+
+    result = CliRunner().invoke(cmd, ["x.jsonl", "--api-key=k"])
+    assert result.exit_code == 0, result.output
+    assert seen == [["x.jsonl", "--api-key=k"]]
