@@ -242,15 +242,23 @@ class _Session:
             task.cancel()
 
     def on_sigint(self) -> None:
+        self.on_signal("Ctrl-C", "Press Ctrl-C again to cancel them.")
+
+    def on_sigterm(self) -> None:
+        # What timeout, systemd, Slurm and Kubernetes send: stop as on Ctrl-C, so that the
+        # directory says how the run ended and the resume command is printed.
+        self.on_signal("SIGTERM", "A second SIGTERM cancels them.")
+
+    def on_signal(self, what: str, again: str) -> None:
         if not self.stopping:
             self.interrupted = True
-            self.stop("interrupted (Ctrl-C)")
+            self.stop(f"stopped by {what}")
             self._say(
-                f"\nStopping: no new requests; waiting up to {self.config.drain_timeout_s:g} s "
-                f"for {self.stats.in_flight} in flight. Press Ctrl-C again to cancel them."
+                f"\nStopping ({what}): no new requests; waiting up to "
+                f"{self.config.drain_timeout_s:g} s for {self.stats.in_flight} in flight. {again}"
             )
         else:
-            self._say("\nCancelling in-flight requests (recorded as cancelled).")
+            self._say(f"\nCancelling in-flight requests ({what}; recorded as cancelled).")
             self.cancel_in_flight()
 
     def _say(self, text: str) -> None:
@@ -703,6 +711,7 @@ async def _drive(
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
     if handle_signals:
         loop.add_signal_handler(signal.SIGINT, session.on_sigint)
+        loop.add_signal_handler(signal.SIGTERM, session.on_sigterm)
     try:
         async with asyncio.TaskGroup() as tg:
             helpers = [tg.create_task(display.run()), tg.create_task(session.compactor())]
@@ -749,6 +758,7 @@ async def _drive(
         await feed.aclose()
         if handle_signals:
             loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
         session.flush()
 
 
@@ -825,7 +835,7 @@ async def _finish(
     elif session.fatal is not None:
         status, code, message = "aborted", EXIT_ABORTED, str(session.fatal)
     elif session.interrupted:
-        status, code, message = "interrupted", EXIT_ABORTED, "interrupted"
+        status, code, message = "interrupted", EXIT_ABORTED, session.stop_reason
         if collect_hint:
             message += "; " + collect_hint
     elif complete:

@@ -27,7 +27,7 @@ Exit codes:
   0  finished (or stopped by --max-requests/--duration) within --max-error-rate
   1  internal error (set BATCHRUNNER_DEBUG=1 for the traceback)
   2  usage, configuration or input error; nothing was sent
-  3  run aborted or interrupted (Ctrl-C, --strict reject, unwritable output,
+  3  run aborted or interrupted (Ctrl-C or SIGTERM, --strict reject, unwritable output,
      gateway refusing every request); finished rows are kept, resume to go on
   4  finished, but the share of failed requests is above --max-error-rate"""
 

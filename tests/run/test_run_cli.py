@@ -110,6 +110,24 @@ def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, 
     assert sorted(rows["input_index"]) == list(range(100)) and set(rows["status"]) == {"ok"}
 
 
+def test_sigterm_stops_like_ctrl_c(make_emulator, requests_file, tmp_path):
+    # What timeout(1), systemd, Slurm and Kubernetes send before killing.
+    requests = requests_file(100)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.05)) as emu:
+        proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3")
+        wait_for_rows(out, 10, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 3, stderr
+    assert "Stopping (SIGTERM)" in stderr and "interrupted: stopped by SIGTERM" in stderr
+    assert resume_hint(stderr)[-2:] == ["--out", str(out)]
+    rows = read_rows(out)
+    assert "cancelled" not in set(rows["status"]) and 10 <= len(rows) < 100  # drained
+    session = orjson.loads((out / "run.json").read_bytes())["sessions"][-1]
+    assert session["status"] == "interrupted" and session["message"] == "stopped by SIGTERM"
+
+
 def resume_hint(stderr: str) -> list[str]:
     """The printed resume command's arguments after ``batchrunner``."""
     line = next(x for x in stderr.splitlines() if x.startswith("Resume with: "))
