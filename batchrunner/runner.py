@@ -534,6 +534,8 @@ async def run_session(
     else:
         raise InputError(f"{requests}: no such file")
     run_dir, info = resolve_run_dir(config, fingerprint)
+    if total == 0 and info is None:
+        raise InputError(f"{requests}: no requests (the file has no data rows)")
     if total is None and info is not None:
         total = info.get("total_input")
     redo = REDO_ON_RETRY_FAILED if config.retry_failed else frozenset({Status.CANCELLED.value})
@@ -838,6 +840,13 @@ async def _finish(
         status, code, message = "interrupted", EXIT_ABORTED, session.stop_reason
         if collect_hint:
             message += "; " + collect_hint
+    elif complete and finished == 0 and stats.rejected and not info["sessions"][:-1]:
+        # A run that could send nothing: an input error, not a success (scripts check $?).
+        status, code = "rejected", EXIT_USAGE
+        message = (
+            f"no valid request in {config.requests}: all {stats.rejected:,} rows were rejected "
+            f"(see {store.run_dir / 'rejects.jsonl'})"
+        )
     elif complete:
         status, code, message = "finished", EXIT_OK, ""
     else:

@@ -26,7 +26,8 @@ EXIT_CODES_HELP = """\b
 Exit codes:
   0  finished (or stopped by --max-requests/--duration) within --max-error-rate
   1  internal error (set BATCHRUNNER_DEBUG=1 for the traceback)
-  2  usage, configuration or input error; nothing was sent
+  2  usage, configuration or input error (also: no valid request in the input);
+     nothing was sent
   3  run aborted or interrupted (Ctrl-C or SIGTERM, --strict reject, unwritable output,
      gateway refusing every request); finished rows are kept, resume to go on
   4  finished, but the share of failed requests is above --max-error-rate"""
@@ -363,6 +364,6 @@ def finish(
             click.echo(f"Resume with: {resume_hint}", err=True)
             if hint_note:
                 click.echo(f"  {hint_note}", err=True)
-        elif result.exit_code != EXIT_OK:
+        elif result.exit_code != EXIT_OK and result.status in ("finished", "detached"):
             click.echo(result.message, err=True)
     sys.exit(result.exit_code)

@@ -214,6 +214,25 @@ def test_usage_errors_exit_2_with_a_clear_message(requests_file, tmp_path, args,
     assert "Traceback" not in result.stderr
 
 
+def test_an_input_with_no_valid_request_is_an_input_error(make_emulator, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    no_model = tmp_path / "nomodel.jsonl"
+    no_model.write_text('{"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n' * 3)
+    with make_emulator() as emu:
+        nothing = run_cli("run", str(empty), "--gateway", emu.base_url, "--out", str(tmp_path / "a"))
+        rejected = run_cli(
+            "run", str(no_model), "--gateway", emu.base_url, "--out", str(tmp_path / "b")
+        )
+        assert emu.stats()["requests"] == 0
+    assert nothing.returncode == 2 and f"{empty}: no requests" in nothing.stderr
+    assert not (tmp_path / "a").exists()
+    assert rejected.returncode == 2, rejected.stderr
+    assert f"no valid request in {no_model}: all 3 rows were rejected" in rejected.stderr
+    assert len((tmp_path / "b" / "rejects.jsonl").read_text().splitlines()) == 3
+    assert "Traceback" not in nothing.stderr + rejected.stderr
+
+
 def test_strict_aborts_at_the_first_invalid_row(make_emulator, tmp_path):
     path = tmp_path / "bad.jsonl"
     good = '{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n'
