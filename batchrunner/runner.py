@@ -533,7 +533,12 @@ async def run_session(
         fingerprint, total = None, None  # collect can poll without the input file
     else:
         raise InputError(f"{requests}: no such file")
-    run_dir, info = resolve_run_dir(config, fingerprint)
+    try:
+        run_dir, info = resolve_run_dir(config, fingerprint)
+    except OSError as exc:  # e.g. --out under a file, or in a read-only place
+        where = config.out if config.out is not None else config.results_root
+        reason = exc.strerror or exc
+        raise RunDirError(f"cannot use {where} for the run directory: {reason}") from None
     if total == 0 and info is None:
         raise InputError(f"{requests}: no requests (the file has no data rows)")
     if total is None and info is not None:
@@ -543,7 +548,11 @@ async def run_session(
     if config.retry_failed and config.mode is Mode.ASYNC and run_dir.exists():
         # Jobs whose rows are about to be removed must be submitted again, not polled again.
         redo_indices = await asyncio.to_thread(_indices_with_status, run_dir, redo)
-    store = await asyncio.to_thread(RunStore.open, run_dir, create=True, redo_statuses=redo)
+    try:
+        store = await asyncio.to_thread(RunStore.open, run_dir, create=True, redo_statuses=redo)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise RunDirError(f"cannot create the run directory {run_dir}: {reason}") from None
     try:
         return await _run_in_store(
             config, store, info, fingerprint, total, redo_indices, transport, http_client,

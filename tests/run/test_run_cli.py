@@ -203,6 +203,8 @@ def test_demo_runs_on_the_built_in_emulator(tmp_path):
         (["run", "{set}", "-H", "no-colon"], "Name: value"),
         (["run", "{set}", "--mode", "nope"], "--mode"),
         (["run", "{set}", "--emulator-profile", "nope"], "--emulator-profile"),
+        (["run", "{set}", "--out", "{set}/run"], "cannot use"),  # under a file
+        (["run", "{set}", "--out", "/proc/batchrunner-test"], "cannot create the run directory"),
     ],
 )
 def test_usage_errors_exit_2_with_a_clear_message(requests_file, tmp_path, args, message):
