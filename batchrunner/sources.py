@@ -298,7 +298,18 @@ def _identify(
     for k, repeated in zip(positions, detector.add(keys).tolist(), strict=True):
         if repeated:
             cid = out[k][0]
-            out[k] = (cid, f"duplicate custom_id {cid!r}: an earlier row has the same id", True)
+            if batch[k].given_id is None:
+                reason = (
+                    f"duplicate custom_id {cid!r}: this row has none, so its id is its row "
+                    "index, and an earlier row has that custom_id; give every row a custom_id, "
+                    "or none"
+                )
+            else:
+                reason = (
+                    f"duplicate custom_id {cid!r}: an earlier row has the same id (a row "
+                    "without custom_id has its 0-based row index as id)"
+                )
+            out[k] = (cid, reason, True)
     return out
 
 

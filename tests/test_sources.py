@@ -338,7 +338,7 @@ def test_duplicate_custom_id_first_wins(tmp_path: Path) -> None:
     )
     records, rejects = read(path)
     assert [r.custom_id for r in records] == ["a", "b"]
-    assert rejects[0].reason == "duplicate custom_id 'a': an earlier row has the same id"
+    assert rejects[0].reason.startswith("duplicate custom_id 'a': an earlier row has the same id")
     assert (rejects[0].input_index, rejects[0].custom_id) == (2, "a")
 
 
@@ -347,6 +347,15 @@ def test_given_id_clashing_with_a_default_index_id(tmp_path: Path) -> None:
     records, rejects = read(path)
     assert [r.custom_id for r in records] == ["0"]
     assert "duplicate custom_id '0'" in rejects[0].reason
+    assert "row without custom_id has its 0-based row index as id" in rejects[0].reason
+
+
+def test_a_row_without_id_whose_index_is_taken_says_why(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "a.jsonl", {"custom_id": "1", "params": BODY}, BODY)
+    records, rejects = read(path)
+    assert [r.custom_id for r in records] == ["1"]
+    assert rejects[0].reason.startswith("duplicate custom_id '1': this row has none")
+    assert "give every row a custom_id, or none" in rejects[0].reason
 
 
 def test_id_of_an_invalid_row_still_counts(tmp_path: Path) -> None:
