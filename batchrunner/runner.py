@@ -118,6 +118,8 @@ class RunResult:
     #: Aborted because requests kept failing on the configuration (key, URL): resuming must
     #: send the failed ones again (``--retry-failed``).
     failed_on_config: bool = False
+    #: Aborted by the input: an invalid row with ``--strict``, or an unreadable file.
+    failed_on_input: bool = False
 
 
 class RunAborted(Exception):
@@ -306,6 +308,15 @@ class _Session:
             job.input_index, job.custom_id, job.job_id, job.submitted_at, ttl_s=job.ttl_s
         )
 
+    def input_failed(self, exc: InputError) -> None:
+        """An invalid row (``--strict``) or an unreadable input: start nothing more, and let
+        the requests in flight finish (they are paid for) within ``--drain-timeout``."""
+        if self.fatal is None:
+            self.fatal = exc
+            if exc.reject is not None:
+                self.on_reject(exc.reject)
+        self.stop("invalid input")
+
     def _fatal(self, message: str) -> None:
         if self.fatal is None:
             self.fatal = RunAborted(message)
@@ -323,7 +334,11 @@ class _Session:
     async def closed_loop(self, feed: RecordFeed, tg: asyncio.TaskGroup) -> None:
         async def worker() -> None:
             while not self.stopping:
-                record = await feed.next()
+                try:
+                    record = await feed.next()
+                except InputError as exc:
+                    self.input_failed(exc)
+                    return
                 if record is None or self.stopping:
                     return
                 self.stats.in_flight += 1
@@ -748,12 +763,8 @@ async def _drive(
                 if session.poller is not None and session.poller_task is not None:
                     session.poller.close()
                     await asyncio.wait([session.poller_task])
-            except InputError as exc:
-                session.fatal = exc
-                if getattr(exc, "reject", None) is not None:
-                    session.on_reject(exc.reject)
-                session.stop("invalid input (--strict)")
-                session.cancel_in_flight()
+            except InputError as exc:  # from the open loop's reads
+                session.input_failed(exc)
                 while session.tasks:
                     await asyncio.wait(set(session.tasks), return_when=asyncio.ALL_COMPLETED)
             finally:
@@ -764,7 +775,9 @@ async def _drive(
                 for task in helpers:
                     task.cancel()
     except* InputError as group:
-        session.fatal = group.exceptions[0]
+        exc = group.exceptions[0]
+        assert isinstance(exc, InputError)
+        session.input_failed(exc)
     finally:
         await feed.aclose()
         if handle_signals:
@@ -896,6 +909,7 @@ async def _finish(
         outstanding_jobs=outstanding,
         collect_before=deadline,
         failed_on_config=session.failed_on_config and session.fatal is not None,
+        failed_on_input=isinstance(session.fatal, InputError),
     )
 
 

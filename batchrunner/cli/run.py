@@ -285,6 +285,11 @@ def run(
     notes = []
     if result.failed_on_config:
         notes.append("once the gateway address or key is fixed (change them in the command)")
+    if result.failed_on_input and "--strict" in args:
+        notes.append(
+            "it stops at the same row again: without --strict invalid rows are skipped and "
+            "written to rejects.jsonl; a corrected file is a new input and needs a new run"
+        )
     if left_out:
         notes.append(
             f"with {', '.join(dict.fromkeys(left_out))} given again or set in the environment "

@@ -222,7 +222,9 @@ def test_an_input_with_no_valid_request_is_an_input_error(make_emulator, tmp_pat
     no_model = tmp_path / "nomodel.jsonl"
     no_model.write_text('{"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n' * 3)
     with make_emulator() as emu:
-        nothing = run_cli("run", str(empty), "--gateway", emu.base_url, "--out", str(tmp_path / "a"))
+        nothing = run_cli(
+            "run", str(empty), "--gateway", emu.base_url, "--out", str(tmp_path / "a")
+        )
         rejected = run_cli(
             "run", str(no_model), "--gateway", emu.base_url, "--out", str(tmp_path / "b")
         )
@@ -246,3 +248,24 @@ def test_strict_aborts_at_the_first_invalid_row(make_emulator, tmp_path):
     assert result.returncode in (2, 3), result.stderr
     assert f"{path}:4" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("load", [["-c", "4"], ["--rate", "400"]])
+def test_strict_lets_requests_in_flight_finish_and_records_the_reject(
+    make_emulator, tmp_path, load
+):
+    path = tmp_path / "bad.jsonl"
+    good = '{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n'
+    path.write_text(good * 150 + "{not json\n" + good * 10)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.05)) as emu:
+        result = run_cli(
+            "run", str(path), "--gateway", emu.base_url, "--strict", "--out", str(out), *load
+        )
+    assert result.returncode == 3, result.stderr
+    assert f"{path}:151: invalid JSON" in result.stderr and "stops at the same row" in result.stderr
+    rows = read_rows(out)
+    # requests already sent were paid for: they finish (drain) instead of being cancelled
+    assert set(rows["status"]) == {"ok"} and len(rows) <= 150
+    rejects = [orjson.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [r["location"] for r in rejects] == [f"{path}:151"]
