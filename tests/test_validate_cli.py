@@ -153,3 +153,11 @@ def test_help() -> None:
     result = CliRunner().invoke(main, ["validate", "--help"])
     assert result.exit_code == 0
     assert "--prompt-column" in result.output and "Exit code" in result.output
+
+
+def test_an_empty_set_is_not_valid(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n")
+    result = run(str(path))
+    assert result.exit_code == 1, result.output
+    assert "no requests: the file has no data rows" in result.output

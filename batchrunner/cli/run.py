@@ -230,7 +230,13 @@ Exit codes:
 )
 @source_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print nothing (no progress, messages or summary); the exit code tells the outcome, "
+    "--json still prints the summary.",
+)
 def run(
     requests: Path,
     headers: dict[str, str],

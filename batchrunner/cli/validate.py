@@ -115,7 +115,7 @@ def validate(file: str, as_json: bool, **options: Any) -> None:
 
     Prints how many requests are valid, the first rejected rows with their location and
     reason, and the models used. Exit code 0: every row is valid; 1: some rows would be
-    rejected; 2: usage error or unreadable file.
+    rejected, or there is none; 2: usage error or unreadable file.
     """
     source = build_source_options(**options)
     try:
@@ -126,7 +126,8 @@ def validate(file: str, as_json: bool, **options: Any) -> None:
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(_summary(report))
-    click.get_current_context().exit(EXIT_OK if report.valid else EXIT_REJECTS)
+    # An empty set is not a valid one: `run` would refuse it.
+    click.get_current_context().exit(EXIT_OK if report.valid and report.ok else EXIT_REJECTS)
 
 
 def _summary(report: ValidationReport) -> str:
@@ -134,6 +135,8 @@ def _summary(report: ValidationReport) -> str:
         f"{report.path}: {report.total} rows read, {report.ok} valid, {report.rejected} rejected"
         + (f" ({report.duplicates} duplicate custom_id)" if report.duplicates else "")
     ]
+    if report.total == 0:
+        lines.append("no requests: the file has no data rows")
     if report.stopped_early:
         lines.append("stopped at the first invalid row (--strict)")
     for reject in report.rejects:
