@@ -60,20 +60,23 @@ def read_run_json(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def find_latest_run(results_root: Path, requests: Path) -> Path | None:
-    """The most recently started run directory under ``results_root`` for the same input file."""
+def find_latest_run(results_root: Path, requests: Path, mode: str | None = None) -> Path | None:
+    """The most recently started run directory under ``results_root`` for the same input file:
+    the latest in ``mode`` if there is one (a sync and a stream run of one file are both
+    common), else the latest of any mode (the resume then says the mode differs)."""
     if not results_root.is_dir():
         return None
     wanted = str(requests.resolve())
-    best: tuple[float, Path] | None = None
+    best: tuple[bool, float, Path] | None = None
     for child in results_root.iterdir():
         info = read_run_json(child) if child.is_dir() else None
         if not info or info.get("input", {}).get("path") != wanted:
             continue
-        started = float(info.get("created_at") or 0)
-        if best is None or started > best[0]:
-            best = (started, child)
-    return best[1] if best else None
+        same_mode = mode is not None and (info.get("config") or {}).get("mode") == mode
+        key = (same_mode, float(info.get("created_at") or 0), child)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
 
 
 def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mode: str) -> None:

@@ -470,7 +470,7 @@ def resolve_run_dir(
                 f"--out {run_dir} exists, is not empty and is not a batchrunner run directory"
             )
     elif config.resume or config.retry_failed:
-        latest = find_latest_run(config.results_root, config.requests)
+        latest = find_latest_run(config.results_root, config.requests, config.mode.value)
         if latest is None:
             raise RunDirError(
                 f"--resume: no earlier run of {config.requests} under {config.results_root}/; "

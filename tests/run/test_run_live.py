@@ -19,7 +19,7 @@ from batchrunner.config import ConfigError, RunConfig
 from batchrunner.emulator.config import Dist
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import EXIT_ABORTED, EXIT_ERROR_RATE, EXIT_OK, run_sync
-from batchrunner.schema import RESULT_SCHEMA
+from batchrunner.schema import RESULT_SCHEMA, Mode
 
 from .conftest import SECRET_KEY, read_rows
 
@@ -283,7 +283,10 @@ class _EchoKeysHandler(BaseHTTPRequestHandler):
             f"{name} {self.headers.get(name)}" for name in ("x-api-key", "x-bf-vk", "authorization")
         )
         body = orjson.dumps(
-            {"type": "error", "error": {"type": "authentication_error", "message": f"invalid {quoted}"}}
+            {
+                "type": "error",
+                "error": {"type": "authentication_error", "message": f"invalid {quoted}"},
+            }
         )
         self.send_response(401)
         self.send_header("content-type", "application/json")
@@ -425,3 +428,22 @@ def test_run_dir_is_readable_as_one_dataset(make_emulator, requests_file, tmp_pa
     assert not any(p.suffix == ".tmp" for p in (tmp_path / "out").rglob("*"))
     assert isinstance(pq.read_table(tmp_path / "out" / "data"), pa.Table)
     assert os.path.exists(tmp_path / "out" / "rejects.jsonl")
+
+
+def test_resume_takes_the_latest_run_of_the_same_mode(make_emulator, requests_file, tmp_path):
+    requests = requests_file(20)
+    root = tmp_path / "results"
+
+    def go(mode: Mode, **kw) -> batchrunner.RunResult:
+        config = RunConfig(
+            requests=requests, gateway=emu.base_url, results_root=root, mode=mode, **kw
+        )
+        return run_sync(config, quiet=True)
+
+    with make_emulator() as emu:
+        sync_run = go(Mode.SYNC, max_requests=5)
+        stream_run = go(Mode.STREAM, max_requests=5)  # the latest run of the file
+        resumed = go(Mode.SYNC, resume=True)
+    assert stream_run.run_dir != sync_run.run_dir
+    assert resumed.run_dir == sync_run.run_dir and resumed.status == "finished"
+    assert resumed.sent_this_session == 15
