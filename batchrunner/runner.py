@@ -632,6 +632,9 @@ async def _run_in_store(
         "sessions": [],
     }
     run_id = info["run_id"]
+    for earlier in info["sessions"]:
+        if earlier.get("status") == "running":  # the process never closed it: kill -9, crash
+            earlier.update(status="died", message="ended without closing (killed or crashed)")
     info["config"] = config.public_dict()
     info["environment"] = environment()
     session_info: dict[str, Any] = {"started_at": now, "resumed": resumed, "status": "running"}

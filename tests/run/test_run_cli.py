@@ -74,6 +74,8 @@ def test_kill_9_then_resume_loses_nothing_and_sends_nothing_twice(
     # only the requests in flight at the kill (at most -c 4) were sent twice
     assert sent_total - 300 <= 4
     assert sent_before < 300
+    sessions = orjson.loads((out / "run.json").read_bytes())["sessions"]
+    assert [s["status"] for s in sessions] == ["died", "finished"]
 
 
 def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, tmp_path):
