@@ -38,7 +38,7 @@ from batchrunner.bench import (
     stage_result,
 )
 from batchrunner.client import GatewayClient, redact_url
-from batchrunner.config import ConfigError, RunConfig
+from batchrunner.config import ConfigError, Redactor, RunConfig
 from batchrunner.feed import RecordFeed
 from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
@@ -165,7 +165,8 @@ async def run_bench(
     status, message = "finished", ""
     try:
         with contextlib.ExitStack() as stack, _gateway(run, stderr, quiet) as url:
-            info["gateway"] = redact_url(url) if run.gateway else "built-in emulator"
+            redact = Redactor(run.secret_values())
+            info["gateway"] = redact(redact_url(url)) if run.gateway else "built-in emulator"
             await asyncio.to_thread(write_json_atomic, run_dir / "run.json", info)
             client = GatewayClient(url, run.request_headers(), timeouts=run.timeouts)
             async with client:

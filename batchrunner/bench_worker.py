@@ -19,7 +19,7 @@ from typing import Any
 from batchrunner.bench import Slo, StageCollector, StageSpec, cycle_records, stage_config
 from batchrunner.bench_run import phase_of, worker_dir_name
 from batchrunner.client import GatewayClient, Timeouts
-from batchrunner.config import RunConfig
+from batchrunner.config import Redactor, RunConfig, secret_header_values
 from batchrunner.feed import RecordFeed
 from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
@@ -72,6 +72,8 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
                 True,
                 stage=spec.name,
             )
+            # The credentials reach a worker only as request headers: redact what they hold.
+            session.redact = Redactor(secret_header_values(job["headers"]))
             # Ready: the parent waits for every worker, then gives all one start instant.
             sys.stdout.write("READY\n")
             sys.stdout.flush()

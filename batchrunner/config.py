@@ -170,14 +170,8 @@ class RunConfig:
     def secret_values(self) -> list[str]:
         """Every credential this run sends: the keys, and the value of each header that
         :meth:`public_dict` redacts (a ``Bearer`` token also on its own)."""
-        values = [self.api_key or "", self.virtual_key or ""]
-        for name, value in self.headers.items():
-            if SECRET_HEADER_PATTERN.search(name) or looks_secret(value):
-                values.append(value.strip())
-                scheme, _, token = value.strip().partition(" ")
-                if token and scheme.lower() in ("bearer", "basic", "token"):
-                    values.append(token.strip())
-        return values
+        keys = [(self.api_key or "").strip(), (self.virtual_key or "").strip()]
+        return keys + secret_header_values(self.headers)
 
     def public_dict(self) -> dict[str, Any]:
         """The configuration with every secret removed, for ``run.json`` and logs."""
@@ -190,7 +184,8 @@ class RunConfig:
             k: (REDACTED if SECRET_HEADER_PATTERN.search(k) or looks_secret(v) else v)
             for k, v in self.headers.items()
         }
-        data["gateway"] = redact_url(self.gateway) if self.gateway else None
+        redact = Redactor(self.secret_values())  # a key may even sit in the URL's path
+        data["gateway"] = redact(redact_url(self.gateway)) if self.gateway else None
         data["mode"] = self.mode.value
         data["metadata_columns"] = list(self.metadata_columns)
         for key in ("requests", "out", "results_root"):
@@ -199,23 +194,56 @@ class RunConfig:
         return data
 
 
+def secret_header_values(headers: dict[str, str]) -> list[str]:
+    """The values of the headers that are credentials (by name or by shape), and the token of
+    a ``Bearer``/``Basic``/``Token`` value on its own (a gateway may quote just that)."""
+    values = []
+    for name, value in headers.items():
+        if SECRET_HEADER_PATTERN.search(name) or looks_secret(value):
+            values.append(value.strip())
+            scheme, _, token = value.strip().partition(" ")
+            if token and scheme.lower() in ("bearer", "basic", "token"):
+                values.append(token.strip())
+    return values
+
+
+#: Characters a key is made of: a secret is replaced only as a whole token, so that a short one
+#: does not cut words apart.
+_TOKEN = r"A-Za-z0-9_\-"
+#: A message cut short (error texts are capped) may end in the first characters of a key.
+_MIN_CUT_PREFIX = 4
+_ENDS_IN_TOKEN = re.compile(f"[{_TOKEN}]$")
+
+
 class Redactor:
     """Replaces a run's secrets in text that came back from elsewhere.
 
     A gateway may quote the credentials it was sent in an error message ("invalid x-api-key
     sk-…"); such text goes into rows, ``run.json`` and stderr, so every secret is cut out of it
-    first. Longest first, so that a key containing another is replaced whole.
+    first: as a whole token, and as the start of one where the text was cut short.
     """
 
-    __slots__ = ("_secrets",)
+    __slots__ = ("_pattern", "_secrets")
 
     def __init__(self, secrets: list[str]) -> None:
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._pattern = (
+            re.compile(
+                "|".join(f"(?<![{_TOKEN}]){re.escape(s)}(?![{_TOKEN}])" for s in self._secrets)
+            )
+            if self._secrets
+            else None
+        )
 
     def __call__(self, text: str) -> str:
+        if self._pattern is None:
+            return text
+        text = self._pattern.sub(REDACTED, text)
         for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
+            # The longest start of the secret the text ends with, as a token of its own.
+            for n in range(len(secret) - 1, _MIN_CUT_PREFIX - 1, -1):
+                if text.endswith(secret[:n]) and not _ENDS_IN_TOKEN.search(text, 0, len(text) - n):
+                    return text[: len(text) - n] + REDACTED
         return text
 
 

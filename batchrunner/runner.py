@@ -139,6 +139,8 @@ class _Session:
     stopping: bool = False
     stop_reason: str = ""
     interrupted: bool = False
+    #: What interrupted the run ("stopped by SIGTERM"), once a signal came.
+    interrupted_by: str = ""
     fatal: BaseException | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     redo_indices: frozenset[int] = frozenset()
@@ -206,10 +208,11 @@ class _Session:
                         f"were refused with HTTP {status} ({row.get('error_type')}: "
                         f"{row.get('error_message')}); check --gateway, --api-key and --virtual-key"
                     )
-                self.fatal = RunAborted(
-                    f"{MAX_CONSECUTIVE_CONFIG_ERRORS} requests in a row (after retries) {what}"
-                )
-                self.failed_on_config = True
+                if self.fatal is None:  # a --strict stop already under way keeps its reason
+                    self.fatal = RunAborted(
+                        f"{MAX_CONSECUTIVE_CONFIG_ERRORS} requests in a row (after retries) {what}"
+                    )
+                    self.failed_on_config = True
                 self.stop("the gateway keeps failing every request")
         elif row.get("status") == Status.OK.value:
             self._consecutive_config_errors = 0
@@ -252,13 +255,20 @@ class _Session:
         self.on_signal("SIGTERM", "A second SIGTERM cancels them.")
 
     def on_signal(self, what: str, again: str) -> None:
-        if not self.stopping:
+        # The first signal drains, even when the run is already stopping (--duration, a
+        # --strict reject): requests in flight are paid for. Only a second one cancels them.
+        if not self.interrupted_by:
             self.interrupted = True
-            self.stop(f"stopped by {what}")
-            self._say(
-                f"\nStopping ({what}): no new requests; waiting up to "
-                f"{self.config.drain_timeout_s:g} s for {self.stats.in_flight} in flight. {again}"
+            self.interrupted_by = f"stopped by {what}"
+            waiting = (
+                f"waiting up to {self.config.drain_timeout_s:g} s for {self.stats.in_flight} "
+                f"in flight. {again}"
             )
+            if self.stopping:
+                self._say(f"\n{what}: already stopping ({self.stop_reason}); {waiting}")
+            else:
+                self.stop(self.interrupted_by)
+                self._say(f"\nStopping ({what}): no new requests; {waiting}")
         else:
             self._say(f"\nCancelling in-flight requests ({what}; recorded as cancelled).")
             self.cancel_in_flight()
@@ -563,6 +573,8 @@ async def run_session(
     if config.retry_failed and config.mode is Mode.ASYNC and run_dir.exists():
         # Jobs whose rows are about to be removed must be submitted again, not polled again.
         redo_indices = await asyncio.to_thread(_indices_with_status, run_dir, redo)
+    if info is not None:  # before the store opens: that already drops rows to send again
+        _check_same_gateway(info.get("gateway"), gateway_label(config), stderr, quiet)
     try:
         store = await asyncio.to_thread(RunStore.open, run_dir, create=True, redo_statuses=redo)
     except OSError as exc:
@@ -657,10 +669,7 @@ async def _run_in_store(
     session: _Session | None = None
     try:
         with _gateway(config, stderr, quiet) as url:
-            gateway = redact_url(url) if config.gateway else EMULATOR_GATEWAY
-            if resumed:
-                _check_same_gateway(info.get("gateway"), gateway, stderr, quiet)
-            info["gateway"] = gateway
+            info["gateway"] = gateway_label(config)
             session_info["gateway"] = info["gateway"]
             await asyncio.to_thread(write_json_atomic, run_dir / RUN_JSON, info)
             client = GatewayClient(
@@ -684,6 +693,14 @@ async def _run_in_store(
         # compaction already started still completes.
         if session is not None:
             session.background.shutdown(wait=False)
+
+
+def gateway_label(config: RunConfig) -> str:
+    """How ``run.json`` names the run's gateway: its URL without credentials (a key is cut out
+    even from its path), or the built-in emulator."""
+    if config.gateway is None:
+        return EMULATOR_GATEWAY
+    return Redactor(config.secret_values())(redact_url(config.gateway))
 
 
 def _check_same_gateway(before: str | None, now: str, stderr: TextIO, quiet: bool) -> None:
@@ -778,9 +795,9 @@ async def _drive(
                 for task in helpers:
                     task.cancel()
     except* InputError as group:
-        exc = group.exceptions[0]
-        assert isinstance(exc, InputError)
-        session.input_failed(exc)
+        failure = group.exceptions[0]
+        assert isinstance(failure, InputError)
+        session.input_failed(failure)
     finally:
         await feed.aclose()
         if handle_signals:
@@ -862,10 +879,11 @@ async def _finish(
     elif session.fatal is not None:
         status, code, message = "aborted", EXIT_ABORTED, str(session.fatal)
     elif session.interrupted:
-        status, code, message = "interrupted", EXIT_ABORTED, session.stop_reason
+        status, code = "interrupted", EXIT_ABORTED
+        message = session.interrupted_by or session.stop_reason
         if collect_hint:
             message += "; " + collect_hint
-    elif complete and finished == 0 and stats.rejected and not info["sessions"][:-1]:
+    elif complete and finished == 0 and stats.rejected:
         # A run that could send nothing: an input error, not a success (scripts check $?).
         status, code = "rejected", EXIT_USAGE
         message = (

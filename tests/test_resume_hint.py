@@ -115,3 +115,27 @@ def test_a_recording_command_keeps_its_arguments_as_typed() -> None:
     result = CliRunner().invoke(cmd, ["x.jsonl", "--api-key=k"])
     assert result.exit_code == 0, result.output
     assert seen == [["x.jsonl", "--api-key=k"]]
+
+
+def test_a_gateway_url_holding_credentials_is_left_out() -> None:
+    args = ["s.jsonl", "--gateway", "http://bob:SECRETPW@127.0.0.1:1/?k=SECRETQ", "-c", "4"]
+    command, left_out = resume_command(args, RUN_DIR)
+    assert "SECRET" not in command and left_out == ["--gateway (its URL holds credentials)"]
+    assert shlex.split(command)[2:] == ["s.jsonl", "-c", "4", "--out", str(RUN_DIR)]
+
+
+def test_a_key_anywhere_else_in_the_command_is_redacted() -> None:
+    args = ["s.jsonl", "--gateway", "http://127.0.0.1:1/sk-PATHKEY", "--api-key", "sk-PATHKEY"]
+    command, left_out = resume_command(args, RUN_DIR, secrets=["sk-PATHKEY"])
+    assert "sk-PATHKEY" not in command and "http://127.0.0.1:1/<redacted>" in command
+    assert left_out == ["--api-key", "the parts shown as <redacted>"]
+
+
+def test_options_go_before_a_double_dash_and_the_program_is_kept() -> None:
+    command, _ = resume_command(
+        ["-c", "4", "--", "--odd-name.jsonl"], RUN_DIR, program="python -m batchrunner run"
+    )
+    assert shlex.split(command) == [
+        "python", "-m", "batchrunner", "run", "-c", "4", "--out", str(RUN_DIR), "--",
+        "--odd-name.jsonl",
+    ]  # fmt: skip

@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from batchrunner.config import SECRET_HEADER_PATTERN, looks_secret
+from batchrunner.client import redact_url
+from batchrunner.config import SECRET_HEADER_PATTERN, Redactor, looks_secret
 
 #: Options whose value is a credential: left out of the hint.
 _KEY_OPTIONS = ("--api-key", "--virtual-key")
@@ -31,6 +32,12 @@ class RecordingCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
+def program() -> str:
+    """How the current command was invoked: ``batchrunner run``, ``python -m batchrunner run``."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.command_path if ctx is not None else "batchrunner run"
+
+
 def raw_args() -> list[str] | None:
     """The current command's arguments as typed, if it is a :class:`RecordingCommand`."""
     ctx = click.get_current_context(silent=True)
@@ -39,20 +46,43 @@ def raw_args() -> list[str] | None:
 
 
 def resume_command(
-    args: list[str], run_dir: Path, *, retry_failed: bool = False
+    args: list[str],
+    run_dir: Path,
+    *,
+    retry_failed: bool = False,
+    secrets: list[str] | None = None,
+    program: str = "batchrunner run",
 ) -> tuple[str, list[str]]:
     """``batchrunner run …`` that resumes ``run_dir``, and the credential options left out.
 
     :param args: the ``run`` command's arguments as typed.
     :param retry_failed: add ``--retry-failed`` (the failed requests must be sent again).
+    :param secrets: the run's credentials, cut out wherever else they appear.
+    :param program: how the user invoked ``run`` (e.g. ``python -m batchrunner run``).
     """
     kept: list[str] = []
     left_out: list[str] = []
+    positional_only = False  # after "--" every word is an argument
     i = 0
     while i < len(args):
         arg = args[i]
         name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if name in _KEY_OPTIONS:
+        if positional_only:
+            kept.append(arg)
+            i += 1
+        elif arg == "--":
+            positional_only = True
+            kept.append(arg)
+            i += 1
+        elif name == "--gateway":
+            url = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
+            used = 1 if eq else 2
+            if redact_url(url) != url:  # user:password or a query: credentials
+                left_out.append("--gateway (its URL holds credentials)")
+            else:
+                kept.extend(args[i : i + used])
+            i += used
+        elif name in _KEY_OPTIONS:
             left_out.append(name)
             i += 1 if eq else 2
         elif name in _REPLACED:
@@ -74,7 +104,14 @@ def resume_command(
         else:
             kept.append(arg)
             i += 1
-    kept += ["--out", str(run_dir)]
+    options = ["--out", str(run_dir)]
     if retry_failed and "--retry-failed" not in kept:
-        kept.append("--retry-failed")
-    return "batchrunner run " + shlex.join(kept), left_out
+        options.append("--retry-failed")
+    # Options go before a "--" (after it, click reads them as file names).
+    at = kept.index("--") if "--" in kept else len(kept)
+    kept[at:at] = options
+    command = f"{program} {shlex.join(kept)}"
+    redacted = Redactor(secrets or [])(command)
+    if redacted != command:
+        left_out.append("the parts shown as <redacted>")
+    return redacted, left_out

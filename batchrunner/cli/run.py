@@ -13,7 +13,7 @@ import orjson
 
 from batchrunner.cli import main
 from batchrunner.cli.options import credential_options
-from batchrunner.cli.resume_hint import RecordingCommand, raw_args, resume_command
+from batchrunner.cli.resume_hint import RecordingCommand, program, raw_args, resume_command
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -270,24 +270,35 @@ def run(
         per_s = rpm / 60.0
         max_rate = per_s if max_rate is None else min(float(max_rate), per_s)  # type: ignore[arg-type]
 
+    built: list[RunConfig] = []
+
     def build() -> RunConfig:
-        return RunConfig(
-            requests=requests,
-            mode=Mode(str(options.pop("mode"))),
-            headers=headers,
-            timeouts=Timeouts(
-                connect_s=connect_timeout_s, read_s=read_timeout_s, attempt_s=timeout_s
-            ),
-            retry=RetryPolicy(max_retries=max_retries),
-            max_rate=max_rate,  # type: ignore[arg-type]
-            keep_response_json=not no_response_json,
-            keep_response_text=not no_response_text,
-            **options,  # type: ignore[arg-type]
+        built.append(
+            RunConfig(
+                requests=requests,
+                mode=Mode(str(options.pop("mode"))),
+                headers=headers,
+                timeouts=Timeouts(
+                    connect_s=connect_timeout_s, read_s=read_timeout_s, attempt_s=timeout_s
+                ),
+                retry=RetryPolicy(max_retries=max_retries),
+                max_rate=max_rate,  # type: ignore[arg-type]
+                keep_response_json=not no_response_json,
+                keep_response_text=not no_response_text,
+                **options,  # type: ignore[arg-type]
+            )
         )
+        return built[-1]
 
     result = run_or_exit(build, quiet=quiet)
     args = raw_args() or [str(requests)]
-    command, left_out = resume_command(args, result.run_dir, retry_failed=result.failed_on_config)
+    command, left_out = resume_command(
+        args,
+        result.run_dir,
+        retry_failed=result.failed_on_config,
+        secrets=built[-1].secret_values(),
+        program=program(),
+    )
     notes = []
     if result.failed_on_config:
         notes.append("once the gateway address or key is fixed (change them in the command)")
@@ -298,8 +309,9 @@ def run(
         )
     if left_out:
         notes.append(
-            f"with {', '.join(dict.fromkeys(left_out))} given again or set in the environment "
-            "(credentials are never stored or shown)"
+            f"with {', '.join(dict.fromkeys(left_out))} given again (--api-key, --virtual-key "
+            "and --gateway may also come from BATCHRUNNER_API_KEY, BIFROST_VK and "
+            "BATCHRUNNER_GATEWAY); credentials are never stored or shown"
         )
     note = f"({'; '.join(notes)})" if notes else ""
     finish(result, as_json=as_json, quiet=quiet, resume_hint=command, hint_note=note)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from keyecho import key_echo_server
 
 from batchrunner.bench import (
     Slo,
@@ -256,3 +257,21 @@ def test_stages_leave_no_background_thread_behind(make_emulator, tmp_path, monke
     for thread in left:  # shut down: each exits once it sees that (bounded wait)
         thread.join(timeout=5)
     assert not [t for t in left if t.is_alive()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_keys_a_gateway_quotes_back_stay_out_of_bench_results(tmp_path, workers):
+    # Worker processes get the credentials only as request headers: they must redact too.
+    secret = "sk-ant-bench-SECRET1"
+    with key_echo_server() as url:
+        run = RunConfig(
+            requests=Path(), gateway=url, out=tmp_path / "out", api_key=secret,
+            retry=RetryPolicy(max_retries=0),
+        )  # fmt: skip
+        stages = [StageSpec("c=2", concurrency=2, duration_s=0.5)]
+        run_sync_coro(run_bench(BenchConfig(run=run, stages=stages, workers=workers), quiet=True))
+    rows = pq.read_table(tmp_path / "out" / "data").to_pandas()
+    assert len(rows) > 0 and rows["error_message"].str.contains("x-api-key <redacted>").all()
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

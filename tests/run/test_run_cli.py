@@ -87,7 +87,7 @@ def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, 
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 3, stderr
-        assert "Resume with: batchrunner run" in stderr
+        assert resume_hint(stderr)[-2:] == ["--out", str(out)]
         rows = read_rows(out)
         assert "cancelled" not in set(rows["status"])  # in-flight requests finished (drained)
         assert 10 <= len(rows) < 100
@@ -130,12 +130,38 @@ def test_sigterm_stops_like_ctrl_c(make_emulator, requests_file, tmp_path):
     assert session["status"] == "interrupted" and session["message"] == "stopped by SIGTERM"
 
 
+def test_a_signal_while_already_stopping_drains_and_is_recorded(
+    make_emulator, requests_file, tmp_path
+):
+    # --duration has stopped new requests and the ones in flight are finishing: a SIGTERM then
+    # must not cancel them (they are paid for); only a second signal would.
+    requests = requests_file(50)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 2.0)) as emu:
+        proc = start_run(
+            str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "4",
+            "--duration", "0.5",
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while emu.stats()["in_flight"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.8)  # past --duration, the four still in flight
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 3, stderr
+    assert "already stopping (--duration reached)" in stderr
+    rows = read_rows(out)
+    assert len(rows) == 4 and set(rows["status"]) == {"ok"}
+    session = orjson.loads((out / "run.json").read_bytes())["sessions"][-1]
+    assert (session["status"], session["message"]) == ("interrupted", "stopped by SIGTERM")
+
+
 def resume_hint(stderr: str) -> list[str]:
     """The printed resume command's arguments after ``batchrunner``."""
     line = next(x for x in stderr.splitlines() if x.startswith("Resume with: "))
     words = shlex.split(line.removeprefix("Resume with: "))
-    assert words[0] == "batchrunner"
-    return words[1:]
+    assert words[:3] == ["python", "-m", "batchrunner"]  # as these tests start it
+    return words[3:]
 
 
 def test_the_printed_resume_command_works_verbatim_and_keeps_the_gateway(
@@ -178,6 +204,12 @@ def test_after_a_configuration_abort_the_resume_command_retries_the_failed(
         assert first.returncode == 3, first.stderr
         hint = resume_hint(first.stderr)
         assert hint[-1] == "--retry-failed" and "once the gateway address" in first.stderr
+        failed = len(read_rows(out))
+        # without --gateway it would go on against the built-in emulator: refused, and the
+        # failed rows it would have sent again are still there
+        refused = run_cli("run", str(requests), "--out", str(out), "--retry-failed")
+        assert refused.returncode == 2 and "--gateway" in refused.stderr
+        assert len(read_rows(out)) == failed > 0
         fixed = [emu.base_url if word == wrong else word for word in hint]
         done = run_cli(*fixed)
     assert done.returncode == 0, done.stderr
@@ -236,6 +268,11 @@ def test_an_input_with_no_valid_request_is_an_input_error(make_emulator, tmp_pat
     assert rejected.returncode == 2, rejected.stderr
     assert f"no valid request in {no_model}: all 3 rows were rejected" in rejected.stderr
     assert len((tmp_path / "b" / "rejects.jsonl").read_text().splitlines()) == 3
+    with make_emulator() as emu:  # and so is resuming it
+        again = run_cli(
+            "run", str(no_model), "--gateway", emu.base_url, "--out", str(tmp_path / "b")
+        )
+    assert again.returncode == 2 and "all 3 rows were rejected" in again.stderr
     assert "Traceback" not in nothing.stderr + rejected.stderr
 
 

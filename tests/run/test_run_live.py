@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from keyecho import key_echo_server
 
 import batchrunner
 from batchrunner.client import Timeouts
@@ -273,42 +272,14 @@ def test_virtual_key_auth_and_no_secret_on_disk(make_emulator, requests_file, tm
                 assert b"sk-bf-wrong" not in path.read_bytes(), path
 
 
-class _EchoKeysHandler(BaseHTTPRequestHandler):
-    """Refuses every request with a 401 that quotes the credentials it received, as some
-    gateways do ("invalid x-api-key sk-…")."""
-
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        quoted = ", ".join(
-            f"{name} {self.headers.get(name)}" for name in ("x-api-key", "x-bf-vk", "authorization")
-        )
-        body = orjson.dumps(
-            {
-                "type": "error",
-                "error": {"type": "authentication_error", "message": f"invalid {quoted}"},
-            }
-        )
-        self.send_response(401)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_keys_a_gateway_quotes_back_never_reach_rows_run_json_or_stderr(
     requests_file, tmp_path, capsys
 ):
     secrets = ("sk-ant-echo-SECRET1", "vk-echo-SECRET2", "tok-echo-SECRET3")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoKeysHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with key_echo_server() as url:
         config = RunConfig(
             requests=requests_file(25),
-            gateway=f"http://127.0.0.1:{server.server_address[1]}",
+            gateway=url,
             out=tmp_path / "out",
             api_key=secrets[0],
             virtual_key=secrets[1],
@@ -317,9 +288,6 @@ def test_keys_a_gateway_quotes_back_never_reach_rows_run_json_or_stderr(
             concurrency=1,
         )
         result = run_sync(config, quiet=False)
-    finally:
-        server.shutdown()
-        server.server_close()
     rows = read_rows(tmp_path / "out")
     assert result.exit_code == EXIT_ABORTED and "401" in result.message
     # the gateway's words are kept, the keys are not
