@@ -78,19 +78,27 @@ def test_kill_9_then_resume_loses_nothing_and_sends_nothing_twice(
     assert [s["status"] for s in sessions] == ["died", "finished"]
 
 
-def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, tmp_path):
-    requests = requests_file(100)
-    out = tmp_path / "out"
+def signal_once_and_check_the_drain(
+    make_emulator, requests: Path, out: Path, sig: signal.Signals
+) -> str:
+    """Send ``sig`` once mid-run: the run drains, exits 3 and prints how to resume (stderr)."""
     with make_emulator(ttft=Dist("fixed", 0.05)) as emu:
         proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3")
         wait_for_rows(out, 10, proc)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=30)
-        assert proc.returncode == 3, stderr
-        assert resume_hint(stderr)[-2:] == ["--out", str(out)]
-        rows = read_rows(out)
-        assert "cancelled" not in set(rows["status"])  # in-flight requests finished (drained)
-        assert 10 <= len(rows) < 100
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 3, stderr
+    assert resume_hint(stderr)[-2:] == ["--out", str(out)]
+    rows = read_rows(out)
+    assert "cancelled" not in set(rows["status"])  # in-flight requests finished (drained)
+    assert 10 <= len(rows) < 100
+    return stderr
+
+
+def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, tmp_path):
+    requests = requests_file(100)
+    out = tmp_path / "out"
+    signal_once_and_check_the_drain(make_emulator, requests, out, signal.SIGINT)
 
     with make_emulator(ttft=Dist("fixed", 20.0)) as emu:  # requests that would hang
         proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3")
@@ -114,18 +122,9 @@ def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, 
 
 def test_sigterm_stops_like_ctrl_c(make_emulator, requests_file, tmp_path):
     # What timeout(1), systemd, Slurm and Kubernetes send before killing.
-    requests = requests_file(100)
     out = tmp_path / "out"
-    with make_emulator(ttft=Dist("fixed", 0.05)) as emu:
-        proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3")
-        wait_for_rows(out, 10, proc)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 3, stderr
+    stderr = signal_once_and_check_the_drain(make_emulator, requests_file(100), out, signal.SIGTERM)
     assert "Stopping (SIGTERM)" in stderr and "interrupted: stopped by SIGTERM" in stderr
-    assert resume_hint(stderr)[-2:] == ["--out", str(out)]
-    rows = read_rows(out)
-    assert "cancelled" not in set(rows["status"]) and 10 <= len(rows) < 100  # drained
     session = orjson.loads((out / "run.json").read_bytes())["sessions"][-1]
     assert session["status"] == "interrupted" and session["message"] == "stopped by SIGTERM"
 
