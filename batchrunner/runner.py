@@ -475,7 +475,7 @@ def resolve_run_dir(
     if config.out is not None:
         run_dir = config.out
         info = read_run_json(run_dir)
-        if info is None and run_dir.exists() and any(run_dir.iterdir()):
+        if info is None and run_dir.exists() and not _died_before_starting(run_dir):
             raise RunDirError(
                 f"--out {run_dir} exists, is not empty and is not a batchrunner run directory"
             )
@@ -693,6 +693,21 @@ async def _run_in_store(
         # compaction already started still completes.
         if session is not None:
             session.background.shutdown(wait=False)
+
+
+#: What a run directory holds before its ``run.json`` is written (the store's scaffolding).
+_SCAFFOLDING = frozenset({".lock", "data", "journal", "rejects.jsonl"})
+
+
+def _died_before_starting(run_dir: Path) -> bool:
+    """Whether ``run_dir`` (without ``run.json``) is empty, or is what a run killed while
+    starting left: only the store's scaffolding. Nothing is sent before ``run.json`` is
+    written, so such a directory holds no result and may be used afresh."""
+    names = {p.name for p in run_dir.iterdir()}
+    if not names <= _SCAFFOLDING:
+        return False
+    segments = (run_dir / "journal").glob("seg-*") if "journal" in names else []
+    return all(p.stat().st_size == 0 for p in segments)
 
 
 def gateway_label(config: RunConfig) -> str:

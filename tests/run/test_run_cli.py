@@ -39,7 +39,9 @@ def wait_for_rows(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        lines = sum(p.read_bytes().count(b"\n") for p in run_dir.glob("journal/*") if p.is_file())
+        # Journal segments only: a Parquet part is staged in journal/ too, and its bytes hold
+        # newlines (counting them let a signal arrive before the run had started).
+        lines = sum(p.read_bytes().count(b"\n") for p in run_dir.glob("journal/seg-*.jsonl"))
         parts = sum(pq.ParquetFile(p).metadata.num_rows for p in run_dir.glob("data/*.parquet"))
         if lines + parts >= at_least:
             return

@@ -17,6 +17,7 @@ from batchrunner.client import Timeouts
 from batchrunner.config import ConfigError, RunConfig
 from batchrunner.emulator.config import Dist
 from batchrunner.retry import RetryPolicy
+from batchrunner.rundir import RunDirError
 from batchrunner.runner import EXIT_ABORTED, EXIT_ERROR_RATE, EXIT_OK, run_sync
 from batchrunner.schema import RESULT_SCHEMA, Mode
 
@@ -334,8 +335,6 @@ def test_resume_refuses_a_changed_input(make_emulator, requests_file, tmp_path):
     with make_emulator() as emu:
         run(requests, emu.base_url, tmp_path / "out", max_requests=2)
         requests.write_bytes(requests.read_bytes() + requests.read_bytes()[:200])
-        from batchrunner.rundir import RunDirError
-
         with pytest.raises(RunDirError, match="not the file this run started with"):
             run(requests, emu.base_url, tmp_path / "out")
 
@@ -415,3 +414,20 @@ def test_resume_takes_the_latest_run_of_the_same_mode(make_emulator, requests_fi
     assert stream_run.run_dir != sync_run.run_dir
     assert resumed.run_dir == sync_run.run_dir and resumed.status == "finished"
     assert resumed.sent_this_session == 15
+
+
+def test_a_directory_left_by_a_run_killed_while_starting_can_be_used(
+    make_emulator, requests_file, tmp_path
+):
+    # Killed after the store made its directories but before run.json: nothing was sent.
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "journal").mkdir()
+    (out / ".lock").write_text("12345\n")
+    with make_emulator() as emu:
+        result = run(requests_file(5), emu.base_url, out)
+    assert result.status == "finished" and len(read_rows(out)) == 5
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="is not a batchrunner run directory"):
+        run(requests_file(5), "http://127.0.0.1:9", tmp_path / "other")
