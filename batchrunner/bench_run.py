@@ -185,7 +185,7 @@ async def run_bench(
                         if runner.interrupted:
                             break
                 if runner.interrupted:
-                    status, message = "interrupted", "interrupted (Ctrl-C)"
+                    status, message = "interrupted", runner.interrupted_by
                 elif state.stop_reason:
                     status, message = "stopped", state.stop_reason
     finally:
@@ -344,6 +344,8 @@ class _StageRunner:
         self.handle_signals = handle_signals
         self.next_index = 0
         self.interrupted = False
+        #: What interrupted the stages ("stopped by SIGTERM").
+        self.interrupted_by = ""
         self._devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives with the bench
 
     def close(self) -> None:
@@ -419,6 +421,7 @@ class _StageRunner:
             state.errors -= sum(collector.status.values()) - collector.status.get("ok", 0)
         if session.interrupted:
             self.interrupted = True
+            self.interrupted_by = session.interrupted_by or "interrupted"
 
     async def _run_workers(self, spec: StageSpec, collector: StageCollector, base: int) -> None:
         """Start N workers, wait until each is ready, then give them one start instant."""
