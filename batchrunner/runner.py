@@ -553,7 +553,7 @@ async def run_session(
     requests = config.requests
     if requests.is_file():
         fingerprint: dict[str, Any] | None = input_fingerprint(requests)
-        total = await asyncio.to_thread(count_requests, requests)
+        total = await asyncio.to_thread(count_requests, requests, config.source_options())
     elif config.collect_only:
         fingerprint, total = None, None  # collect can poll without the input file
     else:

@@ -157,15 +157,20 @@ class ValidationReport:
         return out
 
 
-def count_requests(path: str | os.PathLike[str]) -> int:
+def count_requests(
+    path: str | os.PathLike[str], options: SourceOptions | None = None
+) -> int:
     """Number of data rows, without parsing them: non-blank lines of a JSONL file (read in
     binary blocks), ``num_rows`` from a Parquet footer. Rows that will be rejected count too,
     so this is the range of ``input_index``.
 
     :param path: the request file.
-    :raises InputError: the file is missing, unreadable or of an unknown type.
+    :param options: how the file will be read; a Parquet file is checked for the columns they
+        name (``prompt_column``, ``metadata_columns``), so pass the run's own.
+    :raises InputError: the file is missing, unreadable, of an unknown type, or lacks the
+        columns ``options`` name.
     """
-    source = _open(path, SourceOptions())
+    source = _open(path, options or SourceOptions())
     try:
         return source.count()
     except FormatError as exc:

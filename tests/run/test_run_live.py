@@ -359,6 +359,27 @@ def test_rejects_are_reported_and_skipped(make_emulator, tmp_path):
     assert "max_tokens" in rejects[1]["reason"]
 
 
+def test_parquet_with_a_named_prompt_column_runs(make_emulator, tmp_path):
+    """The column options reach every reader of the file, the row count included."""
+    path = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"question": ["why?", "how?", "when?"], "tag": ["a", "b", "c"]}), path)
+    with make_emulator() as emu:
+        result = run(
+            path,
+            emu.base_url,
+            tmp_path / "out",
+            prompt_column="question",
+            metadata_columns=["tag"],
+            model="claude-haiku-4-5",
+            max_tokens=8,
+        )
+        sent = emu.ground_truth()
+    assert result.exit_code == EXIT_OK and result.summary["status"] == {"ok": 3}
+    rows = read_rows(tmp_path / "out").sort_values("input_index")
+    assert rows["metadata"].map(orjson.loads).tolist() == [{"tag": t} for t in "abc"]
+    assert sorted(e["model"] for e in sent) == ["claude-haiku-4-5"] * 3
+
+
 def test_library_entry_point_without_gateway_uses_the_emulator(requests_file, tmp_path):
     result = batchrunner.run(requests_file(6), out=tmp_path / "out", emulator_profile="instant")
     assert result.exit_code == EXIT_OK and result.summary["status"] == {"ok": 6}
