@@ -17,6 +17,7 @@ _EXPORTS = {
     "RESULT_SCHEMA": "batchrunner.schema",
     "RequestRecord": "batchrunner.schema",
     "RunConfig": "batchrunner.config",
+    "RunDirError": "batchrunner.rundir",
     "RunResult": "batchrunner.runner",
     "Status": "batchrunner.schema",
     "run": "batchrunner.api",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from batchrunner.client import Timeouts
-from batchrunner.config import RunConfig
+from batchrunner.config import ConfigError, RunConfig
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunResult, run_sync
+from batchrunner.runner import RunResult, run_session, run_sync, run_sync_coro
 from batchrunner.schema import Mode
 
 
@@ -26,6 +27,7 @@ def run(
     transport: httpx.AsyncBaseTransport | None = None,
     http_client: httpx.AsyncClient | None = None,
     timeout_s: float | None = None,
+    read_timeout_s: float | None = None,
     max_retries: int | None = None,
     quiet: bool = True,
     **options: Any,
@@ -37,31 +39,52 @@ def run(
 
     :param requests: JSONL or Parquet request set.
     :param gateway: gateway base URL; ``None`` starts the built-in emulator.
-    :param mode: ``sync`` or ``stream``.
+    :param mode: ``sync``, ``stream`` or ``async``.
     :param concurrency: closed-loop workers, or the in-flight cap with ``rate``.
     :param out: run directory (an existing one is resumed).
     :param transport: an httpx transport to send through.
     :param http_client: an ``httpx.AsyncClient`` to send through instead.
-    :param timeout_s: per-attempt timeout.
+    :param timeout_s: whole-attempt timeout (the CLI's ``--timeout``); the read timeout is
+        raised to it unless ``read_timeout_s`` is given.
+    :param read_timeout_s: longest silence while reading a response (``--read-timeout``).
     :param max_retries: retries per request.
     :param quiet: print nothing.
     :param options: any other :class:`batchrunner.config.RunConfig` field (``rate``,
         ``max_rate``, ``max_requests``, ``api_key``, ``virtual_key``, ``resume``, ...).
-    :return: a :class:`RunResult` (``run_dir``, ``summary``, ``status``, ``exit_code``).
+    :return: a :class:`RunResult` (``run_dir``, ``summary``, ``status``, ``exit_code``),
+        whatever the run's outcome: a ``strict=True`` stop at an invalid row is ``aborted``
+        (exit code 3), with the row in ``rejects.jsonl``.
     :raises batchrunner.ConfigError: invalid options.
-    :raises batchrunner.InputError: unreadable input (or an invalid row with ``strict=True``).
+    :raises batchrunner.InputError: a missing, unreadable or empty input.
+    :raises batchrunner.RunDirError: the run directory cannot be used.
+    :raises KeyboardInterrupt: after closing the run as ``interrupted`` (Ctrl-C, a notebook's
+        interrupt).
     """
+    try:
+        mode = Mode(mode)
+    except ValueError:
+        known = ", ".join(repr(m.value) for m in Mode)
+        raise ConfigError(f"mode must be one of {known}, got {mode!r}") from None
+    unknown = sorted(set(options) - {f.name for f in fields(RunConfig)})
+    if unknown:
+        raise ConfigError(
+            f"unknown option {', '.join(map(repr, unknown))}: run() takes the fields of "
+            "batchrunner.RunConfig"
+        )
     config = RunConfig(
         requests=Path(requests),
         gateway=gateway,
-        mode=Mode(mode),
+        mode=mode,
         concurrency=concurrency,
         out=Path(out) if out is not None else None,
         **options,
     )
-    if timeout_s is not None:
+    if timeout_s is not None or read_timeout_s is not None:
+        default = config.timeouts
         config.timeouts = Timeouts(
-            connect_s=config.timeouts.connect_s, read_s=timeout_s, attempt_s=timeout_s
+            connect_s=default.connect_s,
+            read_s=read_timeout_s or timeout_s or default.read_s,
+            attempt_s=timeout_s or default.attempt_s,
         )
     if max_retries is not None:
         config.retry = RetryPolicy(max_retries=max_retries)
@@ -70,5 +93,34 @@ def run(
         asyncio.get_running_loop()
     except RuntimeError:
         return run_sync(config, **kwargs)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(run_sync, config, **kwargs).result()
+    return _run_in_own_thread(config, kwargs)
+
+
+def _run_in_own_thread(config: RunConfig, kwargs: dict[str, Any]) -> RunResult:
+    """Run on a thread with its own loop, for a caller whose thread already runs one (a
+    notebook). An interrupt of the caller (the notebook's stop button) stops the run as Ctrl-C
+    stops a script's: its task is cancelled, the requests in flight are recorded as cancelled,
+    ``run.json`` says "interrupted", then KeyboardInterrupt goes on."""
+    started: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]]
+    started = concurrent.futures.Future()
+
+    async def session() -> RunResult:
+        task = asyncio.current_task()
+        assert task is not None
+        started.set_result((asyncio.get_running_loop(), task))
+        return await run_session(config, **kwargs)
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrunner")
+    future = pool.submit(run_sync_coro, session())
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        concurrent.futures.wait([started, future], return_when=concurrent.futures.FIRST_COMPLETED)
+        if started.done():
+            loop, task = started.result()
+            loop.call_soon_threadsafe(task.cancel)
+        # A second interrupt stops this wait only: the run still closes on its thread.
+        concurrent.futures.wait([future])
+        raise
+    finally:
+        pool.shutdown(wait=False)

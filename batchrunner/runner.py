@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import gc
 import random
-import signal
 import sys
 import time
 import uuid
@@ -38,6 +37,7 @@ from batchrunner.execute import ExecContext, execute
 from batchrunner.fdlimit import ensure_open_files
 from batchrunner.feed import FEED_CHUNK, RecordFeed
 from batchrunner.heap import release_free_heap
+from batchrunner.interrupts import SignalHandlers
 from batchrunner.jobs import Job, JobContext, JobPoller, submit
 from batchrunner.pacing import Pacer, RateCeiling, schedule_offsets
 from batchrunner.polling import PollPlanner
@@ -141,6 +141,8 @@ class _Session:
     interrupted: bool = False
     #: What interrupted the run ("stopped by SIGTERM"), once a signal came.
     interrupted_by: str = ""
+    #: Sending is over and the results are being written: signals are only acknowledged.
+    finishing: bool = False
     fatal: BaseException | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     redo_indices: frozenset[int] = frozenset()
@@ -257,6 +259,10 @@ class _Session:
     def on_signal(self, what: str, again: str) -> None:
         # The first signal drains, even when the run is already stopping (--duration, a
         # --strict reject): requests in flight are paid for. Only a second one cancels them.
+        if self.finishing:
+            # Nothing is left to cancel; stopping now would only leave run.json unfinished.
+            self._say(f"\n{what}: sending is over; writing the results and run.json, a moment.")
+            return
         if not self.interrupted_by:
             self.interrupted = True
             self.interrupted_by = f"stopped by {what}"
@@ -272,6 +278,12 @@ class _Session:
         else:
             self._say(f"\nCancelling in-flight requests ({what}; recorded as cancelled).")
             self.cancel_in_flight()
+
+    def on_cancelled(self) -> None:
+        """The session's task was cancelled (Ctrl-C in a script: asyncio.run cancels it); the
+        requests in flight were cancelled with it and are recorded as such."""
+        self.interrupted = True
+        self.interrupted_by = self.interrupted_by or "cancelled (KeyboardInterrupt or task cancel)"
 
     def _say(self, text: str) -> None:
         if not self.quiet:
@@ -667,6 +679,8 @@ async def _run_in_store(
             flush=True,
         )
     session: _Session | None = None
+    signals = SignalHandlers()
+    cancelled = False
     try:
         with _gateway(config, stderr, quiet) as url:
             info["gateway"] = gateway_label(config)
@@ -684,11 +698,23 @@ async def _run_in_store(
             with (run_dir / "rejects.jsonl").open(rejects_mode, encoding="utf-8") as rejects:
                 session = _Session(config, store, client, run_id, stats, rejects, stderr, quiet)
                 session.redo_indices = redo_indices
+                if handle_signals:  # until run.json is final: a signal must not cut _finish
+                    signals.install(session.on_sigint, session.on_sigterm)
                 async with client:
                     with send_phase():
-                        await _drive(session, options, handle_signals, progress and not quiet)
-        return await _finish(session, info, session_info)
+                        try:
+                            await _drive(session, options, False, progress and not quiet)
+                        except asyncio.CancelledError:
+                            # Close the run as interrupted, then let the cancellation go on.
+                            cancelled = True
+                            session.on_cancelled()
+                session.finishing = True
+        result = await _finish(session, info, session_info)
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
     finally:
+        signals.remove()
         # Only after _finish, which closes the store and summarizes on this executor; a
         # compaction already started still completes.
         if session is not None:
@@ -770,9 +796,9 @@ async def _drive(
         )
         feed = RecordFeed(source, config.max_requests)
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
+    signals = SignalHandlers()
     if handle_signals:
-        loop.add_signal_handler(signal.SIGINT, session.on_sigint)
-        loop.add_signal_handler(signal.SIGTERM, session.on_sigterm)
+        signals.install(session.on_sigint, session.on_sigterm)
     try:
         async with asyncio.TaskGroup() as tg:
             helpers = [tg.create_task(display.run()), tg.create_task(session.compactor())]
@@ -815,9 +841,7 @@ async def _drive(
         session.input_failed(failure)
     finally:
         await feed.aclose()
-        if handle_signals:
-            loop.remove_signal_handler(signal.SIGINT)
-            loop.remove_signal_handler(signal.SIGTERM)
+        signals.remove()
         session.flush()
 
 
@@ -981,7 +1005,12 @@ def run_sync_coro(coro: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
+        result = runner.run(coro)
+        try:
+            runner.close()
+        except KeyboardInterrupt:
+            pass  # came after the run had ended and recorded everything: nothing to stop
+        return result
 
 
 __all__ = [

@@ -10,6 +10,7 @@ import click
 from batchrunner.cli import main
 from batchrunner.cli.options import credential_options
 from batchrunner.cli.run import finish, run_or_exit
+from batchrunner.cli.signals import stops_cleanly_on_signals
 
 
 @main.command()
@@ -31,6 +32,7 @@ from batchrunner.cli.run import finish, run_or_exit
 @click.option("--poll-concurrency", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
+@stops_cleanly_on_signals
 def collect(
     run_dir: Path,
     gateway: str | None,

@@ -14,6 +14,7 @@ import orjson
 from batchrunner.cli import main
 from batchrunner.cli.options import credential_options
 from batchrunner.cli.resume_hint import RecordingCommand, program, raw_args, resume_command
+from batchrunner.cli.signals import session_over, stops_cleanly_on_signals
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -237,6 +238,7 @@ Exit codes:
     help="Print nothing (no progress, messages or summary); the exit code tells the outcome, "
     "--json still prints the summary.",
 )
+@stops_cleanly_on_signals
 def run(
     requests: Path,
     headers: dict[str, str],
@@ -321,15 +323,14 @@ def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:
     """Build the configuration and run it; usage and internal errors exit with their codes."""
     from batchrunner.config import ConfigError
     from batchrunner.rundir import RunDirError
-    from batchrunner.runner import EXIT_ABORTED, EXIT_INTERNAL, EXIT_USAGE, run_sync
+    from batchrunner.runner import EXIT_INTERNAL, EXIT_USAGE, run_sync
     from batchrunner.sources import InputError
     from batchrunner.store import RunStoreError
 
     try:
-        return run_sync(build(), handle_signals=True, quiet=quiet)
-    except KeyboardInterrupt:
-        click.echo("Interrupted before the run started; nothing was sent.", err=True)
-        sys.exit(EXIT_ABORTED)
+        result = run_sync(build(), handle_signals=True, quiet=quiet)
+        session_over()
+        return result
     except (ConfigError, InputError, RunDirError, RunStoreError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_USAGE)

@@ -452,3 +452,31 @@ def test_a_directory_left_by_a_run_killed_while_starting_can_be_used(
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="is not a batchrunner run directory"):
         run(requests_file(5), "http://127.0.0.1:9", tmp_path / "other")
+
+
+def test_library_run_checks_its_arguments_and_sets_each_timeout(
+    make_emulator, requests_file, tmp_path
+):
+    requests = requests_file(2)
+    with pytest.raises(ConfigError, match="mode must be one of 'sync', 'stream', 'async'"):
+        batchrunner.run(requests, mode="turbo", out=tmp_path / "a")
+    with pytest.raises(ConfigError, match="unknown option 'concurency'"):
+        batchrunner.run(requests, concurency=4, out=tmp_path / "a")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(batchrunner.RunDirError):
+        batchrunner.run(requests, out=tmp_path / "file" / "run", emulator_profile="instant")
+    assert not (tmp_path / "a").exists()
+    with make_emulator(fault_stall=1.0) as emu:
+        for name, kw, expected in (
+            (
+                "read",
+                {"timeout_s": 5, "read_timeout_s": 0.3},
+                "ReadTimeout: no response data for 0.3 s",
+            ),
+            ("whole", {"timeout_s": 0.4}, "Timeout: no complete response within 0.4 s"),
+        ):
+            batchrunner.run(
+                requests, gateway=emu.base_url, out=tmp_path / name, max_retries=0, **kw
+            )
+            messages = set(read_rows(tmp_path / name)["error_message"])
+            assert messages == {expected}, messages

@@ -1,0 +1,125 @@
+"""Signals outside the run session's drain-then-cancel window: while the results are being
+written, before the session starts, and in a script or notebook that uses the library."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+import batchrunner.runner as runner_module
+from batchrunner.cli import main
+from batchrunner.config import RunConfig
+from batchrunner.emulator.config import Dist
+from batchrunner.runner import EXIT_OK, run_sync
+
+from .conftest import read_rows
+
+pytestmark = pytest.mark.slow
+
+
+def test_signals_while_the_results_are_written_do_not_cut_them(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    real_summarize = runner_module.summarize_batches
+
+    def summarize_under_signals(*args, **kwargs):
+        # On the compaction thread, once sending is over: the loop is free to take them.
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        return real_summarize(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "summarize_batches", summarize_under_signals)
+    stderr = io.StringIO()
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        config = RunConfig(requests=requests_file(20), gateway=emu.base_url, out=out)
+        result = run_sync(config, handle_signals=True, stderr=stderr, progress=False)
+    assert (result.status, result.exit_code) == ("finished", EXIT_OK)
+    assert stderr.getvalue().count("sending is over; writing the results and run.json") == 2
+    info = orjson.loads((out / "run.json").read_bytes())
+    assert info["status"] == "finished" and info["summary"]["requests"] == 20
+    # the handlers given back are the ones before the run (pytest's), not asyncio's defaults
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_starting_stops_with_a_message_and_exit_3(
+    requests_file, tmp_path, monkeypatch, sig
+):
+    def count_under_signal(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        time.sleep(0.3)
+        raise AssertionError("the signal did not stop the start")
+
+    monkeypatch.setattr(runner_module, "count_requests", count_under_signal)
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(requests_file(5)), "--out", str(out)])
+    said = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    assert result.exit_code == 3, result.output
+    assert f"{said}: stopped while starting, before sending anything." in result.stderr
+    assert "Aborted!" not in result.output and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is previous_sigterm
+
+
+SCRIPT = """
+import batchrunner
+try:
+    batchrunner.run({requests!r}, gateway={gateway!r}, out={out!r}, concurrency=3)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt reached the caller")
+"""
+NOTEBOOK = """
+import asyncio
+import batchrunner
+
+async def cell():  # a notebook cell: the thread already runs a loop
+    try:
+        batchrunner.run({requests!r}, gateway={gateway!r}, out={out!r}, concurrency=3)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt reached the caller")
+
+asyncio.new_event_loop().run_until_complete(cell())
+"""
+
+
+@pytest.mark.parametrize("body", [SCRIPT, NOTEBOOK], ids=["script", "notebook"])
+def test_ctrl_c_in_a_library_caller_closes_the_run_then_raises(
+    make_emulator, requests_file, tmp_path, body
+):
+    requests, out = requests_file(200), tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.05)) as emu:
+        code = textwrap.dedent(body).format(
+            requests=str(requests), gateway=emu.base_url, out=str(out)
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 30
+        while emu.stats()["in_flight"] < 3 or not list(out.glob("journal/seg-*.jsonl")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert stdout.strip() == "KeyboardInterrupt reached the caller"
+    info = orjson.loads((out / "run.json").read_bytes())
+    assert info["status"] == "interrupted"
+    assert info["sessions"][-1]["message"] == "cancelled (KeyboardInterrupt or task cancel)"
+    rows = read_rows(out)
+    # the requests in flight became rows too; the rest is for a resume
+    assert 1 <= (rows["status"] == "cancelled").sum() <= 3
+    assert set(rows["status"]) == {"ok", "cancelled"} and len(rows) < 200
+    assert info["summary"]["requests"] == len(rows)
