@@ -193,8 +193,17 @@ class _Session:
         try:
             self.store.append_rows(rows)
         except OSError as exc:
-            self.fatal = RunAborted(f"cannot write results to {self.store.run_dir}: {exc}")
-            self.stop("output is not writable")
+            self.cannot_write(exc)
+
+    def cannot_write(self, exc: OSError) -> None:
+        """The run directory refused a write (disk full, quota, read-only): stop and say so.
+        Rows already in the journal stay there; the next session converts them."""
+        if self.fatal is None:
+            self.fatal = RunAborted(
+                f"cannot write results to {self.store.run_dir}: {exc}; finished rows are kept "
+                "(free space, then resume)"
+            )
+        self.stop("output is not writable")
 
     def _track_config_errors(self, row: dict[str, Any]) -> None:
         status = row.get("http_status")
@@ -447,7 +456,11 @@ class _Session:
             self.compaction = asyncio.get_running_loop().run_in_executor(
                 self.background, self.compact, trim
             )
-            await asyncio.shield(self.compaction)
+            try:
+                await asyncio.shield(self.compaction)
+            except OSError as exc:  # the segments stay in journal/ for the next session
+                self.cannot_write(exc)
+                return
 
     def compact(self, trim: bool) -> None:
         """Convert closed segments (on the background thread), then, if *trim*, hand the C
@@ -897,7 +910,10 @@ async def _finish(
     # On the compaction thread: a thread of its own would bring its own malloc arena, ~10 MB
     # more resident memory at the end of the run.
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(session.background, _close_and_trim, store)
+    try:
+        await loop.run_in_executor(session.background, _close_and_trim, store)
+    except OSError as exc:  # the summary still reads the segments left in journal/
+        session.cannot_write(exc)
     # Part by part: the whole table (and a frame of it) would cost ~1 GB per million rows.
     summary = await loop.run_in_executor(
         session.background,
@@ -957,7 +973,12 @@ async def _finish(
         if config.mode is Mode.ASYNC
         else None
     )
-    await asyncio.to_thread(write_json_atomic, store.run_dir / RUN_JSON, info)
+    try:
+        await asyncio.to_thread(write_json_atomic, store.run_dir / RUN_JSON, info)
+    except OSError as exc:  # the rows are safe; only this session's account is lost
+        message = f"{message}; run.json could not be updated: {exc}".lstrip("; ")
+        if code == EXIT_OK:
+            code = EXIT_ABORTED
     return RunResult(
         run_dir=store.run_dir,
         summary=summary,

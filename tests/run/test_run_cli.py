@@ -309,3 +309,29 @@ def test_strict_lets_requests_in_flight_finish_and_records_the_reject(
     assert set(rows["status"]) == {"ok"} and len(rows) <= 150
     rejects = [orjson.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert [r["location"] for r in rejects] == [f"{path}:151"]
+
+
+def test_a_full_disk_aborts_with_exit_3_and_a_resume_completes_the_run(requests_file, tmp_path):
+    # RLIMIT_FSIZE makes every write past 256 KB in a file fail (EFBIG) as a full disk would:
+    # the journal segment fills up first, mid-run.
+    import resource
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+
+    requests, out = requests_file(3000), tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "BATCHRUNNER_GATEWAY"}
+    full = subprocess.run(
+        [sys.executable, "-m", "batchrunner", "run", str(requests), "--out", str(out),
+         "--emulator-profile", "instant"],
+        capture_output=True, text=True, timeout=90, env=env, preexec_fn=limit_file_size,
+    )  # fmt: skip
+    assert full.returncode == 3, full.stderr
+    assert f"aborted: cannot write results to {out}: [Errno 27] File too large" in full.stderr
+    assert "Internal error" not in full.stderr and "Resume with: " in full.stderr
+    session = orjson.loads((out / "run.json").read_bytes())["sessions"][-1]
+    assert session["status"] == "aborted" and "File too large" in session["message"]
+    done = run_cli("run", str(requests), "--out", str(out), "--emulator-profile", "instant", "-q")
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(out)
+    assert sorted(rows["input_index"]) == list(range(3000)) and set(rows["status"]) == {"ok"}

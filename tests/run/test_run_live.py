@@ -480,3 +480,29 @@ def test_library_run_checks_its_arguments_and_sets_each_timeout(
             )
             messages = set(read_rows(tmp_path / name)["error_message"])
             assert messages == {expected}, messages
+
+
+def test_a_disk_full_at_the_final_conversion_aborts_and_keeps_the_rows(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    import errno
+
+    from batchrunner.store import RunStore
+
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    requests, out = requests_file(30), tmp_path / "out"
+    with make_emulator() as emu:
+        with monkeypatch.context() as patch:
+            patch.setattr(RunStore, "compact_closed", disk_full)
+            result = run(requests, emu.base_url, out)
+        assert (result.status, result.exit_code) == ("aborted", EXIT_ABORTED)
+        assert "No space left on device; finished rows are kept" in result.message
+        assert result.summary["requests"] == 30  # read from the segments left in journal/
+        left = list((out / "journal").glob("seg-*.jsonl"))
+        assert sum(p.read_bytes().count(b"\n") for p in left) == 30
+        assert orjson.loads((out / "run.json").read_bytes())["status"] == "aborted"
+        again = run(requests, emu.base_url, out)
+        assert len(emu.ground_truth()) == 30  # the resume found every row: nothing re-sent
+    assert again.status == "finished" and len(read_rows(out)) == 30
