@@ -948,7 +948,10 @@ async def _finish(
     elif complete:
         status, code, message = "finished", EXIT_OK, ""
     else:
-        status, code, message = "incomplete", EXIT_OK, session.stop_reason or "limit reached"
+        status, code = "incomplete", EXIT_OK
+        message = session.stop_reason or (
+            f"--max-requests {config.max_requests:,} reached" if config.max_requests else "stopped"
+        )
     failed = sum(v for k, v in summary["status"].items() if k not in ("ok", "cancelled"))
     if code == EXIT_OK and config.max_error_rate is not None and finished:
         rate = failed / finished

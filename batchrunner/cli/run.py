@@ -309,6 +309,13 @@ def run(
             "it stops at the same row again: without --strict invalid rows are skipped and "
             "written to rejects.jsonl; a corrected file is a new input and needs a new run"
         )
+    limits = [o for o in ("--max-requests", "--duration") if _given(o, args)]
+    if limits:
+        notes.append(
+            f"{' and '.join(limits)} {'count' if len(limits) > 1 else 'counts'} again from the "
+            f"start of the resumed session: leave {'them' if len(limits) > 1 else 'it'} out to "
+            "send all the rest"
+        )
     if left_out:
         notes.append(
             f"with {', '.join(dict.fromkeys(left_out))} given again (--api-key, --virtual-key "
@@ -317,6 +324,11 @@ def run(
         )
     note = f"({'; '.join(notes)})" if notes else ""
     finish(result, as_json=as_json, quiet=quiet, resume_hint=command, hint_note=note)
+
+
+def _given(option: str, args: list[str]) -> bool:
+    """Whether a long option is among the command's arguments (``--opt V`` or ``--opt=V``)."""
+    return any(a == option or a.startswith(option + "=") for a in args)
 
 
 def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:

@@ -218,6 +218,23 @@ def test_after_a_configuration_abort_the_resume_command_retries_the_failed(
     assert sorted(rows["input_index"]) == list(range(30)) and set(rows["status"]) == {"ok"}
 
 
+def test_a_run_stopped_by_its_limit_says_which_and_that_it_counts_again(
+    requests_file, tmp_path
+):
+    requests, out = requests_file(20), tmp_path / "out"
+    first = run_cli(
+        "run", str(requests), "--max-requests=8", "--out", str(out), "--emulator-profile", "instant"
+    )
+    assert first.returncode == 0, first.stderr
+    assert "incomplete: --max-requests 8 reached" in first.stderr
+    assert "--max-requests counts again from the start of the resumed session" in first.stderr
+    hint = resume_hint(first.stderr)
+    assert "--max-requests=8" in hint
+    rest = run_cli(*[word for word in hint if word != "--max-requests=8"], "-q")
+    assert rest.returncode == 0, rest.stderr
+    assert sorted(read_rows(out)["input_index"]) == list(range(20))
+
+
 def test_demo_runs_on_the_built_in_emulator(tmp_path):
     demo = Path(__file__).resolve().parents[2] / "jobs" / "demo.jsonl"
     result = run_cli("run", str(demo), "--results-root", str(tmp_path), "--json")
