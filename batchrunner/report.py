@@ -399,10 +399,12 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
 
 @dataclass(slots=True)
 class _Window:
-    """The run's time span: first schedule (or send) to last completion, epoch seconds."""
+    """The run's time span: first schedule (or send) to last completion, epoch seconds; and
+    ``active``, the time it was sending (the span less the gaps between sessions)."""
 
     start: float | None
     end: float | None
+    active: float | None = None
 
     @property
     def wall(self) -> float | None:
@@ -411,12 +413,21 @@ class _Window:
         return max(self.end - self.start, 0.0)
 
 
-def _window(frame: pd.DataFrame) -> _Window:
+def _window(frame: pd.DataFrame, session_starts: Sequence[float] = ()) -> _Window:
+    windows = stats.SessionWindows(session_starts)
+    add_to_windows(windows, frame)
+    return _Window(windows.start, windows.end, windows.active)
+
+
+def add_to_windows(windows: stats.SessionWindows, frame: pd.DataFrame) -> None:
+    """Feed a frame's rows (from :func:`_frame`) to *windows*."""
     begin = np.fmin(frame["scheduled_at"].to_numpy(), frame["sent_at"].to_numpy())
-    done = frame["completed_at"].to_numpy()
-    start = float(np.nanmin(begin)) if np.isfinite(begin).any() else None
-    end = float(np.nanmax(done)) if np.isfinite(done).any() else None
-    return _Window(start, end)
+    windows.add(begin, frame["completed_at"].to_numpy(dtype=np.float64))
+
+
+def session_starts(info: dict[str, Any]) -> list[float]:
+    """When each session of a run began, from its ``run.json``."""
+    return [s["started_at"] for s in info.get("sessions") or [] if s.get("started_at")]
 
 
 def _num(value: float | None) -> float | None:
@@ -721,9 +732,9 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
         mask = is_warm[cats.codes.to_numpy()]
         if mask.any():
             warm, f = f[mask], f[~mask].reset_index(drop=True)
-    window = _window(f)
+    window = _window(f, session_starts(run.info))
     metrics = [m for m in METRICS if f[m].notna().any()]
-    overall = _section(f, window.wall, metrics)
+    overall = _section(f, window.active, metrics)
     config = run.info.get("config") or {}
     modes = sorted({str(m) for m in _labels(run.table, "mode")} - {_NONE}) \
         if "mode" in run.table.column_names else []
@@ -737,7 +748,7 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
         "rows": rows_read,
         "journal_rows": run.journal_rows,
         "window": {"start_at": _iso(window.start), "end_at": _iso(window.end),
-                   "wall_s": _num(window.wall)},
+                   "wall_s": _num(window.wall), "active_s": _num(window.active)},
         "metrics": metrics,
         "overall": overall,
         "groups": [],
@@ -752,7 +763,7 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
     elif by:
         groups, parts = _split(f, by, max_groups)
         for key, part in zip(groups, parts, strict=True):
-            report["groups"].append({"key": key, **_section(part, window.wall, metrics)})
+            report["groups"].append({"key": key, **_section(part, window.active, metrics)})
     if plot_data:
         report["plot_data"] = _plot_data(f, parts, metrics)
     return report
@@ -887,20 +898,24 @@ def compare(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # the short summary at the end of ``run``
 
 
-def summarize_table(table: pa.Table, book: PriceBook | None = None) -> dict[str, Any]:
+def summarize_table(
+    table: pa.Table, book: PriceBook | None = None, session_starts: Sequence[float] = ()
+) -> dict[str, Any]:
     """The closing summary of ``run`` (kept small: it also goes into ``run.json``).
 
     :param table: result rows with at least :data:`SUMMARY_COLUMNS`.
     :param book: prices (default: bundled genai-prices data).
-    :return: ``requests``, ``status``, ``error_types``, ``wall_s``, ``requests_per_s``,
-        ``output_tokens_per_s``, one distribution per timing metric the rows have (ok rows),
-        ``tokens`` and ``cost``.
+    :param session_starts: when each session of the run began: the rates are over the time
+        spent sending (``wall_s``), without the gaps between sessions; ``span_s`` is the whole.
+    :return: ``requests``, ``status``, ``error_types``, ``wall_s``, ``span_s``,
+        ``requests_per_s``, ``output_tokens_per_s``, one distribution per timing metric the
+        rows have (ok rows), ``tokens`` and ``cost``.
     """
     book = book or PriceBook()
     f, _cards = _frame(table, (), book)
-    window = _window(f)
+    window = _window(f, session_starts)
     metrics = [m for m in METRICS if f[m].notna().any()]
-    section = _section(f, window.wall, metrics)
+    section = _section(f, window.active, metrics)
     status = {k: v for k, v in section["status"].items() if v}
     errors = {e["error_type"]: e["count"] for e in section["errors"] if e["error_type"] != _NONE}
     out: dict[str, Any] = {
@@ -908,6 +923,7 @@ def summarize_table(table: pa.Table, book: PriceBook | None = None) -> dict[str,
         "status": status,
         "error_types": errors,
         "wall_s": section["throughput"]["wall_s"],
+        "span_s": _num(window.wall),
         "requests_per_s": section["throughput"]["requests_per_s"],
         "output_tokens_per_s": section["throughput"]["output_tokens_per_s"],
     }

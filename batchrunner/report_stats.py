@@ -9,12 +9,14 @@ pandas' ``quantile`` and DuckDB's ``quantile_cont``).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = [
     "PERCENTILES",
+    "SessionWindows",
     "Timeline",
     "bucket_width",
     "cdf_points",
@@ -170,3 +172,46 @@ def timeline(start: float, end: float, completed: np.ndarray, max_buckets: int =
     ok = ~np.isnan(completed)
     idx[ok] = np.clip(((completed[ok] - start) // width).astype(np.int64), 0, count - 1)
     return Timeline(start=start, width=width, edges=edges, bucket=idx)
+
+
+class SessionWindows:
+    """How long a run was sending, its sessions' windows summed: from each session's first
+    schedule (or send) to its last completion. A run resumed a day after a crash is not
+    credited with the idle day in between; a run of one session gets its plain window.
+
+    Rows are given to a session by when they began (else when they completed). Feed any number
+    of batches with :meth:`add`.
+    """
+
+    def __init__(self, session_starts: Iterable[float] = ()) -> None:
+        starts = sorted(float(s) for s in session_starts if s is not None)
+        self._splits = np.asarray(starts[1:], dtype=np.float64)  # the first bounds nothing
+        self._lo = np.full(len(starts[1:]) + 1, np.inf)
+        self._hi = np.full(len(starts[1:]) + 1, -np.inf)
+
+    def add(self, begin: np.ndarray, done: np.ndarray) -> None:
+        """:param begin: each row's first instant (NaN if none); :param done: its completion."""
+        at = np.where(np.isfinite(begin), begin, done)
+        group = np.searchsorted(self._splits, at, side="right")
+        for g in np.unique(group[np.isfinite(at)]):
+            mine = group == g
+            self._lo[g] = np.fmin.reduce(begin[mine], initial=self._lo[g])
+            self._hi[g] = np.fmax.reduce(done[mine], initial=self._hi[g])
+
+    @property
+    def start(self) -> float | None:
+        value = float(self._lo.min())
+        return value if math.isfinite(value) else None
+
+    @property
+    def end(self) -> float | None:
+        value = float(self._hi.max())
+        return value if math.isfinite(value) else None
+
+    @property
+    def active(self) -> float | None:
+        """Sending time in seconds, summed over the sessions that have rows."""
+        both = np.isfinite(self._lo) & np.isfinite(self._hi)
+        if not both.any():
+            return None
+        return float(np.maximum(self._hi[both] - self._lo[both], 0.0).sum())

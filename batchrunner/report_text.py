@@ -256,6 +256,10 @@ def run_header(run: dict[str, Any]) -> list[str]:
     if w["start_at"]:
         out.append(f"window     {w['start_at']} → {w['end_at']}  (wall {fmt_duration(w['wall_s'])},"
                    " first schedule to last completion)")
+        active = w.get("active_s")
+        if active is not None and w["wall_s"] is not None and w["wall_s"] > active + 1.0:
+            out.append(f"sending    {fmt_duration(active)}: the sessions' own windows, without "
+                       "the gaps between them (rates are over this)")
     if run.get("journal_rows"):
         out.append(f"note       {run['journal_rows']:,} rows read from journal/ (the run is "
                    "going, or crashed: resume it)")
@@ -464,10 +468,13 @@ def format_short(summary: dict[str, Any]) -> str:
         top = sorted(summary["error_types"].items(), key=lambda kv: -kv[1])[:6]
         lines.append("errors     " + ", ".join(f"{k} {v:,}" for k, v in top))
     if summary["requests_per_s"] is not None:
+        span = summary.get("span_s")
+        gaps = (f" of sending (the rows span {fmt_duration(span)}, with the gaps between "
+                "sessions)" if span and span > summary["wall_s"] + 1.0 else "")
         lines.append(
             f"throughput {summary['requests_per_s']:,.1f} req/s, "
             f"{summary['output_tokens_per_s']:,.0f} output tokens/s over "
-            f"{fmt_duration(summary['wall_s'])}"
+            f"{fmt_duration(summary['wall_s'])}{gaps}"
         )
     for key, label in (("latency_s", "latency"), ("ttft_s", "TTFT"), ("total_s", "total")):
         q = summary.get(key)

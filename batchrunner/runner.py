@@ -917,7 +917,11 @@ async def _finish(
     # Part by part: the whole table (and a frame of it) would cost ~1 GB per million rows.
     summary = await loop.run_in_executor(
         session.background,
-        lambda: summarize_batches(store.iter_batches(SUMMARY_COLUMNS), reread=store.iter_batches),
+        lambda: summarize_batches(
+            store.iter_batches(SUMMARY_COLUMNS),
+            reread=store.iter_batches,
+            session_starts=[s["started_at"] for s in info["sessions"]],
+        ),
     )
     finished = summary["requests"]
     settled = finished - summary["status"].get(Status.CANCELLED.value, 0)

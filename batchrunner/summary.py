@@ -14,7 +14,7 @@ over the timing columns (:mod:`batchrunner.quantiles`), so memory does not grow 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,9 +34,10 @@ from batchrunner.report import (
     _num,
     _ratio,
     _section,
-    _window,
+    add_to_windows,
     summarize_table,
 )
+from batchrunner.report_stats import SessionWindows
 from batchrunner.report_text import format_short
 
 __all__ = ["SUMMARY_COLUMNS", "format_summary", "summarize", "summarize_batches"]
@@ -50,16 +51,19 @@ _SLICE_ROWS = 16_384
 _KEEP_BUDGET = 1 << 20
 
 
-def summarize(table: pa.Table) -> dict[str, Any]:
+def summarize(table: pa.Table, session_starts: Sequence[float] = ()) -> dict[str, Any]:
     """Counts, throughput, percentiles, token totals and cost of a run's rows.
 
     :param table: rows with at least :data:`SUMMARY_COLUMNS`.
+    :param session_starts: when each session of the run began (``run.json``'s sessions):
+        ``wall_s`` then sums the sessions' windows, so that the rates leave out the time
+        between a stop and its resume; ``span_s`` is first row to last either way.
     :return: a JSON-serialisable dict (stable keys): ``requests``, ``status``, ``error_types``,
-        ``wall_s``, ``requests_per_s``, ``output_tokens_per_s``, one entry per timing column
-        (``latency_s``, ``ttft_s``, ``total_s``, ...: ``n``, ``mean``, ``p50``, ``p90``,
-        ``p95``, ``p99``, ``max`` over ok rows, or None), ``tokens`` and ``cost``.
+        ``wall_s``, ``span_s``, ``requests_per_s``, ``output_tokens_per_s``, one entry per
+        timing column (``latency_s``, ``ttft_s``, ``total_s``, ...: ``n``, ``mean``, ``p50``,
+        ``p90``, ``p95``, ``p99``, ``max`` over ok rows, or None), ``tokens`` and ``cost``.
     """
-    return summarize_table(table)
+    return summarize_table(table, session_starts=session_starts)
 
 
 def summarize_batches(
@@ -67,6 +71,7 @@ def summarize_batches(
     book: PriceBook | None = None,
     *,
     reread: Callable[[list[str]], Iterable[pa.Table]] | None = None,
+    session_starts: Sequence[float] = (),
 ) -> dict[str, Any]:
     """:func:`summarize` of the rows of all *batches*, holding one batch at a time.
 
@@ -81,6 +86,7 @@ def summarize_batches(
         ``store.iter_batches``). With it, no timing values are kept: the percentiles come from
         one more pass over the timing columns (:class:`~batchrunner.quantiles.TwoPassPercentiles`),
         and memory no longer grows with the rows.
+    :param session_starts: as for :func:`summarize`.
     :return: the dict :func:`summarize` returns for the same rows (floats up to rounding).
     """
     book = book or PriceBook()
@@ -92,8 +98,7 @@ def summarize_batches(
     complete = True
     unpriced: set[str] = set()
     seen_models: dict[str, int] = {}  # first appearance, the order summarize() lists them in
-    start: float | None = None
-    end: float | None = None
+    windows = SessionWindows(session_starts)
     ok_values: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
     two_pass = {m: TwoPassPercentiles() for m in METRICS}
     for batch in _slices(batches, _SLICE_ROWS):
@@ -115,11 +120,7 @@ def summarize_batches(
         unpriced.update(m["model"] for m in cost["unpriced_models"])
         for model in f["model_key"].cat.categories:
             seen_models.setdefault(str(model), len(seen_models))
-        window = _window(f)
-        if window.start is not None:
-            start = window.start if start is None else min(start, window.start)
-        if window.end is not None:
-            end = window.end if end is None else max(end, window.end)
+        add_to_windows(windows, f)
         ok = (f["status"] == "ok").to_numpy()
         for m in METRICS:
             values = f[m].to_numpy()[ok]
@@ -129,7 +130,8 @@ def summarize_batches(
             elif values.size:
                 ok_values[m].append(values)  # a copy: the batch's frame is not kept
         del f, section
-    wall = None if start is None or end is None else max(end - start, 0.0)
+    wall = windows.active
+    span = None if windows.start is None or windows.end is None else windows.end - windows.start
     # Same order as summarize(): known statuses first, then the others by count.
     ordered = [s for s in _STATUSES if status.get(s)]
     ordered += sorted((s for s in status if s not in _STATUSES and status[s]),
@@ -140,6 +142,7 @@ def summarize_batches(
         "error_types": {k: v for k, v in sorted(errors.items(), key=lambda e: (-e[1], e[0]))
                         if k != _NONE},
         "wall_s": _num(wall),
+        "span_s": _num(span),
         "requests_per_s": _ratio(n, wall),
         "output_tokens_per_s": _ratio(float(tokens["output"]), wall),
     }

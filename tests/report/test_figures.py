@@ -253,3 +253,26 @@ def test_summary_keys_and_values(make_run):
     assert math.isclose(s["cost"]["total_usd"], sum(s["cost"]["usd"][k] for k in (
         "input", "output", "cache_write_5m", "cache_write_1h", "cache_read")))
     orjson.dumps(s)  # JSON-ready (it goes into run.json)
+
+
+def test_session_windows_against_brute_force():
+    rng = np.random.default_rng(7)
+    starts = [100.0, 5000.0, 9000.0]
+    begin = np.concatenate([rng.uniform(s + 1, s + 50, 300) for s in starts])
+    done = begin + rng.uniform(0.1, 20, begin.size)
+    begin[::17] = np.nan  # rows that were never sent: they count by their completion
+    done[::23] = np.nan  # rows with no completion
+    order = rng.permutation(begin.size)  # any order, in any batches
+    windows = stats.SessionWindows(reversed(starts))
+    for chunk in np.array_split(order, 7):
+        windows.add(begin[chunk], done[chunk])
+    expected = 0.0
+    for k, s in enumerate(starts):
+        at = np.where(np.isfinite(begin), begin, done)
+        mine = (at >= s) & (at < (starts[k + 1] if k + 1 < len(starts) else np.inf))
+        expected += np.nanmax(done[mine]) - np.nanmin(begin[mine])
+    assert windows.active == pytest.approx(expected)
+    assert windows.start == np.nanmin(begin) and windows.end == np.nanmax(done)
+    plain = stats.SessionWindows()  # one session: the plain window
+    plain.add(begin, done)
+    assert plain.active == pytest.approx(np.nanmax(done) - np.nanmin(begin))

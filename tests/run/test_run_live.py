@@ -506,3 +506,25 @@ def test_a_disk_full_at_the_final_conversion_aborts_and_keeps_the_rows(
         again = run(requests, emu.base_url, out)
         assert len(emu.ground_truth()) == 30  # the resume found every row: nothing re-sent
     assert again.status == "finished" and len(read_rows(out)) == 30
+
+
+def test_a_resumed_run_s_rates_leave_out_the_gap_between_sessions(
+    make_emulator, requests_file, tmp_path
+):
+    from batchrunner.report import build_report, load_run
+
+    requests, out = requests_file(40), tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.02)) as emu:
+        first = run(requests, emu.base_url, out, concurrency=4, max_requests=20)
+        time.sleep(2.0)  # the gap: the run is stopped, nothing is sent
+        second = run(requests, emu.base_url, out, concurrency=4)
+    assert (first.status, second.status) == ("incomplete", "finished")
+    s = second.summary
+    assert s["span_s"] - s["wall_s"] >= 1.9
+    # each session sends 20 requests 4 at a time, 0.02 s each: about 0.1 s per session
+    assert s["wall_s"] < 1.5 and s["requests_per_s"] == pytest.approx(40 / s["wall_s"])
+    report = build_report([load_run(out)])
+    assert report["runs"][0]["window"]["active_s"] == pytest.approx(s["wall_s"])
+    assert report["runs"][0]["overall"]["throughput"]["requests_per_s"] == pytest.approx(
+        s["requests_per_s"]
+    )
