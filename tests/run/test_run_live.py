@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -415,7 +414,7 @@ def test_run_dir_is_readable_as_one_dataset(make_emulator, requests_file, tmp_pa
     assert sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 5
     assert not any(p.suffix == ".tmp" for p in (tmp_path / "out").rglob("*"))
     assert isinstance(pq.read_table(tmp_path / "out" / "data"), pa.Table)
-    assert os.path.exists(tmp_path / "out" / "rejects.jsonl")
+    assert (tmp_path / "out" / "rejects.jsonl").exists()
 
 
 def test_resume_takes_the_latest_run_of_the_same_mode(make_emulator, requests_file, tmp_path):
