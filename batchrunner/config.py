@@ -18,6 +18,9 @@ from batchrunner.schema import Mode
 from batchrunner.sources import SourceOptions
 
 DEFAULT_CONCURRENCY = 32
+#: Open loop without an explicit --concurrency: this many requests may be outstanding before
+#: the dispatcher waits (the wait shows as send lag and in total_s, never hidden).
+OPEN_LOOP_MAX_OUTSTANDING = 10_000
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 #: Headers whose values are credentials: never stored, never printed.
 SECRET_HEADER_PATTERN = re.compile(
@@ -187,6 +190,10 @@ class RunConfig:
         redact = Redactor(self.secret_values())  # a key may even sit in the URL's path
         data["gateway"] = redact(redact_url(self.gateway)) if self.gateway else None
         data["mode"] = self.mode.value
+        # What -c left to its default came to (``concurrency`` stays as given).
+        data["in_flight_limit"] = self.concurrency or (
+            OPEN_LOOP_MAX_OUTSTANDING if self.rate is not None else DEFAULT_CONCURRENCY
+        )
         data["metadata_columns"] = list(self.metadata_columns)
         for key in ("requests", "out", "results_root"):
             if data[key] is not None:

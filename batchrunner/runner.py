@@ -31,7 +31,13 @@ import pyarrow.compute as pc
 
 from batchrunner.background import background_executor
 from batchrunner.client import GatewayClient, messages_url, redact_url
-from batchrunner.config import DEFAULT_CONCURRENCY, ConfigError, Redactor, RunConfig
+from batchrunner.config import (
+    DEFAULT_CONCURRENCY,
+    OPEN_LOOP_MAX_OUTSTANDING,
+    ConfigError,
+    Redactor,
+    RunConfig,
+)
 from batchrunner.dispatch import ScheduleDispatcher
 from batchrunner.execute import ExecContext, execute
 from batchrunner.fdlimit import ensure_open_files
@@ -72,9 +78,6 @@ EXIT_ERROR_RATE = 4
 
 #: ``stage`` of rows in a bench stage's warm-up (excluded from its figures).
 WARMUP_SUFFIX = "#warmup"
-#: Open loop without an explicit --concurrency: this many requests may be outstanding before
-#: the dispatcher waits (the wait shows as send lag and in total_s, never hidden).
-OPEN_LOOP_MAX_OUTSTANDING = 10_000
 COMPACT_CHECK_S = 1.0
 #: Compaction waits while the process used more than this share of a core over the last
 #: check period, as long as fewer than COMPACT_MAX_BACKLOG segments wait.

@@ -383,6 +383,8 @@ def test_library_entry_point_without_gateway_uses_the_emulator(requests_file, tm
     result = batchrunner.run(requests_file(6), out=tmp_path / "out", emulator_profile="instant")
     assert result.exit_code == EXIT_OK and result.summary["status"] == {"ok": 6}
     assert result.run_dir == tmp_path / "out"
+    config = orjson.loads((tmp_path / "out" / "run.json").read_bytes())["config"]
+    assert (config["concurrency"], config["in_flight_limit"]) == (None, 32)  # what -c came to
 
 
 def test_bad_config_is_a_config_error(requests_file, tmp_path):
