@@ -40,6 +40,7 @@ from batchrunner.bench import (
 from batchrunner.client import GatewayClient, redact_url
 from batchrunner.config import ConfigError, Redactor, RunConfig
 from batchrunner.feed import RecordFeed
+from batchrunner.interrupts import SignalHandlers
 from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
 from batchrunner.rundir import default_run_name, environment
@@ -163,46 +164,58 @@ async def run_bench(
     state = BenchState()
     saturation: dict[str, Any] | None = None
     status, message = "finished", ""
+    # Installed once the stages can record a signal, removed once bench.json is written: a
+    # signal between stages, or while the results are written, must not cut them off.
+    signals = SignalHandlers()
     try:
-        with contextlib.ExitStack() as stack, _gateway(run, stderr, quiet) as url:
-            redact = Redactor(run.secret_values())
-            info["gateway"] = redact(redact_url(url)) if run.gateway else "built-in emulator"
-            await asyncio.to_thread(write_json_atomic, run_dir / "run.json", info)
-            client = GatewayClient(url, run.request_headers(), timeouts=run.timeouts)
-            async with client:
-                runner = _StageRunner(
-                    config, store, client, run_id, records, url, stderr, quiet, handle_signals
-                )
-                stack.callback(runner.close)
-                if config.saturate:
-                    saturation = await _saturation_search(config, runner, results, state)
-                else:
-                    for spec in config.stages:
-                        if _should_stop(config, state, results):
-                            break
-                        results.append(await runner.run(spec, state))
-                        _print_stage(results[-1], stderr, quiet)
-                        if runner.interrupted:
-                            break
-                if runner.interrupted:
-                    status, message = "interrupted", runner.interrupted_by
-                elif state.stop_reason:
-                    status, message = "stopped", state.stop_reason
+        try:
+            with contextlib.ExitStack() as stack, _gateway(run, stderr, quiet) as url:
+                redact = Redactor(run.secret_values())
+                info["gateway"] = redact(redact_url(url)) if run.gateway else "built-in emulator"
+                await asyncio.to_thread(write_json_atomic, run_dir / "run.json", info)
+                client = GatewayClient(url, run.request_headers(), timeouts=run.timeouts)
+                async with client:
+                    runner = _StageRunner(
+                        config, store, client, run_id, records, url, stderr, quiet
+                    )
+                    stack.callback(runner.close)
+                    if handle_signals:
+                        signals.install(runner.on_sigint, runner.on_sigterm)
+                    if config.saturate:
+                        saturation = await _saturation_search(config, runner, results, state)
+                    else:
+                        for spec in config.stages:
+                            if _should_stop(config, state, results):
+                                break
+                            result = await runner.run(spec, state)
+                            if runner.interrupted and not result["requests"]:
+                                break  # stopped before it sent anything: no stage to show
+                            results.append(result)
+                            _print_stage(result, stderr, quiet)
+                            if runner.interrupted:
+                                break
+                    runner.finishing = True
+                    if runner.interrupted:
+                        status, message = "interrupted", runner.interrupted_by
+                    elif state.stop_reason:
+                        status, message = "stopped", state.stop_reason
+        finally:
+            await asyncio.to_thread(store.close)
+        info.update(
+            status=status,
+            message=message,
+            stages=results,
+            saturation=saturation,
+            finished_at=time.time(),
+        )
+        await asyncio.to_thread(write_json_atomic, run_dir / "run.json", info)
+        await asyncio.to_thread(
+            write_json_atomic,
+            run_dir / BENCH_JSON,
+            {"stages": results, "saturation": saturation, "status": status},
+        )
     finally:
-        await asyncio.to_thread(store.close)
-    info.update(
-        status=status,
-        message=message,
-        stages=results,
-        saturation=saturation,
-        finished_at=time.time(),
-    )
-    await asyncio.to_thread(write_json_atomic, run_dir / "run.json", info)
-    await asyncio.to_thread(
-        write_json_atomic,
-        run_dir / BENCH_JSON,
-        {"stages": results, "saturation": saturation, "status": status},
-    )
+        signals.remove()
     return BenchResult(run_dir, results, saturation, status, message)
 
 
@@ -243,7 +256,7 @@ async def _saturation_search(
     failed: float | None = None
     failure = ""
 
-    async def probe(rate: float) -> bool:
+    async def probe(rate: float) -> bool | None:
         nonlocal failure
         spec = StageSpec(
             f"rate={rate:g}",
@@ -253,6 +266,8 @@ async def _saturation_search(
             warmup_s=base.warmup_s,
         )
         result = await runner.run(spec, state)
+        if runner.interrupted and not result["requests"]:
+            return None  # stopped before it sent anything: says nothing about the rate
         results.append(result)
         _print_stage(result, runner.stderr, runner.quiet)
         ok = passes(result, config.max_error_rate)
@@ -263,7 +278,10 @@ async def _saturation_search(
     for rate in search_rates(config.search_start, config.search_max, config.search_factor):
         if _should_stop(config, state, []) or runner.interrupted:
             break
-        if await probe(rate):
+        passed = await probe(rate)
+        if passed is None:
+            break
+        if passed:
             best = rate
         else:
             failed = rate
@@ -274,7 +292,10 @@ async def _saturation_search(
             if _should_stop(config, state, []) or runner.interrupted:
                 break
             mid = (lo * hi) ** 0.5  # geometric midpoint: the search space is multiplicative
-            if await probe(mid):
+            passed = await probe(mid)
+            if passed is None:
+                break
+            if passed:
                 lo = best = mid
             else:
                 hi = failed = mid
@@ -331,7 +352,6 @@ class _StageRunner:
         url: str,
         stderr: TextIO,
         quiet: bool,
-        handle_signals: bool,
     ) -> None:
         self.config = config
         self.store = store
@@ -341,12 +361,35 @@ class _StageRunner:
         self.url = url
         self.stderr = stderr
         self.quiet = quiet
-        self.handle_signals = handle_signals
         self.next_index = 0
         self.interrupted = False
         #: What interrupted the stages ("stopped by SIGTERM").
         self.interrupted_by = ""
+        #: The session of the stage running in this process, which a signal goes to.
+        self.current: _Session | None = None
+        #: The stages are over and the results are being written.
+        self.finishing = False
         self._devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives with the bench
+
+    def on_sigint(self) -> None:
+        self._on_signal("Ctrl-C", "Press Ctrl-C again to cancel them.")
+
+    def on_sigterm(self) -> None:
+        self._on_signal("SIGTERM", "A second SIGTERM cancels them.")
+
+    def _on_signal(self, what: str, again: str) -> None:
+        # During a stage here, its session drains (then cancels) as a run does, and the bench
+        # stops after it; between stages, or while worker processes run one, no further stage
+        # starts.
+        if self.current is not None and not self.finishing:
+            self.current.on_signal(what, again)
+            return
+        if not self.interrupted:
+            self.interrupted = True
+            self.interrupted_by = f"stopped by {what}"
+            if not self.quiet:
+                later = "writing the results" if self.finishing else "no further stage"
+                print(f"\n{what}: {later}.", file=self.stderr, flush=True)
 
     def close(self) -> None:
         self._devnull.close()
@@ -402,14 +445,18 @@ class _StageRunner:
         meter = LoopLagMeter()
         meter_task = asyncio.create_task(meter.run())
         try:
+            self.current = session
+            if self.interrupted:  # a signal came between stages: this one sends nothing
+                session.stop(self.interrupted_by)
             await _drive(
                 session,
                 cfg.source_options(),
-                self.handle_signals,
+                False,  # the bench's handlers send signals to this session
                 show_progress=not self.quiet,
                 feed=feed,
             )
         finally:
+            self.current = None
             meter_task.cancel()
             heap.__exit__(None, None, None)
             session.background.shutdown(wait=False)  # a compaction under way still completes

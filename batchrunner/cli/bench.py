@@ -14,6 +14,7 @@ import orjson
 
 from batchrunner.cli import main
 from batchrunner.cli.options import credential_options
+from batchrunner.cli.signals import session_over, stops_cleanly_on_signals
 
 SCENARIO_KEYS = {
     "requests",
@@ -187,6 +188,7 @@ Exit codes: 0 done; 2 usage or configuration error; 3 interrupted or stopped by
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the stage results as JSON.")
 @click.option("-q", "--quiet", is_flag=True)
+@stops_cleanly_on_signals
 def bench(
     requests: Path | None,
     scenario: Path | None,
@@ -282,6 +284,7 @@ def bench(
             total_duration_s=values.get("duration"), workers=values.get("workers") or 1,
         )  # fmt: skip
         result = run_sync_coro(run_bench(config, quiet=quiet, handle_signals=True))
+        session_over()
     except (ConfigError, InputError, RunDirError, ValueError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)

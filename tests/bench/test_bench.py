@@ -275,3 +275,58 @@ def test_keys_a_gateway_quotes_back_stay_out_of_bench_results(tmp_path, workers)
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_signal_stops_the_bench_after_the_stage_under_way(make_emulator, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.02)) as emu:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchrunner", "bench", "-c", "1,2,4", "--stage-duration",
+             "1.5", "--gateway", emu.base_url, "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not any(p.stat().st_size for p in out.glob("journal/seg-*.jsonl")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 3, stderr
+    assert "interrupted: stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted" and [s["stage"] for s in info["stages"]] == ["c=1"]
+    assert json.loads((out / "bench.json").read_text())["status"] == "interrupted"
+
+
+def test_a_signal_between_stages_stops_the_bench_and_keeps_its_results(
+    make_emulator, tmp_path, monkeypatch
+):
+    import os
+    import signal
+    import time
+
+    import batchrunner.bench_run as bench_run
+
+    printed = bench_run._print_stage
+
+    def print_then_signal(*args):  # runs between two stages
+        printed(*args)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(bench_run, "_print_stage", print_then_signal)
+    run = RunConfig(requests=Path(), gateway=None, out=tmp_path / "out")
+    with make_emulator() as emu:
+        run.gateway = emu.base_url
+        stages = [StageSpec(f"c={c}", concurrency=c, duration_s=0.3) for c in (1, 2, 4)]
+        result = run_sync_coro(
+            run_bench(BenchConfig(run=run, stages=stages), quiet=True, handle_signals=True)
+        )
+    assert (result.status, result.message) == ("interrupted", "stopped by Ctrl-C")
+    # c=2 may have started before the signal was handled: then it was drained, not cut
+    assert [s["stage"] for s in result.stages] in (["c=1"], ["c=1", "c=2"])
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
