@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,8 @@ def run(
     :param out: run directory (an existing one is resumed).
     :param transport: an httpx transport to send through.
     :param http_client: an ``httpx.AsyncClient`` to send through instead.
-    :param timeout_s: whole-attempt timeout (the CLI's ``--timeout``); the read timeout is
-        raised to it unless ``read_timeout_s`` is given.
+    :param timeout_s: whole-attempt timeout (the CLI's ``--timeout``); unless
+        ``read_timeout_s`` is given, the read timeout is set to it too.
     :param read_timeout_s: longest silence while reading a response (``--read-timeout``).
     :param max_retries: retries per request.
     :param quiet: print nothing.
@@ -111,14 +112,16 @@ def _run_in_own_thread(config: RunConfig, kwargs: dict[str, Any]) -> RunResult:
         return await run_session(config, **kwargs)
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrunner")
-    future = pool.submit(run_sync_coro, session())
+    future = pool.submit(lambda: run_sync_coro(session()))
     try:
         return future.result()
     except KeyboardInterrupt:
         concurrent.futures.wait([started, future], return_when=concurrent.futures.FIRST_COMPLETED)
-        if started.done():
+        if started.done() and not future.done():
             loop, task = started.result()
-            loop.call_soon_threadsafe(task.cancel)
+            # The loop may close between the check and this call: the run has ended then.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
         # A second interrupt stops this wait only: the run still closes on its thread.
         concurrent.futures.wait([future])
         raise

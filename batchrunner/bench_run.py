@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -369,6 +370,9 @@ class _StageRunner:
         self.current: _Session | None = None
         #: The stages are over and the results are being written.
         self.finishing = False
+        #: Worker processes of the stage under way, and signals to pass on once they run.
+        self._workers: list[asyncio.subprocess.Process] = []
+        self._signals_to_pass = 0
         self._devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives with the bench
 
     def on_sigint(self) -> None:
@@ -381,15 +385,32 @@ class _StageRunner:
         # During a stage here, its session drains (then cancels) as a run does, and the bench
         # stops after it; between stages, or while worker processes run one, no further stage
         # starts.
-        if self.current is not None and not self.finishing:
-            self.current.on_signal(what, again)
+        session = self.current
+        if session is not None and not session.finishing and not self.finishing:
+            session.on_signal(what, again)
             return
+        if self.config.workers > 1 and not self.finishing and self._signals_to_pass < 2:
+            # A stage in worker processes: each drains as a run does (a second signal cancels).
+            self._signals_to_pass += 1
+            if self._workers:
+                self._signal_workers()
+            if self._signals_to_pass == 2:
+                self._say(f"{what}: the workers cancel their requests in flight.")
+            elif self._workers:
+                self._say(f"{what}: the workers let their requests in flight finish. {again}")
         if not self.interrupted:
             self.interrupted = True
             self.interrupted_by = f"stopped by {what}"
-            if not self.quiet:
-                later = "writing the results" if self.finishing else "no further stage"
-                print(f"\n{what}: {later}.", file=self.stderr, flush=True)
+            self._say(f"{what}: {'writing the results' if self.finishing else 'no further stage'}.")
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"\n{text}", file=self.stderr, flush=True)
+
+    def _signal_workers(self) -> None:
+        for proc in self._workers:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGINT)
 
     def close(self) -> None:
         self._devnull.close()
@@ -448,13 +469,8 @@ class _StageRunner:
             self.current = session
             if self.interrupted:  # a signal came between stages: this one sends nothing
                 session.stop(self.interrupted_by)
-            await _drive(
-                session,
-                cfg.source_options(),
-                False,  # the bench's handlers send signals to this session
-                show_progress=not self.quiet,
-                feed=feed,
-            )
+            # The bench's signal handlers send signals to this session.
+            await _drive(session, cfg.source_options(), show_progress=not self.quiet, feed=feed)
         finally:
             self.current = None
             meter_task.cancel()
@@ -490,6 +506,9 @@ class _StageRunner:
                     "batchrunner.bench_worker",
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
+                    # Out of the terminal's process group: a Ctrl-C reaches the parent only,
+                    # which passes it on once the workers can drain (they would die of it).
+                    start_new_session=True,
                 )
                 assert proc.stdin is not None
                 proc.stdin.write(json.dumps({**common, "worker": k}).encode() + b"\n")
@@ -506,6 +525,9 @@ class _StageRunner:
                 proc.stdin.write(f"{start_at}\n".encode())
                 await proc.stdin.drain()
                 proc.stdin.close()
+            self._workers = procs
+            for _ in range(self._signals_to_pass):  # came while the workers were starting
+                self._signal_workers()
             outputs = [await proc.stdout.read() for proc in procs if proc.stdout is not None]
             for proc in procs:
                 await proc.wait()
@@ -514,6 +536,9 @@ class _StageRunner:
                 if proc.returncode is None:
                     proc.kill()
             raise
+        finally:
+            self._workers = []
+            self._signals_to_pass = 0
         for proc, out in zip(procs, outputs, strict=True):
             if proc.returncode != 0:
                 raise RuntimeError(

@@ -21,6 +21,7 @@ from batchrunner.bench_run import phase_of, worker_dir_name
 from batchrunner.client import GatewayClient, Timeouts
 from batchrunner.config import Redactor, RunConfig, secret_header_values
 from batchrunner.feed import RecordFeed
+from batchrunner.interrupts import SignalHandlers
 from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
 from batchrunner.retry import RetryPolicy
@@ -59,6 +60,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
     collector = StageCollector()
     collector.slos = [Slo.parse(s) for s in job["slos"]]
     client = GatewayClient(job["url"], job["headers"], timeouts=run.timeouts)
+    signals = SignalHandlers()
     try:
         with contextlib.ExitStack() as stack, open(os.devnull, "w", encoding="utf-8") as devnull:
             session = _Session(
@@ -74,6 +76,8 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
             )
             # The credentials reach a worker only as request headers: redact what they hold.
             session.redact = Redactor(secret_header_values(job["headers"]))
+            # The parent passes its Ctrl-C on (drain, then cancel), from the start instant.
+            signals.install(session.on_sigint, session.on_sigterm)
             # Ready: the parent waits for every worker, then gives all one start instant.
             sys.stdout.write("READY\n")
             sys.stdout.flush()
@@ -95,7 +99,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
             meter_task = asyncio.create_task(meter.run())
             try:
                 async with client:
-                    await _drive(session, cfg.source_options(), False, False, feed=feed)
+                    await _drive(session, cfg.source_options(), False, feed=feed)
             finally:
                 meter_task.cancel()
                 session.background.shutdown(wait=False)  # a compaction under way still completes
@@ -104,6 +108,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
             collector.wall_s = time.perf_counter() - wall0
     finally:
         store.close()
+        signals.remove()
     return collector.to_json()
 
 

@@ -179,15 +179,17 @@ class SessionWindows:
     schedule (or send) to its last completion. A run resumed a day after a crash is not
     credited with the idle day in between; a run of one session gets its plain window.
 
-    Rows are given to a session by when they began (else when they completed). Feed any number
-    of batches with :meth:`add`.
+    Rows are given to a session by when they began (else when they completed). A session whose
+    rows have no beginning (async jobs it only polled, sent by an earlier one) counts from its
+    own start. Feed any number of batches with :meth:`add`.
     """
 
     def __init__(self, session_starts: Iterable[float] = ()) -> None:
         starts = sorted(float(s) for s in session_starts if s is not None)
         self._splits = np.asarray(starts[1:], dtype=np.float64)  # the first bounds nothing
-        self._lo = np.full(len(starts[1:]) + 1, np.inf)
-        self._hi = np.full(len(starts[1:]) + 1, -np.inf)
+        self._starts = np.asarray(starts or [np.nan], dtype=np.float64)
+        self._lo = np.full(len(self._starts), np.inf)
+        self._hi = np.full(len(self._starts), -np.inf)
 
     def add(self, begin: np.ndarray, done: np.ndarray) -> None:
         """:param begin: each row's first instant (NaN if none); :param done: its completion."""
@@ -211,7 +213,8 @@ class SessionWindows:
     @property
     def active(self) -> float | None:
         """Sending time in seconds, summed over the sessions that have rows."""
-        both = np.isfinite(self._lo) & np.isfinite(self._hi)
+        lo = np.where(np.isfinite(self._lo), self._lo, self._starts)
+        both = np.isfinite(lo) & np.isfinite(self._hi)
         if not both.any():
             return None
-        return float(np.maximum(self._hi[both] - self._lo[both], 0.0).sum())
+        return float(np.maximum(self._hi[both] - lo[both], 0.0).sum())

@@ -61,6 +61,7 @@ from batchrunner.rundir import (
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
 from batchrunner.store import RunStore, write_json_atomic
+from batchrunner.report import session_starts
 from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
 from batchrunner.workers import ParkedWorkers
 
@@ -146,6 +147,8 @@ class _Session:
     interrupted_by: str = ""
     #: Sending is over and the results are being written: signals are only acknowledged.
     finishing: bool = False
+    #: rejects.jsonl refused a write (disk full): the run cannot say which rows it skipped.
+    reject_write_error: OSError | None = None
     fatal: BaseException | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     redo_indices: frozenset[int] = frozenset()
@@ -177,7 +180,10 @@ class _Session:
         message = row.get("error_message")
         if message:  # a gateway may quote the key it refused
             row["error_message"] = self.redact(message)
-        if self.warmup_until_at is not None and (row.get("scheduled_at") or 0) < self.warmup_until_at:
+        if (
+            self.warmup_until_at is not None
+            and (row.get("scheduled_at") or 0) < self.warmup_until_at
+        ):
             row["stage"] = f"{self.stage}{WARMUP_SUFFIX}"
         if self.on_row is not None:
             self.on_row(row)
@@ -206,17 +212,22 @@ class _Session:
                 f"cannot write results to {self.store.run_dir}: {exc}; finished rows are kept "
                 "(free space, then resume)"
             )
-        self.stop("output is not writable")
+        if not self.finishing:  # nothing to stop once sending is over
+            self.stop("output is not writable")
 
     def _track_config_errors(self, row: dict[str, Any]) -> None:
         status = row.get("http_status")
         unreachable = row.get("error_type") == ERROR_CONNECTION and status is None
         # Only plain errors count: an expired job's 404 says nothing about the configuration.
-        if row.get("status") == Status.ERROR.value and (status in CONFIG_ERROR_STATUSES or unreachable):
+        if row.get("status") == Status.ERROR.value and (
+            status in CONFIG_ERROR_STATUSES or unreachable
+        ):
             self._consecutive_config_errors += 1
             if self._consecutive_config_errors == MAX_CONSECUTIVE_CONFIG_ERRORS:
                 if unreachable:
-                    what = f"could not reach the gateway ({row.get('error_message')}); check --gateway"
+                    what = (
+                        f"could not reach the gateway ({row.get('error_message')}); check --gateway"
+                    )
                 else:
                     what = (
                         f"were refused with HTTP {status} ({row.get('error_type')}: "
@@ -241,8 +252,11 @@ class _Session:
             "reason": reject.reason,
             "raw": reject.raw,
         }
-        self.rejects.write(orjson.dumps(line).decode() + "\n")
-        self.rejects.flush()
+        try:
+            self.rejects.write(orjson.dumps(line).decode() + "\n")
+            self.rejects.flush()
+        except OSError as exc:  # not on the loop's thread: the run ends aborted by it
+            self.reject_write_error = self.reject_write_error or exc
 
     # -- stopping -----------------------------------------------------------------------------
     def stop(self, reason: str) -> None:
@@ -338,9 +352,12 @@ class _Session:
                 )
 
     def _record_job(self, job: Job) -> None:
-        self.store.record_job(
-            job.input_index, job.custom_id, job.job_id, job.submitted_at, ttl_s=job.ttl_s
-        )
+        try:
+            self.store.record_job(
+                job.input_index, job.custom_id, job.job_id, job.submitted_at, ttl_s=job.ttl_s
+            )
+        except OSError as exc:  # the job is still polled in this session
+            self.cannot_write(exc)
 
     def input_failed(self, exc: InputError) -> None:
         """An invalid row (``--strict``) or an unreadable input: start nothing more, and let
@@ -608,13 +625,30 @@ async def run_session(
     except OSError as exc:
         reason = exc.strerror or exc
         raise RunDirError(f"cannot create the run directory {run_dir}: {reason}") from None
+    signals = SignalHandlers()  # given back last: a signal must not cut the end either
     try:
         return await _run_in_store(
             config, store, info, fingerprint, total, redo_indices, transport, http_client,
-            handle_signals, quiet, progress, stderr,
+            handle_signals, signals, quiet, progress, stderr,
         )  # fmt: skip
     finally:
-        await asyncio.to_thread(store.close)
+        try:
+            await asyncio.to_thread(store.close)
+        finally:
+            signals.remove()
+
+
+async def _unstoppable(task: asyncio.Future[T]) -> tuple[T, bool]:
+    """*task*'s result, awaited to its end even if the caller is cancelled meanwhile, and
+    whether it was (the caller re-raises the cancellation once it is safe)."""
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError:
+            if task.cancelled():  # the task itself, not just this wait
+                raise
+            cancelled = True
 
 
 @contextlib.contextmanager
@@ -657,6 +691,7 @@ async def _run_in_store(
     transport: httpx.AsyncBaseTransport | None,
     http_client: httpx.AsyncClient | None,
     handle_signals: bool,
+    signals: SignalHandlers,
     quiet: bool,
     progress: bool,
     stderr: TextIO,
@@ -695,7 +730,6 @@ async def _run_in_store(
             flush=True,
         )
     session: _Session | None = None
-    signals = SignalHandlers()
     cancelled = False
     try:
         with _gateway(config, stderr, quiet) as url:
@@ -714,23 +748,28 @@ async def _run_in_store(
             with (run_dir / "rejects.jsonl").open(rejects_mode, encoding="utf-8") as rejects:
                 session = _Session(config, store, client, run_id, stats, rejects, stderr, quiet)
                 session.redo_indices = redo_indices
-                if handle_signals:  # until run.json is final: a signal must not cut _finish
+                if handle_signals:
                     signals.install(session.on_sigint, session.on_sigterm)
-                async with client:
-                    with send_phase():
-                        try:
-                            await _drive(session, options, False, progress and not quiet)
-                        except asyncio.CancelledError:
-                            # Close the run as interrupted, then let the cancellation go on.
-                            cancelled = True
-                            session.on_cancelled()
-                session.finishing = True
-        result = await _finish(session, info, session_info)
-        if cancelled:
+                try:
+                    async with client:
+                        with send_phase():
+                            await _drive(session, options, progress and not quiet)
+                except asyncio.CancelledError:
+                    # Ctrl-C in a script (asyncio.run cancels its task), a notebook's interrupt:
+                    # close the run as interrupted, then let the cancellation go on.
+                    cancelled = True
+                    session.on_cancelled()
+        session.finishing = True
+        # Whoever calls: from now on a signal is only acknowledged, and a cancellation waits,
+        # so that run.json always gets its end (it stays "running" otherwise).
+        signals.install(session.on_sigint, session.on_sigterm)
+        result, cancelled_now = await _unstoppable(
+            asyncio.ensure_future(_finish(session, info, session_info))
+        )
+        if cancelled or cancelled_now:
             raise asyncio.CancelledError
         return result
     finally:
-        signals.remove()
         # Only after _finish, which closes the store and summarizes on this executor; a
         # compaction already started still completes.
         if session is not None:
@@ -788,7 +827,6 @@ def _check_same_gateway(before: str | None, now: str, stderr: TextIO, quiet: boo
 async def _drive(
     session: _Session,
     options: SourceOptions,
-    handle_signals: bool,
     show_progress: bool,
     feed: RecordFeed | None = None,
 ) -> None:
@@ -812,9 +850,6 @@ async def _drive(
         )
         feed = RecordFeed(source, config.max_requests)
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
-    signals = SignalHandlers()
-    if handle_signals:
-        signals.install(session.on_sigint, session.on_sigterm)
     try:
         async with asyncio.TaskGroup() as tg:
             helpers = [tg.create_task(display.run()), tg.create_task(session.compactor())]
@@ -856,8 +891,8 @@ async def _drive(
         assert isinstance(failure, InputError)
         session.input_failed(failure)
     finally:
+        session.finishing = True  # every request has its row: nothing is left to stop
         await feed.aclose()
-        signals.remove()
         session.flush()
 
 
@@ -903,6 +938,8 @@ async def _finish(
     session: _Session, info: dict[str, Any], session_info: dict[str, Any]
 ) -> RunResult:
     store, stats, config = session.store, session.stats, session.config
+    if session.reject_write_error is not None:
+        session.cannot_write(session.reject_write_error)
     if session.compaction is not None:
         await asyncio.gather(session.compaction, return_exceptions=True)
     outstanding, deadline = (
@@ -923,7 +960,7 @@ async def _finish(
         lambda: summarize_batches(
             store.iter_batches(SUMMARY_COLUMNS),
             reread=store.iter_batches,
-            session_starts=[s["started_at"] for s in info["sessions"]],
+            session_starts=session_starts(info),
         ),
     )
     finished = summary["requests"]
@@ -940,7 +977,7 @@ async def _finish(
         status, code, message = "detached", EXIT_OK, collect_hint
     elif session.fatal is not None:
         status, code, message = "aborted", EXIT_ABORTED, str(session.fatal)
-    elif session.interrupted:
+    elif session.interrupted and not complete:  # a signal that cut nothing changes nothing
         status, code = "interrupted", EXIT_ABORTED
         message = session.interrupted_by or session.stop_reason
         if collect_hint:
@@ -957,7 +994,9 @@ async def _finish(
     else:
         status, code = "incomplete", EXIT_OK
         message = session.stop_reason or (
-            f"--max-requests {config.max_requests:,} reached" if config.max_requests else "stopped"
+            f"--max-requests {config.max_requests:,} reached"
+            if config.max_requests is not None
+            else "stopped"
         )
     failed = sum(v for k, v in summary["status"].items() if k not in ("ok", "cancelled"))
     if code == EXIT_OK and config.max_error_rate is not None and finished:
@@ -1037,10 +1076,9 @@ def run_sync_coro(coro: Coroutine[Any, Any, T]) -> T:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
         result = runner.run(coro)
-        try:
+        # A Ctrl-C now came after the run had ended and recorded everything: nothing to stop.
+        with contextlib.suppress(KeyboardInterrupt):
             runner.close()
-        except KeyboardInterrupt:
-            pass  # came after the run had ended and recorded everything: nothing to stop
         return result
 
 

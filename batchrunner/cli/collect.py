@@ -13,6 +13,10 @@ from batchrunner.cli.run import finish, run_or_exit
 from batchrunner.cli.signals import stops_cleanly_on_signals
 
 
+#: RunConfig fields (as run.json records them) that say how the input file is read.
+INPUT_READING = ("prompt_column", "metadata_columns", "model", "max_tokens", "system", "model_override")
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 @credential_options
@@ -83,6 +87,8 @@ def collect(
             poll_concurrency=poll_concurrency,
             keep_response_json=bool(recorded.get("keep_response_json", True)),
             keep_response_text=bool(recorded.get("keep_response_text", True)),
+            # How the input was read: jobs are matched to their requests by reading it again.
+            **{key: recorded[key] for key in INPUT_READING if recorded.get(key) is not None},
             collect_only=True,
         )
 

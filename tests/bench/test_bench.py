@@ -330,3 +330,31 @@ def test_a_signal_between_stages_stops_the_bench_and_keeps_its_results(
     assert [s["stage"] for s in result.stages] in (["c=1"], ["c=1", "c=2"])
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["status"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_terminal_ctrl_c_drains_a_stage_in_worker_processes(make_emulator, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.3)) as emu:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchrunner", "bench", "-c", "4,8", "--workers", "2",
+             "--stage-duration", "5", "--gateway", emu.base_url, "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,  # its own process group, as a terminal gives it
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while emu.stats()["in_flight"] < 4:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 3, stderr
+    assert "the workers let their requests in flight finish" in stderr
+    assert "Traceback" not in stderr and "Internal error" not in stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted" and [s["stage"] for s in info["stages"]] == ["c=4"]
+    stage = info["stages"][0]
+    assert stage["requests"] == stage["ok"] > 0  # drained, not cut

@@ -276,3 +276,10 @@ def test_session_windows_against_brute_force():
     plain = stats.SessionWindows()  # one session: the plain window
     plain.add(begin, done)
     assert plain.active == pytest.approx(np.nanmax(done) - np.nanmin(begin))
+
+
+def test_a_session_that_only_collected_counts_from_its_own_start():
+    windows = stats.SessionWindows([100.0, 200.0])
+    windows.add(np.array([101.0, 102.0]), np.array([105.0, 110.0]))  # sent and done in session 1
+    windows.add(np.array([np.nan, np.nan]), np.array([203.0, 206.0]))  # polled by session 2
+    assert windows.active == pytest.approx(9.0 + 6.0)

@@ -282,3 +282,46 @@ def test_detach_needs_a_real_gateway(requests_file, tmp_path):
 
 def test_wait_for_rows_helper_is_importable():
     assert callable(wait_for_rows)
+
+
+def test_collect_reads_a_parquet_input_as_the_run_did(
+    make_emulator, tmp_path
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"question": [f"q{i}" for i in range(6)]}), path)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.2)) as emu:
+        detached = run_cli(
+            "run", str(path), "--mode", "async", "--detach", "--gateway", emu.base_url,
+            "--prompt-column", "question", "--model", "claude-haiku-4-5", "--max-tokens", "8",
+            "--out", str(out),
+        )  # fmt: skip
+        assert detached.returncode == 0, detached.stderr
+        collected = run_cli("collect", str(out), "--json")
+        assert collected.returncode == 0, collected.stderr
+    summary = orjson.loads(collected.stdout)["summary"]
+    assert summary["status"] == {"ok": 6}
+    assert sorted(read_rows(out)["input_index"]) == list(range(6))
+
+
+def test_a_full_disk_for_the_job_ledger_aborts_the_run(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    import errno
+
+    from batchrunner.runner import EXIT_ABORTED
+    from batchrunner.store import RunStore
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RunStore, "record_job", disk_full)
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        result = run(requests_file(5), emu.base_url, out)
+    assert (result.status, result.exit_code) == ("aborted", EXIT_ABORTED)
+    assert "No space left on device" in result.message
+    assert orjson.loads((out / "run.json").read_bytes())["status"] == "aborted"

@@ -3,12 +3,14 @@ written, before the session starts, and in a script or notebook that uses the li
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import orjson
@@ -26,8 +28,9 @@ from .conftest import read_rows
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("handle_signals", [True, False], ids=["cli", "library"])
 def test_signals_while_the_results_are_written_do_not_cut_them(
-    make_emulator, requests_file, tmp_path, monkeypatch
+    make_emulator, requests_file, tmp_path, monkeypatch, handle_signals
 ):
     real_summarize = runner_module.summarize_batches
 
@@ -44,7 +47,7 @@ def test_signals_while_the_results_are_written_do_not_cut_them(
     out = tmp_path / "out"
     with make_emulator() as emu:
         config = RunConfig(requests=requests_file(20), gateway=emu.base_url, out=out)
-        result = run_sync(config, handle_signals=True, stderr=stderr, progress=False)
+        result = run_sync(config, handle_signals=handle_signals, stderr=stderr, progress=False)
     assert (result.status, result.exit_code) == ("finished", EXIT_OK)
     assert stderr.getvalue().count("sending is over; writing the results and run.json") == 2
     info = orjson.loads((out / "run.json").read_bytes())
@@ -123,3 +126,75 @@ def test_ctrl_c_in_a_library_caller_closes_the_run_then_raises(
     assert 1 <= (rows["status"] == "cancelled").sum() <= 3
     assert set(rows["status"]) == {"ok", "cancelled"} and len(rows) < 200
     assert info["summary"]["requests"] == len(rows)
+
+
+def test_a_signal_after_the_last_row_leaves_the_run_finished(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    from batchrunner.feed import RecordFeed
+
+    real_aclose = RecordFeed.aclose
+
+    async def aclose_under_signal(self):
+        os.kill(os.getpid(), signal.SIGINT)  # every request has its row by now
+        await asyncio.sleep(0.1)
+        await real_aclose(self)
+
+    monkeypatch.setattr(RecordFeed, "aclose", aclose_under_signal)
+    with make_emulator() as emu:
+        config = RunConfig(requests=requests_file(10), gateway=emu.base_url, out=tmp_path / "o")
+        result = run_sync(config, handle_signals=True, quiet=True)
+    assert (result.status, result.exit_code) == ("finished", EXIT_OK)
+
+
+def test_handle_signals_off_the_main_thread_is_a_plain_run(make_emulator, requests_file, tmp_path):
+    results = []
+    with make_emulator() as emu:
+        config = RunConfig(requests=requests_file(5), gateway=emu.base_url, out=tmp_path / "o")
+        thread = threading.Thread(
+            target=lambda: results.append(run_sync(config, handle_signals=True, quiet=True))
+        )
+        thread.start()
+        thread.join(timeout=60)
+    assert [r.status for r in results] == ["finished"]
+
+
+NOTEBOOK_SLOW_FINISH = """
+import asyncio, os, signal, time
+import batchrunner
+import batchrunner.runner as runner
+
+real = runner.summarize_batches
+
+def slow(*args, **kwargs):  # the notebook's interrupt while the results are written
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+    return real(*args, **kwargs)
+
+runner.summarize_batches = slow
+
+async def cell():
+    try:
+        batchrunner.run({requests!r}, gateway={gateway!r}, out={out!r})
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt reached the caller")
+
+asyncio.new_event_loop().run_until_complete(cell())
+"""
+
+
+def test_a_notebook_interrupt_while_the_results_are_written_lets_them_finish(
+    make_emulator, requests_file, tmp_path
+):
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        code = NOTEBOOK_SLOW_FINISH.format(
+            requests=str(requests_file(20)), gateway=emu.base_url, out=str(out)
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "KeyboardInterrupt reached the caller"
+    info = orjson.loads((out / "run.json").read_bytes())
+    assert info["status"] == "finished" and info["summary"]["requests"] == 20
