@@ -48,6 +48,7 @@ from batchrunner.jobs import Job, JobContext, JobPoller, submit
 from batchrunner.pacing import Pacer, RateCeiling, schedule_offsets
 from batchrunner.polling import PollPlanner
 from batchrunner.progress import LiveStats, ProgressDisplay
+from batchrunner.report import session_starts
 from batchrunner.rundir import (
     RUN_JSON,
     RunDirError,
@@ -61,7 +62,6 @@ from batchrunner.rundir import (
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
 from batchrunner.store import RunStore, write_json_atomic
-from batchrunner.report import session_starts
 from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
 from batchrunner.workers import ParkedWorkers
 
