@@ -13,7 +13,9 @@ from batchrunner.cli.run import finish, run_or_exit
 from batchrunner.cli.signals import stops_cleanly_on_signals
 
 #: RunConfig fields (as run.json records them) that say how the input file is read.
-INPUT_READING = ("prompt_column", "metadata_columns", "model", "max_tokens", "system", "model_override")
+INPUT_READING = (
+    "prompt_column", "metadata_columns", "model", "max_tokens", "system", "model_override",
+)  # fmt: skip
 
 
 @main.command()
