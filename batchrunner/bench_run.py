@@ -373,7 +373,7 @@ class _StageRunner:
         #: Worker processes of the stage under way, and signals to pass on once they run.
         self._workers: list[asyncio.subprocess.Process] = []
         self._signals_to_pass = 0
-        self._devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives with the bench
+        self._devnull = open(os.devnull, "wb", buffering=0)  # noqa: SIM115 - lives with the bench
 
     def on_sigint(self) -> None:
         self._on_signal("Ctrl-C", "Press Ctrl-C again to cancel them.")

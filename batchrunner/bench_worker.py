@@ -62,7 +62,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
     client = GatewayClient(job["url"], job["headers"], timeouts=run.timeouts)
     signals = SignalHandlers()
     try:
-        with contextlib.ExitStack() as stack, open(os.devnull, "w", encoding="utf-8") as devnull:
+        with contextlib.ExitStack() as stack, open(os.devnull, "wb", buffering=0) as devnull:
             session = _Session(
                 cfg,
                 store,

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import Context
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 import httpx
 import orjson
@@ -137,7 +137,7 @@ class _Session:
     client: GatewayClient
     run_id: str
     stats: LiveStats
-    rejects: TextIO
+    rejects: BinaryIO
     stderr: TextIO
     quiet: bool
     stopping: bool = False
@@ -253,8 +253,7 @@ class _Session:
             "raw": reject.raw,
         }
         try:
-            self.rejects.write(orjson.dumps(line).decode() + "\n")
-            self.rejects.flush()
+            self.rejects.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
         except OSError as exc:  # not on the loop's thread: the run ends aborted by it
             self.reject_write_error = self.reject_write_error or exc
 
@@ -744,8 +743,10 @@ async def _run_in_store(
                 timeouts=config.timeouts,
             )
             # Rejects are found again by every session that reads the input, so each rewrites it.
-            rejects_mode = "a" if config.collect_only else "w"
-            with (run_dir / "rejects.jsonl").open(rejects_mode, encoding="utf-8") as rejects:
+            # Unbuffered: each line is written at once, and closing has nothing left to write
+            # (a full disk then fails the write that found it, never the close).
+            rejects_mode = "ab" if config.collect_only else "wb"
+            with (run_dir / "rejects.jsonl").open(rejects_mode, buffering=0) as rejects:
                 session = _Session(config, store, client, run_id, stats, rejects, stderr, quiet)
                 session.redo_indices = redo_indices
                 if handle_signals:

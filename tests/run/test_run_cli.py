@@ -218,9 +218,7 @@ def test_after_a_configuration_abort_the_resume_command_retries_the_failed(
     assert sorted(rows["input_index"]) == list(range(30)) and set(rows["status"]) == {"ok"}
 
 
-def test_a_run_stopped_by_its_limit_says_which_and_that_it_counts_again(
-    requests_file, tmp_path
-):
+def test_a_run_stopped_by_its_limit_says_which_and_that_it_counts_again(requests_file, tmp_path):
     requests, out = requests_file(20), tmp_path / "out"
     first = run_cli(
         "run", str(requests), "--max-requests=8", "--out", str(out), "--emulator-profile", "instant"
@@ -352,3 +350,27 @@ def test_a_full_disk_aborts_with_exit_3_and_a_resume_completes_the_run(requests_
     assert done.returncode == 0, done.stderr
     rows = read_rows(out)
     assert sorted(rows["input_index"]) == list(range(3000)) and set(rows["status"]) == {"ok"}
+
+
+def test_a_full_disk_for_rejects_jsonl_aborts_the_run(tmp_path):
+    import resource
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    requests = tmp_path / "mostly-bad.jsonl"
+    good = orjson.dumps(
+        {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    bad = b'{"model": "m", "max_tokens": 0, "pad": "' + b"x" * 200 + b'"}'
+    requests.write_bytes(b"\n".join([good] + [bad] * 1000) + b"\n")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "BATCHRUNNER_GATEWAY"}
+    done = subprocess.run(
+        [sys.executable, "-m", "batchrunner", "run", str(requests), "--out", str(out),
+         "--emulator-profile", "instant"],
+        capture_output=True, text=True, timeout=90, env=env, preexec_fn=limit_file_size,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert f"aborted: cannot write results to {out}: [Errno 27] File too large" in done.stderr
+    assert orjson.loads((out / "run.json").read_bytes())["status"] == "aborted"
