@@ -33,10 +33,6 @@ class SignalHandlers:
     def __init__(self) -> None:
         self._previous: dict[int, Any] = {}
 
-    @property
-    def installed(self) -> bool:
-        return bool(self._previous)
-
     def install(self, on_sigint: Callable[[], None], on_sigterm: Callable[[], None]) -> None:
         if self._previous or threading.current_thread() is not threading.main_thread():
             return

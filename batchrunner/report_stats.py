@@ -211,6 +211,12 @@ class SessionWindows:
         return value if math.isfinite(value) else None
 
     @property
+    def span(self) -> float | None:
+        """First beginning to last completion, gaps included."""
+        start, end = self.start, self.end
+        return None if start is None or end is None else max(end - start, 0.0)
+
+    @property
     def active(self) -> float | None:
         """Sending time in seconds, summed over the sessions that have rows."""
         lo = np.where(np.isfinite(self._lo), self._lo, self._starts)

@@ -131,7 +131,6 @@ def summarize_batches(
                 ok_values[m].append(values)  # a copy: the batch's frame is not kept
         del f, section
     wall = windows.active
-    span = None if windows.start is None or windows.end is None else windows.end - windows.start
     # Same order as summarize(): known statuses first, then the others by count.
     ordered = [s for s in _STATUSES if status.get(s)]
     ordered += sorted((s for s in status if s not in _STATUSES and status[s]),
@@ -142,7 +141,7 @@ def summarize_batches(
         "error_types": {k: v for k, v in sorted(errors.items(), key=lambda e: (-e[1], e[0]))
                         if k != _NONE},
         "wall_s": _num(wall),
-        "span_s": _num(span),
+        "span_s": _num(windows.span),
         "requests_per_s": _ratio(n, wall),
         "output_tokens_per_s": _ratio(float(tokens["output"]), wall),
     }

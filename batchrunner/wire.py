@@ -38,9 +38,9 @@ BODY = "body"
 # After a sink has its answer, this much more of a body is read to reuse the connection.
 _DISCARD_MAX_BYTES = 256 * 1024
 # The watchdog wakes every 1/20 of the shortest timeout, within these bounds: a timeout then
-# fires at most 5 % (or 0.5 s) late, and a pool of thousands of exchanges is scanned at most
-# twice a second with the default minutes-long timeouts.
-_WATCH_PERIOD_MAX_S = 0.5
+# fires at most 5 % (or 1 s) late, and a pool of thousands of exchanges is scanned at most
+# once a second with the default minutes-long timeouts.
+_WATCH_PERIOD_MAX_S = 1.0
 _WATCH_PERIOD_MIN_S = 0.005
 _WATCH_FRACTION = 1 / 20
 
