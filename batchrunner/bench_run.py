@@ -157,7 +157,8 @@ async def run_bench(
         "name": run_dir.name,
         "created_at": time.time(),
         "kind": "bench",
-        "config": run.public_dict(),
+        # Each stage sets its own load: the base run's in-flight limit would mean nothing.
+        "config": {k: v for k, v in run.public_dict().items() if k != "in_flight_limit"},
         "bench": _public_bench(config),
         "environment": environment(),
     }

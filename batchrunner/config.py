@@ -190,9 +190,13 @@ class RunConfig:
         redact = Redactor(self.secret_values())  # a key may even sit in the URL's path
         data["gateway"] = redact(redact_url(self.gateway)) if self.gateway else None
         data["mode"] = self.mode.value
-        # What -c left to its default came to (``concurrency`` stays as given).
-        data["in_flight_limit"] = self.concurrency or (
-            OPEN_LOOP_MAX_OUTSTANDING if self.rate is not None else DEFAULT_CONCURRENCY
+        # What -c left to its default came to (``concurrency`` stays as given); collect
+        # sends nothing, so it has none.
+        data["in_flight_limit"] = (
+            None
+            if self.collect_only
+            else self.concurrency
+            or (OPEN_LOOP_MAX_OUTSTANDING if self.rate is not None else DEFAULT_CONCURRENCY)
         )
         data["metadata_columns"] = list(self.metadata_columns)
         for key in ("requests", "out", "results_root"):

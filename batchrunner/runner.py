@@ -730,11 +730,20 @@ async def _run_in_store(
         )
     session: _Session | None = None
     cancelled = False
+    announced = False  # run.json says this session is running
     try:
         with _gateway(config, stderr, quiet) as url:
             info["gateway"] = gateway_label(config)
             session_info["gateway"] = info["gateway"]
-            await asyncio.to_thread(write_json_atomic, run_dir / RUN_JSON, info)
+            # Not cut by a cancellation: once written, it must be closed (below) by this session.
+            _, cut = await _unstoppable(
+                asyncio.ensure_future(
+                    asyncio.to_thread(write_json_atomic, run_dir / RUN_JSON, info)
+                )
+            )
+            announced = True
+            if cut:
+                raise asyncio.CancelledError
             client = GatewayClient(
                 url,
                 config.request_headers(),
@@ -770,11 +779,38 @@ async def _run_in_store(
         if cancelled or cancelled_now:
             raise asyncio.CancelledError
         return result
+    except BaseException as exc:
+        if announced and session_info["status"] == "running":
+            _record_escape(run_dir, info, session_info, exc, Redactor(config.secret_values()))
+        raise
     finally:
         # Only after _finish, which closes the store and summarizes on this executor; a
         # compaction already started still completes.
         if session is not None:
             session.background.shutdown(wait=False)
+
+
+def _record_escape(
+    run_dir: Path,
+    info: dict[str, Any],
+    session_info: dict[str, Any],
+    exc: BaseException,
+    redact: Redactor,
+) -> None:
+    """Close this session's account in ``run.json`` when something cut the session short
+    before it could finish (a cancellation while starting, an internal error): left
+    ``running``, it would only be marked ``died`` by the next session. Written at once, not on
+    a thread: the caller may be being cancelled. Best effort: the error itself goes on."""
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        status, message = "interrupted", "stopped before the session could finish"
+    else:
+        status = "aborted"
+        detail = redact(str(exc))
+        message = f"internal error: {type(exc).__name__}" + (f": {detail}" if detail else "")
+    session_info.update(finished_at=time.time(), status=status, message=message)
+    info["status"] = status
+    with contextlib.suppress(OSError):
+        write_json_atomic(run_dir / RUN_JSON, info)
 
 
 #: What a run directory holds before its ``run.json`` is written (the store's scaffolding).

@@ -333,14 +333,16 @@ def _given(option: str, args: list[str]) -> bool:
 
 def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:
     """Build the configuration and run it; usage and internal errors exit with their codes."""
-    from batchrunner.config import ConfigError
+    from batchrunner.config import ConfigError, Redactor
     from batchrunner.rundir import RunDirError
     from batchrunner.runner import EXIT_INTERNAL, EXIT_USAGE, run_sync
     from batchrunner.sources import InputError
     from batchrunner.store import RunStoreError
 
+    config: RunConfig | None = None
     try:
-        result = run_sync(build(), handle_signals=True, quiet=quiet)
+        config = build()
+        result = run_sync(config, handle_signals=True, quiet=quiet)
         session_over()
         return result
     except (ConfigError, InputError, RunDirError, RunStoreError) as exc:
@@ -349,7 +351,16 @@ def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:
     except Exception as exc:
         if os.environ.get("BATCHRUNNER_DEBUG"):
             traceback.print_exc()
-        click.echo(f"Internal error: {type(exc).__name__}: {exc}", err=True)
+        detail = f"{type(exc).__name__}: {exc}"
+        if config is not None:  # an exception's text may quote a header or the gateway URL
+            detail = Redactor(config.secret_values())(detail)
+        click.echo(f"Internal error: {detail}", err=True)
+        if config is not None and not config.collect_only:
+            click.echo(
+                "Any rows already written are kept: add --resume (or --out with the run "
+                "directory named above) to go on.",
+                err=True,
+            )
         sys.exit(EXIT_INTERNAL)
 
 

@@ -298,6 +298,7 @@ def test_a_signal_stops_the_bench_after_the_stage_under_way(make_emulator, tmp_p
     assert "interrupted: stopped by SIGTERM" in stderr and "Traceback" not in stderr
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "interrupted" and [s["stage"] for s in info["stages"]] == ["c=1"]
+    assert "in_flight_limit" not in info["config"]  # each stage sets its own
     assert json.loads((out / "bench.json").read_text())["status"] == "interrupted"
 
 

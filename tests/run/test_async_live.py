@@ -102,6 +102,8 @@ def test_detach_then_collect_from_another_process(make_emulator, requests_file, 
         assert collected.returncode == 0, collected.stderr
         report = orjson.loads(collected.stdout)
         assert report["status"] == "finished" and report["outstanding_jobs"] == 0
+        info = orjson.loads((out / "run.json").read_bytes())
+        assert info["config"]["in_flight_limit"] is None  # collect sends nothing
         again = run_cli("collect", str(out), "-q", env=env)  # repeatable, nothing left to do
         assert again.returncode == 0
         submits = collections.Counter(t["kind"] for t in emu.ground_truth())

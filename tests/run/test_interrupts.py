@@ -198,3 +198,82 @@ def test_a_notebook_interrupt_while_the_results_are_written_lets_them_finish(
     assert done.stdout.strip() == "KeyboardInterrupt reached the caller"
     info = orjson.loads((out / "run.json").read_bytes())
     assert info["status"] == "finished" and info["summary"]["requests"] == 20
+
+
+def test_an_internal_error_closes_the_session_in_run_json(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    def broken_summary(*args, **kwargs):
+        raise RuntimeError("summary failed with key sk-ant-secret-123456")
+
+    monkeypatch.setattr(runner_module, "summarize_batches", broken_summary)
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        config = RunConfig(
+            requests=requests_file(20), gateway=emu.base_url, out=out,
+            api_key="sk-ant-secret-123456",
+        )  # fmt: skip
+        with pytest.raises(RuntimeError):
+            run_sync(config, quiet=True)
+        text = (out / "run.json").read_text()
+        assert "sk-ant-secret" not in text
+        session = orjson.loads(text)["sessions"][-1]
+        assert session["status"] == "aborted"
+        assert session["message"].startswith("internal error: RuntimeError: summary failed")
+        monkeypatch.undo()
+        result = run_sync(config, quiet=True)  # the rows written before the error are kept
+    assert (result.status, result.summary["requests"]) == ("finished", 20)
+    assert [s["status"] for s in orjson.loads((out / "run.json").read_bytes())["sessions"]] == [
+        "aborted",
+        "finished",
+    ]
+
+
+def test_a_cancellation_as_run_json_is_first_written_closes_the_session(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    real_write = runner_module.write_json_atomic
+    writes = []
+
+    async def main(config):
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def write_then_cancel(path, obj):
+            real_write(path, obj)
+            writes.append(obj["sessions"][-1]["status"])
+            if len(writes) == 1:  # the session's first write: it says "running"
+                loop.call_soon_threadsafe(task.cancel)
+                time.sleep(0.05)  # the cancellation reaches the run while this still runs
+
+        monkeypatch.setattr(runner_module, "write_json_atomic", write_then_cancel)
+        await runner_module.run_session(config, quiet=True)
+
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        config = RunConfig(requests=requests_file(20), gateway=emu.base_url, out=out)
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(main(config))
+        info = orjson.loads((out / "run.json").read_bytes())
+        assert writes == ["running", "interrupted"]
+        assert (info["status"], info["sessions"][-1]["status"]) == ("interrupted", "interrupted")
+        monkeypatch.undo()
+        result = run_sync(config, quiet=True)
+    assert (result.status, result.summary["requests"]) == ("finished", 20)
+
+
+def test_an_internal_error_in_the_cli_names_no_secret_and_says_how_to_go_on(
+    requests_file, tmp_path, monkeypatch
+):
+    def broken_summary(*args, **kwargs):
+        raise RuntimeError("bad header x-bf-vk: vk-secret-98765")
+
+    monkeypatch.setattr(runner_module, "summarize_batches", broken_summary)
+    monkeypatch.delenv("BATCHRUNNER_GATEWAY", raising=False)
+    out = tmp_path / "out"
+    args = ["run", str(requests_file(5)), "--out", str(out), "--virtual-key", "vk-secret-98765"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "Internal error: RuntimeError: bad header x-bf-vk:" in result.output
+    assert "vk-secret" not in result.output and "vk-secret" not in (out / "run.json").read_text()
+    assert "add --resume" in result.output
