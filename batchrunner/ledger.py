@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from batchrunner.journal import write_all
+from batchrunner.journal import fsync_dir, write_all
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,19 @@ class JobRecord:
 class JobLedger:
     """Append-only ``jobs.jsonl`` of :class:`JobRecord` s (not thread-safe for writes).
 
-    :param path: the ledger file, created if missing.
+    :param path: the ledger file, created by the first record (a run that submits no job, and
+        every sync or streaming run, has none).
     :param fsync: fdatasync after each record (survives power loss; costs a disk flush).
     """
 
     def __init__(self, path: Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
         self._fsync = fsync
-        self._fd: int | None = os.open(
-            self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
-        )
-        self._cut_torn_tail()
+        self._closed = False
+        self._fd: int | None = None
+        if self.path.exists():
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._cut_torn_tail()
 
     def _cut_torn_tail(self) -> None:
         assert self._fd is not None
@@ -93,8 +95,14 @@ class JobLedger:
 
         :raises RuntimeError: the ledger is closed.
         """
-        if self._fd is None:
+        if self._closed:
             raise RuntimeError(f"{self.path} is closed")
+        if self._fd is None:
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+            )
+            if self._fsync:  # the new name must survive a power cut too
+                fsync_dir(self.path.parent)
         line = orjson.dumps(asdict(rec), option=orjson.OPT_APPEND_NEWLINE)
         write_all(self._fd, line)
         if self._fsync:
@@ -127,6 +135,8 @@ class JobLedger:
 
     def _iter_records(self, *, warn: bool = True) -> Iterator[tuple[int, JobRecord]]:
         bad = 0
+        if not self.path.exists():  # no job recorded yet
+            return
         with self.path.open("rb") as f:
             for lineno, line in enumerate(f):
                 if not line.endswith(b"\n"):
@@ -154,6 +164,7 @@ class JobLedger:
 
     def close(self) -> None:
         """Close the file (idempotent)."""
+        self._closed = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -813,8 +813,9 @@ def _record_escape(
         write_json_atomic(run_dir / RUN_JSON, info)
 
 
-#: What a run directory holds before its ``run.json`` is written (the store's scaffolding).
-_SCAFFOLDING = frozenset({".lock", "data", "journal", "rejects.jsonl"})
+#: What a run directory holds before its ``run.json`` is written (the store's scaffolding;
+#: versions before 2026-11-27 also made an empty ``jobs.jsonl`` then).
+_SCAFFOLDING = frozenset({".lock", "data", "journal", "rejects.jsonl", "jobs.jsonl"})
 
 
 def _died_before_starting(run_dir: Path) -> bool:
@@ -824,8 +825,9 @@ def _died_before_starting(run_dir: Path) -> bool:
     names = {p.name for p in run_dir.iterdir()}
     if not names <= _SCAFFOLDING:
         return False
-    segments = (run_dir / "journal").glob("seg-*") if "journal" in names else []
-    return all(p.stat().st_size == 0 for p in segments)
+    segments = list((run_dir / "journal").glob("seg-*")) if "journal" in names else []
+    ledger = [run_dir / "jobs.jsonl"] if "jobs.jsonl" in names else []
+    return all(p.stat().st_size == 0 for p in segments + ledger)
 
 
 def gateway_label(config: RunConfig) -> str:

@@ -593,6 +593,7 @@ def test_job_ledger(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     with RunStore.open(run_dir) as store:
         assert store.outstanding_jobs() == []
+        assert not (run_dir / "jobs.jsonl").exists()  # made by the first job only
         store.record_job(0, "req-0", "job-a", T0, 3600.0, None)
         store.record_job(1, "req-1", "job-b", T0 + 1, 3600.0, T0 + 7200)
         store.record_job(2, "req-2", "job-c", T0 + 2, None)

@@ -19,6 +19,7 @@ from batchrunner.retry import RetryPolicy
 from batchrunner.rundir import RunDirError
 from batchrunner.runner import EXIT_ABORTED, EXIT_ERROR_RATE, EXIT_OK, run_sync
 from batchrunner.schema import RESULT_SCHEMA, Mode
+from batchrunner.store import RunStore
 
 from .conftest import SECRET_KEY, read_rows
 
@@ -442,13 +443,20 @@ def test_a_directory_left_by_a_run_killed_while_starting_can_be_used(
     make_emulator, requests_file, tmp_path
 ):
     # Killed after the store made its directories but before run.json: nothing was sent.
-    out = tmp_path / "out"
-    (out / "data").mkdir(parents=True)
-    (out / "journal").mkdir()
-    (out / ".lock").write_text("12345\n")
+    # Left by the real store (an older version also left an empty jobs.jsonl, and a
+    # hand-made copy of the scaffolding once hid that) and by a kill before its clean-up.
+    left_by_store, older, killed = tmp_path / "store", tmp_path / "older", tmp_path / "killed"
+    RunStore.open(left_by_store, create=True).close()
+    RunStore.open(older, create=True).close()
+    (older / "jobs.jsonl").touch()
+    (killed / "data").mkdir(parents=True)
+    (killed / "journal").mkdir()
+    (killed / ".lock").write_text("12345\n")
     with make_emulator() as emu:
-        result = run(requests_file(5), emu.base_url, out)
-    assert result.status == "finished" and len(read_rows(out)) == 5
+        for out in (left_by_store, older, killed):
+            result = run(requests_file(5), emu.base_url, out)
+            assert result.status == "finished" and len(read_rows(out)) == 5
+    assert not (left_by_store / "jobs.jsonl").exists()  # a sync run records no job
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="is not a batchrunner run directory"):
