@@ -341,7 +341,14 @@ def cycle_records(
         index = base + worker + workers * j
         src = records[(worker + workers * j) % len(records)]
         yield RequestRecord(
-            index, f"{stage}-{index}", src.params, src.metadata, src.location, src.extra_headers
+            index,
+            f"{stage}-{index}",
+            src.params,
+            src.metadata,
+            src.location,
+            src.extra_headers,
+            src.body,
+            src.metadata_json,
         )
 
 

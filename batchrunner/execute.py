@@ -46,6 +46,10 @@ class ExecContext:
 def encode_body(record: RequestRecord, mode: Mode) -> bytes:
     """The JSON body sent for ``record`` in ``mode`` (``stream`` is set by the mode, not the input)."""
     params = record.params
+    body = record.body
+    if body is not None and "stream" not in params:
+        # Encoded by the reader; a body is never empty (it has at least model and messages).
+        return body[:-1] + b',"stream":true}' if mode is Mode.STREAM else body
     if mode is Mode.STREAM:
         params = {**params, "stream": True}
     elif "stream" in params:
@@ -154,7 +158,9 @@ def base_row(
     row["run_id"] = ctx.run_id
     row["custom_id"] = record.custom_id
     row["input_index"] = record.input_index
-    if record.metadata is not None:
+    if record.metadata_json is not None:
+        row["metadata"] = record.metadata_json
+    elif record.metadata is not None:
         row["metadata"] = orjson.dumps(record.metadata).decode()
     row["mode"] = ctx.mode.value
     row["stage"] = ctx.stage

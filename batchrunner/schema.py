@@ -57,6 +57,9 @@ class RequestRecord:
     :param params: the Anthropic Messages body (``model``, ``max_tokens``, ``messages``, ...).
     :param metadata: free-form tags from the input, copied to the row as JSON text.
     :param location: where it came from, for messages (``file.jsonl:12`` or ``file.parquet#row 11``).
+    :param body: ``params`` already encoded as JSON (without ``stream``), when the reader did it:
+        it checks that the row can be sent before anything is, and saves encoding it again.
+    :param metadata_json: ``metadata`` encoded the same way.
     """
 
     input_index: int
@@ -65,6 +68,8 @@ class RequestRecord:
     metadata: dict[str, Any] | None = None
     location: str = ""
     extra_headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    metadata_json: str | None = None
 
 
 _TS = pa.timestamp("us", tz="UTC")

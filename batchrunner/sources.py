@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import orjson
+
 from batchrunner.bodycheck import RowError, json_type, normalize_params
 from batchrunner.dedupe import DuplicateDetector
 from batchrunner.formats import (
@@ -318,6 +320,34 @@ def _identify(
     return out
 
 
+def _encode(params: dict[str, Any], metadata: Any) -> tuple[bytes, str | None]:
+    """The body and metadata as JSON, encoded once here: what decodes may still not encode
+    (nesting deeper than ~250 levels, Parquet decimals or binary, maps with non-text keys), and
+    a row that fails only once sent would have been paid for and then lost.
+
+    :raises RowError: naming which part cannot be encoded and why.
+    """
+    try:
+        body = orjson.dumps(params)
+    except orjson.JSONEncodeError as exc:
+        raise RowError(f"params cannot be sent as JSON: {_why_not_json(exc)}") from None
+    if metadata is None:
+        return body, None
+    try:
+        return body, orjson.dumps(metadata).decode()
+    except orjson.JSONEncodeError as exc:
+        raise RowError(f"metadata cannot be stored as JSON: {_why_not_json(exc)}") from None
+
+
+def _why_not_json(exc: orjson.JSONEncodeError) -> str:
+    text = str(exc)
+    if "recursion" in text.lower():
+        return "nested too deeply (JSON here allows about 250 levels)"
+    if "Dict key must be str" in text:
+        return "a map key is not text"
+    return text.replace("Type is not JSON serializable", "a value of a type JSON lacks")
+
+
 def _generate(
     source: JsonlSource | ParquetSource,
     options: SourceOptions,
@@ -354,6 +384,7 @@ def _generate(
                         system=options.system,
                         model_override=options.model_override,
                     )
+                    body, metadata_json = _encode(params, metadata)
                 except RowError as exc:
                     reject(row, cid, str(exc))
                     continue
@@ -365,6 +396,8 @@ def _generate(
                     params=params,
                     metadata=metadata,
                     location=row.location,
+                    body=body,
+                    metadata_json=metadata_json,
                 )
     except FormatError as exc:
         raise InputError(str(exc)) from None

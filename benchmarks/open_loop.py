@@ -5,7 +5,8 @@ truth off) runs in its own process pinned to core 1; every ``batchrunner run`` r
 process pinned to core 0. First the closed-loop ceiling is measured (``-c 64``, rate =
 requests / (last completion - first send), as ``client_throughput.py`` does; the median of
 ``--ceiling-runs`` runs); then for each fraction of that ceiling one open-loop run of about
-``--seconds`` of schedule, bounded by ``--max-requests`` and ``--duration``. From the run's rows:
+``--seconds`` of schedule, bounded by ``--max-requests`` and ``--duration``; then the ceiling
+again, to show how far the box drifted meanwhile. From the run's rows:
 
 * **sent/s**: (rows - 1) / (last ``sent_at`` - first ``sent_at``), how fast requests really
   left, against the target rate (the schedule itself spans (rows - 1) / R);
@@ -309,6 +310,14 @@ def main() -> None:
                     f"{r['runq']:>5.0%}  "
                     f"{verdict}"
                 )
+            # The box's speed drifts within minutes: a ceiling well below the first one means
+            # the rates above were measured against a faster box than they ran on.
+            after = ceiling(closed_set, url, workdir, args.concurrency, max(1, args.ceiling_runs))
+            print(
+                f"closed-loop ceiling again after the rates: {after['rate']:,.0f} req/s (median of "
+                f"{', '.join(f'{r:,.0f}' for r in after['all'])}; "
+                f"{after['rate'] / top - 1:+.0%} against the first)"
+            )
     finally:
         server.terminate()
         try:

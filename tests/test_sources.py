@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import random
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -732,3 +733,56 @@ def test_demo_generator_reproduces_the_committed_files(tmp_path: Path) -> None:
     jsonl, parquet = make_demo.write(make_demo.build(), tmp_path)
     assert jsonl.read_bytes() == (JOBS / "demo.jsonl").read_bytes()
     assert pq.read_table(parquet).equals(pq.read_table(JOBS / "demo.parquet"))
+
+
+def test_rows_that_decode_but_cannot_be_encoded_again_are_rejected(tmp_path: Path) -> None:
+    # orjson reads 1,024 levels of nesting but writes only ~250; Parquet has decimals, bytes
+    # and maps with integer keys. Such a row used to fail once sent: paid for, then lost.
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    path = write_jsonl(
+        tmp_path / "deep.jsonl",
+        {"custom_id": "ok", "params": BODY, "metadata": {"k": [1, 2]}},
+        f'{{"custom_id": "meta", "params": {dumps(BODY)}, "metadata": {deep}}}',
+        '{"custom_id": "body", "params": ' + dumps(BODY)[:-1] + ', "x": ' + deep + "}}",
+    )
+    records, rejects = read(path)
+    assert [r.custom_id for r in records] == ["ok"]
+    assert records[0].body == orjson.dumps(BODY) and records[0].metadata_json == '{"k":[1,2]}'
+    too_deep = "nested too deeply (JSON here allows about 250 levels)"
+    assert [(r.custom_id, r.reason) for r in rejects] == [
+        ("meta", f"metadata cannot be stored as JSON: {too_deep}"),
+        ("body", f"params cannot be sent as JSON: {too_deep}"),
+    ]
+
+    struct = pa.struct([("model", pa.string()), ("max_tokens", pa.int64()),
+                        ("messages", pa.list_(pa.struct([("role", pa.string()),
+                                                         ("content", pa.string())]))),
+                        ("temperature", pa.decimal128(4, 2))])  # fmt: skip
+    table = pa.table(
+        {
+            "custom_id": ["dec-meta", "int-keys", "bytes", "dec-body"],
+            "params": pa.array(
+                [{**BODY, "temperature": None}] * 3 + [{**BODY, "temperature": Decimal("0.5")}],
+                struct,
+            ),
+            "metadata": [dumps({"k": 1}), None, None, None],
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    meta_types = {
+        "dec-meta": pa.array([{"d": 1}], pa.struct([("d", pa.decimal128(4, 0))])),
+        "int-keys": pa.array([[(1, "x")]], pa.map_(pa.int64(), pa.string())),
+        "bytes": pa.array([{"b": b"\x00"}], pa.struct([("b", pa.binary())])),
+    }
+    for cid, column in meta_types.items():
+        one = table.filter(pa.compute.equal(table["custom_id"], cid)).drop_columns(["metadata"])
+        pq.write_table(one.append_column("metadata", column), tmp_path / f"{cid}.parquet")
+        records, rejects = read(tmp_path / f"{cid}.parquet")
+        assert records == [] and len(rejects) == 1, cid
+        assert rejects[0].reason.startswith("metadata cannot be stored as JSON: "), cid
+    last = table.slice(3)
+    pq.write_table(last, tmp_path / "dec-body.parquet")
+    records, rejects = read(tmp_path / "dec-body.parquet")
+    assert records == [] and rejects[0].reason == (
+        "params cannot be sent as JSON: a value of a type JSON lacks: decimal.Decimal"
+    )
