@@ -24,6 +24,7 @@ class RecordFeed:
         self._buf: deque[RequestRecord] = deque()
         self._left = limit
         self._done = False
+        self._error: Exception | None = None
 
     def _fill(self) -> None:
         want = FEED_CHUNK if self._left is None else min(FEED_CHUNK, self._left)
@@ -31,11 +32,17 @@ class RecordFeed:
             self._done = True
             return
         taken = 0
-        for record in self._it:
-            self._buf.append(record)
-            taken += 1
-            if taken >= want:
-                break
+        try:
+            for record in self._it:
+                self._buf.append(record)
+                taken += 1
+                if taken >= want:
+                    break
+        except Exception as exc:  # noqa: BLE001 - raised once the records before it are out
+            # An invalid row under --strict, or an unreadable input: the valid rows read before
+            # it in this chunk are still handed out (and sent) first, as `validate` counts them.
+            self._error = exc
+            self._done = True
         if taken < want:
             self._done = True
         if self._left is not None:
@@ -52,7 +59,11 @@ class RecordFeed:
         """:meth:`next` for callbacks (reading never waits: it is done on the loop)."""
         if not self._buf and not self._done:
             self._fill()
-        return self._buf.popleft() if self._buf else None
+        if self._buf:
+            return self._buf.popleft()
+        if self._error is not None:
+            raise self._error
+        return None
 
     async def aclose(self) -> None:
         """Nothing to wait for (kept so that callers need not know how records are read)."""
