@@ -50,11 +50,23 @@ MAX_ERROR_MESSAGE_CHARS = 2000
 def messages_url(gateway: str) -> str:
     """The Messages endpoint of a gateway base URL (adds ``/anthropic/v1/messages`` if absent).
 
-    :raises ValueError: the URL is not http(s) or has no host.
+    :raises ValueError: the URL is not valid, not http(s) or has no host. The message never
+        quotes the URL: it may hold a password or a key.
     """
-    url = httpx.URL(gateway.strip())
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"gateway URL must be http(s)://host[:port][/path], got {gateway!r}")
+    expected = "expected http(s)://host[:port][/path]"
+    try:
+        url = httpx.URL(gateway.strip())
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        # httpx's reason may quote a part of the URL ("Invalid port: 'ab'"): only its kind.
+        reason = str(exc).split(":")[0].strip() or type(exc).__name__
+        raise ValueError(f"the gateway URL is not valid ({reason}); {expected}") from None
+    if url.scheme not in ("http", "https"):
+        got = f"{url.scheme}://" if url.scheme else "no scheme"
+        raise ValueError(
+            f"the gateway URL must start with http:// or https://, got {got}; {expected}"
+        )
+    if not url.host:
+        raise ValueError(f"the gateway URL has no host; {expected}")
     path = url.path.rstrip("/")
     if not path.endswith("/v1/messages"):
         path = path + MESSAGES_PATH

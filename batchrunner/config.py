@@ -7,8 +7,9 @@ front ends report them the same way. Secrets live in :attr:`RunConfig.api_key` a
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,33 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 class ConfigError(ValueError):
     """An invalid option; the message names it and is meant for the user."""
+
+
+#: Most requests in flight that ``-c`` may ask for (one process's connections).
+MAX_CONCURRENCY = 100_000
+
+#: Numeric fields of :class:`RunConfig` and the options that set them.
+_NUMBER_OPTIONS = {
+    "concurrency": "--concurrency",
+    "rate": "--rate",
+    "max_rate": "--max-rate / --rpm",
+    "max_requests": "--max-requests",
+    "duration_s": "--duration",
+    "max_error_rate": "--max-error-rate",
+    "drain_timeout_s": "--drain-timeout",
+    "seed": "--seed",
+    "ttl_s": "--ttl",
+    "poll_rate": "--poll-rate",
+    "poll_concurrency": "--poll-concurrency",
+    "max_tokens": "--max-tokens",
+}
+_TIMEOUT_OPTIONS = {
+    "connect_s": "--connect-timeout",
+    "read_s": "--read-timeout",
+    "attempt_s": "--timeout",
+}
+#: Where infinity is no limit but a broken schedule.
+_FINITE_OPTIONS = frozenset({"--rate", "--max-rate / --rpm", "--duration", "--poll-rate"})
 
 
 @dataclass(slots=True)
@@ -93,8 +121,12 @@ class RunConfig:
                 raise ConfigError(
                     f"--mode must be one of sync, stream, async (got {self.mode!r})"
                 ) from None
+        self._check_numbers()
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
+        if self.concurrency is not None and self.concurrency > MAX_CONCURRENCY:
+            # Each is a connection and a task: a typo of a few zeros would exhaust memory.
+            raise ConfigError(f"--concurrency must be at most {MAX_CONCURRENCY:,}")
         if self.rate is not None and self.rate <= 0:
             raise ConfigError("--rate must be > 0 requests per second")
         if self.max_rate is not None and self.max_rate <= 0:
@@ -141,6 +173,31 @@ class RunConfig:
                     "--detach needs --gateway: the built-in emulator (and its jobs) ends with "
                     "this process, so nothing would be left to collect"
                 )
+
+    def _check_numbers(self) -> None:
+        """No NaN anywhere (every comparison with it is false, so it passed the range checks
+        and broke the run later), no endless rate or duration, and integers that fit the 64
+        bits of run.json and the rows."""
+        values = [(option, getattr(self, name)) for name, option in _NUMBER_OPTIONS.items()]
+        values += [
+            (_TIMEOUT_OPTIONS.get(f.name, f"timeouts.{f.name}"), getattr(self.timeouts, f.name))
+            for f in fields(self.timeouts)
+        ]
+        values += [
+            ("--max-retries" if f.name == "max_retries" else f"retry.{f.name}",
+             getattr(self.retry, f.name))
+            for f in fields(self.retry)
+        ]  # fmt: skip
+        for option, value in values:
+            if value is None or isinstance(value, bool):
+                continue
+            if isinstance(value, float):
+                if math.isnan(value):
+                    raise ConfigError(f"{option} must be a number, got nan")
+                if math.isinf(value) and option in _FINITE_OPTIONS:
+                    raise ConfigError(f"{option} must be a finite number")
+            elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+                raise ConfigError(f"{option} is too large")
 
     def source_options(self) -> SourceOptions:
         """How the input is read (defaults, column mapping, strictness).

@@ -18,7 +18,9 @@ def parse_header(
     for raw in values:
         name, sep, value = raw.partition(":")
         if not sep or not name.strip():
-            raise click.BadParameter(f"expected 'Name: value', got {raw!r}")
+            # Not quoted back: the value is often a credential (-H 'Authorization Bearer ...').
+            what = "no ':' after the header name" if not sep else "no header name before ':'"
+            raise click.BadParameter(f"expected 'Name: value', got a value with {what}")
         headers[name.strip()] = value.strip()
     return headers
 

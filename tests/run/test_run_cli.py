@@ -251,6 +251,20 @@ def test_demo_runs_on_the_built_in_emulator(tmp_path):
         (["run", "{set}", "--gateway", "ftp://x"], "--gateway"),
         (["run", "{set}", "--rate", "0"], "--rate"),
         (["run", "{set}", "-H", "no-colon"], "Name: value"),
+        # a malformed value is not quoted back: it is often a credential
+        (["run", "{set}", "-H", "Authorization Bearer sk-ant-SECRET1"], "no ':' after"),
+        (["run", "{set}", "--gateway", "ftp://admin:sk-SECRET2@127.0.0.1:9"], "got ftp://;"),
+        (["run", "{set}", "--gateway", "http://u:sk-SECRET3@h:ab"], "not valid (Invalid port)"),
+        # NaN passed every range check (all comparisons with it are false)
+        (["run", "{set}", "--rate", "nan"], "--rate must be a number, got nan"),
+        (["run", "{set}", "--rpm", "nan"], "--rpm must be a number"),
+        (["run", "{set}", "--duration", "nan"], "--duration must be a number"),
+        (["run", "{set}", "--timeout", "nan"], "--timeout must be a number"),
+        (["run", "{set}", "--drain-timeout", "nan"], "--drain-timeout must be a number"),
+        (["run", "{set}", "--rate", "inf"], "--rate must be a finite number"),
+        (["run", "{set}", "-c", "1000000"], "--concurrency must be at most 100,000"),
+        (["run", "{set}", "--seed", "99999999999999999999"], "--seed is too large"),
+        (["run", "{set}", "--max-requests", "99999999999999999999"], "--max-requests is too"),
         (["run", "{set}", "--mode", "nope"], "--mode"),
         (["run", "{set}", "--emulator-profile", "nope"], "--emulator-profile"),
         (["run", "{set}", "--out", "{set}/run"], "cannot use"),  # under a file
@@ -263,7 +277,7 @@ def test_usage_errors_exit_2_with_a_clear_message(requests_file, tmp_path, args,
     result = run_cli(*args, "--results-root", str(tmp_path))
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "SECRET" not in result.stderr
 
 
 def test_an_input_with_no_valid_request_is_an_input_error(make_emulator, tmp_path):
