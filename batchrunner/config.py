@@ -30,6 +30,10 @@ SECRET_HEADER_PATTERN = re.compile(
 #: What a secret is replaced with wherever it would be stored or shown.
 REDACTED = "<redacted>"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: Headers a user may not set: given twice or wrong, every request fails as malformed.
+_FRAMING_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "expect", "upgrade", "te", "trailer"}
+)
 
 
 class ConfigError(ValueError):
@@ -151,6 +155,11 @@ class RunConfig:
         for name, value in self.headers.items():
             if not _HEADER_NAME.match(name):
                 raise ConfigError(f"-H: invalid header name {name!r}")
+            if name.lower() in _FRAMING_HEADERS:
+                raise ConfigError(
+                    f"-H {name}: set by batchrunner for each request (it frames the body "
+                    "and the connection); leave it out"
+                )
             if "\n" in value or "\r" in value:
                 raise ConfigError(f"-H {name}: header values cannot contain line breaks")
         if self.gateway is not None:

@@ -60,6 +60,10 @@ class RawRow:
     data: Any
 
 
+#: The Parquet prompt layout's text column unless ``--prompt-column`` names another.
+DEFAULT_PROMPT_COLUMN = "prompt"
+
+
 def open_source(
     path: str | os.PathLike[str], prompt_column: str, metadata_columns: tuple[str, ...]
 ) -> JsonlSource | ParquetSource:
@@ -89,6 +93,17 @@ def open_source(
     except OSError as exc:
         raise FormatError(f"{display}: cannot read: {exc.strerror or exc}") from None
     if kind == "jsonl":
+        # Silently ignored, these would leave a user's tags or prompts out of every row.
+        if metadata_columns:
+            raise FormatError(
+                f"{display}: --metadata-column is for Parquet input; in JSONL, give each line "
+                'a "metadata" object'
+            )
+        if prompt_column != DEFAULT_PROMPT_COLUMN:
+            raise FormatError(
+                f"{display}: --prompt-column is for Parquet input; JSONL lines hold the "
+                'Messages body (or {"custom_id": ..., "params": ...})'
+            )
         return JsonlSource(p, display)
     return ParquetSource(p, display, prompt_column, metadata_columns)
 
@@ -268,6 +283,12 @@ class ParquetSource:
                 f"{display}: not a readable Parquet file ({_first_line(exc)})"
             ) from None
         types = {f.name: f.type for f in schema}
+        if len(types) < len(schema.names):
+            twice = next(n for n in schema.names if schema.names.count(n) > 1)
+            raise FormatError(
+                f"{display}: column {twice!r} appears more than once: which one to read is "
+                "ambiguous; rename or drop the extra one"
+            )
         if "params" in types:
             self.layout = "batches"
             self._check(types, "params", text=True, binary=True, struct=True)

@@ -327,8 +327,8 @@ class WirePool:
     """Keep-alive connections to one ``POST`` endpoint, and the exchanges sent over them.
 
     :param url: the endpoint (``http`` or ``https``).
-    :param headers: headers sent with every request, in order (``Host`` and ``Content-Length``
-        are added here). Names and values must not contain CR or LF.
+    :param headers: headers sent with every request, in order (``Host``, unless given here,
+        and ``Content-Length`` are added here). Names and values must not contain CR or LF.
     :param connect_s: TCP (and TLS) connection set-up limit.
     :param read_s: longest silence while waiting for response data (LLM calls can think for
         minutes before the first byte).
@@ -368,7 +368,9 @@ class WirePool:
         self.exchange_s = exchange_s
         self.keepalive_s = keepalive_s
         target = parsed.raw_path or b"/"
-        lines = [b"POST " + target + b" HTTP/1.1", b"host: " + parsed.netloc]
+        lines = [b"POST " + target + b" HTTP/1.1"]
+        if not any(name.lower() == "host" for name, _ in headers):  # else the caller's (-H)
+            lines.append(b"host: " + parsed.netloc)
         lines += [encode_header(name, value) for name, value in headers]
         self._head = b"\r\n".join(lines) + b"\r\n"
         self._idle: deque[_Connection] = deque()

@@ -481,6 +481,9 @@ def test_file_level_errors(tmp_path: Path) -> None:
     cases["bin.parquet"] = "column 'prompt' has type binary; expected text"
     pq.write_table(pa.table({"params": ["{}"], "custom_id": [1.5]}), tmp_path / "id.parquet")
     cases["id.parquet"] = "column 'custom_id' has type double; expected text or integer"
+    twice = pa.Table.from_arrays([pa.array([dumps(BODY)])] * 2, names=["params", "params"])
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    cases["twice.parquet"] = "column 'params' appears more than once"
     pq.write_table(pa.table({"prompt": ["a"]}), tmp_path / "meta.parquet")
     for name, message in cases.items():
         path = tmp_path / name
