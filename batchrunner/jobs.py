@@ -71,8 +71,9 @@ class Job:
     record: RequestRecord | None = None
     scheduled: float | None = None  # perf instants, when submitted by this process
     scheduled_at: float | None = None
-    sent: float | None = None
+    sent: float | None = None  # the first submit's send (a resubmitted job keeps it)
     sent_at: float | None = None
+    final_sent: float | None = None  # this job's accepted submit: where latency_s starts
     submitted: float | None = None
     ttfb_s: float | None = None
     attempts: int = 1
@@ -150,6 +151,7 @@ async def submit(
                 scheduled_at=scheduled_at,
                 sent=first.sent,
                 sent_at=first.sent_at,
+                final_sent=attempt.sent,
                 submitted=attempt.done,
                 ttfb_s=(attempt.first_byte - attempt.sent) if attempt.first_byte else None,
                 attempts=attempts,
@@ -168,7 +170,9 @@ async def submit(
                 f"the gateway does not offer async jobs: {attempt.error_message} "
                 "(Bifrost needs a logs store and the governance plugin for async requests)"
             )
-        delay = attempt_retry_delay(ctx, attempt, attempts - attempts_before)
+        # Every attempt counts against --max-retries, the failed jobs' and their resubmits'
+        # too: a budget per submit let a job failing upstream be sent again without end.
+        delay = attempt_retry_delay(ctx, attempt, attempts)
         if delay is None or ctx.stopping():
             row = _row(record, ctx, attempt, first, attempts, scheduled, scheduled_at)
             row["error_message"] = f"submit failed: {row.get('error_message')}"
@@ -416,7 +420,9 @@ class JobPoller:
         row["sent_at"] = job.sent_at
         done = attempt.done
         if job.sent is not None:
-            row["latency_s"] = done - job.sent
+            # The final attempt, as in sync and stream: earlier jobs that failed upstream, and
+            # the back-off before resubmitting, are in total_s.
+            row["latency_s"] = done - (job.final_sent if job.final_sent is not None else job.sent)
             row["queue_wait_s"] = max(0.0, job.sent - job.scheduled) if job.scheduled else None
             row["total_s"] = done - job.scheduled if job.scheduled is not None else None
         else:
@@ -424,7 +430,10 @@ class JobPoller:
             row["total_s"] = None
         self._probes.discard(job.job_id)
         planner = self.jctx.planner
-        if status is Status.OK:
+        if status is Status.OK and job.submitted is not None:
+            # Only jobs submitted by this process: one recovered from jobs.jsonl (resume,
+            # collect) may have been done long before this process first polled it, and its
+            # age would push every new job's first poll out to it.
             was_learning = planner.learning
             planner.observe(job.elapsed_s(now_at))
             if was_learning and not planner.learning:

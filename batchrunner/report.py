@@ -73,7 +73,8 @@ _TOKEN_COLUMNS = (
 )
 _BASE_COLUMNS = (
     "input_index", "mode", "model", "model_requested", "status", "error_type", "error_message",
-    "http_status", "scheduled_at", "sent_at", "completed_at", *METRICS, *_TOKEN_COLUMNS,
+    "http_status", "scheduled_at", "sent_at", "submitted_at", "completed_at", *METRICS,
+    *_TOKEN_COLUMNS,
 )
 #: Columns :func:`summarize_table` needs (the runner reads just these at the end of a run).
 SUMMARY_COLUMNS: list[str] = list(_BASE_COLUMNS)
@@ -343,7 +344,7 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
     cols["error_message"] = messages
     cols["http_status"] = _floats(table, "http_status")
     cols["input_index"] = _floats(table, "input_index")
-    for name in ("scheduled_at", "sent_at", "completed_at", *METRICS):
+    for name in ("scheduled_at", "sent_at", "submitted_at", "completed_at", *METRICS):
         cols[name] = _floats(table, name)
     tokens = {name: _floats(table, name) for name in _TOKEN_COLUMNS}
     cols["has_usage"] = np.zeros(n, dtype=bool)
@@ -420,8 +421,15 @@ def _window(frame: pd.DataFrame, session_starts: Sequence[float] = ()) -> _Windo
 
 
 def add_to_windows(windows: stats.SessionWindows, frame: pd.DataFrame) -> None:
-    """Feed a frame's rows (from :func:`_frame`) to *windows*."""
+    """Feed a frame's rows (from :func:`_frame`) to *windows*.
+
+    A row begins at its schedule or send; an async job polled to its end by a later session
+    (``collect``, a resume) knows only when its submit was accepted, which stands in: counted
+    from the collecting session's start instead, a detached run's jobs seemed done in the
+    moments that session took to poll them.
+    """
     begin = np.fmin(frame["scheduled_at"].to_numpy(), frame["sent_at"].to_numpy())
+    begin = np.fmin(begin, frame["submitted_at"].to_numpy())
     windows.add(begin, frame["completed_at"].to_numpy(dtype=np.float64))
 
 

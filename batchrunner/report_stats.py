@@ -180,8 +180,8 @@ class SessionWindows:
     credited with the idle day in between; a run of one session gets its plain window.
 
     Rows are given to a session by when they began (else when they completed). A session whose
-    rows have no beginning (async jobs it only polled, sent by an earlier one) counts from its
-    own start. Feed any number of batches with :meth:`add`.
+    rows have no beginning counts from its own start. Feed any number of batches with
+    :meth:`add`.
     """
 
     def __init__(self, session_starts: Iterable[float] = ()) -> None:
@@ -218,9 +218,17 @@ class SessionWindows:
 
     @property
     def active(self) -> float | None:
-        """Sending time in seconds, summed over the sessions that have rows."""
+        """Sending time in seconds, summed over the sessions that have rows; where windows
+        overlap (an async job submitted in one session and seen done in a later one stretches
+        the first), that time counts once."""
         lo = np.where(np.isfinite(self._lo), self._lo, self._starts)
         both = np.isfinite(lo) & np.isfinite(self._hi)
         if not both.any():
             return None
-        return float(np.maximum(self._hi[both] - lo[both], 0.0).sum())
+        total, reach = 0.0, -math.inf
+        for begin, end in sorted(zip(lo[both].tolist(), self._hi[both].tolist(), strict=True)):
+            begin = max(begin, reach)
+            if end > begin:
+                total += end - begin
+                reach = end
+        return total

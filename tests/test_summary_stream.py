@@ -46,6 +46,7 @@ def _table(n: int, seed: int = 7) -> pa.Table:
                                 pa.int32()),
         "scheduled_at": pa.array(_with_nulls(rng, us(t0), 0.02), ts),
         "sent_at": pa.array(_with_nulls(rng, us(sent), 0.02), ts),
+        "submitted_at": pa.nulls(n, ts),  # async only
         "completed_at": pa.array(_with_nulls(rng, us(done), 0.02), ts),
     }
     for m in ("queue_wait_s", "ttfb_s", "ttft_s", "latency_s", "total_s", "itl_mean_s",

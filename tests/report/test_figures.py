@@ -278,6 +278,14 @@ def test_session_windows_against_brute_force():
     assert plain.active == pytest.approx(np.nanmax(done) - np.nanmin(begin))
 
 
+def test_an_async_job_spanning_two_sessions_stretches_the_first_and_counts_once():
+    windows = stats.SessionWindows([100.0, 200.0])
+    # submitted in session 1 (its beginning), seen done by session 2's polls
+    windows.add(np.array([101.0, 102.0]), np.array([105.0, 204.0]))
+    windows.add(np.array([201.0]), np.array([206.0]))  # sent and done in session 2
+    assert windows.active == pytest.approx(206.0 - 101.0)  # not 103 + 5 on top of it
+
+
 def test_a_session_that_only_collected_counts_from_its_own_start():
     windows = stats.SessionWindows([100.0, 200.0])
     windows.add(np.array([101.0, 102.0]), np.array([105.0, 110.0]))  # sent and done in session 1

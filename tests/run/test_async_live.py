@@ -110,6 +110,11 @@ def test_detach_then_collect_from_another_process(make_emulator, requests_file, 
     rows = read_rows(out)
     assert sorted(rows["input_index"]) == list(range(12)) and set(rows["status"]) == {"ok"}
     assert submits["async_submit"] == 12  # collect never resubmits
+    # The rates count from the submits, not from the moment collect began polling (which
+    # made 12 jobs of 0.3 s look done in a few milliseconds).
+    first_submit = rows["submitted_at"].min().timestamp()
+    last_done = rows["completed_at"].max().timestamp()
+    assert report["summary"]["wall_s"] >= last_done - first_submit - 0.01
     assert KEY_A.encode() not in b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
 
 
@@ -189,7 +194,7 @@ def test_emulator_restart_loses_jobs_and_nothing_hangs(requests_file, tmp_path):
 def test_kill_9_during_submission_then_resume(make_emulator, requests_file, tmp_path):
     requests = requests_file(400)
     out = tmp_path / "out"
-    with make_emulator() as emu:
+    with make_emulator(ttft=Dist("fixed", 0.2)) as emu:
         proc = start_run(
             str(requests),
             "--mode",
@@ -213,6 +218,7 @@ def test_kill_9_during_submission_then_resume(make_emulator, requests_file, tmp_
         proc.communicate(timeout=10)
         recorded = {j["input_index"] for j in jobs_in(out)}
         assert 40 <= len(recorded) < 400
+        time.sleep(2.0)  # the recorded jobs finish long before the resume polls them
         done = run_cli(
             "run",
             str(requests),
@@ -237,6 +243,11 @@ def test_kill_9_during_submission_then_resume(make_emulator, requests_file, tmp_
     # no recorded job was submitted twice; at most the 4 submits in flight at the kill were
     assert all(submits[i] == 1 for i in recorded)
     assert sum(n - 1 for n in submits.values()) <= 4
+    # The resume's own jobs (0.2 s each) are seen done promptly: the recorded jobs' age at
+    # their first poll (over 2 s) is not taken for how long jobs take (it was, and every new
+    # job's first poll waited that long).
+    fresh = rows[~rows["input_index"].isin(recorded)]
+    assert fresh["latency_s"].median() < 0.6
 
 
 def test_ctrl_c_stops_and_leaves_jobs_to_collect(make_emulator, requests_file, tmp_path):
@@ -327,3 +338,35 @@ def test_a_full_disk_for_the_job_ledger_aborts_the_run(
     assert (result.status, result.exit_code) == ("aborted", EXIT_ABORTED)
     assert "No space left on device" in result.message
     assert orjson.loads((out / "run.json").read_bytes())["status"] == "aborted"
+
+
+def test_a_resubmitted_job_s_latency_is_its_final_job_and_retries_stay_within_the_limit(
+    make_emulator, requests_file, tmp_path
+):
+    with make_emulator(
+        ttft=Dist("fixed", 0.3), fault_job=0.5, job_failure_status=529, fault_drop=0.2
+    ) as emu:
+        run(requests_file(16), emu.base_url, tmp_path / "out", concurrency=16,
+            retry=RetryPolicy(max_retries=2, backoff_base_s=0.01, backoff_max_s=0.02))  # fmt: skip
+        truth = emu.ground_truth()
+    submits = [t for t in truth if t["kind"] == "async_submit" and t["job_id"]]
+    jobs = {t["job_id"]: t["job"] for t in submits}
+    rows = read_rows(tmp_path / "out")
+    # --max-retries 2 bounds every request to 3 attempts, submits and resubmits together (a
+    # budget per resubmit allowed more)
+    assert rows["attempts"].max() <= 3
+    failed_jobs = collections.Counter(
+        t["request_id"] for t in submits if t["job"]["status"] == "failed"
+    )
+    resubmitted = 0
+    for row in rows[rows["status"] == "ok"].itertuples():
+        final = jobs[row.job_id]
+        # latency_s is the final job, from its submit to the poll that saw it done, as sync
+        # mode's is the final attempt; the failed job before it and the back-off are in
+        # total_s only
+        seen_done_after = row.job_done_at.timestamp() - final["created_at"]
+        assert seen_done_after - 0.05 <= row.latency_s <= seen_done_after + 0.05
+        if failed_jobs[row.request_id]:  # a failed job takes 0.3 s
+            resubmitted += 1
+            assert row.total_s - row.latency_s >= 0.3 * failed_jobs[row.request_id] - 0.01
+    assert resubmitted >= 1  # a failed job was submitted again and then succeeded
