@@ -596,7 +596,7 @@ async def run_session(
             print(warning, file=stderr, flush=True)
     requests = config.requests
     if requests.is_file():
-        fingerprint: dict[str, Any] | None = input_fingerprint(requests)
+        fingerprint: dict[str, Any] | None = await asyncio.to_thread(input_fingerprint, requests)
         total = await asyncio.to_thread(count_requests, requests, config.source_options())
     elif config.collect_only:
         fingerprint, total = None, None  # collect can poll without the input file

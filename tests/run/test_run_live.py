@@ -339,6 +339,29 @@ def test_resume_refuses_a_changed_input(make_emulator, requests_file, tmp_path):
             run(requests, emu.base_url, tmp_path / "out")
 
 
+def test_resume_refuses_an_input_edited_in_the_middle(make_emulator, tmp_path):
+    # Over 2 MiB, edited in the middle, same size: the first and last MiB are unchanged.
+    line = '{"model":"m","max_tokens":64,"messages":[{"role":"user","content":"%05d"}]}\n'
+    requests = tmp_path / "big.jsonl"
+    requests.write_text("".join(line % i for i in range(40_000)))
+    data = requests.read_bytes()
+    middle = data.index(b'"max_tokens":64', len(data) // 2)
+    edited = data[:middle] + b'"max_tokens":99' + data[middle + 15 :]
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        run(requests, emu.base_url, out, max_requests=2)
+        requests.write_bytes(edited)
+        with pytest.raises(RunDirError, match="not the file this run started with"):
+            run(requests, emu.base_url, out, max_requests=2)
+        # A run recorded before the whole-file hash existed is compared on what it has.
+        requests.write_bytes(data)
+        info = orjson.loads((out / "run.json").read_bytes())
+        del info["input"]["sha256"]
+        (out / "run.json").write_bytes(orjson.dumps(info))
+        result = run(requests, emu.base_url, out, max_requests=2)
+    assert result.status == "incomplete" and len(read_rows(out)) == 4
+
+
 def test_rejects_are_reported_and_skipped(make_emulator, tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text(
