@@ -138,7 +138,18 @@ class GatewayClient:
         self.timeouts = timeouts or Timeouts()
         self._client = client
         self._transport = transport
-        base = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        base: dict[str, str] = {}
+        if client is not None:
+            # Requests are built here and handed to client.send(), which (unlike
+            # client.post()) leaves out the client's default headers: merged here, below ours,
+            # as httpx merges them. Not its accept-encoding: a compressed stream would be read
+            # undecoded, and decoding would blur the timings.
+            base.update(
+                (k.lower(), v)
+                for k, v in client.headers.items()
+                if k.lower() not in ("accept-encoding", "content-length", "host")
+            )
+        base.update({"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION})
         base.update({k.lower(): v for k, v in headers.items()})
         t = self.timeouts
         # The pools are unbounded: the scheduler alone decides how many requests are in flight.
@@ -455,6 +466,9 @@ class StreamSink:
                 )
                 return True
             elif kind == StreamAssembler.STOP:
+                if assembler.lost is not None:  # an ok row would pass off a partial answer
+                    _fail(attempt, ERROR_INVALID_RESPONSE, f"the stream sent {assembler.lost}")
+                    return True
                 attempt.message = assembler.message()
                 return True
         return False
@@ -471,19 +485,33 @@ class StreamSink:
             _fail(attempt, ERROR_STREAM_INCOMPLETE, "stream ended before message_stop")
 
 
+#: Delta type -> the block field its parts are joined into, and the delta's value key.
 _DELTA_FIELDS = {
     "text_delta": "text",
     "thinking_delta": "thinking",
+    "signature_delta": "signature",
     "input_json_delta": "_partial_json",
 }
-_DELTA_VALUE = {"text": "text", "thinking": "thinking", "_partial_json": "partial_json"}
+_DELTA_VALUE = {
+    "text": "text",
+    "thinking": "thinking",
+    "signature": "signature",
+    "_partial_json": "partial_json",
+}
+#: Block fields that a content_block_start may open and deltas then extend.
+_JOINED_FIELDS = ("text", "thinking", "signature")
+#: Deltas that are not generated tokens: they count for neither TTFT nor inter-token gaps.
+_NOT_TOKENS = frozenset({"signature_delta", "citations_delta"})
+#: A delta whose block was never started can only be placed for these (a Bifrost bug,
+#: maximhq/bifrost#5169): the block is opened implicitly with the delta's type.
+_IMPLICIT_BLOCKS = {"text_delta": "text", "thinking_delta": "thinking"}
 
 
 class StreamAssembler:
     """Rebuilds an Anthropic Message from SSE events (``message_start`` … ``message_stop``)."""
 
     OTHER, CONTENT, ERROR, STOP = 0, 1, 2, 3
-    __slots__ = ("_blocks", "_msg", "error_message", "error_type", "invalid")
+    __slots__ = ("_blocks", "_msg", "error_message", "error_type", "invalid", "lost")
 
     def __init__(self) -> None:
         self._msg: dict[str, Any] | None = None
@@ -491,6 +519,8 @@ class StreamAssembler:
         self.error_type: str | None = None
         self.error_message: str | None = None
         self.invalid: str | None = None
+        #: Why part of the content could not be placed (the message would be incomplete).
+        self.lost: str | None = None
 
     def add(self, event_type: str | None, data: bytes) -> int:
         """Take one event; return what kind it was (``CONTENT`` for a content delta)."""
@@ -503,14 +533,29 @@ class StreamAssembler:
             return self.OTHER
         kind = event_type or payload.get("type")
         if kind == "content_block_delta":
-            block = self._blocks.get(payload.get("index", 0))
+            index = payload.get("index", 0)
             delta = payload.get("delta")
-            if block is not None and isinstance(delta, dict):
-                key = _DELTA_FIELDS.get(delta.get("type"))
-                if key is not None:
-                    # Parts are joined once at the end: += on str is quadratic on long outputs.
-                    block.setdefault(key, []).append(delta.get(_DELTA_VALUE[key], ""))
-            return self.CONTENT
+            if not isinstance(delta, dict):
+                return self.CONTENT
+            delta_type = delta.get("type")
+            block = self._blocks.get(index)
+            if block is None:
+                implicit = _IMPLICIT_BLOCKS.get(delta_type)
+                if implicit is None:
+                    self.lost = f"a {delta_type} for content block {index}, which was never started"
+                    return self.OTHER
+                block = self._blocks[index] = {"type": implicit}
+            if delta_type == "citations_delta":
+                block.setdefault("citations", []).append(delta.get("citation"))
+                return self.OTHER
+            key = _DELTA_FIELDS.get(delta_type)
+            if key is not None:
+                # Parts are joined once at the end: += on str is quadratic on long outputs.
+                value = delta.get(_DELTA_VALUE[key], "")
+                block.setdefault(key, []).append(value)
+                if key == "_partial_json" and not value:
+                    return self.OTHER  # the empty opening fragment of a tool call
+            return self.OTHER if delta_type in _NOT_TOKENS else self.CONTENT
         if kind == "message_start":
             msg = payload.get("message")
             self._msg = dict(msg) if isinstance(msg, dict) else {}
@@ -518,7 +563,7 @@ class StreamAssembler:
         if kind == "content_block_start":
             raw_block = payload.get("content_block")
             block = dict(raw_block) if isinstance(raw_block, dict) else {}
-            for key in ("text", "thinking"):
+            for key in _JOINED_FIELDS:
                 if isinstance(block.get(key), str):
                     block["_" + key] = block.pop(key)  # initial text; deltas follow as parts
             self._blocks[payload.get("index", len(self._blocks))] = block
@@ -553,7 +598,7 @@ class StreamAssembler:
         content = []
         for index in sorted(self._blocks):
             block = self._blocks[index]
-            for key in ("text", "thinking"):
+            for key in _JOINED_FIELDS:
                 parts = block.get(key)
                 initial = block.pop("_" + key, None)
                 if isinstance(parts, list):

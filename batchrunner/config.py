@@ -155,6 +155,11 @@ class RunConfig:
         for name, value in self.headers.items():
             if not _HEADER_NAME.match(name):
                 raise ConfigError(f"-H: invalid header name {name!r}")
+            if name.lower().startswith("x-bf-async"):
+                raise ConfigError(
+                    f"-H {name}: async jobs are made by --mode async (with --ttl); in sync "
+                    "or stream mode the gateway would answer with a job instead of the result"
+                )
             if name.lower() in _FRAMING_HEADERS:
                 raise ConfigError(
                     f"-H {name}: set by batchrunner for each request (it frames the body "

@@ -19,7 +19,13 @@ import orjson
 
 from batchrunner.client import Attempt, GatewayClient, bifrost_headers
 from batchrunner.retry import RetryPolicy, retry_delay
-from batchrunner.schema import ERROR_CANCELLED, Mode, RequestRecord, Status
+from batchrunner.schema import (
+    ERROR_CANCELLED,
+    ERROR_UNEXPECTED_JOB_STUB,
+    Mode,
+    RequestRecord,
+    Status,
+)
 
 
 class Acquirer(Protocol):
@@ -83,6 +89,8 @@ async def execute(
                 await ctx.throttle.acquire()
             attempts += 1
             attempt = await ctx.client.send(body, stream=stream, extra_headers=extra)
+            if attempt.ok and attempt.message is None:
+                _job_stub_is_no_answer(attempt)
             if first_sent is None:
                 first_sent, first_sent_at = attempt.sent, attempt.sent_at
             if attempt.ok:
@@ -112,6 +120,18 @@ async def execute(
         final_row(record, ctx, attempt, attempts=attempts, first_sent=first_sent,
                   first_sent_at=first_sent_at, scheduled=scheduled, scheduled_at=scheduled_at)
     )  # fmt: skip
+
+
+def _job_stub_is_no_answer(attempt: Attempt) -> None:
+    """A 200 whose body is an async-job stub: the gateway made a job (an ``x-bf-async`` header
+    went out, from ``-H`` or the input), so the answer is not here. An ``ok`` row would hold
+    nothing; this one says why, and is not retried (each attempt would make another job)."""
+    parsed = attempt.parsed if isinstance(attempt.parsed, dict) else {}
+    attempt.error_type = ERROR_UNEXPECTED_JOB_STUB
+    attempt.error_message = (
+        f"the gateway answered with async job {parsed.get('id')!s} instead of the answer: an "
+        "x-bf-async header was sent (-H or the input's headers); use --mode async for jobs"
+    )
 
 
 def attempt_retry_delay(ctx: ExecContext, attempt: Attempt, attempts_done: int) -> float | None:

@@ -1,7 +1,7 @@
 """Pure retry decisions: whether a failed attempt is retried and after how long.
 
 Follows the gateway's own hints first (``x-should-retry``, ``retry-after-ms``, ``retry-after``),
-then status classes (408, 409, 429, 5xx including 529) and transport failures, with capped
+then status classes (408, 409, 429, every 5xx but 501 and 505) and transport failures, with capped
 exponential back-off and full jitter. Nothing here sleeps or does I/O, so tests drive it directly.
 """
 
@@ -20,10 +20,27 @@ DEFAULT_BACKOFF_MAX_S = 30.0
 #: cannot park a request for hours.
 DEFAULT_MAX_RETRY_AFTER_S = 120.0
 
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-#: Anthropic error types that are worth another attempt when they arrive inside a 200 stream.
-RETRYABLE_ERROR_TYPES = frozenset(
-    {"overloaded_error", "api_error", "rate_limit_error", "timeout_error", "request_dropped"}
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+#: 5xx that say the request itself can never succeed; every other 5xx (a proxy's 520, 529
+#: overloaded, ...) is retried.
+PERMANENT_5XX = frozenset({501, 505})
+#: Error types inside a 200 stream that another attempt cannot fix: the request itself is
+#: wrong. Every other type is retried: the request was accepted and then broke, and gateways
+#: do not always name why (some Bifrost revisions send ``"type": "error"`` or ``""`` for an
+#: overload).
+PERMANENT_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "billing_error",
+        # ours: an answer we cannot read (another attempt would be paid for and read the
+        # same), and an async-job stub where the answer itself was wanted
+        "invalid_response",
+        "unexpected_job_stub",
+    }
 )
 
 
@@ -125,10 +142,14 @@ def retry_delay(
     elif transport_failure:
         retryable = True
     elif http_status is not None and http_status >= 400:
-        retryable = http_status in RETRYABLE_STATUS or should == "true"
+        retryable = (
+            http_status in RETRYABLE_STATUS
+            or (http_status >= 500 and http_status not in PERMANENT_5XX)
+            or should == "true"
+        )
     else:
         # A 200 that failed later (stream error event, truncated stream, unreadable body).
-        retryable = error_type in RETRYABLE_ERROR_TYPES or error_type is None
+        retryable = error_type not in PERMANENT_ERROR_TYPES
     if not retryable:
         return None
     hinted = parse_retry_after(headers, now=now)

@@ -41,6 +41,8 @@ class Mode(enum.StrEnum):
 ERROR_TIMEOUT = "timeout"
 ERROR_CONNECTION = "connection_error"
 ERROR_INVALID_RESPONSE = "invalid_response"
+#: Sync or stream mode got an async-job stub (an ``x-bf-async`` header was sent anyway).
+ERROR_UNEXPECTED_JOB_STUB = "unexpected_job_stub"
 ERROR_STREAM_INCOMPLETE = "stream_incomplete"
 ERROR_JOB_EXPIRED = "job_expired"
 ERROR_JOB_NOT_FOUND = "job_not_found"

@@ -87,6 +87,17 @@ async def send(client: GatewayClient, script: dict[str, Any], stream: bool = Fal
     )
 
 
+async def test_a_callers_client_s_default_headers_are_sent(server: Server) -> None:
+    # client.send() skips them (client.post() would merge them): a team header or a proxy's
+    # auth set on the caller's client used to be dropped without a word.
+    async with httpx.AsyncClient(headers={"x-team": "evals", "x-api-key": "old"}) as http:
+        client = GatewayClient(server.url("/echo"), {"x-api-key": "k"}, client=http)
+        attempt = await client.send(b"{}", stream=False)
+    sent = dict((k.lower(), v) for k, v in attempt.parsed["headers"])
+    assert sent["x-team"] == "evals" and sent["x-api-key"] == "k"  # ours win, as in httpx
+    assert "accept-encoding" not in sent
+
+
 async def test_sync_message(server: Server, make_client) -> None:
     client = make_client(server.url("/script"))
     headers = [["content-type", "application/json"], ["x-bifrost-provider", "anthropic"]]
@@ -159,6 +170,20 @@ async def test_stream_that_cannot_be_assembled_is_invalid_response(
     script = {"status": 200, "chunks": bad}
     attempt = await send(make_client(server.url("/script")), script, stream=True)
     assert attempt.error_type == ERROR_INVALID_RESPONSE and not attempt.transport_failure
+
+
+async def test_stream_content_that_cannot_be_placed_fails_the_attempt(
+    server: Server, make_client
+) -> None:
+    # tool input for a block that was never started: an ok row would hold a partial answer
+    orphan = sse(("content_block_delta", {"type": "content_block_delta", "index": 1,
+        "delta": {"type": "input_json_delta", "partial_json": "{}"}}))  # fmt: skip
+    chunks = [*STREAM_OK[:-1], *orphan, STREAM_OK[-1]]
+    attempt = await send(
+        make_client(server.url("/script")), {"status": 200, "chunks": chunks}, True
+    )
+    assert attempt.error_type == ERROR_INVALID_RESPONSE and attempt.message is None
+    assert "content block 1, which was never started" in (attempt.error_message or "")
 
 
 async def test_stream_without_message_stop(server: Server, make_client) -> None:

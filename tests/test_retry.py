@@ -82,9 +82,20 @@ def test_transport_failures_and_timeouts():
     )
 
 
-def test_stream_error_events_retry_only_transient_types():
+def test_stream_error_events_retry_unless_they_blame_the_request():
     assert decide(http_status=200, error_type="overloaded_error") is not None
+    # some Bifrost revisions name every mid-stream failure "error", or leave the type empty
+    assert decide(http_status=200, error_type="error") is not None
+    assert decide(http_status=200, error_type="stream_error") is not None
     assert decide(http_status=200, error_type="invalid_request_error") is None
+    assert decide(http_status=200, error_type="authentication_error") is None
+
+
+def test_every_5xx_but_the_permanent_ones_is_retried():
+    for status in (500, 502, 503, 504, 520, 529, 599):
+        assert decide(http_status=status, error_type=None) is not None, status
+    for status in (501, 505, 400, 401, 404, 413, 422):
+        assert decide(http_status=status, error_type=None) is None, status
 
 
 def test_backoff_is_capped_exponential_with_jitter():

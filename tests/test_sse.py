@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 
 import orjson
+import pytest
 
 from batchrunner.client import StreamAssembler
 from batchrunner.sse import SSEDecoder
@@ -68,8 +69,9 @@ def wire(events, newline=b"\n"):
     return out
 
 
-def test_decoder_survives_any_chunking():
-    payload = wire(EVENTS)
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_decoder_survives_any_chunking(newline):
+    payload = wire(EVENTS, newline)
     rng = random.Random(3)
     for _ in range(50):
         decoder = SSEDecoder()
@@ -81,6 +83,18 @@ def test_decoder_survives_any_chunking():
             pos += step
         assert [(t, orjson.loads(d)) for t, d in got] == EVENTS
         assert decoder.pending == b""
+
+
+def test_decoder_one_large_event_in_many_small_reads():
+    # read by read, as a 64 KiB socket read delivers a multi-megabyte event
+    text = "x" * 300_000
+    payload = wire([("content_block_delta", {"text": text})], b"\r\n") * 2
+    decoder = SSEDecoder()
+    got = []
+    for pos in range(0, len(payload), 997):
+        got.extend(decoder.feed(payload[pos : pos + 997]))
+    assert [orjson.loads(d)["text"] for _, d in got] == [text, text]
+    assert decoder.pending == b""
 
 
 def test_decoder_crlf_comments_and_multiline_data():
@@ -135,3 +149,57 @@ def test_assembler_tool_use_json():
             ),
         )
     assert asm.message()["content"][0]["input"] == {"a": 1}
+
+
+def _delta(index, delta):
+    return ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def _start(index, block):
+    return ("content_block_start", {"type": "content_block_start", "index": index,
+                                    "content_block": block})  # fmt: skip
+
+
+def test_assembler_keeps_signatures_and_citations_and_counts_only_tokens():
+    citation = {"type": "char_location", "cited_text": "x", "document_index": 0}
+    events = [
+        EVENTS[0],
+        _start(0, {"type": "thinking", "thinking": "", "signature": ""}),
+        _delta(0, {"type": "thinking_delta", "thinking": "Let me"}),
+        _delta(0, {"type": "thinking_delta", "thinking": " think."}),
+        _delta(0, {"type": "signature_delta", "signature": "EqQB"}),
+        _start(1, {"type": "text", "text": ""}),
+        _delta(1, {"type": "citations_delta", "citation": citation}),
+        _delta(1, {"type": "text_delta", "text": "Yes."}),
+        _start(2, {"type": "tool_use", "id": "t", "name": "f", "input": {}}),
+        _delta(2, {"type": "input_json_delta", "partial_json": ""}),
+        _delta(2, {"type": "input_json_delta", "partial_json": '{"a": 1}'}),
+        EVENTS[-1],
+    ]
+    asm = StreamAssembler()
+    kinds = [asm.add(t, orjson.dumps(d)) for t, d in events]
+    # the signature, the citation and the empty opening of the tool input are not tokens
+    assert kinds.count(StreamAssembler.CONTENT) == 4
+    assert asm.message()["content"] == [
+        {"type": "thinking", "thinking": "Let me think.", "signature": "EqQB"},
+        {"type": "text", "text": "Yes.", "citations": [citation]},
+        {"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}},
+    ]
+    assert asm.lost is None
+
+
+def test_a_delta_for_a_block_never_started():
+    # Some Bifrost versions skip content_block_start (maximhq/bifrost#5169): text is placed in
+    # a block of its own; what cannot be placed is reported, never dropped silently.
+    asm = StreamAssembler()
+    asm.add(*_encoded(EVENTS[0]))
+    assert asm.add(*_encoded(_delta(0, {"type": "text_delta", "text": "Hi"}))) == asm.CONTENT
+    assert asm.message()["content"] == [{"type": "text", "text": "Hi"}] and asm.lost is None
+    asm = StreamAssembler()
+    asm.add(*_encoded(_delta(3, {"type": "input_json_delta", "partial_json": '{"a"'})))
+    assert asm.lost == "a input_json_delta for content block 3, which was never started"
+
+
+def _encoded(event):
+    name, data = event
+    return name, orjson.dumps(data)

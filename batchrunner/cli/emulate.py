@@ -112,7 +112,8 @@ def _rate(name: str, what: str) -> Any:
     type=click.FloatRange(0),
     default=None,
     metavar="R",
-    help="Requests per second per key; excess gets 429 with retry-after (0 = off) [0].",
+    help="Requests per second per key; excess gets 429 without retry-after, as Bifrost's "
+    "governance does (0 = off) [0].",
 )
 @click.option(
     "--rate-limit-burst",

@@ -8,7 +8,6 @@ of 0 never draws and a rate of 1 always fires, which keeps tests deterministic.
 
 from __future__ import annotations
 
-import math
 import random
 
 from batchrunner.emulator.config import EmulatorConfig
@@ -115,8 +114,3 @@ class RateLimiter:
             return 0.0
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / rps
-
-
-def retry_after_header(wait_s: float) -> int:
-    """Whole seconds for a ``retry-after`` header (never 0 for a real wait)."""
-    return max(1, math.ceil(wait_s))

@@ -219,11 +219,10 @@ class Gateway:
             )
             if wait > 0:
                 ex.fault = F.KEY_RATE_LIMIT
+                # No retry-after: Bifrost's governance sets none (protocol spec §8), so a
+                # client must find its own pace; sending one here flattered clients in tests.
                 return ex.error(
-                    429,
-                    "rate_limited",
-                    "rate limit exceeded for this virtual key (emulated)",
-                    b"retry-after: %d\r\n" % F.retry_after_header(wait),
+                    429, "rate_limited", "rate limit exceeded for this virtual key (emulated)"
                 )
         fault = self.faults.status(cfg)
         if fault is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from batchrunner.emulator.faults import RateLimiter, retry_after_header
+from batchrunner.emulator.faults import RateLimiter
 from batchrunner.emulator.groundtruth import GroundTruth
 from batchrunner.emulator.jobs import COMPLETED, FAILED, JobStore, parse_ttl
 from batchrunner.emulator.slots import Slots
@@ -60,7 +60,6 @@ def test_rate_limiter_refills_with_injected_time() -> None:
     assert rl.check("k", 0.5, 2.0, 0) == 0.0
     assert rl.check("other", 0.5, 2.0, 0) == 0.0
     assert rl.check("k", 0.5, 0.0, 0) == 0.0  # rps 0 = no limit
-    assert retry_after_header(0.01) == 1 and retry_after_header(2.2) == 3
 
 
 def test_slots_fifo_and_marks() -> None:

@@ -256,6 +256,7 @@ def test_demo_runs_on_the_built_in_emulator(tmp_path):
         (["run", "{set}", "--gateway", "ftp://admin:sk-SECRET2@127.0.0.1:9"], "got ftp://;"),
         (["run", "{set}", "--gateway", "http://u:sk-SECRET3@h:ab"], "not valid (Invalid port)"),
         (["run", "{set}", "-H", "Content-Length: 1"], "-H Content-Length: set by batchrunner"),
+        (["run", "{set}", "-H", "x-bf-async: true"], "async jobs are made by --mode async"),
         (["run", "{set}", "--metadata-column", "topic"], "--metadata-column is for Parquet"),
         (["run", "{set}", "--prompt-column", "q"], "--prompt-column is for Parquet"),
         # NaN passed every range check (all comparisons with it are false)

@@ -560,3 +560,30 @@ def test_a_resumed_run_s_rates_leave_out_the_gap_between_sessions(
     assert report["runs"][0]["overall"]["throughput"]["requests_per_s"] == pytest.approx(
         s["requests_per_s"]
     )
+
+
+def test_a_job_stub_in_sync_mode_is_an_error_row_and_not_retried(
+    make_emulator, requests_file, tmp_path
+):
+    # A client of the caller's own that adds x-bf-async (-H refuses it): the gateway makes a
+    # job and answers with its stub, which is not the answer; each retry would make another.
+    import asyncio
+
+    import httpx
+
+    from batchrunner.runner import run_session
+
+    async def main(config):
+        async with httpx.AsyncClient(headers={"x-bf-async": "true"}) as client:
+            return await run_session(config, http_client=client, quiet=True)
+
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        result = asyncio.run(main(RunConfig(requests=requests_file(3), gateway=emu.base_url,
+                                            out=out)))  # fmt: skip
+        submits = [t for t in emu.ground_truth() if t["kind"] == "async_submit"]
+    rows = read_rows(out)
+    assert result.status == "finished" and set(rows["status"]) == {"error"}
+    assert set(rows["error_type"]) == {"unexpected_job_stub"} and set(rows["attempts"]) == {1}
+    assert rows["error_message"].str.contains("use --mode async").all() and len(submits) == 3
+
