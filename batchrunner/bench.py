@@ -68,9 +68,12 @@ class Slo:
         text = text.strip()
         if text.startswith("error_rate="):
             try:
-                return cls("error_rate", None, float(text.split("=", 1)[1]))
+                rate = float(text.split("=", 1)[1])
             except ValueError:
                 raise ConfigError(f"--slo {text}: the limit must be a number") from None
+            if not 0 <= rate <= 1:  # also NaN
+                raise ConfigError(f"--slo {text}: the error rate must be between 0 and 1")
+            return cls("error_rate", None, rate)
         m = _SLO.match(text)
         if not m or m["metric"] not in SLO_METRICS:
             raise ConfigError(
@@ -81,7 +84,18 @@ class Slo:
             limit = float(m["limit"])
         except ValueError:
             raise ConfigError(f"--slo {text}: the limit must be a number") from None
-        return cls(m["metric"], float(m["q"]) / 100.0, limit)
+        quantile = float(m["q"]) / 100.0
+        if not (limit >= 0 and math.isfinite(limit)):
+            raise ConfigError(f"--slo {text}: the limit must be a number of seconds >= 0")
+        if not 0 < quantile <= 1:
+            raise ConfigError(f"--slo {text}: the percentile must be above 0 and at most 100")
+        return cls(m["metric"], quantile, limit)
+
+    def spec(self) -> str:
+        """The form :meth:`parse` reads back (``str()`` is for people: ``ttft_p99<=0.5s``)."""
+        if self.quantile is None:
+            return f"{self.metric}={self.limit!r}"
+        return f"{self.metric}_p{self.quantile * 100:g}={self.limit!r}"
 
     def __str__(self) -> str:
         if self.quantile is None:
@@ -118,8 +132,8 @@ def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
             value = cast(part.strip())
         except ValueError:
             raise ConfigError(f"{option}: {part.strip()!r} is not a number") from None
-        if value <= 0:
-            raise ConfigError(f"{option}: values must be > 0")
+        if not 0 < value < math.inf:  # NaN too
+            raise ConfigError(f"{option}: values must be numbers > 0")
         values.append(value)
     return values
 
@@ -139,6 +153,8 @@ def plan_stages(
         start, end, steps = ramp
         if steps < 2:
             raise ConfigError("--ramp START:END:STEPS needs at least 2 steps")
+        if not (0 < start < math.inf and 0 < end < math.inf):
+            raise ConfigError("--ramp START:END:STEPS: the rates must be numbers > 0")
         rates = [start + (end - start) * i / (steps - 1) for i in range(steps)]
     for c in concurrency or []:
         stages.append(
@@ -261,6 +277,10 @@ def stage_result(spec: StageSpec, c: StageCollector, slos: list[Slo]) -> dict[st
     ok = c.status.get(Status.OK.value, 0)
     failed = n - ok - c.status.get(Status.CANCELLED.value, 0)
     window = c.last_completed_at - c.first_scheduled_at if n else 0.0
+    if spec.rate is not None and n:
+        # Each scheduled request owns 1/rate of the schedule: at 0.1/s, one request answered in
+        # 95 ms is 0.1 ok/s carried, not 10.5 (the window of its own latency).
+        window = max(window, n / spec.rate)
     sent = sorted(c.sent_at)
     send_span = sent[-1] - sent[0] if len(sent) > 1 else 0.0
     achieved = (len(sent) - 1) / send_span if send_span > 0 else None
@@ -305,12 +325,22 @@ def stage_result(spec: StageSpec, c: StageCollector, slos: list[Slo]) -> dict[st
         )
     result["slos"] = slo_results
     result["slo_met"] = all(s["met"] for s in slo_results) if slos else None
-    result["verdict"] = verdict(spec, result)
+    error_limits = [slo.limit for slo in slos if slo.quantile is None]
+    result["verdict"] = verdict(spec, result, min(error_limits, default=ERRORS_VERDICT_SHARE))
     return result
 
 
-def verdict(spec: StageSpec, r: dict[str, Any]) -> str:
-    """Who limited the stage: the client (say so), or the gateway (its figures stand)."""
+#: A stage with more than this share of failed requests is reported as "errors", not "ok"
+#: (unless an ``error_rate`` SLO says how many are acceptable).
+ERRORS_VERDICT_SHARE = 0.01
+
+
+def verdict(spec: StageSpec, r: dict[str, Any], error_limit: float = ERRORS_VERDICT_SHARE) -> str:
+    """Who limited the stage: the client (say so), or the gateway (its figures stand).
+
+    :param error_limit: the failed share above which the stage is "errors" (an ``error_rate``
+        SLO sets it).
+    """
     reasons = []
     if spec.rate is not None:
         achieved = r["achieved_send_rate"]
@@ -328,6 +358,9 @@ def verdict(spec: StageSpec, r: dict[str, Any]) -> str:
         return "client-bound (" + "; ".join(reasons) + "): add --workers or machines"
     if r["requests"] == 0:
         return "no requests"
+    error_rate = r["error_rate"] or 0.0
+    if error_rate > error_limit:  # the gateway's figures are of its failures
+        return f"errors ({error_rate:.1%} failed)"
     if r["slo_met"] is False:
         return "SLO missed"
     return "ok"
@@ -362,15 +395,31 @@ class BenchState:
     stop_reason: str = ""
 
 
-def stage_config(base: RunConfig, spec: StageSpec, workers: int = 1) -> RunConfig:
-    """The run configuration of one stage (for one of ``workers`` processes)."""
+def _share(total: int, workers: int, worker: int) -> int:
+    """Worker ``worker``'s part of ``total`` split among ``workers``: the parts add up to it."""
+    return total // workers + (1 if worker < total % workers else 0)
+
+
+def stage_config(base: RunConfig, spec: StageSpec, workers: int = 1, worker: int = 0) -> RunConfig:
+    """The run configuration of one stage for worker ``worker`` of ``workers`` processes.
+
+    Concurrency and the request count are split so that the parts add up to the stage's (each
+    worker rounding up ran ``-c 1`` at 2 with two workers); a worker whose part is 0 sends
+    nothing.
+    """
     concurrency = spec.concurrency
-    if concurrency is not None and workers > 1:
-        concurrency = max(1, math.ceil(concurrency / workers))
-    rate = spec.rate / workers if spec.rate is not None else None
     requests = spec.requests
-    if requests is not None and workers > 1:
-        requests = math.ceil(requests / workers)
+    if workers > 1:
+        closed = concurrency is not None and spec.rate is None
+        active = min(workers, concurrency) if closed and concurrency else workers
+        if worker >= active:  # more workers than requests in flight: this one has no part
+            concurrency, requests = 1, 0
+        else:
+            if closed and concurrency:
+                concurrency = _share(concurrency, workers, worker)
+            if requests is not None:
+                requests = _share(requests, active, worker)
+    rate = spec.rate / workers if spec.rate is not None else None
     duration = spec.duration_s
     if duration is not None:
         duration += spec.warmup_s

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -92,8 +92,31 @@ class BenchConfig:
             raise ConfigError("--workers must be between 1 and 4x the number of cores")
         if self.saturate and not self.slos and self.max_error_rate is None:
             raise ConfigError("--saturate needs --slo or --max-error-rate to know when to stop")
-        if self.search_factor <= 1:
-            raise ConfigError("--search-factor must be > 1")
+        finite = math.isfinite
+        if not (self.search_factor > 1 and finite(self.search_factor)):
+            raise ConfigError("--search-factor must be a number > 1")
+        if not (0 < self.search_start <= self.search_max and finite(self.search_max)):
+            raise ConfigError(
+                "--search-start and --search-max must be numbers with 0 < start <= max"
+            )
+        if self.search_steps < 0:
+            raise ConfigError("--search-steps must be >= 0")
+        if self.stage_duration_s is not None and not (
+            self.stage_duration_s > 0 and finite(self.stage_duration_s)
+        ):
+            raise ConfigError("--stage-duration must be a number of seconds > 0")
+        if self.stage_requests is not None and self.stage_requests < 1:
+            raise ConfigError("--stage-requests must be at least 1")
+        if not (self.warmup_s >= 0 and finite(self.warmup_s)):  # a negative one never ended
+            raise ConfigError("--warmup must be a number of seconds >= 0")
+        if self.max_errors is not None and self.max_errors < 0:
+            raise ConfigError("--max-errors must be >= 0")
+        if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
+            raise ConfigError("--max-error-rate must be between 0 and 1")
+        if self.total_duration_s is not None and not (
+            self.total_duration_s > 0 and finite(self.total_duration_s)
+        ):
+            raise ConfigError("--duration must be a number of seconds > 0")
 
 
 @dataclass
@@ -233,6 +256,9 @@ def _should_stop(config: BenchConfig, state: BenchState, results: list[dict[str,
         return True
     if config.total_duration_s and time.perf_counter() - state.started >= config.total_duration_s:
         state.stop_reason = "--duration reached"
+        return True
+    if config.max_errors is not None and state.errors > config.max_errors:
+        state.stop_reason = state.stop_reason or f"--max-errors {config.max_errors} exceeded"
         return True
     if results and config.max_error_rate is not None and not config.saturate:
         rate = results[-1]["error_rate"]
@@ -375,6 +401,8 @@ class _StageRunner:
         self._workers: list[asyncio.subprocess.Process] = []
         self._signals_to_pass = 0
         self._devnull = open(os.devnull, "wb", buffering=0)  # noqa: SIM115 - lives with the bench
+        #: Stage names used so far: a name is the rows' ``stage`` and names the workers' files.
+        self._names: set[str] = set()
 
     def on_sigint(self) -> None:
         self._on_signal("Ctrl-C", "Press Ctrl-C again to cancel them.")
@@ -417,11 +445,19 @@ class _StageRunner:
         self._devnull.close()
 
     async def run(self, spec: StageSpec, state: BenchState) -> dict[str, Any]:
+        # A stage given twice (-c 4,4, or two search rates that print alike) gets a name of its
+        # own: the same name merged two stages' rows in reports, and with --workers the
+        # second stage's files replaced the first's.
+        name, k = spec.name, 2
+        while name in self._names:
+            name, k = f"{spec.name} #{k}", k + 1
+        self._names.add(name)
+        spec = replace(spec, name=name)
         collector = StageCollector()
         collector.slos = self.config.slos
         base = self.next_index
         if self.config.workers > 1:
-            await self._run_workers(spec, collector, base)
+            await self._run_workers(spec, collector, base, state)
         else:
             await self._run_here(spec, collector, base, state)
         n = sum(collector.status.values()) + collector.warmup_rows
@@ -487,16 +523,22 @@ class _StageRunner:
             self.interrupted = True
             self.interrupted_by = session.interrupted_by or "interrupted"
 
-    async def _run_workers(self, spec: StageSpec, collector: StageCollector, base: int) -> None:
+    async def _run_workers(
+        self, spec: StageSpec, collector: StageCollector, base: int, state: BenchState
+    ) -> None:
         """Start N workers, wait until each is ready, then give them one start instant."""
         n = self.config.workers
         run = self.config.run
+        max_errors = self.config.max_errors
         common = {
+            # Each worker stops its share once it alone has failed more than what is left of
+            # --max-errors; the total is checked again after the stage.
+            "max_errors": None if max_errors is None else max(0, max_errors - state.errors),
             "run_dir": str(self.store.run_dir), "run_id": self.run_id, "url": self.url,
             "headers": run.request_headers(), "spec": asdict(spec), "base": base, "workers": n,
             "records": str(run.requests) if has_input(run) else None,
             "synthetic": None if has_input(run) else [r.params for r in self.records],
-            "run": _worker_run_options(run), "slos": [str(s) for s in self.config.slos],
+            "run": _worker_run_options(run), "slos": [s.spec() for s in self.config.slos],
         }  # fmt: skip
         procs = []
         try:

@@ -51,7 +51,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
         records = list(iter_requests(requests, run.source_options()))[:100_000]
     else:
         records = [RequestRecord(i, str(i), p) for i, p in enumerate(job["synthetic"])]
-    cfg = stage_config(run, spec, workers=n)
+    cfg = stage_config(run, spec, workers=n, worker=k)
     store = RunStore.open(
         Path(job["run_dir"]) / "workers" / worker_dir_name(spec.name, k),
         create=True,
@@ -86,7 +86,18 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
             session.phase_s = phase_of(spec.rate, k, n, run.arrival)
             if spec.warmup_s:
                 session.warmup_until_at = job["start_at"] + spec.warmup_s
-            session.on_row = collector.add
+            max_errors = job.get("max_errors")
+            errors = 0
+
+            def on_row(row: dict[str, Any]) -> None:
+                nonlocal errors
+                collector.add(row)
+                if max_errors is not None and row.get("status") != "ok":
+                    errors += 1
+                    if errors > max_errors and not session.stopping:
+                        session.stop(f"--max-errors {max_errors} exceeded")
+
+            session.on_row = on_row
             feed = RecordFeed(
                 cycle_records(records, spec.name, job["base"], k, n), cfg.max_requests
             )

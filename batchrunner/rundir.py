@@ -95,6 +95,11 @@ def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mo
         ``collect`` accepts that).
     :raises RunDirError: with what differs and what to do.
     """
+    if info.get("kind") == "bench":
+        raise RunDirError(
+            "this is a bench's run directory: a bench cannot be resumed or collected; run it "
+            "again with another --out"
+        )
     old = info.get("input") or {}
     if fingerprint is None:
         pass

@@ -45,6 +45,43 @@ SCENARIO_KEYS = {
     "emulator_profile",
 }
 
+_NUMBER = (int, float)
+#: What each scenario key may hold, as TOML gives it (the CLI's own types check the options).
+_SCENARIO_TYPES: dict[str, tuple[type, ...]] = {
+    "requests": (str,), "gateway": (str,), "mode": (str,), "concurrency": (int, list, str),
+    "rate": (int, float, list, str), "arrival": (str,), "ramp": (str,),
+    "stage_duration": _NUMBER, "stage_requests": (int,), "warmup": _NUMBER, "slo": (list,),
+    "saturate": (bool,), "search_start": _NUMBER, "search_max": _NUMBER,
+    "search_factor": _NUMBER, "search_steps": (int,), "max_errors": (int,),
+    "max_error_rate": _NUMBER, "duration": _NUMBER, "workers": (int,), "timeout": _NUMBER,
+    "max_retries": (int,), "model": (str,), "max_tokens": (int,), "seed": (int,),
+    "emulator_profile": (str,), "out": (str,),
+}  # fmt: skip
+_SCENARIO_CHOICES = {"mode": ("sync", "stream"), "arrival": ("constant", "poisson")}
+
+
+def _check_scenario_value(scenario: Path, key: str, value: Any) -> None:
+    """A scenario value of the wrong type or choice is the error the option would give, not an
+    internal error later (or, for a string where a list belongs, each character an SLO)."""
+    from batchrunner.config import ConfigError
+
+    allowed = _SCENARIO_TYPES.get(key, (object,))
+    # bool is an int to Python, and TOML's true is no number of seconds
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        names = " or ".join(
+            {"str": "text", "int": "an integer", "float": "a number", "list": "a list",
+             "bool": "true/false"}[t.__name__]
+            for t in allowed
+        )  # fmt: skip
+        raise ConfigError(f"--scenario {scenario}: {key} must be {names}, got {value!r}")
+    if key in _SCENARIO_CHOICES and value not in _SCENARIO_CHOICES[key]:
+        raise ConfigError(
+            f"--scenario {scenario}: {key} must be one of "
+            f"{', '.join(_SCENARIO_CHOICES[key])}, got {value!r}"
+        )
+    if key == "slo" and not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"--scenario {scenario}: slo must be a list of texts like 'ttft_p99=0.5'")
+
 
 @main.command(
     epilog="""\b
@@ -244,7 +281,7 @@ def bench(
             except ValueError:
                 raise ConfigError("--ramp must be START:END:STEPS, e.g. 10:200:5") from None
         stage_duration = values.get("stage_duration", 30.0)
-        warmup = values.get("warmup") or 0.0
+        warmup = _given(values, "warmup", 0.0)
         stages = plan_stages(
             concurrency=concurrency,
             rates=rates,
@@ -274,9 +311,9 @@ def bench(
         )
         config = BenchConfig(
             run=run, stages=stages, slos=slos, saturate=bool(values.get("saturate")),
-            search_start=values.get("search_start") or 10.0,
-            search_max=values.get("search_max") or 10_000.0,
-            search_factor=values.get("search_factor") or 2.0,
+            search_start=_given(values, "search_start", 10.0),
+            search_max=_given(values, "search_max", 10_000.0),
+            search_factor=_given(values, "search_factor", 2.0),
             search_steps=values.get("search_steps") if values.get("search_steps") is not None else 3,
             stage_duration_s=stage_duration, stage_requests=values.get("stage_requests"),
             warmup_s=warmup, max_errors=values.get("max_errors"),
@@ -325,6 +362,12 @@ def bench(
         sys.exit(3)
 
 
+def _given(values: dict[str, Any], key: str, default: Any) -> Any:
+    """The value given (0 included: it is checked, not replaced), else the default."""
+    value = values.get(key)
+    return default if value is None else value
+
+
 def _merge_scenario(scenario: Path | None, options: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if scenario is not None:
@@ -340,6 +383,8 @@ def _merge_scenario(scenario: Path | None, options: dict[str, Any]) -> dict[str,
 
             raise ConfigError(f"--scenario {scenario}: unknown keys {', '.join(unknown)}")
         for key, value in data.items():
+            if key != "description":
+                _check_scenario_value(scenario, key, value)
             if key in ("concurrency", "rate") and isinstance(value, list):
                 value = ",".join(str(v) for v in value)
             values[key] = value

@@ -17,13 +17,15 @@ from batchrunner.bench import (
     StageSpec,
     parse_list,
     plan_stages,
+    stage_config,
     stage_result,
 )
 from batchrunner.bench_run import BenchConfig, run_bench
 from batchrunner.config import ConfigError, RunConfig
 from batchrunner.emulator.config import Dist
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import run_sync_coro
+from batchrunner.rundir import RunDirError
+from batchrunner.runner import run_sync, run_sync_coro
 
 
 def bench(gateway: str, out: Path, **kw) -> object:
@@ -359,3 +361,103 @@ def test_a_terminal_ctrl_c_drains_a_stage_in_worker_processes(make_emulator, tmp
     assert info["status"] == "interrupted" and [s["stage"] for s in info["stages"]] == ["c=4"]
     stage = info["stages"][0]
     assert stage["requests"] == stage["ok"] > 0  # drained, not cut
+
+
+def test_workers_with_slos_repeated_stages_and_max_errors(make_emulator, tmp_path):
+    # --workers with --slo crashed every worker (they were sent the display form of the SLO);
+    # a repeated stage's worker files replaced the first's; --max-errors never stopped them.
+    with make_emulator(ttft=Dist("fixed", 0.01)) as emu:
+        result = bench(
+            emu.base_url,
+            tmp_path / "out",
+            workers=2,
+            slos=[Slo.parse("ttft_p99=0.5"), Slo.parse("error_rate=0.5")],
+            stages=[
+                StageSpec("c=3", concurrency=3, duration_s=0.6),
+                StageSpec("c=3", concurrency=3, duration_s=0.6),
+            ],
+        )
+    assert [s["stage"] for s in result.stages] == ["c=3", "c=3 #2"]
+    # a bench directory cannot be resumed as a run (the message used to blame the input)
+    (tmp_path / "set.jsonl").write_text(
+        '{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n'
+    )
+    with pytest.raises(RunDirError, match="a bench cannot be resumed"):
+        run_sync(RunConfig(requests=tmp_path / "set.jsonl", out=tmp_path / "out"), quiet=True)
+    assert all(s["slo_met"] is not None for s in result.stages)
+    rows = pq.read_table(tmp_path / "out" / "data").to_pandas()
+    assert rows.groupby("stage").size().to_dict() == {
+        s["stage"]: s["requests"] for s in result.stages
+    }
+    with make_emulator(fault_500=1.0) as emu:
+        result = bench(
+            emu.base_url,
+            tmp_path / "errors",
+            workers=2,
+            max_errors=5,
+            stages=[StageSpec(f"c={c}", concurrency=c, duration_s=3.0) for c in (2, 4)],
+        )
+    assert result.status == "stopped" and "--max-errors 5 exceeded" in result.message
+    assert len(result.stages) == 1 and result.stages[0]["requests"] < 50
+
+
+def test_workers_split_the_stage_s_load_without_rounding_it_up():
+    base = RunConfig(requests=Path())
+
+    def split(spec, n):
+        return [(c.concurrency, c.max_requests) for c in (stage_config(base, spec, n, k)
+                                                          for k in range(n))]  # fmt: skip
+
+    assert split(StageSpec("c=1", concurrency=1), 2) == [(1, None), (1, 0)]  # one sends nothing
+    assert split(StageSpec("c=3", concurrency=3), 2) == [(2, None), (1, None)]
+    assert split(StageSpec("c=1", concurrency=1, requests=3), 2) == [(1, 3), (1, 0)]
+    assert split(StageSpec("c=5", concurrency=5, requests=7), 3) == [(2, 3), (2, 2), (1, 2)]
+
+
+def test_low_rate_throughput_and_failing_stages_are_reported_as_they_are():
+    c = StageCollector()
+    c.add(_row(latency=0.095, sent=0.0, done=0.095))
+    r = stage_result(StageSpec("rate=0.1", rate=0.1, duration_s=1.0), c, [])
+    assert r["throughput_rps"] == pytest.approx(0.1)  # not 1 / 0.095 s
+    c = StageCollector()
+    for i in range(10):
+        c.add(_row(status="error", sent=i * 0.1, done=i * 0.1 + 0.01))
+    r = stage_result(StageSpec("c=2", concurrency=2), c, [])
+    assert r["verdict"] == "errors (100.0% failed)"
+    # an error_rate SLO sets how many failures are acceptable
+    c = StageCollector()
+    for i in range(10):
+        c.add(_row(status="error" if i < 2 else "ok", sent=i * 0.1, done=i * 0.1 + 0.01))
+    r = stage_result(StageSpec("c=2", concurrency=2), c, [Slo.parse("error_rate=0.3")])
+    assert r["verdict"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "5", "--warmup", "-1"], "--warmup must be"),  # the stage never ended
+        (["--rate", "5", "--stage-duration", "0"], "--stage-duration must be"),
+        (["--rate", "nan"], "--rate: values must be numbers > 0"),
+        (["--ramp", "0:10:3"], "the rates must be numbers > 0"),
+        (["--saturate", "--slo", "ttft_p99=1", "--search-start", "100", "--search-max", "10"],
+         "0 < start <= max"),
+        (["--saturate", "--slo", "ttft_p99=1", "--search-factor", "nan"], "--search-factor"),
+        (["-c", "1", "--stage-requests", "0"], "--stage-requests must be at least 1"),
+        (["-c", "1", "--slo", "ttft_p99=-1"], "the limit must be a number of seconds >= 0"),
+        (["-c", "1", "--slo", "error_rate=-0.1"], "between 0 and 1"),
+        (["--scenario", "{dir}/async.toml"], "mode must be one of sync, stream"),
+        (["--scenario", "{dir}/types.toml"], "stage_duration must be an integer or a number"),
+        (["--scenario", "{dir}/slo.toml"], "slo must be a list"),
+    ],
+)  # fmt: skip
+def test_bench_usage_errors(tmp_path, args, message):
+    (tmp_path / "async.toml").write_text('concurrency = [2]\nmode = "async"\n')
+    (tmp_path / "types.toml").write_text('concurrency = [2]\nstage_duration = "0.5"\n')
+    (tmp_path / "slo.toml").write_text('concurrency = [2]\nslo = "ttft_p99=0.5"\n')
+    args = [a.replace("{dir}", str(tmp_path)) for a in args]
+    done = subprocess.run(
+        [sys.executable, "-m", "batchrunner", "bench", *args, "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr and "Traceback" not in done.stderr
