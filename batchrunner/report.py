@@ -705,7 +705,11 @@ def _staged(run: RunRows, f: pd.DataFrame, warm: pd.DataFrame, by: Sequence[str]
     entries = []
     for name in order:
         part = stage_parts.get(name, f.iloc[0:0])
+        target = bench_report.stage_target(name, run.info, by_name.get(name))
         wall = _window(part).wall
+        if target.get("rate") and len(part) and wall is not None:
+            # As bench counts it: an open-loop stage spans at least its schedule (n / rate).
+            wall = max(wall, len(part) / target["rate"])
         section = _section(part, wall, metrics) if len(part) else None
         if section is not None and inner:
             keys, subs = _split(part, inner, max_groups)
@@ -716,8 +720,7 @@ def _staged(run: RunRows, f: pd.DataFrame, warm: pd.DataFrame, by: Sequence[str]
             groups.append({"key": {"stage": name}, **section})
             parts.append(part)
         entries.append(bench_report.stage_entry(
-            name, part, section, warmup_by_stage.get(name, 0),
-            bench_report.stage_target(name, run.info, by_name.get(name)), by_name.get(name)))
+            name, part, section, warmup_by_stage.get(name, 0), target, by_name.get(name)))
     block = bench_report.stages_block(
         by=by, order=order, entries=entries, warmup_by_stage=warmup_by_stage,
         warmup_cost_usd=_cost(warm)["total_usd"] if len(warm) else 0.0, results=results,

@@ -36,7 +36,7 @@ __all__ = [
 #: that the report does not pull in the HTTP client).
 WARMUP_SUFFIX = "#warmup"
 _NONE = "(none)"
-_STAGE_NAME = re.compile(r"^(?:(?P<c>c)=(?P<conc>\d+)|rate=(?P<rate>[0-9.eE+-]+))$")
+_STAGE_NAME = re.compile(r"^(?:(?P<c>c)=(?P<conc>\d+)|rate=(?P<rate>[0-9.eE+-]+))(?: #\d+)?$")
 # str(Slo) of batchrunner.bench: "ttft_p99<=0.2s" or "error_rate<=0.01".
 _SLO_TEXT = re.compile(r"^(?P<metric>[a-z_]+?)_p(?P<q>\d+(?:\.\d+)?)<=(?P<limit>[0-9.eE+-]+)s$")
 
@@ -152,7 +152,8 @@ def stage_entry(name: str, part: pd.DataFrame, section: dict[str, Any] | None,
     """The summary of one stage, from its measured rows (*part*, *section*) and its bench result.
 
     Throughput is over the stage's own window (first schedule to last completion of its
-    measured rows), as ``bench`` computes it; latency and TTFT use ok rows; send lag
+    measured rows, and for a rate at least its schedule, requests / rate), as ``bench``
+    computes it; latency and TTFT use ok rows; send lag
     (``queue_wait_s``) and the achieved send rate use every measured row, because failed
     requests were sent too.
     """

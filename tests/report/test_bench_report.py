@@ -59,6 +59,8 @@ def expected_stages(rows: pd.DataFrame) -> dict[str, dict]:
         ok = g[g["status"] == "ok"]
         start = pd.concat([g["scheduled_at"], g["sent_at"]]).min()
         window = (g["completed_at"].max() - start).total_seconds()
+        if stage.startswith("rate="):  # an open-loop stage spans at least its schedule
+            window = max(window, len(g) / float(stage.split("=")[1]))
         sent = g["sent_at"].dropna().sort_values()
         span = (sent.iloc[-1] - sent.iloc[0]).total_seconds()
         failed = g["status"].isin(["error", "timeout", "expired"]).sum()
