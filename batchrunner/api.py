@@ -97,6 +97,10 @@ def run(
     return _run_in_own_thread(config, kwargs)
 
 
+#: How often a caller waiting for a run on its own thread looks for its own cancellation.
+_CALLER_CHECK_S = 0.1
+
+
 def _run_in_own_thread(config: RunConfig, kwargs: dict[str, Any]) -> RunResult:
     """Run on a thread with its own loop, for a caller whose thread already runs one (a
     notebook). An interrupt of the caller (the notebook's stop button) stops the run as Ctrl-C
@@ -113,8 +117,17 @@ def _run_in_own_thread(config: RunConfig, kwargs: dict[str, Any]) -> RunResult:
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrunner")
     future = pool.submit(lambda: run_sync_coro(session()))
+    caller = asyncio.current_task()
     try:
-        return future.result()
+        while True:
+            try:
+                return future.result(timeout=_CALLER_CHECK_S)
+            except concurrent.futures.TimeoutError:
+                # Under asyncio.run(), a first Ctrl-C only cancels the caller's task, which
+                # cannot run while this waits: it never reached the run (which went on to its
+                # end, and the KeyboardInterrupt of a second Ctrl-C then lost its result).
+                if caller is not None and caller.cancelling():
+                    raise KeyboardInterrupt from None
     except KeyboardInterrupt:
         concurrent.futures.wait([started, future], return_when=concurrent.futures.FIRST_COMPLETED)
         if started.done() and not future.done():

@@ -61,7 +61,7 @@ from batchrunner.rundir import (
 )
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
-from batchrunner.store import RunStore, write_json_atomic
+from batchrunner.store import RunStore, RunStoreError, write_json_atomic
 from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
 from batchrunner.workers import ParkedWorkers
 
@@ -624,8 +624,17 @@ async def run_session(
     except OSError as exc:
         reason = exc.strerror or exc
         raise RunDirError(f"cannot create the run directory {run_dir}: {reason}") from None
+    except RunStoreError as exc:  # in use by another process, or a damaged part
+        raise RunDirError(str(exc)) from None
     signals = SignalHandlers()  # given back last: a signal must not cut the end either
     try:
+        # Read again under the lock: a process that held it may have finished meanwhile, and
+        # the copy read before would mark its finished session "died" and overwrite it.
+        fresh = await asyncio.to_thread(read_run_json, run_dir)
+        if fresh is not None and fresh != info:
+            check_resumable(fresh, fingerprint, config.mode.value)
+            _check_same_gateway(fresh.get("gateway"), gateway_label(config), stderr, quiet)
+            info = fresh
         return await _run_in_store(
             config, store, info, fingerprint, total, redo_indices, transport, http_client,
             handle_signals, signals, quiet, progress, stderr,
@@ -696,6 +705,9 @@ async def _run_in_store(
     stderr: TextIO,
 ) -> RunResult:
     run_dir = store.run_dir
+    for stale in run_dir.iterdir():  # under the lock: no other writer can own one
+        if _is_run_json_temp(stale.name):
+            stale.unlink(missing_ok=True)
     now = time.time()
     resumed = info is not None
     info = info or {
@@ -818,11 +830,17 @@ def _record_escape(
 _SCAFFOLDING = frozenset({".lock", "data", "journal", "rejects.jsonl", "jobs.jsonl"})
 
 
+def _is_run_json_temp(name: str) -> bool:
+    """``write_json_atomic``'s temporary file for ``run.json``, left by a kill mid-write."""
+    return name.startswith(f".{RUN_JSON}.") and name.endswith(".tmp")
+
+
 def _died_before_starting(run_dir: Path) -> bool:
     """Whether ``run_dir`` (without ``run.json``) is empty, or is what a run killed while
     starting left: only the store's scaffolding. Nothing is sent before ``run.json`` is
     written, so such a directory holds no result and may be used afresh."""
-    names = {p.name for p in run_dir.iterdir()}
+    # A kill while run.json was first written leaves its temporary file (and no run.json).
+    names = {p.name for p in run_dir.iterdir() if not _is_run_json_temp(p.name)}
     if not names <= _SCAFFOLDING:
         return False
     segments = list((run_dir / "journal").glob("seg-*")) if "journal" in names else []

@@ -475,11 +475,46 @@ def test_a_directory_left_by_a_run_killed_while_starting_can_be_used(
     (killed / "data").mkdir(parents=True)
     (killed / "journal").mkdir()
     (killed / ".lock").write_text("12345\n")
+    # killed while run.json was first written: its temporary file, no run.json
+    mid_write = tmp_path / "mid-write"
+    RunStore.open(mid_write, create=True).close()
+    (mid_write / ".run.json.9_lmu1ch.tmp").write_text('{"sessions": [')
     with make_emulator() as emu:
-        for out in (left_by_store, older, killed):
+        for out in (left_by_store, older, killed, mid_write):
             result = run(requests_file(5), emu.base_url, out)
             assert result.status == "finished" and len(read_rows(out)) == 5
     assert not (left_by_store / "jobs.jsonl").exists()  # a sync run records no job
+    assert not list(mid_write.glob(".run.json.*"))  # the stale temporary file is gone
+
+
+def test_a_run_json_written_while_waiting_for_the_lock_is_read_again(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    # Two runs on one --out, the second started as the first ends: the second read run.json
+    # while the first still said "running", then got the lock once the first had finished,
+    # and marked its finished session "died". The timing is forced here.
+    import batchrunner.runner as runner_module
+
+    out = tmp_path / "out"
+    requests = requests_file(3)
+    with make_emulator() as emu:
+        run(requests, emu.base_url, out)
+        finished = orjson.loads((out / "run.json").read_bytes())
+        stale = orjson.loads((out / "run.json").read_bytes())
+        stale["status"] = stale["sessions"][-1]["status"] = "running"
+        real = runner_module.resolve_run_dir
+        monkeypatch.setattr(runner_module, "resolve_run_dir", lambda *a: (real(*a)[0], stale))
+        run(requests, emu.base_url, out)
+    sessions = orjson.loads((out / "run.json").read_bytes())["sessions"]
+    assert [s["status"] for s in sessions] == ["finished", "finished"]
+    assert sessions[0] == finished["sessions"][0]
+
+
+def test_a_locked_run_directory_is_a_run_dir_error_for_the_library(requests_file, tmp_path):
+    out = tmp_path / "out"
+    with RunStore.open(out, create=True):  # another process's run holds it
+        with pytest.raises(batchrunner.RunDirError, match="in use"):
+            batchrunner.run(requests_file(2), out=out, quiet=True)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="is not a batchrunner run directory"):
@@ -586,4 +621,3 @@ def test_a_job_stub_in_sync_mode_is_an_error_row_and_not_retried(
     assert result.status == "finished" and set(rows["status"]) == {"error"}
     assert set(rows["error_type"]) == {"unexpected_job_stub"} and set(rows["attempts"]) == {1}
     assert rows["error_message"].str.contains("use --mode async").all() and len(submits) == 3
-
