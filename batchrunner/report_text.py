@@ -261,8 +261,10 @@ def run_header(run: dict[str, Any]) -> list[str]:
             out.append(f"sending    {fmt_duration(active)}: the sessions' own windows, without "
                        "the gaps between them (rates are over this)")
     if run.get("journal_rows"):
+        # A bench cannot be resumed; a run can.
+        what = "run it again" if run.get("stages") else "resume it"
         out.append(f"note       {run['journal_rows']:,} rows read from journal/ (the run is "
-                   "going, or crashed: resume it)")
+                   f"going, or crashed: {what})")
     warm = warmup_line(run)
     if warm:
         out.append(f"bench      {warm}")

@@ -118,4 +118,6 @@ def test_journal_rows_of_a_crashed_run_are_included(make_run):
     doc = orjson.loads(invoke(str(run_dir), "--json").output)
     run = doc["runs"][0]
     assert run["rows"] == 2 and run["journal_rows"] == 1
-    assert "rows read from journal/" in invoke(str(run_dir)).output
+    assert "rows read from journal/ (the run is going, or crashed: resume it)" in invoke(
+        str(run_dir)
+    ).output
