@@ -118,6 +118,8 @@ def _run_in_own_thread(config: RunConfig, kwargs: dict[str, Any]) -> RunResult:
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrunner")
     future = pool.submit(lambda: run_sync_coro(session()))
     caller = asyncio.current_task()
+    # A cancellation the caller already handled (caught, not uncancelled) is not a new one.
+    before = caller.cancelling() if caller is not None else 0
     try:
         while True:
             try:
@@ -126,7 +128,7 @@ def _run_in_own_thread(config: RunConfig, kwargs: dict[str, Any]) -> RunResult:
                 # Under asyncio.run(), a first Ctrl-C only cancels the caller's task, which
                 # cannot run while this waits: it never reached the run (which went on to its
                 # end, and the KeyboardInterrupt of a second Ctrl-C then lost its result).
-                if caller is not None and caller.cancelling():
+                if caller is not None and caller.cancelling() > before:
                     raise KeyboardInterrupt from None
     except KeyboardInterrupt:
         concurrent.futures.wait([started, future], return_when=concurrent.futures.FIRST_COMPLETED)

@@ -157,12 +157,17 @@ def plan_stages(
             raise ConfigError("--ramp START:END:STEPS: the rates must be numbers > 0")
         rates = [start + (end - start) * i / (steps - 1) for i in range(steps)]
     for c in concurrency or []:
+        # A scenario file's scalar skips parse_list: every value is checked here.
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ConfigError(f"--concurrency: values must be integers >= 1, got {c!r}")
         stages.append(
             StageSpec(
                 f"c={c}", concurrency=c, duration_s=duration_s, requests=requests, warmup_s=warmup_s
             )
         )
     for r in rates or []:
+        if isinstance(r, bool) or not isinstance(r, int | float) or not 0 < r < math.inf:
+            raise ConfigError(f"--rate: values must be numbers > 0, got {r!r}")
         stages.append(
             StageSpec(
                 f"rate={r:g}", rate=r, duration_s=duration_s, requests=requests, warmup_s=warmup_s
@@ -271,8 +276,14 @@ def quantile(values: array[float] | list[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def stage_result(spec: StageSpec, c: StageCollector, slos: list[Slo]) -> dict[str, Any]:
-    """The figures and verdict of one stage (JSON-serialisable, stable keys)."""
+def stage_result(
+    spec: StageSpec, c: StageCollector, slos: list[Slo], max_error_rate: float | None = None
+) -> dict[str, Any]:
+    """The figures and verdict of one stage (JSON-serialisable, stable keys).
+
+    :param max_error_rate: ``--max-error-rate``: with the ``error_rate`` SLOs, the share of
+        failures above which the verdict is "errors" (else :data:`ERRORS_VERDICT_SHARE`).
+    """
     n = sum(c.status.values())
     ok = c.status.get(Status.OK.value, 0)
     failed = n - ok - c.status.get(Status.CANCELLED.value, 0)
@@ -326,6 +337,8 @@ def stage_result(spec: StageSpec, c: StageCollector, slos: list[Slo]) -> dict[st
     result["slos"] = slo_results
     result["slo_met"] = all(s["met"] for s in slo_results) if slos else None
     error_limits = [slo.limit for slo in slos if slo.quantile is None]
+    if max_error_rate is not None:
+        error_limits.append(max_error_rate)
     result["verdict"] = verdict(spec, result, min(error_limits, default=ERRORS_VERDICT_SHARE))
     return result
 
@@ -400,6 +413,18 @@ def _share(total: int, workers: int, worker: int) -> int:
     return total // workers + (1 if worker < total % workers else 0)
 
 
+def stage_workers(spec: StageSpec, workers: int) -> int:
+    """How many of ``workers`` processes have a part of the stage: no more than its requests in
+    flight (closed loop) or its request count. One with no part would send nothing, and its
+    idle second of CPU would read as a client pegged at 100 %."""
+    limit = workers
+    if spec.rate is None and spec.concurrency:
+        limit = min(limit, spec.concurrency)
+    if spec.requests:
+        limit = min(limit, spec.requests)
+    return max(1, limit)
+
+
 def stage_config(base: RunConfig, spec: StageSpec, workers: int = 1, worker: int = 0) -> RunConfig:
     """The run configuration of one stage for worker ``worker`` of ``workers`` processes.
 
@@ -442,7 +467,7 @@ def search_rates(start: float, limit: float, factor: float) -> Iterator[float]:
 
 def passes(result: dict[str, Any], max_error_rate: float | None) -> bool:
     """A stage the gateway handled: SLOs met, errors within bounds, client not the limit."""
-    if result["verdict"].startswith("client-bound"):
+    if result["verdict"].startswith(("client-bound", "errors")):
         return False
     if result["slo_met"] is False:
         return False

@@ -36,6 +36,7 @@ from batchrunner.bench import (
     passes,
     search_rates,
     stage_config,
+    stage_workers,
     stage_result,
 )
 from batchrunner.client import GatewayClient, redact_url
@@ -464,7 +465,12 @@ class _StageRunner:
         self.next_index = base + max(n, 1) * max(1, self.config.workers) + self.config.workers
         state.requests += n
         state.errors += sum(collector.status.values()) - collector.status.get("ok", 0)
-        return stage_result(spec, collector, self.config.slos)
+        max_errors = self.config.max_errors
+        if max_errors is not None and state.errors > max_errors and not state.stop_reason:
+            # Workers count their own errors only: the total is known once the stage is over
+            # (and the bench's last stage must say it too).
+            state.stop_reason = f"--max-errors {max_errors} exceeded"
+        return stage_result(spec, collector, self.config.slos, self.config.max_error_rate)
 
     async def _run_here(
         self, spec: StageSpec, collector: StageCollector, base: int, state: BenchState
@@ -527,7 +533,7 @@ class _StageRunner:
         self, spec: StageSpec, collector: StageCollector, base: int, state: BenchState
     ) -> None:
         """Start N workers, wait until each is ready, then give them one start instant."""
-        n = self.config.workers
+        n = stage_workers(spec, self.config.workers)
         run = self.config.run
         max_errors = self.config.max_errors
         common = {

@@ -147,9 +147,11 @@ def retry_delay(
             or (http_status >= 500 and http_status not in PERMANENT_5XX)
             or should == "true"
         )
-    else:
+    elif http_status is None or 200 <= http_status < 300:
         # A 200 that failed later (stream error event, truncated stream, unreadable body).
         retryable = error_type not in PERMANENT_ERROR_TYPES
+    else:
+        retryable = False  # 1xx/3xx: redirects are not followed, and asking again changes nothing
     if not retryable:
         return None
     hinted = parse_retry_after(headers, now=now)

@@ -42,6 +42,8 @@ class SSEDecoder:
                 chunk = chunk[:-1]
                 self._cr = True
             chunk = chunk.replace(b"\r\n", b"\n")
+            if not chunk:  # it was a lone \r, held back above: nothing to look at yet
+                return []
         if self._parts:
             # The blank line may straddle the last piece and this one.
             if b"\n\n" not in self._parts[-1][-1:] + chunk[:1] and b"\n\n" not in chunk:

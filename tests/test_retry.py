@@ -94,7 +94,7 @@ def test_stream_error_events_retry_unless_they_blame_the_request():
 def test_every_5xx_but_the_permanent_ones_is_retried():
     for status in (500, 502, 503, 504, 520, 529, 599):
         assert decide(http_status=status, error_type=None) is not None, status
-    for status in (501, 505, 400, 401, 404, 413, 422):
+    for status in (501, 505, 400, 401, 404, 413, 422, 301, 302, 307):
         assert decide(http_status=status, error_type=None) is None, status
 
 

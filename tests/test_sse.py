@@ -97,6 +97,28 @@ def test_decoder_one_large_event_in_many_small_reads():
     assert decoder.pending == b""
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_decoder_large_and_small_events_under_random_chunking(newline):
+    # events over the 64 KiB at which an incomplete event is collected in pieces, among small
+    # ones, cut anywhere (a read of a lone \r between \r\n and \n lost a large CRLF event)
+    events = [("a", {"t": "x" * n}) for n in (10, 70_000, 5, 200_000, 3)]
+    payload = wire(events, newline)
+    rng = random.Random(11)
+    for _ in range(60):
+        decoder = SSEDecoder()
+        got, pos = [], 0
+        while pos < len(payload):
+            step = rng.choice([1, 1, 2, 3, rng.randint(1, 5000), rng.randint(1, 90_000)])
+            got.extend(decoder.feed(payload[pos : pos + step]))
+            pos += step
+        assert [(t, orjson.loads(d)) for t, d in got] == events
+        assert decoder.pending == b""
+    decoder = SSEDecoder()  # the reviewer's case: ... b"x\r\n", b"\r", b"\n"
+    big = wire([events[1]], b"\r\n")
+    assert decoder.feed(big[:-2]) == [] and decoder.feed(b"\r") == []
+    assert [t for t, _ in decoder.feed(b"\n")] == ["a"]
+
+
 def test_decoder_crlf_comments_and_multiline_data():
     decoder = SSEDecoder()
     raw = b": keep-alive\r\n\r\nevent: x\r\ndata: a\r\ndata:b\r\n\r\n"

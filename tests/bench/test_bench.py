@@ -16,9 +16,11 @@ from batchrunner.bench import (
     StageCollector,
     StageSpec,
     parse_list,
+    passes,
     plan_stages,
     stage_config,
     stage_result,
+    stage_workers,
 )
 from batchrunner.bench_run import BenchConfig, run_bench
 from batchrunner.config import ConfigError, RunConfig
@@ -397,8 +399,27 @@ def test_workers_with_slos_repeated_stages_and_max_errors(make_emulator, tmp_pat
             max_errors=5,
             stages=[StageSpec(f"c={c}", concurrency=c, duration_s=3.0) for c in (2, 4)],
         )
-    assert result.status == "stopped" and "--max-errors 5 exceeded" in result.message
-    assert len(result.stages) == 1 and result.stages[0]["requests"] < 50
+        assert result.status == "stopped" and "--max-errors 5 exceeded" in result.message
+        assert len(result.stages) == 1 and result.stages[0]["requests"] < 50
+        # a bench's only (or last) stage says so too
+        last = bench(emu.base_url, tmp_path / "last", workers=2, max_errors=5,
+                     stages=[StageSpec("c=2", concurrency=2, duration_s=3.0)])  # fmt: skip
+    assert last.status == "stopped" and "--max-errors 5 exceeded" in last.message
+    assert last.stages[0]["verdict"] == "errors (100.0% failed)"
+
+
+def test_a_worker_with_no_part_is_not_started(make_emulator, tmp_path):
+    # -c 1 with 2 workers: the second sent nothing, and its idle second read as a client at
+    # 100 % CPU: "client-bound"
+    assert stage_workers(StageSpec("c=1", concurrency=1), 2) == 1
+    assert stage_workers(StageSpec("c=8", concurrency=8, requests=3), 4) == 3
+    assert stage_workers(StageSpec("rate=5", rate=5.0), 4) == 4
+    with make_emulator(ttft=Dist("fixed", 0.05)) as emu:
+        result = bench(emu.base_url, tmp_path / "out", workers=2,
+                       stages=[StageSpec("c=1", concurrency=1, duration_s=1.0)])  # fmt: skip
+    (stage,) = result.stages
+    assert not stage["verdict"].startswith("client-bound"), stage
+    assert stage["client_cpu"] < 0.9
 
 
 def test_workers_split_the_stage_s_load_without_rounding_it_up():
@@ -429,7 +450,10 @@ def test_low_rate_throughput_and_failing_stages_are_reported_as_they_are():
     for i in range(10):
         c.add(_row(status="error" if i < 2 else "ok", sent=i * 0.1, done=i * 0.1 + 0.01))
     r = stage_result(StageSpec("c=2", concurrency=2), c, [Slo.parse("error_rate=0.3")])
-    assert r["verdict"] == "ok"
+    assert r["verdict"] == "ok" and passes(r, None)
+    # --max-error-rate sets it too; a stage of errors fails the saturation search
+    r = stage_result(StageSpec("c=2", concurrency=2), c, [], max_error_rate=0.1)
+    assert r["verdict"] == "errors (20.0% failed)" and not passes(r, None)
 
 
 @pytest.mark.parametrize(
@@ -448,12 +472,16 @@ def test_low_rate_throughput_and_failing_stages_are_reported_as_they_are():
         (["--scenario", "{dir}/async.toml"], "mode must be one of sync, stream"),
         (["--scenario", "{dir}/types.toml"], "stage_duration must be an integer or a number"),
         (["--scenario", "{dir}/slo.toml"], "slo must be a list"),
+        (["--scenario", "{dir}/rate.toml"], "--rate: values must be numbers > 0, got -5"),
+        (["--scenario", "{dir}/c0.toml"], "--concurrency: values must be integers >= 1, got 0"),
     ],
 )  # fmt: skip
 def test_bench_usage_errors(tmp_path, args, message):
     (tmp_path / "async.toml").write_text('concurrency = [2]\nmode = "async"\n')
     (tmp_path / "types.toml").write_text('concurrency = [2]\nstage_duration = "0.5"\n')
     (tmp_path / "slo.toml").write_text('concurrency = [2]\nslo = "ttft_p99=0.5"\n')
+    (tmp_path / "rate.toml").write_text("rate = -5\n")  # scalars skipped the list's checks
+    (tmp_path / "c0.toml").write_text("concurrency = 0\n")
     args = [a.replace("{dir}", str(tmp_path)) for a in args]
     done = subprocess.run(
         [sys.executable, "-m", "batchrunner", "bench", *args, "--out", str(tmp_path / "o")],

@@ -365,7 +365,8 @@ def test_a_resubmitted_job_s_latency_is_its_final_job_and_retries_stay_within_th
         # mode's is the final attempt; the failed job before it and the back-off are in
         # total_s only
         seen_done_after = row.job_done_at.timestamp() - final["created_at"]
-        assert seen_done_after - 0.05 <= row.latency_s <= seen_done_after + 0.05
+        # (a failed job takes 0.3 s: the margin tells them apart on a loaded machine)
+        assert seen_done_after - 0.15 <= row.latency_s <= seen_done_after + 0.15
         if failed_jobs[row.request_id]:  # a failed job takes 0.3 s
             resubmitted += 1
             assert row.total_s - row.latency_s >= 0.3 * failed_jobs[row.request_id] - 0.01
