@@ -192,13 +192,26 @@ class SessionWindows:
         self._hi = np.full(len(self._starts), -np.inf)
 
     def add(self, begin: np.ndarray, done: np.ndarray) -> None:
-        """:param begin: each row's first instant (NaN if none); :param done: its completion."""
+        """:param begin: each row's first instant (NaN if none); :param done: its completion.
+
+        A row that began in one session and was seen done in a later one (an async job
+        submitted, then polled after a crash or by ``collect``) counts as activity of the first
+        at its beginning and of the later one at its completion: stretching the first session
+        to the completion would count the hours between them as sending time.
+        """
         at = np.where(np.isfinite(begin), begin, done)
         group = np.searchsorted(self._splits, at, side="right")
+        ended = np.where(
+            np.isfinite(done), np.searchsorted(self._splits, done, side="right"), group
+        )
+        later = ended > group
         for g in np.unique(group[np.isfinite(at)]):
             mine = group == g
             self._lo[g] = np.fmin.reduce(begin[mine], initial=self._lo[g])
-            self._hi[g] = np.fmax.reduce(done[mine], initial=self._hi[g])
+            self._hi[g] = np.fmax.reduce(done[mine & ~later], initial=self._hi[g])
+            self._hi[g] = np.fmax.reduce(begin[mine & later], initial=self._hi[g])
+        for g in np.unique(ended[later]):
+            self._hi[g] = np.fmax.reduce(done[later & (ended == g)], initial=self._hi[g])
 
     @property
     def start(self) -> float | None:
@@ -218,9 +231,8 @@ class SessionWindows:
 
     @property
     def active(self) -> float | None:
-        """Sending time in seconds, summed over the sessions that have rows; where windows
-        overlap (an async job submitted in one session and seen done in a later one stretches
-        the first), that time counts once."""
+        """Sending time in seconds, summed over the sessions that have rows (time where two
+        windows overlap counts once)."""
         lo = np.where(np.isfinite(self._lo), self._lo, self._starts)
         both = np.isfinite(lo) & np.isfinite(self._hi)
         if not both.any():

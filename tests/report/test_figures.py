@@ -278,12 +278,18 @@ def test_session_windows_against_brute_force():
     assert plain.active == pytest.approx(np.nanmax(done) - np.nanmin(begin))
 
 
-def test_an_async_job_spanning_two_sessions_stretches_the_first_and_counts_once():
-    windows = stats.SessionWindows([100.0, 200.0])
-    # submitted in session 1 (its beginning), seen done by session 2's polls
+def test_an_async_job_spanning_two_sessions_counts_in_each_not_between():
+    windows = stats.SessionWindows([100.0, 200.0, 10_000.0])
+    # submitted in session 1, seen done by session 2's polls: activity of session 1 at its
+    # submit and of session 2 at its completion, never the 95 s between the sessions
     windows.add(np.array([101.0, 102.0]), np.array([105.0, 204.0]))
     windows.add(np.array([201.0]), np.array([206.0]))  # sent and done in session 2
-    assert windows.active == pytest.approx(206.0 - 101.0)  # not 103 + 5 on top of it
+    assert windows.active == pytest.approx((105.0 - 101.0) + (206.0 - 201.0))
+    # a job submitted in session 1 and collected (only polled) hours later by session 3,
+    # which counts from its own start
+    windows.add(np.array([103.0]), np.array([10_002.0]))
+    assert windows.active == pytest.approx(4.0 + 5.0 + 2.0)
+    assert windows.span == pytest.approx(10_002.0 - 101.0)
 
 
 def test_a_session_that_only_collected_counts_from_its_own_start():
