@@ -53,6 +53,7 @@ def collect(
     one that was stopped) into the same run directory. Resumable and repeatable: run it again
     until it reports no outstanding jobs, before the deadline `run` printed."""
     from batchrunner.config import ConfigError, RunConfig
+    from batchrunner.formats import JSONL_SUFFIXES
     from batchrunner.rundir import read_run_json
     from batchrunner.schema import Mode
 
@@ -72,8 +73,14 @@ def collect(
             raise ConfigError(
                 f"{run_dir} ran on the built-in emulator, whose jobs ended with it; nothing to collect"
             )
+        requests = Path((info.get("input") or {}).get("path", ""))
+        reading = {key: recorded[key] for key in INPUT_READING if recorded.get(key) is not None}
+        if requests.name.lower().endswith(JSONL_SUFFIXES):
+            # Parquet-only options, which older versions recorded (and ignored) for JSONL.
+            reading.pop("prompt_column", None)
+            reading.pop("metadata_columns", None)
         return RunConfig(
-            requests=Path((info.get("input") or {}).get("path", "")),
+            requests=requests,
             gateway=url,
             mode=Mode.ASYNC,
             out=run_dir,
@@ -89,7 +96,7 @@ def collect(
             keep_response_json=bool(recorded.get("keep_response_json", True)),
             keep_response_text=bool(recorded.get("keep_response_text", True)),
             # How the input was read: jobs are matched to their requests by reading it again.
-            **{key: recorded[key] for key in INPUT_READING if recorded.get(key) is not None},
+            **reading,
             collect_only=True,
         )
 
