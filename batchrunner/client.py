@@ -478,6 +478,12 @@ class StreamSink:
         attempt = self.attempt
         if attempt.message is not None or attempt.error_type is not None:
             return
+        pending = self.decoder.pending
+        if self.assembler.started is False and pending.lstrip().startswith(b"{"):
+            # Not a stream at all but one JSON body (a job stub, a Message): read as one, so
+            # that it is judged as what it is instead of as a truncated stream and retried.
+            interpret_body(attempt, 200, pending)
+            return
         if self.assembler.invalid:
             _fail(attempt, ERROR_INVALID_RESPONSE, self.assembler.invalid)
         else:
@@ -511,9 +517,11 @@ class StreamAssembler:
     """Rebuilds an Anthropic Message from SSE events (``message_start`` … ``message_stop``)."""
 
     OTHER, CONTENT, ERROR, STOP = 0, 1, 2, 3
-    __slots__ = ("_blocks", "_msg", "error_message", "error_type", "invalid", "lost")
+    __slots__ = ("_blocks", "_msg", "error_message", "error_type", "invalid", "lost", "started")
 
     def __init__(self) -> None:
+        #: Whether any event arrived.
+        self.started = False
         self._msg: dict[str, Any] | None = None
         self._blocks: dict[int, dict[str, Any]] = {}
         self.error_type: str | None = None
@@ -524,6 +532,7 @@ class StreamAssembler:
 
     def add(self, event_type: str | None, data: bytes) -> int:
         """Take one event; return what kind it was (``CONTENT`` for a content delta)."""
+        self.started = True
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:

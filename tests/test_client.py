@@ -186,6 +186,17 @@ async def test_stream_content_that_cannot_be_placed_fails_the_attempt(
     assert "content block 1, which was never started" in (attempt.error_message or "")
 
 
+async def test_a_json_body_to_a_stream_request_is_read_as_one(
+    server: Server, make_client
+) -> None:
+    # a job stub (x-bf-async sent anyway) is not a stream cut short, to be retried
+    stub = json.dumps({"id": "job-1", "type": "", "role": "", "content": None})
+    script = {"status": 200, "headers": [["content-type", "application/json"]], "body": stub}
+    attempt = await send(make_client(server.url("/script")), script, stream=True)
+    assert attempt.ok and attempt.message is None and attempt.parsed["id"] == "job-1"
+    assert not attempt.transport_failure
+
+
 async def test_stream_without_message_stop(server: Server, make_client) -> None:
     script = {"status": 200, "chunks": STREAM_OK[:-1]}
     attempt = await send(make_client(server.url("/script")), script, stream=True)
