@@ -66,6 +66,16 @@ def collect(
             raise ConfigError(
                 f"{run_dir} is a --mode {recorded.get('mode')} run: nothing to collect"
             )
+        # A job can only be read with the key that made it: polled without it, every job
+        # reads as not found and ends as a final expired row, with no way back but paying again.
+        for flag, given, option in (
+            ("virtual_key_set", virtual_key, "--virtual-key (or BIFROST_VK)"),
+            ("api_key_set", api_key, "--api-key (or BATCHRUNNER_API_KEY)"),
+        ):
+            if recorded.get(flag) and not given:
+                raise ConfigError(
+                    f"{run_dir} was submitted with a key: give the same {option} to collect it"
+                )
         url = gateway or (
             info.get("gateway") if info.get("gateway") != "built-in emulator" else None
         )

@@ -98,6 +98,8 @@ def test_detach_then_collect_from_another_process(make_emulator, requests_file, 
         assert "batchrunner collect" in detached.stdout and "before" in detached.stdout
         assert not (out / "data").exists() or read_rows(out).empty
         assert len(jobs_in(out)) == 12
+        keyless = run_cli("collect", str(out), "-q")  # polled without it: all "not found"
+        assert keyless.returncode == 2 and "give the same --virtual-key" in keyless.stderr
         collected = run_cli("collect", str(out), "--json", env=env)
         assert collected.returncode == 0, collected.stderr
         report = orjson.loads(collected.stdout)
