@@ -436,7 +436,7 @@ def stage_config(base: RunConfig, spec: StageSpec, workers: int = 1, worker: int
     requests = spec.requests
     if workers > 1:
         closed = concurrency is not None and spec.rate is None
-        active = min(workers, concurrency) if closed and concurrency else workers
+        active = stage_workers(replace(spec, requests=None), workers)
         if worker >= active:  # more workers than requests in flight: this one has no part
             concurrency, requests = 1, 0
         else:

@@ -36,8 +36,8 @@ from batchrunner.bench import (
     passes,
     search_rates,
     stage_config,
-    stage_workers,
     stage_result,
+    stage_workers,
 )
 from batchrunner.client import GatewayClient, redact_url
 from batchrunner.config import ConfigError, Redactor, RunConfig
@@ -257,9 +257,6 @@ def _should_stop(config: BenchConfig, state: BenchState, results: list[dict[str,
         return True
     if config.total_duration_s and time.perf_counter() - state.started >= config.total_duration_s:
         state.stop_reason = "--duration reached"
-        return True
-    if config.max_errors is not None and state.errors > config.max_errors:
-        state.stop_reason = state.stop_reason or f"--max-errors {config.max_errors} exceeded"
         return True
     if results and config.max_error_rate is not None and not config.saturate:
         rate = results[-1]["error_rate"]

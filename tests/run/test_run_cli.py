@@ -348,21 +348,27 @@ def test_strict_lets_requests_in_flight_finish_and_records_the_reject(
     assert [r["location"] for r in rejects] == [f"{path}:151"]
 
 
-def test_a_full_disk_aborts_with_exit_3_and_a_resume_completes_the_run(requests_file, tmp_path):
-    # RLIMIT_FSIZE makes every write past 256 KB in a file fail (EFBIG) as a full disk would:
-    # the journal segment fills up first, mid-run.
+def run_with_file_size_limit(requests: Path, out: Path, limit: int) -> subprocess.CompletedProcess:
+    """``batchrunner run`` on the built-in emulator where every write past ``limit`` bytes in a
+    file fails (EFBIG), as on a full disk: RLIMIT_FSIZE needs neither root nor a mount."""
     import resource
 
     def limit_file_size() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    requests, out = requests_file(3000), tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "BATCHRUNNER_GATEWAY"}
-    full = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "batchrunner", "run", str(requests), "--out", str(out),
          "--emulator-profile", "instant"],
         capture_output=True, text=True, timeout=90, env=env, preexec_fn=limit_file_size,
     )  # fmt: skip
+
+
+def test_a_full_disk_aborts_with_exit_3_and_a_resume_completes_the_run(requests_file, tmp_path):
+    # RLIMIT_FSIZE makes every write past 256 KB in a file fail (EFBIG) as a full disk would:
+    # the journal segment fills up first, mid-run.
+    requests, out = requests_file(3000), tmp_path / "out"
+    full = run_with_file_size_limit(requests, out, 256 << 10)
     assert full.returncode == 3, full.stderr
     assert f"aborted: cannot write results to {out}: [Errno 27] File too large" in full.stderr
     assert "Internal error" not in full.stderr and "Resume with: " in full.stderr
@@ -375,11 +381,6 @@ def test_a_full_disk_aborts_with_exit_3_and_a_resume_completes_the_run(requests_
 
 
 def test_a_full_disk_for_rejects_jsonl_aborts_the_run(tmp_path):
-    import resource
-
-    def limit_file_size() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
-
     requests = tmp_path / "mostly-bad.jsonl"
     good = orjson.dumps(
         {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -387,12 +388,7 @@ def test_a_full_disk_for_rejects_jsonl_aborts_the_run(tmp_path):
     bad = b'{"model": "m", "max_tokens": 0, "pad": "' + b"x" * 200 + b'"}'
     requests.write_bytes(b"\n".join([good] + [bad] * 1000) + b"\n")
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "BATCHRUNNER_GATEWAY"}
-    done = subprocess.run(
-        [sys.executable, "-m", "batchrunner", "run", str(requests), "--out", str(out),
-         "--emulator-profile", "instant"],
-        capture_output=True, text=True, timeout=90, env=env, preexec_fn=limit_file_size,
-    )  # fmt: skip
+    done = run_with_file_size_limit(requests, out, 64 << 10)
     assert done.returncode == 3, done.stderr
     assert f"aborted: cannot write results to {out}: [Errno 27] File too large" in done.stderr
     assert orjson.loads((out / "run.json").read_bytes())["status"] == "aborted"
