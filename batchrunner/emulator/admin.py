@@ -11,7 +11,7 @@ import orjson
 
 from batchrunner.emulator import wire
 from batchrunner.emulator.checks import validate
-from batchrunner.emulator.config import LIVE_FIELDS, ConfigError
+from batchrunner.emulator.config import STATIC_FIELDS, ConfigError
 from batchrunner.emulator.model import estimate_input_tokens
 from batchrunner.emulator.protocol import HttpConnection, Request
 
@@ -55,7 +55,9 @@ def handle_admin(gw: Gateway, conn: HttpConnection, req: Request) -> None:
             changes = orjson.loads(req.body)
             if not isinstance(changes, dict):
                 raise ConfigError("expected a JSON object of option: value")
-            fixed = sorted(set(changes) - LIVE_FIELDS)
+            # A fixed field may be sent with its current value, so the output of GET posts back.
+            current = gw.config.to_dict()
+            fixed = sorted(k for k, v in changes.items() if k in STATIC_FIELDS and v != current[k])
             if fixed:
                 raise ConfigError(f"cannot change while running: {', '.join(fixed)}")
             gw.config.update(**changes)

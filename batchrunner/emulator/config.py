@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from batchrunner.emulator.jobs import MAX_TTL_S
+
 DIST_KINDS = ("fixed", "uniform", "normal", "lognormal")
 
 
@@ -93,9 +95,10 @@ class Dist:
         return v if v > 0.0 else 0.0
 
     def __str__(self) -> str:
+        # Exact, not rounded: GET /_emulator/config must post back to the same distribution.
         if self.kind == "fixed":
-            return f"fixed:{self.a:g}"
-        return f"{self.kind}:{self.a:g},{self.b:g}"
+            return f"fixed:{_num(self.a)}"
+        return f"{self.kind}:{_num(self.a)},{_num(self.b)}"
 
     @classmethod
     def parse(cls, value: Any) -> Dist:
@@ -158,6 +161,17 @@ class Dist:
         raise ConfigError(f"not a distribution: {value!r}")
 
 
+def _num(x: float) -> str:
+    # repr() is the shortest text that parses back to the same float; "3.0" reads as "3".
+    r = repr(x)
+    return r[:-2] if r.endswith(".0") else r
+
+
+#: Integers are bounded to 64 bits: the wire (orjson) cannot carry more, so a larger value
+#: would break ``GET /_emulator/config`` and the ground truth.
+_INT64_MAX = 2**63 - 1
+
+
 def _rate(name: str, v: Any) -> float:
     v = _float(name, v)
     if not 0.0 <= v <= 1.0:
@@ -177,7 +191,7 @@ def _float(name: str, v: Any, minimum: float | None = 0.0) -> float:
     return f
 
 
-def _int(name: str, v: Any, minimum: int = 0) -> int:
+def _int(name: str, v: Any, minimum: int = 0, maximum: int = _INT64_MAX) -> int:
     if isinstance(v, bool):
         raise ConfigError(f"{name} must be an integer, got {v!r}")
     if isinstance(v, float) and v.is_integer():
@@ -189,6 +203,8 @@ def _int(name: str, v: Any, minimum: int = 0) -> int:
             raise ConfigError(f"{name} must be an integer, got {v!r}") from None
     if not isinstance(v, int) or v < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    if v > maximum:
+        raise ConfigError(f"{name} must be an integer <= {maximum}, got {v!r}")
     return v
 
 
@@ -227,7 +243,14 @@ def _strings(name: str, v: Any) -> tuple[str, ...]:
 
 
 def _seed(name: str, v: Any) -> int:
-    return _int(name, v, -(2**63))
+    # Any 64-bit value, read as signed or unsigned. The behaviour model keys BLAKE2b with the
+    # seed's bytes, so a wider seed would only fail later, on every request.
+    try:
+        return _int(name, v, -(2**63), 2**64 - 1)
+    except ConfigError:
+        raise ConfigError(
+            f"{name} must be a 64-bit integer (from -2**63 to 2**64-1), got {v!r}"
+        ) from None
 
 
 def _dist(name: str, v: Any) -> Dist:
@@ -249,9 +272,10 @@ class EmulatorConfig:
     """Everything the emulator does, as plain fields. The defaults are the *instant* profile.
 
     Latency and length model (see ``docs/emulator.md``): a response of ``n`` output tokens has
-    its first token after ``ttft`` (+ ``prefill_s_per_token`` * uncached input tokens) and each
-    further token ``token_delay`` after the previous one; sync responses and async jobs take the
-    same total time. All draws are a pure function of ``seed`` and the request body bytes.
+    its first token after ``ttft`` (+ ``prefill_s_per_token`` * input tokens that are not cache
+    reads) and each further token ``token_delay`` after the previous one; sync responses and
+    async jobs take the same total time. All draws are a pure function of ``seed`` and the
+    request body bytes.
 
     Fault rates are probabilities in [0, 1]. Faults in one group are exclusive, checked in the
     listed order with one draw: transport (``fault_drop``, ``fault_stall``; every request kind),
@@ -267,7 +291,8 @@ class EmulatorConfig:
     token_delay: Dist = field(default_factory=Dist)
     #: Output length in tokens (rounded, at least 1), capped by the request's ``max_tokens``.
     output_tokens: Dist = field(default_factory=lambda: Dist("uniform", 10, 40))
-    #: Extra TTFT per uncached input token, seconds (prefill cost; 0 = none).
+    #: Extra TTFT per input token not read from the prompt cache (``input_tokens`` plus
+    #: cache writes), seconds: the prefill cost. Cache reads cost none. 0 = none.
     prefill_s_per_token: float = 0.0
     #: Characters per input token for the prompt-size estimate.
     chars_per_token: float = 4.0
@@ -346,7 +371,7 @@ class EmulatorConfig:
         "job_failure_status": _status,
         "retry_after_s": _int,
         "stall_s": _float,
-        "job_result_ttl_s": lambda n, v: _int(n, v, 1),
+        "job_result_ttl_s": lambda n, v: _int(n, v, 1, MAX_TTL_S),
         "job_not_found_status": _not_found,
         "job_store_max": lambda n, v: _int(n, v, 1),
         "prompt_cache_max": _int,

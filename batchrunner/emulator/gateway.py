@@ -251,6 +251,9 @@ class Gateway:
         if fault == F.DROP:
             ex.drop()
         else:
+            # A stall answers nothing, so a client EOF ends it (as a client timeout would)
+            # instead of keeping a half-closed connection for stall_s.
+            ex.req.close_on_eof = True
             ex.timer = self.loop.call_later(self.config.stall_s, ex.stall_over)
         return True
 
@@ -348,7 +351,13 @@ class Gateway:
         if ex.request_id is None:
             ex.request_id = str(uuid.uuid4())
         self.jobs.max_jobs = cfg.job_store_max  # a live option
-        job = self.jobs.create(ex.vk, ttl, ex.request_id)
+        try:
+            job = self.jobs.create(ex.vk, ttl, ex.request_id)
+        except J.JobStoreFull:
+            # Full of unfinished jobs: refuse the submit the way the gateway answers a job insert
+            # its store rejects, rather than drop a job some client is still waiting for.
+            ex.error_type = ""
+            return ex.respond(400, _ASYNC_CREATE)
         ex.job = job
         ex.job_id = job.id
 

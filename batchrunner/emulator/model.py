@@ -342,7 +342,9 @@ def make_plan(
     td: Dist = cfg.ttft
     ttft = td.constant if td.is_constant else td.sample(rng)
     if cfg.prefill_s_per_token:
-        ttft += cfg.prefill_s_per_token * usage.input_tokens
+        # A cache write is computed like any uncached token before it is stored; only cache
+        # reads skip the prefill.
+        ttft += cfg.prefill_s_per_token * (usage.input_tokens + usage.cache_creation_input_tokens)
     dd: Dist = cfg.token_delay
     # A constant delay needs no draws; the list still has one entry per gap (ground truth).
     delays = (

@@ -48,11 +48,14 @@ class Request:
     """One parsed request. ``headers`` maps lower-cased names to raw values (last one wins).
 
     ``on_lost`` may be set by the application: it is called if the client goes away while the
-    request is being served.
+    request is being served. ``close_on_eof`` (set by the application) means a client EOF ends
+    the request as if the client had gone, instead of waiting for its answer (e.g. a stall,
+    which would send nothing anyway).
     """
 
     __slots__ = (
         "body",
+        "close_on_eof",
         "headers",
         "http11",
         "keep_alive",
@@ -83,6 +86,7 @@ class Request:
         self.http11 = http11
         self.received_at = received_at
         self.on_lost: Any = None
+        self.close_on_eof = False
 
 
 class HttpConnection(asyncio.Protocol):
@@ -96,6 +100,7 @@ class HttpConnection(asyncio.Protocol):
         "_body",
         "_body_len",
         "_dispatching",
+        "_eof",
         "_headers",
         "_paused",
         "_t0",
@@ -116,6 +121,7 @@ class HttpConnection(asyncio.Protocol):
         self.active: Request | None = None
         self.closed = False
         self._dispatching = False
+        self._eof = False
         self._paused = False
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
@@ -138,6 +144,18 @@ class HttpConnection(asyncio.Protocol):
             self._fail(_BAD_REQUEST)
         except httptools.HttpParserError:
             self._fail(_BAD_REQUEST)
+
+    def eof_received(self) -> bool:
+        # The client shut its write side (shutdown(SHUT_WR), or a full close: TCP cannot tell
+        # them apart). Requests already received in full are still answered, as the gateway's
+        # fasthttp server does (it reads nothing while serving); returning True keeps the
+        # transport open for writing, and finish() closes once the last one is answered. A
+        # partial request can never complete: close.
+        req = self.active
+        if req is None or req.close_on_eof or self.closed:
+            return False  # asyncio closes the transport; connection_lost ends ``req``
+        self._eof = True
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -249,6 +267,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.pending:
             self._dispatch()
+        elif self._eof:
+            self.close()  # the client sends nothing more: its last answer is out
 
     def close(self) -> None:
         """Close after flushing what was written."""

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from batchrunner.emulator import Emulator, EmulatorConfig, running_emulator
+from batchrunner.emulator.jobs import MAX_TTL_S
 
 from .helpers import MESSAGES, body, client, wait_for
 
@@ -115,6 +116,54 @@ def test_ttl_header_parsing(emulator: Emulator, header: str, ttl: int) -> None:
         r = submit(c, {"x-bf-async-job-result-ttl": header})
         poll_until_done(c, r.json()["id"])
     assert emulator.ground_truth()[0]["job"]["ttl_s"] == ttl
+
+
+@pytest.mark.parametrize(
+    ("header", "ttl"),
+    [
+        ("1" + "0" * 30, 900),  # outside int64: the gateway's Atoi fails → the default
+        (str(2**63), 900),
+        ("9" * 400, 900),
+        (str(2**63 - 1), MAX_TTL_S),  # inside int64: beyond Go's Duration, clamped
+        (str(10**15), MAX_TTL_S),
+    ],
+)
+def test_huge_ttl_header_falls_back_or_clamps_and_breaks_nothing(
+    make_emulator: Any, header: str, ttl: int
+) -> None:
+    emu = make_emulator(job_result_ttl_s=900)
+    with client(emu) as c:
+        r = submit(c, {"x-bf-async-job-result-ttl": header})
+        assert r.status_code == 200
+        assert poll_until_done(c, r.json()["id"]).json()["type"] == "message"
+        truth = c.get("/_emulator/ground-truth")
+        assert truth.status_code == 200 and c.get("/_emulator/stats").status_code == 200
+    job = truth.json()["entries"][0]["job"]
+    assert job["ttl_s"] == ttl
+    assert job["expires_at"] == pytest.approx(job["completed_at"] + ttl)
+
+
+def test_full_job_store_refuses_new_jobs_and_forgets_the_oldest_finished(
+    make_emulator: Any,
+) -> None:
+    emu = make_emulator(job_store_max=2, ttft="fixed:0.5")
+    with client(emu) as c:
+        first, second = (submit(c).json()["id"] for _ in range(2))
+        # both still processing: nothing may be forgotten, so the store refuses the insert
+        r = submit(c)
+        assert r.status_code == 400 and r.json() == {
+            "type": "error",
+            "error": {"type": "", "message": "failed to create async job"},
+        }
+        assert poll(c, first).json()["id"] == first  # accepted jobs are kept
+        poll_until_done(c, first)
+        poll_until_done(c, second)
+        third = submit(c)  # now the oldest finished job makes room
+        assert third.status_code == 200
+        assert poll(c, first).status_code == 404
+        assert poll(c, second).json()["type"] == "message"
+    jobs = emu.stats()["jobs"]
+    assert (jobs["stored"], jobs["refused"], jobs["evicted"]) == (2, 1, 1)
 
 
 def test_result_expires_ttl_after_completion(make_emulator: Any) -> None:

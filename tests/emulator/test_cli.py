@@ -41,6 +41,14 @@ def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
     assert r.exit_code == 2
 
 
+def test_seed_past_64_bits_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchrunner.emulator
+
+    monkeypatch.setattr(batchrunner.emulator, "serve", lambda *a, **k: pytest.fail("served"))
+    r = CliRunner().invoke(main, ["emulate", "--port", "0", "--seed", str(2**64)])
+    assert r.exit_code == 2 and "seed must be a 64-bit integer" in r.output
+
+
 @pytest.mark.slow
 def test_serves_until_sigterm(tmp_path: Path) -> None:
     profile = tmp_path / "p.toml"

@@ -56,6 +56,28 @@ def test_dist_rejects(bad: object) -> None:
         Dist.parse(bad)
 
 
+@pytest.mark.parametrize(
+    "dist",
+    [
+        Dist("lognormal", 0.0123456789, 1 / 3),
+        Dist("uniform", 0.1 + 0.2, 1e-7 + 0.5),
+        Dist("normal", 123456789.123, 2.5e-12),
+    ],
+)
+def test_dist_text_is_exact(dist: Dist) -> None:
+    assert Dist.parse(str(dist)) == dist  # no rounding: GET /_emulator/config posts back
+    assert str(Dist("uniform", 10, 40)) == "uniform:10,40"  # whole numbers stay short
+
+
+def test_seed_is_a_64_bit_integer() -> None:
+    for ok in (0, -(2**63), 2**63, 2**64 - 1):
+        assert EmulatorConfig(seed=ok).seed == ok
+    bad: object
+    for bad in (2**64, 2**127, -(2**63) - 1, 1e30):
+        with pytest.raises(ConfigError, match="seed must be a 64-bit integer"):
+            EmulatorConfig().update(seed=bad)
+
+
 def test_defaults_are_instant_without_faults_or_keys() -> None:
     cfg = EmulatorConfig()
     assert cfg.ttft.is_constant and cfg.ttft.constant == 0 and cfg.token_delay.constant == 0

@@ -216,6 +216,68 @@ def test_config_endpoint_changes_live_fields(emulator: Emulator) -> None:
     assert emulator.config.fault_500 == 1.0
 
 
+def test_config_from_get_posts_back_unchanged(emulator: Emulator) -> None:
+    awkward = {
+        "ttft": "lognormal:0.0123456789,0.3333333333333333",
+        "token_delay": "uniform:0.000123456789,0.000987654321",
+        "output_tokens": "normal:31.41592653589793,2.718281828459045",
+        "prefill_s_per_token": 1.23456789e-7,
+        "seed": 2**64 - 1,
+    }
+    with client(emulator) as c:
+        assert c.post("/_emulator/config", json=awkward).status_code == 200
+        before = c.get("/_emulator/config").json()
+        first = c.post(MESSAGES, json=body()).json()
+        r = c.post("/_emulator/config", json=before)  # fixed fields (slots…) too, unchanged
+        assert r.status_code == 200 and r.json() == before
+        assert c.get("/_emulator/config").json() == before
+        second = c.post(MESSAGES, json=body()).json()
+        assert c.post("/_emulator/config", json={**before, "slots": 3}).status_code == 400
+    assert first["usage"] == second["usage"] and first["content"] == second["content"]
+    a, b = emulator.ground_truth()
+    assert (a["ttft_s"], a["token_delays_s"]) == (b["ttft_s"], b["token_delays_s"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("seed", 2**127), ("seed", 2**64), ("seed", -(2**64)), ("retry_after_s", 10**30)],
+)
+def test_config_rejects_integers_past_64_bits(emulator: Emulator, field: str, value: int) -> None:
+    with client(emulator) as c:
+        r = c.post("/_emulator/config", json={field: value})
+        assert r.status_code == 400 and field in r.json()["error"]["message"]
+        assert c.get("/_emulator/config").status_code == 200
+        assert c.post(MESSAGES, json=body()).status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_half_closed_client_gets_its_answers_then_a_close(make_emulator: Any, stream: bool) -> None:
+    emu = make_emulator(ttft="fixed:0.1", token_delay="fixed:0.005", output_tokens="fixed:5")
+    reqs = post_bytes(orjson.dumps(body(max_tokens=3))) + post_bytes(
+        orjson.dumps(body(stream=stream))
+    )
+    with socket.create_connection(("127.0.0.1", emu.port), timeout=5) as s:
+        s.sendall(reqs)
+        s.shutdown(socket.SHUT_WR)  # nothing more to send; still reading
+        data = read_socket(s, None, 5)  # until the emulator closes
+    assert data.count(b"HTTP/1.1 200 OK") == 2 and b'"output_tokens":3' in data
+    assert (b"event: message_stop" in data) if stream else (b'"output_tokens":5' in data)
+    assert wait_for(lambda: emu.stats()["connections"] == 0)
+    assert emu.stats()["by_outcome"] == {"ok": 2}
+
+
+def test_half_close_with_nothing_complete_closes_at_once(make_emulator: Any) -> None:
+    emu = make_emulator(fault_stall=1.0)
+    for payload in (post_bytes(orjson.dumps(body()))[:-5], post_bytes(orjson.dumps(body()))):
+        # a partial request can never be answered, and a stall answers nothing anyway
+        with socket.create_connection(("127.0.0.1", emu.port), timeout=5) as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            t0 = time.monotonic()
+            assert read_socket(s, None, 5) == b"" and time.monotonic() - t0 < 2
+    assert wait_for(lambda: emu.stats()["by_outcome"] == {"stalled": 1})
+
+
 def test_ground_truth_off_and_cap(make_emulator: Any) -> None:
     off = make_emulator(ground_truth=False)
     capped = make_emulator(ground_truth_max=3)

@@ -144,6 +144,21 @@ def test_cache_write_then_read_5m_and_1h() -> None:
     assert other.cache_read_input_tokens == 0 and other.cache_creation_input_tokens == 1500
 
 
+def test_prefill_is_charged_for_cache_writes_but_not_reads(make_emulator: Any) -> None:
+    emu = make_emulator(prefill_s_per_token=0.0001, output_tokens="fixed:1")
+    system = [{"type": "text", "text": "a" * 4000, "cache_control": {"type": "ephemeral"}}]
+    b = body("q" * 400, system=system)  # 1,000 cacheable tokens + 100 after the breakpoint
+    with client(emu) as c:
+        first = c.post(MESSAGES, json=b).json()["usage"]
+        second = c.post(MESSAGES, json=b).json()["usage"]
+    assert (first["cache_creation_input_tokens"], first["input_tokens"]) == (1000, 100)
+    assert (second["cache_read_input_tokens"], second["input_tokens"]) == (1000, 100)
+    write, read = emu.ground_truth()
+    assert write["ttft_s"] == pytest.approx(0.0001 * (100 + 1000))  # a write is computed
+    assert read["ttft_s"] == pytest.approx(0.0001 * 100)  # a read is not
+    assert write["done_at"] - write["started_at"] >= 0.11 - 0.002  # and really waited
+
+
 def test_top_level_cache_control_caches_the_whole_prompt() -> None:
     cache = PromptCache(100)
     b = {**body("z" * 800), "cache_control": {"type": "ephemeral"}}

@@ -8,7 +8,14 @@ import pytest
 
 from batchrunner.emulator.faults import RateLimiter
 from batchrunner.emulator.groundtruth import GroundTruth
-from batchrunner.emulator.jobs import COMPLETED, FAILED, JobStore, parse_ttl
+from batchrunner.emulator.jobs import (
+    COMPLETED,
+    FAILED,
+    MAX_TTL_S,
+    JobStore,
+    JobStoreFull,
+    parse_ttl,
+)
 from batchrunner.emulator.slots import Slots
 
 
@@ -24,6 +31,11 @@ from batchrunner.emulator.slots import Slots
         (b"-1", 900),
         (b"1e3", 900),
         (b"x", 900),
+        (b"%d" % (2**63 - 1), MAX_TTL_S),  # int64, but past Go's time.Duration: clamped
+        (b"%d" % MAX_TTL_S, MAX_TTL_S),
+        (b"%d" % 2**63, 900),  # outside int64: Atoi fails, so the default
+        (b"1" + b"0" * 30, 900),
+        (b"-" + b"9" * 400, 900),
     ],
 )
 def test_parse_ttl(raw: bytes | None, ttl: int) -> None:
@@ -51,6 +63,53 @@ def test_job_store_sweeps_and_evicts_finished_jobs_first() -> None:
     assert jobs[1].id not in {j.id for j in store.all()} and len(store) == 3
     store.finish(jobs[0], COMPLETED, 200, b"m", now=5.0)
     assert store.sweep(now=6.0) == 1 and len(store) == 2
+
+
+class _NoScan(dict[str, Any]):
+    """A job table that fails the test if anything walks over every stored job."""
+
+    def values(self) -> Any:
+        raise AssertionError("scanned every stored job")
+
+    def __iter__(self) -> Any:
+        raise AssertionError("scanned every stored job")
+
+
+def test_job_store_evicts_and_sweeps_without_scanning() -> None:
+    store = JobStore(1000)
+    jobs = [store.create(None, 60, str(i), now=float(i)) for i in range(1000)]
+    for j in reversed(jobs[500:]):  # finish order differs from creation order
+        store.finish(j, COMPLETED, 200, b"m", now=2000.0 - j.seq)
+    store._jobs = _NoScan(store._jobs)
+    for _ in range(400):
+        store.create(None, 60, "new", now=3000.0)
+    # the oldest finished jobs by creation went first (as before); unfinished ones all stay
+    kept = {j.id for j in jobs if j.id in store._jobs}
+    assert kept == {j.id for j in jobs[:500] + jobs[900:]} and store.evicted == 400
+    # job k expires at 2000 - k + 60: at 1110 the sweep takes jobs 950..999, nothing else
+    assert store.sweep(now=1110.0) == 50 and len(store) == 950
+
+
+def test_job_store_full_of_unfinished_jobs_refuses_and_stays_bounded() -> None:
+    store = JobStore(3)
+    pending = [store.create(None, 1, str(i), now=0.0) for i in range(3)]
+    with pytest.raises(JobStoreFull):
+        store.create(None, 1, "x", now=0.0)
+    assert len(store) == 3 and store.counts()["refused"] == 1 and store.counts()["evicted"] == 0
+    store.finish(pending[2], COMPLETED, 200, b"m", now=1.0)
+    store.create(None, 1, "y", now=1.0)  # the finished one makes room
+    assert pending[2].id not in {j.id for j in store.all()} and len(store) == 3
+
+
+def test_job_store_heaps_stay_bounded_by_the_store() -> None:
+    store = JobStore(10_000_000)
+    for i in range(20_000):
+        job = store.create(None, 1, str(i), now=float(i))
+        store.finish(job, COMPLETED, 200, b"m", now=float(i))
+        assert store.get(job.id, None, now=i + 1.0) is None  # read after expiry: forgotten
+    assert len(store) == 0 and store.expired == 20_000
+    assert len(store._by_age) + len(store._by_expiry) <= 1024 + 2
+    assert store.counts()["stored"] == 0
 
 
 def test_rate_limiter_refills_with_injected_time() -> None:
