@@ -11,13 +11,17 @@ The formula follows ``specs/pricing.md``: Anthropic's ``input_tokens`` is the un
 5-minute and 1-hour cache writes and cache reads have their own per-model rates; a long-context
 tier (a cliff) applies to every category of a request whose total input (uncached + cache
 writes + cache reads) is above the tier's threshold. Gateway async jobs are standard requests,
-so no batch discount is applied. A model nobody can price gets NaN (null), never 0.
+so no batch discount is applied. A model nobody can price gets NaN (null), never 0. The two
+corrections to genai-prices' data: Sonnet 4's long-context tier, which it lacks
+(:data:`_MISSING_LONG_CONTEXT`), and Mythos 5 and 5.1, priced as the Fable models they are
+published with (:data:`_MISSING_MODELS`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -46,6 +50,25 @@ CATEGORIES: tuple[str, ...] = ("input", "output", "cache_write_5m", "cache_write
 #: Default cache rates of an override entry for a model genai-prices does not know, as
 #: multiples of its input rate (Anthropic's standard prompt-caching multipliers).
 DEFAULT_CACHE_MULTIPLIERS = {"cache_write_5m": 1.25, "cache_write_1h": 2.0, "cache_read": 0.1}
+
+#: Long-context tiers the bundled genai-prices data lacks (``specs/pricing.md`` §1.7 and §2.7
+#: item 3): above 200k input tokens, Sonnet 4's 1M-context beta billed the whole request at 2x
+#: input and cache rates and 1.5x output (6 / 7.50 / 12 / 0.60 / 22.50 $/MTok). Only requests
+#: sent with the beta could be that long, so the tier needs no date. Applied while the data has
+#: no tier of its own for the model (a newer genai-prices that adds one wins).
+_MISSING_LONG_CONTEXT: dict[str, tuple[int, dict[str, float]]] = {
+    "claude-sonnet-4-0": (200_000, {"input": 2.0, "output": 1.5, "cache_write_5m": 2.0,
+                                    "cache_write_1h": 2.0, "cache_read": 2.0}),
+}
+
+#: Models published at another model's rates (pricing.md §1.4) that genai-prices 0.2.3 lacks
+#: (Mythos 5 and 5.1 bill as Fable 5 and 5.1). Used only when the data has no entry of its own,
+#: for the bare name or a dated form (``-20260301``, ``@20260301``).
+_MISSING_MODELS: dict[str, str] = {
+    "claude-mythos-5": "claude-fable-5",
+    "claude-mythos-5-1": "claude-fable-5-1",
+}
+_DATED = re.compile(r"(?P<name>.+?)(?:[-@]\d{8})?")
 
 _OVERRIDE_KEYS = frozenset({*CATEGORIES, "same_as", "multiplier"})
 _PER = 1_000_000.0  # rates are $ per million tokens
@@ -301,7 +324,14 @@ class PriceBook:
             except (LookupError, ValueError):
                 continue
         if found is None:
-            return None
+            undated = _DATED.fullmatch(model)
+            stand_in = _MISSING_MODELS.get(undated.group("name")) if undated else None
+            if stand_in is None:
+                return None
+            rates = self._bundled(stand_in, day)
+            if rates is None:
+                return None
+            return ModelRates(rates=rates.rates, priced_as=f"{rates.priced_as} (as {model})")
         provider, info = found
         price = info.get_prices(datetime.combine(day, time(12), tzinfo=UTC))
         inp = _rate(getattr(price, "input_mtok", None)) or Rate(0.0)
@@ -313,7 +343,13 @@ class PriceBook:
         cr = _rate(getattr(price, "cache_read_mtok", None)) or inp
         rates = {"input": inp, "output": out, "cache_write_5m": cw5m, "cache_write_1h": cw1h,
                  "cache_read": cr}
-        return ModelRates(rates=rates, priced_as=f"genai-prices:{provider.id}/{info.id}")
+        label = f"genai-prices:{provider.id}/{info.id}"
+        missing = _MISSING_LONG_CONTEXT.get(info.id) if provider.id == "anthropic" else None
+        if missing is not None and not any(r.tiers for r in rates.values()):
+            start, factors = missing
+            rates = {c: Rate(r.base, ((start, r.base * factors[c]),)) for c, r in rates.items()}
+            label = f"{label} + long-context tier above {start:,} input tokens"
+        return ModelRates(rates=rates, priced_as=label)
 
 
 def _rate(value: Any) -> Rate | None:

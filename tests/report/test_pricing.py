@@ -55,7 +55,31 @@ HAND = [
     # exactly 200k is not above the threshold
     ("claude-sonnet-4-5", {"inp": 1000, "read": 199_000, "out": 1000},
      (1000 * 3 + 199_000 * 0.3 + 1000 * 15) / 1e6),
+    # Sonnet 4's 1M beta (pricing.md §1.7): 6 / 7.50 / 12 / 0.60 / 22.50 above 200k input tokens
+    # (genai-prices 0.2.3 has no tier for it: 0.1527 before the fix, not 0.2979)
+    ("claude-sonnet-4-20250514", {"inp": 1000, "w5m": 4000, "w1h": 10_000, "read": 245_000,
+                                  "out": 1000},
+     (1000 * 6 + 4000 * 7.5 + 10_000 * 12 + 245_000 * 0.6 + 1000 * 22.5) / 1e6),
+    ("anthropic/claude-sonnet-4-0", {"inp": 250_000, "out": 1000},
+     (250_000 * 6 + 1000 * 22.5) / 1e6),
+    ("claude-sonnet-4", {"inp": 1000, "read": 199_000, "out": 1000},
+     (1000 * 3 + 199_000 * 0.3 + 1000 * 15) / 1e6),
+    # Mythos 5 and 5.1 bill as Fable 5 and 5.1 (pricing.md §1.4); genai-prices 0.2.3 lacks them
+    # (unpriced before the fix). 10 / 12.50 / 20 / 1 (5.1: 0.25) / 50
+    ("claude-mythos-5", {"inp": 1000, "w5m": 2000, "w1h": 3000, "read": 4000, "out": 500},
+     (1000 * 10 + 2000 * 12.5 + 3000 * 20 + 4000 * 1 + 500 * 50) / 1e6),
+    ("anthropic/claude-mythos-5-1-20260301", {"inp": 1000, "read": 4000, "out": 500},
+     (1000 * 10 + 4000 * 0.25 + 500 * 50) / 1e6),
+    # Mythos 5.2 is in the data: 8 / 10 / 16 / 0.20 / 40
+    ("claude-mythos-5-2", {"inp": 1000, "read": 4000, "out": 500},
+     (1000 * 8 + 4000 * 0.2 + 500 * 40) / 1e6),
 ]
+
+
+def test_a_mythos_version_nobody_publishes_stays_unpriced(make_run):
+    run = cost_of(make_run, [usage_row("claude-mythos-5-3", inp=1000, out=10)])
+    cost = run["overall"]["cost"]
+    assert not cost["complete"] and cost["total_usd"] is None
 
 
 @pytest.mark.parametrize(("model", "usage", "want"), HAND, ids=[h[0] for h in HAND])
@@ -216,7 +240,11 @@ def test_vectorised_prices_equal_genai_prices_per_request():
                       cache_read_tokens=int(u.cache_read[i]), output_tokens=int(u.output[i]))
         want = calc_price(usage, model, provider_id="anthropic",
                           genai_request_timestamp=datetime(2026, 11, 1, 12, tzinfo=UTC))
-        assert costs["total"][i] == pytest.approx(float(want.total_price), rel=1e-12), model
+        expected = float(want.total_price)
+        if model == "claude-sonnet-4-0" and usage.input_tokens > 200_000:
+            # the documented correction: the long-context tier genai-prices lacks
+            expected = float(want.input_price) * 2 + float(want.output_price) * 1.5
+        assert costs["total"][i] == pytest.approx(expected, rel=1e-12), model
 
 
 def test_offline_and_bundled_even_if_someone_swapped_the_snapshot(monkeypatch):
