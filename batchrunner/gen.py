@@ -38,6 +38,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchrunner.formats import JSONL_SUFFIXES, PARQUET_SUFFIXES
+
 __all__ = [
     "CHARS_PER_TOKEN",
     "GenError",
@@ -267,15 +269,13 @@ def output_format(path: str | os.PathLike[str]) -> str:
     :raises GenError: any other extension.
     """
     name = os.fspath(path).lower()
-    if name.endswith((".jsonl", ".ndjson")):
-        return "jsonl"
-    if name.endswith((".jsonl.gz", ".ndjson.gz")):
-        return "jsonl.gz"
-    if name.endswith((".parquet", ".pq")):
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl.gz" if name.endswith(".gz") else "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
-    raise GenError(
-        f"{os.fspath(path)}: unknown extension; use .jsonl, .ndjson, .jsonl.gz or .parquet"
-    )
+    # The input suffixes `run` reads, so a generated set always has a name it accepts.
+    *rest, last = JSONL_SUFFIXES + PARQUET_SUFFIXES
+    raise GenError(f"{os.fspath(path)}: unknown extension; use {', '.join(rest)} or {last}")
 
 
 # --------------------------------------------------------------------------- the spec

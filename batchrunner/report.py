@@ -867,7 +867,9 @@ def _rows(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for v in vals[1:]:
             d = None if v is None or base is None else v - base
             if d is not None and abs(d) <= 1e-12 * max(abs(base), abs(v)):
-                d = 0 * d  # float noise from summing in another order is no difference
+                # Float noise from summing in another order is no difference: a plain zero
+                # (0 * d kept the sign of d, and -0.0 printed as "-0.0%").
+                d = 0.0 if isinstance(d, float) else 0
             deltas.append(d)
             pcts.append(_num(d / base * 100) if d is not None and base else None)
         rows.append({"figure": name, "values": vals, "delta": deltas, "delta_pct": pcts})

@@ -393,7 +393,7 @@ def _fmt_figure(name: str, value: Any, delta: bool = False) -> str:
     if "usd" in name:
         return sign + fmt_usd(value)
     if name == "error_rate":
-        return f"{sign}{value * 100:.2f}{'pp' if delta else '%'}"
+        return f"{sign}{value * 100:z.2f}{'pp' if delta else '%'}"
     if name.endswith(("p50", "p90", "p95", "p99", "max", "mean")):
         return sign + fmt_duration(value)
     if name.endswith("_per_s"):
@@ -413,7 +413,8 @@ def comparison_tables(cmp: dict[str, Any]) -> list[Table]:
             name = fig["figure"]
             rows.append([*prefix, name, *(_fmt_figure(name, v) for v in fig["values"]),
                          *(_fmt_figure(name, d, delta=True) for d in fig["delta"]),
-                         *("-" if p is None else f"{p:+.1f}%" for p in fig["delta_pct"])])
+                         # z: a change that rounds to zero reads +0.0%, as no change does
+                         *("-" if p is None else f"{p:+z.1f}%" for p in fig["delta_pct"])])
         return rows
 
     tables = [Table(f"Figures (baseline {cmp['baseline']}; Δ = run - baseline)",

@@ -23,6 +23,7 @@ from batchrunner.gen import (
     GenSpec,
     TokenDist,
     iter_records,
+    output_format,
     parse_tag_mix,
     parse_weighted,
     write_requests,
@@ -361,6 +362,20 @@ def test_cli_errors(tmp_path: Path, args: list[str], message: str) -> None:
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_an_unknown_extension_names_every_accepted_one(tmp_path: Path) -> None:
+    from batchrunner.formats import JSONL_SUFFIXES, PARQUET_SUFFIXES
+
+    accepted = JSONL_SUFFIXES + PARQUET_SUFFIXES
+    for suffix in accepted:  # each is accepted, whatever its case
+        assert output_format(tmp_path / f"x{suffix.upper()}") in ("jsonl", "jsonl.gz", "parquet")
+    with pytest.raises(GenError) as raised:
+        output_format(tmp_path / "x.csv")
+    assert str(raised.value).endswith(
+        "unknown extension; use .jsonl, .ndjson, .jsonl.gz, .ndjson.gz, .parquet or .pq"
+    )
+    assert all(suffix in str(raised.value) for suffix in accepted)
 
 
 def test_cli_bad_output_paths(tmp_path: Path) -> None:

@@ -36,7 +36,13 @@ INPUT_READING = (
 )
 @click.option("--poll-concurrency", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print only errors, on stderr (no progress, messages or summary); the exit code "
+    "tells the outcome, --json still prints the summary.",
+)
 @stops_cleanly_on_signals
 def collect(
     run_dir: Path,

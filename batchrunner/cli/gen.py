@@ -116,7 +116,7 @@ def _parse_out(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     required=True,
     metavar="FILE",
     callback=_parse_out,
-    help="Output: .jsonl/.ndjson (Message Batches lines), .jsonl.gz, or .parquet/.pq "
+    help="Output: .jsonl/.ndjson (Message Batches lines), .jsonl.gz/.ndjson.gz, or .parquet/.pq "
     "(custom_id, params and metadata as JSON text). Replaced if it exists.",
 )
 @_dist_option(

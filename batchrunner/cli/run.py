@@ -59,7 +59,8 @@ Exit codes:
     type=click.IntRange(min=1),
     default=None,
     help="Closed loop: requests in flight at once [default: 32]. With --rate: a cap "
-    "on requests in flight (waiting for it counts in queue_wait_s and total_s).",
+    "on requests in flight (waiting for it counts in queue_wait_s and total_s) "
+    "[default: 10,000].",
 )
 @click.option(
     "--rate",
@@ -235,8 +236,8 @@ Exit codes:
     "-q",
     "--quiet",
     is_flag=True,
-    help="Print nothing (no progress, messages or summary); the exit code tells the outcome, "
-    "--json still prints the summary.",
+    help="Print only errors, on stderr (no progress, messages, summary or --detach "
+    "deadline); the exit code tells the outcome, --json still prints the summary.",
 )
 @stops_cleanly_on_signals
 def run(
@@ -393,11 +394,15 @@ def finish(
         )
     elif not quiet:
         click.echo(format_summary(result.summary))
-    if result.status == "detached" and not as_json:
-        # On stdout even with -q: a script needs the directory and the deadline.
-        click.echo(f"detached   {result.run_dir}")
-        click.echo(f"collect    {result.message}")
-    if not quiet:
+    if quiet:
+        # -q prints errors only: a session that could not do its work says why. A detached
+        # run prints nothing; a script gets the directory and the deadline from --json.
+        if result.status in ("aborted", "rejected"):
+            click.echo(f"{result.status}: {result.message}", err=True)
+    else:
+        if result.status == "detached" and not as_json:
+            click.echo(f"detached   {result.run_dir}")
+            click.echo(f"collect    {result.message}")
         click.echo(f"results    {result.run_dir}", err=as_json)
         if result.rejected:
             click.echo(

@@ -240,6 +240,29 @@ def test_comparison_deltas(make_run):
     assert compare(rep["runs"]) == cmp
 
 
+def test_no_change_is_never_a_negative_zero():
+    from batchrunner.report import _rows
+    from batchrunner.report_text import comparison_tables
+
+    # Two cost totals summed in another order: -2e-17 apart, which is no difference.
+    (fig,) = _rows([{"cost_usd": 0.09386874999999999}, {"cost_usd": 0.09386874999999997}])
+    assert fig["delta"] == [0.0] and fig["delta_pct"] == [0.0]
+    assert math.copysign(1, fig["delta"][0]) == 1 and math.copysign(1, fig["delta_pct"][0]) == 1
+    # A change that rounds to zero is shown as one, with the sign every zero change has.
+    figures = [
+        fig,
+        {"figure": "latency_s p50", "values": [2.0, 1.9999], "delta": [-1e-4],
+         "delta_pct": [-0.005]},
+        {"figure": "error_rate", "values": [0.5, 0.49999], "delta": [-1e-5], "delta_pct": [-0.002]},
+        {"figure": "requests", "values": [7, 7], "delta": [0], "delta_pct": [0.0]},
+    ]  # fmt: skip
+    cmp = {"runs": ["a", "b"], "baseline": "a", "overall": figures, "cost_by_model": [],
+           "groups": []}  # fmt: skip
+    rows = comparison_tables(cmp)[0].rows
+    assert [r[-1] for r in rows] == ["+0.0%"] * 4
+    assert rows[2][-2] == "0.00pp"  # as a zero change in percentage points is
+
+
 def test_summary_keys_and_values(make_run):
     rows = mixed_rows(60)
     s = summarize_table(to_table(rows))

@@ -299,6 +299,21 @@ def test_detach_needs_a_real_gateway(requests_file, tmp_path):
         )
 
 
+def test_quiet_detach_prints_nothing_and_json_still_gives_the_deadline(
+    make_emulator, requests_file, tmp_path
+):
+    requests = requests_file(3)
+    with make_emulator(ttft=Dist("fixed", 0.2)) as emu:
+        common = ("run", str(requests), "--mode", "async", "--detach", "--gateway", emu.base_url)
+        quiet = run_cli(*common, "--out", str(tmp_path / "quiet"), "-q")
+        assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+        both = run_cli(*common, "--out", str(tmp_path / "json"), "-q", "--json")
+    assert both.returncode == 0 and both.stderr == ""
+    report = orjson.loads(both.stdout)  # the whole of stdout is the JSON document
+    assert report["status"] == "detached" and report["outstanding_jobs"] == 3
+    assert report["collect_before"] is not None and "batchrunner collect" in report["message"]
+
+
 def test_wait_for_rows_helper_is_importable():
     assert callable(wait_for_rows)
 

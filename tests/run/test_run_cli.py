@@ -324,6 +324,38 @@ def test_strict_aborts_at_the_first_invalid_row(make_emulator, tmp_path):
     assert sorted(read_rows(tmp_path / "out")["input_index"]) == [0, 1, 2]
 
 
+def test_quiet_prints_only_the_error_of_a_session_that_could_not_do_its_work(
+    make_emulator, tmp_path
+):
+    good = '{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n'
+    all_bad, strict = tmp_path / "all-bad.jsonl", tmp_path / "strict.jsonl"
+    all_bad.write_text('{"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n' * 2)
+    strict.write_text(good * 2 + '{"model": 5}\n')
+    with make_emulator() as emu:
+        common = ("--gateway", emu.base_url, "-q")
+        rejected = run_cli("run", str(all_bad), *common, "--out", str(tmp_path / "a"))
+        aborted = run_cli("run", str(strict), *common, "--strict", "--out", str(tmp_path / "b"))
+        fine = run_cli("run", str(strict), *common, "--out", str(tmp_path / "c"))
+    assert (rejected.returncode, rejected.stdout) == (2, "")
+    assert rejected.stderr.splitlines() == [
+        f"rejected: no valid request in {all_bad}: all 2 rows were rejected "
+        f"(see {tmp_path / 'a' / 'rejects.jsonl'})"
+    ]
+    assert (aborted.returncode, aborted.stdout) == (3, "")
+    assert aborted.stderr.splitlines() == [
+        f"aborted: {strict}:3: model must be a non-empty string, got 5"
+    ]
+    assert (fine.returncode, fine.stdout, fine.stderr) == (0, "", "")  # its reject is no error
+
+
+def test_run_help_states_the_default_in_flight_caps():
+    from batchrunner.config import DEFAULT_CONCURRENCY, OPEN_LOOP_MAX_OUTSTANDING
+
+    help_text = " ".join(run_cli("run", "--help").stdout.split())
+    assert f"in flight at once [default: {DEFAULT_CONCURRENCY}]" in help_text
+    assert f"total_s) [default: {OPEN_LOOP_MAX_OUTSTANDING:,}]" in help_text
+
+
 @pytest.mark.parametrize("load", [["-c", "4"], ["--rate", "400"]])
 def test_strict_lets_requests_in_flight_finish_and_records_the_reject(
     make_emulator, tmp_path, load
