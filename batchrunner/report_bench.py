@@ -155,12 +155,19 @@ def stage_entry(name: str, part: pd.DataFrame, section: dict[str, Any] | None,
     measured rows, and for a rate at least its schedule, requests / rate), as ``bench``
     computes it; latency and TTFT use ok rows; send lag
     (``queue_wait_s``) and the achieved send rate use every measured row, because failed
-    requests were sent too.
+    requests were sent too. The scheduled send rate is that of the same sent rows'
+    ``scheduled_at`` (the schedule the client drew, Poisson or constant), and the send overrun is
+    how much longer their sends took than it, as ``bench`` computes them for its verdict.
     """
     n = len(part)
-    sent = np.sort(part["sent_at"].to_numpy()) if n else np.array([])
-    sent = sent[~np.isnan(sent)]
+    sent_at = part["sent_at"].to_numpy(dtype=float) if n else np.array([])
+    scheduled_at = part["scheduled_at"].to_numpy(dtype=float) if n else np.array([])
+    was_sent = ~np.isnan(sent_at)
+    sent = np.sort(sent_at[was_sent])
     span = float(sent[-1] - sent[0]) if sent.size > 1 else 0.0
+    schedule = scheduled_at[was_sent]
+    schedule = schedule[~np.isnan(schedule)]
+    schedule_span = float(schedule.max() - schedule.min()) if schedule.size else 0.0
     lag = part["queue_wait_s"].to_numpy() if n else np.array([])
     lag = lag[~np.isnan(lag)]
     ok = (part["status"] == "ok").to_numpy() if n else np.zeros(0, bool)
@@ -178,6 +185,9 @@ def stage_entry(name: str, part: pd.DataFrame, section: dict[str, Any] | None,
         "ok_requests_per_s": thr.get("ok_requests_per_s"),
         "output_tokens_per_s": thr.get("output_tokens_per_s"),
         "achieved_send_rate": (sent.size - 1) / span if span > 0 else None,
+        "scheduled_send_rate": (sent.size - 1) / schedule_span
+        if sent.size > 1 and schedule_span > 0 else None,
+        "send_overrun_s": span - schedule_span if sent.size > 1 else None,
         "send_lag_s": {"p50": float(np.percentile(lag, 50)), "p99": float(np.percentile(lag, 99)),
                        "max": float(lag.max())} if lag.size else None,
         "latency_s": _pcts(part["latency_s"].to_numpy()[ok]) if n else None,

@@ -33,7 +33,7 @@ from .conftest import T0, row
 from .test_html_browser import CHROMIUM, decode_png
 
 SVG = "{http://www.w3.org/2000/svg}"
-CLIENT_BOUND = "client-bound (sent 80.0/s of the 100/s scheduled): add --workers or machines"
+CLIENT_BOUND = "client-bound (sent 80.0/s of the 100.0/s scheduled): add --workers or machines"
 
 
 def invoke(*args: str):
@@ -63,6 +63,9 @@ def expected_stages(rows: pd.DataFrame) -> dict[str, dict]:
             window = max(window, len(g) / float(stage.split("=")[1]))
         sent = g["sent_at"].dropna().sort_values()
         span = (sent.iloc[-1] - sent.iloc[0]).total_seconds()
+        # the schedule those sent rows drew
+        schedule = g.loc[g["sent_at"].notna(), "scheduled_at"].dropna()
+        schedule_span = (schedule.max() - schedule.min()).total_seconds()
         failed = g["status"].isin(["error", "timeout", "expired"]).sum()
         out[stage] = {
             "requests": len(g),
@@ -71,6 +74,8 @@ def expected_stages(rows: pd.DataFrame) -> dict[str, dict]:
             "error_rate": failed / len(g),
             "ok_requests_per_s": len(ok) / window,
             "achieved_send_rate": (len(sent) - 1) / span if span > 0 else None,
+            "scheduled_send_rate": (len(sent) - 1) / schedule_span if schedule_span > 0 else None,
+            "send_overrun_s": span - schedule_span,
             "send_lag_p99": g["queue_wait_s"].quantile(0.99),
             "latency_s": {p: ok["latency_s"].quantile(int(p[1:]) / 100) for p in ("p50", "p99")},
             "ttft_s": {p: ok["ttft_s"].quantile(int(p[1:]) / 100) for p in ("p50", "p99")}
@@ -85,8 +90,9 @@ def check_against(entry: dict, want: dict) -> None:
     assert entry["error_rate"] == pytest.approx(want["error_rate"], rel=1e-12)
     # Rates divide by spans of epoch instants held as float seconds (0.24 µs apart at 2026):
     # exact to about 1e-6 of a sub-second window.
-    for key in ("ok_requests_per_s", "achieved_send_rate"):
+    for key in ("ok_requests_per_s", "achieved_send_rate", "scheduled_send_rate"):
         assert entry[key] == pytest.approx(want[key], rel=1e-5), (entry["stage"], key)
+    assert entry["send_overrun_s"] == pytest.approx(want["send_overrun_s"], abs=1e-6)
     assert entry["send_lag_s"]["p99"] == pytest.approx(want["send_lag_p99"], rel=1e-9)
     for metric in ("latency_s", "ttft_s"):
         if want[metric] is None:
@@ -148,6 +154,10 @@ def test_real_bench_run_is_reported_stage_by_stage(real_bench, tmp_path):
         assert entry["requests"] == b["requests"] and entry["ok"] == b["ok"]
         assert entry["warmup_requests"] == b["warmup_requests"]
         assert entry["ok_requests_per_s"] == pytest.approx(b["throughput_rps"], rel=1e-3)
+        # the schedule and sends the verdict judged, as the report reads them from the rows
+        for key in ("achieved_send_rate", "scheduled_send_rate"):
+            assert entry[key] == pytest.approx(b[key], rel=1e-3), (entry["stage"], key)
+        assert entry["send_overrun_s"] == pytest.approx(b["send_overrun_s"], abs=1e-5)
         assert entry["latency_s"]["p99"] == pytest.approx(b["latency_s"]["p99"], rel=1e-6)
         assert entry["verdict"] == b["verdict"] and entry["goodput_rps"] == b["goodput_rps"]
         assert entry["slo_met"] is True
