@@ -175,6 +175,14 @@ class GatewayClient:
             }
             self._factory = RequestFactory(self.url, list(base.items()), extensions)
 
+    async def open_ahead(self, n: int, within_s: float) -> int:
+        """Open up to ``n`` connections ahead of the first requests (see
+        :meth:`batchrunner.wire.WirePool.open_ahead`); with a caller's httpx client or transport,
+        nothing (their pools are theirs). Returns how many were opened."""
+        if self._wire is None:
+            return 0
+        return await self._wire.open_ahead(n, within_s)
+
     async def aclose(self) -> None:
         if self._wire is not None:
             await self._wire.aclose()

@@ -270,6 +270,37 @@ async def test_connection_refused(make_pool) -> None:
     assert format_wire_error(err.value).startswith("ConnectError: ")
 
 
+async def test_connections_opened_ahead_serve_the_next_requests(
+    server: Server, make_pool
+) -> None:
+    pool = make_pool(server.url("/echo"))
+    assert await pool.open_ahead(6, within_s=5.0) == 6
+    assert server.accepted == 6 and pool.open_connections == 6
+    results = await asyncio.gather(*(pool.post(b"{}") for _ in range(6)))
+    assert [r.status for r in results] == [200] * 6
+    assert server.accepted == 6  # no connect on the way of the first requests
+
+
+async def test_opening_ahead_never_raises_and_is_bounded_in_time(make_pool) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pool = make_pool(f"http://127.0.0.1:{port}/x")
+    assert await pool.open_ahead(4, within_s=5.0) == 0  # refused: left for the requests
+    with pytest.raises(WireError) as err:
+        await pool.post(b"{}")
+    assert err.value.kind == CONNECT
+    # A listener that never accepts (backlog full) cannot hold the start up past within_s.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        stuck = make_pool(f"http://127.0.0.1:{full.getsockname()[1]}/x", connect_s=30.0)
+        t = time.perf_counter()
+        opened = await stuck.open_ahead(64, within_s=0.3)
+        assert time.perf_counter() - t < 3.0
+        assert opened <= 64
+
+
 async def test_keepalive_expiry_opens_a_new_connection(server: Server, make_pool) -> None:
     pool = make_pool(server.url("/echo"), keepalive_s=0.05)
     await pool.post(b"{}")

@@ -170,6 +170,21 @@ def test_open_loop_schedule_is_recorded(make_emulator, requests_file, tmp_path):
     assert (rows["queue_wait_s"] < 0.05).all()
 
 
+def test_open_loop_opens_connections_for_its_first_sends_before_its_clock_starts(
+    make_emulator, requests_file, tmp_path
+):
+    # 2,000/s: the first 10 ms of schedule (20 sends) get a connection each before the first
+    # send; 5 requests then reuse them (they would have opened at most 5 themselves).
+    with make_emulator() as emu:
+        run(requests_file(5), emu.base_url, tmp_path / "out", rate=2000.0)
+        assert emu.stats()["connections_total"] == 20
+    # The in-flight cap bounds them too.
+    with make_emulator() as emu:
+        run(requests_file(5), emu.base_url, tmp_path / "out2", rate=2000.0, concurrency=3)
+        assert emu.stats()["connections_total"] == 3
+    assert list(read_rows(tmp_path / "out2")["status"]) == ["ok"] * 5
+
+
 def test_open_loop_stops_promptly_between_distant_sends(make_emulator, requests_file, tmp_path):
     # One send every 4 s: --duration must not wait for the next scheduled instant.
     with make_emulator() as emu:
