@@ -849,10 +849,13 @@ def _figures(section: dict[str, Any], metrics: Sequence[str], full: bool) -> dic
         for key in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read"):
             out[f"tokens {key}"] = section["tokens"][key]
     cost = section["cost"]
-    out["cost_usd"] = cost["usd"]["total"]
+    # With unpriced rows there is no total: the priced part alone would compare as a saving
+    # (a run half on an unknown model read as -50 %). Per request stays: it is over priced rows.
+    complete = cost["complete"]
+    out["cost_usd"] = cost["total_usd"]
     if full:
         for c in CATEGORIES:
-            out[f"cost_usd {c}"] = cost["usd"][c]
+            out[f"cost_usd {c}"] = cost["usd"][c] if complete else None
     out["cost_per_request_usd"] = cost["per_request_usd"]
     return out
 
@@ -880,9 +883,12 @@ def compare(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Side-by-side figures of several run reports, with deltas against the first.
 
     :param reports: the ``runs`` entries of :func:`build_report`.
-    :return: ``{"baseline", "runs", "overall": [...], "groups": [...], "cost_by_model": [...]}``;
-        each figure row is ``{"figure", "values", "delta", "delta_pct"}``, deltas for every run
-        after the first (``delta_pct`` is null when the baseline is 0 or missing).
+    :return: ``{"baseline", "runs", "overall": [...], "groups": [...], "cost_by_model": [...],
+        "unpriced": {run: [models]}}``; each figure row is ``{"figure", "values", "delta",
+        "delta_pct"}``, deltas for every run after the first (``delta_pct`` is null when the
+        baseline is 0 or missing). A run with unpriced models (listed in ``unpriced``) has null
+        cost totals (``cost_usd`` and its categories; ``cost_per_request_usd`` is over its
+        priced rows).
     """
     metrics = list(dict.fromkeys(m for r in reports for m in r["metrics"]))
     overall = _rows([_figures(r["overall"], metrics, full=True) for r in reports])
@@ -903,8 +909,11 @@ def compare(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
             values.append({"requests": entry["requests"] if entry else 0,
                            "cost_usd": entry["cost"]["total_usd"] if entry else 0.0})
         by_model.append({"model": model, "figures": _rows(values)})
+    unpriced = {r["name"]: [m["model"] for m in r["overall"]["cost"]["unpriced_models"]]
+                for r in reports if not r["overall"]["cost"]["complete"]}
     return {"baseline": reports[0]["name"], "runs": [r["name"] for r in reports],
-            "overall": overall, "groups": groups, "cost_by_model": by_model}
+            "overall": overall, "groups": groups, "cost_by_model": by_model,
+            "unpriced": unpriced}
 
 
 # ----------------------------------------------------------------------------------------------

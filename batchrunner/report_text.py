@@ -417,8 +417,12 @@ def comparison_tables(cmp: dict[str, Any]) -> list[Table]:
                          *("-" if p is None else f"{p:+z.1f}%" for p in fig["delta_pct"])])
         return rows
 
-    tables = [Table(f"Figures (baseline {cmp['baseline']}; Δ = run - baseline)",
-                    ["figure", *headers], rows_of(cmp["overall"]), left=1)]
+    title = f"Figures (baseline {cmp['baseline']}; Δ = run - baseline)"
+    unpriced = cmp.get("unpriced") or {}
+    if unpriced:
+        title += "; no cost total for " + "; ".join(
+            f"{run} (unpriced: {', '.join(models)})" for run, models in unpriced.items())
+    tables = [Table(title, ["figure", *headers], rows_of(cmp["overall"]), left=1)]
     if cmp["cost_by_model"]:
         rows = []
         for entry in cmp["cost_by_model"]:

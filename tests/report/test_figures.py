@@ -240,6 +240,26 @@ def test_comparison_deltas(make_run):
     assert compare(rep["runs"]) == cmp
 
 
+def test_a_run_with_unpriced_rows_has_no_cost_total_to_compare(make_run):
+    # Same work; half of b's rows went to a model nobody prices. Its priced part alone used to
+    # compare as a 50 % saving.
+    a = make_run([row(input_index=i, model="claude-haiku-4-5") for i in range(10)], name="a")
+    b = make_run([row(input_index=i, model="claude-haiku-4-5" if i < 5 else "claude-foo-9")
+                  for i in range(10)], name="b")
+    rep = build_report([load_run(a), load_run(b)])
+    cmp = rep["comparison"]
+    figs = {f["figure"]: f for f in cmp["overall"]}
+    assert figs["cost_usd"]["values"][0] > 0 and figs["cost_usd"]["values"][1] is None
+    assert figs["cost_usd"]["delta"] == [None] and figs["cost_usd"]["delta_pct"] == [None]
+    assert figs["cost_usd output"]["values"][1] is None
+    # per request is over priced rows, so it still compares
+    assert figs["cost_per_request_usd"]["delta_pct"] == [pytest.approx(0.0)]
+    assert cmp["unpriced"] == {"b": ["claude-foo-9"]}
+    from batchrunner.report_text import format_report
+
+    assert "no cost total for b (unpriced: claude-foo-9)" in format_report(rep)
+
+
 def test_no_change_is_never_a_negative_zero():
     from batchrunner.report import _rows
     from batchrunner.report_text import comparison_tables
