@@ -35,7 +35,8 @@ MIN_ACHIEVED_SHARE = 0.95
 #: milliseconds, 5 % is less than the send jitter that the p99 lag bound accepts.
 MIN_SEND_OVERRUN_S = 0.01
 #: Closed loop: client CPU at or above this share of one core means the client is the limit.
-#: (Open-loop stages spin before each send, so their CPU share says nothing.)
+#: (Not applied to open-loop stages: their send lag says directly whether they kept up, and
+#: without a timerfd (not Linux) they spin before each send, so their CPU share says nothing.)
 CPU_PEGGED = 0.9
 #: An event loop that runs a timer this late (p99) is saturated, in either loop.
 MAX_LOOP_LAG_P99_S = 0.01

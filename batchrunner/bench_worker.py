@@ -19,7 +19,7 @@ from typing import Any
 from batchrunner.bench import Slo, StageCollector, StageSpec, cycle_records, stage_config
 from batchrunner.bench_run import phase_of, worker_dir_name
 from batchrunner.client import GatewayClient, Timeouts
-from batchrunner.config import Redactor, RunConfig, secret_header_values
+from batchrunner.config import RunConfig
 from batchrunner.feed import RecordFeed
 from batchrunner.interrupts import SignalHandlers
 from batchrunner.pacing import LoopLagMeter
@@ -74,8 +74,9 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
                 True,
                 stage=spec.name,
             )
-            # The credentials reach a worker only as request headers: redact what they hold.
-            session.redact = Redactor(secret_header_values(job["headers"]))
+            # The credentials reach a worker only as request headers and the URL: the client
+            # knows them all (the session's own configuration holds no key).
+            session.redact = client.redact
             # The parent passes its Ctrl-C on (drain, then cancel), from the start instant.
             signals.install(session.on_sigint, session.on_sigterm)
             # Ready: the parent waits for every worker, then gives all one start instant.

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
+from batchrunner.redaction import Redactor, secret_header_values, url_secret_values
 from batchrunner.schema import (
     ERROR_CONNECTION,
     ERROR_INVALID_RESPONSE,
@@ -151,6 +152,10 @@ class GatewayClient:
             )
         base.update({"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION})
         base.update({k.lower(): v for k, v in headers.items()})
+        #: Cuts the credentials this client sends (its headers, a caller's client's too, and
+        #: those of the URL) out of the error text of each failed attempt: a gateway may quote
+        #: them, and that text goes into rows, run.json and stderr.
+        self.redact = Redactor(secret_header_values(base) + url_secret_values(url))
         t = self.timeouts
         # The pools are unbounded: the scheduler alone decides how many requests are in flight.
         self._wire: WirePool | None = None
@@ -219,7 +224,18 @@ class GatewayClient:
         :param extra_headers: per-request headers (e.g. ``x-request-id``).
         """
         if self._wire is not None:
-            return await self._send_wire(self._wire, body, stream, extra_headers)
+            attempt = await self._send_wire(self._wire, body, stream, extra_headers)
+        else:
+            attempt = await self._send_httpx(body, stream, extra_headers)
+        if attempt.error_type is not None:
+            attempt.error_type = self.redact(attempt.error_type)
+            if attempt.error_message is not None:
+                attempt.error_message = self.redact(attempt.error_message)
+        return attempt
+
+    async def _send_httpx(
+        self, body: bytes, stream: bool, extra_headers: list[tuple[str, str]] | None
+    ) -> Attempt:
         request = self._build(body, extra_headers)
         attempt = Attempt(sent=time.perf_counter(), sent_at=time.time())
         try:

@@ -13,7 +13,17 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from batchrunner.client import Timeouts, messages_url, redact_url
+from batchrunner.redaction import (
+    REDACTED,
+    SECRET_HEADER_PATTERN,
+    Redactor,
+    looks_secret,
+    secret_header_values,
+    url_secret_values,
+)
 from batchrunner.retry import RetryPolicy
 from batchrunner.schema import Mode
 from batchrunner.sources import SourceOptions
@@ -23,13 +33,8 @@ DEFAULT_CONCURRENCY = 32
 #: the dispatcher waits (the wait shows as send lag and in total_s, never hidden).
 OPEN_LOOP_MAX_OUTSTANDING = 10_000
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
-#: Headers whose values are credentials: never stored, never printed.
-SECRET_HEADER_PATTERN = re.compile(
-    r"(authorization|api[-_]?key|x-bf-vk|token|secret|cookie|password)", re.IGNORECASE
-)
-#: What a secret is replaced with wherever it would be stored or shown.
-REDACTED = "<redacted>"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_NAME_START = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]*")
 #: Headers a user may not set: given twice or wrong, every request fails as malformed.
 _FRAMING_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "expect", "upgrade", "te", "trailer"}
@@ -154,7 +159,7 @@ class RunConfig:
                 raise ConfigError(f"{option}: the key contains a line break (read from a file?)")
         for name, value in self.headers.items():
             if not _HEADER_NAME.match(name):
-                raise ConfigError(f"-H: invalid header name {name!r}")
+                raise ConfigError(_invalid_header_name(name))
             if name.lower().startswith("x-bf-async"):
                 raise ConfigError(
                     f"-H {name}: async jobs are made by --mode async (with --ttl); in sync "
@@ -242,10 +247,26 @@ class RunConfig:
         return headers
 
     def secret_values(self) -> list[str]:
-        """Every credential this run sends: the keys, and the value of each header that
-        :meth:`public_dict` redacts (a ``Bearer`` token also on its own)."""
+        """Every credential this run sends: the keys, the value of each header that
+        :meth:`public_dict` redacts (a ``Bearer`` token also on its own), and the password and
+        query values of the gateway URL (which ``run.json`` leaves out)."""
         keys = [(self.api_key or "").strip(), (self.virtual_key or "").strip()]
-        return keys + secret_header_values(self.headers)
+        return keys + secret_header_values(self.headers) + url_secret_values(self.gateway)
+
+    def __repr__(self) -> str:
+        # The generated repr, but the gateway as run.json shows it: its URL may hold a password
+        # or a key (the keys and headers are left out of the repr altogether).
+        shown = []
+        for f in fields(self):
+            if f.repr:
+                value = getattr(self, f.name)
+                if f.name == "gateway" and value is not None:
+                    try:
+                        value = Redactor(self.secret_values())(redact_url(value.strip()))
+                    except (httpx.InvalidURL, ValueError, TypeError, AttributeError):
+                        value = REDACTED
+                shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def public_dict(self) -> dict[str, Any]:
         """The configuration with every secret removed, for ``run.json`` and logs."""
@@ -254,6 +275,8 @@ class RunConfig:
         data.pop("virtual_key")
         data["api_key_set"] = bool(self.api_key)
         data["virtual_key_set"] = bool(self.virtual_key)
+        # The URL's user:password and query are left out below; collect must be given them.
+        data["gateway_credentials_set"] = _has_credentials(self.gateway)
         data["headers"] = {
             k: (REDACTED if SECRET_HEADER_PATTERN.search(k) or looks_secret(v) else v)
             for k, v in self.headers.items()
@@ -276,60 +299,22 @@ class RunConfig:
         return data
 
 
-def secret_header_values(headers: dict[str, str]) -> list[str]:
-    """The values of the headers that are credentials (by name or by shape), and the token of
-    a ``Bearer``/``Basic``/``Token`` value on its own (a gateway may quote just that)."""
-    values = []
-    for name, value in headers.items():
-        if SECRET_HEADER_PATTERN.search(name) or looks_secret(value):
-            values.append(value.strip())
-            scheme, _, token = value.strip().partition(" ")
-            if token and scheme.lower() in ("bearer", "basic", "token"):
-                values.append(token.strip())
-    return values
+def _invalid_header_name(name: str) -> str:
+    """The error for an invalid ``-H`` name, quoting only its valid start: a forgotten ``:``
+    (``-H 'X-Auth-Token abc:def'``) puts the start of the value, often a credential, in it."""
+    start = _HEADER_NAME_START.match(name)
+    shown = start.group() if start is not None else ""
+    where = f"after {shown!r}" if shown and not looks_secret(shown) else "at its start"
+    return (
+        f"-H: invalid header name: a character that a header name cannot hold {where} (a "
+        "space?); expected 'Name: value' (the rest is not shown, it may be a credential)"
+    )
 
 
-#: Characters a key is made of: a secret is replaced only as a whole token, so that a short one
-#: does not cut words apart.
-_TOKEN = r"A-Za-z0-9_\-"
-#: A message cut short (error texts are capped) may end in the first characters of a key.
-_MIN_CUT_PREFIX = 4
-_ENDS_IN_TOKEN = re.compile(f"[{_TOKEN}]$")
-
-
-class Redactor:
-    """Replaces a run's secrets in text that came back from elsewhere.
-
-    A gateway may quote the credentials it was sent in an error message ("invalid x-api-key
-    sk-…"); such text goes into rows, ``run.json`` and stderr, so every secret is cut out of it
-    first: as a whole token, and as the start of one where the text was cut short.
-    """
-
-    __slots__ = ("_pattern", "_secrets")
-
-    def __init__(self, secrets: list[str]) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-        self._pattern = (
-            re.compile(
-                "|".join(f"(?<![{_TOKEN}]){re.escape(s)}(?![{_TOKEN}])" for s in self._secrets)
-            )
-            if self._secrets
-            else None
-        )
-
-    def __call__(self, text: str) -> str:
-        if self._pattern is None:
-            return text
-        text = self._pattern.sub(REDACTED, text)
-        for secret in self._secrets:
-            # The longest start of the secret the text ends with, as a token of its own.
-            for n in range(len(secret) - 1, _MIN_CUT_PREFIX - 1, -1):
-                if text.endswith(secret[:n]) and not _ENDS_IN_TOKEN.search(text, 0, len(text) - n):
-                    return text[: len(text) - n] + REDACTED
-        return text
-
-
-def looks_secret(value: str) -> bool:
-    """Key-shaped values (``sk-…``, ``Bearer …``) are redacted whatever their header is called."""
-    v = value.strip().lower()
-    return v.startswith(("sk-", "bearer "))
+def _has_credentials(url: str | None) -> bool:
+    """Whether a gateway URL has a ``user:password`` or a query (both left out of run.json)."""
+    try:
+        parsed = httpx.URL(url.strip()) if url else None
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return True
+    return parsed is not None and bool(parsed.userinfo or parsed.query)

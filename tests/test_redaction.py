@@ -46,3 +46,28 @@ def test_a_key_in_the_gateway_path_is_not_recorded() -> None:
     )
     config.validate()
     assert KEY not in str(config.public_dict())
+
+
+def test_a_long_key_is_replaced_even_inside_a_longer_token() -> None:
+    # A URL-encoded echo ("Bearer%20sk-…") or a key glued to a word: no word is that long by chance.
+    redact = Redactor([KEY])
+    assert redact(f"authorization=Bearer%20{KEY}&x=1") == "authorization=Bearer%20<redacted>&x=1"
+    assert redact(f"invalid_key_{KEY}") == "invalid_key_<redacted>"
+    assert redact("cut short at Bearer%20sk-ant-api03-LO") == "cut short at Bearer%20<redacted>"
+
+
+def test_the_gateway_urls_password_and_query_values_are_secrets_too() -> None:
+    config = RunConfig(
+        requests=Path("x.jsonl"), gateway="http://bob:pa%24%24word@127.0.0.1:9/?key=QKEY1&v=1"
+    )
+    redact = Redactor(config.secret_values())
+    assert redact("POST /v1/messages?key=QKEY1&v=1 by bob:pa%24%24word (pa$$word)") == (
+        "POST /v1/messages?key=<redacted>&v=1 by <redacted> (<redacted>)"
+    )
+
+
+def test_a_short_query_value_with_a_plain_name_is_no_secret() -> None:
+    # Blanking it would cut "anthropic" out of every message and of the recorded gateway.
+    config = RunConfig(requests=Path("x.jsonl"), gateway="http://127.0.0.1:9/?provider=anthropic")
+    config.validate()
+    assert config.public_dict()["gateway"] == "http://127.0.0.1:9/anthropic/v1/messages"

@@ -7,7 +7,7 @@ import sys
 import tomllib
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -15,6 +15,9 @@ import orjson
 from batchrunner.cli import main
 from batchrunner.cli.options import credential_options
 from batchrunner.cli.signals import session_over, stops_cleanly_on_signals
+
+if TYPE_CHECKING:
+    from batchrunner.redaction import Redactor
 
 SCENARIO_KEYS = {
     "requests",
@@ -258,6 +261,7 @@ def bench(
     from batchrunner.schema import Mode
     from batchrunner.sources import InputError
 
+    values: dict[str, Any] = {}
     try:
         values = _merge_scenario(scenario, options)
         if requests is None and values.get("requests"):
@@ -323,12 +327,14 @@ def bench(
         result = run_sync_coro(run_bench(config, quiet=quiet, handle_signals=True))
         session_over()
     except (ConfigError, InputError, RunDirError, ValueError) as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {_redactor(options, headers, values)(str(exc))}", err=True)
         sys.exit(2)
     except Exception as exc:
+        # An exception's text may quote a header or the gateway URL, the traceback's too.
+        redact = _redactor(options, headers, values)
         if os.environ.get("BATCHRUNNER_DEBUG"):
-            traceback.print_exc()
-        click.echo(f"Internal error: {type(exc).__name__}: {exc}", err=True)
+            click.echo(redact(traceback.format_exc()).rstrip("\n"), err=True)
+        click.echo(f"Internal error: {redact(f'{type(exc).__name__}: {exc}')}", err=True)
         sys.exit(1)
     if as_json:
         click.echo(
@@ -360,6 +366,18 @@ def bench(
     if result.status != "finished":
         click.echo(f"{result.status}: {result.message}", err=True)
         sys.exit(3)
+
+
+def _redactor(options: dict[str, Any], headers: dict[str, str], values: dict[str, Any]) -> Redactor:
+    """Cuts the command's credentials (keys, secret headers, the gateway URL's, given as an
+    option or in the scenario) out of text."""
+    from batchrunner.redaction import Redactor, secret_header_values, url_secret_values
+
+    secrets = [str(options.get(k) or "").strip() for k in ("api_key", "virtual_key")]
+    secrets += secret_header_values(headers)
+    for gateway in (options.get("gateway"), values.get("gateway")):
+        secrets += url_secret_values(gateway if isinstance(gateway, str) else None)
+    return Redactor(secrets)
 
 
 def _given(values: dict[str, Any], key: str, default: Any) -> Any:

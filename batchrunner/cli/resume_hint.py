@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 
 from batchrunner.client import redact_url
 from batchrunner.config import SECRET_HEADER_PATTERN, Redactor, looks_secret
@@ -43,6 +44,17 @@ def raw_args() -> list[str] | None:
     ctx = click.get_current_context(silent=True)
     found: Any = ctx.meta.get("raw_args") if ctx is not None else None
     return list(found) if found is not None else None
+
+
+def _holds_credentials(url: str) -> bool:
+    """Whether a ``--gateway`` argument as typed has a ``user:password`` or a query. The run
+    strips the URL first (a newline pasted with it), so this does too; one that still does
+    not parse counts as holding credentials (it is not quoted to say why)."""
+    url = url.strip()
+    try:
+        return redact_url(url) != url
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return True
 
 
 def resume_command(
@@ -77,7 +89,7 @@ def resume_command(
         elif name == "--gateway":
             url = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
             used = 1 if eq else 2
-            if redact_url(url) != url:  # user:password or a query: credentials
+            if _holds_credentials(url):  # user:password or a query
                 left_out.append("--gateway (its URL holds credentials)")
             else:
                 kept.extend(args[i : i + used])

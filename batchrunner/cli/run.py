@@ -350,12 +350,11 @@ def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except Exception as exc:
+        # An exception's text may quote a header or the gateway URL, the traceback's too.
+        redact = Redactor(config.secret_values() if config is not None else [])
         if os.environ.get("BATCHRUNNER_DEBUG"):
-            traceback.print_exc()
-        detail = f"{type(exc).__name__}: {exc}"
-        if config is not None:  # an exception's text may quote a header or the gateway URL
-            detail = Redactor(config.secret_values())(detail)
-        click.echo(f"Internal error: {detail}", err=True)
+            click.echo(redact(traceback.format_exc()).rstrip("\n"), err=True)
+        click.echo(f"Internal error: {redact(f'{type(exc).__name__}: {exc}')}", err=True)
         if config is not None and not config.collect_only:
             click.echo(
                 "Any rows already written are kept: add --resume (or --out with the run "

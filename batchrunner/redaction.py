@@ -1,0 +1,134 @@
+"""What counts as a credential, and cutting credentials out of text that came back from elsewhere.
+
+Used by the configuration (``run.json``, the resume hint) and by the client, which knows every
+header it sends, even those of a caller's own ``httpx.AsyncClient``: a gateway may quote them in
+an error, and such text goes into rows, ``run.json`` and stderr. Its own module, so that
+:mod:`batchrunner.client` can use it without importing :mod:`batchrunner.config` (which imports
+the client).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from urllib.parse import unquote
+
+import httpx
+
+#: Headers whose values are credentials: never stored, never printed. Broad on purpose (``auth``
+#: and ``key`` anywhere in the name: ``Ocp-Apim-Subscription-Key``, ``Helicone-Auth``): a header
+#: redacted needlessly only has to be given again on resume.
+SECRET_HEADER_PATTERN = re.compile(
+    r"(auth|key|x-bf-vk|token|secret|cookie|passw|credential)", re.IGNORECASE
+)
+#: What a secret is replaced with wherever it would be stored or shown.
+REDACTED = "<redacted>"
+#: Characters a key is made of: a secret is replaced only as a whole token, so that a short one
+#: does not cut words apart.
+_TOKEN = r"A-Za-z0-9_\-"
+#: A message cut short (error texts are capped) may end in the first characters of a key.
+_MIN_CUT_PREFIX = 4
+#: A secret (or the cut start of one) this long is replaced wherever it stands, even inside a
+#: longer token ("Bearer%20sk-…" of a URL-encoded echo, "key_sk-…"): no word is that long by
+#: chance.
+_ANYWHERE_MIN = 12
+_ENDS_IN_TOKEN = re.compile(f"[{_TOKEN}]$")
+#: A query value this long is a credential whatever its name (``?code=…`` of Azure Functions,
+#: ``?sig=…``); a shorter one only when its name says so (``?key=…``): ``?provider=anthropic``
+#: would otherwise blank "anthropic" in every message, and in the gateway's recorded path.
+_MIN_QUERY_SECRET = 16
+
+
+def looks_secret(value: str) -> bool:
+    """Key-shaped values (``sk-…``, ``Bearer …``) are redacted whatever their header is called."""
+    v = value.strip().lower()
+    return v.startswith(("sk-", "bearer "))
+
+
+def secret_header_values(headers: dict[str, str] | list[tuple[str, str]]) -> list[str]:
+    """The values of the headers that are credentials (by name or by shape), and the token of
+    a ``Bearer``/``Basic``/``Token`` value on its own (a gateway may quote just that)."""
+    values = []
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
+        if SECRET_HEADER_PATTERN.search(name) or looks_secret(value):
+            values.append(value.strip())
+            scheme, _, token = value.strip().partition(" ")
+            if token and scheme.lower() in ("bearer", "basic", "token"):
+                values.append(token.strip())
+    return values
+
+
+def url_secret_values(url: str | None) -> list[str]:
+    """The credentials a gateway URL carries: its ``user:password`` (as typed, decoded, and as
+    the ``Basic`` token an ``httpx.AsyncClient`` makes of it) and its query values that look
+    like one (by name, or long). A gateway may quote the request target back ("no route for
+    /v1/messages?key=…")."""
+    if not url:
+        return []
+    try:
+        parsed = httpx.URL(url.strip())
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return []
+    values: list[str] = []
+    userinfo = parsed.userinfo.decode("ascii", "replace")
+    if userinfo:
+        decoded = unquote(userinfo)
+        password = userinfo.partition(":")[2]
+        values += [userinfo, decoded, password, unquote(password)]
+        values.append(base64.b64encode(decoded.encode()).decode())
+    for part in parsed.query.decode("ascii", "replace").split("&"):
+        name, _, value = part.partition("=")
+        for v in (value, unquote(value.replace("+", " "))):
+            if len(v) >= _MIN_QUERY_SECRET or (v and SECRET_HEADER_PATTERN.search(unquote(name))):
+                values.append(v)
+    return [v for v in values if v]
+
+
+class Redactor:
+    """Replaces a run's secrets in text that came back from elsewhere.
+
+    A gateway may quote the credentials it was sent in an error message ("invalid x-api-key
+    sk-…"); such text goes into rows, ``run.json`` and stderr, so every secret is cut out of it
+    first: as a whole token, and as the start of one where the text was cut short.
+    """
+
+    __slots__ = ("_heads", "_pattern", "_secrets")
+
+    def __init__(self, secrets: list[str]) -> None:
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        #: Every match, whole or cut short, holds the start of a secret: text without any is
+        #: left as is at the cost of one search.
+        heads = sorted({s[:_MIN_CUT_PREFIX] for s in self._secrets})
+        self._heads = re.compile("|".join(map(re.escape, heads))) if heads else None
+        self._pattern = (
+            re.compile("|".join(map(_as_pattern, self._secrets))) if self._secrets else None
+        )
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None or self._heads is None or self._heads.search(text) is None:
+            return text
+        text = self._pattern.sub(REDACTED, text)
+        for secret in self._secrets:
+            # The longest start of the secret the text ends with, as a token of its own.
+            for n in range(len(secret) - 1, _MIN_CUT_PREFIX - 1, -1):
+                if text.endswith(secret[:n]) and (
+                    n >= _ANYWHERE_MIN or not _ENDS_IN_TOKEN.search(text, 0, len(text) - n)
+                ):
+                    return text[: len(text) - n] + REDACTED
+        return text
+
+
+def _as_pattern(secret: str) -> str:
+    if len(secret) >= _ANYWHERE_MIN:
+        return re.escape(secret)
+    return f"(?<![{_TOKEN}]){re.escape(secret)}(?![{_TOKEN}])"
+
+
+__all__ = [
+    "REDACTED",
+    "SECRET_HEADER_PATTERN",
+    "Redactor",
+    "looks_secret",
+    "secret_header_values",
+    "url_secret_values",
+]
