@@ -3,7 +3,8 @@
 Each reader streams: JSONL line by line, Parquet by record batches, so memory is bounded by one
 batch whatever the file size. A reader only finds rows, their index, their location and their
 ``custom_id``; turning a row into a Messages body is a separate, later step (:meth:`body`), so
-that rows a resumed run skips cost no more than their id. File-level problems raise
+that rows a resumed run skips cost no more than their id (or nothing, when the caller knows
+their ids otherwise: ``batches(skip=...)`` leaves them unparsed). File-level problems raise
 :class:`FormatError` with a one-line message naming the file; row-level problems are carried on
 the row (``RawRow.error``) or raised as :class:`~batchrunner.bodycheck.RowError` by ``body``.
 """
@@ -14,7 +15,7 @@ import gzip
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,13 @@ class JsonlSource:
         except (OSError, EOFError, zlib.error) as exc:
             raise FormatError(f"{self.display}: cannot read: {exc}") from None
 
-    def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[list[RawRow]]:
-        """Rows in file order, in lists of at most ``batch_rows`` rows or ~1 MiB of text."""
+    def batches(
+        self, batch_rows: int = BATCH_ROWS, skip: Callable[[int], bool] | None = None
+    ) -> Iterator[list[RawRow]]:
+        """Rows in file order, in lists of at most ``batch_rows`` rows or ~1 MiB of text.
+
+        :param skip: ``skip(index)`` true: the row is left out unread (not even parsed).
+        """
         display = self.display
         index = 0
         batch: list[RawRow] = []
@@ -151,6 +157,9 @@ class JsonlSource:
                     if line_no == 1 and line.startswith(_BOM):
                         line = line[3:]
                     if not line or line.isspace():
+                        continue
+                    if skip is not None and skip(index):
+                        index += 1
                         continue
                     batch.append(_parse_line(line, index, f"{display}:{line_no}"))
                     index += 1
@@ -362,8 +371,13 @@ class ParquetSource:
     def count(self) -> int:
         return int(self.num_rows)
 
-    def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[list[RawRow]]:
-        """Rows in file order, in lists of at most ``batch_rows`` rows."""
+    def batches(
+        self, batch_rows: int = BATCH_ROWS, skip: Callable[[int], bool] | None = None
+    ) -> Iterator[list[RawRow]]:
+        """Rows in file order, in lists of at most ``batch_rows`` rows.
+
+        :param skip: ``skip(index)`` true: the row is left out undecoded.
+        """
         display = self.display
         columns = self.columns
         index = 0
@@ -380,21 +394,28 @@ class ParquetSource:
                     for start in range(0, whole.num_rows, batch_rows)
                 )
                 for record_batch in slices:
+                    indices = range(index, index + record_batch.num_rows)
+                    index += record_batch.num_rows
+                    if skip is not None:
+                        kept = [j for j, i in enumerate(indices) if not skip(i)]
+                        if len(kept) < len(indices):
+                            record_batch = record_batch.take(pa.array(kept, type=pa.int64()))
+                            indices = [indices[j] for j in kept]  # type: ignore[assignment]
                     values = [record_batch.column(c).to_pylist() for c in columns]
                     ids = values[columns.index("custom_id")] if "custom_id" in columns else None
                     rows = []
                     for j, row_values in enumerate(zip(*values, strict=True)):
                         given = ids[j] if ids is not None else None
+                        i = indices[j]
                         rows.append(
                             RawRow(
-                                index,
-                                f"{display}#row {index}",
+                                i,
+                                f"{display}#row {i}",
                                 given,
                                 None,
                                 dict(zip(columns, row_values, strict=True)),
                             )
                         )
-                        index += 1
                     if rows:
                         yield rows
         except (pa.ArrowException, OSError) as exc:

@@ -2,7 +2,9 @@
 
 A resume is only safe when the input is the same file it was: the resume key is the row's
 position in the input. So ``run.json`` records a fingerprint of the input, and a resume with a
-different one is refused with a clear message.
+different one is refused with a clear message; so is one that would build the remaining requests
+differently (another ``--model`` default, ...), and one of a directory written by a newer
+batchrunner (``run.json``'s ``format``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,24 @@ import orjson
 
 RUN_JSON = "run.json"
 _FINGERPRINT_BYTES = 1 << 20
+#: The layout of the run directory and ``run.json`` that this version writes (``format`` in
+#: ``run.json``; directories written before it existed are format 1). A version that changes
+#: what an older one would misread bumps it, and older versions then refuse to resume.
+RUN_FORMAT = 1
+#: Options (as ``run.json``'s ``config`` records them) that shape the request bodies built from
+#: the input, and how they are given on the command line. A resume must keep them: the rows of
+#: one run would otherwise answer different requests.
+REQUEST_SHAPING = {
+    "model": "--model",
+    "max_tokens": "--max-tokens",
+    "system": "--system",
+    "model_override": "--model-override",
+    "prompt_column": "--prompt-column",
+    "metadata_columns": "--metadata-column",
+}
+#: Of those, the ones that only apply to Parquet input (older versions recorded them, unused,
+#: for JSONL too).
+PARQUET_ONLY = frozenset({"prompt_column", "metadata_columns"})
 
 
 class RunDirError(Exception):
@@ -89,12 +109,22 @@ def find_latest_run(results_root: Path, requests: Path, mode: str | None = None)
 
 
 def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mode: str) -> None:
-    """Refuse a resume whose input or mode differs from the original run.
+    """Refuse a resume whose input or mode differs from the original run, or a run directory
+    written by a newer batchrunner (a ``format`` above :data:`RUN_FORMAT`).
 
     :param fingerprint: the input's fingerprint now (``None``: the input is gone; only
         ``collect`` accepts that).
     :raises RunDirError: with what differs and what to do.
     """
+    written = info.get("format", 1)
+    if not isinstance(written, int) or isinstance(written, bool) or written > RUN_FORMAT:
+        by = ((info.get("environment") or {}).get("versions") or {}).get("batchrunner")
+        raise RunDirError(
+            "this run directory was written by a newer batchrunner"
+            + (f" ({by})" if by else "")
+            + f" in format {written!r}; this one ({_own_version()}) knows format "
+            f"{RUN_FORMAT} at most and could misread it: resume it with that version"
+        )
     if info.get("kind") == "bench":
         raise RunDirError(
             "this is a bench's run directory: a bench cannot be resumed or collected; run it "
@@ -118,6 +148,63 @@ def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mo
         raise RunDirError(
             f"cannot resume a --mode {old_mode} run with --mode {mode}; use --mode {old_mode}"
         )
+
+
+def check_same_requests(info: dict[str, Any], config: dict[str, Any], parquet_input: bool) -> None:
+    """Refuse a resume that would build the remaining requests differently from the rows
+    already written: their ``model_requested``, ``max_tokens``, ... would silently differ from
+    one part of the run to the other, while ``run.json`` names one setting.
+
+    Whether it applies is the caller's business: before the run has rows that it keeps, an
+    option may still be fixed.
+
+    :param info: the run's ``run.json``.
+    :param config: this session's configuration, as :meth:`RunConfig.public_dict` gives it.
+    :param parquet_input: the input is Parquet (else the Parquet-only options are not compared).
+    :raises RunDirError: naming the option, its recorded value and what to do.
+    """
+    recorded = info.get("config") or {}
+    was, given = [], []
+    for key, option in REQUEST_SHAPING.items():
+        if key not in recorded or (key in PARQUET_ONLY and not parquet_input):
+            continue
+        before, now = _normalized(recorded[key]), _normalized(config.get(key))
+        if before != now:
+            was.append(_as_given(option, before))
+            given.append(_as_given(option, now))
+    if was:
+        raise RunDirError(
+            f"cannot resume with {' '.join(given)}: this run's rows were sent with "
+            f"{' '.join(was)}, and the rest must be sent the same way, or one run would mix two "
+            f"kinds of requests. Resume with {' '.join(was)}, or start a new run (another "
+            "--out) for the new setting"
+        )
+
+
+def _normalized(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _as_given(option: str, value: Any) -> str:
+    """How an option looks on the command line (long text cut short), or ``no --x``."""
+    if value is None or value == []:
+        return f"no {option}"
+    values = value if isinstance(value, list) else [value]
+    shown = []
+    for v in values:
+        text = str(v)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        shown.append(f"{option} {text!r}" if isinstance(v, str) else f"{option} {text}")
+    return " ".join(shown)
+
+
+def _own_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("batchrunner")
+    except metadata.PackageNotFoundError:
+        return "unknown version"
 
 
 def environment() -> dict[str, Any]:

@@ -39,10 +39,12 @@ from batchrunner.config import (
     Redactor,
     RunConfig,
 )
+from batchrunner.dedupe import DuplicateDetector
 from batchrunner.dispatch import ScheduleDispatcher
 from batchrunner.execute import ExecContext, execute
 from batchrunner.fdlimit import ensure_open_files
 from batchrunner.feed import FEED_CHUNK, RecordFeed
+from batchrunner.formats import PARQUET_SUFFIXES
 from batchrunner.heap import release_free_heap
 from batchrunner.interrupts import SignalHandlers
 from batchrunner.jobs import Job, JobContext, JobPoller, submit
@@ -51,9 +53,11 @@ from batchrunner.polling import PollPlanner
 from batchrunner.progress import LiveStats, ProgressDisplay
 from batchrunner.report import session_starts
 from batchrunner.rundir import (
+    RUN_FORMAT,
     RUN_JSON,
     RunDirError,
     check_resumable,
+    check_same_requests,
     default_run_name,
     environment,
     find_latest_run,
@@ -62,7 +66,13 @@ from batchrunner.rundir import (
 )
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
-from batchrunner.store import RunStore, RunStoreError, write_json_atomic
+from batchrunner.store import (
+    READ_BATCH_ROWS,
+    RunStore,
+    RunStoreError,
+    run_has_rows,
+    write_json_atomic,
+)
 from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
 from batchrunner.workers import ParkedWorkers
 
@@ -543,6 +553,13 @@ def resolve_run_dir(
             raise RunDirError(
                 f"--out {run_dir} exists, is not empty and is not a batchrunner run directory"
             )
+        if info is None and (config.resume or config.retry_failed) and not run_dir.exists():
+            # A mistyped directory would otherwise start the whole set again, paid in full.
+            flag = "--retry-failed" if config.retry_failed else "--resume"
+            raise RunDirError(
+                f"{flag}: there is no run directory {run_dir} to resume; check the name, or "
+                f"leave out {flag} to start a new run there"
+            )
     elif config.resume or config.retry_failed:
         latest = find_latest_run(config.results_root, config.requests, config.mode.value)
         if latest is None:
@@ -616,8 +633,14 @@ async def run_session(
             print(warning, file=stderr, flush=True)
     requests = config.requests
     if requests.is_file():
-        fingerprint: dict[str, Any] | None = await asyncio.to_thread(input_fingerprint, requests)
-        total = await asyncio.to_thread(count_requests, requests, config.source_options())
+        # Both read the whole file; side by side (hashing lets go of the interpreter lock,
+        # counting does not, so the gain is modest): 1.9-2.0 s instead of 2.2-2.6 s for a
+        # 1.2 GB input on 2 cores.
+        fingerprint: dict[str, Any] | None
+        fingerprint, total = await asyncio.gather(
+            asyncio.to_thread(input_fingerprint, requests),
+            asyncio.to_thread(count_requests, requests, config.source_options()),
+        )
     elif config.collect_only:
         fingerprint, total = None, None  # collect can poll without the input file
     else:
@@ -639,12 +662,13 @@ async def run_session(
         redo_indices = await asyncio.to_thread(_indices_with_status, run_dir, redo)
     if info is not None:  # before the store opens: that already drops rows to send again
         _check_same_gateway(info.get("gateway"), gateway_label(config), stderr, quiet)
+        await _check_same_requests(info, config, run_dir, redo)
     try:
-        store = await asyncio.to_thread(RunStore.open, run_dir, create=True, redo_statuses=redo)
+        store = await asyncio.to_thread(_open_store, run_dir, redo)
     except OSError as exc:
         reason = exc.strerror or exc
         raise RunDirError(f"cannot create the run directory {run_dir}: {reason}") from None
-    except RunStoreError as exc:  # in use by another process, or a damaged part
+    except RunStoreError as exc:  # in use by another process, a damaged part, a full disk
         raise RunDirError(str(exc)) from None
     signals = SignalHandlers()  # given back last: a signal must not cut the end either
     try:
@@ -654,6 +678,8 @@ async def run_session(
         if fresh is not None and fresh != info:
             check_resumable(fresh, fingerprint, config.mode.value)
             _check_same_gateway(fresh.get("gateway"), gateway_label(config), stderr, quiet)
+            if store.done_count:
+                check_same_requests(fresh, config.public_dict(), _is_parquet(requests))
             info = fresh
         return await _run_in_store(
             config, store, info, fingerprint, total, redo_indices, transport, http_client,
@@ -664,6 +690,32 @@ async def run_session(
             await asyncio.to_thread(store.close)
         finally:
             signals.remove()
+
+
+async def _check_same_requests(
+    info: dict[str, Any], config: RunConfig, run_dir: Path, redo: frozenset[str]
+) -> None:
+    """:func:`check_same_requests`, when the run has rows this session keeps: before any (or
+    when --retry-failed removes them all, after a wrong --model, say) options may change."""
+    try:
+        check_same_requests(info, config.public_dict(), _is_parquet(config.requests))
+    except RunDirError:
+        if await asyncio.to_thread(run_has_rows, run_dir, redo):
+            raise
+
+
+def _open_store(run_dir: Path, redo: frozenset[str]) -> RunStore:
+    """:meth:`RunStore.open`, then the memory its recovery and part scan freed is handed back:
+    nothing is being timed yet, and kept, it stayed resident through the whole session (24 MB
+    after converting a 45k-row journal and scanning 400k rows)."""
+    store = RunStore.open(run_dir, create=True, redo_statuses=redo)
+    pa.default_memory_pool().release_unused()
+    release_free_heap()
+    return store
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.name.lower().endswith(PARQUET_SUFFIXES)
 
 
 async def _unstoppable(task: asyncio.Future[T]) -> tuple[T, bool]:
@@ -741,9 +793,20 @@ async def _run_in_store(
     for earlier in info["sessions"]:
         if earlier.get("status") == "running":  # the process never closed it: kill -9, crash
             earlier.update(status="died", message="ended without closing (killed or crashed)")
+    info["format"] = RUN_FORMAT
+    # The top-level config and environment are the latest session's; each session keeps its
+    # own, so that a resume with other load options (-c, --rate, a gateway) stays on record.
     info["config"] = config.public_dict()
     info["environment"] = environment()
-    session_info: dict[str, Any] = {"started_at": now, "resumed": resumed, "status": "running"}
+    session_info: dict[str, Any] = {
+        "started_at": now,
+        "resumed": resumed,
+        "status": "running",
+        "config": info["config"],
+        "environment": info["environment"],
+    }
+    if store.redone:  # rows removed at open to be sent again (cancelled, --retry-failed)
+        session_info["redone"] = dict(store.redone)
     info["sessions"].append(session_info)
     info["status"] = "running"
     options = config.source_options()
@@ -768,11 +831,17 @@ async def _run_in_store(
             info["gateway"] = gateway_label(config)
             session_info["gateway"] = info["gateway"]
             # Not cut by a cancellation: once written, it must be closed (below) by this session.
-            _, cut = await _unstoppable(
-                asyncio.ensure_future(
-                    asyncio.to_thread(write_json_atomic, run_dir / RUN_JSON, info)
+            try:
+                _, cut = await _unstoppable(
+                    asyncio.ensure_future(
+                        asyncio.to_thread(write_json_atomic, run_dir / RUN_JSON, info)
+                    )
                 )
-            )
+            except OSError as exc:  # a full disk, say: not an internal error
+                raise RunDirError(
+                    f"cannot write {run_dir / RUN_JSON}: {exc.strerror or exc}; nothing was "
+                    "sent: free space (or fix the file system), then resume"
+                ) from None
             announced = True
             if cut:
                 raise asyncio.CancelledError
@@ -912,19 +981,34 @@ async def _drive(
     session.prepare()
     restored = await _restore_jobs(session, options) if config.mode is Mode.ASYNC else []
     pending_jobs = {job.input_index for job in restored}
-    is_done = session.store.is_done
+    store = session.store
+    is_done = store.is_done
     if feed is None:
-        source = (
-            iter(())
-            if config.collect_only
-            else iter_requests(
+        total = session.stats.total
+        source: Iterator[RequestRecord]
+        if config.collect_only:
+            source = iter(())
+        elif total is not None and store.done_count >= total and not pending_jobs:
+            # Every row has its result (so none was rejected): nothing to read.
+            source = iter(())
+        else:
+            # The ids of the rows that are skipped come from their result rows (and job
+            # records), so that the reader need not parse those rows for them: on the loop,
+            # that cost ~7 µs a row, before the first request of a resume and, with scattered
+            # rows to redo (--retry-failed), while requests were in flight (+20 ms latency).
+            seen = (
+                await asyncio.to_thread(_taken_ids, store, restored)
+                if store.done_count or restored
+                else None
+            )
+            source = iter_requests(
                 config.requests,
                 options,
                 on_reject=session.on_reject,
                 skip=(lambda i: is_done(i) or i in pending_jobs) if pending_jobs else is_done,
                 batch_rows=FEED_CHUNK,
+                seen=seen,
             )
-        )
         feed = RecordFeed(source, config.max_requests)
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
     try:
@@ -971,6 +1055,18 @@ async def _drive(
         session.finishing = True  # every request has its row: nothing is left to stop
         await feed.aclose()
         session.flush()
+
+
+def _taken_ids(store: RunStore, jobs: list[Job]) -> DuplicateDetector:
+    """The ``custom_id`` of every row the store holds and of every job still outstanding: the
+    ids of the input rows a resume skips (a later row repeating one is a duplicate)."""
+    seen = DuplicateDetector()
+    for table in store.iter_batches(["custom_id"]):
+        seen.add([i for i in table.column("custom_id").to_pylist() if i is not None])
+    ids = [job.custom_id for job in jobs]
+    for start in range(0, len(ids), READ_BATCH_ROWS):
+        seen.add(ids[start : start + READ_BATCH_ROWS])
+    return seen
 
 
 async def _restore_jobs(session: _Session, options: SourceOptions) -> list[Job]:

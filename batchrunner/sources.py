@@ -185,6 +185,7 @@ def iter_requests(
     on_reject: Callable[[Reject], None] | None = None,
     skip: Callable[[int], bool] | None = None,
     batch_rows: int = BATCH_ROWS,
+    seen: DuplicateDetector | None = None,
 ) -> Iterator[RequestRecord]:
     """Stream the valid requests of a file, in file order.
 
@@ -203,12 +204,19 @@ def iter_requests(
     :param on_reject: called with each invalid row, in file order; rows are skipped either way.
     :param skip: ``skip(input_index)`` true means the row is not yielded, checked or rejected
         (it was finished by an earlier run); only its id is read, for duplicate detection.
+    :param batch_rows: rows read (and checked) at a time.
+    :param seen: the ids of the rows ``skip`` leaves out, already added (a resume takes them
+        from its result rows): those rows are then not parsed at all, which makes skipping ~8
+        times cheaper (0.8 µs a row instead of 6.6: a resume's first request waits for the
+        rows before it, and with scattered rows to redo each read runs while requests are in
+        flight). Every skipped row's id must be in it: a later row repeating one is rejected
+        only then.
     :return: an iterator of :class:`~batchrunner.schema.RequestRecord`.
     :raises InputError: the file cannot be read (at call time, or mid-file for a corrupt
         file), or, with ``options.strict``, at the first invalid row (``exc.reject`` holds it).
     """
     source = _open(path, options)
-    return _generate(source, options, on_reject, skip, None, batch_rows)
+    return _generate(source, options, on_reject, skip, None, batch_rows, seen)
 
 
 def validate_file(
@@ -355,8 +363,11 @@ def _generate(
     skip: Callable[[int], bool] | None,
     stats: _Stats | None,
     batch_rows: int = BATCH_ROWS,
+    seen: DuplicateDetector | None = None,
 ) -> Iterator[RequestRecord]:
-    detector = DuplicateDetector()
+    detector = seen if seen is not None else DuplicateDetector()
+    # With the skipped rows' ids known, the reader leaves those rows out unparsed.
+    unread = skip if seen is not None else None
 
     def reject(row: RawRow, custom_id: str | None, reason: str) -> None:
         item = Reject(row.location, row.index, custom_id, reason, source.raw_text(row))
@@ -366,7 +377,7 @@ def _generate(
             on_reject(item)
 
     try:
-        for batch in source.batches(batch_rows):
+        for batch in source.batches(batch_rows, unread):
             for row, (cid, error, duplicate) in zip(batch, _identify(batch, detector), strict=True):
                 if skip is not None and skip(row.index):
                     continue

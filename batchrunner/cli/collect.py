@@ -11,11 +11,10 @@ from batchrunner.cli import main
 from batchrunner.cli.options import credential_options
 from batchrunner.cli.run import finish, run_or_exit
 from batchrunner.cli.signals import stops_cleanly_on_signals
+from batchrunner.rundir import REQUEST_SHAPING
 
 #: RunConfig fields (as run.json records them) that say how the input file is read.
-INPUT_READING = (
-    "prompt_column", "metadata_columns", "model", "max_tokens", "system", "model_override",
-)  # fmt: skip
+INPUT_READING = tuple(REQUEST_SHAPING)
 
 
 @main.command()
@@ -58,7 +57,7 @@ def collect(
     """Fetch the results of the async jobs of RUN_DIR (a `run --mode async --detach` run, or
     one that was stopped) into the same run directory. Resumable and repeatable: run it again
     until it reports no outstanding jobs, before the deadline `run` printed."""
-    from batchrunner.config import ConfigError, RunConfig
+    from batchrunner.config import REDACTED, ConfigError, RunConfig
     from batchrunner.formats import JSONL_SUFFIXES
     from batchrunner.rundir import read_run_json
     from batchrunner.schema import Mode
@@ -82,6 +81,25 @@ def collect(
                 raise ConfigError(
                     f"{run_dir} was submitted with a key: give the same {option} to collect it"
                 )
+        # The same for a credential sent as a header (-H 'Authorization: Bearer sk-bf-…'):
+        # run.json holds only its name.
+        given_names = {name.lower() for name in headers}
+        missing = [
+            name
+            for name, value in (recorded.get("headers") or {}).items()
+            if value == REDACTED and name.lower() not in given_names
+        ]
+        if missing:
+            again = " ".join(f"-H '{name}: …'" for name in missing)
+            raise ConfigError(
+                f"{run_dir} was submitted with credential headers, which are never stored: give "
+                f"the same {again} to collect it"
+            )
+        if recorded.get("gateway_credentials_set") and not gateway:
+            raise ConfigError(
+                f"{run_dir} was submitted to a gateway URL holding credentials, which are never "
+                "stored: give the same --gateway (or BATCHRUNNER_GATEWAY) to collect it"
+            )
         url = gateway or (
             info.get("gateway") if info.get("gateway") != "built-in emulator" else None
         )
@@ -103,7 +121,7 @@ def collect(
             api_key=api_key,
             virtual_key=virtual_key,
             headers={
-                **{k: v for k, v in (recorded.get("headers") or {}).items() if v != "<redacted>"},
+                **{k: v for k, v in (recorded.get("headers") or {}).items() if v != REDACTED},
                 **headers,
             },
             ttl_s=int(recorded.get("ttl_s") or 3600),
