@@ -1,4 +1,5 @@
-"""batchrunner: run Anthropic Messages request sets through an LLM gateway, one Parquet row per request.
+"""batchrunner: run Anthropic Messages request sets through an LLM gateway, one Parquet row per
+request.
 
 Public names are imported lazily, so ``import batchrunner`` (and the CLI's start) stays cheap.
 """

@@ -113,7 +113,8 @@ class Slo:
 
 @dataclass(frozen=True, slots=True)
 class StageSpec:
-    """One stage: closed loop (``concurrency``) or open loop (``rate``), bounded in time or count."""
+    """One stage: closed loop (``concurrency``) or open loop (``rate``), bounded in time or
+    count."""
 
     name: str
     concurrency: int | None = None

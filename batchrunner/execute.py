@@ -50,7 +50,8 @@ class ExecContext:
 
 
 def encode_body(record: RequestRecord, mode: Mode) -> bytes:
-    """The JSON body sent for ``record`` in ``mode`` (``stream`` is set by the mode, not the input)."""
+    """The JSON body sent for ``record`` in ``mode`` (``stream`` is set by the mode, not the
+    input)."""
     params = record.params
     body = record.body
     if body is not None and "stream" not in params:
@@ -159,7 +160,8 @@ def final_row(
     scheduled: float,
     scheduled_at: float,
 ) -> dict[str, Any]:
-    """The row of a request whose last attempt was ``attempt`` (first one sent at ``first_sent``)."""
+    """The row of a request whose last attempt was ``attempt`` (first one sent at
+    ``first_sent``)."""
     row = base_row(record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled_at)
     row["attempts"] = attempts
     row["sent_at"] = first_sent_at

@@ -38,7 +38,7 @@ class RecordFeed:
                 taken += 1
                 if taken >= want:
                     break
-        except Exception as exc:  # noqa: BLE001 - raised once the records before it are out
+        except Exception as exc:
             # An invalid row under --strict, or an unreadable input: the valid rows read before
             # it in this chunk are still handed out (and sent) first, as `validate` counts them.
             self._error = exc

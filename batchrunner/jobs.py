@@ -371,10 +371,15 @@ class JobPoller:
         possible_expiry = job.submitted_at + job.ttl_s
         if now_at >= possible_expiry:
             error_type = ERROR_JOB_EXPIRED
+            seen = (
+                f"last seen pending {_iso(job.last_pending_at)}"
+                if job.last_pending_at
+                else "never seen completed"
+            )
             why = (
                 f"job {job.job_id} not found at {_iso(now_at)}: its result may have expired "
                 f"(TTL {job.ttl_s:g} s from completion; submitted {_iso(job.submitted_at)}, "
-                f"{'last seen pending ' + _iso(job.last_pending_at) if job.last_pending_at else 'never seen completed'})"
+                f"{seen})"
             )
         else:
             error_type = ERROR_JOB_NOT_FOUND

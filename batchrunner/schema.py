@@ -1,4 +1,5 @@
-"""Request and result records and the Arrow schema of a result row (a contract: see README "Output columns").
+"""Request and result records and the Arrow schema of a result row (a contract: see README
+"Output columns").
 
 A request set is read into :class:`RequestRecord` objects. Every request ends as exactly one
 result row: a plain ``dict`` keyed by names in :data:`RESULT_SCHEMA` (a column a row does not
@@ -58,7 +59,8 @@ class RequestRecord:
     :param custom_id: the user's id, or ``str(input_index)`` when the input has none.
     :param params: the Anthropic Messages body (``model``, ``max_tokens``, ``messages``, ...).
     :param metadata: free-form tags from the input, copied to the row as JSON text.
-    :param location: where it came from, for messages (``file.jsonl:12`` or ``file.parquet#row 11``).
+    :param location: where it came from, for messages (``file.jsonl:12`` or
+        ``file.parquet#row 11``).
     :param body: ``params`` already encoded as JSON (without ``stream``), when the reader did it:
         it checks that the row can be sent before anything is, and saves encoding it again.
     :param metadata_json: ``metadata`` encoded the same way.

@@ -7,7 +7,6 @@ be tested on hostile chunkings without a server.
 
 from __future__ import annotations
 
-
 #: An incomplete event longer than this is collected in pieces until its end arrives, instead
 #: of being joined with (and searched again) on every read.
 _COLLECT_ABOVE = 64 * 1024

@@ -71,7 +71,7 @@ class _Started:
         coro = self.coro
         try:
             yield self.pending
-        except BaseException as exc:  # noqa: BLE001 - thrown into the task: pass it on
+        except BaseException as exc:
             try:
                 pending = coro.throw(exc)
             except StopIteration:
@@ -193,7 +193,7 @@ class ParkedWorkers:
             pending = context.run(coro.send, None)
         except StopIteration:
             return None, done
-        except BaseException as exc:  # noqa: BLE001 - raised in the worker's task instead
+        except BaseException as exc:
             return exc, done
         finally:
             _leave_task(loop, task)

@@ -394,7 +394,7 @@ async def test_an_eager_request_may_cancel_its_own_task() -> None:
     def start() -> None:
         try:
             pool.start("r1", time.perf_counter(), lambda: done.append("r1"))
-        except BaseException as exc:  # noqa: BLE001 - what the test looks for
+        except BaseException as exc:
             errors.append(exc)
 
     asyncio.get_running_loop().call_soon(start)

@@ -318,7 +318,9 @@ def bench(
             search_start=_given(values, "search_start", 10.0),
             search_max=_given(values, "search_max", 10_000.0),
             search_factor=_given(values, "search_factor", 2.0),
-            search_steps=values.get("search_steps") if values.get("search_steps") is not None else 3,
+            search_steps=(
+                values.get("search_steps") if values.get("search_steps") is not None else 3
+            ),
             stage_duration_s=stage_duration, stage_requests=values.get("stage_requests"),
             warmup_s=warmup, max_errors=values.get("max_errors"),
             max_error_rate=values.get("max_error_rate"),

@@ -1,4 +1,5 @@
-"""``batchrunner collect RUN_DIR``: poll the outstanding async jobs of a run and write their rows."""
+"""``batchrunner collect RUN_DIR``: poll the outstanding async jobs of a run and write their
+rows."""
 
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ def collect(
         )
         if not url:
             raise ConfigError(
-                f"{run_dir} ran on the built-in emulator, whose jobs ended with it; nothing to collect"
+                f"{run_dir} ran on the built-in emulator, whose jobs ended with it; nothing to "
+                "collect"
             )
         requests = Path((info.get("input") or {}).get("path", ""))
         reading = {key: recorded[key] for key in INPUT_READING if recorded.get(key) is not None}

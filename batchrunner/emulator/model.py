@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from array import array
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
