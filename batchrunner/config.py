@@ -18,8 +18,8 @@ import httpx
 from batchrunner.client import Timeouts, messages_url, redact_url
 from batchrunner.redaction import (
     REDACTED,
-    SECRET_HEADER_PATTERN,
     Redactor,
+    is_secret_header,
     looks_secret,
     secret_header_values,
     url_secret_values,
@@ -91,6 +91,9 @@ class RunConfig:
     results_root: Path = Path("results")
     resume: bool = False
     retry_failed: bool = False
+    #: Resume even with options that build the requests differently (``--model``, ...): the
+    #: run then mixes them, and each session's options are recorded in ``run.json``.
+    allow_changed_options: bool = False
     api_key: str | None = field(default=None, repr=False)
     virtual_key: str | None = field(default=None, repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
@@ -278,7 +281,7 @@ class RunConfig:
         # The URL's user:password and query are left out below; collect must be given them.
         data["gateway_credentials_set"] = _has_credentials(self.gateway)
         data["headers"] = {
-            k: (REDACTED if SECRET_HEADER_PATTERN.search(k) or looks_secret(v) else v)
+            k: (REDACTED if is_secret_header(k, v) else v)
             for k, v in self.headers.items()
         }
         redact = Redactor(self.secret_values())  # a key may even sit in the URL's path

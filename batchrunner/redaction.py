@@ -39,6 +39,23 @@ _ENDS_IN_TOKEN = re.compile(f"[{_TOKEN}]$")
 _MIN_QUERY_SECRET = 16
 
 
+#: Bifrost headers whose names match the pattern but whose values are no credential: a stored
+#: key's name or id, and a semantic-cache key (``specs/bifrost-anthropic-protocol.md``).
+_NOT_SECRET_HEADERS = frozenset({"x-bf-api-key", "x-bf-api-key-id", "x-bf-cache-key"})
+#: A value shorter than this under a credential-like name is still never stored, but not cut
+#: out of error texts: "1" or "prod" would blank that word in every message.
+_MIN_NAMED_SECRET = 8
+
+
+def is_secret_header(name: str, value: str) -> bool:
+    """Whether a header's value is a credential: by its name, or by its shape."""
+    if looks_secret(value):
+        return True
+    return name.strip().lower() not in _NOT_SECRET_HEADERS and bool(
+        SECRET_HEADER_PATTERN.search(name)
+    )
+
+
 def looks_secret(value: str) -> bool:
     """Key-shaped values (``sk-…``, ``Bearer …``) are redacted whatever their header is called."""
     v = value.strip().lower()
@@ -50,7 +67,9 @@ def secret_header_values(headers: dict[str, str] | list[tuple[str, str]]) -> lis
     a ``Bearer``/``Basic``/``Token`` value on its own (a gateway may quote just that)."""
     values = []
     for name, value in headers.items() if isinstance(headers, dict) else headers:
-        if SECRET_HEADER_PATTERN.search(name) or looks_secret(value):
+        if is_secret_header(name, value) and (
+            looks_secret(value) or len(value.strip()) >= _MIN_NAMED_SECRET
+        ):
             values.append(value.strip())
             scheme, _, token = value.strip().partition(" ")
             if token and scheme.lower() in ("bearer", "basic", "token"):
@@ -128,6 +147,7 @@ __all__ = [
     "REDACTED",
     "SECRET_HEADER_PATTERN",
     "Redactor",
+    "is_secret_header",
     "looks_secret",
     "secret_header_values",
     "url_secret_values",

@@ -150,17 +150,25 @@ def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mo
         )
 
 
-def check_same_requests(info: dict[str, Any], config: dict[str, Any], parquet_input: bool) -> None:
+def check_same_requests(
+    info: dict[str, Any],
+    config: dict[str, Any],
+    parquet_input: bool,
+    allow: bool = False,
+) -> str | None:
     """Refuse a resume that would build the remaining requests differently from the rows
     already written: their ``model_requested``, ``max_tokens``, ... would silently differ from
     one part of the run to the other, while ``run.json`` names one setting.
 
-    Whether it applies is the caller's business: before the run has rows that it keeps, an
-    option may still be fixed.
+    Whether it applies is the caller's business: before the run has rows (or jobs) that it
+    keeps, an option may still be fixed.
 
     :param info: the run's ``run.json``.
     :param config: this session's configuration, as :meth:`RunConfig.public_dict` gives it.
     :param parquet_input: the input is Parquet (else the Parquet-only options are not compared).
+    :param allow: ``--allow-changed-options``: return the difference (for a warning) instead of
+        raising; each session's own options are in ``run.json``.
+    :return: what changed, when allowed; ``None`` when nothing did.
     :raises RunDirError: naming the option, its recorded value and what to do.
     """
     recorded = info.get("config") or {}
@@ -170,15 +178,30 @@ def check_same_requests(info: dict[str, Any], config: dict[str, Any], parquet_in
             continue
         before, now = _normalized(recorded[key]), _normalized(config.get(key))
         if before != now:
-            was.append(_as_given(option, before))
-            given.append(_as_given(option, now))
-    if was:
-        raise RunDirError(
-            f"cannot resume with {' '.join(given)}: this run's rows were sent with "
-            f"{' '.join(was)}, and the rest must be sent the same way, or one run would mix two "
-            f"kinds of requests. Resume with {' '.join(was)}, or start a new run (another "
-            "--out) for the new setting"
-        )
+            shown_before, shown_now = _as_given(option, before), _as_given(option, now)
+            if shown_before == shown_now:  # long texts that differ past what is shown
+                where = _first_difference(before, now)
+                shown_before += f" (differs from the one given at character {where})"
+            was.append(shown_before)
+            given.append(shown_now)
+    if not was:
+        return None
+    sent = f"this run's rows were sent with {' '.join(was)}"
+    if allow:
+        return f"{sent}, and the rest will be sent with {' '.join(given)}"
+    raise RunDirError(
+        f"cannot resume with {' '.join(given)}: {sent}, and the rest must be sent the same "
+        "way, or one run would mix two kinds of requests (the exact values are under config "
+        "in run.json). Resume with the same options, start a new run (another --out), or add "
+        "--allow-changed-options to go on anyway (each session's options are recorded in "
+        "run.json's sessions)"
+    )
+
+
+def _first_difference(before: Any, now: Any) -> int:
+    a, b = str(before), str(now)
+    differing = (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    return next(differing, min(len(a), len(b)))
 
 
 def _normalized(value: Any) -> Any:

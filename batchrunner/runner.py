@@ -67,6 +67,7 @@ from batchrunner.rundir import (
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
 from batchrunner.store import (
+    JOBS_FILE,
     READ_BATCH_ROWS,
     RunStore,
     RunStoreError,
@@ -662,7 +663,7 @@ async def run_session(
         redo_indices = await asyncio.to_thread(_indices_with_status, run_dir, redo)
     if info is not None:  # before the store opens: that already drops rows to send again
         _check_same_gateway(info.get("gateway"), gateway_label(config), stderr, quiet)
-        await _check_same_requests(info, config, run_dir, redo)
+        await _check_same_requests(info, config, run_dir, redo, stderr, quiet)
     try:
         store = await asyncio.to_thread(_open_store, run_dir, redo)
     except OSError as exc:
@@ -678,8 +679,10 @@ async def run_session(
         if fresh is not None and fresh != info:
             check_resumable(fresh, fingerprint, config.mode.value)
             _check_same_gateway(fresh.get("gateway"), gateway_label(config), stderr, quiet)
-            if store.done_count:
-                check_same_requests(fresh, config.public_dict(), _is_parquet(requests))
+            if store.done_count or store.outstanding_jobs():
+                check_same_requests(
+                    fresh, config.public_dict(), _is_parquet(requests), config.allow_changed_options
+                )
             info = fresh
         return await _run_in_store(
             config, store, info, fingerprint, total, redo_indices, transport, http_client,
@@ -693,15 +696,33 @@ async def run_session(
 
 
 async def _check_same_requests(
-    info: dict[str, Any], config: RunConfig, run_dir: Path, redo: frozenset[str]
+    info: dict[str, Any],
+    config: RunConfig,
+    run_dir: Path,
+    redo: frozenset[str],
+    stderr: TextIO,
+    quiet: bool,
 ) -> None:
-    """:func:`check_same_requests`, when the run has rows this session keeps: before any (or
-    when --retry-failed removes them all, after a wrong --model, say) options may change."""
+    """:func:`check_same_requests`, when the run keeps something sent with its options: rows
+    (other than those --retry-failed removes: after a wrong --model, say, they may change), or
+    async jobs, which are polled, not sent again, and whose rows name the request options."""
     try:
-        check_same_requests(info, config.public_dict(), _is_parquet(config.requests))
+        change = check_same_requests(
+            info, config.public_dict(), _is_parquet(config.requests), config.allow_changed_options
+        )
     except RunDirError:
-        if await asyncio.to_thread(run_has_rows, run_dir, redo):
+        if _has_jobs(run_dir) or await asyncio.to_thread(run_has_rows, run_dir, redo):
             raise
+        return
+    if change is not None and not quiet:
+        print(f"Warning (--allow-changed-options): {change}", file=stderr, flush=True)
+
+
+def _has_jobs(run_dir: Path) -> bool:
+    try:
+        return (run_dir / JOBS_FILE).stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _open_store(run_dir: Path, redo: frozenset[str]) -> RunStore:

@@ -71,3 +71,23 @@ def test_a_short_query_value_with_a_plain_name_is_no_secret() -> None:
     config = RunConfig(requests=Path("x.jsonl"), gateway="http://127.0.0.1:9/?provider=anthropic")
     config.validate()
     assert config.public_dict()["gateway"] == "http://127.0.0.1:9/anthropic/v1/messages"
+
+
+def test_bifrost_key_selectors_and_short_values_do_not_blank_words_in_errors() -> None:
+    # x-bf-api-key names a stored key and x-bf-cache-key is a cache key: matching "key" made
+    # every "anthropic" and "1" of every error message read <redacted>, and collect asked for
+    # them again.
+    config = RunConfig(
+        requests=Path("r.jsonl"),
+        headers={"x-bf-api-key": "anthropic", "x-bf-cache-key": "1", "X-Auth-Token": "prod",
+                 "Authorization": "Bearer sk-bf-LONGVIRTUALKEY"},
+    )  # fmt: skip
+    stored = config.public_dict()["headers"]
+    assert stored["x-bf-api-key"] == "anthropic" and stored["x-bf-cache-key"] == "1"
+    assert stored["X-Auth-Token"] == "<redacted>"  # a short credential is still never stored
+    assert stored["Authorization"] == "<redacted>"
+    redact = Redactor(config.secret_values())
+    assert redact("no healthy key for provider anthropic: retry in 1 s (env prod)") == (
+        "no healthy key for provider anthropic: retry in 1 s (env prod)"
+    )
+    assert redact("bad token sk-bf-LONGVIRTUALKEY") == "bad token <redacted>"

@@ -296,9 +296,34 @@ async def test_opening_ahead_never_raises_and_is_bounded_in_time(make_pool) -> N
         full.listen(0)
         stuck = make_pool(f"http://127.0.0.1:{full.getsockname()[1]}/x", connect_s=30.0)
         t = time.perf_counter()
-        opened = await stuck.open_ahead(64, within_s=0.3)
+        await stuck.open_ahead(64, within_s=0.3)
         assert time.perf_counter() - t < 3.0
-        assert opened <= 64
+        await stuck.aclose()  # ends the connects still under way
+
+
+async def test_opening_ahead_tops_up_and_leaves_nothing_open_when_cancelled(
+    server: Server, make_pool
+) -> None:
+    pool = make_pool(server.url("/echo"))
+    assert await pool.open_ahead(4, within_s=5.0) == 4
+    assert await pool.open_ahead(6, within_s=5.0) == 2  # only the missing ones (bench stages)
+    assert server.accepted == 6
+    # Cancelled at once (a library caller's wait_for, a failing task group): the connects
+    # still join the pool, so closing it closes every one of them.
+    other = make_pool(server.url("/echo"))
+    task = asyncio.ensure_future(other.open_ahead(5, within_s=5.0))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    while other.open_connections < 5 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert other.open_connections == 5
+    await other.aclose()
+    while server.open_connections > 6 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert server.open_connections == 6  # only the first pool's
 
 
 async def test_keepalive_expiry_opens_a_new_connection(server: Server, make_pool) -> None:

@@ -16,7 +16,7 @@ import click
 import httpx
 
 from batchrunner.client import redact_url
-from batchrunner.config import SECRET_HEADER_PATTERN, Redactor, looks_secret
+from batchrunner.redaction import Redactor, is_secret_header
 
 #: Options whose value is a credential: left out of the hint.
 _KEY_OPTIONS = ("--api-key", "--virtual-key")
@@ -108,7 +108,7 @@ def resume_command(
             else:
                 value, used = arg[2:], 1
             header, _, header_value = value.partition(":")
-            if SECRET_HEADER_PATTERN.search(header) or looks_secret(header_value):
+            if is_secret_header(header, header_value):
                 left_out.append(f"-H '{header.strip()}: …'")
             else:
                 kept.extend(args[i : i + used])

@@ -131,6 +131,13 @@ Exit codes:
     "expired (their old rows are replaced).",
 )
 @click.option(
+    "--allow-changed-options",
+    is_flag=True,
+    help="Resume even with another --model, --max-tokens, --system, --model-override (or "
+    "Parquet column option) than the run's rows were sent with (refused without it: the run "
+    "would mix two kinds of requests); each session's options are recorded in run.json.",
+)
+@click.option(
     "--timeout",
     "timeout_s",
     type=click.FloatRange(min=0, min_open=True),

@@ -291,3 +291,52 @@ def test_a_full_disk_when_a_resume_starts_is_not_an_internal_error(
         assert run(requests, emu.base_url, out).status == "finished"
     sessions = orjson.loads((out / "run.json").read_bytes())["sessions"]
     assert [s["status"] for s in sessions] == ["incomplete", "finished"]
+
+
+def test_outstanding_async_jobs_count_as_sent_with_the_run_s_options(make_emulator, tmp_path):
+    # Detached jobs have no rows yet: a resume with another --model was accepted, and the
+    # polled jobs' rows then named the new model while the gateway ran the old one.
+    from batchrunner.emulator import Dist
+    from batchrunner.schema import Mode
+
+    requests, out = bare_requests(tmp_path / "bare.jsonl", 6), tmp_path / "out"
+    sonnet = {"model": "claude-sonnet-4-5", "max_tokens": 50}
+    with make_emulator(ttft=Dist("fixed", 0.2)) as emu:
+        run(requests, emu.base_url, out, mode=Mode.ASYNC, detach=True, max_requests=3, **sonnet)
+        assert not (out / "data").exists() or read_rows(out).empty  # only jobs so far
+        with pytest.raises(RunDirError, match="cannot resume with --model 'claude-haiku-4-5'"):
+            run(requests, emu.base_url, out, mode=Mode.ASYNC, model="claude-haiku-4-5",
+                max_tokens=50)
+        done = run(requests, emu.base_url, out, mode=Mode.ASYNC, **sonnet)
+    assert done.status == "finished"
+    rows = read_rows(out)
+    assert sorted(rows["input_index"]) == list(range(6))
+    assert set(rows["model_requested"]) == {"claude-sonnet-4-5"}
+
+
+def test_allow_changed_options_goes_on_warns_and_records_each_session(
+    make_emulator, tmp_path, capsys
+):
+    requests, out = bare_requests(tmp_path / "bare.jsonl", 8), tmp_path / "out"
+    long_a, long_b = "You are terse. " * 8 + "Answer in English.", "You are terse. " * 8 + "Ok."
+    with make_emulator() as emu:
+        run(requests, emu.base_url, out, max_requests=3, model="claude-sonnet-4-5",
+            max_tokens=50, system=long_a)
+        # Long texts that differ past what the message shows say where they differ.
+        with pytest.raises(RunDirError, match=r"differs from the one given at character 120\)"):
+            run(requests, emu.base_url, out, model="claude-sonnet-4-5", max_tokens=50,
+                system=long_b)
+        done = run_sync(
+            RunConfig(requests=requests, gateway=emu.base_url, out=out,
+                      model="claude-haiku-4-5", max_tokens=50, system=long_a,
+                      allow_changed_options=True),
+            quiet=False,
+        )  # fmt: skip
+    assert done.status == "finished"
+    err = capsys.readouterr().err
+    assert "Warning (--allow-changed-options): this run's rows were sent with --model " in err
+    assert "the rest will be sent with --model 'claude-haiku-4-5'" in err
+    rows = read_rows(out).sort_values("input_index")
+    assert list(rows["model_requested"]) == ["claude-sonnet-4-5"] * 3 + ["claude-haiku-4-5"] * 5
+    sessions = orjson.loads((out / "run.json").read_bytes())["sessions"]
+    assert [s["config"]["model"] for s in sessions] == ["claude-sonnet-4-5", "claude-haiku-4-5"]
