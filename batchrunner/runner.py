@@ -100,8 +100,8 @@ COMPACT_MAX_BACKLOG = 4
 STOP_CHECK_S = 0.1
 #: Open loop: connections opened before the schedule starts, enough for its first
 #: OPEN_AHEAD_SCHEDULE_S (at least one, at most OPEN_AHEAD_MAX and the in-flight cap), and how
-#: long that may take at most (a run's own clock has not started; a bench stage's agreed start
-#: bounds it too).
+#: long the start waits for them at most (a run's own clock has not started; a bench stage's
+#: agreed start bounds it too); connects still under way then finish in the background.
 OPEN_AHEAD_SCHEDULE_S = 0.01
 OPEN_AHEAD_MAX = 64
 OPEN_AHEAD_WITHIN_S = 1.0
