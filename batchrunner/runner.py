@@ -71,6 +71,7 @@ from batchrunner.store import (
     READ_BATCH_ROWS,
     RunStore,
     RunStoreError,
+    ensure_not_in_use,
     run_has_rows,
     write_json_atomic,
 )
@@ -633,6 +634,11 @@ async def run_session(
         if warning and asked and not quiet:
             print(warning, file=stderr, flush=True)
     requests = config.requests
+    if config.out is not None:
+        try:
+            await asyncio.to_thread(ensure_not_in_use, Path(config.out))
+        except RunStoreError as exc:  # before reading a big input for nothing
+            raise RunDirError(str(exc)) from None
     if requests.is_file():
         # Both read the whole file; side by side (hashing lets go of the interpreter lock,
         # counting does not, so the gain is modest): 1.9-2.0 s instead of 2.2-2.6 s for a

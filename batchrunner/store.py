@@ -69,6 +69,7 @@ __all__ = [
     "RunDirectoryInUseError",
     "RunStore",
     "RunStoreError",
+    "ensure_not_in_use",
     "run_has_rows",
     "write_json_atomic",
 ]
@@ -200,6 +201,29 @@ def _numbered_if_dir(directory: Path, pattern: re.Pattern[str]) -> list[tuple[in
         return _numbered(directory, pattern)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def ensure_not_in_use(run_dir: Path) -> None:
+    """Fail at once if another process holds *run_dir*'s lock (checked again, for good, when the
+    store opens): a resume first hashes and counts the whole input, seconds for a big file.
+
+    :raises RunDirectoryInUseError: the directory is locked.
+    """
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file (a new directory) or unreadable: the store's open decides
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise RunDirectoryInUseError(
+            f"run directory {run_dir} is in use by another batchrunner process (pid {holder})"
+        ) from None
+    except OSError:
+        return
+    finally:
+        os.close(fd)
 
 
 def _acquire_lock(run_dir: Path) -> int:

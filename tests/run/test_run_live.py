@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from unittest import mock
 
 import orjson
 import pyarrow as pa
@@ -529,6 +530,11 @@ def test_a_locked_run_directory_is_a_run_dir_error_for_the_library(requests_file
     out = tmp_path / "out"
     with RunStore.open(out, create=True):  # another process's run holds it
         with pytest.raises(batchrunner.RunDirError, match="in use"):
+            batchrunner.run(requests_file(2), out=out, quiet=True)
+        # Said before the input is hashed and counted (seconds for a big file), not after.
+        hashing = mock.patch("batchrunner.runner.input_fingerprint", side_effect=AssertionError)
+        refused = pytest.raises(batchrunner.RunDirError, match=r"in use by .* \(pid \d+\)")
+        with hashing, refused:
             batchrunner.run(requests_file(2), out=out, quiet=True)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
