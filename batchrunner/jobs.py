@@ -46,6 +46,9 @@ ASYNC_HEADER = "x-bf-async"
 JOB_ID_HEADER = "x-bf-async-id"
 TTL_HEADER = "x-bf-async-job-result-ttl"
 NOT_FOUND_MESSAGE = "job not found or expired"
+#: This many jobs not found (before they could have expired) while no job of the session was
+#: found stop it: the jobs are being polled with the wrong key or gateway, not lost.
+MAX_UNKNOWN_JOBS = 20
 #: A poll answered with this is the gateway's own storage failing, not the job's outcome.
 TRANSIENT_POLL_MESSAGE = "failed to retrieve async job"
 ASYNC_UNAVAILABLE = "async operations not available"
@@ -208,6 +211,7 @@ class JobPoller:
     :param jctx: the shared job context.
     :param poll_rate: polls per second, at most (all jobs together).
     :param poll_concurrency: polls in flight, at most.
+    :param keyed: polls carry a virtual key (see ``_found_any``).
     """
 
     def __init__(
@@ -216,6 +220,7 @@ class JobPoller:
         *,
         poll_rate: float | None = DEFAULT_POLL_RATE,
         poll_concurrency: int = DEFAULT_POLL_CONCURRENCY,
+        keyed: bool = False,
     ) -> None:
         self.jctx = jctx
         self._heap: list[tuple[float, int, Job]] = []
@@ -226,6 +231,13 @@ class JobPoller:
         self._ceiling = RateCeiling(poll_rate) if poll_rate else None
         self._slots = asyncio.Semaphore(poll_concurrency)
         self._probes: set[str] = set()
+        #: Whether a poll of this session has found any job. Polling with a virtual key, until
+        #: then a job not found before it could have expired is more likely polled with another
+        #: key (a ``collect`` with the wrong --virtual-key) than lost, so it gets no final row
+        #: yet: with one, the results would be lost for good, paid. Without a key a job is
+        #: readable by anyone, so not found means lost (a gateway restart).
+        self._found_any = not keyed
+        self._unknown: list[Job] = []
 
     @property
     def outstanding(self) -> int:
@@ -276,6 +288,8 @@ class JobPoller:
                 while True:
                     if not self._heap:
                         if self._closed and not self._active:
+                            if self._unknown:
+                                self._none_known()
                             return
                         self._wake.clear()
                         await self._wake.wait()
@@ -315,8 +329,10 @@ class JobPoller:
         status = attempt.http_status
         message = attempt.error_message or ""
         if status is not None and 200 <= status < 300 and attempt.message is not None:
+            self._found()
             self._finish(job, attempt, now_at, Status.OK)
         elif status is not None and 200 <= status < 300 and is_job_stub(attempt.parsed):
+            self._found()
             job.last_pending_at = now_at
             job.last_poll = attempt.done
             job.poll_failures = 0
@@ -338,8 +354,29 @@ class JobPoller:
         else:
             await self._failed(job, attempt, now_at)
 
+    def _found(self) -> None:
+        """A job was found: the key and gateway are right, so the jobs not found before are
+        polled once more, and end as ``job_not_found`` if still unknown."""
+        if self._found_any:
+            return
+        self._found_any = True
+        for job in self._unknown:
+            self.add(job, 0.0)
+        self._unknown.clear()
+
+    def _none_known(self) -> None:
+        n = len(self._unknown)
+        self.jctx.on_fatal(
+            f"{n} job{'s' if n > 1 else ''} in a row not found before {'their' if n > 1 else 'its'}"
+            " results could have expired, and none found: the gateway does not know this run's "
+            "jobs (another --virtual-key than they were submitted with?). Nothing "
+            "was recorded for them: collect again with the same key and gateway (after their "
+            "TTL they are recorded as expired)"
+        )
+
     async def _failed(self, job: Job, attempt: Attempt, now_at: float) -> None:
         """The job failed upstream: submit it again when retryable, else it is an error row."""
+        self._found()
         ctx = self.jctx.exec
         delay = retry_delay(
             ctx.policy,
@@ -382,6 +419,11 @@ class JobPoller:
                 f"{seen})"
             )
         else:
+            if not self._found_any:
+                self._unknown.append(job)  # no row: still outstanding in jobs.jsonl
+                if len(self._unknown) >= MAX_UNKNOWN_JOBS:
+                    self._none_known()
+                return
             error_type = ERROR_JOB_NOT_FOUND
             why = (
                 f"job {job.job_id} not found at {_iso(now_at)}, before its result could have "

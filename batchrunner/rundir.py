@@ -181,16 +181,23 @@ def check_same_requests(
             shown_before, shown_now = _as_given(option, before), _as_given(option, now)
             if shown_before == shown_now:  # long texts that differ past what is shown
                 where = _first_difference(before, now)
-                shown_before += f" (differs from the one given at character {where})"
+                shown_before += f" (differs from the one given after {where} characters)"
             was.append(shown_before)
             given.append(shown_now)
     if not was:
         return None
-    sent = f"this run's rows were sent with {' '.join(was)}"
+    # After an --allow-changed-options session the rows differ; the config is the last one's.
+    mixed = any(
+        _normalized((session.get("config") or recorded).get(key)) != _normalized(recorded.get(key))
+        for session in info.get("sessions") or ()
+        for key in REQUEST_SHAPING
+    )
+    who = "this run's last session sent its rows" if mixed else "this run's rows were sent"
+    sent = f"{who} with {' and '.join(was)}"
     if allow:
-        return f"{sent}, and the rest will be sent with {' '.join(given)}"
+        return f"{sent}, and the rest will be sent with {' and '.join(given)}"
     raise RunDirError(
-        f"cannot resume with {' '.join(given)}: {sent}, and the rest must be sent the same "
+        f"cannot resume with {' and '.join(given)}: {sent}, and the rest must be sent the same "
         "way, or one run would mix two kinds of requests (the exact values are under config "
         "in run.json). Resume with the same options, start a new run (another --out), or add "
         "--allow-changed-options to go on anyway (each session's options are recorded in "

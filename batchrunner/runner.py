@@ -368,6 +368,7 @@ class _Session:
                     self.jctx,
                     poll_rate=self.config.poll_rate,
                     poll_concurrency=self.config.poll_concurrency,
+                    keyed=_polls_with_a_key(self.config),
                 )
 
     def _record_job(self, job: Job) -> None:
@@ -555,7 +556,11 @@ def resolve_run_dir(
             raise RunDirError(
                 f"--out {run_dir} exists, is not empty and is not a batchrunner run directory"
             )
-        if info is None and (config.resume or config.retry_failed) and not run_dir.exists():
+        if (
+            info is None
+            and (config.resume or config.retry_failed)
+            and (not run_dir.exists() or not any(run_dir.iterdir()))
+        ):
             # A mistyped directory would otherwise start the whole set again, paid in full.
             flag = "--retry-failed" if config.retry_failed else "--resume"
             raise RunDirError(
@@ -722,6 +727,13 @@ async def _check_same_requests(
         return
     if change is not None and not quiet:
         print(f"Warning (--allow-changed-options): {change}", file=stderr, flush=True)
+
+
+def _polls_with_a_key(config: RunConfig) -> bool:
+    """Whether polls carry a virtual key (``--virtual-key``, or an ``sk-bf-`` key given as
+    ``--api-key`` or in a header): then a job is readable only with the key it was made with."""
+    values = [config.virtual_key or "", config.api_key or "", *config.headers.values()]
+    return bool(config.virtual_key) or any("sk-bf-" in v.lower() for v in values)
 
 
 def _has_jobs(run_dir: Path) -> bool:

@@ -147,29 +147,33 @@ def test_short_ttl_and_a_slow_collector_give_expired_rows(make_emulator, request
     assert rows["error_message"].str.contains("may have expired").all()
 
 
-@pytest.mark.parametrize("not_found_status", [404, 400])
-def test_polling_with_another_key_reads_as_not_found(requests_file, tmp_path, not_found_status):
+@pytest.mark.parametrize(("not_found_status", "jobs"), [(404, 3), (400, 3), (404, 25)])
+def test_collecting_with_another_key_records_nothing_and_the_right_key_still_collects(
+    requests_file, tmp_path, not_found_status, jobs
+):
+    # It used to turn every paid job into a final job_not_found row: lost for good, and a
+    # collect with the right key then had nothing left to poll.
     config = EmulatorConfig(virtual_keys=(KEY_A, KEY_B), job_not_found_status=not_found_status)
     out = tmp_path / "out"
-    with running_emulator(config) as emu:
-        run(requests_file(3), emu.base_url, out, detach=True, virtual_key=KEY_A)
-        collected = run_sync(
-            RunConfig(
-                requests=tmp_path / "set-3.jsonl",
-                gateway=emu.base_url,
-                out=out,
-                mode="async",
-                collect_only=True,
-                virtual_key=KEY_B,
-            ),
+
+    def collect(key: str):
+        return run_sync(
+            RunConfig(requests=tmp_path / f"set-{jobs}.jsonl", gateway=emu.base_url, out=out,
+                      mode="async", collect_only=True, virtual_key=key),
             quiet=True,
-        )
+        )  # fmt: skip
+
+    with running_emulator(config) as emu:
+        run(requests_file(jobs), emu.base_url, out, detach=True, virtual_key=KEY_A)
+        wrong = collect(KEY_B)
+        assert wrong.status == "aborted" and wrong.exit_code == 3
+        assert "the gateway does not know this run's jobs" in wrong.message
+        assert "another --virtual-key" in wrong.message
+        assert not (out / "data").exists() or read_rows(out).empty
+        right = collect(KEY_A)
     rows = read_rows(out)
-    assert collected.status == "finished"
-    assert set(rows["status"]) == {"expired"}
-    assert set(rows["error_type"]) == {"job_not_found"}  # too early to have expired: lost
-    assert set(rows["http_status"]) == {not_found_status}
-    assert rows["error_message"].str.contains("another virtual key").all()
+    assert right.status == "finished"
+    assert len(rows) == jobs and set(rows["status"]) == {"ok"}
 
 
 def test_emulator_restart_loses_jobs_and_nothing_hangs(requests_file, tmp_path):

@@ -45,8 +45,8 @@ def test_a_resume_that_would_build_other_requests_is_refused_naming_the_options(
         with pytest.raises(RunDirError) as refused:
             run(requests, emu.base_url, out, model="claude-haiku-4-5", max_tokens=20)
         assert str(refused.value).startswith(
-            "cannot resume with --model 'claude-haiku-4-5' --max-tokens 20: this run's rows were "
-            "sent with --model 'claude-sonnet-4-5' --max-tokens 50,"
+            "cannot resume with --model 'claude-haiku-4-5' and --max-tokens 20: this run's rows "
+            "were sent with --model 'claude-sonnet-4-5' and --max-tokens 50,"
         )
         with pytest.raises(RunDirError, match="cannot resume with no --model: "):
             run(requests, emu.base_url, out, max_tokens=50)
@@ -141,6 +141,10 @@ def test_resume_of_a_missing_directory_is_refused_not_started_afresh(make_emulat
             with pytest.raises(RunDirError, match=f"--{flag.replace('_', '-')}: there is no run"):
                 run(requests, emu.base_url, out, **{flag: True})
         assert not out.exists()
+        out.mkdir()  # an empty directory holds no run to resume either
+        with pytest.raises(RunDirError, match="--resume: there is no run directory"):
+            run(requests, emu.base_url, out, resume=True)
+        assert not any(out.iterdir())
 
 
 def test_a_full_disk_while_recovering_the_journal_says_so_and_keeps_it(
@@ -323,7 +327,7 @@ def test_allow_changed_options_goes_on_warns_and_records_each_session(
         run(requests, emu.base_url, out, max_requests=3, model="claude-sonnet-4-5",
             max_tokens=50, system=long_a)
         # Long texts that differ past what the message shows say where they differ.
-        with pytest.raises(RunDirError, match=r"differs from the one given at character 120\)"):
+        with pytest.raises(RunDirError, match=r"differs from the one given after 120 characters\)"):
             run(requests, emu.base_url, out, model="claude-sonnet-4-5", max_tokens=50,
                 system=long_b)
         done = run_sync(
@@ -340,3 +344,8 @@ def test_allow_changed_options_goes_on_warns_and_records_each_session(
     assert list(rows["model_requested"]) == ["claude-sonnet-4-5"] * 3 + ["claude-haiku-4-5"] * 5
     sessions = orjson.loads((out / "run.json").read_bytes())["sessions"]
     assert [s["config"]["model"] for s in sessions] == ["claude-sonnet-4-5", "claude-haiku-4-5"]
+    # The rows now differ: a refusal says whose options it quotes.
+    with pytest.raises(RunDirError, match="this run's last session sent its rows with --model "
+                                          "'claude-haiku-4-5'"):
+        run(requests, "http://127.0.0.1:9", out, model="claude-sonnet-4-5", max_tokens=50,
+            system=long_a)
