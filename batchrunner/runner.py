@@ -486,6 +486,11 @@ class _Session:
         """Connections for the first sends, opened before the schedule's clock starts: the
         first sends would otherwise each wait for a connect while the loop is still cold."""
         n = min(cap, OPEN_AHEAD_MAX, max(1, math.ceil(rate * OPEN_AHEAD_SCHEDULE_S)))
+        # Never more than the requests this session can send (a small set, --max-requests).
+        left = [self.config.max_requests]
+        if self.stats.total is not None:
+            left.append(self.stats.total - self.stats.already_done)
+        n = min([n, *(k for k in left if k is not None)])
         within = OPEN_AHEAD_WITHIN_S
         if self.start_at is not None:  # an agreed start (bench): be ready a little before it
             within = min(within, self.start_at + self.phase_s - time.time() - 0.005)
