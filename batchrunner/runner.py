@@ -315,6 +315,12 @@ class _Session:
                 f"waiting up to {self.config.drain_timeout_s:g} s for {self.stats.in_flight} "
                 f"in flight. {again}"
             )
+            if self.poller_task is not None:  # async: polling stops at once, jobs are kept
+                waiting = (
+                    "polling stops (outstanding jobs stay in jobs.jsonl for collect); "
+                    f"waiting up to {self.config.drain_timeout_s:g} s for "
+                    f"{self.stats.in_flight} submit(s) in flight. {again}"
+                )
             if self.stopping:
                 self._say(f"\n{what}: already stopping ({self.stop_reason}); {waiting}")
             else:
@@ -861,7 +867,8 @@ async def _run_in_store(
         verb = "Resuming" if resumed else "Starting"
         count = f"{total:,}" if total is not None else "?"
         print(
-            f"{verb} run {run_dir} ({count} requests in {config.requests}"
+            f"{verb} run {run_dir} ({count} request{'' if total == 1 else 's'} in "
+            f"{config.requests}"
             + (f", {store.done_count:,} already done" if resumed else "")
             + ")",
             file=stderr,

@@ -412,7 +412,8 @@ def finish(
         click.echo(f"results    {result.run_dir}", err=as_json)
         if result.rejected:
             click.echo(
-                f"rejected   {result.rejected:,} invalid input rows, see "
+                f"rejected   {result.rejected:,} invalid input "
+                f"row{'' if result.rejected == 1 else 's'}, see "
                 f"{result.run_dir / 'rejects.jsonl'}",
                 err=True,
             )

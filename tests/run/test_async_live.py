@@ -291,6 +291,7 @@ def test_ctrl_c_stops_and_leaves_jobs_to_collect(make_emulator, requests_file, t
                 proc.communicate()
     assert proc.returncode == 3, stderr
     assert "batchrunner collect" in stderr
+    assert "Stopping (Ctrl-C): no new requests; polling stops (outstanding jobs stay" in stderr
     info = orjson.loads((out / "run.json").read_bytes())
     assert info["status"] == "interrupted" and info["async"]["outstanding_jobs"] >= 5
 
