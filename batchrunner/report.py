@@ -758,6 +758,9 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
         "gateway": run.info.get("gateway"),
         "rows": rows_read,
         "journal_rows": run.journal_rows,
+        # Async jobs submitted but not yet collected: they have no rows (nor cost) yet.
+        "outstanding_jobs": (run.info.get("async") or {}).get("outstanding_jobs") or 0,
+        "collect_before": (run.info.get("async") or {}).get("collect_before"),
         "window": {"start_at": _iso(window.start), "end_at": _iso(window.end),
                    "wall_s": _num(window.wall), "active_s": _num(window.active)},
         "metrics": metrics,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
@@ -247,6 +248,10 @@ def _spark(values: Sequence[float], width: int = 60) -> str:
                    for v in values)
 
 
+def _iso_text(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def run_header(run: dict[str, Any]) -> list[str]:
     """Lines naming the run and its time window."""
     head = ", ".join(x for x in (run.get("mode"), run.get("status")) if x)
@@ -265,6 +270,15 @@ def run_header(run: dict[str, Any]) -> list[str]:
         what = "run it again" if run.get("stages") else "resume it"
         out.append(f"note       {run['journal_rows']:,} rows read from journal/ (the run is "
                    f"going, or crashed: {what})")
+    if run.get("outstanding_jobs"):
+        n = run["outstanding_jobs"]
+        before = run.get("collect_before")
+        jobs = f"{n:,} async jobs" if n > 1 else "1 async job"
+        out.append(
+            f"note       {jobs} not collected yet, so without rows or cost here: "
+            f"batchrunner collect {run.get('run_dir') or 'RUN_DIR'}"
+            + (f" before {_iso_text(before)}" if before else "")
+        )
     warm = warmup_line(run)
     if warm:
         out.append(f"bench      {warm}")

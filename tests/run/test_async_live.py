@@ -98,6 +98,11 @@ def test_detach_then_collect_from_another_process(make_emulator, requests_file, 
         assert "batchrunner collect" in detached.stdout and "before" in detached.stdout
         assert not (out / "data").exists() or read_rows(out).empty
         assert len(jobs_in(out)) == 12
+        # Reported before collecting: zero rows and $0 say nothing of the 12 jobs paid for.
+        pending = run_cli("report", str(out))
+        assert pending.returncode == 0, pending.stderr
+        assert "12 async jobs not collected yet, so without rows or cost here: batchrunner " \
+            f"collect {out} before 20" in pending.stdout
         keyless = run_cli("collect", str(out), "-q")  # polled without it: all "not found"
         assert keyless.returncode == 2 and "give the same --virtual-key" in keyless.stderr
         collected = run_cli("collect", str(out), "--json", env=env)
@@ -108,6 +113,7 @@ def test_detach_then_collect_from_another_process(make_emulator, requests_file, 
         assert info["config"]["in_flight_limit"] is None  # collect sends nothing
         again = run_cli("collect", str(out), "-q", env=env)  # repeatable, nothing left to do
         assert again.returncode == 0
+        assert "not collected yet" not in run_cli("report", str(out)).stdout
         submits = collections.Counter(t["kind"] for t in emu.ground_truth())
     rows = read_rows(out)
     assert sorted(rows["input_index"]) == list(range(12)) and set(rows["status"]) == {"ok"}
