@@ -22,6 +22,7 @@ from batchrunner.redaction import (
     is_secret_header,
     looks_secret,
     secret_header_values,
+    url_has_credentials,
     url_secret_values,
 )
 from batchrunner.retry import RetryPolicy
@@ -279,7 +280,7 @@ class RunConfig:
         data["api_key_set"] = bool(self.api_key)
         data["virtual_key_set"] = bool(self.virtual_key)
         # The URL's user:password and query are left out below; collect must be given them.
-        data["gateway_credentials_set"] = _has_credentials(self.gateway)
+        data["gateway_credentials_set"] = url_has_credentials(self.gateway)
         data["headers"] = {
             k: (REDACTED if is_secret_header(k, v) else v)
             for k, v in self.headers.items()
@@ -312,12 +313,3 @@ def _invalid_header_name(name: str) -> str:
         f"-H: invalid header name: a character that a header name cannot hold {where} (a "
         "space?); expected 'Name: value' (the rest is not shown, it may be a credential)"
     )
-
-
-def _has_credentials(url: str | None) -> bool:
-    """Whether a gateway URL has a ``user:password`` or a query (both left out of run.json)."""
-    try:
-        parsed = httpx.URL(url.strip()) if url else None
-    except (httpx.InvalidURL, ValueError, TypeError):
-        return True
-    return parsed is not None and bool(parsed.userinfo or parsed.query)

@@ -77,6 +77,19 @@ def secret_header_values(headers: dict[str, str] | list[tuple[str, str]]) -> lis
     return values
 
 
+def url_has_credentials(url: str | None) -> bool:
+    """Whether a gateway URL, as given, has a ``user:password`` or a query (both are left out
+    of ``run.json`` and the resume hint). It is stripped first, as the run does (a newline
+    pasted with it); one that does not parse counts as having them (it is not quoted)."""
+    if not url or not url.strip():
+        return False
+    try:
+        parsed = httpx.URL(url.strip())
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return True
+    return bool(parsed.userinfo or parsed.query)
+
+
 def url_secret_values(url: str | None) -> list[str]:
     """The credentials a gateway URL carries: its ``user:password`` (as typed, decoded, and as
     the ``Basic`` token an ``httpx.AsyncClient`` makes of it) and its query values that look
@@ -150,5 +163,6 @@ __all__ = [
     "is_secret_header",
     "looks_secret",
     "secret_header_values",
+    "url_has_credentials",
     "url_secret_values",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
@@ -16,12 +16,16 @@ import orjson
 QUOTED_HEADERS = ("x-api-key", "x-bf-vk", "authorization")
 
 
-class _EchoKeysHandler(BaseHTTPRequestHandler):
+class RefusingHandler(BaseHTTPRequestHandler):
+    """Answers every POST with a 401 whose Anthropic error is :meth:`error` of the request."""
+
+    def error(self) -> dict[str, str]:
+        quoted = ", ".join(f"{name} {self.headers.get(name)}" for name in QUOTED_HEADERS)
+        return {"type": "authentication_error", "message": f"invalid {quoted}"}
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        quoted = ", ".join(f"{name} {self.headers.get(name)}" for name in QUOTED_HEADERS)
-        error = {"type": "authentication_error", "message": f"invalid {quoted}"}
-        body = orjson.dumps({"type": "error", "error": error})
+        body = orjson.dumps({"type": "error", "error": self.error()})
         self.send_response(401)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -32,10 +36,15 @@ class _EchoKeysHandler(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def key_echo_server() -> Iterator[str]:
+def key_echo_server() -> AbstractContextManager[str]:
     """The server's base URL while it runs."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoKeysHandler)
+    return serving(RefusingHandler)
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded 127.0.0.1 server of *handler*: its base URL while it runs."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

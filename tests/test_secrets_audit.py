@@ -8,10 +8,7 @@ the ``BATCHRUNNER_DEBUG`` traceback and the bench's internal-error line.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -19,6 +16,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from keyecho import RefusingHandler, serving
 
 import batchrunner
 from batchrunner.bench import StageSpec
@@ -27,7 +25,7 @@ from batchrunner.cli import main
 from batchrunner.cli.resume_hint import resume_command
 from batchrunner.config import ConfigError, RunConfig
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import run_sync, run_sync_coro
+from batchrunner.runner import RunResult, run_sync, run_sync_coro
 
 KEY = "sk-ant-AUDIT-KEY-0001"
 VK = "sk-bf-AUDIT-VK-0002"
@@ -35,38 +33,28 @@ QUERY_SECRET = "QSECRET0003"
 TYPE_SECRET_SERVER_PATHS = ("/type",)
 
 
-class _EchoEverythingHandler(BaseHTTPRequestHandler):
-    """401 whose message quotes the request line and every header; on ``/type…`` paths the
-    ``x-api-key`` goes into ``error.type`` too."""
+class _EchoEverythingHandler(RefusingHandler):
+    """Quotes the request line and every header it got in the error message; on the ``/type``
+    path the ``x-api-key`` goes into ``error.type`` too."""
 
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", 0)))
+    def error(self) -> dict[str, str]:
         quoted = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
         error_type = "authentication_error"
         if self.path.startswith(TYPE_SECRET_SERVER_PATHS):
             error_type = f"invalid_key_{self.headers.get('x-api-key')}"
-        error = {"type": error_type, "message": f"refused POST {self.path}; {quoted}"}
-        body = orjson.dumps({"type": "error", "error": error})
-        self.send_response(401)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        return {"type": error_type, "message": f"refused POST {self.path}; {quoted}"}
 
 
-@contextmanager
-def echo_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoEverythingHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def echo_server() -> AbstractContextManager[str]:
+    return serving(_EchoEverythingHandler)
+
+
+def _refused_run(tmp_path: Path, gateway: str, n: int, **options: object) -> RunResult:
+    """A run of *n* requests against the echo server (every one refused), printing."""
+    config = RunConfig(requests=_requests(tmp_path / "in.jsonl", n), gateway=gateway,
+                       out=tmp_path / "out", api_key=KEY, retry=RetryPolicy(max_retries=0),
+                       **options)  # type: ignore[arg-type]  # fmt: skip
+    return run_sync(config, quiet=False)
 
 
 def _requests(path: Path, n: int) -> Path:
@@ -95,17 +83,7 @@ def _assert_nowhere(secret: str, run_dir: Path, *texts: str) -> None:
 def test_query_credentials_of_the_gateway_url_are_cut_from_quoted_errors(tmp_path, capsys):
     out = tmp_path / "out"
     with echo_server() as url:
-        result = run_sync(
-            RunConfig(
-                requests=_requests(tmp_path / "in.jsonl", 25),
-                gateway=f"{url}/?key={QUERY_SECRET}",
-                out=out,
-                api_key=KEY,
-                retry=RetryPolicy(max_retries=0),
-                concurrency=1,
-            ),
-            quiet=False,
-        )
+        result = _refused_run(tmp_path, f"{url}/?key={QUERY_SECRET}", 25, concurrency=1)
     assert result.exit_code == 3 and "refused POST /anthropic/v1/messages?key=" in result.message
     captured = capsys.readouterr()
     _assert_nowhere(QUERY_SECRET, out, result.message, captured.err, captured.out)
@@ -115,16 +93,7 @@ def test_query_credentials_of_the_gateway_url_are_cut_from_quoted_errors(tmp_pat
 def test_a_key_in_the_error_type_is_cut_from_rows_run_json_and_summary(tmp_path, capsys):
     out = tmp_path / "out"
     with echo_server() as url:
-        result = run_sync(
-            RunConfig(
-                requests=_requests(tmp_path / "in.jsonl", 3),
-                gateway=f"{url}/type",
-                out=out,
-                api_key=KEY,
-                retry=RetryPolicy(max_retries=0),
-            ),
-            quiet=False,
-        )
+        result = _refused_run(tmp_path, f"{url}/type", 3)
     assert result.summary["error_types"] == {"invalid_key_<redacted>": 3}
     captured = capsys.readouterr()
     _assert_nowhere(KEY, out, repr(result), captured.err, captured.out)

@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
-from batchrunner.client import redact_url
-from batchrunner.redaction import Redactor, is_secret_header
+from batchrunner.redaction import Redactor, is_secret_header, url_has_credentials
 
 #: Options whose value is a credential: left out of the hint.
 _KEY_OPTIONS = ("--api-key", "--virtual-key")
@@ -44,17 +42,6 @@ def raw_args() -> list[str] | None:
     ctx = click.get_current_context(silent=True)
     found: Any = ctx.meta.get("raw_args") if ctx is not None else None
     return list(found) if found is not None else None
-
-
-def _holds_credentials(url: str) -> bool:
-    """Whether a ``--gateway`` argument as typed has a ``user:password`` or a query. The run
-    strips the URL first (a newline pasted with it), so this does too; one that still does
-    not parse counts as holding credentials (it is not quoted to say why)."""
-    url = url.strip()
-    try:
-        return redact_url(url) != url
-    except (httpx.InvalidURL, ValueError, TypeError):
-        return True
 
 
 def resume_command(
@@ -89,7 +76,7 @@ def resume_command(
         elif name == "--gateway":
             url = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
             used = 1 if eq else 2
-            if _holds_credentials(url):  # user:password or a query
+            if url_has_credentials(url):  # user:password or a query
                 left_out.append("--gateway (its URL holds credentials)")
             else:
                 kept.extend(args[i : i + used])

@@ -24,6 +24,19 @@ def run(requests: Path, gateway: str, out: Path, **kw):
     return run_sync(RunConfig(requests=requests, gateway=gateway, out=out, **kw), quiet=True)
 
 
+def refusal_on_a_full_disk(monkeypatch, target: str, resume) -> str:
+    """The RunDirError's message of ``resume()`` while *target* fails with ENOSPC."""
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(target, disk_full)
+        with pytest.raises(RunDirError) as refused:
+            resume()
+    return str(refused.value)
+
+
 def bare_requests(path: Path, n: int) -> Path:
     """Rows without model and max_tokens: the run's --model and --max-tokens fill them in."""
     params = {"messages": [{"role": "user", "content": "why?"}]}
@@ -161,14 +174,12 @@ def test_a_full_disk_while_recovering_the_journal_says_so_and_keeps_it(
             orjson.dumps({"input_index": 5, "custom_id": "req-5", "status": "ok"}) + b"\n"
         )
 
-        def disk_full(*args, **kwargs):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        with monkeypatch.context() as patch:
-            patch.setattr("batchrunner.store.compact_segment", disk_full)
-            with pytest.raises(RunDirError) as refused:
-                run(requests, emu.base_url, out)
-        assert str(refused.value) == (
+        refused = refusal_on_a_full_disk(
+            monkeypatch,
+            "batchrunner.store.compact_segment",
+            lambda: run(requests, emu.base_url, out),
+        )
+        assert refused == (
             f"cannot convert {segment} (rows of an earlier session) into "
             f"{out / 'data' / 'part-000009.parquet'}: No space left on device; the segment is "
             "kept: free space (or fix the file system), then resume"
@@ -279,16 +290,14 @@ def test_a_full_disk_when_a_resume_starts_is_not_an_internal_error(
     # Before: the OSError escaped, and the CLI printed "Internal error" (exit 1, "a bug").
     requests, out = write_requests(tmp_path / "set.jsonl", 5), tmp_path / "out"
 
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     with make_emulator() as emu:
         run(requests, emu.base_url, out, max_requests=2)
-        with monkeypatch.context() as patch:
-            patch.setattr("batchrunner.runner.write_json_atomic", disk_full)
-            with pytest.raises(RunDirError) as refused:
-                run(requests, emu.base_url, out)
-        assert str(refused.value) == (
+        refused = refusal_on_a_full_disk(
+            monkeypatch,
+            "batchrunner.runner.write_json_atomic",
+            lambda: run(requests, emu.base_url, out),
+        )
+        assert refused == (
             f"cannot write {out / 'run.json'}: No space left on device; nothing was sent: free "
             "space (or fix the file system), then resume"
         )
@@ -309,8 +318,14 @@ def test_outstanding_async_jobs_count_as_sent_with_the_run_s_options(make_emulat
         run(requests, emu.base_url, out, mode=Mode.ASYNC, detach=True, max_requests=3, **sonnet)
         assert not (out / "data").exists() or read_rows(out).empty  # only jobs so far
         with pytest.raises(RunDirError, match="cannot resume with --model 'claude-haiku-4-5'"):
-            run(requests, emu.base_url, out, mode=Mode.ASYNC, model="claude-haiku-4-5",
-                max_tokens=50)
+            run(
+                requests,
+                emu.base_url,
+                out,
+                mode=Mode.ASYNC,
+                model="claude-haiku-4-5",
+                max_tokens=50,
+            )
         done = run(requests, emu.base_url, out, mode=Mode.ASYNC, **sonnet)
     assert done.status == "finished"
     rows = read_rows(out)
@@ -324,12 +339,20 @@ def test_allow_changed_options_goes_on_warns_and_records_each_session(
     requests, out = bare_requests(tmp_path / "bare.jsonl", 8), tmp_path / "out"
     long_a, long_b = "You are terse. " * 8 + "Answer in English.", "You are terse. " * 8 + "Ok."
     with make_emulator() as emu:
-        run(requests, emu.base_url, out, max_requests=3, model="claude-sonnet-4-5",
-            max_tokens=50, system=long_a)
+        run(
+            requests,
+            emu.base_url,
+            out,
+            max_requests=3,
+            model="claude-sonnet-4-5",
+            max_tokens=50,
+            system=long_a,
+        )
         # Long texts that differ past what the message shows say where they differ.
         with pytest.raises(RunDirError, match=r"differs from the one given after 120 characters\)"):
-            run(requests, emu.base_url, out, model="claude-sonnet-4-5", max_tokens=50,
-                system=long_b)
+            run(
+                requests, emu.base_url, out, model="claude-sonnet-4-5", max_tokens=50, system=long_b
+            )
         done = run_sync(
             RunConfig(requests=requests, gateway=emu.base_url, out=out,
                       model="claude-haiku-4-5", max_tokens=50, system=long_a,
@@ -345,7 +368,14 @@ def test_allow_changed_options_goes_on_warns_and_records_each_session(
     sessions = orjson.loads((out / "run.json").read_bytes())["sessions"]
     assert [s["config"]["model"] for s in sessions] == ["claude-sonnet-4-5", "claude-haiku-4-5"]
     # The rows now differ: a refusal says whose options it quotes.
-    with pytest.raises(RunDirError, match="this run's last session sent its rows with --model "
-                                          "'claude-haiku-4-5'"):
-        run(requests, "http://127.0.0.1:9", out, model="claude-sonnet-4-5", max_tokens=50,
-            system=long_a)
+    with pytest.raises(
+        RunDirError, match="this run's last session sent its rows with --model 'claude-haiku-4-5'"
+    ):
+        run(
+            requests,
+            "http://127.0.0.1:9",
+            out,
+            model="claude-sonnet-4-5",
+            max_tokens=50,
+            system=long_a,
+        )
