@@ -484,7 +484,9 @@ def format_short(summary: dict[str, Any]) -> str:
     """The closing block of ``run`` from :func:`batchrunner.report.summarize_table`."""
     lines = []
     status = ", ".join(f"{k} {v:,}" for k, v in sorted(summary["status"].items())) or "none"
-    lines.append(f"requests   {summary['requests']:,}  ({status})")
+    outstanding = summary.get("outstanding_jobs") or 0
+    jobs = f"; {outstanding:,} async job{'' if outstanding == 1 else 's'} outstanding, no rows yet"
+    lines.append(f"requests   {summary['requests']:,}  ({status}{jobs if outstanding else ''})")
     if summary["error_types"]:
         top = sorted(summary["error_types"].items(), key=lambda kv: -kv[1])[:6]
         lines.append("errors     " + ", ".join(f"{k} {v:,}" for k, v in top))
@@ -518,6 +520,11 @@ def format_short(summary: dict[str, Any]) -> str:
         if cost["complete"]:
             lines.append(f"cost       {fmt_usd(cost['total_usd'])}  ({parts}; {cost['prices']})")
         else:
+            missing = []
+            if cost["unpriced_models"]:
+                missing.append(f"unpriced: {', '.join(cost['unpriced_models'])}")
+            if outstanding:
+                missing.append(f"without the {outstanding:,} outstanding jobs (priced once collected)")
             lines.append(f"cost       >= {fmt_usd(cost['priced_usd'])}  ({parts}; "
-                         f"{cost['prices']}); unpriced: {', '.join(cost['unpriced_models'])}")
+                         f"{cost['prices']}); {'; '.join(missing)}")
     return "\n".join(lines)

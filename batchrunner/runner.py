@@ -1187,6 +1187,8 @@ async def _finish(
             session_starts=session_starts(info),
         ),
     )
+    if outstanding:
+        _count_outstanding(summary, outstanding)
     finished = summary["requests"]
     settled = finished - summary["status"].get(Status.CANCELLED.value, 0)
     complete = settled + stats.rejected >= (stats.total or 0) and not outstanding
@@ -1265,6 +1267,15 @@ async def _finish(
         failed_on_config=session.failed_on_config and session.fatal is not None,
         failed_on_input=isinstance(session.fatal, InputError),
     )
+
+
+def _count_outstanding(summary: dict[str, Any], outstanding: int) -> None:
+    """Jobs submitted but not collected have no row yet, and will be paid for: the summary's
+    cost is only a lower bound (a detached run's "$0" read as a free run)."""
+    summary["outstanding_jobs"] = outstanding
+    cost = summary.get("cost")
+    if cost is not None:
+        cost.update(complete=False, total_usd=None, outstanding_jobs=outstanding)
 
 
 def _outstanding_jobs(store: RunStore) -> tuple[int, float | None]:

@@ -96,6 +96,13 @@ def test_detach_then_collect_from_another_process(make_emulator, requests_file, 
         )
         assert detached.returncode == 0, detached.stderr
         assert "batchrunner collect" in detached.stdout and "before" in detached.stdout
+        # The closing summary must not read as a free, finished run: 12 jobs are paid for.
+        assert "(none; 12 async jobs outstanding, no rows yet)" in detached.stdout
+        assert "cost       >= $0  (" in detached.stdout
+        assert "without the 12 outstanding jobs (priced once collected)" in detached.stdout
+        cost = orjson.loads((out / "run.json").read_bytes())["summary"]["cost"]
+        assert cost["complete"] is False and cost["total_usd"] is None
+        assert cost["outstanding_jobs"] == 12
         assert not (out / "data").exists() or read_rows(out).empty
         assert len(jobs_in(out)) == 12
         # Reported before collecting: zero rows and $0 say nothing of the 12 jobs paid for.
@@ -109,6 +116,8 @@ def test_detach_then_collect_from_another_process(make_emulator, requests_file, 
         assert collected.returncode == 0, collected.stderr
         report = orjson.loads(collected.stdout)
         assert report["status"] == "finished" and report["outstanding_jobs"] == 0
+        assert report["summary"]["cost"]["complete"] and report["summary"]["cost"]["total_usd"]
+        assert "outstanding_jobs" not in report["summary"]["cost"]
         info = orjson.loads((out / "run.json").read_bytes())
         assert info["config"]["in_flight_limit"] is None  # collect sends nothing
         again = run_cli("collect", str(out), "-q", env=env)  # repeatable, nothing left to do
