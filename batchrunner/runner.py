@@ -177,6 +177,7 @@ class _Session:
     _consecutive_config_errors: int = 0
     failed_on_config: bool = False
     _drain_handle: asyncio.TimerHandle | None = None
+    _duration_handle: asyncio.TimerHandle | None = None
     compaction: asyncio.Future[int] | None = None
     background: ThreadPoolExecutor = field(default_factory=background_executor)
     ctx: ExecContext = field(init=False)
@@ -442,6 +443,9 @@ class _Session:
         # Several workers sharing one schedule start at one agreed instant, each shifted by its
         # phase, so that their interleaved sends add up to the stage's rate.
         start_at = self.start_at if self.start_at is not None else time.time() + 0.01
+        # --duration is the schedule's length: connections opened ahead (up to 1 s to a slow
+        # gateway) and the first read come before it.
+        self.time_duration_from(start_at)
         t0 = time.perf_counter() + (start_at - time.time()) + self.phase_s
         t0_at = start_at + self.phase_s
 
@@ -487,6 +491,15 @@ class _Session:
             dispatcher.stop()
             pacer.close()
             workers.close()
+
+    def time_duration_from(self, start_at: float) -> None:
+        """Stop sending ``--duration`` after the epoch instant *start_at* (once per session)."""
+        if not self.config.duration_s or self._duration_handle is not None:
+            return
+        lead_s = max(0.0, start_at - time.time())
+        self._duration_handle = asyncio.get_running_loop().call_later(
+            lead_s + self.config.duration_s, self.stop, "--duration reached"
+        )
 
     async def open_ahead(self, rate: float, cap: int) -> None:
         """Connections for the first sends, opened before the schedule's clock starts: the
@@ -1028,7 +1041,6 @@ async def _drive(
     feed: RecordFeed | None = None,
 ) -> None:
     config = session.config
-    loop = asyncio.get_running_loop()
     session.prepare()
     restored = await _restore_jobs(session, options) if config.mode is Mode.ASYNC else []
     pending_jobs = {job.input_index for job in restored}
@@ -1069,18 +1081,12 @@ async def _drive(
                 for job in restored:
                     session.poller.add(job, 0.0)
                 session.poller_task = tg.create_task(session.poller.run())
-            # The duration counts from the schedule's agreed start when there is one (bench
-            # workers wait for it), else from now.
-            lead_s = max(0.0, session.start_at - time.time()) if session.start_at else 0.0
-            duration_handle = (
-                loop.call_later(lead_s + config.duration_s, session.stop, "--duration reached")
-                if config.duration_s
-                else None
-            )
             try:
                 if config.rate is not None:
-                    await session.open_loop(feed, tg)
+                    await session.open_loop(feed, tg)  # times --duration from its schedule
                 else:
+                    # From the agreed start when there is one (bench workers wait for it).
+                    session.time_duration_from(session.start_at or time.time())
                     await session.closed_loop(feed, tg)
                 while session.tasks:
                     await asyncio.wait(set(session.tasks))
@@ -1092,8 +1098,8 @@ async def _drive(
                 while session.tasks:
                     await asyncio.wait(set(session.tasks), return_when=asyncio.ALL_COMPLETED)
             finally:
-                if duration_handle:
-                    duration_handle.cancel()
+                if session._duration_handle:
+                    session._duration_handle.cancel()
                 if session._drain_handle:
                     session._drain_handle.cancel()
                 for task in helpers:

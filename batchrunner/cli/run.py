@@ -101,7 +101,8 @@ Exit codes:
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     metavar="SECONDS",
-    help="Stop starting requests after this long.",
+    help="Stop starting requests after this long (with --rate: after this much of the "
+    "schedule; connecting ahead comes before it).",
 )
 @click.option(
     "--out",

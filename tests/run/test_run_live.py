@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from unittest import mock
@@ -191,6 +192,27 @@ def test_open_loop_opens_connections_for_its_first_sends_before_its_clock_starts
     with make_emulator() as emu:
         run(requests_file(3), emu.base_url, tmp_path / "out4", rate=20000.0)
         assert emu.stats()["connections_total"] <= 3
+
+
+def test_open_loop_duration_is_the_schedules_length_not_the_connect_time(
+    make_emulator, requests_file, tmp_path
+):
+    # A gateway slow to connect (here: the connections opened ahead take 0.6 s): --duration
+    # counts the schedule, so 1 s at 20/s sends ~20 requests, not the ~8 left after connects.
+    from batchrunner.client import GatewayClient
+
+    real = GatewayClient.open_ahead
+
+    async def slow_open_ahead(self, n, within_s):
+        await asyncio.sleep(0.6)
+        return await real(self, n, within_s)
+
+    with make_emulator() as emu, mock.patch.object(GatewayClient, "open_ahead", slow_open_ahead):
+        result = run(requests_file(60), emu.base_url, tmp_path / "out", rate=20.0, duration_s=1.0)
+    rows = read_rows(tmp_path / "out")
+    assert result.status == "incomplete" and "--duration" in result.message
+    span = (rows["scheduled_at"].max() - rows["scheduled_at"].min()).total_seconds()
+    assert 17 <= len(rows) <= 21 and span >= 0.8
 
 
 def test_open_loop_stops_promptly_between_distant_sends(make_emulator, requests_file, tmp_path):
