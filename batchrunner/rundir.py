@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from batchrunner.redaction import REDACTED
+
 RUN_JSON = "run.json"
 _FINGERPRINT_BYTES = 1 << 20
 #: The layout of the run directory and ``run.json`` that this version writes (``format`` in
@@ -42,6 +44,8 @@ REQUEST_SHAPING = {
 #: Of those, the ones that only apply to Parquet input (older versions recorded them, unused,
 #: for JSONL too).
 PARQUET_ONLY = frozenset({"prompt_column", "metadata_columns"})
+#: What check_same_requests compares: those options and the -H headers that are not secret.
+_SHAPING_AND_HEADERS = {**REQUEST_SHAPING, "headers": "-H"}
 
 
 class RunDirError(Exception):
@@ -173,10 +177,10 @@ def check_same_requests(
     """
     recorded = info.get("config") or {}
     was, given = [], []
-    for key, option in REQUEST_SHAPING.items():
+    for key, option in _SHAPING_AND_HEADERS.items():
         if key not in recorded or (key in PARQUET_ONLY and not parquet_input):
             continue
-        before, now = _normalized(recorded[key]), _normalized(config.get(key))
+        before, now = _normalized(recorded[key], key), _normalized(config.get(key), key)
         if before != now:
             shown_before, shown_now = _as_given(option, before), _as_given(option, now)
             if shown_before == shown_now:  # long texts that differ past what is shown
@@ -188,9 +192,10 @@ def check_same_requests(
         return None
     # After an --allow-changed-options session the rows differ; the config is the last one's.
     mixed = any(
-        _normalized((session.get("config") or recorded).get(key)) != _normalized(recorded.get(key))
+        _normalized((session.get("config") or recorded).get(key), key)
+        != _normalized(recorded.get(key), key)
         for session in info.get("sessions") or ()
-        for key in REQUEST_SHAPING
+        for key in _SHAPING_AND_HEADERS
     )
     who = "this run's last session sent its rows" if mixed else "this run's rows were sent"
     sent = f"{who} with {' and '.join(was)}"
@@ -211,7 +216,13 @@ def _first_difference(before: Any, now: Any) -> int:
     return next(differing, min(len(a), len(b)))
 
 
-def _normalized(value: Any) -> Any:
+def _normalized(value: Any, key: str = "") -> Any:
+    if key == "headers":
+        # As `name: value`, secret ones left out: an extra header may shape the requests
+        # (anthropic-beta), while a credential may change between sessions (a rotated key).
+        if not isinstance(value, dict):
+            return []
+        return sorted(f"{k.lower()}: {v}" for k, v in value.items() if v != REDACTED)
     return list(value) if isinstance(value, (list, tuple)) else value
 
 

@@ -71,6 +71,29 @@ def test_a_resume_that_would_build_other_requests_is_refused_naming_the_options(
     assert set(rows["model_requested"]) == {"claude-sonnet-4-5"}
 
 
+def test_a_resume_with_other_plain_headers_is_refused_but_a_new_key_is_fine(
+    make_emulator, tmp_path
+):
+    # -H anthropic-beta shapes the requests (a beta feature on or off); a credential header
+    # may change between sessions (a rotated key) and is never on record anyway.
+    requests, out = write_requests(tmp_path / "set.jsonl", 8), tmp_path / "out"
+    beta = {"anthropic-beta": "context-1m-2025-08-07", "Authorization": "Bearer sk-old-0000000"}
+    with make_emulator() as emu:
+        run(requests, emu.base_url, out, max_requests=3, headers=beta)
+        with pytest.raises(RunDirError) as refused:
+            run(requests, emu.base_url, out, headers={"Authorization": "Bearer sk-old-0000000"})
+        assert str(refused.value).startswith(
+            "cannot resume with no -H: this run's rows were sent with "
+            "-H 'anthropic-beta: context-1m-2025-08-07',"
+        )
+        with pytest.raises(RunDirError, match="cannot resume with -H 'anthropic-beta: other'"):
+            run(requests, emu.base_url, out, headers={**beta, "anthropic-beta": "other"})
+        assert len(read_rows(out)) == 3  # the refusals changed nothing
+        rotated = {"ANTHROPIC-BETA": "context-1m-2025-08-07", "Authorization": "Bearer sk-new-1"}
+        done = run(requests, emu.base_url, out, headers=rotated)
+    assert done.status == "finished" and len(read_rows(out)) == 8
+
+
 def test_a_run_without_rows_yet_may_be_resumed_with_the_missing_default(make_emulator, tmp_path):
     requests, out = bare_requests(tmp_path / "bare.jsonl", 6), tmp_path / "out"
     with make_emulator() as emu:
