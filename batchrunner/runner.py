@@ -714,7 +714,7 @@ async def run_session(
         if fresh is not None and fresh != info:
             check_resumable(fresh, fingerprint, config.mode.value)
             _check_same_gateway(fresh.get("gateway"), gateway_label(config), stderr, quiet)
-            if store.done_count or store.outstanding_jobs():
+            if not config.collect_only and (store.done_count or store.outstanding_jobs()):
                 check_same_requests(
                     fresh, config.public_dict(), _is_parquet(requests), config.allow_changed_options
                 )
@@ -740,7 +740,10 @@ async def _check_same_requests(
 ) -> None:
     """:func:`check_same_requests`, when the run keeps something sent with its options: rows
     (other than those --retry-failed removes: after a wrong --model, say, they may change), or
-    async jobs, which are polled, not sent again, and whose rows name the request options."""
+    async jobs, which are polled, not sent again, and whose rows name the request options.
+    Not for collect: it sends nothing (its extra -H headers are for the polls)."""
+    if config.collect_only:
+        return
     try:
         change = check_same_requests(
             info, config.public_dict(), _is_parquet(config.requests), config.allow_changed_options

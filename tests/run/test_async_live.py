@@ -311,6 +311,23 @@ def test_ctrl_c_stops_and_leaves_jobs_to_collect(make_emulator, requests_file, t
     assert info["status"] == "interrupted" and info["async"]["outstanding_jobs"] >= 5
 
 
+def test_collect_with_other_plain_headers_is_not_a_changed_request(
+    make_emulator, requests_file, tmp_path
+):
+    # Resume refuses other -H headers (they shape the requests still to send); collect sends
+    # nothing, so a header for the polls (a gateway routing header, say) is fine.
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        detached = run_cli(
+            "run", str(requests_file(4)), "--mode", "async", "--detach", "--gateway",
+            emu.base_url, "--out", str(out), "-H", "anthropic-beta: b1", "-q",
+        )  # fmt: skip
+        assert detached.returncode == 0, detached.stderr
+        collected = run_cli("collect", str(out), "-H", "x-route: poll-pool", "-q")
+        assert collected.returncode == 0, collected.stderr
+    assert set(read_rows(out)["status"]) == {"ok"}
+
+
 def test_detach_needs_a_real_gateway(requests_file, tmp_path):
     with pytest.raises(ConfigError, match="--detach needs --gateway"):
         run_sync(
