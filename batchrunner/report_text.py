@@ -524,7 +524,9 @@ def format_short(summary: dict[str, Any]) -> str:
             if cost["unpriced_models"]:
                 missing.append(f"unpriced: {', '.join(cost['unpriced_models'])}")
             if outstanding:
-                missing.append(f"without the {outstanding:,} outstanding jobs (priced once collected)")
+                missing.append(
+                    f"without the {outstanding:,} outstanding jobs (priced once collected)"
+                )
             lines.append(f"cost       >= {fmt_usd(cost['priced_usd'])}  ({parts}; "
                          f"{cost['prices']}); {'; '.join(missing)}")
     return "\n".join(lines)
