@@ -107,6 +107,13 @@ class RateCeiling:
     A sliding window of 1/10 s (at least one request) keeps bursts small while staying within
     the limit over any window, which is what gateway rate limits count.
 
+    Waiters queue on a lock, so that only the first polls the throttler (every 1 ms) and they
+    start in the order they came. Without it every waiter polled, up to 64,000 wake-ups a second
+    with ``-c 64``: 64 workers held at 1,000/s burnt 0.66 CPU-s in 2.9 s, against 0.12 with the
+    lock (at 18,000/s: 0.8-1.1 against 0.5-0.67), and started in no particular order. One
+    poller reaches the rate ~0.3 % later than 64 staggered ones did (17,931-17,956/s against
+    17,985-18,039/s for 18,000/s): it stays a ceiling.
+
     :param rate: requests per second (``--max-rate``; ``--rpm`` divides by 60).
     """
 
@@ -118,9 +125,11 @@ class RateCeiling:
         self._throttler = Throttler(
             rate_limit=per_window, period=per_window / rate, retry_interval=0.001
         )
+        self._queue = asyncio.Lock()
 
     async def acquire(self) -> None:
-        await self._throttler.acquire()
+        async with self._queue:
+            await self._throttler.acquire()
 
 
 class LoopLagMeter:

@@ -112,6 +112,34 @@ async def test_rate_ceiling_limits_starts_per_window():
         assert starts[i + 5] - starts[i] >= 0.1 - 1e-3
 
 
+async def test_rate_ceiling_waiters_queue_instead_of_each_polling():
+    # 32 workers held back for ~0.4 s: only the first in line polls the window (every 1 ms);
+    # before, each of the 32 did, ~13,000 polls instead of ~400. They start in arrival order.
+    ceiling = RateCeiling(50.0)
+    polls = 0
+    flush = ceiling._throttler.flush
+
+    def counted_flush() -> None:
+        nonlocal polls
+        polls += 1
+        flush()
+
+    ceiling._throttler.flush = counted_flush  # type: ignore[method-assign]
+    for _ in range(5):  # the first window's worth starts at once
+        await ceiling.acquire()
+    order: list[int] = []
+
+    async def worker(i: int) -> None:
+        await ceiling.acquire()
+        order.append(i)
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(32)]
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+    assert order == list(range(32))
+    # ~0.1 s per 5 starts: 0.6-0.7 s of polling at most once per ms, plus one per acquire.
+    assert polls < 2_000
+
+
 def test_compaction_waits_while_sending_is_busy_but_not_forever():
     busy, quiet = COMPACT_DEFER_BUSY + 0.3, COMPACT_DEFER_BUSY - 0.3
     assert defer_compaction(busy, backlog=1, stopping=False)
