@@ -29,6 +29,7 @@ from batchrunner.schema import (
 from batchrunner.sse import SSEDecoder
 from batchrunner.wire import (
     BODY,
+    CONNECT,
     TIMEOUT,
     ResponseHeaders,
     WireError,
@@ -106,6 +107,9 @@ class Attempt:
     error_type: str | None = None
     error_message: str | None = None
     transport_failure: bool = False
+    #: No connection could be made (refused, unreachable, connect timeout): the gateway never
+    #: saw this attempt.
+    connect_failed: bool = False
     timed_out: bool = False
     token_times: list[float] = field(default_factory=list)  # stream: arrival of each content delta
 
@@ -188,6 +192,17 @@ class GatewayClient:
             return 0
         return await self._wire.open_ahead(n, within_s)
 
+    @property
+    def can_probe(self) -> bool:
+        """Whether :meth:`probe` works: with our own connections, not a caller's transport."""
+        return self._wire is not None
+
+    async def probe(self) -> str | None:
+        """Try one new connection to the gateway: ``None`` if it could be made, else why not."""
+        assert self._wire is not None, "probe needs our own connections (see can_probe)"
+        error = await self._wire.probe()
+        return None if error is None else self.redact(error)
+
     async def aclose(self) -> None:
         if self._wire is not None:
             await self._wire.aclose()
@@ -259,8 +274,10 @@ class GatewayClient:
             )
         except httpx.TimeoutException as exc:
             attempt.timed_out = True
+            attempt.connect_failed = isinstance(exc, httpx.ConnectTimeout)
             _fail(attempt, ERROR_TIMEOUT, f"{type(exc).__name__}: {exc}".rstrip(": "))
         except (httpx.TransportError, OSError) as exc:
+            attempt.connect_failed = isinstance(exc, httpx.ConnectError)
             attempt.transport_failure = True
             _fail(attempt, ERROR_CONNECTION, f"{type(exc).__name__}: {exc}".rstrip(": "))
         attempt.done = time.perf_counter()
@@ -292,6 +309,7 @@ class GatewayClient:
                 attempt.first_byte = partial.first_byte
                 if partial.status is not None:
                     attempt.headers = ResponseHeaders(partial.headers)
+            attempt.connect_failed = exc.kind == CONNECT or exc.timeout_phase == "connect"
             if exc.kind == TIMEOUT:
                 attempt.timed_out = True
                 _fail(attempt, ERROR_TIMEOUT, format_wire_error(exc))

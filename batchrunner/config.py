@@ -34,6 +34,8 @@ DEFAULT_CONCURRENCY = 32
 #: the dispatcher waits (the wait shows as send lag and in total_s, never hidden).
 OPEN_LOOP_MAX_OUTSTANDING = 10_000
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
+#: Long enough for a gateway restart or a rolling deploy; a longer outage stops the run.
+DEFAULT_MAX_OUTAGE_S = 60.0
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HEADER_NAME_START = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]*")
 #: Headers a user may not set: given twice or wrong, every request fails as malformed.
@@ -58,6 +60,7 @@ _NUMBER_OPTIONS = {
     "duration_s": "--duration",
     "max_error_rate": "--max-error-rate",
     "drain_timeout_s": "--drain-timeout",
+    "max_outage_s": "--max-outage",
     "seed": "--seed",
     "ttl_s": "--ttl",
     "poll_rate": "--poll-rate",
@@ -102,6 +105,9 @@ class RunConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_error_rate: float | None = None
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    #: How long requests wait for a gateway that cannot be connected to (0: they spend their
+    #: retries instead); see :mod:`batchrunner.outage`.
+    max_outage_s: float = DEFAULT_MAX_OUTAGE_S
     keep_response_json: bool = True
     keep_response_text: bool = True
     seed: int = 0
@@ -154,6 +160,8 @@ class RunConfig:
             raise ConfigError("--max-error-rate must be between 0 and 1 (e.g. 0.05)")
         if self.drain_timeout_s < 0:
             raise ConfigError("--drain-timeout must be >= 0")
+        if self.max_outage_s < 0:
+            raise ConfigError("--max-outage must be >= 0 seconds")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError("--max-tokens must be >= 1")
         for option, secret in (("--api-key", self.api_key), ("--virtual-key", self.virtual_key)):

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import orjson
 
 from batchrunner.client import Attempt, GatewayClient, bifrost_headers
+from batchrunner.outage import MAX_HOLDS_PER_REQUEST, GatewayOutage
 from batchrunner.retry import RetryPolicy, retry_delay
 from batchrunner.schema import (
     ERROR_CANCELLED,
@@ -47,6 +48,8 @@ class ExecContext:
     keep_response_text: bool = True
     stopping: Callable[[], bool] = lambda: False
     rng: random.Random | None = None
+    #: Attempts that cannot connect wait here for the gateway (None: they spend retries).
+    outage: GatewayOutage | None = None
 
 
 def encode_body(record: RequestRecord, mode: Mode) -> bytes:
@@ -81,9 +84,11 @@ async def execute(
     request_id = f"{ctx.run_id}-{record.input_index}"
     extra = [("x-request-id", request_id), *record.extra_headers.items()]
     attempts = 0
+    holds = 0  # attempts that could not connect and waited for the gateway: no retry spent
     first_sent: float | None = None
     first_sent_at: float | None = None
     attempt: Attempt | None = None
+    outage = ctx.outage
     try:
         while True:
             if ctx.throttle is not None:
@@ -95,32 +100,85 @@ async def execute(
             if first_sent is None:
                 first_sent, first_sent_at = attempt.sent, attempt.sent_at
             if attempt.ok:
+                if outage is not None and not outage.reached:
+                    outage.reached = True
                 break
-            delay = attempt_retry_delay(ctx, attempt, attempts)
+            held = await held_for_gateway(ctx, attempt, holds)
+            if held is False:
+                ctx.emit(cancelled_row(
+                    record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
+                    first_sent_at, never_reached(attempt),
+                ))  # fmt: skip
+                return
+            if held:
+                holds += 1
+                continue
+            delay = attempt_retry_delay(ctx, attempt, attempts - holds)
             if delay is None or ctx.stopping():
                 break
             await asyncio.sleep(delay)
     except asyncio.CancelledError:
-        row = base_row(record, ctx, request_id, scheduled_at)
-        now = time.perf_counter()
-        row.update(
-            status=Status.CANCELLED.value,
-            error_type=ERROR_CANCELLED,
-            error_message="the run was stopped while this request was in flight",
-            attempts=attempts,
-            total_s=now - scheduled,
-            completed_at=time.time(),
-        )
-        if first_sent is not None:
-            row["sent_at"] = first_sent_at
-            row["queue_wait_s"] = first_sent - scheduled
-        ctx.emit(row)
+        ctx.emit(cancelled_row(
+            record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
+            first_sent_at, "the run was stopped while this request was in flight",
+        ))  # fmt: skip
         raise
     assert attempt is not None and first_sent is not None and first_sent_at is not None
     ctx.emit(
         final_row(record, ctx, attempt, attempts=attempts, first_sent=first_sent,
                   first_sent_at=first_sent_at, scheduled=scheduled, scheduled_at=scheduled_at)
     )  # fmt: skip
+
+
+async def held_for_gateway(ctx: ExecContext, attempt: Attempt, holds: int) -> bool | None:
+    """After a failed attempt: ``None`` when it spends a retry as usual; ``True`` when it could
+    not connect and the gateway takes connections again (try again, no retry spent: the gateway
+    never saw it); ``False`` when the request ends as cancelled (the gateway stayed unreachable,
+    or the run is stopping), never having reached the gateway."""
+    outage = ctx.outage
+    if outage is None:
+        return None
+    if not attempt.connect_failed:
+        if attempt.http_status is not None and not outage.reached:
+            outage.reached = True
+        return None
+    if holds >= MAX_HOLDS_PER_REQUEST:
+        return None
+    if ctx.stopping():
+        return False
+    return await outage.hold(attempt.error_message or "")
+
+
+def never_reached(attempt: Attempt) -> str:
+    return f"never reached the gateway ({attempt.error_message})"
+
+
+def cancelled_row(
+    record: RequestRecord,
+    ctx: ExecContext,
+    request_id: str,
+    scheduled: float,
+    scheduled_at: float,
+    attempts: int,
+    first_sent: float | None,
+    first_sent_at: float | None,
+    message: str,
+) -> dict[str, Any]:
+    """The row of a request the run gave up on before it had an answer (a resume sends it
+    again)."""
+    row = base_row(record, ctx, request_id, scheduled_at)
+    row.update(
+        status=Status.CANCELLED.value,
+        error_type=ERROR_CANCELLED,
+        error_message=message,
+        attempts=attempts,
+        total_s=time.perf_counter() - scheduled,
+        completed_at=time.time(),
+    )
+    if first_sent is not None:
+        row["sent_at"] = first_sent_at
+        row["queue_wait_s"] = first_sent - scheduled
+    return row
 
 
 def _job_stub_is_no_answer(attempt: Attempt) -> None:

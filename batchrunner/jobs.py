@@ -27,9 +27,12 @@ from batchrunner.execute import (
     ExecContext,
     attempt_retry_delay,
     base_row,
+    cancelled_row,
     encode_body,
     fill_attempt,
     final_row,
+    held_for_gateway,
+    never_reached,
 )
 from batchrunner.pacing import RateCeiling
 from batchrunner.polling import PROBES, PollPlanner
@@ -135,6 +138,7 @@ async def submit(
     body = encode_body(record, Mode.SYNC)
     headers = submit_headers(record, ctx.run_id, jctx.ttl_s)
     attempts = attempts_before
+    holds = 0
     first: Attempt | None = None
     while True:
         if ctx.throttle is not None:
@@ -173,9 +177,20 @@ async def submit(
                 f"the gateway does not offer async jobs: {attempt.error_message} "
                 "(Bifrost needs a logs store and the governance plugin for async requests)"
             )
+        held = await held_for_gateway(ctx, attempt, holds)
+        if held is False:
+            ctx.emit(cancelled_row(
+                record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled, scheduled_at,
+                attempts, first.sent, first.sent_at, never_reached(attempt),
+            ))  # fmt: skip
+            return None
+        if held:
+            holds += 1
+            continue
         # Every attempt counts against --max-retries, the failed jobs' and their resubmits'
-        # too: a budget per submit let a job failing upstream be sent again without end.
-        delay = attempt_retry_delay(ctx, attempt, attempts)
+        # too: a budget per submit let a job failing upstream be sent again without end. Not
+        # those that waited for an unreachable gateway, which never saw them.
+        delay = attempt_retry_delay(ctx, attempt, attempts - holds)
         if delay is None or ctx.stopping():
             row = _row(record, ctx, attempt, first, attempts, scheduled, scheduled_at)
             row["error_message"] = f"submit failed: {row.get('error_message')}"

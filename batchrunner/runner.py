@@ -48,6 +48,7 @@ from batchrunner.formats import PARQUET_SUFFIXES
 from batchrunner.heap import release_free_heap
 from batchrunner.interrupts import SignalHandlers
 from batchrunner.jobs import Job, JobContext, JobPoller, submit
+from batchrunner.outage import GatewayOutage
 from batchrunner.pacing import Pacer, RateCeiling, schedule_offsets
 from batchrunner.polling import PollPlanner
 from batchrunner.progress import LiveStats, ProgressDisplay
@@ -356,7 +357,37 @@ class _Session:
             stage=self.stage,
             stopping=lambda: self.stopping,
             rng=random.Random(cfg.seed),
+            outage=(
+                GatewayOutage(
+                    self.client.probe,
+                    cfg.max_outage_s,
+                    on_down=self._gateway_down,
+                    on_up=self._gateway_up,
+                    on_give_up=self._gateway_gone,
+                )
+                if cfg.max_outage_s > 0 and self.client.can_probe
+                else None
+            ),
         )
+
+    def _gateway_down(self, error: str) -> None:
+        limit = self.config.max_outage_s
+        upto = "as long as it takes" if math.isinf(limit) else f"up to {limit:g} s"
+        self._say(
+            f"The gateway cannot be connected to ({error}): requests wait for it ({upto}; "
+            "--max-outage), trying every 0.25 s."
+        )
+
+    def _gateway_up(self, seconds: float, waiting: int) -> None:
+        self._say(
+            f"The gateway takes connections again after {seconds:.1f} s; the {waiting:,} "
+            f"waiting request{'' if waiting == 1 else 's'} go{'es' if waiting == 1 else ''} on."
+        )
+
+    def _gateway_gone(self, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = RunAborted(message)
+        self.stop("the gateway is unreachable")
 
     def prepare(self) -> None:
         """Build what every request shares (and, in async mode, the job machinery)."""
@@ -1107,6 +1138,8 @@ async def _drive(
                     session._drain_handle.cancel()
                 for task in helpers:
                     task.cancel()
+                if session.ctx.outage is not None:
+                    await session.ctx.outage.aclose()
     except* InputError as group:
         failure = group.exceptions[0]
         assert isinstance(failure, InputError)

@@ -496,6 +496,15 @@ class WirePool:
             raise WireError(CONNECT, f"cannot connect to {self.host}:{self.port}: {exc}") from None
         return conn
 
+    async def probe(self) -> str | None:
+        """Whether a new connection can be made now: ``None``, or the error text of why not."""
+        try:
+            conn = await self._connect()
+        except WireError as exc:
+            return format_wire_error(exc)
+        conn.close()
+        return None
+
     def _release(self, conn: _Connection, keep: bool) -> None:
         self._busy.discard(conn)
         if not keep or self._closed or self.keepalive_s <= 0:

@@ -189,6 +189,17 @@ Exit codes:
     help="On stop (Ctrl-C, --duration), how long in-flight requests may finish.",
 )
 @click.option(
+    "--max-outage",
+    "max_outage_s",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long requests wait for a gateway that cannot be connected to (a restart), "
+    "spending no retries, before the run stops (they then end as cancelled: a resume sends "
+    "them). At most 10 s while it has never been reached. 0: retry as for any failure.",
+)
+@click.option(
     "--no-response-json",
     is_flag=True,
     help="Do not store the full response body (smaller files for load tests).",
