@@ -266,6 +266,10 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+#: Text fields of ``usage`` recorded under the same column names.
+_USAGE_LABELS = ("service_tier", "speed", "inference_geo")
+
+
 def fill_message(row: dict[str, Any], message: dict[str, Any]) -> None:
     """Model, ids, stop reason, usage and text of an Anthropic Message."""
     row["response_id"] = message.get("id")
@@ -282,6 +286,16 @@ def fill_message(row: dict[str, Any], message: dict[str, Any]) -> None:
         if isinstance(split, dict):
             row["cache_creation_5m_input_tokens"] = _int(split.get("ephemeral_5m_input_tokens"))
             row["cache_creation_1h_input_tokens"] = _int(split.get("ephemeral_1h_input_tokens"))
+        # Priced too (web searches, fast mode, data residency, Priority Tier). Rows are sparse:
+        # a field the response does not have is not set (null), which costs nothing here.
+        tools = usage.get("server_tool_use")
+        if isinstance(tools, dict):
+            row["web_search_requests"] = _int(tools.get("web_search_requests"))
+            row["web_fetch_requests"] = _int(tools.get("web_fetch_requests"))
+        for key in _USAGE_LABELS:
+            value = usage.get(key)
+            if value is not None:
+                row[key] = value if isinstance(value, str) else None
     content = message.get("content")
     if isinstance(content, list):
         texts = [

@@ -142,7 +142,8 @@ def test_unknown_model_is_null_and_listed_never_zero(make_run):
     cost = run["overall"]["cost"]
     assert cost["complete"] is False and cost["total_usd"] is None
     assert cost["usd"]["total"] == pytest.approx(0.006)  # the priced rows only
-    assert cost["unpriced_models"] == [{"model": "claude-foo-9", "rows": 2, "tokens": 520}]
+    assert cost["unpriced_models"] == [{"model": "claude-foo-9", "rows": 2, "tokens": 520,
+                                        "reason": "no prices"}]
     assert cost["rows_priced"] == 2 and cost["rows_unpriced"] == 2
     foo = next(m for m in run["cost_by_model"] if m["model"] == "claude-foo-9")
     assert foo["cost"]["total_usd"] is None and foo["priced_as"] is None
