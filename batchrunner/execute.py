@@ -266,10 +266,6 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-#: Text fields of ``usage`` recorded under the same column names.
-_USAGE_LABELS = ("service_tier", "speed", "inference_geo")
-
-
 def fill_message(row: dict[str, Any], message: dict[str, Any]) -> None:
     """Model, ids, stop reason, usage and text of an Anthropic Message."""
     row["response_id"] = message.get("id")
@@ -292,10 +288,14 @@ def fill_message(row: dict[str, Any], message: dict[str, Any]) -> None:
         if isinstance(tools, dict):
             row["web_search_requests"] = _int(tools.get("web_search_requests"))
             row["web_fetch_requests"] = _int(tools.get("web_fetch_requests"))
-        for key in _USAGE_LABELS:
-            value = usage.get(key)
-            if value is not None:
-                row[key] = value if isinstance(value, str) else None
+        tier, speed, geo = (usage.get("service_tier"), usage.get("speed"),
+                            usage.get("inference_geo"))
+        if tier is not None:
+            row["service_tier"] = tier if isinstance(tier, str) else None
+        if speed is not None:
+            row["speed"] = speed if isinstance(speed, str) else None
+        if geo is not None:
+            row["inference_geo"] = geo if isinstance(geo, str) else None
     content = message.get("content")
     if isinstance(content, list):
         texts = [

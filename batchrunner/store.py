@@ -396,11 +396,13 @@ class RunStore:
     def _outdated(self, empty_part: Path) -> bool:
         """Whether the empty part lacks columns of :data:`RESULT_SCHEMA` (and has no rows)."""
         try:
-            meta = pq.read_metadata(empty_part)
+            # ParquetFile's schema_arrow, not meta.schema: that one ties the footer into a
+            # reference cycle (see _max_index_from_stats).
+            with pq.ParquetFile(empty_part) as pf:
+                rows, names = pf.metadata.num_rows, pf.schema_arrow.names
         except (OSError, pa.ArrowException):
             return False  # not ours to judge: _scan_parts already read it
-        return meta.num_rows == 0 and not set(RESULT_SCHEMA.names) <= set(
-            meta.schema.to_arrow_schema().names)
+        return rows == 0 and not set(RESULT_SCHEMA.names) <= set(names)
 
     def _empty_table(self) -> pa.Table:
         return RESULT_SCHEMA.with_metadata(self._metadata).empty_table()
