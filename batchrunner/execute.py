@@ -340,6 +340,20 @@ def fill_message(row: dict[str, Any], message: dict[str, Any]) -> None:
         if isinstance(split, dict):
             row["cache_creation_5m_input_tokens"] = _int(split.get("ephemeral_5m_input_tokens"))
             row["cache_creation_1h_input_tokens"] = _int(split.get("ephemeral_1h_input_tokens"))
+        # Priced too (web searches, fast mode, data residency, Priority Tier). Rows are sparse:
+        # a field the response does not have is not set (null), which costs nothing here.
+        tools = usage.get("server_tool_use")
+        if isinstance(tools, dict):
+            row["web_search_requests"] = _int(tools.get("web_search_requests"))
+            row["web_fetch_requests"] = _int(tools.get("web_fetch_requests"))
+        tier, speed, geo = (usage.get("service_tier"), usage.get("speed"),
+                            usage.get("inference_geo"))
+        if tier is not None:
+            row["service_tier"] = tier if isinstance(tier, str) else None
+        if speed is not None:
+            row["speed"] = speed if isinstance(speed, str) else None
+        if geo is not None:
+            row["inference_geo"] = geo if isinstance(geo, str) else None
     content = message.get("content")
     if isinstance(content, list):
         texts = [

@@ -11,10 +11,18 @@ The formula follows ``specs/pricing.md``: Anthropic's ``input_tokens`` is the un
 5-minute and 1-hour cache writes and cache reads have their own per-model rates; a long-context
 tier (a cliff) applies to every category of a request whose total input (uncached + cache
 writes + cache reads) is above the tier's threshold. Gateway async jobs are standard requests,
-so no batch discount is applied. A model nobody can price gets NaN (null), never 0. The two
-corrections to genai-prices' data: Sonnet 4's long-context tier, which it lacks
-(:data:`_MISSING_LONG_CONTEXT`), and Mythos 5 and 5.1, priced as the Fable models they are
-published with (:data:`_MISSING_MODELS`).
+so no batch discount is applied (only a row whose ``service_tier`` says ``batch`` gets one). A
+model nobody can price gets NaN (null), never 0. The two corrections to genai-prices' data:
+Sonnet 4's long-context tier, which it lacks (:data:`_MISSING_LONG_CONTEXT`), and Mythos 5 and
+5.1, priced as the Fable models they are published with (:data:`_MISSING_MODELS`).
+
+The usage fields beyond tokens (pricing.md §1.3, §1.6, §1.8-1.11), per row: ``speed == "fast"``
+takes the model's fast-mode rate card (genai-prices' ``{"speed": "fast"}`` variant; a model
+without one is unpriced for such rows, never priced at standard rates); ``inference_geo ==
+"us"`` multiplies every token category by 1.1 (only Opus 4.6 and later models accept the
+parameter, so no model check is needed); ``service_tier == "batch"`` halves them; web searches
+cost $0.01 each (genai-prices' rate), never multiplied or discounted. ``priority`` rows are
+priced at list price; the report flags them as an estimate.
 """
 
 from __future__ import annotations
@@ -31,7 +39,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "BATCH_MULTIPLIER",
     "CATEGORIES",
+    "DEFAULT_WEB_SEARCH_USD",
+    "FEES",
+    "INFERENCE_GEO_US_MULTIPLIER",
     "ModelRates",
     "Override",
     "PriceBook",
@@ -46,6 +58,16 @@ __all__ = [
 
 #: Cost categories, in report order (each has a rate and a ``cost_<category>_usd`` column).
 CATEGORIES: tuple[str, ...] = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+
+#: Per-request fees, priced apart from tokens (each has a ``cost_<fee>`` figure too).
+FEES: tuple[str, ...] = ("web_search",)
+
+#: Token rates of a request with ``usage.inference_geo == "us"`` (pricing.md §1.9).
+INFERENCE_GEO_US_MULTIPLIER = 1.1
+#: Token rates of a request with ``usage.service_tier == "batch"`` (pricing.md §1.6).
+BATCH_MULTIPLIER = 0.5
+#: $ per web search when the price data has none for the model (Anthropic's $10 per 1,000).
+DEFAULT_WEB_SEARCH_USD = 0.01
 
 #: Default cache rates of an override entry for a model genai-prices does not know, as
 #: multiples of its input rate (Anthropic's standard prompt-caching multipliers).
@@ -70,7 +92,8 @@ _MISSING_MODELS: dict[str, str] = {
 }
 _DATED = re.compile(r"(?P<name>.+?)(?:[-@]\d{8})?")
 
-_OVERRIDE_KEYS = frozenset({*CATEGORIES, "same_as", "multiplier"})
+_OVERRIDE_KEYS = frozenset({*CATEGORIES, "same_as", "multiplier", "fast_multiplier",
+                            "web_search_per_1000"})
 _PER = 1_000_000.0  # rates are $ per million tokens
 
 
@@ -107,13 +130,23 @@ class ModelRates:
     :param rates: a :class:`Rate` for each of :data:`CATEGORIES`.
     :param priced_as: what the rates come from, e.g. ``genai-prices:anthropic/claude-sonnet-4-5``
         or ``prices.toml:claude-sonnet-4-5``.
+    :param fast: the fast-mode rates (``usage.speed == "fast"``), or None when nobody publishes
+        them for the model (such rows are then unpriced).
+    :param web_search_usd: $ per web search (``usage.server_tool_use.web_search_requests``).
     """
 
     rates: dict[str, Rate]
     priced_as: str
+    fast: dict[str, Rate] | None = None
+    web_search_usd: float = DEFAULT_WEB_SEARCH_USD
 
     def describe(self) -> dict[str, Any]:
-        return {"priced_as": self.priced_as, **{c: self.rates[c].describe() for c in CATEGORIES}}
+        out: dict[str, Any] = {"priced_as": self.priced_as,
+                               **{c: self.rates[c].describe() for c in CATEGORIES}}
+        out["fast"] = ({c: self.fast[c].describe() for c in CATEGORIES}
+                       if self.fast is not None else None)
+        out["web_search_usd"] = self.web_search_usd
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +157,8 @@ class Override:
     rates: dict[str, float] = field(default_factory=dict)
     same_as: str | None = None
     multiplier: float = 1.0
+    fast_multiplier: float | None = None
+    web_search_per_1000: float | None = None
 
 
 def normalize_model(name: str | None) -> str | None:
@@ -188,15 +223,22 @@ def _parse_entry(path: Path, name: str, entry: Any) -> Override:
                 raise PriceFileError(f"{where}: {key} must be a number >= 0 ($ per million "
                                      f"tokens), got {value!r}")
             rates[key] = float(value)
-    multiplier = entry.get("multiplier", 1.0)
-    if isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or multiplier < 0:
-        raise PriceFileError(f"{where}: multiplier must be a number >= 0, got {multiplier!r}")
+    numbers: dict[str, float | None] = {}
+    for key in ("multiplier", "fast_multiplier", "web_search_per_1000"):
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or value < 0):
+            raise PriceFileError(f"{where}: {key} must be a number >= 0, got {value!r}")
+        numbers[key] = None if value is None else float(value)
     same_as = entry.get("same_as")
     if same_as is not None and not isinstance(same_as, str):
         raise PriceFileError(f"{where}: same_as must be a model name")
     pattern = normalize_model(name) or name
+    multiplier = numbers["multiplier"]
     return Override(pattern=pattern, rates=rates, same_as=normalize_model(same_as),
-                    multiplier=float(multiplier))
+                    multiplier=1.0 if multiplier is None else multiplier,
+                    fast_multiplier=numbers["fast_multiplier"],
+                    web_search_per_1000=numbers["web_search_per_1000"])
 
 
 def _bundled_snapshot() -> Any:
@@ -255,8 +297,12 @@ class PriceBook:
             "data": "downloaded" if auto else "bundled",
             "overrides": self._overrides_info,
             "error": self.error,
-            "notes": "standard rates (gateway async jobs are not Message Batches); "
-                     "web search fees, data residency and fast mode are not priced",
+            "notes": "standard rates (gateway async jobs are not Message Batches; rows whose "
+                     "service_tier is batch get the 50% discount); web searches at $0.01 each; "
+                     "fast mode (speed fast) at the model's fast-mode rates, unpriced where "
+                     "genai-prices has none; inference_geo us at 1.1x token rates; Priority "
+                     "Tier rows at list price, an estimate; not priced: code execution "
+                     "container time and other server-tool fees that usage does not report",
         }
 
     def rates(self, model: str | None, day: date) -> ModelRates | None:
@@ -309,7 +355,23 @@ class PriceBook:
         if override.multiplier != 1.0:
             rates = {c: r.scaled(override.multiplier) for c, r in rates.items()}
             label = f"{label} x{override.multiplier:g}"
-        return ModelRates(rates=rates, priced_as=label)
+        if override.fast_multiplier is not None:
+            # Fast mode is a multiplier on the standard rates across the whole context window
+            # (a flat rate: no long-context tier).
+            fast: dict[str, Rate] | None = {
+                c: Rate(r.base * override.fast_multiplier) for c, r in rates.items()}
+        elif base is not None and base.fast is not None:
+            # The published fast/standard ratio of each category, applied to these rates: a
+            # discount (multiplier) or contract rate carries over to fast mode in proportion.
+            fast = {c: Rate(rates[c].base * _ratio(base.fast[c].base, base.rates[c].base))
+                    for c in CATEGORIES}
+        else:
+            fast = None
+        if override.web_search_per_1000 is not None:
+            search = override.web_search_per_1000 / 1000.0
+        else:
+            search = base.web_search_usd if base is not None else DEFAULT_WEB_SEARCH_USD
+        return ModelRates(rates=rates, priced_as=label, fast=fast, web_search_usd=search)
 
     def _bundled(self, model: str, day: date) -> ModelRates | None:
         if self._snapshot is None:
@@ -331,25 +393,55 @@ class PriceBook:
             rates = self._bundled(stand_in, day)
             if rates is None:
                 return None
-            return ModelRates(rates=rates.rates, priced_as=f"{rates.priced_as} (as {model})")
+            return ModelRates(rates=rates.rates, priced_as=f"{rates.priced_as} (as {model})",
+                              fast=rates.fast, web_search_usd=rates.web_search_usd)
         provider, info = found
-        price = info.get_prices(datetime.combine(day, time(12), tzinfo=UTC))
-        inp = _rate(getattr(price, "input_mtok", None)) or Rate(0.0)
-        out = _rate(getattr(price, "output_mtok", None)) or Rate(0.0)
-        # genai-prices folds tokens of an unpriced unit into its parent unit (1h write → write
-        # → input; read → input): mirror that so both always agree.
-        cw5m = _rate(getattr(price, "cache_write_mtok", None)) or inp
-        cw1h = _rate(getattr(price, "cache_write_1h_mtok", None)) or cw5m
-        cr = _rate(getattr(price, "cache_read_mtok", None)) or inp
-        rates = {"input": inp, "output": out, "cache_write_5m": cw5m, "cache_write_1h": cw1h,
-                 "cache_read": cr}
+        when = datetime.combine(day, time(12), tzinfo=UTC)
+        price = info.get_prices(when)
+        rates = _card(price)
+        fast = None
+        if _has_variant(info, when, _FAST_CONTEXT):
+            fast = _card(info.get_prices(when, _FAST_CONTEXT))
         label = f"genai-prices:{provider.id}/{info.id}"
         missing = _MISSING_LONG_CONTEXT.get(info.id) if provider.id == "anthropic" else None
         if missing is not None and not any(r.tiers for r in rates.values()):
             start, factors = missing
             rates = {c: Rate(r.base, ((start, r.base * factors[c]),)) for c, r in rates.items()}
             label = f"{label} + long-context tier above {start:,} input tokens"
-        return ModelRates(rates=rates, priced_as=label)
+        per_k = getattr(price, "web_searches_kcount", None)
+        search = float(per_k) / 1000.0 if per_k is not None else DEFAULT_WEB_SEARCH_USD
+        return ModelRates(rates=rates, priced_as=label, fast=fast, web_search_usd=search)
+
+
+_FAST_CONTEXT = {"speed": "fast"}
+
+
+def _has_variant(info: Any, when: datetime, context: dict[str, str]) -> bool:
+    """Whether genai-prices has a price variant for *context* in effect at *when* (without one,
+    ``get_prices`` silently returns the standard rates)."""
+    for variant in getattr(info, "price_variants", None) or ():
+        constraint = variant.constraint
+        if constraint is not None and not constraint.active(when):
+            continue
+        if all(context.get(k) == v for k, v in variant.when.items()):
+            return True
+    return False
+
+
+def _card(price: Any) -> dict[str, Rate]:
+    inp = _rate(getattr(price, "input_mtok", None)) or Rate(0.0)
+    out = _rate(getattr(price, "output_mtok", None)) or Rate(0.0)
+    # genai-prices folds tokens of an unpriced unit into its parent unit (1h write → write
+    # → input; read → input): mirror that so both always agree.
+    cw5m = _rate(getattr(price, "cache_write_mtok", None)) or inp
+    cw1h = _rate(getattr(price, "cache_write_1h_mtok", None)) or cw5m
+    cr = _rate(getattr(price, "cache_read_mtok", None)) or inp
+    return {"input": inp, "output": out, "cache_write_5m": cw5m, "cache_write_1h": cw1h,
+            "cache_read": cr}
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else 1.0
 
 
 def _rate(value: Any) -> Rate | None:
@@ -363,9 +455,14 @@ def _rate(value: Any) -> Rate | None:
 
 @dataclass(slots=True)
 class UsageArrays:
-    """Token counts per row (nulls as 0), Anthropic semantics: ``input`` is uncached input.
+    """Token counts per row (nulls as 0), Anthropic semantics: ``input`` is uncached input;
+    and what else of ``usage`` changes the price (None: no row has it).
 
     :param cache_write_5m: 5-minute cache writes (all writes when the TTL split is unknown).
+    :param web_searches: ``web_search_requests`` (nulls as 0).
+    :param fast: ``speed == "fast"``.
+    :param geo_us: ``inference_geo == "us"``.
+    :param batch: ``service_tier == "batch"``.
     """
 
     input: np.ndarray
@@ -373,6 +470,10 @@ class UsageArrays:
     cache_write_5m: np.ndarray
     cache_write_1h: np.ndarray
     cache_read: np.ndarray
+    web_searches: np.ndarray | None = None
+    fast: np.ndarray | None = None
+    geo_us: np.ndarray | None = None
+    batch: np.ndarray | None = None
 
     def total_input(self) -> np.ndarray:
         return self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read
@@ -398,35 +499,78 @@ def split_cache_writes(total: np.ndarray, w5m: np.ndarray, w1h: np.ndarray,
 
 def cost_arrays(book: PriceBook, keys: list[tuple[str | None, date]], codes: np.ndarray,
                 usage: UsageArrays) -> tuple[dict[str, np.ndarray], list[ModelRates | None]]:
-    """Cost per row and category in USD; NaN for rows whose model has no price.
+    """Cost per row and category in USD; NaN for rows that cannot be priced.
+
+    A row cannot be priced when its model has no rates, or when it ran in fast mode and nobody
+    publishes fast-mode rates for its model (pricing it at standard rates would hide most of
+    its cost).
 
     :param book: where rates come from.
     :param keys: the distinct (normalised model, UTC day) pairs of the rows.
     :param codes: for each row, its index in *keys*.
-    :param usage: the rows' token counts.
-    :return: ``{category: array, "total": array}`` and the rate card of each key (None if
-        unpriced). Rows with no tokens cost 0 whatever their model: nothing was billed.
+    :param usage: the rows' token counts and pricing flags.
+    :return: ``{category: array, "web_search": array, "total": array}`` (categories of
+        :data:`CATEGORIES`, after the fast-mode, data-residency and batch adjustments) and the
+        rate card of each key (None if unpriced). Rows with no tokens and no searches cost 0
+        whatever their model: nothing was billed.
     """
     cards = [book.rates(model, day) for model, day in keys]
     known = np.array([c is not None for c in cards] + [False], dtype=bool)
     safe_codes = np.where(codes < 0, len(cards), codes)  # -1 (no model) -> the unknown slot
     priced = known[safe_codes]
+    fast = usage.fast if usage.fast is not None and usage.fast.any() else None
+    if fast is not None:
+        fast_known = np.array([c is not None and c.fast is not None for c in cards] + [False])
+        priced &= ~fast | fast_known[safe_codes]
+    searches = usage.web_searches
     total_in = usage.total_input()
-    # An unpriced row with no tokens at all billed nothing: 0, not unknown.
-    unpriced_value = np.where(total_in + usage.output == 0, 0.0, np.nan)
+    billed = total_in + usage.output
+    if searches is not None:
+        billed = billed + searches
+    # An unpriced row with nothing billed at all: 0, not unknown.
+    unpriced_value = np.where(billed == 0, 0.0, np.nan)
+    factor = None  # data residency and batch scale every token category alike
+    if usage.geo_us is not None and usage.geo_us.any():
+        factor = np.where(usage.geo_us, INFERENCE_GEO_US_MULTIPLIER, 1.0)
+    if usage.batch is not None and usage.batch.any():
+        half = np.where(usage.batch, BATCH_MULTIPLIER, 1.0)
+        factor = half if factor is None else factor * half
     out: dict[str, np.ndarray] = {}
     total = np.zeros(len(codes))
     for category in CATEGORIES:
-        base = np.array([c.rates[category].base if c else np.nan for c in cards] + [np.nan])
-        rate = base[safe_codes]
-        for k, card in enumerate(cards):
-            if card is None or not card.rates[category].tiers:
-                continue
-            in_key = codes == k
-            for start, tier_rate in card.rates[category].tiers:  # ascending: the last one wins
-                rate[in_key & (total_in > start)] = tier_rate
-        cost = np.where(priced, getattr(usage, category) * rate / _PER, unpriced_value)
+        rate = _rates_per_row([c.rates if c else None for c in cards], category, codes,
+                              safe_codes, total_in)
+        if fast is not None:
+            fast_rate = _rates_per_row([c.fast if c else None for c in cards], category, codes,
+                                       safe_codes, total_in)
+            rate = np.where(fast, fast_rate, rate)
+        tokens = getattr(usage, category) * rate / _PER
+        if factor is not None:
+            tokens *= factor
+        cost = np.where(priced, tokens, unpriced_value)
         out[category] = cost
         total += cost
+    if searches is not None:
+        per_search = np.array([c.web_search_usd if c else np.nan for c in cards] + [np.nan])
+        cost = np.where(priced, searches * per_search[safe_codes], unpriced_value)
+    else:
+        cost = np.where(priced, 0.0, unpriced_value)
+    out["web_search"] = cost
+    total += cost
     out["total"] = total
     return out, cards
+
+
+def _rates_per_row(cards: list[dict[str, Rate] | None], category: str, codes: np.ndarray,
+                   safe_codes: np.ndarray, total_in: np.ndarray) -> np.ndarray:
+    """The $/MTok rate of *category* for each row (NaN where its card is None), with any
+    long-context tier applied."""
+    base = np.array([c[category].base if c else np.nan for c in cards] + [np.nan])
+    rate = base[safe_codes]
+    for k, card in enumerate(cards):
+        if card is None or not card[category].tiers:
+            continue
+        in_key = codes == k
+        for start, tier_rate in card[category].tiers:  # ascending: the last one wins
+            rate[in_key & (total_in > start)] = tier_rate
+    return rate

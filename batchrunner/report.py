@@ -31,13 +31,14 @@ from batchrunner import report_bench as bench_report
 from batchrunner import report_stats as stats
 from batchrunner.pricing import (
     CATEGORIES,
+    FEES,
     PriceBook,
     UsageArrays,
     cost_arrays,
     normalize_model,
     split_cache_writes,
 )
-from batchrunner.schema import RESULT_SCHEMA
+from batchrunner.schema import RESULT_SCHEMA, conform
 
 __all__ = [
     "GROUP_COLUMNS",
@@ -71,10 +72,13 @@ _TOKEN_COLUMNS = (
     "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
     "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
 )
+#: Usage columns beyond tokens that change the price (null in parts written before them).
+_USAGE_COLUMNS = ("web_search_requests", "web_fetch_requests", "service_tier", "speed",
+                  "inference_geo")
 _BASE_COLUMNS = (
     "input_index", "mode", "model", "model_requested", "status", "error_type", "error_message",
     "http_status", "scheduled_at", "sent_at", "submitted_at", "completed_at", *METRICS,
-    *_TOKEN_COLUMNS,
+    *_TOKEN_COLUMNS, *_USAGE_COLUMNS,
 )
 #: Columns :func:`summarize_table` needs (the runner reads just these at the end of a run).
 SUMMARY_COLUMNS: list[str] = list(_BASE_COLUMNS)
@@ -164,7 +168,7 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
             continue
         for table in seg_tables:
             journal_rows += table.num_rows
-            tables.append(_conform(table, schema))
+            tables.append(conform(table, schema))
     for path in parts.values():
         try:
             with pq.ParquetFile(path) as pf:
@@ -173,7 +177,7 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
         except (OSError, pa.ArrowInvalid) as exc:
             raise ReportError(f"{path} cannot be read ({exc}); move it out of data/ and resume "
                               "the run to send its requests again") from exc
-        tables.append(_conform(table, schema))
+        tables.append(conform(table, schema))
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     return RunRows(table=table, info=info, run_dir=run_dir, journal_rows=journal_rows,
                    bench=bench)
@@ -188,16 +192,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except orjson.JSONDecodeError as exc:
         raise ReportError(f"{path} is not valid JSON: {exc}") from exc
     return loaded if isinstance(loaded, dict) else None
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    arrays = []
-    for f in schema:
-        if f.name in table.column_names:
-            arrays.append(table.column(f.name).cast(f.type))
-        else:
-            arrays.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def parse_group_keys(by: Sequence[str]) -> list[str]:
@@ -227,6 +221,14 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
     if pa.types.is_timestamp(col.type):
         col = pc.divide(pc.cast(pc.cast(col, pa.int64()), pa.float64()), 1e6)
     return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=float)
+
+
+def _equals(table: pa.Table, name: str, value: str) -> np.ndarray:
+    """Whether each row's *name* is *value* (False for nulls and a missing column)."""
+    if name not in table.column_names:
+        return np.zeros(table.num_rows, dtype=bool)
+    hit = pc.fill_null(pc.equal(table.column(name), value), False)
+    return np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _categorical(values: np.ndarray, idx: np.ndarray) -> pd.Categorical:
@@ -353,11 +355,19 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
     w5m, w1h = split_cache_writes(tokens["cache_creation_input_tokens"],
                                   tokens["cache_creation_5m_input_tokens"],
                                   tokens["cache_creation_1h_input_tokens"])
+    for name in ("web_search_requests", "web_fetch_requests"):
+        cols[name] = np.nan_to_num(_floats(table, name), nan=0.0)
+    cols["is_fast"] = _equals(table, "speed", "fast")
+    cols["is_geo_us"] = _equals(table, "inference_geo", "us")
+    cols["is_batch"] = _equals(table, "service_tier", "batch")
+    cols["is_priority"] = _equals(table, "service_tier", "priority")
     usage = UsageArrays(
         input=np.nan_to_num(tokens["input_tokens"], nan=0.0),
         output=np.nan_to_num(tokens["output_tokens"], nan=0.0),
         cache_write_5m=w5m, cache_write_1h=w1h,
         cache_read=np.nan_to_num(tokens["cache_read_input_tokens"], nan=0.0),
+        web_searches=cols["web_search_requests"], fast=cols["is_fast"],
+        geo_us=cols["is_geo_us"], batch=cols["is_batch"],
     )
     for category in CATEGORIES:
         cols[f"tok_{category}"] = getattr(usage, category)
@@ -378,9 +388,13 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
         day_start = int(day_values[u % len(day_values)]) * 86400
         keys.append((None if label == _NONE else label,
                      datetime.fromtimestamp(day_start, UTC).date()))
-    costs, cards = cost_arrays(book, keys, codes.reshape(-1), usage)
+    codes = codes.reshape(-1)
+    costs, cards = cost_arrays(book, keys, codes, usage)
     for category, arr in costs.items():
         cols[f"cost_{category}"] = arr
+    # Fast-mode rows of a priced model that has no fast-mode rates: unpriced for that reason.
+    no_fast = np.array([c is not None and c.fast is None for c in cards], dtype=bool)
+    cols["fast_unpriced"] = cols["is_fast"] & no_fast[codes] if len(cards) else cols["is_fast"]
     for key in by:
         if key.startswith("metadata."):
             cols[f"g:{key}"] = _metadata_labels(table, key)
@@ -511,23 +525,30 @@ def _tokens(f: pd.DataFrame) -> dict[str, Any]:
         "cache_write_5m": sums["cache_write_5m"],
         "cache_write_1h": sums["cache_write_1h"],
         "cache_read": sums["cache_read"],
+        "web_search_requests": int(f["web_search_requests"].sum()),
+        "web_fetch_requests": int(f["web_fetch_requests"].sum()),
     }
 
 
 def _cost(f: pd.DataFrame) -> dict[str, Any]:
     total = f["cost_total"].to_numpy()
     priced = ~np.isnan(total)
-    usd = {c: float(f[f"cost_{c}"].to_numpy()[priced].sum()) for c in CATEGORIES}
+    usd = {c: float(f[f"cost_{c}"].to_numpy()[priced].sum()) for c in (*CATEGORIES, *FEES)}
     usd["total"] = float(total[priced].sum())
     unpriced = f[~priced]
     models = []
     if len(unpriced):
         tok = unpriced[[f"tok_{c}" for c in CATEGORIES]].sum(axis=1)
         for model, rows in unpriced.groupby("model_key", sort=True, observed=True).size().items():
+            mine = (unpriced["model_key"] == model).to_numpy()
+            # A model with prices has unpriced rows only for want of fast-mode rates.
+            fast = bool(unpriced["fast_unpriced"].to_numpy()[mine].any())
             models.append({"model": str(model), "rows": int(rows),
-                           "tokens": int(tok[unpriced["model_key"] == model].sum())})
+                           "tokens": int(tok[mine].sum()),
+                           "reason": "no fast-mode rates" if fast else "no prices"})
     complete = not len(unpriced)
     rows_priced = int(priced.sum())
+    priority = int(f["is_priority"].sum())
     return {
         "currency": "USD",
         "complete": complete,
@@ -537,6 +558,15 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
         "rows_unpriced": len(unpriced),
         "per_request_usd": _ratio(usd["total"], rows_priced),
         "unpriced_models": models,
+        # Rows priced other than at standard rates (by what their usage says), and whether
+        # the figures are estimates (Priority Tier has no public per-token price).
+        "adjusted_rows": {
+            "fast": int(f["is_fast"].sum()) - int(f["fast_unpriced"].sum()),
+            "inference_geo_us": int(f["is_geo_us"].sum()),
+            "batch": int(f["is_batch"].sum()),
+            "priority_at_list_price": priority,
+        },
+        "estimate": priority > 0,
     }
 
 
@@ -849,7 +879,8 @@ def _figures(section: dict[str, Any], metrics: Sequence[str], full: bool) -> dic
         for p in ("p50", "p90", "p99") if full else ("p50", "p99"):
             out[f"{m} {p}"] = dist[p] if dist else None
     if full:
-        for key in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read"):
+        for key in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read",
+                    "web_search_requests"):
             out[f"tokens {key}"] = section["tokens"][key]
     cost = section["cost"]
     # With unpriced rows there is no total: the priced part alone would compare as a saving
@@ -857,7 +888,7 @@ def _figures(section: dict[str, Any], metrics: Sequence[str], full: bool) -> dic
     complete = cost["complete"]
     out["cost_usd"] = cost["total_usd"]
     if full:
-        for c in CATEGORIES:
+        for c in (*CATEGORIES, *FEES):
             out[f"cost_usd {c}"] = cost["usd"][c] if complete else None
     out["cost_per_request_usd"] = cost["per_request_usd"]
     return out
@@ -961,6 +992,7 @@ def summarize_table(
         "cache_creation_input": t["cache_write"], "cache_read_input": t["cache_read"],
         "cache_creation_5m_input": t["cache_write_5m"],
         "cache_creation_1h_input": t["cache_write_1h"],
+        "web_search_requests": t["web_search_requests"],
     }
     cost = section["cost"]
     prices = book.describe()

@@ -14,7 +14,7 @@ from html import escape
 from typing import Any
 
 from batchrunner import report_svg as svg
-from batchrunner.pricing import CATEGORIES
+from batchrunner.pricing import CATEGORIES, FEES
 from batchrunner.report_text import (
     Table,
     comparison_tables,
@@ -42,7 +42,14 @@ tr.flag td{background:#fde8e6;color:#8a1c12;font-weight:600}
 """
 
 _CATEGORY_LABELS = {"input": "input", "output": "output", "cache_write_5m": "cache write 5m",
-                    "cache_write_1h": "cache write 1h", "cache_read": "cache read"}
+                    "cache_write_1h": "cache write 1h", "cache_read": "cache read",
+                    "web_search": "web search"}
+
+
+def _cost_parts(usds: list[dict[str, float]]) -> tuple[str, ...]:
+    """The parts of a total stacked in a cost chart: the token categories, and the fees that
+    some bar has (a web search series of zeros would only clutter the key)."""
+    return (*CATEGORIES, *(f for f in FEES if any(u.get(f) for u in usds)))
 _CDF_METRICS_COMPARE = ("ttft_s", "latency_s", "total_s")
 _MAX_LINES = 8
 
@@ -196,15 +203,17 @@ def _run_charts(run: dict[str, Any]) -> list[str]:
             y_fmt=lambda v: f"{v:g}"))
     models = [m for m in run["cost_by_model"] if m["cost"]["rows_priced"]]
     if models:
+        parts = _cost_parts([m["cost"]["usd"] for m in models])
         charts.append(svg.bar_chart(
             [m["model"] for m in models],
-            [(_CATEGORY_LABELS[c], [m["cost"]["usd"][c] for m in models]) for c in CATEGORIES],
+            [(_CATEGORY_LABELS[c], [m["cost"]["usd"][c] for m in models]) for c in parts],
             title="Cost by model (USD)", value_fmt=fmt_usd))
     if run["groups"]:
         groups = run["groups"]
+        parts = _cost_parts([g["cost"]["usd"] for g in groups])
         charts.append(svg.bar_chart(
             [_group_label(g["key"]) for g in groups],
-            [(_CATEGORY_LABELS[c], [g["cost"]["usd"][c] for g in groups]) for c in CATEGORIES],
+            [(_CATEGORY_LABELS[c], [g["cost"]["usd"][c] for g in groups]) for c in parts],
             title="Cost by group (USD)", value_fmt=fmt_usd))
     return charts
 
@@ -223,16 +232,17 @@ def _comparison_charts(report: dict[str, Any]) -> list[str]:
                                      x_label=metric, y_label="fraction of requests",
                                      x_fmt=fmt_duration, y_fmt=_pct, y_max=1.0))
     cats = []
-    stacks: dict[str, list[float]] = {c: [] for c in CATEGORIES}
+    parts = _cost_parts([m["cost"]["usd"] for r in runs for m in r["cost_by_model"]])
+    stacks: dict[str, list[float]] = {c: [] for c in parts}
     models = list(dict.fromkeys(m["model"] for r in runs for m in r["cost_by_model"]))
     for model in models:  # each model's runs next to each other
         for r in runs:
             m = next((m for m in r["cost_by_model"] if m["model"] == model), None)
             if m and m["cost"]["rows_priced"]:
                 cats.append(f"{model} · {r['name']}")
-                for c in CATEGORIES:
+                for c in parts:
                     stacks[c].append(m["cost"]["usd"][c])
-    charts.append(svg.bar_chart(cats, [(_CATEGORY_LABELS[c], stacks[c]) for c in CATEGORIES],
+    charts.append(svg.bar_chart(cats, [(_CATEGORY_LABELS[c], stacks[c]) for c in parts],
                                 title="Cost by model and run (USD)", value_fmt=fmt_usd))
     return charts
 

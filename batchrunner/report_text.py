@@ -33,6 +33,7 @@ _STATUSES = ("ok", "error", "timeout", "expired", "cancelled")
 _SPARKS = "▁▂▃▄▅▆▇█"
 _CATEGORY_LABELS = {"input": "input", "output": "output", "cache_write_5m": "write 5m",
                     "cache_write_1h": "write 1h", "cache_read": "read"}
+_FEE_LABELS = {"web_search": "web search"}
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -347,44 +348,74 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
         t.notes.append("no timing columns in these rows")
     tables.append(t)
 
-    rows = [[*label, *(_int(s["tokens"][k]) for k in (
-        "input", "output", "cache_write_5m", "cache_write_1h", "cache_read"))]
-        for label, s in sections]
+    keys = {"input": "input", "output": "output", "cache_write_5m": "cache write 5m",
+            "cache_write_1h": "cache write 1h", "cache_read": "cache read"}
+    for key, header in (("web_search_requests", "web searches"),
+                        ("web_fetch_requests", "web fetches")):
+        if o["tokens"].get(key):  # server tools: only when some row used them
+            keys[key] = header
+    rows = [[*label, *(_int(s["tokens"][k]) for k in keys)] for label, s in sections]
     tables.append(Table(f"Tokens (all rows; {o['tokens']['rows_with_usage']:,} with usage)",
-                        [*groups, "input", "output", "cache write 5m", "cache write 1h",
-                         "cache read"], rows, left=g))
+                        [*groups, *keys.values()], rows, left=g))
 
     version = prices.get("version") or "not installed"
+    # The web search column only when a row searched (most runs never do).
+    labels = dict(_CATEGORY_LABELS)
+    if o["tokens"].get("web_search_requests"):
+        labels.update(_FEE_LABELS)
     rows = []
     for m in run["cost_by_model"]:
         c = m["cost"]
         priced = c["rows_unpriced"] == 0
         rows.append([m["model"], _int(m["requests"]),
-                     *(fmt_usd(c["usd"][k] if priced else None) for k in _CATEGORY_LABELS),
+                     *(fmt_usd(c["usd"][k] if priced else None) for k in labels),
                      fmt_usd(c["total_usd"]), fmt_usd(c["per_request_usd"] if priced else None),
                      m["priced_as"] or "UNPRICED"])
     c = o["cost"]
-    rows.append(["total", _int(o["requests"]), *(fmt_usd(c["usd"][k]) for k in _CATEGORY_LABELS),
+    rows.append(["total", _int(o["requests"]), *(fmt_usd(c["usd"][k]) for k in labels),
                  _total(c), fmt_usd(c["per_request_usd"]), ""])
-    t = Table(f"Cost USD by model (all rows; genai-prices {version}, standard rates; rows without "
-              "usage cost $0)",
-              ["model", "requests", *_CATEGORY_LABELS.values(), "total", "per request",
+    t = Table(f"Cost USD by model (all rows; genai-prices {version}, standard rates unless usage "
+              "says otherwise; rows without usage cost $0)",
+              ["model", "requests", *labels.values(), "total", "per request",
                "priced as"], rows, left=1, last_left=True)
     if not c["complete"]:
-        names = ", ".join(f"{u['model']} ({u['rows']:,} rows, {u['tokens']:,} tokens)"
+        names = ", ".join(f"{u['model']} ({u['rows']:,} rows, {u['tokens']:,} tokens"
+                          + (", speed fast: no fast-mode rates" if u.get("reason") ==
+                             "no fast-mode rates" else "") + ")"
                           for u in c["unpriced_models"])
         t.notes.append(f"UNPRICED (cost unknown, left out of the totals): {names}; add them to a "
                        "--prices file")
+    t.notes += _adjustment_notes(c)
     tables.append(t)
     if groups:
-        rows = [[*label, _int(s["requests"]), *(fmt_usd(s["cost"]["usd"][k]) for k in
-                                                 _CATEGORY_LABELS),
+        rows = [[*label, _int(s["requests"]), *(fmt_usd(s["cost"]["usd"][k]) for k in labels),
                  _total(s["cost"]), fmt_usd(s["cost"]["per_request_usd"])]
                 for label, s in sections]
         tables.append(Table("Cost USD by group (all rows)",
-                            [*groups, "requests", *_CATEGORY_LABELS.values(), "total",
+                            [*groups, "requests", *labels.values(), "total",
                              "per request"], rows, left=g))
     return tables
+
+
+def _adjustment_notes(cost: dict[str, Any]) -> list[str]:
+    """What the cost table's rates were adjusted for (rows' ``speed``, ``inference_geo``,
+    ``service_tier``), and the estimate warning for Priority Tier rows."""
+    adj = cost.get("adjusted_rows") or {}
+    notes = []
+    if adj.get("fast"):
+        notes.append(f"fast mode: {adj['fast']:,} rows (speed fast) at the model's fast-mode "
+                     "rates")
+    if adj.get("inference_geo_us"):
+        notes.append(f"data residency: {adj['inference_geo_us']:,} rows with inference_geo us "
+                     "at 1.1x token rates")
+    if adj.get("batch"):
+        notes.append(f"batch: {adj['batch']:,} rows with service_tier batch at 50% of token "
+                     "rates (web searches not discounted)")
+    if adj.get("priority_at_list_price"):
+        notes.append(f"ESTIMATE: {adj['priority_at_list_price']:,} Priority Tier rows "
+                     "(service_tier priority) priced at list price; Priority Tier is billed "
+                     "through capacity commitments, with no public per-token price")
+    return notes
 
 
 def _total(cost: dict[str, Any]) -> str:

@@ -17,7 +17,9 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+#: Version of the column set, in each part's Parquet metadata. 2 added the usage columns
+#: ``web_search_requests`` … ``inference_geo``; parts of version 1 lack them (read as nulls).
+SCHEMA_VERSION = "2"
 
 
 class Status(enum.StrEnum):
@@ -127,6 +129,13 @@ RESULT_SCHEMA = pa.schema(
         pa.field("cache_read_input_tokens", pa.int64()),
         pa.field("cache_creation_5m_input_tokens", pa.int64()),
         pa.field("cache_creation_1h_input_tokens", pa.int64()),
+        # usage beyond tokens (usage.server_tool_use.*, service_tier, speed, inference_geo);
+        # null when the response did not say (and in parts written before these columns)
+        pa.field("web_search_requests", pa.int64()),
+        pa.field("web_fetch_requests", pa.int64()),
+        pa.field("service_tier", pa.string()),
+        pa.field("speed", pa.string()),
+        pa.field("inference_geo", pa.string()),
         # gateway headers (x-bifrost-*), all optional
         pa.field("response_id", pa.string()),
         pa.field("bifrost_provider", pa.string()),
@@ -148,3 +157,19 @@ INSTANT_COLUMNS: frozenset[str] = frozenset(n for n in RESULT_COLUMNS if n.endsw
 def empty_row() -> dict[str, Any]:
     """A result row with every column present and ``None``."""
     return dict.fromkeys(RESULT_COLUMNS)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """*table* with exactly the columns of *schema*, in its order and types; a column the table
+    lacks (a part written before the column existed) is all nulls.
+
+    :param table: rows read from a part or a journal segment.
+    :param schema: the columns wanted (a subset of :data:`RESULT_SCHEMA`, or all of it).
+    """
+    if table.schema.names == schema.names:
+        return table.cast(schema)
+    n = table.num_rows
+    names = set(table.column_names)
+    arrays = [table.column(f.name).cast(f.type) if f.name in names else pa.nulls(n, f.type)
+              for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)

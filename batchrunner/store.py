@@ -60,7 +60,7 @@ from batchrunner.journal import (
     write_parquet_atomic,
 )
 from batchrunner.ledger import MAX_INPUT_INDEX, JobLedger, JobRecord
-from batchrunner.schema import RESULT_SCHEMA, Status
+from batchrunner.schema import RESULT_SCHEMA, Status, conform
 
 __all__ = [
     "DEFAULT_REDO_STATUSES",
@@ -384,10 +384,25 @@ class RunStore:
         fsync_dir(self.journal_dir)
         self._scan_parts(redo_statuses)
         parts = _numbered(self.data_dir, _PART_RE)
-        if not parts:
-            empty = self.data_dir / _part_name(_EMPTY_PART_SEQ)
+        empty = self.data_dir / _part_name(_EMPTY_PART_SEQ)
+        if not parts or (parts[0][0] == _EMPTY_PART_SEQ and self._outdated(empty)):
+            # A run written before columns were added has an empty part of the old schema;
+            # dataset readers take the first file's schema, so it is rewritten with today's
+            # (parts with rows are never rewritten for this: their missing columns read as
+            # nulls, here and in pyarrow/pandas once the first file has them).
             write_parquet_atomic(self._empty_table(), empty, self.journal_dir)
         self._next_seq = max((seq for seq, _ in parts), default=_EMPTY_PART_SEQ) + 1
+
+    def _outdated(self, empty_part: Path) -> bool:
+        """Whether the empty part lacks columns of :data:`RESULT_SCHEMA` (and has no rows)."""
+        try:
+            # ParquetFile's schema_arrow, not meta.schema: that one ties the footer into a
+            # reference cycle (see _max_index_from_stats).
+            with pq.ParquetFile(empty_part) as pf:
+                rows, names = pf.metadata.num_rows, pf.schema_arrow.names
+        except (OSError, pa.ArrowException):
+            return False  # not ours to judge: _scan_parts already read it
+        return rows == 0 and not set(RESULT_SCHEMA.names) <= set(names)
 
     def _empty_table(self) -> pa.Table:
         return RESULT_SCHEMA.with_metadata(self._metadata).empty_table()
@@ -784,12 +799,11 @@ class RunStore:
                     for batch in pf.iter_batches(
                         batch_size=READ_BATCH_ROWS, columns=columns, use_threads=False
                     ):
-                        table = pa.Table.from_batches([batch])
-                        yield (table if columns is None else table.select(columns)).cast(plain)
+                        # A part written before a column existed lacks it: nulls.
+                        yield conform(pa.Table.from_batches([batch]), plain)
             for path, limit in segments:
                 for buf in SegmentBlocks(path, limit):
-                    table = segment_table(buf, source=path.name)
-                    yield (table if columns is None else table.select(columns)).cast(plain)
+                    yield conform(segment_table(buf, source=path.name), plain)
 
     def read_table(self, columns: list[str] | None = None) -> pa.Table:
         """All rows written so far (parts and journal) as one table. For tests and summaries:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchrunner import report_stats as stats
-from batchrunner.pricing import CATEGORIES, PriceBook
+from batchrunner.pricing import CATEGORIES, FEES, PriceBook
 from batchrunner.quantiles import TwoPassPercentiles
 from batchrunner.report import (
     _NONE,
@@ -93,8 +93,8 @@ def summarize_batches(
     n = 0
     status: dict[str, int] = {}
     errors: dict[str, int] = {}
-    tokens = dict.fromkeys(CATEGORIES, 0)
-    usd = dict.fromkeys((*CATEGORIES, "total"), 0.0)
+    tokens = dict.fromkeys((*CATEGORIES, "web_search_requests"), 0)
+    usd = dict.fromkeys((*CATEGORIES, *FEES, "total"), 0.0)
     complete = True
     unpriced: set[str] = set()
     seen_models: dict[str, int] = {}  # first appearance, the order summarize() lists them in
@@ -111,7 +111,7 @@ def summarize_batches(
         for e in section["errors"]:
             errors[e["error_type"]] = errors.get(e["error_type"], 0) + e["count"]
         t = section["tokens"]
-        for c in CATEGORIES:
+        for c in tokens:
             tokens[c] += t[c]
         cost = section["cost"]
         for key, value in cost["usd"].items():
@@ -169,6 +169,7 @@ def summarize_batches(
         "cache_read_input": tokens["cache_read"],
         "cache_creation_5m_input": tokens["cache_write_5m"],
         "cache_creation_1h_input": tokens["cache_write_1h"],
+        "web_search_requests": tokens["web_search_requests"],
     }
     prices = book.describe()
     out["cost"] = {

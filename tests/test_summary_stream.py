@@ -59,6 +59,12 @@ def _table(n: int, seed: int = 7) -> pa.Table:
                         ("cache_creation_5m_input_tokens", 1000),
                         ("cache_creation_1h_input_tokens", 1000)):
         cols[name] = pa.array(_with_nulls(rng, rng.integers(0, scale, n), 0.25), pa.int64())
+    for name in ("web_search_requests", "web_fetch_requests"):
+        cols[name] = pa.array(_with_nulls(rng, rng.integers(0, 4, n), 0.6), pa.int64())
+    for name, values in (("service_tier", ["standard", "priority", "batch"]),
+                         # fast: none of these models has fast-mode rates (it would unprice)
+                         ("speed", ["standard"]), ("inference_geo", ["global", "us"])):
+        cols[name] = pa.array(_with_nulls(rng, rng.choice(values, n), 0.3), pa.string())
     schema = pa.schema([RESULT_SCHEMA.field(c) for c in SUMMARY_COLUMNS])
     return pa.table({c: cols[c] for c in SUMMARY_COLUMNS}, schema=schema)
 

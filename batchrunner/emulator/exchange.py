@@ -185,6 +185,9 @@ class Exchange:
             "cache_creation_1h_input_tokens": u.cache_creation_1h_input_tokens
             if u is not None
             else None,
+            "service_tier": u.service_tier if u is not None else None,
+            "speed": u.speed if u is not None else None,
+            "inference_geo": u.inference_geo if u is not None else None,
             "error_after_tokens": self.error_after,
             "received_at": self.received_at,
             "started_at": self.started_at,

@@ -254,6 +254,12 @@ class Usage:
     cache_read_input_tokens: int = 0
     cache_creation_5m_input_tokens: int = 0
     cache_creation_1h_input_tokens: int = 0
+    #: What Anthropic reports besides tokens: the tier is always ``standard`` here (no
+    #: Priority Tier, no Message Batches); ``speed`` and ``inference_geo`` echo the request's
+    #: parameters and are absent (None) when it has none.
+    service_tier: str = "standard"
+    speed: str | None = None
+    inference_geo: str | None = None
 
 
 @dataclass(slots=True)
@@ -338,6 +344,10 @@ def make_plan(
     shape = analyze_prompt(body, model, track)
     total = max(1, _tokens(shape.chars, cpt))
     usage = Usage(input_tokens=total, output_tokens=n)
+    speed, geo = body.get("speed"), body.get("inference_geo")
+    if speed is not None or geo is not None:  # rare: most requests have neither
+        usage.speed = speed if isinstance(speed, str) else None
+        usage.inference_geo = geo if isinstance(geo, str) else None
     if shape.breakpoints:
         _apply_cache(usage, shape, total, cpt, cache, time.monotonic() if now is None else now)
 

@@ -135,8 +135,9 @@ def new_message_id() -> str:
 
 
 def usage_dict(u: Usage) -> dict[str, Any]:
-    """Anthropic usage object, fields in the gateway's order."""
-    return {
+    """Anthropic usage object, fields in the gateway's order; ``speed`` and ``inference_geo``
+    only when the request set them (Anthropic reports where inference ran and at which speed)."""
+    d: dict[str, Any] = {
         "input_tokens": u.input_tokens,
         "cache_creation_input_tokens": u.cache_creation_input_tokens,
         "cache_read_input_tokens": u.cache_read_input_tokens,
@@ -145,7 +146,18 @@ def usage_dict(u: Usage) -> dict[str, Any]:
             "ephemeral_1h_input_tokens": u.cache_creation_1h_input_tokens,
         },
         "output_tokens": u.output_tokens,
+        "service_tier": u.service_tier,
     }
+    if u.speed is not None:
+        d["speed"] = u.speed
+    if u.inference_geo is not None:
+        d["inference_geo"] = u.inference_geo
+    return d
+
+
+#: Fields of the full usage object that ``message_delta`` does not repeat (Anthropic's
+#: ``MessageDeltaUsage`` has the cumulative counts only; the rest came in ``message_start``).
+_NOT_IN_DELTA = ("cache_creation", "service_tier", "speed", "inference_geo")
 
 
 def message_body(msg_id: str, model: str, text: str, stop_reason: str, usage: Usage) -> bytes:
@@ -241,7 +253,8 @@ def message_start(msg_id: str, model: str, usage: Usage) -> bytes:
 def message_delta(stop_reason: str, usage: Usage) -> bytes:
     """``message_delta``: stop reason and the cumulative usage."""
     u = usage_dict(usage)
-    del u["cache_creation"]
+    for key in _NOT_IN_DELTA:
+        u.pop(key, None)
     return sse(
         "message_delta",
         {

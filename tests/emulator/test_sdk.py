@@ -169,3 +169,19 @@ def test_fallback_serves_when_the_primary_fails(make_emulator: Any) -> None:
     assert raw.headers["x-bifrost-resolved-model"] == "gpt-4o-mini"
     assert raw.headers["x-bifrost-fallback-index"] == "2"
     assert float(raw.headers["x-bifrost-upstream-latency-ms"]) >= 0
+
+
+def test_usage_has_the_tier_and_echoes_speed_and_geo(sdk: anthropic.Anthropic) -> None:
+    plain = ask(sdk)
+    assert plain.usage.service_tier == "standard"  # as Anthropic reports a standard request
+    assert plain.usage.speed is None and plain.usage.inference_geo is None
+    msg = ask(sdk, extra_body={"speed": "fast", "inference_geo": "us"})
+    assert msg.usage.speed == "fast" and msg.usage.inference_geo == "us"
+    assert msg.usage.service_tier == "standard"
+    with sdk.messages.stream(
+        model="claude-test", max_tokens=8, messages=[{"role": "user", "content": "Stream."}],
+        extra_body={"speed": "fast"},
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.usage.speed == "fast" and final.usage.service_tier == "standard"
+    assert final.usage.inference_geo is None and final.usage.output_tokens == 8

@@ -62,7 +62,13 @@ def test_json_has_stable_keys(make_run):
     assert set(run["groups"][0]) == SECTION_KEYS | {"key"}
     assert set(run["overall"]["cost"]) == {"currency", "complete", "total_usd", "usd",
                                            "rows_priced", "rows_unpriced", "per_request_usd",
-                                           "unpriced_models"}
+                                           "unpriced_models", "adjusted_rows", "estimate"}
+    assert set(run["overall"]["cost"]["usd"]) == {"input", "output", "cache_write_5m",
+                                                  "cache_write_1h", "cache_read", "web_search",
+                                                  "total"}
+    assert set(run["overall"]["cost"]["adjusted_rows"]) == {
+        "fast", "inference_geo_us", "batch", "priority_at_list_price"}
+    assert {"web_search_requests", "web_fetch_requests"} <= set(run["overall"]["tokens"])
     assert set(run["timeline"]) >= {"bucket_s", "t_s", "completed", "ok", "failed",
                                     "requests_per_s", "output_tokens_per_s", "in_flight_mean",
                                     "in_flight_max", "errors_by_type"}

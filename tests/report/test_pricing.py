@@ -142,7 +142,8 @@ def test_unknown_model_is_null_and_listed_never_zero(make_run):
     cost = run["overall"]["cost"]
     assert cost["complete"] is False and cost["total_usd"] is None
     assert cost["usd"]["total"] == pytest.approx(0.006)  # the priced rows only
-    assert cost["unpriced_models"] == [{"model": "claude-foo-9", "rows": 2, "tokens": 520}]
+    assert cost["unpriced_models"] == [{"model": "claude-foo-9", "rows": 2, "tokens": 520,
+                                        "reason": "no prices"}]
     assert cost["rows_priced"] == 2 and cost["rows_unpriced"] == 2
     foo = next(m for m in run["cost_by_model"] if m["model"] == "claude-foo-9")
     assert foo["cost"]["total_usd"] is None and foo["priced_as"] is None
@@ -297,3 +298,168 @@ def test_async_jobs_are_priced_at_standard_rates(make_run):
     job = cost_of(make_run, [usage_row("claude-haiku-4-5", inp=1000, out=1000, mode="async",
                                        job_id="job-1")])
     assert job["overall"]["cost"]["total_usd"] == sync["overall"]["cost"]["total_usd"] == 0.006
+
+
+# -- usage beyond tokens: web searches, fast mode, data residency, service tiers -------------
+
+# Opus 4.6: 5 / 6.25 / 10 / 0.50 / 25; its tokens of this usage cost 0.062 at standard rates
+OPUS_46_TOKENS = (1000 * 5 + 2000 * 6.25 + 3000 * 10 + 4000 * 0.5 + 500 * 25) / 1e6
+# Opus 4.8 fast mode (pricing.md §1.8, genai-prices' variant): 10 / 12.50 / 20 / 1 / 50
+OPUS_48_FAST_TOKENS = (1000 * 10 + 2000 * 12.5 + 3000 * 20 + 4000 * 1 + 500 * 50) / 1e6
+USAGE = {"inp": 1000, "w5m": 2000, "w1h": 3000, "read": 4000, "out": 500}
+
+ADJUSTED = [
+    ("opus-4-6 inference_geo us", "claude-opus-4-6", {"inference_geo": "us"},
+     OPUS_46_TOKENS * 1.1),
+    ("opus-4-6 inference_geo global", "claude-opus-4-6", {"inference_geo": "global"},
+     OPUS_46_TOKENS),
+    ("opus-4-8 fast", "claude-opus-4-8", {"speed": "fast"}, OPUS_48_FAST_TOKENS),
+    ("opus-4-8 standard speed", "claude-opus-4-8", {"speed": "standard"}, OPUS_46_TOKENS),
+    # fast and US residency stack; searches are neither multiplied nor discounted
+    ("opus-4-8 fast us 2 searches", "claude-opus-4-8",
+     {"speed": "fast", "inference_geo": "us", "web_search_requests": 2},
+     OPUS_48_FAST_TOKENS * 1.1 + 0.02),
+    # haiku 4.5 (1 / 1.25 / 2 / 0.10 / 5) with 3 web searches at $0.01
+    ("haiku-4-5 3 searches", "claude-haiku-4-5",
+     {"web_search_requests": 3, "web_fetch_requests": 4},
+     (1000 * 1 + 2000 * 1.25 + 3000 * 2 + 4000 * 0.1 + 500 * 5) / 1e6 + 0.03),
+    ("haiku-4-5 batch tier 3 searches", "claude-haiku-4-5",
+     {"service_tier": "batch", "web_search_requests": 3},
+     (1000 * 1 + 2000 * 1.25 + 3000 * 2 + 4000 * 0.1 + 500 * 5) / 1e6 * 0.5 + 0.03),
+    ("haiku-4-5 priority tier", "claude-haiku-4-5", {"service_tier": "priority"},
+     (1000 * 1 + 2000 * 1.25 + 3000 * 2 + 4000 * 0.1 + 500 * 5) / 1e6),
+]
+
+
+@pytest.mark.parametrize(("model", "extra", "want"), [a[1:] for a in ADJUSTED],
+                         ids=[a[0] for a in ADJUSTED])
+def test_hand_computed_costs_with_usage_beyond_tokens(make_run, model, extra, want):
+    run = cost_of(make_run, [usage_row(model, **USAGE, **extra)])
+    cost = run["overall"]["cost"]
+    assert cost["complete"] and cost["total_usd"] == pytest.approx(want, rel=1e-12)
+    assert cost["usd"]["web_search"] == pytest.approx(
+        0.01 * extra.get("web_search_requests", 0), rel=1e-12)
+    assert sum(cost["usd"][c] for c in ("input", "output", "cache_write_5m", "cache_write_1h",
+                                        "cache_read", "web_search")) == pytest.approx(want)
+    assert cost["estimate"] is (extra.get("service_tier") == "priority")
+    assert run["overall"]["tokens"]["web_search_requests"] == extra.get("web_search_requests", 0)
+    assert run["overall"]["tokens"]["web_fetch_requests"] == extra.get("web_fetch_requests", 0)
+
+
+def test_fast_rows_of_a_model_without_fast_rates_are_unpriced_not_standard(make_run):
+    # genai-prices 0.2.3 has no fast-mode rates for Opus 4.6 (pricing.md §2.7 item 4): its fast
+    # rows are unknown, never priced at the standard rates; its standard rows stay priced.
+    rows = [usage_row("claude-opus-4-6", 0, **USAGE),
+            usage_row("claude-opus-4-6", 1, **USAGE, speed="fast"),
+            usage_row("claude-opus-4-8", 2, **USAGE, speed="fast")]
+    run = cost_of(make_run, rows)
+    cost = run["overall"]["cost"]
+    assert not cost["complete"] and cost["total_usd"] is None
+    assert cost["usd"]["total"] == pytest.approx(OPUS_46_TOKENS + OPUS_48_FAST_TOKENS)
+    assert cost["unpriced_models"] == [{"model": "claude-opus-4-6", "rows": 1, "tokens": 10_500,
+                                        "reason": "no fast-mode rates"}]
+    assert cost["adjusted_rows"]["fast"] == 1  # the priced fast row only
+    by_model = {m["model"]: m for m in run["cost_by_model"]}
+    assert by_model["claude-opus-4-6"]["rates"]["fast"] is None
+    assert by_model["claude-opus-4-8"]["rates"]["fast"]["output"]["per_mtok"] == 50.0
+
+
+def test_report_text_says_how_usage_changed_the_price(make_run):
+    from batchrunner.report_text import format_report
+
+    rows = [usage_row("claude-opus-4-6", 0, **USAGE, speed="fast"),
+            usage_row("claude-opus-4-6", 1, **USAGE, inference_geo="us", web_search_requests=3),
+            usage_row("claude-haiku-4-5", 2, **USAGE, service_tier="priority"),
+            usage_row("claude-haiku-4-5", 3, **USAGE, service_tier="batch")]
+    text = format_report(build_report([load_run(make_run(rows))]))
+    assert "UNPRICED (cost unknown, left out of the totals): claude-opus-4-6 (1 rows, 10,500 " \
+           "tokens, speed fast: no fast-mode rates)" in text
+    assert "data residency: 1 rows with inference_geo us at 1.1x token rates" in text
+    assert "batch: 1 rows with service_tier batch at 50% of token rates" in text
+    assert "ESTIMATE: 1 Priority Tier rows (service_tier priority) priced at list price" in text
+    assert "web search" in text and "web searches" in text  # cost and tokens columns
+    assert "$0.0300" in text  # the searches' cost
+
+
+def test_no_search_columns_when_no_row_searched(make_run):
+    from batchrunner.report_text import format_report
+
+    text = format_report(build_report([load_run(make_run([usage_row("claude-haiku-4-5",
+                                                                     **USAGE)]))]))
+    assert "web search" not in text and "ESTIMATE" not in text
+
+
+def test_notes_no_longer_claim_searches_residency_and_fast_mode_are_unpriced(make_run):
+    notes = build_report([load_run(make_run([row()]))])["prices"]["notes"]
+    assert "not priced: code execution container time" in notes
+    for priced in ("web searches at $0.01", "fast mode", "inference_geo us at 1.1x",
+                   "Priority Tier rows at list price, an estimate"):
+        assert priced in notes
+
+
+FAST_PRICE_FILE = """
+[models."claude-opus-4-6"]   # fast mode as Claude Code bills it: 6x ($30 / $150)
+fast_multiplier = 6
+web_search_per_1000 = 5
+
+[models."claude-opus-4-8"]   # a contract discount carries over to fast mode
+multiplier = 0.5
+
+[models."claude-opus-5"]     # contract input rate: fast input keeps the published 2x ratio
+input = 4
+"""
+
+
+def test_price_file_fast_mode_and_search_fee(make_run, tmp_path):
+    prices = tmp_path / "fast.toml"
+    prices.write_text(FAST_PRICE_FILE)
+    rows = [usage_row("claude-opus-4-6", 0, **USAGE, speed="fast", web_search_requests=2),
+            usage_row("claude-opus-4-8", 1, **USAGE, speed="fast", inference_geo="us"),
+            usage_row("claude-opus-5", 2, inp=1000, out=0, speed="fast"),
+            usage_row("claude-opus-5", 3, inp=1000, out=0)]
+    run = cost_of(make_run, rows, prices)
+    by_model = {m["model"]: m["cost"]["total_usd"] for m in run["cost_by_model"]}
+    assert by_model["claude-opus-4-6"] == pytest.approx(OPUS_46_TOKENS * 6 + 2 * 0.005)
+    # data residency applies on top of a contract price
+    assert by_model["claude-opus-4-8"] == pytest.approx(OPUS_48_FAST_TOKENS * 0.5 * 1.1)
+    assert by_model["claude-opus-5"] == pytest.approx((1000 * 8 + 1000 * 4) / 1e6)
+    assert run["overall"]["cost"]["complete"]
+
+
+@pytest.mark.parametrize("key", ["fast_multiplier", "web_search_per_1000"])
+def test_bad_fast_and_search_keys(tmp_path, key):
+    path = tmp_path / "p.toml"
+    path.write_text(f'[models.x]\ninput = 1\noutput = 2\n{key} = "six"\n')
+    with pytest.raises(PriceFileError, match=f"{key} must be a number >= 0"):
+        load_price_file(path)
+
+
+def test_vectorised_fast_and_search_prices_equal_genai_prices_per_request():
+    """Fast-mode rates and search fees agree with genai-prices' calc_price(price_context=
+    {"speed": "fast"}) on every Anthropic model that has fast-mode rates."""
+    from genai_prices import Usage, calc_price, data_snapshot
+
+    book = PriceBook()
+    day = date(2026, 11, 1)
+    models = [m.id for p in data_snapshot.get_snapshot().providers if p.id == "anthropic"
+              for m in p.models]
+    fast_models = [m for m in models if book.rates(m, day).fast is not None]
+    assert {"claude-opus-4-8", "claude-opus-5", "claude-opus-5-5"} <= set(fast_models)
+    assert book.rates("claude-opus-4-6", day).fast is None
+    rng = np.random.default_rng(5)
+    n = 4 * len(fast_models)
+    codes = np.arange(n) % len(fast_models)
+    u = UsageArrays(*(rng.integers(0, 40_000, n).astype(float) for _ in range(5)),
+                    web_searches=rng.integers(0, 5, n).astype(float),
+                    fast=np.ones(n, dtype=bool))
+    costs, _cards = cost_arrays(book, [(m, day) for m in fast_models], codes, u)
+    for i in range(n):
+        w = int(u.cache_write_5m[i] + u.cache_write_1h[i])
+        usage = Usage(input_tokens=int(u.input[i]) + w + int(u.cache_read[i]),
+                      cache_write_tokens=w, cache_write_1h_tokens=int(u.cache_write_1h[i]),
+                      cache_read_tokens=int(u.cache_read[i]), output_tokens=int(u.output[i]),
+                      web_searches=int(u.web_searches[i]))
+        want = calc_price(usage, fast_models[codes[i]], provider_id="anthropic",
+                          genai_request_timestamp=datetime(2026, 11, 1, 12, tzinfo=UTC),
+                          price_context={"speed": "fast"})
+        assert costs["total"][i] == pytest.approx(float(want.total_price), rel=1e-12)
