@@ -102,6 +102,9 @@ class Attempt:
     http_status: int | None = None
     headers: httpx.Headers | ResponseHeaders | None = None
     message: dict[str, Any] | None = None  # sync: the parsed body; stream: the assembled message
+    #: A stream that failed after ``message_start``: the message as far as it came (model,
+    #: usage as reported so far, partial text). The row keeps it: the input was processed.
+    partial: dict[str, Any] | None = None
     parsed: Any = None  # the decoded JSON body of a non-stream response, whatever it is
     raw_body: bytes | None = None
     error_type: str | None = None
@@ -303,6 +306,8 @@ class GatewayClient:
         try:
             exchange = await wire.post(body, extra, sink)
         except WireError as exc:
+            if sink is not None:
+                sink.keep_partial()
             partial = exc.exchange
             if partial is not None:
                 attempt.http_status = partial.status
@@ -469,13 +474,19 @@ def _excerpt(raw: bytes, prefix: str) -> str:
 
 async def _read_stream(response: httpx.Response, attempt: Attempt) -> None:
     sink = StreamSink(attempt)
-    async for chunk in response.aiter_raw():
-        try:
-            if sink(chunk, time.perf_counter()):
+    try:
+        async for chunk in response.aiter_raw():
+            try:
+                if sink(chunk, time.perf_counter()):
+                    return
+            except Exception as exc:  # the same outcome as on the wire path
+                why = f"response body could not be processed: {exc!r}"
+                _fail(attempt, ERROR_INVALID_RESPONSE, why)
+                sink.keep_partial()
                 return
-        except Exception as exc:  # the same outcome as on the wire path
-            _fail(attempt, ERROR_INVALID_RESPONSE, f"response body could not be processed: {exc!r}")
-            return
+    except BaseException:  # a dropped connection, a timeout: what came is still known
+        sink.keep_partial()
+        raise
     sink.finish()
 
 
@@ -506,10 +517,12 @@ class StreamSink:
                 _fail(
                     attempt, assembler.error_type or "stream_error", assembler.error_message or ""
                 )
+                self.keep_partial()
                 return True
             elif kind == StreamAssembler.STOP:
                 if assembler.lost is not None:  # an ok row would pass off a partial answer
                     _fail(attempt, ERROR_INVALID_RESPONSE, f"the stream sent {assembler.lost}")
+                    self.keep_partial()
                     return True
                 attempt.message = assembler.message()
                 return True
@@ -531,6 +544,14 @@ class StreamSink:
         else:
             attempt.transport_failure = True
             _fail(attempt, ERROR_STREAM_INCOMPLETE, "stream ended before message_stop")
+        self.keep_partial()
+
+    def keep_partial(self) -> None:
+        """The stream failed: keep the message as far as it came, if it began (its usage says
+        what the request was charged for so far)."""
+        attempt = self.attempt
+        if attempt.message is None and attempt.partial is None and self.assembler.began:
+            attempt.partial = self.assembler.message()
 
 
 #: Delta type -> the block field its parts are joined into, and the delta's value key.
@@ -643,6 +664,11 @@ class StreamAssembler:
             self.error_message = str(err.get("message", "")) if isinstance(err, dict) else ""
             return self.ERROR
         return self.OTHER
+
+    @property
+    def began(self) -> bool:
+        """Whether ``message_start`` (or a ``message_delta``) arrived."""
+        return self._msg is not None
 
     def message(self) -> dict[str, Any]:
         msg = self._msg if self._msg is not None else {"type": "message"}

@@ -302,6 +302,14 @@ def fill_attempt(row: dict[str, Any], attempt: Attempt, ctx: ExecContext) -> Non
                 row["response_json"] = orjson.dumps(message).decode()
         if not ctx.keep_response_text:
             row["response_text"] = None
+    elif attempt.partial is not None:
+        # A stream that failed midway: its model, usage so far (priced like any row's) and
+        # the text that came. Not a TPOT: the answer is not whole.
+        fill_message(row, attempt.partial)
+        if ctx.keep_response_json:
+            row["response_json"] = orjson.dumps(attempt.partial).decode()
+        if not ctx.keep_response_text:
+            row["response_text"] = None
 
 
 def fill_itl(row: dict[str, Any], times: list[float]) -> None:

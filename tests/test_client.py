@@ -160,6 +160,11 @@ async def test_stream_error_event(server: Server, make_client) -> None:
     )
     assert (attempt.error_type, attempt.error_message) == ("overloaded_error", "mid-stream")
     assert len(attempt.token_times) == 1
+    # What came before the error is kept: message_start's usage (the input was processed,
+    # cache writes made) and the text so far.
+    assert attempt.message is None and attempt.partial is not None
+    assert attempt.partial["usage"] == MESSAGE["usage"]
+    assert attempt.partial["content"] == [{"type": "text", "text": "h"}]
 
 
 async def test_stream_that_cannot_be_assembled_is_invalid_response(
@@ -201,6 +206,7 @@ async def test_stream_without_message_stop(server: Server, make_client) -> None:
     script = {"status": 200, "chunks": STREAM_OK[:-1]}
     attempt = await send(make_client(server.url("/script")), script, stream=True)
     assert attempt.error_type == ERROR_STREAM_INCOMPLETE and attempt.transport_failure
+    assert attempt.partial is not None and attempt.partial["usage"]["output_tokens"] == 2
 
 
 async def test_stream_cut_by_the_server(server: Server, make_client) -> None:
@@ -209,6 +215,8 @@ async def test_stream_cut_by_the_server(server: Server, make_client) -> None:
     assert attempt.error_type in (ERROR_CONNECTION, ERROR_STREAM_INCOMPLETE)
     assert attempt.transport_failure and attempt.http_status == 200
     assert len(attempt.token_times) == 2  # what arrived before the cut is kept
+    assert attempt.partial is not None and attempt.partial["id"] == MESSAGE["id"]
+    assert attempt.partial["content"] == [{"type": "text", "text": "hi"}]
 
 
 async def test_stream_request_with_error_status_reads_the_envelope(

@@ -8,6 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 import orjson
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -141,17 +142,31 @@ def test_stalled_requests_time_out_as_rows(make_emulator, requests_file, tmp_pat
 
 def test_mid_stream_error_is_an_error_row(make_emulator, requests_file, tmp_path):
     with make_emulator(fault_midstream=1.0) as emu:
-        run(
+        result = run(
             requests_file(4),
             emu.base_url,
             tmp_path / "out",
             mode="stream",
             retry=RetryPolicy(max_retries=0),
         )
+        truth = {t["request_id"]: t for t in emu.ground_truth()}
     rows = read_rows(tmp_path / "out")
     assert set(rows["status"]) == {"error"}
     assert set(rows["http_status"]) == {200}
     assert rows["error_type"].notna().all()
+    # What the stream said before failing stays in the row: the model, the usage reported in
+    # message_start (the input was processed, so it is priced), and the text that came.
+    # Before, all of it was dropped and the run's tokens and cost missed these requests.
+    for row in rows.itertuples():
+        t = truth[row.request_id]
+        assert (row.model, row.response_id) == (t["model"], t["response_id"])
+        assert row.input_tokens == t["input_tokens"] > 0
+        assert row.cache_read_input_tokens == t["cache_read_input_tokens"]
+        assert row.content_deltas == t["error_after_tokens"]
+        assert len(row.response_text) > 0
+        assert pd.isna(row.stop_reason) and pd.isna(row.tpot_s)
+    assert result.summary["tokens"]["input"] == rows["input_tokens"].sum()
+    assert result.summary["cost"]["total_usd"] > 0
 
 
 def test_dropped_connections_are_connection_errors(make_emulator, requests_file, tmp_path):
