@@ -17,6 +17,10 @@ from typing import Any, TextIO
 
 RECENT_LATENCIES = 2048
 REFRESH_S = 0.5
+#: With requests in flight and none finished for this long, the line says so instead of an
+#: ETA (which, from the run's average rate, would read 0:00 while stalled requests wait out a
+#: 600 s read timeout).
+STALL_S = 5.0
 
 
 class LiveStats:
@@ -34,9 +38,11 @@ class LiveStats:
         self.rejected = 0
         self.jobs: Any = None  # async mode: a JobCounters (submitted, outstanding, polls)
         self._latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
+        self.last_done = self.started
 
     def record(self, row: dict[str, Any]) -> None:
         self.done += 1
+        self.last_done = time.perf_counter()
         status = row.get("status")
         self.by_status[status] += 1
         if status != "ok":
@@ -77,7 +83,10 @@ class LiveStats:
         p50 = self.latency_p50()
         if p50 is not None:
             parts.append(f"p50 {p50 * 1000:,.0f} ms")
-        if self.total and rate > 0:
+        quiet_s = time.perf_counter() - self.last_done
+        if self.in_flight and quiet_s >= STALL_S:
+            parts.append(f"none finished for {_fmt_duration(quiet_s)}")
+        elif self.total and rate > 0:
             left = max(0, self.total - finished - self.rejected)
             parts.append(f"ETA {_fmt_duration(left / rate)}")
         return " | ".join(parts)

@@ -34,6 +34,21 @@ def test_line_shows_counts_rate_errors_in_flight_latency_and_eta():
     assert stats.errors_by_type == {"api_error": 1, "timeout": 1}
 
 
+def test_stalled_requests_show_how_long_nothing_finished_instead_of_an_eta():
+    # All sent, 3 in flight that a stalled gateway holds: an ETA from the average rate read
+    # 0:00 for up to the 600 s read timeout.
+    stats = LiveStats(total=10)
+    for _ in range(7):
+        stats.record(row())
+    stats.in_flight = 3
+    assert "ETA" in stats.line() and "none finished" not in stats.line()
+    stats.last_done -= 75.0
+    line = stats.line()
+    assert "none finished for 1:15" in line and "ETA" not in line
+    stats.in_flight = 0  # nothing in flight: nothing is stalled
+    assert "none finished" not in stats.line()
+
+
 async def test_display_draws_on_a_terminal_and_clears_at_the_end():
     stream = FakeTTY()
     stats = LiveStats(total=5)
