@@ -200,6 +200,11 @@ class GatewayClient:
         """Whether :meth:`probe` works: with our own connections, not a caller's transport."""
         return self._wire is not None
 
+    @property
+    def connected_once(self) -> bool:
+        """Whether a connection to the gateway was ever made (with our own connections)."""
+        return self._wire is not None and self._wire.connected_once
+
     async def probe(self) -> str | None:
         """Try one new connection to the gateway: ``None`` if it could be made, else why not."""
         assert self._wire is not None, "probe needs our own connections (see can_probe)"

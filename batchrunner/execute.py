@@ -88,7 +88,6 @@ async def execute(
     first_sent: float | None = None
     first_sent_at: float | None = None
     attempt: Attempt | None = None
-    outage = ctx.outage
     try:
         while True:
             if ctx.throttle is not None:
@@ -100,8 +99,6 @@ async def execute(
             if first_sent is None:
                 first_sent, first_sent_at = attempt.sent, attempt.sent_at
             if attempt.ok:
-                if outage is not None and not outage.reached:
-                    outage.reached = True
                 break
             held = await held_for_gateway(ctx, attempt, holds)
             if held is False:
@@ -136,13 +133,7 @@ async def held_for_gateway(ctx: ExecContext, attempt: Attempt, holds: int) -> bo
     never saw it); ``False`` when the request ends as cancelled (the gateway stayed unreachable,
     or the run is stopping), never having reached the gateway."""
     outage = ctx.outage
-    if outage is None:
-        return None
-    if not attempt.connect_failed:
-        if attempt.http_status is not None and not outage.reached:
-            outage.reached = True
-        return None
-    if holds >= MAX_HOLDS_PER_REQUEST:
+    if outage is None or not attempt.connect_failed or holds >= MAX_HOLDS_PER_REQUEST:
         return None
     if ctx.stopping():
         return False

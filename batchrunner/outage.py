@@ -37,6 +37,7 @@ class GatewayOutage:
 
     :param probe: tries one new connection.
     :param limit_s: longest outage waited out (``--max-outage``).
+    :param reached: whether a connection to the gateway was ever made in this session.
     :param on_down: called with the error text when the gateway is first found down.
     :param on_up: called with the outage's length and how many attempts were waiting.
     :param on_give_up: called with a message once the outage lasted too long.
@@ -47,6 +48,7 @@ class GatewayOutage:
         probe: Probe,
         limit_s: float,
         *,
+        reached: Callable[[], bool] = lambda: True,
         on_down: Callable[[str], None] = lambda error: None,
         on_up: Callable[[float, int], None] = lambda seconds, waiting: None,
         on_give_up: Callable[[str], None] = lambda message: None,
@@ -60,8 +62,7 @@ class GatewayOutage:
         self._on_give_up = on_give_up
         self._interval = probe_interval_s
         self._never_reached_limit_s = never_reached_limit_s
-        #: Whether any attempt of this session got an HTTP answer (set by the callers).
-        self.reached = False
+        self._reached = reached
         self.gave_up = False
         self.waiting = 0
         self.outages = 0
@@ -94,10 +95,14 @@ class GatewayOutage:
 
     async def _watch(self, error: str) -> None:
         started = time.monotonic()
-        limit = self.limit_s if self.reached else min(self.limit_s, self._never_reached_limit_s)
+        reached = self._reached()
+        limit = self.limit_s if reached else min(self.limit_s, self._never_reached_limit_s)
         while True:
             await asyncio.sleep(self._interval)
-            last = await self._probe()
+            try:
+                last = await self._probe()
+            except Exception as exc:  # never leave the waiters waiting on a dead probe
+                last = f"{type(exc).__name__}: {exc}"
             elapsed = time.monotonic() - started
             if last is None:
                 self._end(True)
@@ -112,7 +117,7 @@ class GatewayOutage:
                     f"the gateway has been unreachable for {elapsed:.0f} s ({error}); "
                     f"{waiting:,} request{'' if waiting == 1 else 's'} waiting for it "
                     f"{'ends' if waiting == 1 else 'end'} as cancelled, which a resume sends again"
-                    + ("" if self.reached else "; check --gateway")
+                    + ("" if reached else "; check --gateway")
                 )
                 return
 

@@ -361,6 +361,7 @@ class _Session:
                 GatewayOutage(
                     self.client.probe,
                     cfg.max_outage_s,
+                    reached=lambda: self.client.connected_once,
                     on_down=self._gateway_down,
                     on_up=self._gateway_up,
                     on_give_up=self._gateway_gone,

@@ -381,6 +381,8 @@ class WirePool:
         period = min(limits) * _WATCH_FRACTION if limits else _WATCH_PERIOD_MAX_S
         self._watch_period = max(_WATCH_PERIOD_MIN_S, min(_WATCH_PERIOD_MAX_S, period))
         self._closed = False
+        #: Whether a connection was ever made (a gateway that was reachable, unlike a typo).
+        self.connected_once = False
 
     async def post(
         self, body: bytes, extra_headers: bytes = b"", sink: Sink | None = None
@@ -494,6 +496,7 @@ class WirePool:
             ) from None
         except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
             raise WireError(CONNECT, f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        self.connected_once = True
         return conn
 
     async def probe(self) -> str | None:

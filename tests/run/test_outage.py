@@ -110,7 +110,6 @@ async def test_waiters_go_on_together_once_a_probe_connects():
         on_down=lambda e: seen.append(("down", e)),
         on_up=lambda s, n: seen.append(("up", n)),
     )  # fmt: skip
-    outage.reached = True
     results = await asyncio.wait_for(
         asyncio.gather(*(outage.hold("refused at first") for _ in range(5))), timeout=10
     )
@@ -130,10 +129,9 @@ async def test_an_outage_past_its_limit_gives_up_and_later_failures_do_not_wait(
     probe, calls = scripted(["still refused"])
     messages: list[str] = []
     outage = GatewayOutage(
-        probe, limit, probe_interval_s=0.01, never_reached_limit_s=0.05,
-        on_give_up=messages.append,
+        probe, limit, reached=lambda: reached, probe_interval_s=0.01,
+        never_reached_limit_s=0.05, on_give_up=messages.append,
     )  # fmt: skip
-    outage.reached = reached
     results = await asyncio.wait_for(
         asyncio.gather(outage.hold("refused"), outage.hold("refused")), timeout=10
     )
@@ -142,6 +140,20 @@ async def test_an_outage_past_its_limit_gives_up_and_later_failures_do_not_wait(
     assert ("check --gateway" in messages[0]) is not reached
     probes = len(calls)
     assert await outage.hold("refused") is False and len(calls) == probes
+
+
+async def test_a_probe_that_raises_counts_as_unreachable():
+    calls = []
+
+    async def broken() -> str | None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("boom")
+        return None
+
+    outage = GatewayOutage(broken, 60.0, probe_interval_s=0.01)
+    assert await asyncio.wait_for(outage.hold("refused"), timeout=10) is True
+    assert len(calls) == 3
 
 
 async def test_closing_releases_the_waiters_and_stops_probing():
