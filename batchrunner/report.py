@@ -429,7 +429,9 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
     cards_by_model: dict[str, Any] = {}
     for (priced, _day), card in zip(keys, cards, strict=True):
         cards_by_model.setdefault(priced or _NONE, card)  # the first day's card is shown
-    return pd.DataFrame(cols), cards_by_model
+    # copy=False: the columns stay the arrays made above, one block each; consolidating them
+    # into one 2-D block copied every float column (~230 MB more at the peak per million rows).
+    return pd.DataFrame(cols, copy=False), cards_by_model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,7 +512,10 @@ def _section(f: pd.DataFrame, wall: float | None, metrics: Sequence[str]) -> dic
     status = {s: int(counts.get(s, 0)) for s in _STATUSES}
     status.update({str(k): int(v) for k, v in counts.items() if k not in status and v})
     failed = sum(status[s] for s in _FAILED)
-    ok = f[f["status"] == "ok"]
+    # A mask, not the ok rows' frame: that copied every column (~300 MB per million rows)
+    # where only the timing columns are read.
+    ok = (f["status"] == "ok").to_numpy()
+    used = int(ok.sum())
     return {
         "requests": n,
         "status": status,
@@ -524,9 +529,9 @@ def _section(f: pd.DataFrame, wall: float | None, metrics: Sequence[str]) -> dic
             "output_tokens_per_s": _ratio(float(f["tok_output"].sum()), wall),
         },
         "latency": {
-            "rows_used": len(ok),
-            "rows_excluded": n - len(ok),
-            "metrics": {m: stats.distribution(ok[m].to_numpy()) for m in metrics},
+            "rows_used": used,
+            "rows_excluded": n - used,
+            "metrics": {m: stats.distribution(f[m].to_numpy()[ok], owned=True) for m in metrics},
         },
         "tokens": _tokens(f),
         "cost": _cost(f),
