@@ -23,17 +23,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from batchrunner.config import ConfigError, RunConfig
+from batchrunner.schedule_check import schedule_misses  # the open-loop rule, shared with run
 from batchrunner.schema import RequestRecord, Status
 
-#: A stage whose open-loop sends lag their schedule by more than this at p99 could not keep it.
-MAX_SEND_LAG_P99_S = 0.01
-#: An open-loop stage whose sends came at less than this share of the rate of its own schedule
-#: (the instants it drew, over the same requests; not the nominal rate, which a Poisson schedule
-#: of a few requests can miss by far) fell behind it...
-MIN_ACHIEVED_SHARE = 0.95
-#: ... if its sends also took this much longer than their schedule: on a schedule of a few
-#: milliseconds, 5 % is less than the send jitter that the p99 lag bound accepts.
-MIN_SEND_OVERRUN_S = 0.01
 #: Closed loop: client CPU at or above this share of one core means the client is the limit.
 #: (Not applied to open-loop stages: their send lag says directly whether they kept up, and
 #: without a timerfd (not Linux) they spin before each send, so their CPU share says nothing.)
@@ -385,19 +377,8 @@ def verdict(spec: StageSpec, r: dict[str, Any], error_limit: float = ERRORS_VERD
     """
     reasons = []
     if spec.rate is not None:
-        achieved, scheduled = r["achieved_send_rate"], r["scheduled_send_rate"]
-        overrun = r["send_overrun_s"]
-        lag = r["send_lag_s"]["p99"]
-        if (
-            achieved is not None
-            and scheduled is not None
-            and achieved < MIN_ACHIEVED_SHARE * scheduled
-            and overrun is not None
-            and overrun > MIN_SEND_OVERRUN_S
-        ):
-            reasons.append(f"sent {achieved:,.1f}/s of the {scheduled:,.1f}/s scheduled")
-        if lag is not None and lag > MAX_SEND_LAG_P99_S:
-            reasons.append(f"send lag p99 {lag * 1000:,.1f} ms")
+        reasons += schedule_misses(r["achieved_send_rate"], r["scheduled_send_rate"],
+                                   r["send_overrun_s"], r["send_lag_s"]["p99"])
     elif r["client_cpu"] >= CPU_PEGGED:
         reasons.append(f"client CPU {r['client_cpu']:.0%} of a core")
     loop_lag = r.get("loop_lag_p99_s")

@@ -32,6 +32,7 @@ max-width:1340px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:32px 0 6px;border-bottom:2px solid #ddd}
 h3{font-size:14px;margin:18px 0 6px;color:#333}
 p.meta{color:#555;font-size:13px;margin:2px 0}
+p.warn{color:#8a1c12;font-weight:600}
 table{border-collapse:collapse;font-size:12px;margin:4px 0 8px}
 th,td{padding:3px 8px;border-bottom:1px solid #eee;white-space:nowrap}
 th{background:#f6f6f6;text-align:right} td{text-align:right;font-variant-numeric:tabular-nums}
@@ -276,7 +277,7 @@ def render_html(report: dict[str, Any]) -> str:
     for run in report["runs"]:
         header = run_header(run)
         parts.append(f"<h2>{escape(header[0].removeprefix('== '))}</h2>")
-        parts += [f'<p class="meta">{escape(line)}</p>' for line in header[1:]]
+        parts += [f'<p class="{_header_class(line)}">{escape(line)}</p>' for line in header[1:]]
         tables = run_tables(run, prices, report["group_by"])
         if run.get("stages"):
             # A bench's answer first: the curve and the stage table, then the usual plots.
@@ -286,6 +287,11 @@ def render_html(report: dict[str, Any]) -> str:
         parts += [_table_html(t) for t in tables]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _header_class(line: str) -> str:
+    """A run header line's class: warnings and a schedule not kept stand out."""
+    return "meta warn" if line.startswith(("warning ", "schedule ")) else "meta"
 
 
 def _overrides(prices: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ requests were counted. Works only from the JSON-ready dicts of :mod:`batchrunner
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ __all__ = [
     "run_header",
     "run_keys",
     "run_tables",
+    "schedule_lines",
     "stage_table",
     "warmup_line",
 ]
@@ -70,8 +72,21 @@ def _int(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
+def _pct(value: float | None, decimals: int = 1) -> str:
+    """A share as a percentage; one that is not zero never reads as zero (1 error in 400,000
+    rows is ``0.00025%``, not ``0.0%``)."""
+    if value is None:
+        return "-"
+    return f"{value * 100:z.{_decimals([value], decimals)}f}%"
+
+
+def _decimals(shares: Sequence[float | None], least: int) -> int:
+    """Decimals (at least *least*) for percentages of *shares* so that no share other than
+    zero rounds to zero: two significant digits for the smallest."""
+    small = [abs(v) * 100 for v in shares if v]
+    if not small:
+        return least
+    return min(max(least, 1 - math.floor(math.log10(min(small)))), 12)
 
 
 def _rate(value: float | None) -> str:
@@ -223,6 +238,37 @@ def stage_table(run: dict[str, Any]) -> Table:
     return t
 
 
+#: Requests in flight at this share of the cap or more: the cap was what held sends back.
+_AT_CAP = 0.95
+
+
+def schedule_lines(schedule: dict[str, Any] | None) -> list[str]:
+    """Two ``schedule`` lines when an open loop did not keep its schedule (else none): the
+    figures, then the likely reason (from the in-flight peak when the report measured it)."""
+    if not schedule or schedule["kept"]:
+        return []
+    rates = ", ".join(f"{r:,g}/s" for r in schedule["target_rates"])
+    lag = schedule["send_lag_s"] or {}
+    figures = (f"--rate {rates}, sent {_rate(schedule['achieved_send_rate'])}/s (its schedule "
+               f"{_rate(schedule['scheduled_send_rate'])}/s), send lag p99 "
+               f"{fmt_duration(lag.get('p99'))}, max {fmt_duration(lag.get('max'))} (queue_wait_s "
+               f"of {schedule['rows_used']:,} sent rows)")
+    caps = schedule["in_flight_caps"]
+    cap = f"-c {', '.join(f'{c:,}' for c in caps)}" if caps else "-c"
+    peak = schedule.get("in_flight_peak")
+    if peak is not None and caps and peak >= _AT_CAP * min(caps):
+        why = (f"requests in flight reached the cap ({peak:,}, {cap}): sends waited for the "
+               "gateway's answers (raise -c, or lower --rate)")
+    elif peak is not None and caps:
+        why = (f"requests in flight peaked at {peak:,}, under the cap ({cap}): the client's CPU "
+               "most likely (split the load over processes or machines)")
+    else:
+        why = f"the client's CPU, or the in-flight cap ({cap}) full while the gateway was slow"
+    return [f"schedule   NOT KEPT: {figures}",
+            f"           likely cause: {why}; total_s and queue_wait_s include this lag, "
+            "latency_s does not"]
+
+
 def warmup_line(run: dict[str, Any]) -> str | None:
     """``warm-up rows excluded: N (...)`` for a bench run, else None."""
     st = run.get("stages")
@@ -283,6 +329,8 @@ def run_header(run: dict[str, Any]) -> list[str]:
     warm = warmup_line(run)
     if warm:
         out.append(f"bench      {warm}")
+    out += schedule_lines(run.get("schedule"))
+    out += [f"warning    {w}" for w in run.get("warnings") or []]
     return out
 
 
@@ -431,19 +479,29 @@ def _run_text(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) ->
     return out
 
 
-def _fmt_figure(name: str, value: Any, delta: bool = False) -> str:
+def _fmt_figure(name: str, value: Any, delta: bool = False, decimals: int = 2) -> str:
     if value is None:
         return "-"
     sign = "+" if delta and value > 0 else ""
     if "usd" in name:
         return sign + fmt_usd(value)
-    if name == "error_rate":
-        return f"{sign}{value * 100:z.2f}{'pp' if delta else '%'}"
+    if name == "error_rate":  # *decimals*: the row's, so that its values and deltas agree
+        places = decimals if value else 2  # a plain zero stays 0.00
+        return f"{sign}{value * 100:z.{places}f}{'pp' if delta else '%'}"
     if name.endswith(("p50", "p90", "p95", "p99", "max", "mean")):
         return sign + fmt_duration(value)
     if name.endswith("_per_s"):
         return sign + _rate(value)
     return sign + _int(value)
+
+
+def _delta_pct(pct: float | None, base: Any, value: Any) -> str:
+    """A Δ% cell: ``from 0`` when the baseline is 0 and the run is not (no percentage of 0)."""
+    if pct is not None:
+        return f"{pct:+z.1f}%"  # z: a change that rounds to zero reads +0.0%, as no change does
+    if base == 0 and value:
+        return "from 0"
+    return "-"
 
 
 def comparison_tables(cmp: dict[str, Any]) -> list[Table]:
@@ -456,10 +514,15 @@ def comparison_tables(cmp: dict[str, Any]) -> list[Table]:
         rows = []
         for fig in figures:
             name = fig["figure"]
-            rows.append([*prefix, name, *(_fmt_figure(name, v) for v in fig["values"]),
-                         *(_fmt_figure(name, d, delta=True) for d in fig["delta"]),
-                         # z: a change that rounds to zero reads +0.0%, as no change does
-                         *("-" if p is None else f"{p:+z.1f}%" for p in fig["delta_pct"])])
+            # Enough decimals that no value other than 0 shows as 0 (1 error in 400,000 rows
+            # against none: 0.00025% → 0.00%, -100.0%, read as a contradiction).
+            places = _decimals(fig["values"], 2) if name == "error_rate" else 2
+            rows.append([*prefix, name, *(_fmt_figure(name, v, decimals=places)
+                                          for v in fig["values"]),
+                         *(_fmt_figure(name, d, delta=True, decimals=places)
+                           for d in fig["delta"]),
+                         *(_delta_pct(p, fig["values"][0], v) for p, v in zip(
+                             fig["delta_pct"], fig["values"][1:], strict=True))])
         return rows
 
     title = f"Figures (baseline {cmp['baseline']}; Δ = run - baseline)"
@@ -521,6 +584,7 @@ def format_short(summary: dict[str, Any]) -> str:
     if summary["error_types"]:
         top = sorted(summary["error_types"].items(), key=lambda kv: -kv[1])[:6]
         lines.append("errors     " + ", ".join(f"{k} {v:,}" for k, v in top))
+    lines += schedule_lines(summary.get("schedule"))
     if summary["requests_per_s"] is not None:
         span = summary.get("span_s")
         gaps = (f" of sending (the rows span {fmt_duration(span)}, with the gaps between "

@@ -65,6 +65,7 @@ from batchrunner.rundir import (
     input_fingerprint,
     read_run_json,
 )
+from batchrunner.schedule_check import open_loop_sessions
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
 from batchrunner.store import (
@@ -1228,6 +1229,7 @@ async def _finish(
             store.iter_batches(SUMMARY_COLUMNS),
             reread=store.iter_batches,
             session_starts=session_starts(info),
+            schedule=open_loop_sessions(info),
         ),
     )
     if outstanding:

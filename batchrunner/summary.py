@@ -35,10 +35,12 @@ from batchrunner.report import (
     _ratio,
     _section,
     add_to_windows,
+    failed_types,
     summarize_table,
 )
 from batchrunner.report_stats import SessionWindows
 from batchrunner.report_text import format_short
+from batchrunner.schedule_check import ScheduleCheck
 
 __all__ = ["SUMMARY_COLUMNS", "format_summary", "summarize", "summarize_batches"]
 
@@ -46,24 +48,33 @@ __all__ = ["SUMMARY_COLUMNS", "format_summary", "summarize", "summarize_batches"
 # costs tens of MB; 16,384-row slices keep the peak of 1M rows ~60 MB lower at the same speed.
 _SLICE_ROWS = 16_384
 
+# The send lag's entry among the percentiles' passes: queue_wait_s of every sent row of an
+# open-loop session, whatever its status (the metrics' entries are over ok rows).
+_SEND_LAG = "send lag"
+
 # Values the percentiles' second pass may hold at once, over all the metrics read together
 # (8 MB): the values of one clustered metric can fill the bins it needs (see quantiles.py).
 _KEEP_BUDGET = 1 << 20
 
 
-def summarize(table: pa.Table, session_starts: Sequence[float] = ()) -> dict[str, Any]:
+def summarize(table: pa.Table, session_starts: Sequence[float] = (),
+              schedule: Sequence[tuple[Any, ...]] = ()) -> dict[str, Any]:
     """Counts, throughput, percentiles, token totals and cost of a run's rows.
 
     :param table: rows with at least :data:`SUMMARY_COLUMNS`.
     :param session_starts: when each session of the run began (``run.json``'s sessions):
         ``wall_s`` then sums the sessions' windows, so that the rates leave out the time
         between a stop and its resume; ``span_s`` is first row to last either way.
-    :return: a JSON-serialisable dict (stable keys): ``requests``, ``status``, ``error_types``,
-        ``wall_s``, ``span_s``, ``requests_per_s``, ``output_tokens_per_s``, one entry per
-        timing column (``latency_s``, ``ttft_s``, ``total_s``, ...: ``n``, ``mean``, ``p50``,
-        ``p90``, ``p95``, ``p99``, ``max`` over ok rows, or None), ``tokens`` and ``cost``.
+    :param schedule: each session's start, ``--rate`` and in-flight cap
+        (:func:`~batchrunner.schedule_check.open_loop_sessions` of ``run.json``).
+    :return: a JSON-serialisable dict (stable keys): ``requests``, ``status``, ``error_types``
+        (failed rows: error, timeout, expired; cancelled rows only in ``status``), ``wall_s``,
+        ``span_s``, ``requests_per_s``, ``output_tokens_per_s``, one entry per timing column
+        (``latency_s``, ``ttft_s``, ``total_s``, ...: ``n``, ``mean``, ``p50``, ``p90``,
+        ``p95``, ``p99``, ``max`` over ok rows, or None), ``tokens``, ``cost`` and
+        ``schedule`` (whether an open loop kept its schedule; None for a closed loop).
     """
-    return summarize_table(table, session_starts=session_starts)
+    return summarize_table(table, session_starts=session_starts, schedule=schedule)
 
 
 def summarize_batches(
@@ -72,6 +83,7 @@ def summarize_batches(
     *,
     reread: Callable[[list[str]], Iterable[pa.Table]] | None = None,
     session_starts: Sequence[float] = (),
+    schedule: Sequence[tuple[Any, ...]] = (),
 ) -> dict[str, Any]:
     """:func:`summarize` of the rows of all *batches*, holding one batch at a time.
 
@@ -87,6 +99,7 @@ def summarize_batches(
         one more pass over the timing columns (:class:`~batchrunner.quantiles.TwoPassPercentiles`),
         and memory no longer grows with the rows.
     :param session_starts: as for :func:`summarize`.
+    :param schedule: as for :func:`summarize`.
     :return: the dict :func:`summarize` returns for the same rows (floats up to rounding).
     """
     book = book or PriceBook()
@@ -100,7 +113,9 @@ def summarize_batches(
     seen_models: dict[str, int] = {}  # first appearance, the order summarize() lists them in
     windows = SessionWindows(session_starts)
     ok_values: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-    two_pass = {m: TwoPassPercentiles() for m in METRICS}
+    two_pass = {m: TwoPassPercentiles() for m in (*METRICS, _SEND_LAG)}
+    check = ScheduleCheck(schedule)
+    lag_values: list[np.ndarray] = []
     for batch in _slices(batches, _SLICE_ROWS):
         f, _cards = _frame(batch, (), book)
         # The report's own per-rows figures (no distributions: those need every value).
@@ -108,8 +123,8 @@ def summarize_batches(
         n += section["requests"]
         for key, count in section["status"].items():
             status[key] = status.get(key, 0) + count
-        for e in section["errors"]:
-            errors[e["error_type"]] = errors.get(e["error_type"], 0) + e["count"]
+        for error_type, count in failed_types(section["errors"]).items():
+            errors[error_type] = errors.get(error_type, 0) + count
         t = section["tokens"]
         for c in tokens:
             tokens[c] += t[c]
@@ -121,8 +136,15 @@ def summarize_batches(
         for model in f["model_key"].cat.categories:
             seen_models.setdefault(str(model), len(seen_models))
         add_to_windows(windows, f)
+        if check.open_loop:
+            lag = _send_lags(check, f["scheduled_at"].to_numpy(), f["queue_wait_s"].to_numpy())
+            check.add(f["scheduled_at"].to_numpy(), f["sent_at"].to_numpy())
+            if reread is not None:
+                two_pass[_SEND_LAG].count(lag)
+            elif lag.size:
+                lag_values.append(lag)
         ok = (f["status"] == "ok").to_numpy()
-        for m in METRICS:
+        for m in METRICS:  # not _SEND_LAG: its values are all sent rows' (above)
             values = f[m].to_numpy()[ok]
             values = values[~np.isnan(values)]
             if reread is not None:
@@ -138,8 +160,7 @@ def summarize_batches(
     out: dict[str, Any] = {
         "requests": n,
         "status": {s: status[s] for s in ordered},
-        "error_types": {k: v for k, v in sorted(errors.items(), key=lambda e: (-e[1], e[0]))
-                        if k != _NONE},
+        "error_types": dict(sorted(errors.items(), key=lambda e: (-e[1], e[0]))),
         "wall_s": _num(wall),
         "span_s": _num(windows.span),
         "requests_per_s": _ratio(n, wall),
@@ -148,9 +169,13 @@ def summarize_batches(
     if reread is not None:
         dists: dict[str, dict[str, Any]] = {}
         for group in _reread_groups({m: q.plan() for m, q in two_pass.items() if q.n}):
-            for table in reread(["status", *group]):
+            for table in reread(_reread_columns(group)):
                 ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
                 for m in group:
+                    if m == _SEND_LAG:
+                        two_pass[m].keep(_send_lags(check, _floats(table, "scheduled_at"),
+                                                    _floats(table, "queue_wait_s")))
+                        continue
                     values = _floats(pa.table({m: pc.drop_null(pc.filter(table.column(m), ok))}), m)
                     two_pass[m].keep(values[~np.isnan(values)])  # as in the first pass
             for m in group:
@@ -158,11 +183,15 @@ def summarize_batches(
                 two_pass[m] = TwoPassPercentiles()  # its kept values go now
         for m in METRICS:
             out[m] = dists.get(m)
+        lag_dist = dists.get(_SEND_LAG)
     else:
         for m in METRICS:
             parts = ok_values.pop(m)
             out[m] = stats.distribution(np.concatenate(parts), owned=True) if parts else None
             del parts
+        lag_dist = (stats.distribution(np.concatenate(lag_values), owned=True)
+                    if lag_values else None)
+        del lag_values
     out["tokens"] = {
         "input": tokens["input"], "output": tokens["output"],
         "cache_creation_input": tokens["cache_write_5m"] + tokens["cache_write_1h"],
@@ -179,7 +208,21 @@ def summarize_batches(
         "unpriced_models": sorted(unpriced, key=lambda m: (m == _NONE, seen_models[m])),
         "prices": f"genai-prices {prices['version']}" if prices["version"] else None,
     }
+    out["schedule"] = check.result(lag_dist)
     return out
+
+
+def _send_lags(check: ScheduleCheck, scheduled_at: np.ndarray, lag: np.ndarray) -> np.ndarray:
+    """The send lags (``queue_wait_s``) the schedule is judged by: open-loop rows', any status."""
+    lag = lag[check.open_rows(scheduled_at)]
+    return lag[~np.isnan(lag)]
+
+
+def _reread_columns(group: Sequence[str]) -> list[str]:
+    names = ["status"] + [m for m in group if m != _SEND_LAG]
+    if _SEND_LAG in group:
+        names += [c for c in ("scheduled_at", "queue_wait_s") if c not in names]
+    return names
 
 
 def _reread_groups(kept: dict[str, int]) -> list[list[str]]:

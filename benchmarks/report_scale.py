@@ -13,12 +13,16 @@ for ``--by metadata.KEY``). Then times the command a user types, each in a fresh
 3. ``batchrunner report RUN --by model --by metadata.task --html FILE``: every table per group,
    plus the HTML page with its plots.
 
+Each line also gives the peak resident memory of that report process (``wait4``'s
+``ru_maxrss``).
+
 Usage: ``python benchmarks/report_scale.py [--rows N] [--keep DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -123,6 +127,20 @@ def build(run_dir: Path, rows: int) -> None:
          "config": {"mode": "stream"}}))
 
 
+def _report(run_dir: Path, extra: list[str]) -> tuple[str, int]:
+    """``batchrunner report RUN *extra`` in a fresh process: its stdout and its own peak RSS
+    (kB, from wait4: this process's other children do not count)."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-m", "batchrunner", "report", str(run_dir),
+                                 *extra], stdout=out, stderr=subprocess.DEVNULL)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise SystemExit(f"report exited {proc.returncode}")
+        out.seek(0)
+        return out.read().decode(), usage.ru_maxrss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -144,12 +162,12 @@ def main() -> None:
         figures = []
         for label, extra in cases:
             t = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "batchrunner", "report", str(run_dir),
-                                   *extra], capture_output=True, check=True, text=True)
+            stdout, peak_kb = _report(run_dir, extra)
             elapsed = time.perf_counter() - t
             figures.append(elapsed)
-            print(f"{label:<52} {elapsed:6.2f} s  ({len(proc.stdout) / 1e3:,.0f} kB stdout)")
-        total = [ln for ln in proc.stdout.splitlines() if ln.startswith("  total ")]
+            print(f"{label:<52} {elapsed:6.2f} s  peak RSS {peak_kb / 1e3:,.0f} MB  "
+                  f"({len(stdout) / 1e3:,.0f} kB stdout)")
+        total = [ln for ln in stdout.splitlines() if ln.startswith("  total ")]
         print("cost line:", total[0].strip() if total else "?")
         print(f"HTML: {html.stat().st_size / 1e6:.2f} MB")
         print(f"target: <= 10 s for the report with cost on {args.rows:,} rows -> "

@@ -17,7 +17,8 @@ EXIT_CODES_HELP = """\b
 Exit codes:
   0  report written
   1  internal error (set BATCHRUNNER_DEBUG=1 for the traceback)
-  2  bad usage: a missing or non-run directory, an unknown --by key, a bad --prices file"""
+  2  bad usage: a missing path, a file, a non-run directory, an unknown --by key, a bad
+     --prices file (an unreadable run.json beside data/ is a warning, not an error)"""
 
 
 class ReportUsageError(click.ClickException):

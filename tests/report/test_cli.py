@@ -8,13 +8,14 @@ from click.testing import CliRunner
 
 from batchrunner.cli import main
 
-from .conftest import row
+from .conftest import T0, row
 
 #: The documented top-level keys of ``--json`` (docs/report.md): a change here is a contract change.
 TOP_KEYS = {"report_version", "generated_at", "prices", "group_by", "rows_used", "runs"}
 RUN_KEYS = {"name", "run_dir", "run_id", "mode", "status", "gateway", "rows", "journal_rows",
             "outstanding_jobs", "collect_before",
-            "window", "metrics", "overall", "groups", "cost_by_model", "timeline", "stages"}
+            "window", "metrics", "overall", "groups", "cost_by_model", "timeline", "schedule",
+            "stages", "warnings"}
 SECTION_KEYS = {"requests", "status", "ok_rate", "error_rate", "errors", "throughput", "latency",
                 "tokens", "cost"}
 
@@ -128,3 +129,46 @@ def test_journal_rows_of_a_crashed_run_are_included(make_run):
     assert "rows read from journal/ (the run is going, or crashed: resume it)" in invoke(
         str(run_dir)
     ).output
+
+
+def test_a_parquet_part_given_as_run_dir_is_named_a_file_with_its_run_dir(make_run, tmp_path):
+    run_dir = make_run([row()])
+    part = run_dir / "data" / "part-000001.parquet"
+    result = invoke(str(part))
+    assert result.exit_code == 2
+    assert result.output == (f"Error: {part} is a file, not a directory: report takes run "
+                             f"directories; this file is in the run directory {run_dir}\n")
+    loose = tmp_path / "loose.parquet"
+    loose.write_bytes(part.read_bytes())
+    assert invoke(str(loose)).output == (f"Error: {loose} is a file, not a directory: report "
+                                         "takes run directories\n")
+
+
+def test_a_corrupt_run_json_still_gives_the_rows_report_with_a_warning(make_run):
+    # Two sessions an hour apart; without run.json the rates can only be over the rows' span.
+    rows = [row(input_index=0), row(custom_id="1", input_index=1, scheduled_at=T0 + 3600,
+                                    sent_at=T0 + 3600, completed_at=T0 + 3600.1)]
+    run_dir = make_run(rows, info={"sessions": [{"started_at": T0 - 1},
+                                                {"started_at": T0 + 3599}]})
+    intact = orjson.loads(invoke(str(run_dir), "--json").output)["runs"][0]
+    (run_dir / "run.json").write_text('{"run_id": "r", "name": ')  # cut short by a full disk
+    result = invoke(str(run_dir))
+    assert result.exit_code == 0, result.output
+    assert (f"warning    {run_dir / 'run.json'} is not valid JSON: ") in result.output
+    assert ("; reported from the rows alone, without what run.json holds: the run's status, "
+            "config (--rate, so no open-loop schedule check), gateway and outstanding async "
+            "jobs, and its sessions (rates are over the rows' whole span, gaps between sessions "
+            "included)") in result.output
+    assert "requests  ok  error" in result.output  # the tables are there
+    doc = orjson.loads(invoke(str(run_dir), "--json").output)["runs"][0]
+    assert doc["rows"] == 2 and doc["status"] is None and doc["mode"] == "sync"
+    assert len(doc["warnings"]) == 1 and intact["warnings"] == []
+    assert intact["window"]["active_s"] == pytest.approx(0.2)
+    assert doc["window"]["active_s"] == pytest.approx(3600.1)
+    # Without data/ there is nothing to report from: still a usage error.
+    (run_dir / "data" / "part-000001.parquet").unlink()
+    for part in (run_dir / "data").iterdir():
+        part.unlink()
+    (run_dir / "data").rmdir()
+    result = invoke(str(run_dir))
+    assert result.exit_code == 2 and "is not valid JSON" in result.output

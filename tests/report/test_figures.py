@@ -7,10 +7,13 @@ import math
 
 import numpy as np
 import orjson
+import pyarrow.parquet as pq
 import pytest
 
 from batchrunner import report_stats as stats
 from batchrunner.report import build_report, compare, load_run, summarize_table
+from batchrunner.report_text import comparison_tables, format_short, run_tables
+from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
 
 from .conftest import T0, row, to_table
 
@@ -340,3 +343,46 @@ def test_a_session_that_only_collected_counts_from_its_own_start():
     windows.add(np.array([101.0, 102.0]), np.array([105.0, 110.0]))  # sent and done in session 1
     windows.add(np.array([np.nan, np.nan]), np.array([203.0, 206.0]))  # polled by session 2
     assert windows.active == pytest.approx(9.0 + 6.0)
+
+
+def test_the_summary_errors_line_leaves_cancelled_rows_to_the_counts(make_run):
+    # As in the report's error rate: cancelled rows are neither answered nor failed.
+    rows = mixed_rows(40) + [
+        row(custom_id=f"c{i}", input_index=100 + i, status="cancelled", error_type="cancelled",
+            error_message="the run was stopped", completed_at=T0 + 1) for i in range(4)]
+    run_dir = make_run(rows, parts=2)
+    whole = summarize_table(to_table(rows))
+    parts = sorted((run_dir / "data").glob("part-*.parquet"))
+    streamed = summarize_batches(pq.read_table(p, columns=SUMMARY_COLUMNS) for p in parts)
+    for s in (whole, streamed):
+        assert s["status"] == {"ok": 36, "error": 2, "timeout": 2, "cancelled": 4}
+        assert s["error_types"] == {"overloaded_error": 2, "timeout": 2}
+        lines = format_short(s).splitlines()
+        assert "requests   44  (cancelled 4, error 2, ok 36, timeout 2)" in lines
+        assert "errors     overloaded_error 2, timeout 2" in lines
+
+
+def test_a_comparison_never_rounds_a_rate_into_its_own_delta(make_run):
+    # 1 error in 400,000 rows against none: "0.00% → 0.00%, Δ% -100.0%" read as a contradiction.
+    figures = [
+        {"figure": "error_rate", "values": [1 / 400_000, 0.0], "delta": [-1 / 400_000],
+         "delta_pct": [-100.0]},
+        {"figure": "error_rate", "values": [0.0, 1 / 400_000], "delta": [1 / 400_000],
+         "delta_pct": [None]},
+        {"figure": "error_rate", "values": [0.0, 0.0], "delta": [0.0], "delta_pct": [None]},
+    ]  # fmt: skip
+    cmp = {"runs": ["a", "b"], "baseline": "a", "overall": figures, "cost_by_model": [],
+           "groups": []}  # fmt: skip
+    rows = comparison_tables(cmp)[0].rows
+    assert rows[0] == ["error_rate", "0.00025%", "0.00%", "-0.00025pp", "-100.0%"]
+    assert rows[1] == ["error_rate", "0.00%", "0.00025%", "+0.00025pp", "from 0"]
+    assert rows[2] == ["error_rate", "0.00%", "0.00%", "0.00pp", "-"]
+    # The same in a real report, and in the per-run table: one error is not "0.0%".
+    many = [row(custom_id=str(i), input_index=i) for i in range(39_999)]
+    bad = row(custom_id="x", input_index=39_999, status="error", error_type="api_error")
+    good = row(custom_id="x", input_index=39_999)
+    report = build_report([load_run(make_run([*many, bad])), load_run(make_run([*many, good]))])
+    text = [r for r in comparison_tables(report["comparison"])[0].rows if r[0] == "error_rate"]
+    assert text == [["error_rate", "0.0025%", "0.00%", "-0.0025pp", "-100.0%"]]
+    requests = run_tables(report["runs"][0], report["prices"], [])[0]
+    assert requests.rows == [["40,000", "39,999", "1", "0", "0", "0", "0.0025%"]]
