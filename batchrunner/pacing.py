@@ -111,8 +111,9 @@ class RateCeiling:
     start in the order they came. Without it every waiter polled, up to 64,000 wake-ups a second
     with ``-c 64``: 64 workers held at 1,000/s burnt 0.66 CPU-s in 2.9 s, against 0.12 with the
     lock (at 18,000/s: 0.8-1.1 against 0.5-0.67), and started in no particular order. One
-    poller reaches the rate ~0.3 % later than 64 staggered ones did (17,931-17,956/s against
-    17,985-18,039/s for 18,000/s): it stays a ceiling.
+    poller (1 ms steps) reaches the rate a little later than 64 staggered ones did (for
+    18,000/s, 17,931-18,010/s in four runs of five, against 17,985-18,056/s): it stays a
+    ceiling. See docs/benchmarks.md.
 
     :param rate: requests per second (``--max-rate``; ``--rpm`` divides by 60).
     """
