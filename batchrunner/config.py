@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from batchrunner.client import Timeouts, messages_url, redact_url
+from batchrunner.gateway_address import check_port
 from batchrunner.redaction import (
     REDACTED,
     Redactor,
@@ -178,7 +179,9 @@ class RunConfig:
                 raise ConfigError(f"-H {name}: header values cannot contain line breaks")
         if self.gateway is not None:
             try:
-                self.gateway = messages_url(self.gateway)
+                url = messages_url(self.gateway)
+                check_port(self.gateway)  # before it is normalised: "host:" becomes "host"
+                self.gateway = url
             except ValueError as exc:
                 raise ConfigError(f"--gateway: {exc}") from None
         self.source_options()

@@ -45,6 +45,7 @@ from batchrunner.execute import ExecContext, execute
 from batchrunner.fdlimit import ensure_open_files
 from batchrunner.feed import FEED_CHUNK, RecordFeed
 from batchrunner.formats import PARQUET_SUFFIXES
+from batchrunner.gateway_address import check_resolves
 from batchrunner.heap import release_free_heap
 from batchrunner.interrupts import SignalHandlers
 from batchrunner.jobs import Job, JobContext, JobPoller, submit
@@ -612,6 +613,20 @@ def resolve_run_dir(
     return run_dir, info
 
 
+async def check_gateway_resolves(config: RunConfig) -> None:
+    """Resolve the gateway's host once, before anything is created or sent: a mistyped name
+    would otherwise fail every request after its connect retries.
+
+    :raises ConfigError: the host does not resolve (naming it); none with the built-in emulator.
+    """
+    if config.gateway is None:
+        return
+    try:
+        await check_resolves(config.gateway)
+    except ValueError as exc:
+        raise ConfigError(Redactor(config.secret_values())(f"--gateway: {exc}")) from None
+
+
 @contextlib.contextmanager
 def _gateway(config: RunConfig, stderr: TextIO, quiet: bool) -> Iterator[str]:
     """The endpoint URL: the configured gateway, or the built-in emulator started in-process."""
@@ -655,6 +670,9 @@ async def run_session(
     """
     stderr = stderr or sys.stderr
     config.validate()
+    if transport is None and http_client is None:
+        # (A caller's own client may reach the gateway through a proxy that resolves it.)
+        await check_gateway_resolves(config)
     if not config.collect_only:
         # Open loop without -c may have up to OPEN_LOOP_MAX_OUTSTANDING in flight: room is made
         # for them if allowed, but a warning is only due for a number the user asked for.
