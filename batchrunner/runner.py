@@ -63,6 +63,7 @@ from batchrunner.rundir import (
     environment,
     find_latest_run,
     input_fingerprint,
+    load_run_json,
     read_run_json,
 )
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
@@ -576,7 +577,7 @@ def resolve_run_dir(
     """
     if config.out is not None:
         run_dir = config.out
-        info = read_run_json(run_dir)
+        info = load_run_json(run_dir, "give another --out to start a new run")
         if info is None and run_dir.exists() and not _died_before_starting(run_dir):
             raise RunDirError(
                 f"--out {run_dir} exists, is not empty and is not a batchrunner run directory"
