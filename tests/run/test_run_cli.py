@@ -424,3 +424,48 @@ def test_a_full_disk_for_rejects_jsonl_aborts_the_run(tmp_path):
     assert done.returncode == 3, done.stderr
     assert f"aborted: cannot write results to {out}: [Errno 27] File too large" in done.stderr
     assert orjson.loads((out / "run.json").read_bytes())["status"] == "aborted"
+
+
+def _failed_line(stderr: str) -> str | None:
+    return next((x for x in stderr.splitlines() if " failed (" in x), None)
+
+
+def test_a_run_finished_with_failed_rows_says_how_to_send_them_again(
+    make_emulator, tmp_path
+):
+    requests = tmp_path / "mixed.jsonl"
+    requests.write_bytes(b"".join(
+        orjson.dumps({"custom_id": f"r{i}", "params": {
+            "model": "claude-retired" if i % 2 else "claude-sonnet-4-5", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}}) + b"\n"
+        for i in range(4)
+    ))  # fmt: skip
+    out = tmp_path / "out"
+    key = "sk-bf-retry-SECRET"
+    with make_emulator(fail_models=("claude-retired",), fail_model_status=400) as emu:
+        args = ("run", str(requests), "--gateway", emu.base_url, "--virtual-key", key,
+                "--out", str(out))  # fmt: skip
+        first = run_cli(*args)
+        # a resume of the complete run sends nothing, and still says it
+        again = run_cli(*args)
+        for done in (first, again):
+            assert done.returncode == 0, done.stderr
+            line = _failed_line(done.stderr)
+            assert line is not None, done.stderr
+            assert line.startswith("2 requests failed (error 2); send them again with: ")
+            assert line.endswith(" (give --virtual-key again)") and key not in done.stderr
+        assert "Resuming run" in again.stderr
+        quiet = run_cli(*args, "-q")
+        assert quiet.returncode == 0 and _failed_line(quiet.stderr) is None, quiet.stderr
+        as_json = run_cli(*args, "--json")
+        assert orjson.loads(as_json.stdout)["summary"]["status"] == {"ok": 2, "error": 2}
+        assert _failed_line(as_json.stderr) is not None
+        # the printed command, with the key given again, sends the failed ones once fixed
+        emu.config.fail_models = ()
+        command = line.split(" again with: ", 1)[1].removesuffix(" (give --virtual-key again)")
+        words = shlex.split(command)
+        assert words[:3] == ["python", "-m", "batchrunner"] and "--retry-failed" in words
+        retried = run_cli(*words[3:], "--virtual-key", key)
+    assert retried.returncode == 0, retried.stderr
+    assert _failed_line(retried.stderr) is None
+    assert set(read_rows(out)["status"]) == {"ok"} and len(read_rows(out)) == 4
