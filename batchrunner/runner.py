@@ -671,6 +671,10 @@ async def run_session(
     """
     stderr = stderr or sys.stderr
     config.validate()
+    if not config.collect_only:
+        for warning in config.check_load_options():
+            if not quiet:
+                print(warning, file=stderr, flush=True)
     if transport is None and http_client is None:
         # (A caller's own client may reach the gateway through a proxy that resolves it.)
         await check_gateway_resolves(config)

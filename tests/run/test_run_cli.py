@@ -16,7 +16,7 @@ import pytest
 
 from batchrunner.emulator.config import Dist
 
-from .conftest import read_rows, run_cli
+from .conftest import read_rows, run_cli, write_requests
 
 pytestmark = pytest.mark.slow
 
@@ -273,6 +273,10 @@ def test_demo_runs_on_the_built_in_emulator(tmp_path):
         (["run", "{set}", "--emulator-profile", "nope"], "--emulator-profile"),
         (["run", "{set}", "--out", "{set}/run"], "cannot use"),  # under a file
         (["run", "{set}", "--out", "/proc/batchrunner-test"], "cannot create the run directory"),
+        # load options that contradict each other: the measurement would not be the one asked
+        (["run", "{set}", "--arrival", "poisson"], "--arrival poisson spaces the arrivals of"),
+        (["run", "{set}", "--rate", "10", "--max-rate", "5"], "--rate 10/s is above the"),
+        (["run", "{set}", "--rate", "10", "--rpm", "300"], "ceiling (5/s)"),
     ],
 )
 def test_usage_errors_exit_2_with_a_clear_message(requests_file, tmp_path, args, message):
@@ -469,3 +473,25 @@ def test_a_run_finished_with_failed_rows_says_how_to_send_them_again(
     assert retried.returncode == 0, retried.stderr
     assert _failed_line(retried.stderr) is None
     assert set(read_rows(out)["status"]) == {"ok"} and len(read_rows(out)) == 4
+
+
+def test_options_that_do_nothing_in_this_run_are_warned_of(tmp_path):
+    requests = write_requests(tmp_path / "set.jsonl", 2)
+    args = ("run", str(requests), "--results-root", str(tmp_path), "--emulator-profile",
+            "instant", "--ttl", "60", "--poll-rate", "5", "--rate", "50", "--max-rate", "100")
+    done = run_cli(*args, "--mode", "stream")
+    assert done.returncode == 0, done.stderr
+    warnings = [x for x in done.stderr.splitlines() if x.startswith("Warning: ")]
+    assert warnings == [
+        "Warning: with --rate, the --max-rate / --rpm ceiling holds back sends whenever they "
+        "and retries go above it (Poisson bursts, retry waves); the delay shows in "
+        "queue_wait_s and total_s",
+        "Warning: --ttl, --poll-rate apply to --mode async only; ignored in --mode stream",
+    ]
+    quiet = run_cli(*args, "-q")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    gateway = run_cli("run", str(requests), "--results-root", str(tmp_path), "--gateway",
+                      "http://127.0.0.1:1", "--emulator-profile", "instant", "--max-retries", "0")
+    assert "Warning: --emulator-profile is for the built-in emulator; ignored with --gateway" in (
+        gateway.stderr
+    )
