@@ -51,6 +51,7 @@ from batchrunner.runner import (
     _drive,
     _gateway,
     _Session,
+    check_gateway_resolves,
     send_phase,
 )
 from batchrunner.schema import RequestRecord
@@ -169,6 +170,7 @@ async def run_bench(
     config.validate()
     run = config.run
     run.validate()
+    await check_gateway_resolves(run)
     records = await asyncio.to_thread(load_records, config)
     name = run.run_name or default_run_name(run.requests or Path("bench"), "bench")
     run_dir = run.out or run.results_root / name

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from batchrunner.client import Timeouts, messages_url, redact_url
+from batchrunner.gateway_address import check_port
 from batchrunner.redaction import (
     REDACTED,
     Redactor,
@@ -186,7 +187,9 @@ class RunConfig:
                 raise ConfigError(f"-H {name}: header values cannot contain line breaks")
         if self.gateway is not None:
             try:
-                self.gateway = messages_url(self.gateway)
+                url = messages_url(self.gateway)
+                check_port(self.gateway)  # before it is normalised: "host:" becomes "host"
+                self.gateway = url
             except ValueError as exc:
                 raise ConfigError(f"--gateway: {exc}") from None
         self.source_options()
@@ -204,6 +207,48 @@ class RunConfig:
                     "--detach needs --gateway: the built-in emulator (and its jobs) ends with "
                     "this process, so nothing would be left to collect"
                 )
+
+    def check_load_options(self) -> list[str]:
+        """Refuse load options that contradict each other, and warn of options that have no
+        effect in this run (``run`` only: ``bench`` sets the load per stage).
+
+        :return: warnings, one line each, for stderr.
+        :raises ConfigError: naming the options.
+        """
+        if self.arrival == "poisson" and self.rate is None:
+            # The user asked for an open loop's arrivals; a closed loop would measure another
+            # thing (latency under N in flight, not under an offered load) without saying so.
+            raise ConfigError(
+                "--arrival poisson spaces the arrivals of --rate (open loop); without --rate "
+                "the run is a closed loop (-c) and has no arrivals: give --rate, or leave out "
+                "--arrival"
+            )
+        warnings = []
+        if self.rate is not None and self.max_rate is not None:
+            if self.rate > self.max_rate:
+                raise ConfigError(
+                    f"--rate {self.rate:g}/s is above the --max-rate / --rpm ceiling "
+                    f"({self.max_rate:g}/s): the ceiling, not the schedule, would pace every "
+                    "send; lower --rate, or leave out the ceiling"
+                )
+            warnings.append(
+                "Warning: with --rate, the --max-rate / --rpm ceiling holds back sends whenever "
+                "they and retries go above it (Poisson bursts, retry waves); the delay shows in "
+                "queue_wait_s and total_s"
+            )
+        if self.mode is not Mode.ASYNC:
+            given = [o for f, o in _ASYNC_ONLY.items() if getattr(self, f) != _DEFAULTS[f]]
+            if given:
+                warnings.append(
+                    f"Warning: {', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to "
+                    f"--mode async only; ignored in "
+                    f"--mode {self.mode.value}"
+                )
+        if self.gateway is not None and self.emulator_profile is not None:
+            warnings.append(
+                "Warning: --emulator-profile is for the built-in emulator; ignored with --gateway"
+            )
+        return warnings
 
     def _check_numbers(self) -> None:
         """No NaN anywhere (every comparison with it is false, so it passed the range checks
@@ -309,6 +354,16 @@ class RunConfig:
             if data[key] is not None:
                 data[key] = str(data[key])
         return data
+
+
+#: Options that only async jobs use, and the fields that hold them.
+_ASYNC_ONLY = {
+    "ttl_s": "--ttl",
+    "poll_rate": "--poll-rate",
+    "poll_concurrency": "--poll-concurrency",
+}
+#: The defaults of :class:`RunConfig`: a value other than its default was given.
+_DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
 
 
 def _invalid_header_name(name: str) -> str:

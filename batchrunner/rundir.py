@@ -93,6 +93,31 @@ def read_run_json(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def load_run_json(run_dir: Path, what_next: str | None = None) -> dict[str, Any] | None:
+    """The run's description, ``None`` if the directory has no ``run.json``.
+
+    :param what_next: the other way on, ending the error (e.g. which option starts afresh).
+    :raises RunDirError: ``run.json`` is there but damaged (cut short by a full disk, edited):
+        said so, since it is not "not a run directory": its rows are still there.
+    """
+    path = run_dir / RUN_JSON
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError as exc:
+        problem = f"is not valid JSON ({exc})"
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"holds a JSON {type(data).__name__}, not the run's description"
+    raise RunDirError(
+        f"{path} {problem}; the rows already written ({run_dir / 'data'}) are intact. Restore "
+        "run.json (e.g. from a backup) to go on with this run"
+        + (f", or {what_next}" if what_next else "")
+    )
+
+
 def find_latest_run(results_root: Path, requests: Path, mode: str | None = None) -> Path | None:
     """The most recently started run directory under ``results_root`` for the same input file:
     the latest in ``mode`` if there is one (a sync and a stream run of one file are both

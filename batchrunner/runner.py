@@ -45,6 +45,7 @@ from batchrunner.execute import ExecContext, execute
 from batchrunner.fdlimit import ensure_open_files
 from batchrunner.feed import FEED_CHUNK, RecordFeed
 from batchrunner.formats import PARQUET_SUFFIXES
+from batchrunner.gateway_address import check_resolves
 from batchrunner.heap import release_free_heap
 from batchrunner.interrupts import SignalHandlers
 from batchrunner.jobs import Job, JobContext, JobPoller, submit
@@ -63,6 +64,7 @@ from batchrunner.rundir import (
     environment,
     find_latest_run,
     input_fingerprint,
+    load_run_json,
     read_run_json,
 )
 from batchrunner.schedule_check import open_loop_sessions
@@ -608,7 +610,7 @@ def resolve_run_dir(
     """
     if config.out is not None:
         run_dir = config.out
-        info = read_run_json(run_dir)
+        info = load_run_json(run_dir, "give another --out to start a new run")
         if info is None and run_dir.exists() and not _died_before_starting(run_dir):
             raise RunDirError(
                 f"--out {run_dir} exists, is not empty and is not a batchrunner run directory"
@@ -643,6 +645,20 @@ def resolve_run_dir(
     if info is not None:
         check_resumable(info, fingerprint, config.mode.value)
     return run_dir, info
+
+
+async def check_gateway_resolves(config: RunConfig) -> None:
+    """Resolve the gateway's host once, before anything is created or sent: a mistyped name
+    would otherwise fail every request after its connect retries.
+
+    :raises ConfigError: the host does not resolve (naming it); none with the built-in emulator.
+    """
+    if config.gateway is None:
+        return
+    try:
+        await check_resolves(config.gateway)
+    except ValueError as exc:
+        raise ConfigError(Redactor(config.secret_values())(f"--gateway: {exc}")) from None
 
 
 @contextlib.contextmanager
@@ -688,6 +704,13 @@ async def run_session(
     """
     stderr = stderr or sys.stderr
     config.validate()
+    if not config.collect_only:
+        for warning in config.check_load_options():
+            if not quiet:
+                print(warning, file=stderr, flush=True)
+    if transport is None and http_client is None:
+        # (A caller's own client may reach the gateway through a proxy that resolves it.)
+        await check_gateway_resolves(config)
     if not config.collect_only:
         # Open loop without -c may have up to OPEN_LOOP_MAX_OUTSTANDING in flight: room is made
         # for them if allowed, but a warning is only due for a number the user asked for.

@@ -139,3 +139,17 @@ def test_options_go_before_a_double_dash_and_the_program_is_kept() -> None:
         "python", "-m", "batchrunner", "run", "-c", "4", "--out", str(RUN_DIR), "--",
         "--odd-name.jsonl",
     ]  # fmt: skip
+
+
+def test_the_failed_line_counts_each_kind_and_is_empty_without_failures():
+    from batchrunner.cli.resume_hint import retry_failed_line
+
+    command = "batchrunner run x.jsonl --out d --retry-failed"
+    line = retry_failed_line({"ok": 5, "error": 1, "timeout": 1_200, "expired": 0}, command, [])
+    assert line == (
+        "1,201 requests failed (error 1, timeout 1,200); send them again with: " + command
+    )
+    assert retry_failed_line({"expired": 1}, command, ["--api-key", "--api-key"]).endswith(
+        "send it again with: " + command + " (give --api-key again)"
+    )
+    assert retry_failed_line({"ok": 3, "cancelled": 2}, command, []) == ""

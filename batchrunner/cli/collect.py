@@ -60,11 +60,11 @@ def collect(
     until it reports no outstanding jobs, before the deadline `run` printed."""
     from batchrunner.config import REDACTED, ConfigError, RunConfig
     from batchrunner.formats import JSONL_SUFFIXES
-    from batchrunner.rundir import read_run_json
+    from batchrunner.rundir import load_run_json
     from batchrunner.schema import Mode
 
     def build() -> RunConfig:
-        info = read_run_json(run_dir)
+        info = load_run_json(run_dir)
         if info is None:
             raise ConfigError(f"{run_dir} is not a batchrunner run directory (no run.json)")
         recorded = info.get("config") or {}

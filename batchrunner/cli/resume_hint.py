@@ -114,3 +114,27 @@ def resume_command(
     if redacted != command:
         left_out.append("the parts shown as <redacted>")
     return redacted, left_out
+
+
+#: Row statuses that ``--retry-failed`` sends again (``cancelled`` rows are sent by any resume).
+FAILED_STATUSES = ("error", "timeout", "expired")
+
+
+def retry_failed_line(status_counts: dict[str, int], command: str, left_out: list[str]) -> str:
+    """One line for a run that finished with failed rows: how many, and the command that sends
+    them again ("" when none failed). A resume of a complete run otherwise said nothing of it.
+
+    :param status_counts: rows per status, the summary's ``status``.
+    :param command: from :func:`resume_command` with ``retry_failed=True``.
+    :param left_out: what that command leaves out (credentials), named so they are given again.
+    """
+    failed = {s: int(status_counts.get(s) or 0) for s in FAILED_STATUSES}
+    total = sum(failed.values())
+    if not total:
+        return ""
+    kinds = ", ".join(f"{status} {count:,}" for status, count in failed.items() if count)
+    again = f" (give {', '.join(dict.fromkeys(left_out))} again)" if left_out else ""
+    return (
+        f"{total:,} request{'' if total == 1 else 's'} failed ({kinds}); send "
+        f"{'it' if total == 1 else 'them'} again with: {command}{again}"
+    )

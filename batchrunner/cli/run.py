@@ -13,7 +13,13 @@ import orjson
 
 from batchrunner.cli import main
 from batchrunner.cli.options import credential_options
-from batchrunner.cli.resume_hint import RecordingCommand, program, raw_args, resume_command
+from batchrunner.cli.resume_hint import (
+    RecordingCommand,
+    program,
+    raw_args,
+    resume_command,
+    retry_failed_line,
+)
 from batchrunner.cli.signals import session_over, stops_cleanly_on_signals
 
 if TYPE_CHECKING:
@@ -343,7 +349,15 @@ def run(
             "BATCHRUNNER_GATEWAY); credentials are never stored or shown"
         )
     note = f"({'; '.join(notes)})" if notes else ""
-    finish(result, as_json=as_json, quiet=quiet, resume_hint=command, hint_note=note)
+    retry, retry_left_out = resume_command(
+        args, result.run_dir, retry_failed=True, secrets=built[-1].secret_values(),
+        program=program(),
+    )  # fmt: skip
+    failed_line = retry_failed_line(result.summary.get("status") or {}, retry, retry_left_out)
+    finish(
+        result, as_json=as_json, quiet=quiet, resume_hint=command, hint_note=note,
+        failed_line=failed_line,
+    )  # fmt: skip
 
 
 def _given(option: str, args: list[str]) -> bool:
@@ -384,12 +398,19 @@ def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:
 
 
 def finish(
-    result: RunResult, *, as_json: bool, quiet: bool, resume_hint: str, hint_note: str = ""
+    result: RunResult,
+    *,
+    as_json: bool,
+    quiet: bool,
+    resume_hint: str,
+    hint_note: str = "",
+    failed_line: str = "",
 ) -> None:
     """Print the outcome of a run session (summary, where the results are, what next) and exit.
 
     :param resume_hint: the whole command that resumes the run.
     :param hint_note: printed under it (e.g. which credentials it leaves out).
+    :param failed_line: printed when the run finished with failed rows (how to send them again).
     """
     from batchrunner.runner import EXIT_ABORTED, EXIT_OK
     from batchrunner.summary import format_summary
@@ -437,4 +458,6 @@ def finish(
                 click.echo(f"  {hint_note}", err=True)
         elif result.exit_code != EXIT_OK and result.status in ("finished", "detached"):
             click.echo(result.message, err=True)
+        if failed_line and result.status == "finished":
+            click.echo(failed_line, err=True)
     sys.exit(result.exit_code)

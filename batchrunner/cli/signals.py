@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import click
 
+from batchrunner.entry import STOPPED_WHILE_STARTING
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Exit code of an aborted or interrupted run (``batchrunner.runner.EXIT_ABORTED``; not imported
@@ -60,7 +62,7 @@ def stops_cleanly_on_signals(command: F) -> F:
             if _State.session_over:
                 said = "the run had ended; its results and run.json are complete"
             else:
-                said = "stopped while starting, before sending anything"
+                said = STOPPED_WHILE_STARTING
             click.echo(f"\n{_State.came}: {said}.", err=True)
             sys.exit(EXIT_ABORTED)
         finally:

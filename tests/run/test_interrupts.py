@@ -287,3 +287,69 @@ def test_an_internal_error_in_the_cli_names_no_secret_and_says_how_to_go_on(
     assert "Internal error: RuntimeError: bad header x-bf-vk:" in result.output
     assert "vk-secret" not in result.output and "vk-secret" not in (out / "run.json").read_text()
     assert "add --resume" in result.output
+
+
+#: The console script as pip generates it from [project.scripts] (the installed one may be
+#: older), and ``python -m``.
+ENTRY_POINTS = {
+    "script": [sys.executable, "-c", "import sys; from batchrunner.entry import main; main()"],
+    "module": [sys.executable, "-m", "batchrunner"],
+}
+
+
+def test_the_console_script_is_the_guarded_entry_point():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["batchrunner"] == "batchrunner.entry:main"
+
+
+def _interrupt_when_imported(argv: list[str], module: str) -> tuple[int, str]:
+    """Start the command, send Ctrl-C as soon as ``module`` is imported (read from Python's
+    import-time log, so that the signal lands while the rest still imports, whatever the
+    machine's speed), and return the exit code and stderr without the log."""
+    env = {k: v for k, v in os.environ.items() if k != "BATCHRUNNER_GATEWAY"}
+    with subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+    ) as proc:  # fmt: skip
+        for line in proc.stderr:
+            if line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == module:
+                proc.send_signal(signal.SIGINT)
+                break
+        else:
+            raise AssertionError(f"{module} was never imported")
+        rest = proc.stderr.read()
+        proc.wait(timeout=60)
+    return proc.returncode, "".join(
+        line + "\n" for line in rest.splitlines() if not line.startswith("import time:")
+    )
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+# Several instants, each a new process: after click, in the commands' imports, late in them.
+@pytest.mark.parametrize("module", ["click", "batchrunner.cli.signals", "httpx", "numpy"])
+def test_ctrl_c_while_the_commands_import_is_one_line_and_exit_3(
+    requests_file, tmp_path, entry, module
+):
+    out = tmp_path / "out"
+    code, stderr = _interrupt_when_imported(
+        [*ENTRY_POINTS[entry], "run", str(requests_file(3)), "--out", str(out)], module
+    )
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.strip() == "Ctrl-C: stopped while starting, before sending anything."
+    assert code == 3
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_ctrl_c_while_another_command_imports_is_one_line_and_exit_130(
+    requests_file, entry
+):
+    code, stderr = _interrupt_when_imported(
+        [*ENTRY_POINTS[entry], "validate", str(requests_file(3))], "click"
+    )
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip() == "Ctrl-C: stopped while starting."
+    assert code == 130

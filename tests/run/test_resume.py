@@ -17,7 +17,7 @@ from batchrunner.rundir import RunDirError
 from batchrunner.runner import run_sync
 from batchrunner.store import RunStore
 
-from .conftest import read_rows, write_requests
+from .conftest import read_rows, run_cli, write_requests
 
 
 def run(requests: Path, gateway: str, out: Path, **kw):
@@ -402,3 +402,44 @@ def test_allow_changed_options_goes_on_warns_and_records_each_session(
             max_tokens=50,
             system=long_a,
         )
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda text: text[: len(text) // 2], "is not valid JSON (unexpected end of data"),
+        (lambda text: b"[]", "holds a JSON list, not the run's description"),
+    ],
+    ids=["truncated", "not-an-object"],
+)
+def test_a_damaged_run_json_is_named_and_the_rows_are_said_to_be_intact(
+    make_emulator, requests_file, tmp_path, damage, problem
+):
+    out = tmp_path / "out"
+    requests = requests_file(4)
+    run(requests, make_emulator().base_url, out)
+    damaged = damage((out / "run.json").read_bytes())
+    (out / "run.json").write_bytes(damaged)
+    parts = {p: p.read_bytes() for p in (out / "data").iterdir()}
+    result = run_cli("run", str(requests), "--out", str(out))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    error = result.stderr.strip()
+    assert error.startswith(f"Error: {out / 'run.json'} {problem}")
+    assert f"the rows already written ({out / 'data'}) are intact" in error
+    assert "Restore run.json" in error and "give another --out to start a new run" in error
+    assert "not a batchrunner run directory" not in error and len(error.splitlines()) == 1
+    # nothing was touched: the file as it was, the rows as they were
+    assert (out / "run.json").read_bytes() == damaged
+    assert {p: p.read_bytes() for p in (out / "data").iterdir()} == parts
+
+
+def test_collect_names_a_damaged_run_json(make_emulator, requests_file, tmp_path):
+    out = tmp_path / "out"
+    emu = make_emulator()
+    run(requests_file(2), emu.base_url, out, mode="async", detach=True)
+    (out / "run.json").write_bytes((out / "run.json").read_bytes()[:-40])
+    result = run_cli("collect", str(out), "--gateway", emu.base_url)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"{out / 'run.json'} is not valid JSON (" in result.stderr
+    assert "Restore run.json (e.g. from a backup) to go on with this run" in result.stderr
+    assert "no run.json" not in result.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from batchrunner.emulator.config import Dist
 
-from .conftest import read_rows, run_cli
+from .conftest import read_rows, run_cli, write_requests
 
 pytestmark = pytest.mark.slow
 
@@ -273,6 +273,10 @@ def test_demo_runs_on_the_built_in_emulator(tmp_path):
         (["run", "{set}", "--emulator-profile", "nope"], "--emulator-profile"),
         (["run", "{set}", "--out", "{set}/run"], "cannot use"),  # under a file
         (["run", "{set}", "--out", "/proc/batchrunner-test"], "cannot create the run directory"),
+        # load options that contradict each other: the measurement would not be the one asked
+        (["run", "{set}", "--arrival", "poisson"], "--arrival poisson spaces the arrivals of"),
+        (["run", "{set}", "--rate", "10", "--max-rate", "5"], "--rate 10/s is above the"),
+        (["run", "{set}", "--rate", "10", "--rpm", "300"], "ceiling (5/s)"),
     ],
 )
 def test_usage_errors_exit_2_with_a_clear_message(requests_file, tmp_path, args, message):
@@ -424,3 +428,70 @@ def test_a_full_disk_for_rejects_jsonl_aborts_the_run(tmp_path):
     assert done.returncode == 3, done.stderr
     assert f"aborted: cannot write results to {out}: [Errno 27] File too large" in done.stderr
     assert orjson.loads((out / "run.json").read_bytes())["status"] == "aborted"
+
+
+def _failed_line(stderr: str) -> str | None:
+    return next((x for x in stderr.splitlines() if " failed (" in x), None)
+
+
+def test_a_run_finished_with_failed_rows_says_how_to_send_them_again(
+    make_emulator, tmp_path
+):
+    requests = tmp_path / "mixed.jsonl"
+    requests.write_bytes(b"".join(
+        orjson.dumps({"custom_id": f"r{i}", "params": {
+            "model": "claude-retired" if i % 2 else "claude-sonnet-4-5", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}}) + b"\n"
+        for i in range(4)
+    ))  # fmt: skip
+    out = tmp_path / "out"
+    key = "sk-bf-retry-SECRET"
+    with make_emulator(fail_models=("claude-retired",), fail_model_status=400) as emu:
+        args = ("run", str(requests), "--gateway", emu.base_url, "--virtual-key", key,
+                "--out", str(out))  # fmt: skip
+        first = run_cli(*args)
+        # a resume of the complete run sends nothing, and still says it
+        again = run_cli(*args)
+        for done in (first, again):
+            assert done.returncode == 0, done.stderr
+            line = _failed_line(done.stderr)
+            assert line is not None, done.stderr
+            assert line.startswith("2 requests failed (error 2); send them again with: ")
+            assert line.endswith(" (give --virtual-key again)") and key not in done.stderr
+        assert "Resuming run" in again.stderr
+        quiet = run_cli(*args, "-q")
+        assert quiet.returncode == 0 and _failed_line(quiet.stderr) is None, quiet.stderr
+        as_json = run_cli(*args, "--json")
+        assert orjson.loads(as_json.stdout)["summary"]["status"] == {"ok": 2, "error": 2}
+        assert _failed_line(as_json.stderr) is not None
+        # the printed command, with the key given again, sends the failed ones once fixed
+        emu.config.fail_models = ()
+        command = line.split(" again with: ", 1)[1].removesuffix(" (give --virtual-key again)")
+        words = shlex.split(command)
+        assert words[:3] == ["python", "-m", "batchrunner"] and "--retry-failed" in words
+        retried = run_cli(*words[3:], "--virtual-key", key)
+    assert retried.returncode == 0, retried.stderr
+    assert _failed_line(retried.stderr) is None
+    assert set(read_rows(out)["status"]) == {"ok"} and len(read_rows(out)) == 4
+
+
+def test_options_that_do_nothing_in_this_run_are_warned_of(tmp_path):
+    requests = write_requests(tmp_path / "set.jsonl", 2)
+    args = ("run", str(requests), "--results-root", str(tmp_path), "--emulator-profile",
+            "instant", "--ttl", "60", "--poll-rate", "5", "--rate", "50", "--max-rate", "100")
+    done = run_cli(*args, "--mode", "stream")
+    assert done.returncode == 0, done.stderr
+    warnings = [x for x in done.stderr.splitlines() if x.startswith("Warning: ")]
+    assert warnings == [
+        "Warning: with --rate, the --max-rate / --rpm ceiling holds back sends whenever they "
+        "and retries go above it (Poisson bursts, retry waves); the delay shows in "
+        "queue_wait_s and total_s",
+        "Warning: --ttl, --poll-rate apply to --mode async only; ignored in --mode stream",
+    ]
+    quiet = run_cli(*args, "-q")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    gateway = run_cli("run", str(requests), "--results-root", str(tmp_path), "--gateway",
+                      "http://127.0.0.1:1", "--emulator-profile", "instant", "--max-retries", "0")
+    assert "Warning: --emulator-profile is for the built-in emulator; ignored with --gateway" in (
+        gateway.stderr
+    )
