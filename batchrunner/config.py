@@ -350,6 +350,8 @@ class RunConfig:
             or (OPEN_LOOP_MAX_OUTSTANDING if self.rate is not None else DEFAULT_CONCURRENCY)
         )
         data["metadata_columns"] = list(self.metadata_columns)
+        if math.isinf(self.max_outage_s):  # JSON has no infinity (orjson would write null)
+            data["max_outage_s"] = "inf"
         for key in ("requests", "out", "results_root"):
             if data[key] is not None:
                 data[key] = str(data[key])

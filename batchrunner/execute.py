@@ -104,7 +104,7 @@ async def execute(
             if held is False:
                 ctx.emit(cancelled_row(
                     record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
-                    first_sent_at, never_reached(attempt),
+                    first_sent_at, not_sent(ctx, attempt),
                 ))  # fmt: skip
                 return
             if held:
@@ -130,18 +130,23 @@ async def execute(
 async def held_for_gateway(ctx: ExecContext, attempt: Attempt, holds: int) -> bool | None:
     """After a failed attempt: ``None`` when it spends a retry as usual; ``True`` when it could
     not connect and the gateway takes connections again (try again, no retry spent: the gateway
-    never saw it); ``False`` when the request ends as cancelled (the gateway stayed unreachable,
-    or the run is stopping), never having reached the gateway."""
+    never saw it); ``False`` when the request ends as cancelled, not sent (the gateway stayed
+    unreachable, or the run is stopping: a stopping run sends no retry)."""
     outage = ctx.outage
     if outage is None or not attempt.connect_failed or holds >= MAX_HOLDS_PER_REQUEST:
         return None
     if ctx.stopping():
         return False
-    return await outage.hold(attempt.error_message or "")
+    return await outage.hold(attempt.error_message or "") and not ctx.stopping()
 
 
-def never_reached(attempt: Attempt) -> str:
-    return f"never reached the gateway ({attempt.error_message})"
+def not_sent(ctx: ExecContext, attempt: Attempt) -> str:
+    """The message of a request that ends cancelled because it could not connect."""
+    if ctx.outage is not None and ctx.outage.gave_up:
+        why = "the gateway could not be connected to"
+    else:
+        why = "the run stopped before the gateway could be connected to"
+    return f"not sent: {why} ({attempt.error_message})"
 
 
 def cancelled_row(

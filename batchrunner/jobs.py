@@ -32,7 +32,7 @@ from batchrunner.execute import (
     fill_attempt,
     final_row,
     held_for_gateway,
-    never_reached,
+    not_sent,
 )
 from batchrunner.pacing import RateCeiling
 from batchrunner.polling import PROBES, PollPlanner
@@ -83,6 +83,8 @@ class Job:
     submitted: float | None = None
     ttfb_s: float | None = None
     attempts: int = 1
+    #: Of those, the attempts that waited for an unreachable gateway (no retry spent).
+    holds: int = 0
     polls: int = 0
     poll_failures: int = 0
     last_pending_at: float | None = None  # epoch of the latest poll that saw it unfinished
@@ -130,6 +132,7 @@ async def submit(
     scheduled: float,
     scheduled_at: float,
     attempts_before: int = 0,
+    holds_before: int = 0,
 ) -> Job | None:
     """Submit one request as a job (with retries). Returns the recorded job, or ``None`` when the
     request already ended as a row (submit refused, or a gateway that answered synchronously).
@@ -137,15 +140,48 @@ async def submit(
     ctx = jctx.exec
     body = encode_body(record, Mode.SYNC)
     headers = submit_headers(record, ctx.run_id, jctx.ttl_s)
-    attempts = attempts_before
-    holds = 0
+    tries = _Tries(attempts_before, holds_before)
+    try:
+        return await _submit(record, jctx, body, headers, scheduled, scheduled_at, tries)
+    except asyncio.CancelledError:
+        # Before the gateway gave a job id (after it, nothing awaits): the request ends as a
+        # cancelled row, which a resume sends again, as in sync mode.
+        first = tries.first
+        ctx.emit(cancelled_row(
+            record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled, scheduled_at,
+            tries.attempts, first.sent if first else None, first.sent_at if first else None,
+            "the run was stopped while this job was being submitted",
+        ))  # fmt: skip
+        raise
+
+
+@dataclass(slots=True)
+class _Tries:
+    """A submit's attempts so far (also those of the job it resubmits), and of them those that
+    waited for an unreachable gateway."""
+
+    attempts: int
+    holds: int
     first: Attempt | None = None
+
+
+async def _submit(
+    record: RequestRecord,
+    jctx: JobContext,
+    body: bytes,
+    headers: list[tuple[str, str]],
+    scheduled: float,
+    scheduled_at: float,
+    tries: _Tries,
+) -> Job | None:
+    ctx = jctx.exec
     while True:
         if ctx.throttle is not None:
             await ctx.throttle.acquire()
-        attempts += 1
+        tries.attempts += 1
+        attempts = tries.attempts
         attempt = await ctx.client.send(body, stream=False, extra_headers=headers)
-        first = first or attempt
+        first = tries.first = tries.first or attempt
         if attempt.ok and is_job_stub(attempt.parsed):
             job = Job(
                 input_index=record.input_index,
@@ -162,6 +198,7 @@ async def submit(
                 submitted=attempt.done,
                 ttfb_s=(attempt.first_byte - attempt.sent) if attempt.first_byte else None,
                 attempts=attempts,
+                holds=tries.holds,
             )
             # Durable before the submit counts as done: a crash from here on never loses it.
             jctx.record_job(job)
@@ -177,20 +214,20 @@ async def submit(
                 f"the gateway does not offer async jobs: {attempt.error_message} "
                 "(Bifrost needs a logs store and the governance plugin for async requests)"
             )
-        held = await held_for_gateway(ctx, attempt, holds)
+        held = await held_for_gateway(ctx, attempt, tries.holds)
         if held is False:
             ctx.emit(cancelled_row(
                 record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled, scheduled_at,
-                attempts, first.sent, first.sent_at, never_reached(attempt),
+                attempts, first.sent, first.sent_at, not_sent(ctx, attempt),
             ))  # fmt: skip
             return None
         if held:
-            holds += 1
+            tries.holds += 1
             continue
         # Every attempt counts against --max-retries, the failed jobs' and their resubmits'
         # too: a budget per submit let a job failing upstream be sent again without end. Not
         # those that waited for an unreachable gateway, which never saw them.
-        delay = attempt_retry_delay(ctx, attempt, attempts - holds)
+        delay = attempt_retry_delay(ctx, attempt, attempts - tries.holds)
         if delay is None or ctx.stopping():
             row = _row(record, ctx, attempt, first, attempts, scheduled, scheduled_at)
             row["error_message"] = f"submit failed: {row.get('error_message')}"
@@ -395,7 +432,7 @@ class JobPoller:
         ctx = self.jctx.exec
         delay = retry_delay(
             ctx.policy,
-            attempts_done=job.attempts,
+            attempts_done=job.attempts - job.holds,
             http_status=attempt.http_status,
             error_type=attempt.error_type,
             headers=attempt.headers,
@@ -412,6 +449,7 @@ class JobPoller:
             scheduled=job.scheduled if job.scheduled is not None else time.perf_counter(),
             scheduled_at=job.scheduled_at if job.scheduled_at is not None else time.time(),
             attempts_before=job.attempts,
+            holds_before=job.holds,
         )
         if new is not None:
             new.polls = job.polls

@@ -293,6 +293,8 @@ class _Session:
             self.poller_task.cancel()
         loop = asyncio.get_running_loop()
         self._drain_handle = loop.call_later(self.config.drain_timeout_s, self.cancel_in_flight)
+        if self.ctx.outage is not None:  # no request waits for the gateway once stopping
+            self.ctx.outage.release()
 
     def cancel_in_flight(self) -> None:
         for task in list(self.tasks):
@@ -374,12 +376,16 @@ class _Session:
             ),
         )
 
-    def _gateway_down(self, error: str) -> None:
-        limit = self.config.max_outage_s
-        upto = "as long as it takes" if math.isinf(limit) else f"up to {limit:g} s"
+    def _gateway_down(self, error: str, limit_s: float) -> None:
+        if math.isinf(limit_s):
+            upto = "as long as it takes"
+        elif limit_s < self.config.max_outage_s:
+            upto = f"up to {limit_s:g} s: it was never reached yet"
+        else:
+            upto = f"up to {limit_s:g} s; --max-outage"
         self._say(
-            f"The gateway cannot be connected to ({error}): requests wait for it ({upto}; "
-            "--max-outage), trying every 0.25 s."
+            f"The gateway cannot be connected to ({error}): requests wait for it ({upto}), "
+            "trying every 0.25 s."
         )
 
     def _gateway_up(self, seconds: float, waiting: int) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import time
 
@@ -68,7 +69,9 @@ def test_a_gateway_never_reached_stops_the_run_and_a_resume_sends_the_waiting(
     assert "check --gateway" in first.stderr
     rows = read_rows(out)
     assert set(rows["status"]) == {"cancelled"} and len(rows) == 4
-    assert rows["error_message"].str.startswith("never reached the gateway (ConnectError").all()
+    assert rows["error_message"].str.startswith(
+        "not sent: the gateway could not be connected to (ConnectError"
+    ).all()
     hint = resume_hint(first.stderr)
     assert "--retry-failed" not in hint  # cancelled rows are sent again by a plain resume
     with running_emulator(EmulatorConfig(), port=port):
@@ -76,6 +79,54 @@ def test_a_gateway_never_reached_stops_the_run_and_a_resume_sends_the_waiting(
     assert done.returncode == 0, done.stderr
     rows = read_rows(out)
     assert sorted(rows["input_index"]) == list(range(12)) and set(rows["status"]) == {"ok"}
+
+
+def test_ctrl_c_while_requests_wait_for_the_gateway_ends_them_at_once(requests_file, tmp_path):
+    # Before, the waiting went on through the whole drain (here 60 s), and requests were sent
+    # after the stop if the gateway came back meanwhile.
+    requests, out = requests_file(200), tmp_path / "out"
+    config = EmulatorConfig(ttft=Dist("fixed", 0.02))
+    with running_emulator(config) as emu:
+        proc = start_run(
+            str(requests), "--gateway", emu.base_url, "-c", "4", "--drain-timeout", "60",
+            "--out", str(out),
+        )  # fmt: skip
+        wait_for_rows(out, 10, proc)
+    time.sleep(1.0)  # down: the 4 workers' requests wait for it
+    stopped = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=90)
+    assert time.monotonic() - stopped < 30, stderr  # not the 60 s drain
+    assert proc.returncode == 3, stderr
+    rows = read_rows(out)
+    waited = rows[rows["status"] == "cancelled"]
+    assert len(waited) == 4, stderr
+    assert waited["error_message"].str.startswith(
+        "not sent: the run stopped before the gateway could be connected to (ConnectError"
+    ).all()
+    assert set(rows["status"]) == {"ok", "cancelled"}
+
+
+def test_an_async_submit_that_waited_keeps_its_resubmits(requests_file, tmp_path):
+    # The gateway comes up a second after the run starts: each submit waits once. Its job then
+    # fails upstream with a retryable 529: --max-retries 1 still allows one resubmit (before,
+    # the wait used it up and the job ended as an error after one submit).
+    requests, out = requests_file(3), tmp_path / "out"
+    port = free_port()
+    proc = start_run(
+        str(requests), "--gateway", f"http://127.0.0.1:{port}", "--mode", "async",
+        "--max-retries", "1", "-c", "3", "--out", str(out),
+    )  # fmt: skip
+    time.sleep(1.0)
+    config = EmulatorConfig(fault_job=1.0, job_failure_status=529)
+    with running_emulator(config, port=port) as emu:
+        _, stderr = proc.communicate(timeout=60)
+        submits = [t for t in emu.ground_truth() if t["kind"] == "async_submit"]
+    assert proc.returncode == 0, stderr
+    rows = read_rows(out)
+    assert set(rows["status"]) == {"error"} and set(rows["http_status"]) == {529}
+    assert len(submits) == 6  # two submits per request
+    assert set(rows["attempts"]) == {3}  # the wait, the submit, the resubmit
 
 
 def test_max_outage_zero_spends_retries_as_before(requests_file, tmp_path):
@@ -107,14 +158,14 @@ async def test_waiters_go_on_together_once_a_probe_connects():
     seen: list[tuple] = []
     outage = GatewayOutage(
         probe, 60.0, probe_interval_s=0.01,
-        on_down=lambda e: seen.append(("down", e)),
+        on_down=lambda e, limit: seen.append(("down", e, limit)),
         on_up=lambda s, n: seen.append(("up", n)),
     )  # fmt: skip
     results = await asyncio.wait_for(
         asyncio.gather(*(outage.hold("refused at first") for _ in range(5))), timeout=10
     )
     assert results == [True] * 5 and len(calls) == 3
-    assert seen == [("down", "refused at first"), ("up", 5)]
+    assert seen == [("down", "refused at first", 60.0), ("up", 5)]
     assert not outage.down and outage.waiting == 0 and outage.outages == 1
     # The next failure is a new outage, with a probe of its own.
     probe2, calls2 = scripted([None])
@@ -154,6 +205,45 @@ async def test_a_probe_that_raises_counts_as_unreachable():
     outage = GatewayOutage(broken, 60.0, probe_interval_s=0.01)
     assert await asyncio.wait_for(outage.hold("refused"), timeout=10) is True
     assert len(calls) == 3
+
+
+async def test_waiters_are_woken_oldest_first_in_batches():
+    # Thousands of open-loop sends waiting must not all reconnect in one loop turn.
+    probe, _ = scripted([None])
+    outage = GatewayOutage(probe, 60.0, probe_interval_s=0.01, release_batch=100)
+    order: list[int] = []
+
+    async def waiter(i: int) -> None:
+        assert await outage.hold("refused")
+        order.append(i)
+
+    tasks = [asyncio.ensure_future(waiter(i)) for i in range(250)]
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+    assert order == list(range(250))
+
+
+async def test_a_stop_ends_the_waiting_at_once_and_nothing_waits_after_it():
+    probe, calls = scripted(["refused"])
+    outage = GatewayOutage(probe, 60.0, probe_interval_s=0.01)
+    waiters = [asyncio.ensure_future(outage.hold("refused")) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    outage.release()
+    assert await asyncio.wait_for(asyncio.gather(*waiters), timeout=5) == [False] * 3
+    assert not outage.gave_up and await outage.hold("refused") is False
+    probes = len(calls)
+    await asyncio.sleep(0.05)
+    assert len(calls) == probes  # the probe stopped too
+
+
+async def test_a_probe_that_hangs_is_cut_at_the_limit():
+    # A gateway whose connects hang (connect timeout 10 s) still gives up at --max-outage.
+    async def hangs() -> str | None:
+        await asyncio.sleep(60)
+        return None
+
+    outage = GatewayOutage(hangs, 0.2, probe_interval_s=0.01)
+    assert await asyncio.wait_for(outage.hold("timed out"), timeout=5) is False
+    assert outage.gave_up
 
 
 async def test_closing_releases_the_waiters_and_stops_probing():
