@@ -612,6 +612,8 @@ def format_short(summary: dict[str, Any]) -> str:
         parts = (f"input {fmt_usd(usd['input'])}, output {fmt_usd(usd['output'])}, cache write "
                  f"{fmt_usd(usd['cache_write_5m'] + usd['cache_write_1h'])}, cache read "
                  f"{fmt_usd(usd['cache_read'])}")
+        if usd.get("web_search"):  # so that the parts add up to the total
+            parts += f", web search {fmt_usd(usd['web_search'])}"
         if cost["complete"]:
             lines.append(f"cost       {fmt_usd(cost['total_usd'])}  ({parts}; {cost['prices']})")
         else:

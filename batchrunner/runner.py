@@ -119,6 +119,8 @@ SEND_SWITCH_INTERVAL_S = 0.0005
 #: their rows are kept, and ``--retry-failed`` sends them again.
 CONFIG_ERROR_STATUSES = frozenset({401, 403, 404, 405})
 MAX_CONSECUTIVE_CONFIG_ERRORS = 20
+#: Gateway outages told on stderr; later ones are only counted (run.json's sessions).
+OUTAGES_SAID = 5
 REDO_ON_RETRY_FAILED = frozenset(
     {Status.CANCELLED.value, Status.ERROR.value, Status.TIMEOUT.value, Status.EXPIRED.value}
 )
@@ -377,6 +379,15 @@ class _Session:
         )
 
     def _gateway_down(self, error: str, limit_s: float) -> None:
+        outages = self.ctx.outage.outages if self.ctx.outage is not None else 0
+        if outages > OUTAGES_SAID:  # a flapping gateway: a line or two each time is noise
+            return
+        if outages == OUTAGES_SAID:
+            self._say(
+                f"The gateway cannot be connected to again ({outages} times now): further "
+                "outages are counted in run.json (gateway_outages), not printed."
+            )
+            return
         if math.isinf(limit_s):
             upto = "as long as it takes"
         elif limit_s < self.config.max_outage_s:
@@ -389,6 +400,8 @@ class _Session:
         )
 
     def _gateway_up(self, seconds: float, waiting: int) -> None:
+        if self.ctx.outage is not None and self.ctx.outage.outages >= OUTAGES_SAID:
+            return
         self._say(
             f"The gateway takes connections again after {seconds:.1f} s; the {waiting:,} "
             f"waiting request{'' if waiting == 1 else 's'} go{'es' if waiting == 1 else ''} on."
@@ -1315,6 +1328,7 @@ async def _finish(
         rejected=stats.rejected,
         message=message,
         exit_code=code,
+        gateway_outages=_outages(session),
     )
     info.update(status=status, summary=summary, rejected=stats.rejected, total_input=stats.total)
     info["async"] = (
@@ -1350,6 +1364,11 @@ def _count_outstanding(summary: dict[str, Any], outstanding: int) -> None:
     cost = summary.get("cost")
     if cost is not None:
         cost.update(complete=False, total_usd=None, outstanding_jobs=outstanding)
+
+
+def _outages(session: _Session) -> int:
+    ctx = getattr(session, "ctx", None)  # unset when the session stopped before preparing
+    return ctx.outage.outages if ctx is not None and ctx.outage is not None else 0
 
 
 def _outstanding_jobs(store: RunStore) -> tuple[int, float | None]:

@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 
+import orjson
 import pytest
 
 from batchrunner.emulator import EmulatorConfig, running_emulator
@@ -49,6 +50,30 @@ def test_a_gateway_restart_is_waited_out_without_spending_retries(requests_file,
     assert set(rows["status"]) == {"ok"}
     # The waiting requests tried every 0.25 s: more attempts than --max-retries allows.
     assert rows["attempts"].max() > 2
+
+
+def test_a_flapping_gateway_is_told_of_five_times_then_counted(requests_file, tmp_path):
+    requests, out = requests_file(1200), tmp_path / "out"
+    config = EmulatorConfig(ttft=Dist("fixed", 0.01))
+    with running_emulator(config) as emu:
+        port = int(emu.base_url.rsplit(":", 1)[1])
+        proc = start_run(
+            str(requests), "--gateway", emu.base_url, "-c", "2", "--out", str(out),
+        )  # fmt: skip
+        wait_for_rows(out, 10, proc)
+    for _ in range(8):  # down 0.4 s, up 0.4 s
+        time.sleep(0.4)
+        with running_emulator(config, port=port):
+            time.sleep(0.4)
+    with running_emulator(config, port=port):
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    outages = orjson.loads((out / "run.json").read_bytes())["sessions"][-1]["gateway_outages"]
+    assert outages >= 6, stderr
+    assert stderr.count("The gateway cannot be connected to (") == 4
+    assert stderr.count("The gateway takes connections again after") == 4
+    assert "The gateway cannot be connected to again (5 times now): further outages" in stderr
+    assert set(read_rows(out)["status"]) == {"ok"}
 
 
 def test_a_gateway_never_reached_stops_the_run_and_a_resume_sends_the_waiting(

@@ -19,6 +19,7 @@ from batchrunner.report import build_report, load_run
 from batchrunner.report_text import format_report
 from batchrunner.runner import run_sync
 from batchrunner.schema import RESULT_SCHEMA, Mode
+from batchrunner.summary import format_summary
 
 from .conftest import read_rows, write_requests
 
@@ -118,9 +119,11 @@ def run(requests: Path, gateway: str, out: Path, **kw):
 def test_searches_tier_speed_and_geo_are_recorded_and_priced(canned_gateway, tmp_path, mode):
     requests = write_requests(tmp_path / "r.jsonl", 2, model="claude-opus-4-8")
     out = tmp_path / "out"
-    run(requests, canned_gateway, out, mode=mode)
+    result = run(requests, canned_gateway, out, mode=mode)
     rows = read_rows(out).sort_values("input_index")
     assert list(rows["web_search_requests"]) == [3, 3]  # stream: message_delta's count
+    # The closing summary's cost parts add up to its total: the search fee is one of them.
+    assert ", web search $0.0600;" in format_summary(result.summary)
     assert list(rows["web_fetch_requests"]) == [1, 1]
     assert list(rows["service_tier"]) == ["priority"] * 2
     assert list(rows["speed"]) == ["fast"] * 2
