@@ -295,8 +295,9 @@ class _Session:
             self.poller_task.cancel()
         loop = asyncio.get_running_loop()
         self._drain_handle = loop.call_later(self.config.drain_timeout_s, self.cancel_in_flight)
-        if self.ctx.outage is not None:  # no request waits for the gateway once stopping
-            self.ctx.outage.release()
+        ctx = getattr(self, "ctx", None)  # unset when stopped before the requests were prepared
+        if ctx is not None and ctx.outage is not None:  # nothing waits for the gateway now
+            ctx.outage.release()
 
     def cancel_in_flight(self) -> None:
         for task in list(self.tasks):
@@ -1182,7 +1183,7 @@ async def _drive(
                     session._drain_handle.cancel()
                 for task in helpers:
                     task.cancel()
-                if session.ctx.outage is not None:
+                if session.ctx.outage is not None:  # (prepared above, before the try)
                     await session.ctx.outage.aclose()
     except* InputError as group:
         failure = group.exceptions[0]
