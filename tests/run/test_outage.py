@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import select
 import signal
 import socket
+import subprocess
 import time
 
 import orjson
@@ -23,6 +25,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 30) -> str:
+    """Read the run's stderr until a line holds *text*; the lines read so far."""
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.1)
+        if ready:
+            line = proc.stderr.readline()
+            seen.append(line)
+            if text in line:
+                return "".join(seen)
+            if not line:
+                break
+    raise AssertionError(f"no {text!r} in {''.join(seen)!r}")
 
 
 def test_a_gateway_restart_is_waited_out_without_spending_retries(requests_file, tmp_path):
@@ -117,10 +136,12 @@ def test_ctrl_c_while_requests_wait_for_the_gateway_ends_them_at_once(requests_f
             "--out", str(out),
         )  # fmt: skip
         wait_for_rows(out, 10, proc)
-    time.sleep(1.0)  # down: the 4 workers' requests wait for it
+    before = wait_for_line(proc, "The gateway cannot be connected to")
+    time.sleep(1.5)  # past the retry back-off (at most 0.5 s): the 4 workers' requests wait
     stopped = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=90)
+    stderr = before + stderr
     assert time.monotonic() - stopped < 30, stderr  # not the 60 s drain
     assert proc.returncode == 3, stderr
     rows = read_rows(out)
@@ -133,7 +154,7 @@ def test_ctrl_c_while_requests_wait_for_the_gateway_ends_them_at_once(requests_f
 
 
 def test_an_async_submit_that_waited_keeps_its_resubmits(requests_file, tmp_path):
-    # The gateway comes up a second after the run starts: each submit waits once. Its job then
+    # The gateway comes up once the run found it down: each submit waits once. Its job then
     # fails upstream with a retryable 529: --max-retries 1 still allows one resubmit (before,
     # the wait used it up and the job ended as an error after one submit).
     requests, out = requests_file(3), tmp_path / "out"
@@ -142,10 +163,12 @@ def test_an_async_submit_that_waited_keeps_its_resubmits(requests_file, tmp_path
         str(requests), "--gateway", f"http://127.0.0.1:{port}", "--mode", "async",
         "--max-retries", "1", "-c", "3", "--out", str(out),
     )  # fmt: skip
-    time.sleep(1.0)
+    before = wait_for_line(proc, "The gateway cannot be connected to")
+    time.sleep(0.3)  # the three submits, started together, all failed to connect by now
     config = EmulatorConfig(fault_job=1.0, job_failure_status=529)
     with running_emulator(config, port=port) as emu:
         _, stderr = proc.communicate(timeout=60)
+        stderr = before + stderr
         submits = [t for t in emu.ground_truth() if t["kind"] == "async_submit"]
     assert proc.returncode == 0, stderr
     rows = read_rows(out)
