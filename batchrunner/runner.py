@@ -80,6 +80,7 @@ from batchrunner.store import (
     write_json_atomic,
 )
 from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
+from batchrunner.wire import LOCAL_LIMIT_NOTE
 from batchrunner.workers import ParkedWorkers
 
 T = TypeVar("T")
@@ -244,7 +245,12 @@ class _Session:
 
     def _track_config_errors(self, row: dict[str, Any]) -> None:
         status = row.get("http_status")
-        unreachable = row.get("error_type") == ERROR_CONNECTION and status is None
+        # Out of descriptors or memory to connect says nothing of the gateway or its address.
+        unreachable = (
+            row.get("error_type") == ERROR_CONNECTION
+            and status is None
+            and LOCAL_LIMIT_NOTE not in (row.get("error_message") or "")
+        )
         # Only plain errors count: an expired job's 404 says nothing about the configuration.
         if row.get("status") == Status.ERROR.value and (
             status in CONFIG_ERROR_STATUSES or unreachable
