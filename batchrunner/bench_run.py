@@ -87,6 +87,10 @@ class BenchConfig:
     workers: int = 1
     synthetic_prompt: str = "Write a short paragraph about the sea."
 
+    def open_loop(self) -> bool:
+        """Whether any stage has a schedule (``--rate``, ``--ramp``, ``--saturate``)."""
+        return self.saturate or any(spec.rate is not None for spec in self.stages)
+
     def validate(self) -> None:
         if not self.stages and not self.saturate:
             raise ConfigError("give stages (--concurrency, --rate or --ramp) or --saturate")
@@ -94,6 +98,8 @@ class BenchConfig:
             raise ConfigError("--workers must be between 1 and 4x the number of cores")
         if self.saturate and not self.slos and self.max_error_rate is None:
             raise ConfigError("--saturate needs --slo or --max-error-rate to know when to stop")
+        if self.run.arrival == "poisson" and not self.open_loop():
+            raise ConfigError(poisson_without_open_loop("--arrival poisson", "--arrival"))
         finite = math.isfinite
         if not (self.search_factor > 1 and finite(self.search_factor)):
             raise ConfigError("--search-factor must be a number > 1")
@@ -119,6 +125,21 @@ class BenchConfig:
             self.total_duration_s > 0 and finite(self.total_duration_s)
         ):
             raise ConfigError("--duration must be a number of seconds > 0")
+
+
+def poisson_without_open_loop(given: str, leave_out: str) -> str:
+    """The error for Poisson arrivals in a bench with no open-loop stage, as ``run`` refuses
+    ``--arrival poisson`` without ``--rate``: every stage would measure a closed loop while the
+    bench said it used Poisson arrivals.
+
+    :param given: how the option was given (``--arrival poisson``, or the scenario's key).
+    :param leave_out: what to leave out instead.
+    """
+    return (
+        f"{given} spaces the arrivals of open-loop stages (--rate, --ramp, --saturate); every "
+        f"stage here is a closed loop (-c) and has no arrivals: add a --rate or --ramp stage, "
+        f"or leave out {leave_out}"
+    )
 
 
 @dataclass

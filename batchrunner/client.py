@@ -36,6 +36,8 @@ from batchrunner.wire import (
     WirePool,
     encode_headers,
     format_wire_error,
+    local_limit_text,
+    local_os_error,
 )
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -111,7 +113,8 @@ class Attempt:
     error_message: str | None = None
     transport_failure: bool = False
     #: No connection could be made (refused, unreachable, connect timeout): the gateway never
-    #: saw this attempt.
+    #: saw this attempt. Not when this machine ran out of descriptors or memory to connect
+    #: (``EMFILE``, ...): that is no sign of the gateway, and is retried as any failure.
     connect_failed: bool = False
     timed_out: bool = False
     token_times: list[float] = field(default_factory=list)  # stream: arrival of each content delta
@@ -285,9 +288,11 @@ class GatewayClient:
             attempt.connect_failed = isinstance(exc, httpx.ConnectTimeout)
             _fail(attempt, ERROR_TIMEOUT, f"{type(exc).__name__}: {exc}".rstrip(": "))
         except (httpx.TransportError, OSError) as exc:
-            attempt.connect_failed = isinstance(exc, httpx.ConnectError)
+            local = local_os_error(exc)  # out of descriptors or memory: not the gateway's doing
+            attempt.connect_failed = isinstance(exc, httpx.ConnectError) and local is None
             attempt.transport_failure = True
-            _fail(attempt, ERROR_CONNECTION, f"{type(exc).__name__}: {exc}".rstrip(": "))
+            text = local_limit_text(local) if local is not None else str(exc)
+            _fail(attempt, ERROR_CONNECTION, f"{type(exc).__name__}: {text}".rstrip(": "))
         attempt.done = time.perf_counter()
         return attempt
 
@@ -319,7 +324,9 @@ class GatewayClient:
                 attempt.first_byte = partial.first_byte
                 if partial.status is not None:
                     attempt.headers = ResponseHeaders(partial.headers)
-            attempt.connect_failed = exc.kind == CONNECT or exc.timeout_phase == "connect"
+            attempt.connect_failed = (
+                exc.kind == CONNECT and not exc.local
+            ) or exc.timeout_phase == "connect"
             if exc.kind == TIMEOUT:
                 attempt.timed_out = True
                 _fail(attempt, ERROR_TIMEOUT, format_wire_error(exc))

@@ -18,11 +18,14 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from batchrunner.redaction import REDACTED
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 RUN_JSON = "run.json"
 _FINGERPRINT_BYTES = 1 << 20
@@ -79,9 +82,13 @@ def input_fingerprint(path: Path) -> dict[str, Any]:
 
 def default_run_name(requests: Path, mode: str, now: float | None = None) -> str:
     """``<input stem>-<mode>-<UTC yyyymmdd-HHMMSS>``, e.g. ``demo-sync-20261126-101500``."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", requests.name.split(".")[0]) or "run"
+    stem = _name_stem(requests)
     stamp = datetime.fromtimestamp(now or time.time(), UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stem}-{mode}-{stamp}"
+
+
+def _name_stem(requests: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", requests.name.split(".")[0]) or "run"
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any] | None:
@@ -102,39 +109,129 @@ def load_run_json(run_dir: Path, what_next: str | None = None) -> dict[str, Any]
     """
     path = run_dir / RUN_JSON
     try:
-        data = orjson.loads(path.read_bytes())
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
+    data, problem = _parse_run_json(raw)
+    if data is not None:
+        return data
+    raise RunDirError(_damaged_message(run_dir, problem, what_next))
+
+
+def _parse_run_json(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The description in ``raw``, or ``None`` and what is wrong with it."""
+    try:
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        problem = f"is not valid JSON ({exc})"
-    else:
-        if isinstance(data, dict):
-            return data
-        problem = f"holds a JSON {type(data).__name__}, not the run's description"
-    raise RunDirError(
-        f"{path} {problem}; the rows already written ({run_dir / 'data'}) are intact. Restore "
-        "run.json (e.g. from a backup) to go on with this run"
+        return None, f"is not valid JSON ({exc})"
+    if isinstance(data, dict):
+        return data, ""
+    return None, f"holds a JSON {type(data).__name__}, not the run's description"
+
+
+def _damaged_message(run_dir: Path, problem: str, what_next: str | None) -> str:
+    return (
+        f"{run_dir / RUN_JSON} {problem}; the rows already written ({run_dir / 'data'}) are "
+        "intact. Restore run.json (e.g. from a backup) to go on with this run"
         + (f", or {what_next}" if what_next else "")
     )
 
 
-def find_latest_run(results_root: Path, requests: Path, mode: str | None = None) -> Path | None:
+def find_latest_run(
+    results_root: Path,
+    requests: Path,
+    mode: str | None = None,
+    *,
+    what_next: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Path | None:
     """The most recently started run directory under ``results_root`` for the same input file:
     the latest in ``mode`` if there is one (a sync and a stream run of one file are both
-    common), else the latest of any mode (the resume then says the mode differs)."""
+    common), else the latest of any mode (the resume then says the mode differs).
+
+    A directory whose ``run.json`` is damaged (cut short, edited) is not skipped in silence when
+    it may be a run of this input (its text names the input, or it has this input's default
+    name): if it is the latest such run, resuming an older one (or none) would leave its rows
+    aside, so it is refused; an older one is warned of. One whose input cannot be told is
+    warned of.
+
+    :param what_next: the other way on, ending the error.
+    :param warn: called with each warning (one line).
+    :raises RunDirError: the latest run of this input has a damaged ``run.json``, with the
+        message :func:`load_run_json` gives.
+    """
     if not results_root.is_dir():
         return None
     wanted = str(requests.resolve())
+    quoted = orjson.dumps(wanted)
+    default_name = re.compile(
+        re.escape(_name_stem(requests)) + r"-(sync|stream|async)-(\d{8}-\d{6})(-\d+)?"
+    )
     best: tuple[bool, float, Path] | None = None
+    damaged: list[tuple[float, Path, str]] = []  # (created, directory, problem)
+    unknown: list[tuple[Path, str]] = []
     for child in results_root.iterdir():
-        info = read_run_json(child) if child.is_dir() else None
-        if not info or info.get("input", {}).get("path") != wanted:
+        if not child.is_dir():
+            continue
+        try:
+            raw = (child / RUN_JSON).read_bytes()
+        except FileNotFoundError:
+            continue
+        info, problem = _parse_run_json(raw)
+        if info is None:
+            named = default_name.fullmatch(child.name)
+            if quoted in raw or named:
+                stamp = named.group(2) if named else None
+                damaged.append((_created_at(raw, child, stamp), child, problem))
+            elif b'"input"' not in raw:
+                unknown.append((child, problem))
+            continue
+        if (info.get("input") or {}).get("path") != wanted:
             continue
         same_mode = mode is not None and (info.get("config") or {}).get("mode") == mode
         key = (same_mode, float(info.get("created_at") or 0), child)
         if best is None or key[:2] > best[:2]:
             best = key
+    if damaged:
+        created, latest, problem = max(damaged)
+        if best is None or created >= best[1]:
+            raise RunDirError(_damaged_message(latest, problem, what_next))
+    for _, child, problem in sorted(damaged):
+        if warn is not None and best is not None:
+            warn(
+                f"Warning: {child / RUN_JSON} {problem}: an earlier run of {requests} than "
+                f"{best[2]}, which is resumed; its rows ({child / 'data'}) are intact: restore "
+                f"run.json to resume it with --out {child}"
+            )
+    for child, problem in sorted(unknown):
+        if warn is not None:
+            warn(
+                f"Warning: {child / RUN_JSON} {problem}, so whether it is a run of {requests} "
+                f"cannot be told: skipped; its rows ({child / 'data'}) are intact: restore "
+                f"run.json to resume it with --out {child}"
+            )
     return best[2] if best else None
+
+
+def _created_at(raw: bytes, run_dir: Path, stamp: str | None) -> float:
+    """When a run whose ``run.json`` is damaged started: as far as its text tells, else as its
+    default name tells (``yyyymmdd-HHMMSS``, UTC), else when the file was last written (later
+    than the start: such a run counts as the more recent)."""
+    found = re.search(rb'"created_at":\s*([0-9][0-9.eE+-]*)', raw)
+    if found:
+        try:
+            return float(found.group(1))
+        except ValueError:
+            pass
+    if stamp is not None:
+        try:
+            return datetime.strptime(stamp, "%Y%m%d-%H%M%S").replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            pass
+    try:
+        return (run_dir / RUN_JSON).stat().st_mtime
+    except OSError:
+        return time.time()
 
 
 def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mode: str) -> None:

@@ -80,6 +80,7 @@ from batchrunner.store import (
     write_json_atomic,
 )
 from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
+from batchrunner.wire import LOCAL_LIMIT_NOTE
 from batchrunner.workers import ParkedWorkers
 
 T = TypeVar("T")
@@ -244,7 +245,12 @@ class _Session:
 
     def _track_config_errors(self, row: dict[str, Any]) -> None:
         status = row.get("http_status")
-        unreachable = row.get("error_type") == ERROR_CONNECTION and status is None
+        # Out of descriptors or memory to connect says nothing of the gateway or its address.
+        unreachable = (
+            row.get("error_type") == ERROR_CONNECTION
+            and status is None
+            and LOCAL_LIMIT_NOTE not in (row.get("error_message") or "")
+        )
         # Only plain errors count: an expired job's 404 says nothing about the configuration.
         if row.get("status") == Status.ERROR.value and (
             status in CONFIG_ERROR_STATUSES or unreachable
@@ -622,10 +628,14 @@ def defer_compaction(busy: float, backlog: int, stopping: bool) -> bool:
 
 
 def resolve_run_dir(
-    config: RunConfig, fingerprint: dict[str, Any] | None
+    config: RunConfig,
+    fingerprint: dict[str, Any] | None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any] | None]:
     """The run directory to use and, when resuming, its existing ``run.json``.
 
+    :param warn: called with each warning (a skipped run directory whose ``run.json`` is
+        damaged).
     :raises RunDirError: nothing to resume, or the directory belongs to another input.
     """
     if config.out is not None:
@@ -647,7 +657,15 @@ def resolve_run_dir(
                 f"leave out {flag} to start a new run there"
             )
     elif config.resume or config.retry_failed:
-        latest = find_latest_run(config.results_root, config.requests, config.mode.value)
+        flag = "--retry-failed" if config.retry_failed else "--resume"
+        latest = find_latest_run(
+            config.results_root,
+            config.requests,
+            config.mode.value,
+            what_next=f"give the run directory to resume with --out, or leave out {flag} to "
+            "start a new run",
+            warn=warn,
+        )
         if latest is None:
             raise RunDirError(
                 f"--resume: no earlier run of {config.requests} under {config.results_root}/; "
@@ -758,7 +776,11 @@ async def run_session(
     else:
         raise InputError(f"{requests}: no such file")
     try:
-        run_dir, info = resolve_run_dir(config, fingerprint)
+        run_dir, info = resolve_run_dir(
+            config,
+            fingerprint,
+            None if quiet else lambda line: print(line, file=stderr, flush=True),
+        )
     except OSError as exc:  # e.g. --out under a file, or in a read-only place
         where = config.out if config.out is not None else config.results_root
         reason = exc.strerror or exc

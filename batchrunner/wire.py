@@ -16,6 +16,7 @@ exchange) are enforced by one watchdog task per pool rather than a timer per req
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl as ssl_module
 import time
 from collections import deque
@@ -45,12 +46,21 @@ _WATCH_PERIOD_MIN_S = 0.005
 _WATCH_FRACTION = 1 / 20
 
 
+#: Errors of connecting that say this machine ran out of something (descriptors, memory), not
+#: that the server cannot be reached.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Ends the message of such a failure (and tells it apart from the gateway's).
+LOCAL_LIMIT_NOTE = "a limit of this machine, not of the gateway"
+
+
 class WireError(Exception):
     """A failed exchange; ``kind`` is ``connect``, ``timeout``, ``disconnect``, ``protocol`` (not
     valid HTTP) or ``body`` (the stream sink refused the body).
 
     ``timeout_phase`` says which limit a timeout hit: ``connect``, ``read`` or ``exchange``;
     ``exchange`` is the exchange as far as it got (status and headers may have arrived).
+    ``local`` marks a ``connect`` failure of this machine (out of file descriptors or memory,
+    :data:`LOCAL_ERRNOS`): the server may well be reachable.
     """
 
     def __init__(
@@ -59,11 +69,49 @@ class WireError(Exception):
         message: str,
         timeout_phase: str | None = None,
         exchange: Exchange | None = None,
+        *,
+        local: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.timeout_phase = timeout_phase
         self.exchange = exchange
+        self.local = local
+
+
+def local_os_error(exc: BaseException) -> OSError | None:
+    """The error of this machine's limits (:data:`LOCAL_ERRNOS`) behind ``exc``, if any: itself
+    or one it was raised from (httpx and aiohttp wrap the socket's error)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; a cycle must not loop for ever
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in LOCAL_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def local_limit_text(exc: OSError) -> str:
+    """What ran out and what to do about it, for a row's error message."""
+    code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    if exc.errno == errno.EMFILE:
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            limit = "" if soft == resource.RLIM_INFINITY else f": this process may open {soft:,}"
+        except (ImportError, OSError, ValueError):
+            limit = ""
+        what = f"too many open files ({code}{limit}); raise ulimit -n or lower -c"
+    elif exc.errno == errno.ENFILE:
+        what = (
+            f"too many open files in the system ({code}); lower -c, or raise the system's limit "
+            "(fs.file-max)"
+        )
+    else:
+        what = f"out of memory for a connection ({code}); lower -c or free memory"
+    return f"{what} ({LOCAL_LIMIT_NOTE})"
 
 
 class ResponseHeaders(Mapping[str, str]):
@@ -495,6 +543,12 @@ class WirePool:
                 "connect",
             ) from None
         except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
+            if exc.errno in LOCAL_ERRNOS:  # no socket could even be made: not the server's doing
+                raise WireError(
+                    CONNECT,
+                    f"cannot connect to {self.host}:{self.port}: {local_limit_text(exc)}",
+                    local=True,
+                ) from None
             raise WireError(CONNECT, f"cannot connect to {self.host}:{self.port}: {exc}") from None
         self.connected_once = True
         return conn

@@ -130,7 +130,8 @@ Exit codes: 0 done; 2 usage or configuration error; 3 interrupted or stopped by
     "--arrival",
     type=click.Choice(["constant", "poisson"]),
     default=None,
-    help="Arrivals of --rate stages [constant].",
+    help="Arrivals of --rate / --ramp stages and --saturate [constant] (poisson without "
+    "any of them is refused).",
 )
 @click.option(
     "--ramp",
@@ -252,7 +253,7 @@ def bench(
       batchrunner bench --scenario scenario.toml --gateway http://bifrost:8080
     """
     from batchrunner.bench import Slo, parse_list, plan_stages
-    from batchrunner.bench_run import BenchConfig, run_bench
+    from batchrunner.bench_run import BenchConfig, poisson_without_open_loop, run_bench
     from batchrunner.client import Timeouts
     from batchrunner.config import ConfigError, RunConfig
     from batchrunner.retry import RetryPolicy
@@ -295,6 +296,20 @@ def bench(
             warmup_s=warmup,
         )
         slos = [Slo.parse(s) for s in (values.get("slo") or [])]
+        if (
+            values.get("arrival") == "poisson"
+            and stages
+            and not values.get("saturate")
+            and all(spec.rate is None for spec in stages)
+        ):
+            # Named where it was given: the scenario file, or the command line.
+            raise ConfigError(
+                poisson_without_open_loop(
+                    f'--scenario {scenario}: arrival = "poisson"', "the arrival key"
+                )
+                if options.get("arrival") is None
+                else poisson_without_open_loop("--arrival poisson", "--arrival")
+            )
         timeout = values.get("timeout") or 120.0
         run = RunConfig(
             requests=requests or Path(),

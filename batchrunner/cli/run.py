@@ -93,7 +93,7 @@ Exit codes:
     "--rpm",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="The same ceiling in requests per minute.",
+    help="The same ceiling in requests per minute (give it or --max-rate, not both).",
 )
 @click.option(
     "--max-requests",
@@ -294,13 +294,19 @@ def run(
     from batchrunner.schema import Mode
 
     max_rate = options.pop("max_rate")
-    if rpm is not None:
-        per_s = rpm / 60.0
-        max_rate = per_s if max_rate is None else min(float(max_rate), per_s)  # type: ignore[arg-type]
 
     built: list[RunConfig] = []
 
     def build() -> RunConfig:
+        from batchrunner.config import ConfigError
+
+        if rpm is not None and max_rate is not None:
+            # Two ceilings in different units: keeping the lower one in silence would pace the
+            # run by a number the user may not have meant.
+            raise ConfigError(
+                f"--max-rate {max_rate:g} and --rpm {rpm:g} are the same ceiling (per second and "
+                "per minute): give one of them"
+            )
         built.append(
             RunConfig(
                 requests=requests,
@@ -310,7 +316,7 @@ def run(
                     connect_s=connect_timeout_s, read_s=read_timeout_s, attempt_s=timeout_s
                 ),
                 retry=RetryPolicy(max_retries=max_retries),
-                max_rate=max_rate,  # type: ignore[arg-type]
+                max_rate=rpm / 60.0 if rpm is not None else max_rate,  # type: ignore[arg-type]
                 keep_response_json=not no_response_json,
                 keep_response_text=not no_response_text,
                 **options,  # type: ignore[arg-type]

@@ -587,3 +587,49 @@ def test_bench_usage_errors(tmp_path, args, message):
     )  # fmt: skip
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_poisson_arrivals_without_an_open_loop_stage_are_refused(make_emulator, tmp_path):
+    # As `run` refuses --arrival poisson without --rate: with only -c stages the option did
+    # nothing while bench.json said the bench used Poisson arrivals.
+    scenario = tmp_path / "closed.toml"
+    # (short stages: before the fix the bench ran)
+    scenario.write_text('concurrency = [1, 2]\narrival = "poisson"\nstage_duration = 0.5\n')
+    with make_emulator() as emu:
+        runs = {
+            name: subprocess.run(
+                [sys.executable, "-m", "batchrunner", "bench", *args, "--gateway", emu.base_url,
+                 "--out", str(tmp_path / name)],
+                capture_output=True, text=True, timeout=60,
+            )
+            for name, args in {
+                "option": ["-c", "1,2", "--arrival", "poisson", "--stage-duration", "0.5"],
+                "scenario": ["--scenario", str(scenario)],
+            }.items()
+        }  # fmt: skip
+        assert emu.stats()["requests"] == 0
+    for name, done in runs.items():
+        assert done.returncode == 2, (name, done.stdout, done.stderr)
+        assert done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
+        assert not (tmp_path / name).exists()
+    assert runs["option"].stderr == (
+        "Error: --arrival poisson spaces the arrivals of open-loop stages (--rate, --ramp, "
+        "--saturate); every stage here is a closed loop (-c) and has no arrivals: add a --rate "
+        "or --ramp stage, or leave out --arrival\n"
+    )
+    assert runs["scenario"].stderr.startswith(
+        f'Error: --scenario {scenario}: arrival = "poisson" spaces the arrivals of open-loop stages'
+    )
+    assert runs["scenario"].stderr.endswith("or leave out the arrival key\n")
+    # From Python too; an open-loop stage (or the saturation search) is what it is for.
+    closed = [StageSpec("c=1", concurrency=1)]
+    with pytest.raises(ConfigError, match="--arrival poisson spaces the arrivals"):
+        BenchConfig(run=RunConfig(Path("x"), arrival="poisson"), stages=closed).validate()
+    for config in (
+        BenchConfig(run=RunConfig(Path("x"), arrival="poisson"),
+                    stages=[*closed, StageSpec("rate=5", rate=5.0)]),
+        BenchConfig(run=RunConfig(Path("x"), arrival="poisson"), stages=closed, saturate=True,
+                    slos=[Slo.parse("ttft_p99=1")]),
+        BenchConfig(run=RunConfig(Path("x"), arrival="constant"), stages=closed),
+    ):  # fmt: skip
+        config.validate()

@@ -8,7 +8,9 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -304,3 +306,61 @@ async def test_closing_releases_the_waiters_and_stops_probing():
     probes = len(calls)
     await asyncio.sleep(0.05)
     assert len(calls) == probes
+
+
+
+_FD_LIMITED_SENDS = """
+import asyncio, os, resource, sys
+import httpx, orjson
+from batchrunner.client import GatewayClient, messages_url
+from batchrunner.transport import AiohttpTransport
+
+BODY = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 8,
+                     "messages": [{"role": "user", "content": "hi"}]})
+
+async def main(url, path):
+    http = httpx.AsyncClient() if path == "httpx-client" else None
+    transport = AiohttpTransport() if path == "aiohttp-transport" else None
+    async with GatewayClient(url, {}, transport=transport, client=http) as client:
+        # Room for a few connections, far fewer than the sends: the rest fail with EMFILE.
+        # Soft and hard alike, in this process only.
+        limit = len(os.listdir("/proc/self/fd")) + 8
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        attempts = await asyncio.gather(*(client.send(BODY, stream=False) for _ in range(60)))
+    for closer in (transport, http):
+        if closer is not None:
+            await closer.aclose()
+    for a in attempts:
+        print(orjson.dumps([a.ok, a.connect_failed, a.transport_failure, a.error_type,
+                            a.error_message]).decode())
+
+asyncio.run(main(messages_url(sys.argv[1]), sys.argv[2]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+@pytest.mark.parametrize("path", ["wire", "aiohttp-transport", "httpx-client"])
+def test_running_out_of_file_descriptors_is_not_blamed_on_the_gateway(tmp_path, path):
+    # Before: EMFILE while connecting was a connect failure: the run waited for a gateway that
+    # was fine ("The gateway cannot be connected to"), and the rows blamed it. Now such an
+    # attempt is an ordinary failure (retried as any, never held) that names the local cause.
+    script = tmp_path / "limited.py"
+    script.write_text(_FD_LIMITED_SENDS)
+    # Each answer takes a while, so the connections that opened are held while the rest try.
+    with running_emulator(EmulatorConfig(ttft=Dist("fixed", 0.05))) as emu:
+        done = subprocess.run(
+            [sys.executable, str(script), emu.base_url, path],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        reached = emu.stats()["requests"]
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    attempts = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert len(attempts) == 60
+    failed = [a for a in attempts if not a[0]]
+    assert failed and reached == 60 - len(failed) > 0, (reached, done.stdout)
+    for _, connect_failed, transport_failure, error_type, message in failed:
+        assert not connect_failed and transport_failure and error_type == "connection_error"
+        assert "too many open files (EMFILE: this process may open " in message, message
+        assert message.endswith(
+            "); raise ulimit -n or lower -c (a limit of this machine, not of the gateway)"
+        ), message

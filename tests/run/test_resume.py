@@ -443,3 +443,66 @@ def test_collect_names_a_damaged_run_json(make_emulator, requests_file, tmp_path
     assert f"{out / 'run.json'} is not valid JSON (" in result.stderr
     assert "Restore run.json (e.g. from a backup) to go on with this run" in result.stderr
     assert "no run.json" not in result.stderr
+
+
+def json_error(text: bytes) -> str:
+    with pytest.raises(orjson.JSONDecodeError) as error:
+        orjson.loads(text)
+    return str(error.value)
+
+
+def test_resume_does_not_skip_a_run_whose_run_json_is_damaged(make_emulator, tmp_path):
+    # find_latest_run skipped such a directory in silence: --resume went on with an older run
+    # (or started none), leaving the rows of the latest aside without a word.
+    requests, root = write_requests(tmp_path / "set.jsonl", 6), tmp_path / "results"
+
+    def start() -> Path:
+        config = RunConfig(requests=requests, gateway=emu.base_url, results_root=root)
+        config.max_requests = 2
+        return run_sync(config, quiet=True).run_dir
+
+    def resume(*args: str):
+        return run_cli("run", str(requests), "--results-root", str(root), "--gateway",
+                       emu.base_url, "--resume", *args)  # fmt: skip
+
+    with make_emulator() as emu:
+        older, latest = start(), start()
+        assert older != latest and len(read_rows(older)) == len(read_rows(latest)) == 2
+        # The latest is damaged: refused as --out refuses it; nothing sent, nothing changed.
+        intact = (latest / "run.json").read_bytes()
+        cut = intact[: len(intact) // 2]
+        (latest / "run.json").write_bytes(cut)
+        sent = emu.stats()["requests"]
+        refused = resume()
+        assert refused.returncode == 2, (refused.stdout, refused.stderr)
+        assert refused.stderr.splitlines() == [
+            f"Error: {latest / 'run.json'} is not valid JSON ({json_error(cut)}); the rows "
+            f"already written ({latest / 'data'}) are intact. Restore run.json (e.g. from a "
+            "backup) to go on with this run, or give the run directory to resume with --out, "
+            "or leave out --resume to start a new run"
+        ]
+        assert emu.stats()["requests"] == sent and (latest / "run.json").read_bytes() == cut
+        assert len(read_rows(older)) == 2 and sorted(p.name for p in root.iterdir()) == sorted(
+            [older.name, latest.name]
+        )
+        # An older one is damaged (cut before it names its input or start: its default name
+        # tells both), and
+        # one of a custom name cannot be told: the latest is resumed, both are warned of.
+        (latest / "run.json").write_bytes(intact)
+        (older / "run.json").write_bytes(b"{\n")
+        unknown = root / "mine"
+        unknown.mkdir()
+        (unknown / "run.json").write_bytes(b"")
+        resumed = resume()
+        assert resumed.returncode == 0, resumed.stderr
+    warnings = [line for line in resumed.stderr.splitlines() if line.startswith("Warning: ")]
+    assert warnings == [
+        f"Warning: {older / 'run.json'} is not valid JSON (unexpected end of data: line 2 "
+        f"column 1 (char 2)): an earlier run of {requests} than {latest}, which is resumed; its "
+        f"rows ({older / 'data'}) are intact: restore run.json to resume it with --out {older}",
+        f"Warning: {unknown / 'run.json'} is not valid JSON (Input is a zero-length, empty "
+        f"document: line 1 column 1 (char 0)), so whether it is a run of {requests} cannot be "
+        f"told: skipped; its rows ({unknown / 'data'}) are intact: restore run.json to resume "
+        f"it with --out {unknown}",
+    ]
+    assert len(read_rows(latest)) == 6 and len(read_rows(older)) == 2

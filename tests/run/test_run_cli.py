@@ -277,6 +277,9 @@ def test_demo_runs_on_the_built_in_emulator(tmp_path):
         (["run", "{set}", "--arrival", "poisson"], "--arrival poisson spaces the arrivals of"),
         (["run", "{set}", "--rate", "10", "--max-rate", "5"], "--rate 10/s is above the"),
         (["run", "{set}", "--rate", "10", "--rpm", "300"], "ceiling (5/s)"),
+        # one ceiling in two units: the lower one was kept in silence
+        (["run", "{set}", "--max-rate", "5", "--rpm", "600"],
+         "--max-rate 5 and --rpm 600 are the same ceiling (per second and per minute): give one"),
     ],
 )
 def test_usage_errors_exit_2_with_a_clear_message(requests_file, tmp_path, args, message):
