@@ -151,6 +151,9 @@ class RunResult:
     failed_on_config: bool = False
     #: Aborted by the input: an invalid row with ``--strict``, or an unreadable file.
     failed_on_input: bool = False
+    #: Async: requests of the input neither answered nor submitted (``collect`` cannot send
+    #: them; ``run`` can).
+    unsubmitted: int = 0
 
 
 class RunAborted(Exception):
@@ -1309,8 +1312,25 @@ async def _finish(
             f"{store.run_dir}` before {_iso(deadline)} (the earliest instant a result can "
             f"expire: TTL {config.ttl_s} s after a job's completion)"
         )
+    # Requests of the input with neither a row nor a job: --max-requests, or a stop, left them
+    # unsubmitted. collect cannot send them, so it must not say "run collect again" for them.
+    unsubmitted = max(0, (stats.total or 0) - settled - stats.rejected - outstanding)
+    send_rest = (
+        f"{unsubmitted:,} request{'' if unsubmitted == 1 else 's'} of {config.requests} "
+        f"{'was' if unsubmitted == 1 else 'were'} never submitted: send "
+        f"{'it' if unsubmitted == 1 else 'them'} with `batchrunner run {config.requests} "
+        f"--mode async --out {store.run_dir}` and the first run's --gateway and keys"
+    )
     if config.detach and session.fatal is None and not session.interrupted:
         status, code, message = "detached", EXIT_OK, collect_hint
+        if unsubmitted:
+            message += "; " + send_rest
+    elif (
+        config.collect_only and session.fatal is None and not session.interrupted
+        and not outstanding and unsubmitted
+    ):  # fmt: skip
+        status, code = "incomplete", EXIT_OK
+        message = f"every job is collected; {send_rest}"
     elif session.fatal is not None:
         status, code, message = "aborted", EXIT_ABORTED, str(session.fatal)
     elif session.interrupted and not complete:  # a signal that cut nothing changes nothing
@@ -1377,6 +1397,7 @@ async def _finish(
         collect_before=deadline,
         failed_on_config=session.failed_on_config and session.fatal is not None,
         failed_on_input=isinstance(session.fatal, InputError),
+        unsubmitted=unsubmitted if config.mode is Mode.ASYNC else 0,
     )
 
 

@@ -138,4 +138,9 @@ def collect(
 
     result = run_or_exit(build, quiet=quiet)
     hint = f"batchrunner collect {shlex.quote(str(result.run_dir))}"
+    if result.status == "incomplete" and not result.outstanding_jobs and result.unsubmitted:
+        # Every job is in; what is left was never submitted, which only `run` can send: the
+        # message says how, and "collect again" would go round in a loop.
+        finish(result, as_json=as_json, quiet=quiet, resume_hint="")
+        return
     finish(result, as_json=as_json, quiet=quiet, resume_hint=hint)

@@ -458,7 +458,7 @@ def finish(
             )
         if result.status not in ("finished", "detached"):
             click.echo(f"{result.status}: {result.message}", err=True)
-        if result.exit_code == EXIT_ABORTED or result.status == "incomplete":
+        if resume_hint and (result.exit_code == EXIT_ABORTED or result.status == "incomplete"):
             click.echo(f"Resume with: {resume_hint}", err=True)
             if hint_note:
                 click.echo(f"  {hint_note}", err=True)

@@ -311,6 +311,35 @@ def test_ctrl_c_stops_and_leaves_jobs_to_collect(make_emulator, requests_file, t
     assert info["status"] == "interrupted" and info["async"]["outstanding_jobs"] >= 5
 
 
+def test_collect_of_a_partly_submitted_run_says_run_sends_the_rest(
+    make_emulator, requests_file, tmp_path
+):
+    # A detached run stopped by --max-requests: collect brings its jobs in, and then said
+    # "incomplete ... Resume with: batchrunner collect" for ever, though only run can submit
+    # the requests left.
+    requests, out = requests_file(10), tmp_path / "out"
+    with make_emulator() as emu:
+        detached = run_cli(
+            "run", str(requests), "--mode", "async", "--detach", "--gateway", emu.base_url,
+            "--out", str(out), "--max-requests", "4",
+        )  # fmt: skip
+        assert detached.returncode == 0, detached.stderr
+        rest = (
+            f"6 requests of {requests} were never submitted: send them with `batchrunner run "
+            f"{requests} --mode async --out {out}` and the first run's --gateway and keys"
+        )
+        assert rest in detached.stdout
+        collected = run_cli("collect", str(out))
+        assert collected.returncode == 0, collected.stderr
+        assert f"incomplete: every job is collected; {rest}" in collected.stderr
+        assert "Resume with" not in collected.stderr
+        assert len(read_rows(out)) == 4
+        done = run_cli("run", str(requests), "--mode", "async", "--gateway", emu.base_url,
+                       "--out", str(out))
+        assert done.returncode == 0, done.stderr
+    assert sorted(read_rows(out)["input_index"]) == list(range(10))
+
+
 def test_collect_with_other_plain_headers_is_not_a_changed_request(
     make_emulator, requests_file, tmp_path
 ):
