@@ -330,15 +330,24 @@ class _Session:
         if not self.interrupted_by:
             self.interrupted = True
             self.interrupted_by = f"stopped by {what}"
+            ctx = getattr(self, "ctx", None)
+            held = ctx.outage.waiting if ctx is not None and ctx.outage is not None else 0
+            flying = self.stats.in_flight - held
+            what_flies = "submit" if self.poller_task is not None else "request"
             waiting = (
-                f"waiting up to {self.config.drain_timeout_s:g} s for {self.stats.in_flight} "
-                f"in flight. {again}"
+                f"waiting up to {self.config.drain_timeout_s:g} s for {flying:,} "
+                f"{what_flies}{'' if flying == 1 else 's'} in flight. {again}"
+                if flying
+                else "nothing is in flight."
             )
+            if held:  # they end at once (stop() releases them): never sent
+                waiting = (
+                    f"the {held:,} request{'' if held == 1 else 's'} waiting for the gateway "
+                    f"end as cancelled, not sent; {waiting}"
+                )
             if self.poller_task is not None:  # async: polling stops at once, jobs are kept
                 waiting = (
-                    "polling stops (outstanding jobs stay in jobs.jsonl for collect); "
-                    f"waiting up to {self.config.drain_timeout_s:g} s for "
-                    f"{self.stats.in_flight} submit(s) in flight. {again}"
+                    f"polling stops (outstanding jobs stay in jobs.jsonl for collect); {waiting}"
                 )
             if self.stopping:
                 self._say(f"\n{what}: already stopping ({self.stop_reason}); {waiting}")

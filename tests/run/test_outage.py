@@ -146,6 +146,11 @@ def test_ctrl_c_while_requests_wait_for_the_gateway_ends_them_at_once(requests_f
     stderr = before + stderr
     assert time.monotonic() - stopped < 30, stderr  # not the 60 s drain
     assert proc.returncode == 3, stderr
+    # Not "waiting up to 60 s for 4 in flight": they end at once.
+    assert (
+        "Stopping (Ctrl-C): no new requests; the 4 requests waiting for the gateway end as "
+        "cancelled, not sent; nothing is in flight." in stderr
+    )
     rows = read_rows(out)
     waited = rows[rows["status"] == "cancelled"]
     assert len(waited) == 4, stderr
