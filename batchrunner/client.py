@@ -38,6 +38,7 @@ from batchrunner.wire import (
     format_wire_error,
     local_limit_text,
     local_os_error,
+    tls_refusal,
 )
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -289,7 +290,9 @@ class GatewayClient:
             _fail(attempt, ERROR_TIMEOUT, f"{type(exc).__name__}: {exc}".rstrip(": "))
         except (httpx.TransportError, OSError) as exc:
             local = local_os_error(exc)  # out of descriptors or memory: not the gateway's doing
-            attempt.connect_failed = isinstance(exc, httpx.ConnectError) and local is None
+            attempt.connect_failed = (
+                isinstance(exc, httpx.ConnectError) and local is None and tls_refusal(exc) is None
+            )
             attempt.transport_failure = True
             text = local_limit_text(local) if local is not None else str(exc)
             _fail(attempt, ERROR_CONNECTION, f"{type(exc).__name__}: {text}".rstrip(": "))
@@ -325,7 +328,7 @@ class GatewayClient:
                 if partial.status is not None:
                     attempt.headers = ResponseHeaders(partial.headers)
             attempt.connect_failed = (
-                exc.kind == CONNECT and not exc.local
+                exc.kind == CONNECT and not exc.local and not exc.tls
             ) or exc.timeout_phase == "connect"
             if exc.kind == TIMEOUT:
                 attempt.timed_out = True

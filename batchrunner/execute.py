@@ -102,9 +102,13 @@ async def execute(
                 break
             held = await held_for_gateway(ctx, attempt, holds)
             if held is False:
+                # Sent never, if no attempt ever connected: no sent_at, no send lag, so that
+                # rates and the schedule check count only what went out.
+                ever = attempts > holds + 1
                 ctx.emit(cancelled_row(
-                    record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
-                    first_sent_at, not_sent(ctx, attempt),
+                    record, ctx, request_id, scheduled, scheduled_at, attempts,
+                    first_sent if ever else None, first_sent_at if ever else None,
+                    not_sent(ctx, attempt),
                 ))  # fmt: skip
                 return
             if held:
@@ -301,6 +305,8 @@ def fill_attempt(row: dict[str, Any], attempt: Attempt, ctx: ExecContext) -> Non
     elif attempt.partial is not None:
         # A stream that failed midway: its model, usage so far (priced like any row's) and
         # the text that came. Not a TPOT: the answer is not whole.
+        if not times:
+            row["content_deltas"] = 0  # it began: none came, which is not "unknown"
         fill_message(row, attempt.partial)
         if ctx.keep_response_json:
             row["response_json"] = orjson.dumps(attempt.partial).decode()

@@ -60,7 +60,8 @@ class WireError(Exception):
     ``timeout_phase`` says which limit a timeout hit: ``connect``, ``read`` or ``exchange``;
     ``exchange`` is the exchange as far as it got (status and headers may have arrived).
     ``local`` marks a ``connect`` failure of this machine (out of file descriptors or memory,
-    :data:`LOCAL_ERRNOS`): the server may well be reachable.
+    :data:`LOCAL_ERRNOS`): the server may well be reachable. ``tls`` marks one of the TLS
+    handshake that no waiting fixes (see :func:`tls_refusal`).
     """
 
     def __init__(
@@ -71,12 +72,31 @@ class WireError(Exception):
         exchange: Exchange | None = None,
         *,
         local: bool = False,
+        tls: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.timeout_phase = timeout_phase
         self.exchange = exchange
         self.local = local
+        self.tls = tls
+
+
+_TLS_CUT_SHORT = (ssl_module.SSLEOFError, ssl_module.SSLZeroReturnError, ssl_module.SSLSyscallError)
+
+
+def tls_refusal(exc: BaseException) -> ssl_module.SSLError | None:
+    """The TLS error behind ``exc`` that says the address or its certificate is wrong (a plain
+    HTTP server behind https://, a certificate that does not verify), if any: not an outage to
+    wait out. A handshake cut short (EOF, reset) is left out: a restarting server does that."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; a cycle must not loop for ever
+        if seen is None:
+            return None
+        if isinstance(seen, ssl_module.SSLError) and not isinstance(seen, _TLS_CUT_SHORT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def local_os_error(exc: BaseException) -> OSError | None:
@@ -549,7 +569,11 @@ class WirePool:
                     f"cannot connect to {self.host}:{self.port}: {local_limit_text(exc)}",
                     local=True,
                 ) from None
-            raise WireError(CONNECT, f"cannot connect to {self.host}:{self.port}: {exc}") from None
+            raise WireError(
+                CONNECT,
+                f"cannot connect to {self.host}:{self.port}: {exc}",
+                tls=tls_refusal(exc) is not None,
+            ) from None
         self.connected_once = True
         return conn
 

@@ -202,6 +202,20 @@ async def test_a_json_body_to_a_stream_request_is_read_as_one(
     assert not attempt.transport_failure
 
 
+def test_a_stream_that_failed_before_any_delta_counts_zero_deltas() -> None:
+    # It began (message_start): "no delta came" is 0, not unknown (null).
+    from batchrunner.execute import ExecContext, fill_attempt
+    from batchrunner.schema import Mode
+
+    attempt = Attempt(sent=1.0, sent_at=100.0, done=1.5, http_status=200)
+    attempt.error_type, attempt.error_message = "overloaded_error", "mid-stream"
+    attempt.partial = {**MESSAGE, "content": []}
+    ctx = ExecContext(client=None, mode=Mode.STREAM, run_id="r", policy=None, emit=print)  # type: ignore[arg-type]
+    row: dict[str, Any] = {}
+    fill_attempt(row, attempt, ctx)
+    assert row["content_deltas"] == 0 and row["input_tokens"] == 3
+
+
 async def test_stream_without_message_stop(server: Server, make_client) -> None:
     script = {"status": 200, "chunks": STREAM_OK[:-1]}
     attempt = await send(make_client(server.url("/script")), script, stream=True)

@@ -115,6 +115,8 @@ def test_a_gateway_never_reached_stops_the_run_and_a_resume_sends_the_waiting(
     assert "check --gateway" in first.stderr
     rows = read_rows(out)
     assert set(rows["status"]) == {"cancelled"} and len(rows) == 4
+    # Never sent: no sent_at and no send lag (rates and the schedule check leave them out).
+    assert rows["sent_at"].isna().all() and rows["queue_wait_s"].isna().all()
     assert rows["error_message"].str.startswith(
         "not sent: the gateway could not be connected to (ConnectError"
     ).all()
@@ -182,6 +184,23 @@ def test_an_async_submit_that_waited_keeps_its_resubmits(requests_file, tmp_path
     assert set(rows["status"]) == {"error"} and set(rows["http_status"]) == {529}
     assert len(submits) == 6  # two submits per request
     assert set(rows["attempts"]) == {3}  # the wait, the submit, the resubmit
+
+
+def test_a_tls_handshake_refused_is_not_waited_for_as_an_outage(requests_file, tmp_path):
+    # https:// to a plain-HTTP gateway: waiting fixes nothing (before: held 10 s, then the run
+    # stopped with cancelled rows, "unreachable"). It fails as a connection error at once.
+    out = tmp_path / "out"
+    with running_emulator(EmulatorConfig()) as emu:
+        wrong = emu.base_url.replace("http://", "https://")
+        result = run_cli(
+            "run", str(requests_file(3)), "--gateway", wrong, "-c", "1", "--max-retries", "0",
+            "--out", str(out),
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "cannot be connected to" not in result.stderr
+    rows = read_rows(out)
+    assert set(rows["error_type"]) == {"connection_error"} and len(rows) == 3
+    assert rows["error_message"].str.contains("WRONG_VERSION_NUMBER").all()
 
 
 def test_max_outage_zero_spends_retries_as_before(requests_file, tmp_path):
