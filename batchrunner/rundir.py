@@ -137,6 +137,10 @@ def _damaged_message(run_dir: Path, problem: str, what_next: str | None) -> str:
     )
 
 
+#: An input path written out whole in a damaged run.json: then it is known whose run it is.
+_COMPLETE_PATH = re.compile(rb'"path":\s*"(?:[^"\\]|\\.)*"')
+
+
 def find_latest_run(
     results_root: Path,
     requests: Path,
@@ -183,7 +187,7 @@ def find_latest_run(
             if quoted in raw or named:
                 stamp = named.group(2) if named else None
                 damaged.append((_created_at(raw, child, stamp), child, problem))
-            elif b'"input"' not in raw:
+            elif not _COMPLETE_PATH.search(raw):  # cut before its input's path: cannot tell
                 unknown.append((child, problem))
             continue
         if (info.get("input") or {}).get("path") != wanted:

@@ -492,7 +492,9 @@ def test_resume_does_not_skip_a_run_whose_run_json_is_damaged(make_emulator, tmp
         (older / "run.json").write_bytes(b"{\n")
         unknown = root / "mine"
         unknown.mkdir()
-        (unknown / "run.json").write_bytes(b"")
+        # Cut inside its input's path (the audit's case, which was skipped without a word).
+        custom_cut = b'{\n  "name": "mine",\n  "input": {\n    "p'
+        (unknown / "run.json").write_bytes(custom_cut)
         resumed = resume()
         assert resumed.returncode == 0, resumed.stderr
     warnings = [line for line in resumed.stderr.splitlines() if line.startswith("Warning: ")]
@@ -500,8 +502,8 @@ def test_resume_does_not_skip_a_run_whose_run_json_is_damaged(make_emulator, tmp
         f"Warning: {older / 'run.json'} is not valid JSON (unexpected end of data: line 2 "
         f"column 1 (char 2)): an earlier run of {requests} than {latest}, which is resumed; its "
         f"rows ({older / 'data'}) are intact: restore run.json to resume it with --out {older}",
-        f"Warning: {unknown / 'run.json'} is not valid JSON (Input is a zero-length, empty "
-        f"document: line 1 column 1 (char 0)), so whether it is a run of {requests} cannot be "
+        f"Warning: {unknown / 'run.json'} is not valid JSON ({json_error(custom_cut)}), so "
+        f"whether it is a run of {requests} cannot be "
         f"told: skipped; its rows ({unknown / 'data'}) are intact: restore run.json to resume "
         f"it with --out {unknown}",
     ]
