@@ -66,7 +66,8 @@ def messages_url(gateway: str) -> str:
         reason = str(exc).split(":")[0].strip() or type(exc).__name__
         raise ValueError(f"the gateway URL is not valid ({reason}); {expected}") from None
     if url.scheme not in ("http", "https"):
-        got = f"{url.scheme}://" if url.scheme else "no scheme"
+        # "localhost:8080" parses as scheme "localhost": no scheme was written at all.
+        got = f"{url.scheme}://" if url.scheme and "://" in gateway else "no scheme"
         raise ValueError(
             f"the gateway URL must start with http:// or https://, got {got}; {expected}"
         )

@@ -146,7 +146,8 @@ class GatewayOutage:
                 self.gave_up = True
                 self._end()
                 self._on_give_up(
-                    f"the gateway has been unreachable for {elapsed:.0f} s ({error}); "
+                    f"the gateway has been unreachable for "
+                    f"{elapsed:.{1 if elapsed < 10 else 0}f} s ({error}); "
                     f"{waiting:,} request{'' if waiting == 1 else 's'} waiting for it "
                     f"{'ends' if waiting == 1 else 'end'} as cancelled, which a resume sends again"
                     + ("" if reached else "; check --gateway")

@@ -254,6 +254,7 @@ def test_demo_runs_on_the_built_in_emulator(tmp_path):
         # a malformed value is not quoted back: it is often a credential
         (["run", "{set}", "-H", "Authorization Bearer sk-ant-SECRET1"], "no ':' after"),
         (["run", "{set}", "--gateway", "ftp://admin:sk-SECRET2@127.0.0.1:9"], "got ftp://;"),
+        (["run", "{set}", "--gateway", "localhost:8080"], "http:// or https://, got no scheme;"),
         (["run", "{set}", "--gateway", "http://u:sk-SECRET3@h:ab"], "not valid (Invalid port)"),
         (["run", "{set}", "-H", "Content-Length: 1"], "-H Content-Length: set by batchrunner"),
         (["run", "{set}", "-H", "x-bf-async: true"], "async jobs are made by --mode async"),
