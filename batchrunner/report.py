@@ -492,20 +492,30 @@ def session_starts(info: dict[str, Any]) -> list[float]:
     return [s["started_at"] for s in info.get("sessions") or [] if s.get("started_at")]
 
 
-def schedule_check(f: pd.DataFrame, sessions: Sequence[tuple[Any, ...]],
-                   ) -> dict[str, Any] | None:
+def schedule_check(f: pd.DataFrame, sessions: Sequence[tuple[Any, ...]], *,
+                   peak: bool = False) -> dict[str, Any] | None:
     """Whether an open-loop run kept its schedule (:mod:`batchrunner.schedule_check`), over
     every row of the frame; None for a run without a ``--rate`` session.
 
     :param sessions: :func:`~batchrunner.schedule_check.open_loop_sessions` of its ``run.json``.
+    :param peak: add ``in_flight_peak``, the most requests in flight (``sent_at`` to
+        ``completed_at``) among the rows of the ``--rate`` sessions (a closed-loop resume's
+        ``-c`` is not what held the schedule back); None without such rows.
     """
     check = ScheduleCheck(sessions)
     if not check.open_loop:
         return None
     scheduled = f["scheduled_at"].to_numpy()
     check.add(scheduled, f["sent_at"].to_numpy())
-    return check.result(stats.distribution(f["queue_wait_s"].to_numpy()[
-        check.open_rows(scheduled)]))
+    mine = check.open_rows(scheduled)
+    out = check.result(stats.distribution(f["queue_wait_s"].to_numpy()[mine]))
+    if peak and out is not None:
+        sent = f["sent_at"].to_numpy()
+        done = f["completed_at"].to_numpy(dtype=np.float64)
+        mine &= ~np.isnan(sent) & ~np.isnan(done)
+        out["in_flight_peak"] = (stats.in_flight(sent[mine], done[mine], np.array(
+            [sent[mine].min(), done[mine].max()]))[2] if mine.any() else None)
+    return out
 
 
 def _num(value: float | None) -> float | None:
@@ -629,6 +639,9 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
         "rows_unpriced": len(unpriced),
         "per_request_usd": _ratio(usd["total"], rows_priced),
         "unpriced_models": models,
+        # Async jobs submitted but not collected (no rows yet, paid for all the same): set by
+        # _outstanding_cost; any of them may belong to this section.
+        "outstanding_jobs": 0,
         # Rows priced other than at standard rates (by what their usage says), and whether
         # the figures are estimates (Priority Tier has no public per-token price).
         "adjusted_rows": {
@@ -874,9 +887,7 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
         "warnings": list(run.warnings),
     }
     if not staged:  # a bench judges each stage's schedule in its stage table
-        report["schedule"] = schedule_check(f, open_loop_sessions(run.info))
-        if report["schedule"] is not None and report["timeline"] is not None:
-            report["schedule"]["in_flight_peak"] = report["timeline"]["in_flight_peak"]
+        report["schedule"] = schedule_check(f, open_loop_sessions(run.info), peak=True)
     parts: list[pd.DataFrame] = []
     if staged:
         report["groups"], parts, report["stages"] = _staged(run, f, warm, run_by, metrics,
@@ -885,9 +896,19 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
         groups, parts = _split(f, by, max_groups)
         for key, part in zip(groups, parts, strict=True):
             report["groups"].append({"key": key, **_section(part, window.active, metrics)})
+    if report["outstanding_jobs"]:
+        for section in (report["overall"], *report["groups"], *report["cost_by_model"]):
+            _outstanding_cost(section["cost"], report["outstanding_jobs"])
     if plot_data:
         report["plot_data"] = _plot_data(f, parts, metrics)
     return report
+
+
+def _outstanding_cost(cost: dict[str, Any], jobs: int) -> None:
+    """Async jobs not collected yet have no rows, but will be paid for: the cost of the rows is
+    only a lower bound (as ``run --json`` says). Which model or group the jobs belong to is not
+    in the rows, so every total of the run is one."""
+    cost.update(complete=False, total_usd=None, outstanding_jobs=jobs)
 
 
 def build_report(runs: Sequence[RunRows], *, by: Sequence[str] = (), book: PriceBook | None = None,
@@ -960,8 +981,9 @@ def _figures(section: dict[str, Any], metrics: Sequence[str], full: bool) -> dic
                     "web_search_requests"):
             out[f"tokens {key}"] = section["tokens"][key]
     cost = section["cost"]
-    # With unpriced rows there is no total: the priced part alone would compare as a saving
-    # (a run half on an unknown model read as -50 %). Per request stays: it is over priced rows.
+    # With unpriced rows, or async jobs not collected yet, there is no total: the priced part
+    # alone would compare as a saving (a run half on an unknown model read as -50 %). Per
+    # request stays: it is over priced rows.
     complete = cost["complete"]
     out["cost_usd"] = cost["total_usd"]
     if full:
@@ -995,11 +1017,12 @@ def compare(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     :param reports: the ``runs`` entries of :func:`build_report`.
     :return: ``{"baseline", "runs", "overall": [...], "groups": [...], "cost_by_model": [...],
-        "unpriced": {run: [models]}}``; each figure row is ``{"figure", "values", "delta",
-        "delta_pct"}``, deltas for every run after the first (``delta_pct`` is null when the
-        baseline is 0 or missing). A run with unpriced models (listed in ``unpriced``) has null
-        cost totals (``cost_usd`` and its categories; ``cost_per_request_usd`` is over its
-        priced rows).
+        "unpriced": {run: [models]}, "outstanding_jobs": {run: n}}``; each figure row is
+        ``{"figure", "values", "delta", "delta_pct"}``, deltas for every run after the first
+        (``delta_pct`` is null when the baseline is 0 or missing). A run with unpriced models
+        (listed in ``unpriced``) or async jobs not collected yet (``outstanding_jobs``) has null
+        cost totals (``cost_usd`` and its categories, also by model; ``cost_per_request_usd`` is
+        over its priced rows).
     """
     metrics = list(dict.fromkeys(m for r in reports for m in r["metrics"]))
     overall = _rows([_figures(r["overall"], metrics, full=True) for r in reports])
@@ -1017,14 +1040,18 @@ def compare(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = []
         for r in reports:
             entry = next((m for m in r["cost_by_model"] if m["model"] == model), None)
+            # A model without rows in a run costs $0 there, unless jobs not collected yet may
+            # be of that model.
+            absent = None if r.get("outstanding_jobs") else 0.0
             values.append({"requests": entry["requests"] if entry else 0,
-                           "cost_usd": entry["cost"]["total_usd"] if entry else 0.0})
+                           "cost_usd": entry["cost"]["total_usd"] if entry else absent})
         by_model.append({"model": model, "figures": _rows(values)})
     unpriced = {r["name"]: [m["model"] for m in r["overall"]["cost"]["unpriced_models"]]
-                for r in reports if not r["overall"]["cost"]["complete"]}
+                for r in reports if r["overall"]["cost"]["unpriced_models"]}
+    outstanding = {r["name"]: r["outstanding_jobs"] for r in reports if r.get("outstanding_jobs")}
     return {"baseline": reports[0]["name"], "runs": [r["name"] for r in reports],
             "overall": overall, "groups": groups, "cost_by_model": by_model,
-            "unpriced": unpriced}
+            "unpriced": unpriced, "outstanding_jobs": outstanding}
 
 
 # ----------------------------------------------------------------------------------------------

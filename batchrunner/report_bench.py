@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from batchrunner.report_text import plural
+
 __all__ = [
     "WARMUP_SUFFIX",
     "bench_results",
@@ -218,7 +220,7 @@ def stages_block(*, by: Sequence[str], order: Sequence[str], entries: list[dict[
             continue
         # The rows and bench.json describe the same requests; say so when they do not agree.
         if r.get("requests") is not None and r["requests"] != e["requests"]:
-            notes.append(f"stage {e['stage']}: {e['requests']:,} measured rows, but "
+            notes.append(f"stage {e['stage']}: {plural(e['requests'], 'measured row')}, but "
                          f"{source} counted {r['requests']:,}")
     return {
         "group_by": list(by),

@@ -20,6 +20,7 @@ from batchrunner.report_text import (
     comparison_tables,
     fmt_duration,
     fmt_usd,
+    plural,
     run_header,
     run_tables,
 )
@@ -206,7 +207,8 @@ def _run_charts(run: dict[str, Any]) -> list[str]:
     if models:
         parts = _cost_parts([m["cost"]["usd"] for m in models])
         charts.append(svg.bar_chart(
-            [m["model"] for m in models],
+            [m["model"] + (f" (priced rows; {plural(m['cost']['rows_unpriced'], 'row')} "
+                           "unpriced)" if m["cost"]["rows_unpriced"] else "") for m in models],
             [(_CATEGORY_LABELS[c], [m["cost"]["usd"][c] for m in models]) for c in parts],
             title="Cost by model (USD)", value_fmt=fmt_usd))
     if run["groups"]:

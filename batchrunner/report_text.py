@@ -22,6 +22,7 @@ __all__ = [
     "fmt_usd",
     "format_report",
     "format_short",
+    "plural",
     "run_header",
     "run_keys",
     "run_tables",
@@ -66,6 +67,11 @@ def fmt_usd(value: float | None) -> str:
     if a >= 0.01:
         return f"{sign}${a:.4f}"
     return f"{sign}${a:.6f}"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 row``, ``2 rows``, ``1,000 rows``: a count with its noun in the right number."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
 def _int(value: float | None) -> str:
@@ -252,7 +258,7 @@ def schedule_lines(schedule: dict[str, Any] | None) -> list[str]:
     figures = (f"--rate {rates}, sent {_rate(schedule['achieved_send_rate'])}/s (its schedule "
                f"{_rate(schedule['scheduled_send_rate'])}/s), send lag p99 "
                f"{fmt_duration(lag.get('p99'))}, max {fmt_duration(lag.get('max'))} (queue_wait_s "
-               f"of {schedule['rows_used']:,} sent rows)")
+               f"of {plural(schedule['rows_used'], 'sent row')})")
     caps = schedule["in_flight_caps"]
     cap = f"-c {', '.join(f'{c:,}' for c in caps)}" if caps else "-c"
     peak = schedule.get("in_flight_peak")
@@ -264,6 +270,12 @@ def schedule_lines(schedule: dict[str, Any] | None) -> list[str]:
                "most likely (split the load over processes or machines)")
     else:
         why = f"the client's CPU, or the in-flight cap ({cap}) full while the gateway was slow"
+    outages = schedule.get("gateway_outages") or 0
+    if outages:  # first: while the gateway could not be connected to, nothing was sent
+        sessions = "sessions" if (schedule.get("sessions") or 0) > 1 else "session"
+        times = "once" if outages == 1 else f"{outages:,} times"
+        why = (f"the gateway could not be connected to {times} during the --rate {sessions}: "
+               f"requests waited for it; otherwise {why}")
     return [f"schedule   NOT KEPT: {figures}",
             f"           likely cause: {why}; total_s and queue_wait_s include this lag, "
             "latency_s does not"]
@@ -315,12 +327,12 @@ def run_header(run: dict[str, Any]) -> list[str]:
     if run.get("journal_rows"):
         # A bench cannot be resumed; a run can.
         what = "run it again" if run.get("stages") else "resume it"
-        out.append(f"note       {run['journal_rows']:,} rows read from journal/ (the run is "
-                   f"going, or crashed: {what})")
+        out.append(f"note       {plural(run['journal_rows'], 'row')} read from journal/ (the "
+                   f"run is going, or crashed: {what})")
     if run.get("outstanding_jobs"):
         n = run["outstanding_jobs"]
         before = run.get("collect_before")
-        jobs = f"{n:,} async jobs" if n > 1 else "1 async job"
+        jobs = plural(n, "async job")
         out.append(
             f"note       {jobs} not collected yet, so without rows or cost here: "
             f"batchrunner collect {run.get('run_dir') or 'RUN_DIR'}"
@@ -414,11 +426,19 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
     rows = []
     for m in run["cost_by_model"]:
         c = m["cost"]
-        priced = c["rows_unpriced"] == 0
+        # A model with prices whose fast-mode rows have none shows its priced part, a lower
+        # bound (so that the columns add up to the totals), and names the rows left out.
+        shown = c["rows_unpriced"] == 0 or m["priced_as"] is not None
+        priced_as = m["priced_as"] or "UNPRICED"
+        if c["rows_unpriced"] and m["priced_as"]:
+            reasons = {u["reason"] for u in c["unpriced_models"]}
+            priced_as += (f"; {plural(c['rows_unpriced'], 'row')} UNPRICED"
+                          + (" (speed fast: no fast-mode rates)"
+                             if reasons == {"no fast-mode rates"} else ""))
         rows.append([m["model"], _int(m["requests"]),
-                     *(fmt_usd(c["usd"][k] if priced else None) for k in labels),
-                     fmt_usd(c["total_usd"]), fmt_usd(c["per_request_usd"] if priced else None),
-                     m["priced_as"] or "UNPRICED"])
+                     *(fmt_usd(c["usd"][k] if shown else None) for k in labels),
+                     _total(c) if shown else "-",
+                     fmt_usd(c["per_request_usd"] if shown else None), priced_as])
     c = o["cost"]
     rows.append(["total", _int(o["requests"]), *(fmt_usd(c["usd"][k]) for k in labels),
                  _total(c), fmt_usd(c["per_request_usd"]), ""])
@@ -426,13 +446,18 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
               "says otherwise; rows without usage cost $0)",
               ["model", "requests", *labels.values(), "total", "per request",
                "priced as"], rows, left=1, last_left=True)
-    if not c["complete"]:
-        names = ", ".join(f"{u['model']} ({u['rows']:,} rows, {u['tokens']:,} tokens"
+    if c["unpriced_models"]:
+        names = ", ".join(f"{u['model']} ({plural(u['rows'], 'row')}, "
+                          f"{plural(u['tokens'], 'token')}"
                           + (", speed fast: no fast-mode rates" if u.get("reason") ==
                              "no fast-mode rates" else "") + ")"
                           for u in c["unpriced_models"])
         t.notes.append(f"UNPRICED (cost unknown, left out of the totals): {names}; add them to a "
                        "--prices file")
+    if c.get("outstanding_jobs"):
+        t.notes.append(f"OUTSTANDING: {plural(c['outstanding_jobs'], 'async job')} not collected "
+                       "yet: no rows, so their cost is in no figure here and every total is a "
+                       f"lower bound; batchrunner collect {run.get('run_dir') or 'RUN_DIR'}")
     t.notes += _adjustment_notes(c)
     tables.append(t)
     if groups:
@@ -451,23 +476,24 @@ def _adjustment_notes(cost: dict[str, Any]) -> list[str]:
     adj = cost.get("adjusted_rows") or {}
     notes = []
     if adj.get("fast"):
-        notes.append(f"fast mode: {adj['fast']:,} rows (speed fast) at the model's fast-mode "
-                     "rates")
+        notes.append(f"fast mode: {plural(adj['fast'], 'row')} (speed fast) at the model's "
+                     "fast-mode rates")
     if adj.get("inference_geo_us"):
-        notes.append(f"data residency: {adj['inference_geo_us']:,} rows with inference_geo us "
-                     "at 1.1x token rates")
+        notes.append(f"data residency: {plural(adj['inference_geo_us'], 'row')} with "
+                     "inference_geo us at 1.1x token rates")
     if adj.get("batch"):
-        notes.append(f"batch: {adj['batch']:,} rows with service_tier batch at 50% of token "
-                     "rates (web searches not discounted)")
+        notes.append(f"batch: {plural(adj['batch'], 'row')} with service_tier batch at 50% of "
+                     "token rates (web searches not discounted)")
     if adj.get("priority_at_list_price"):
-        notes.append(f"ESTIMATE: {adj['priority_at_list_price']:,} Priority Tier rows "
+        notes.append(f"ESTIMATE: {plural(adj['priority_at_list_price'], 'Priority Tier row')} "
                      "(service_tier priority) priced at list price; Priority Tier is billed "
                      "through capacity commitments, with no public per-token price")
     return notes
 
 
 def _total(cost: dict[str, Any]) -> str:
-    """A cost total; a lower bound (``>= $x``) when some rows could not be priced."""
+    """A cost total; a lower bound (``>= $x``) when some rows could not be priced or async jobs
+    are outstanding."""
     return fmt_usd(cost["total_usd"]) if cost["complete"] else f">= {fmt_usd(cost['usd']['total'])}"
 
 
@@ -527,9 +553,17 @@ def comparison_tables(cmp: dict[str, Any]) -> list[Table]:
 
     title = f"Figures (baseline {cmp['baseline']}; Δ = run - baseline)"
     unpriced = cmp.get("unpriced") or {}
-    if unpriced:
+    outstanding = cmp.get("outstanding_jobs") or {}
+    why: dict[str, list[str]] = {}
+    for run in names:
+        if unpriced.get(run):
+            why.setdefault(run, []).append(f"unpriced: {', '.join(unpriced[run])}")
+        if outstanding.get(run):
+            why.setdefault(run, []).append(
+                f"{plural(outstanding[run], 'async job')} outstanding, not collected yet")
+    if why:
         title += "; no cost total for " + "; ".join(
-            f"{run} (unpriced: {', '.join(models)})" for run, models in unpriced.items())
+            f"{run} ({'; '.join(reasons)})" for run, reasons in why.items())
     tables = [Table(title, ["figure", *headers], rows_of(cmp["overall"]), left=1)]
     if cmp["cost_by_model"]:
         rows = []
@@ -579,7 +613,7 @@ def format_short(summary: dict[str, Any]) -> str:
     lines = []
     status = ", ".join(f"{k} {v:,}" for k, v in sorted(summary["status"].items())) or "none"
     outstanding = summary.get("outstanding_jobs") or 0
-    jobs = f"; {outstanding:,} async job{'' if outstanding == 1 else 's'} outstanding, no rows yet"
+    jobs = f"; {plural(outstanding, 'async job')} outstanding, no rows yet"
     lines.append(f"requests   {summary['requests']:,}  ({status}{jobs if outstanding else ''})")
     if summary["error_types"]:
         top = sorted(summary["error_types"].items(), key=lambda kv: -kv[1])[:6]
@@ -622,7 +656,7 @@ def format_short(summary: dict[str, Any]) -> str:
                 missing.append(f"unpriced: {', '.join(cost['unpriced_models'])}")
             if outstanding:
                 missing.append(
-                    f"without the {outstanding:,} outstanding jobs (priced once collected)"
+                    f"without the {plural(outstanding, 'outstanding job')} (priced once collected)"
                 )
             lines.append(f"cost       >= {fmt_usd(cost['priced_usd'])}  ({parts}; "
                          f"{cost['prices']}); {'; '.join(missing)}")

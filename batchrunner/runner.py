@@ -1299,6 +1299,8 @@ async def _finish(
         await loop.run_in_executor(session.background, _close_and_trim, store)
     except OSError as exc:  # the summary still reads the segments left in journal/
         session.cannot_write(exc)
+    # Before the summary: its schedule check names this session's outages (open_loop_sessions).
+    session_info["gateway_outages"] = _outages(session)
     # Part by part: the whole table (and a frame of it) would cost ~1 GB per million rows.
     summary = await loop.run_in_executor(
         session.background,

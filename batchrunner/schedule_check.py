@@ -26,6 +26,7 @@ __all__ = [
     "MIN_ACHIEVED_SHARE",
     "MIN_SEND_OVERRUN_S",
     "ScheduleCheck",
+    "Session",
     "open_loop_sessions",
     "schedule_misses",
 ]
@@ -59,10 +60,15 @@ def schedule_misses(achieved: float | None, scheduled: float | None, overrun: fl
     return reasons
 
 
-def open_loop_sessions(info: dict[str, Any]) -> list[tuple[float | None, float | None, int | None]]:
-    """``(started_at, rate, in-flight cap)`` of each session of a run, from its ``run.json``
-    (each session keeps the config it ran with: a resume may change ``--rate``); rate None for a
-    closed-loop session. A ``run.json`` without sessions gives one from its top-level config."""
+Session = tuple[float | None, float | None, int | None, int]
+
+
+def open_loop_sessions(info: dict[str, Any]) -> list[Session]:
+    """``(started_at, rate, in-flight cap, gateway outages)`` of each session of a run, from its
+    ``run.json`` (each session keeps the config it ran with: a resume may change ``--rate``);
+    rate None for a closed-loop session; outages: how many times the session found the gateway
+    could not be connected to (``gateway_outages``, 0 when not recorded). A ``run.json``
+    without sessions gives one from its top-level config."""
     sessions = [s for s in info.get("sessions") or [] if isinstance(s, dict)]
     if not sessions:
         sessions = [{"config": info.get("config") or {}}]
@@ -71,7 +77,7 @@ def open_loop_sessions(info: dict[str, Any]) -> list[tuple[float | None, float |
         config = s.get("config") or {}
         rate = config.get("rate")
         out.append((s.get("started_at"), float(rate) if rate else None,
-                    config.get("in_flight_limit")))
+                    config.get("in_flight_limit"), int(s.get("gateway_outages") or 0)))
     return out
 
 
@@ -82,15 +88,19 @@ class ScheduleCheck:
     sessions (no rate) are left out. Per open-loop session, kept: the sent rows' count and the
     extremes of their ``sent_at`` and ``scheduled_at``. The rates are then over the sessions'
     spans summed, so that the time between sessions counts neither as sending nor as schedule.
+    Only the open-loop sessions that sent rows are named in the verdict (their rates, caps and
+    gateway outages): one that sent nothing (a ``--retry-failed`` with nothing to retry) had no
+    schedule to keep.
 
-    :param sessions: from :func:`open_loop_sessions`.
+    :param sessions: from :func:`open_loop_sessions` (a session's outage count may be left out).
     """
 
-    def __init__(self, sessions: Sequence[tuple[float | None, float | None, int | None]]) -> None:
+    def __init__(self, sessions: Sequence[tuple[Any, ...]]) -> None:
         timed = [s for s in sessions if s[0] is not None] if len(sessions) > 1 else list(sessions)
         timed.sort(key=lambda s: s[0] or 0.0)
         self._rates = [s[1] for s in timed]
         self._caps = [s[2] for s in timed]
+        self._outages = [int(s[3]) if len(s) > 3 else 0 for s in timed]
         self._open = np.array([r is not None for r in self._rates], dtype=bool)
         self._splits = np.array([s[0] for s in timed[1:]], dtype=np.float64)
         k = len(timed)
@@ -133,8 +143,9 @@ class ScheduleCheck:
         :param send_lag: distribution (``n``, ``p50``, ``p99``, ``max``, ...) of ``queue_wait_s``
             over the rows :meth:`open_rows` selects, every status (a failed request was sent
             too), or None.
-        :return: ``{kept, reasons, target_rates, in_flight_caps, rows_used, sessions,
-            achieved_send_rate, scheduled_send_rate, send_span_s, send_overrun_s, send_lag_s}``.
+        :return: ``{kept, reasons, target_rates, in_flight_caps, gateway_outages, rows_used,
+            sessions, achieved_send_rate, scheduled_send_rate, send_span_s, send_overrun_s,
+            send_lag_s}``; rates, caps and outages of the open-loop sessions that sent rows.
         """
         if not self.open_loop:
             return None
@@ -148,13 +159,14 @@ class ScheduleCheck:
         lag = {k: send_lag.get(k) for k in ("p50", "p99", "max")} if send_lag and send_lag.get(
             "n") else None
         reasons = schedule_misses(achieved, scheduled, overrun, lag["p99"] if lag else None)
+        sent = ((self._n > 0) & self._open).tolist()
         return {
             "kept": not reasons,
             "reasons": reasons,
-            "target_rates": _distinct(r for r, o in zip(self._rates, self._open, strict=True)
-                                      if o),
-            "in_flight_caps": _distinct(c for c, o in zip(self._caps, self._open, strict=True)
+            "target_rates": _distinct(r for r, o in zip(self._rates, sent, strict=True) if o),
+            "in_flight_caps": _distinct(c for c, o in zip(self._caps, sent, strict=True)
                                         if o and c is not None),
+            "gateway_outages": sum(n for n, o in zip(self._outages, sent, strict=True) if o),
             "rows_used": int(self._n.sum()),
             "sessions": int(used.sum()),
             "achieved_send_rate": achieved,

@@ -63,7 +63,8 @@ def test_json_has_stable_keys(make_run):
     assert set(run["groups"][0]) == SECTION_KEYS | {"key"}
     assert set(run["overall"]["cost"]) == {"currency", "complete", "total_usd", "usd",
                                            "rows_priced", "rows_unpriced", "per_request_usd",
-                                           "unpriced_models", "adjusted_rows", "estimate"}
+                                           "unpriced_models", "outstanding_jobs", "adjusted_rows",
+                                           "estimate"}
     assert set(run["overall"]["cost"]["usd"]) == {"input", "output", "cache_write_5m",
                                                   "cache_write_1h", "cache_read", "web_search",
                                                   "total"}
@@ -126,9 +127,8 @@ def test_journal_rows_of_a_crashed_run_are_included(make_run):
     doc = orjson.loads(invoke(str(run_dir), "--json").output)
     run = doc["runs"][0]
     assert run["rows"] == 2 and run["journal_rows"] == 1
-    assert "rows read from journal/ (the run is going, or crashed: resume it)" in invoke(
-        str(run_dir)
-    ).output
+    text = invoke(str(run_dir)).output
+    assert "note       1 row read from journal/ (the run is going, or crashed: resume it)" in text
 
 
 def test_a_parquet_part_given_as_run_dir_is_named_a_file_with_its_run_dir(make_run, tmp_path):

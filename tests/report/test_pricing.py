@@ -372,11 +372,13 @@ def test_report_text_says_how_usage_changed_the_price(make_run):
             usage_row("claude-haiku-4-5", 2, **USAGE, service_tier="priority"),
             usage_row("claude-haiku-4-5", 3, **USAGE, service_tier="batch")]
     text = format_report(build_report([load_run(make_run(rows))]))
-    assert "UNPRICED (cost unknown, left out of the totals): claude-opus-4-6 (1 rows, 10,500 " \
+    # One row of each: counted in the singular ("1 rows" read as a typo)
+    assert "UNPRICED (cost unknown, left out of the totals): claude-opus-4-6 (1 row, 10,500 " \
            "tokens, speed fast: no fast-mode rates)" in text
-    assert "data residency: 1 rows with inference_geo us at 1.1x token rates" in text
-    assert "batch: 1 rows with service_tier batch at 50% of token rates" in text
-    assert "ESTIMATE: 1 Priority Tier rows (service_tier priority) priced at list price" in text
+    assert "data residency: 1 row with inference_geo us at 1.1x token rates" in text
+    assert "batch: 1 row with service_tier batch at 50% of token rates" in text
+    assert "ESTIMATE: 1 Priority Tier row (service_tier priority) priced at list price" in text
+    assert " 1 rows" not in text
     assert "web search" in text and "web searches" in text  # cost and tokens columns
     assert "$0.0300" in text  # the searches' cost
 
@@ -463,3 +465,36 @@ def test_vectorised_fast_and_search_prices_equal_genai_prices_per_request():
                           genai_request_timestamp=datetime(2026, 11, 1, 12, tzinfo=UTC),
                           price_context={"speed": "fast"})
         assert costs["total"][i] == pytest.approx(float(want.total_price), rel=1e-12)
+
+
+def test_a_model_with_some_unpriced_fast_rows_shows_its_priced_part(make_run, tmp_path):
+    from batchrunner.report_html import render_html
+    from batchrunner.report_text import fmt_usd, format_report
+
+    rows = [usage_row("claude-opus-4-6", 0, **USAGE, speed="fast"),  # no fast-mode rates
+            usage_row("claude-opus-4-6", 1, **USAGE),
+            usage_row("claude-haiku-4-5", 2, **USAGE)]
+    doc = build_report([load_run(make_run(rows))])
+    run = doc["runs"][0]
+    by_model = {m["model"]: m["cost"] for m in run["cost_by_model"]}
+    opus = by_model["claude-opus-4-6"]
+    assert opus["complete"] is False and opus["total_usd"] is None
+    assert opus["rows_priced"] == 1 and opus["rows_unpriced"] == 1
+    assert opus["usd"]["total"] == pytest.approx(OPUS_46_TOKENS)
+    total = run["overall"]["cost"]["usd"]["total"]
+    assert total == pytest.approx(sum(c["usd"]["total"] for c in by_model.values()))
+
+    text = format_report(doc)
+    line = next(x for x in text.splitlines() if x.startswith("  claude-opus-4-6 "))
+    # Before: "-" in every column, while its priced row was in the ">= $x" total.
+    cells = line.split()
+    assert cells[:3] == ["claude-opus-4-6", "2", fmt_usd(opus["usd"]["input"])]
+    assert f">= {fmt_usd(opus['usd']['total'])}" in line
+    assert line.endswith("genai-prices:anthropic/claude-opus-4-6; 1 row UNPRICED (speed fast: "
+                         "no fast-mode rates)")
+    assert f">= {fmt_usd(total)}" in next(x for x in text.splitlines()
+                                          if x.startswith("  total "))
+    html = render_html(build_report([load_run(make_run(rows))], plot_data=True))
+    assert f"&gt;= {fmt_usd(opus['usd']['total'])}" in html
+    assert "1 row UNPRICED (speed fast: no fast-mode rates)" in html
+    assert "claude-opus-4-6 (priced rows; 1 row unpriced)" in html

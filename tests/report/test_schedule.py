@@ -132,3 +132,49 @@ def test_run_says_when_its_in_flight_cap_kept_it_off_its_schedule(make_emulator,
     assert "the in-flight cap (-c 2)" in result.output
     report = invoke(str(out)).output
     assert "likely cause: requests in flight reached the cap (2, -c 2)" in report
+
+
+def test_only_the_open_loop_sessions_that_sent_rows_are_judged(make_run):
+    # As `run --rate 200 -c 2 --max-requests 30`, then `run -c 8` (closed loop), then
+    # `run --rate 50 --retry-failed` (nothing to retry: sends no row), into one directory.
+    late = [{**r, "completed_at": r["sent_at"] + 0.09}  # 2 in flight at most: the cap
+            for r in open_loop_rows(30, rate=200, sent_rate=20)]
+    closed_at = T0 + 10
+    closed = [row(input_index=30 + i, custom_id=str(30 + i), scheduled_at=closed_at,
+                  sent_at=closed_at, completed_at=closed_at + 0.1) for i in range(8)]
+    sessions = [session(T0 - 1, 200.0, cap=2), session(closed_at - 1, None, cap=8),
+                session(T0 + 20, 50.0)]
+    sessions[1]["gateway_outages"] = 3  # a closed loop's outages are no schedule's cause
+    run_dir = make_run(late + closed, info={"config": sessions[2]["config"],
+                                            "sessions": sessions})
+    run = build_report([load_run(run_dir)])["runs"][0]
+    sched = run["schedule"]
+    assert run["timeline"]["in_flight_peak"] == 8  # the closed loop's, over every row
+    # Before: in_flight_peak 8 (the closed loop's), target_rates [200.0, 50.0], caps [2, 10,000]
+    assert sched["kept"] is False and sched["rows_used"] == 30
+    assert sched["in_flight_peak"] == 2
+    assert sched["target_rates"] == [200.0] and sched["in_flight_caps"] == [2]
+    assert sched["gateway_outages"] == 0
+    text = format_report(build_report([load_run(run_dir)]))
+    assert "schedule   NOT KEPT: --rate 200/s, sent 20.0/s (its schedule 200.0/s)" in text
+    assert ("likely cause: requests in flight reached the cap (2, -c 2): sends waited for the "
+            "gateway's answers") in text
+
+
+def test_gateway_outages_come_first_in_the_likely_cause(make_run):
+    s = session(T0 - 1, 100.0)
+    s["gateway_outages"] = 2
+    run_dir = make_run(open_loop_rows(200, rate=100, sent_rate=60),
+                       info={"config": s["config"], "sessions": [s]})
+    sched = build_report([load_run(run_dir)])["runs"][0]["schedule"]
+    assert sched["kept"] is False and sched["gateway_outages"] == 2
+    text = format_report(build_report([load_run(run_dir)]))
+    assert ("likely cause: the gateway could not be connected to 2 times during the --rate "
+            "session: requests waited for it; otherwise requests in flight peaked at 6, under "
+            "the cap (-c 10,000): the client's CPU most likely") in text
+    # the closing summary, from the same sessions (run passes the session's count)
+    table = pq.read_table(run_dir / "data")
+    summary = summarize_batches(iter([table.select(SUMMARY_COLUMNS)]),
+                                schedule=open_loop_sessions({"sessions": [s]}))
+    assert ("likely cause: the gateway could not be connected to 2 times during the --rate "
+            "session: requests waited for it; otherwise the client's CPU") in format_short(summary)

@@ -391,3 +391,37 @@ def test_running_out_of_file_descriptors_is_not_blamed_on_the_gateway(tmp_path, 
         assert message.endswith(
             "); raise ulimit -n or lower -c (a limit of this machine, not of the gateway)"
         ), message
+
+
+def test_the_closing_summary_names_an_outage_as_the_cause_of_a_missed_schedule(
+    requests_file, tmp_path
+):
+    # An open loop whose gateway went away for a second: the requests in flight waited for it,
+    # filled the cap (-c 5), and the sends due meanwhile waited: the schedule was not kept,
+    # and the outage, not the client, is why.
+    requests, out = requests_file(200), tmp_path / "out"
+    config = EmulatorConfig(ttft=Dist("fixed", 0.01))
+    with running_emulator(config) as emu:
+        port = int(emu.base_url.rsplit(":", 1)[1])
+        proc = start_run(
+            str(requests), "--gateway", emu.base_url, "--rate", "50", "-c", "5", "--out", str(out),
+        )  # fmt: skip
+        wait_for_rows(out, 10, proc)
+    proc_err = wait_for_line(proc, "The gateway cannot be connected to")
+    time.sleep(1.0)  # the gateway stays down: sends fall behind their schedule
+    with running_emulator(config, port=port):
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, proc_err + stderr
+    outages = orjson.loads((out / "run.json").read_bytes())["sessions"][-1]["gateway_outages"]
+    assert outages >= 1
+    summary = stdout + stderr
+    assert "schedule   NOT KEPT: --rate 50/s" in summary
+    times = "once" if outages == 1 else f"{outages} times"
+    # Before: "likely cause: the client's CPU, or the in-flight cap ..." alone.
+    assert (f"likely cause: the gateway could not be connected to {times} during the --rate "
+            "session: requests waited for it; otherwise the client's CPU, or the in-flight cap "
+            "(-c 5)") in summary
+    report = run_cli("report", str(out))
+    assert (f"likely cause: the gateway could not be connected to {times} during the --rate "
+            "session: requests waited for it; otherwise requests in flight reached the cap "
+            "(5, -c 5)") in report.stdout
