@@ -216,9 +216,11 @@ async def _submit(
             )
         held = await held_for_gateway(ctx, attempt, tries.holds)
         if held is False:
+            ever = attempts > tries.holds + 1  # else never sent: no sent_at, as in execute
             ctx.emit(cancelled_row(
                 record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled, scheduled_at,
-                attempts, first.sent, first.sent_at, not_sent(ctx, attempt),
+                attempts, first.sent if ever else None, first.sent_at if ever else None,
+                not_sent(ctx, attempt),
             ))  # fmt: skip
             return None
         if held:

@@ -98,16 +98,17 @@ def test_a_flapping_gateway_is_told_of_five_times_then_counted(requests_file, tm
     assert set(read_rows(out)["status"]) == {"ok"}
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_gateway_never_reached_stops_the_run_and_a_resume_sends_the_waiting(
-    requests_file, tmp_path
+    requests_file, tmp_path, mode
 ):
     requests, out = requests_file(12), tmp_path / "out"
     port = free_port()  # nothing listens there (yet)
     gateway = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     first = run_cli(
-        "run", str(requests), "--gateway", gateway, "-c", "4", "--max-outage", "1",
-        "--out", str(out),
+        "run", str(requests), "--gateway", gateway, "--mode", mode, "-c", "4",
+        "--max-outage", "1", "--out", str(out),
     )  # fmt: skip
     assert time.monotonic() - started < 30
     assert first.returncode == 3, first.stderr
