@@ -47,6 +47,7 @@ def check_port(gateway: str) -> None:
     if not 1 <= int(port) <= 65535:
         raise ValueError(f"the gateway URL's port {int(port)} is out of range (1-65535)")
 
+
 async def check_resolves(url: str, timeout_s: float = RESOLVE_TIMEOUT_S) -> None:
     """Resolve the URL's host once; an IP address is not looked up.
 
