@@ -34,6 +34,7 @@ from batchrunner.execute import (
     held_for_gateway,
     not_sent,
 )
+from batchrunner.outage import MAX_HOLDS_PER_REQUEST
 from batchrunner.pacing import RateCeiling
 from batchrunner.polling import PROBES, PollPlanner
 from batchrunner.retry import retry_delay
@@ -62,6 +63,8 @@ DEFAULT_POLL_RATE = 1000.0
 DEFAULT_POLL_CONCURRENCY = 32
 #: Polls failing in transit this many times in a row end the job as an error row.
 MAX_POLL_FAILURES = 30
+#: Polls of one job that may wait for an unreachable gateway (then they count as failures).
+MAX_POLL_HOLDS = MAX_HOLDS_PER_REQUEST
 POLL_BODY = b"{}"
 
 
@@ -86,6 +89,8 @@ class Job:
     #: Of those, the attempts that waited for an unreachable gateway (no retry spent).
     holds: int = 0
     polls: int = 0
+    #: Polls that could not connect and waited for the gateway.
+    poll_holds: int = 0
     poll_failures: int = 0
     last_pending_at: float | None = None  # epoch of the latest poll that saw it unfinished
     last_poll: float | None = None  # perf instant of the latest poll's answer
@@ -382,6 +387,15 @@ class JobPoller:
         now_at = attempt.sent_at + (attempt.done - attempt.sent)
         status = attempt.http_status
         message = attempt.error_message or ""
+        outage = ctx.outage
+        if attempt.connect_failed and outage is not None and job.poll_holds < MAX_POLL_HOLDS:
+            # The gateway cannot be connected to: wait for it as requests do (--max-outage)
+            # instead of backing off silently for many minutes. If it stays away, the run stops
+            # and the job stays in jobs.jsonl for collect.
+            job.poll_holds += 1
+            if await outage.hold(message, poll=True):
+                self.add(job, 0.0)
+            return
         if status is not None and 200 <= status < 300 and attempt.message is not None:
             self._found()
             self._finish(job, attempt, now_at, Status.OK)

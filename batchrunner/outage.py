@@ -84,6 +84,7 @@ class GatewayOutage:
         self._down = False
         #: One future per waiting attempt, oldest first.
         self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._polls: set[asyncio.Future[bool]] = set()  # those of job polls
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -94,9 +95,14 @@ class GatewayOutage:
     def waiting(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
 
-    async def hold(self, error: str) -> bool:
+    def _waiting_polls(self) -> int:
+        return sum(1 for w in self._waiters if not w.done() and w in self._polls)
+
+    async def hold(self, error: str, *, poll: bool = False) -> bool:
         """Wait after a connect failure (``error``) until the gateway takes connections again.
 
+        :param poll: the waiting attempt polls an async job (which stays recorded for collect
+            if the outage gives up), not a request (which then ends as cancelled).
         :return: ``True`` once it does (try again), ``False`` if the outage gave up or the run
             is stopping (:meth:`release`).
         """
@@ -109,7 +115,12 @@ class GatewayOutage:
             self._spawn(self._watch(error))
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiters.append(waiter)
-        return await waiter  # a cancelled waiter is skipped when the others are woken
+        if poll:
+            self._polls.add(waiter)
+        try:
+            return await waiter  # a cancelled waiter is skipped when the others are woken
+        finally:
+            self._polls.discard(waiter)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -142,16 +153,23 @@ class GatewayOutage:
                 return
             error = last
             if elapsed >= limit:
-                waiting = self.waiting
+                polls = self._waiting_polls()
+                requests = self.waiting - polls
                 self.gave_up = True
                 self._end()
-                self._on_give_up(
+                parts = [
                     f"the gateway has been unreachable for "
-                    f"{elapsed:.{1 if elapsed < 10 else 0}f} s ({error}); "
-                    f"{waiting:,} request{'' if waiting == 1 else 's'} waiting for it "
-                    f"{'ends' if waiting == 1 else 'end'} as cancelled, which a resume sends again"
-                    + ("" if reached else "; check --gateway")
-                )
+                    f"{elapsed:.{1 if elapsed < 10 else 0}f} s ({error})"
+                ]
+                if requests or not polls:
+                    parts.append(
+                        f"{requests:,} request{'' if requests == 1 else 's'} waiting for it "
+                        f"{'ends' if requests == 1 else 'end'} as cancelled, which a resume "
+                        "sends again"
+                    )
+                if not reached:
+                    parts.append("check --gateway")
+                self._on_give_up("; ".join(parts))
                 return
 
     async def _release_paced(self) -> None:

@@ -1344,6 +1344,8 @@ async def _finish(
         message = f"every job is collected; {send_rest}"
     elif session.fatal is not None:
         status, code, message = "aborted", EXIT_ABORTED, str(session.fatal)
+        if collect_hint:
+            message += "; " + collect_hint
     elif session.interrupted and not complete:  # a signal that cut nothing changes nothing
         status, code = "interrupted", EXIT_ABORTED
         message = session.interrupted_by or session.stop_reason

@@ -207,6 +207,40 @@ def test_a_tls_handshake_refused_is_not_waited_for_as_an_outage(requests_file, t
     assert rows["error_message"].str.contains("WRONG_VERSION_NUMBER").all()
 
 
+def test_polls_wait_for_the_gateway_too_and_the_jobs_stay_for_collect(requests_file, tmp_path):
+    # The gateway goes away while its jobs run. Before, polls backed off silently for many
+    # minutes; now they wait as requests do, and after --max-outage the run stops with the
+    # jobs kept for collect.
+    requests, out = requests_file(4), tmp_path / "out"
+    with running_emulator(EmulatorConfig(ttft=Dist("fixed", 30.0))) as emu:
+        proc = start_run(
+            str(requests), "--gateway", emu.base_url, "--mode", "async", "-c", "4",
+            "--max-outage", "2", "--out", str(out),
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(read_jobs(out)) < 4:
+            time.sleep(0.05)
+        assert len(read_jobs(out)) == 4
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, stderr
+    assert "The gateway cannot be connected to (ConnectError" in stderr
+    assert "aborted: the gateway has been unreachable for 2." in stderr
+    assert "4 jobs outstanding; collect them with `batchrunner collect" in stderr
+    assert not (out / "data").exists() or read_rows(out).empty
+
+
+def read_jobs(out) -> list[bytes]:
+    try:
+        return [line for line in (out / "jobs.jsonl").read_bytes().splitlines() if line]
+    except FileNotFoundError:
+        return []
+
+
 def test_max_outage_zero_spends_retries_as_before(requests_file, tmp_path):
     out = tmp_path / "out"
     gateway = f"http://127.0.0.1:{free_port()}"
