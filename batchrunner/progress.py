@@ -38,11 +38,13 @@ class LiveStats:
         self.rejected = 0
         self.jobs: Any = None  # async mode: a JobCounters (submitted, outstanding, polls)
         self._latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
+        #: When :meth:`line` last saw ``done`` change (to REFRESH_S): a stall is seen from the
+        #: display, at no cost per request.
         self.last_done = self.started
+        self._done_seen = 0
 
     def record(self, row: dict[str, Any]) -> None:
         self.done += 1
-        self.last_done = time.perf_counter()
         status = row.get("status")
         self.by_status[status] += 1
         if status != "ok":
@@ -83,7 +85,10 @@ class LiveStats:
         p50 = self.latency_p50()
         if p50 is not None:
             parts.append(f"p50 {p50 * 1000:,.0f} ms")
-        quiet_s = time.perf_counter() - self.last_done
+        now = time.perf_counter()
+        if self.done != self._done_seen:
+            self._done_seen, self.last_done = self.done, now
+        quiet_s = now - self.last_done
         if self.in_flight and quiet_s >= STALL_S:
             parts.append(f"none finished for {_fmt_duration(quiet_s)}")
         elif self.total and rate > 0:

@@ -51,6 +51,7 @@ __all__ = [
     "build_report",
     "compare",
     "load_run",
+    "outstanding_cost",
     "parse_group_keys",
     "summarize_table",
 ]
@@ -640,7 +641,7 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
         "per_request_usd": _ratio(usd["total"], rows_priced),
         "unpriced_models": models,
         # Async jobs submitted but not collected (no rows yet, paid for all the same): set by
-        # _outstanding_cost; any of them may belong to this section.
+        # outstanding_cost; any of them may belong to this section.
         "outstanding_jobs": 0,
         # Rows priced other than at standard rates (by what their usage says), and whether
         # the figures are estimates (Priority Tier has no public per-token price).
@@ -898,13 +899,13 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
             report["groups"].append({"key": key, **_section(part, window.active, metrics)})
     if report["outstanding_jobs"]:
         for section in (report["overall"], *report["groups"], *report["cost_by_model"]):
-            _outstanding_cost(section["cost"], report["outstanding_jobs"])
+            outstanding_cost(section["cost"], report["outstanding_jobs"])
     if plot_data:
         report["plot_data"] = _plot_data(f, parts, metrics)
     return report
 
 
-def _outstanding_cost(cost: dict[str, Any], jobs: int) -> None:
+def outstanding_cost(cost: dict[str, Any], jobs: int) -> None:
     """Async jobs not collected yet have no rows, but will be paid for: the cost of the rows is
     only a lower bound (as ``run --json`` says). Which model or group the jobs belong to is not
     in the rows, so every total of the run is one."""

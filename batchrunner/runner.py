@@ -53,7 +53,7 @@ from batchrunner.outage import GatewayOutage
 from batchrunner.pacing import Pacer, RateCeiling, schedule_offsets
 from batchrunner.polling import PollPlanner
 from batchrunner.progress import LiveStats, ProgressDisplay
-from batchrunner.report import session_starts
+from batchrunner.report import outstanding_cost, session_starts
 from batchrunner.rundir import (
     RUN_FORMAT,
     RUN_JSON,
@@ -1416,11 +1416,10 @@ async def _finish(
 
 def _count_outstanding(summary: dict[str, Any], outstanding: int) -> None:
     """Jobs submitted but not collected have no row yet, and will be paid for: the summary's
-    cost is only a lower bound (a detached run's "$0" read as a free run)."""
+    cost is only a lower bound (a detached run's "$0" read as a free run), as in ``report``."""
     summary["outstanding_jobs"] = outstanding
-    cost = summary.get("cost")
-    if cost is not None:
-        cost.update(complete=False, total_usd=None, outstanding_jobs=outstanding)
+    if summary.get("cost") is not None:
+        outstanding_cost(summary["cost"], outstanding)
 
 
 def _outages(session: _Session) -> int:

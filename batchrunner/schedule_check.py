@@ -92,7 +92,7 @@ class ScheduleCheck:
     gateway outages): one that sent nothing (a ``--retry-failed`` with nothing to retry) had no
     schedule to keep.
 
-    :param sessions: from :func:`open_loop_sessions` (a session's outage count may be left out).
+    :param sessions: from :func:`open_loop_sessions`.
     """
 
     def __init__(self, sessions: Sequence[tuple[Any, ...]]) -> None:
@@ -100,7 +100,7 @@ class ScheduleCheck:
         timed.sort(key=lambda s: s[0] or 0.0)
         self._rates = [s[1] for s in timed]
         self._caps = [s[2] for s in timed]
-        self._outages = [int(s[3]) if len(s) > 3 else 0 for s in timed]
+        self._outages = [int(s[3]) for s in timed]
         self._open = np.array([r is not None for r in self._rates], dtype=bool)
         self._splits = np.array([s[0] for s in timed[1:]], dtype=np.float64)
         k = len(timed)
