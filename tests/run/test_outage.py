@@ -47,19 +47,28 @@ def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 30) -> str
     raise AssertionError(f"no {text!r} in {''.join(seen)!r}")
 
 
+def run_until_the_gateway_goes(
+    config: EmulatorConfig, out: Path, rows: int, *args: str
+) -> tuple[subprocess.Popen, int]:
+    """Start ``batchrunner run *args --gateway EMULATOR --out out``, wait for ``rows`` finished
+    rows, then stop the emulator (its port refuses connections): the process and that port, for
+    ``running_emulator(config, port=port)`` to bring the gateway back."""
+    with running_emulator(config) as emu:
+        port = int(emu.base_url.rsplit(":", 1)[1])
+        proc = start_run(*args, "--gateway", emu.base_url, "--out", str(out))
+        wait_for_rows(out, rows, proc)
+    return proc, port
+
+
 def test_a_gateway_restart_is_waited_out_without_spending_retries(requests_file, tmp_path):
     # Before: with --max-retries 1 every request in flight or started during the ~1.5 s
     # outage spent its retry within a second and ended as an error row (hundreds of them at
     # higher rates, and 20 in a row stopped the run).
     requests, out = requests_file(300), tmp_path / "out"
     config = EmulatorConfig(ttft=Dist("fixed", 0.02))
-    with running_emulator(config) as emu:
-        port = int(emu.base_url.rsplit(":", 1)[1])
-        proc = start_run(
-            str(requests), "--gateway", emu.base_url, "-c", "4", "--max-retries", "1",
-            "--out", str(out),
-        )  # fmt: skip
-        wait_for_rows(out, 20, proc)
+    proc, port = run_until_the_gateway_goes(
+        config, out, 20, str(requests), "-c", "4", "--max-retries", "1"
+    )
     time.sleep(1.5)  # the gateway is down: refused connections
     with running_emulator(config, port=port):
         _, stderr = proc.communicate(timeout=60)
@@ -77,12 +86,7 @@ def test_a_gateway_restart_is_waited_out_without_spending_retries(requests_file,
 def test_a_flapping_gateway_is_told_of_five_times_then_counted(requests_file, tmp_path):
     requests, out = requests_file(1200), tmp_path / "out"
     config = EmulatorConfig(ttft=Dist("fixed", 0.01))
-    with running_emulator(config) as emu:
-        port = int(emu.base_url.rsplit(":", 1)[1])
-        proc = start_run(
-            str(requests), "--gateway", emu.base_url, "-c", "2", "--out", str(out),
-        )  # fmt: skip
-        wait_for_rows(out, 10, proc)
+    proc, port = run_until_the_gateway_goes(config, out, 10, str(requests), "-c", "2")
     for _ in range(8):  # down 0.4 s, up 0.4 s
         time.sleep(0.4)
         with running_emulator(config, port=port):
@@ -138,12 +142,9 @@ def test_ctrl_c_while_requests_wait_for_the_gateway_ends_them_at_once(requests_f
     # after the stop if the gateway came back meanwhile.
     requests, out = requests_file(200), tmp_path / "out"
     config = EmulatorConfig(ttft=Dist("fixed", 0.02))
-    with running_emulator(config) as emu:
-        proc = start_run(
-            str(requests), "--gateway", emu.base_url, "-c", "4", "--drain-timeout", "60",
-            "--out", str(out),
-        )  # fmt: skip
-        wait_for_rows(out, 10, proc)
+    proc, _ = run_until_the_gateway_goes(
+        config, out, 10, str(requests), "-c", "4", "--drain-timeout", "60"
+    )
     before = wait_for_line(proc, "The gateway cannot be connected to")
     time.sleep(1.5)  # past the retry back-off (at most 0.5 s): the 4 workers' requests wait
     stopped = time.monotonic()
@@ -436,12 +437,9 @@ def test_the_closing_summary_names_an_outage_as_the_cause_of_a_missed_schedule(
     # and the outage, not the client, is why.
     requests, out = requests_file(200), tmp_path / "out"
     config = EmulatorConfig(ttft=Dist("fixed", 0.01))
-    with running_emulator(config) as emu:
-        port = int(emu.base_url.rsplit(":", 1)[1])
-        proc = start_run(
-            str(requests), "--gateway", emu.base_url, "--rate", "50", "-c", "5", "--out", str(out),
-        )  # fmt: skip
-        wait_for_rows(out, 10, proc)
+    proc, port = run_until_the_gateway_goes(
+        config, out, 10, str(requests), "--rate", "50", "-c", "5"
+    )
     proc_err = wait_for_line(proc, "The gateway cannot be connected to")
     time.sleep(1.0)  # the gateway stays down: sends fall behind their schedule
     with running_emulator(config, port=port):

@@ -4,15 +4,15 @@ directories written before those columns existed (report, comparison, resume).""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from keyecho import serving
 
 from batchrunner.config import RunConfig
 from batchrunner.report import build_report, load_run
@@ -98,15 +98,8 @@ class _Canned(BaseHTTPRequestHandler):
 @pytest.fixture
 def canned_gateway() -> Iterator[str]:
     """A gateway on 127.0.0.1:<ephemeral> answering every request with the canned message."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with serving(_Canned) as url:
+        yield url
 
 
 def run(requests: Path, gateway: str, out: Path, **kw):
