@@ -121,6 +121,19 @@ def test_verdict_blames_the_client_when_it_fell_behind():
     assert "client CPU 95%" in r["verdict"]
 
 
+def test_a_cpu_share_over_milliseconds_is_no_client_bound_verdict():
+    # A stage that --max-errors stopped after 12 failures in 3.5 ms measured 57-94 % CPU: its
+    # start, not the load. It flipped a test's "errors" verdict to "client-bound" in CI.
+    c = StageCollector()
+    for i in range(12):
+        c.add(_row(sent=i * 0.0003, lag=0.0, done=i * 0.0003 + 0.0001))
+    c.cpu_s, c.wall_s = 0.0033, 0.0035
+    r = stage_result(StageSpec("c=2", concurrency=2), c, [])
+    assert r["client_wall_s"] == 0.0035 and "client CPU" not in r["verdict"]
+    c.cpu_s, c.wall_s = 0.95, 1.0
+    assert "client CPU 95%" in stage_result(StageSpec("c=2", concurrency=2), c, [])["verdict"]
+
+
 def _scheduled(offsets, lags, latency=0.05):
     """Rows of one open-loop stage: scheduled at ``offsets``, each sent ``lags[i]`` late."""
     c = StageCollector()
