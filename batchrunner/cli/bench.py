@@ -13,7 +13,7 @@ import click
 import orjson
 
 from batchrunner.cli import main
-from batchrunner.cli.options import credential_options
+from batchrunner.cli.options import credential_options, name_env_sources
 from batchrunner.cli.signals import session_over, stops_cleanly_on_signals
 
 if TYPE_CHECKING:
@@ -344,7 +344,8 @@ def bench(
         result = run_sync_coro(run_bench(config, quiet=quiet, handle_signals=True))
         session_over()
     except (ConfigError, InputError, RunDirError, ValueError) as exc:
-        click.echo(f"Error: {_redactor(options, headers, values)(str(exc))}", err=True)
+        message = name_env_sources(str(exc))
+        click.echo(f"Error: {_redactor(options, headers, values)(message)}", err=True)
         sys.exit(2)
     except Exception as exc:
         # An exception's text may quote a header or the gateway URL, the traceback's too.

@@ -57,3 +57,19 @@ def credential_options(func: F) -> F:
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
+
+
+def name_env_sources(message: str) -> str:
+    """``message`` with a leading ``--gateway:`` told as ``BATCHRUNNER_GATEWAY:`` when the
+    address came from that variable: the user never typed ``--gateway`` and would look for it
+    in the command."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not message.startswith("--gateway:"):
+        return message
+    try:
+        source = ctx.get_parameter_source("gateway")
+    except (KeyError, TypeError):
+        return message
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        return "BATCHRUNNER_GATEWAY (environment):" + message[len("--gateway:") :]
+    return message

@@ -12,7 +12,7 @@ import click
 import orjson
 
 from batchrunner.cli import main
-from batchrunner.cli.options import credential_options
+from batchrunner.cli.options import credential_options, name_env_sources
 from batchrunner.cli.resume_hint import (
     RecordingCommand,
     program,
@@ -386,7 +386,7 @@ def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:
         session_over()
         return result
     except (ConfigError, InputError, RunDirError, RunStoreError) as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {name_env_sources(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
     except Exception as exc:
         # An exception's text may quote a header or the gateway URL, the traceback's too.

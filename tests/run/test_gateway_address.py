@@ -49,6 +49,22 @@ def test_run_refuses_a_gateway_that_cannot_work_before_creating_anything(
     assert not root.exists()
 
 
+@pytest.mark.parametrize("command", ["run", "bench"])
+@pytest.mark.parametrize(("gateway", "message"), [BAD_GATEWAYS[0], BAD_GATEWAYS[6]])
+def test_a_bad_gateway_from_the_environment_is_named_as_such(
+    requests_file, tmp_path, command, gateway, message
+):
+    # The user typed no --gateway: the message names the variable they set.
+    out = tmp_path / "out"
+    load = ("-c", "1", "--stage-requests", "1") if command == "bench" else ()
+    args = (command, *((str(requests_file(2)),) if command == "run" else ()), *load)
+    result = run_cli(*args, "--out", str(out), env={"BATCHRUNNER_GATEWAY": gateway})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    told = message.replace("--gateway:", "BATCHRUNNER_GATEWAY (environment):")
+    assert told in result.stderr and "--gateway" not in result.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("gateway", "message"), [BAD_GATEWAYS[0], BAD_GATEWAYS[1], BAD_GATEWAYS[6]]
 )
