@@ -541,15 +541,19 @@ def _section(f: pd.DataFrame, wall: float | None, metrics: Sequence[str]) -> dic
     # where only the timing columns are read.
     ok = (f["status"] == "ok").to_numpy()
     used = int(ok.sum())
+    # Requests that left: a row cancelled while it waited for a gateway that could not be
+    # reached was never sent, and counting it would pad the rate with what the stop gave up.
+    sent = int((f["sent_at"].notna() | f["submitted_at"].notna()).sum())
     return {
         "requests": n,
+        "sent": sent,
         "status": status,
         "ok_rate": _ratio(status["ok"], n),
         "error_rate": _ratio(failed, n),
         "errors": _errors(f, n),
         "throughput": {
             "wall_s": _num(wall),
-            "requests_per_s": _ratio(n, wall),
+            "requests_per_s": _ratio(sent, wall),
             "ok_requests_per_s": _ratio(status["ok"], wall),
             "output_tokens_per_s": _ratio(float(f["tok_output"].sum()), wall),
         },

@@ -103,7 +103,7 @@ def summarize_batches(
     :return: the dict :func:`summarize` returns for the same rows (floats up to rounding).
     """
     book = book or PriceBook()
-    n = 0
+    n = sent = 0
     status: dict[str, int] = {}
     errors: dict[str, int] = {}
     tokens = dict.fromkeys((*CATEGORIES, "web_search_requests"), 0)
@@ -121,6 +121,7 @@ def summarize_batches(
         # The report's own per-rows figures (no distributions: those need every value).
         section = _section(f, None, ())
         n += section["requests"]
+        sent += section["sent"]
         for key, count in section["status"].items():
             status[key] = status.get(key, 0) + count
         for error_type, count in failed_types(section["errors"]).items():
@@ -163,7 +164,7 @@ def summarize_batches(
         "error_types": dict(sorted(errors.items(), key=lambda e: (-e[1], e[0]))),
         "wall_s": _num(wall),
         "span_s": _num(windows.span),
-        "requests_per_s": _ratio(n, wall),
+        "requests_per_s": _ratio(sent, wall),  # never-sent rows left out, as in report
         "output_tokens_per_s": _ratio(float(tokens["output"]), wall),
     }
     if reread is not None:

@@ -128,6 +128,13 @@ def test_a_gateway_never_reached_stops_the_run_and_a_resume_sends_the_waiting(
     assert rows["error_message"].str.startswith(
         "not sent: the gateway could not be connected to (ConnectError"
     ).all()
+    # Nothing went out, so the rates are 0, not 4 rows over the wait (they counted them).
+    summary = orjson.loads((out / "run.json").read_bytes())["summary"]
+    assert summary["requests"] == 4 and summary["requests_per_s"] == 0
+    report = run_cli("report", str(out), "--json")
+    overall = orjson.loads(report.stdout)["runs"][0]["overall"]
+    assert (overall["requests"], overall["sent"]) == (4, 0)
+    assert overall["throughput"]["requests_per_s"] == 0
     hint = resume_hint(first.stderr)
     assert "--retry-failed" not in hint  # cancelled rows are sent again by a plain resume
     with running_emulator(EmulatorConfig(), port=port):
@@ -135,6 +142,8 @@ def test_a_gateway_never_reached_stops_the_run_and_a_resume_sends_the_waiting(
     assert done.returncode == 0, done.stderr
     rows = read_rows(out)
     assert sorted(rows["input_index"]) == list(range(12)) and set(rows["status"]) == {"ok"}
+    summary = orjson.loads((out / "run.json").read_bytes())["summary"]
+    assert summary["requests_per_s"] == pytest.approx(12 / summary["wall_s"])
 
 
 def test_ctrl_c_while_requests_wait_for_the_gateway_ends_them_at_once(requests_file, tmp_path):
