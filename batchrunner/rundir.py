@@ -263,6 +263,13 @@ def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mo
     old = info.get("input") or {}
     if fingerprint is None:
         pass
+    elif not isinstance(old, dict) or old.get("size") is None:
+        # Nothing to match the file against: the rows could belong to any input.
+        raise RunDirError(
+            f"cannot resume: run.json records no input file (its \"input\" field is missing or "
+            "damaged), so rows already written cannot be matched to "
+            f"{fingerprint['path']}. Start a new run (--out NEW_DIR), or restore run.json."
+        )
     elif (
         old.get("size") != fingerprint["size"]
         or old.get("blake2b_head_tail") != fingerprint["blake2b_head_tail"]

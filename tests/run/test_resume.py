@@ -433,6 +433,30 @@ def test_a_damaged_run_json_is_named_and_the_rows_are_said_to_be_intact(
     assert {p: p.read_bytes() for p in (out / "data").iterdir()} == parts
 
 
+@pytest.mark.parametrize("recorded", [None, [], "set.jsonl", {"path": "set.jsonl"}])
+def test_a_run_json_without_its_input_is_refused_by_name(
+    make_emulator, requests_file, tmp_path, recorded
+):
+    # Before: "is not the file this run started with (None, None bytes)".
+    out = tmp_path / "out"
+    requests = requests_file(4)
+    run(requests, make_emulator().base_url, out)
+    info = orjson.loads((out / "run.json").read_bytes())
+    if recorded is None:
+        del info["input"]
+    else:
+        info["input"] = recorded
+    (out / "run.json").write_bytes(orjson.dumps(info))
+    result = run_cli("run", str(requests), "--out", str(out), "--resume")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    error = result.stderr.strip()
+    assert error == (
+        'Error: cannot resume: run.json records no input file (its "input" field is missing or '
+        f"damaged), so rows already written cannot be matched to {requests}. Start a new run "
+        "(--out NEW_DIR), or restore run.json."
+    )
+
+
 def test_collect_names_a_damaged_run_json(make_emulator, requests_file, tmp_path):
     out = tmp_path / "out"
     emu = make_emulator()
