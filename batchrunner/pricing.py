@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -219,15 +220,14 @@ def _parse_entry(path: Path, name: str, entry: Any) -> Override:
     for key in CATEGORIES:
         if key in entry:
             value = entry[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if not _is_rate(value):
                 raise PriceFileError(f"{where}: {key} must be a number >= 0 ($ per million "
                                      f"tokens), got {value!r}")
             rates[key] = float(value)
     numbers: dict[str, float | None] = {}
     for key in ("multiplier", "fast_multiplier", "web_search_per_1000"):
         value = entry.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or value < 0):
+        if value is not None and not _is_rate(value):
             raise PriceFileError(f"{where}: {key} must be a number >= 0, got {value!r}")
         numbers[key] = None if value is None else float(value)
     same_as = entry.get("same_as")
@@ -239,6 +239,12 @@ def _parse_entry(path: Path, name: str, entry: Any) -> Override:
                     multiplier=1.0 if multiplier is None else multiplier,
                     fast_multiplier=numbers["fast_multiplier"],
                     web_search_per_1000=numbers["web_search_per_1000"])
+
+
+def _is_rate(value: Any) -> bool:
+    """A finite number >= 0 (TOML also has inf and nan, which would price a row at $inf)."""
+    return (not isinstance(value, bool) and isinstance(value, int | float)
+            and math.isfinite(value) and value >= 0)
 
 
 def _bundled_snapshot() -> Any:
@@ -319,13 +325,33 @@ class PriceBook:
         return self._cache[key]
 
     def _override_for(self, model: str) -> Override | None:
-        for o in self._overrides:  # exact names win over patterns
-            if o.pattern == model:
-                return o
-        for o in self._overrides:
-            if any(ch in o.pattern for ch in "*?[") and fnmatch.fnmatchcase(model, o.pattern):
-                return o
+        # The API answers with the dated snapshot id (claude-sonnet-4-5-20250929) where a
+        # price file names the model (claude-sonnet-4-5): an entry applies to every name of the
+        # model. Exact names win over other names, which win over patterns.
+        names = self._names_of(model) if self._overrides else (model,)
+        for name in names:
+            for o in self._overrides:
+                if o.pattern == name:
+                    return o
+        for name in names:
+            for o in self._overrides:
+                if any(ch in o.pattern for ch in "*?[") and fnmatch.fnmatchcase(name, o.pattern):
+                    return o
         return None
+
+    def _names_of(self, model: str) -> tuple[str, ...]:
+        """*model*, then its name without a date suffix, then genai-prices' id for it."""
+        names = [model]
+        undated = _DATED.fullmatch(model)
+        if undated is not None:
+            names.append(undated.group("name"))
+        if self._snapshot is not None:
+            try:
+                _, info = self._snapshot.find_provider_model(model, None, "anthropic", None)
+                names.append(str(info.id))
+            except (LookupError, ValueError):
+                pass
+        return tuple(dict.fromkeys(names))
 
     def _resolve(self, model: str, day: date, seen: tuple[str, ...]) -> ModelRates | None:
         override = self._override_for(model)

@@ -202,6 +202,10 @@ def test_price_file_overrides_and_adds_models(make_run, tmp_path):
 @pytest.mark.parametrize(("text", "message"), [
     ("[models.x]\ninput = 1\noutput = 2\ncache_write = 3\n", "unknown keys ['cache_write']"),
     ("[models.x]\ninput = -1\noutput = 2\n", "input must be a number >= 0"),
+    ("[models.x]\ninput = inf\noutput = 2\n", "input must be a number >= 0"),
+    ("[models.x]\ninput = 1\noutput = nan\n", "output must be a number >= 0"),
+    ("[models.x]\nmultiplier = nan\n", "multiplier must be a number >= 0"),
+    ("[models.x]\nweb_search_per_1000 = -inf\n", "web_search_per_1000 must be a number >= 0"),
     ("[models.x\n", "not valid TOML"),
     ("name = 'empty'\n", "no [models"),
     ("[model.x]\ninput = 1\n", "unknown top-level keys"),
@@ -282,6 +286,44 @@ def test_multiplier_alone_and_same_as_itself_apply_once(tmp_path):
     assert sonnet.rates["input"].base == 1.5
     assert sonnet.rates["input"].tiers == ((200_000, 3.0),)  # the long-context tier, scaled
     assert book.rates("a", day) is None  # a loop of unknown models: no price, no hang
+
+
+def test_an_entry_applies_to_every_name_of_its_model(make_run, tmp_path):
+    # The API answers with the dated id; a contract entry for the model's name was ignored for
+    # those rows (list price: $6 for this row instead of $1).
+    written = "claude-sonnet-4-5"
+    path = tmp_path / "p.toml"
+    path.write_text(f'[models."{written}"]\ninput = 1.0\n')
+    rows = [usage_row("claude-sonnet-4-5-20250929", 0, inp=1_000_000),
+            usage_row("claude-sonnet-4-5", 1, inp=1_000_000),
+            usage_row("anthropic/claude-sonnet-4-5@20250929", 2, inp=1_000_000)]
+    run = cost_of(make_run, rows, path)
+    by_model = {m["model"]: m for m in run["cost_by_model"]}
+    for model in by_model.values():
+        assert model["cost"]["total_usd"] == pytest.approx(1.0), model
+        assert model["priced_as"].startswith(f"p.toml:{written}"), model
+
+
+def test_an_exact_entry_wins_over_the_models_other_names(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[models."claude-sonnet-4-5"]\ninput = 1.0\n'
+                    '[models."claude-sonnet-4-5-20250929"]\ninput = 2.0\n'
+                    '[models."claude-haiku-*"]\ninput = 0.5\n')
+    book = PriceBook.load(path)
+    day = date(2026, 11, 1)
+    assert book.rates("claude-sonnet-4-5-20250929", day).rates["input"].base == 2.0
+    assert book.rates("claude-sonnet-4-5", day).rates["input"].base == 1.0
+    assert book.rates("claude-haiku-4-5-20251001", day).rates["input"].base == 0.5
+    assert book.rates("claude-opus-4-1-20250805", day).rates["input"].base == 15.0
+    # A dated entry names that snapshot only: the alias may move on to a newer one.
+    dated = PriceBook.load(_write(tmp_path / "d.toml",
+                                  '[models."claude-sonnet-4-5-20250929"]\ninput = 2.0\n'))
+    assert dated.rates("claude-sonnet-4-5", day).rates["input"].base == 3.0
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
 
 
 def test_price_version_is_in_the_report(make_run):
