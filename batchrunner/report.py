@@ -642,7 +642,9 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
         "usd": usd,
         "rows_priced": rows_priced,
         "rows_unpriced": len(unpriced),
-        "per_request_usd": _ratio(usd["total"], rows_priced),
+        # Unknown when rows are unpriced: the priced rows' mean would read as the answer (and
+        # a comparison would take a delta of it).
+        "per_request_usd": _ratio(usd["total"], rows_priced) if complete else None,
         "unpriced_models": models,
         # Async jobs submitted but not collected (no rows yet, paid for all the same): set by
         # outstanding_cost; any of them may belong to this section.

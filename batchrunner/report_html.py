@@ -18,6 +18,7 @@ from batchrunner.pricing import CATEGORIES, FEES
 from batchrunner.report_text import (
     Table,
     comparison_tables,
+    cost_total_text,
     fmt_duration,
     fmt_usd,
     plural,
@@ -203,22 +204,35 @@ def _run_charts(run: dict[str, Any]) -> list[str]:
             title="Failed requests over time (by error_type, bucket of completed_at)",
             x_label="seconds since the run started", y_label="failed requests",
             y_fmt=lambda v: f"{v:g}"))
-    models = [m for m in run["cost_by_model"] if m["cost"]["rows_priced"]]
+    models = run["cost_by_model"]
     if models:
         parts = _cost_parts([m["cost"]["usd"] for m in models])
         charts.append(svg.bar_chart(
-            [m["model"] + (f" (priced rows; {plural(m['cost']['rows_unpriced'], 'row')} "
-                           "unpriced)" if m["cost"]["rows_unpriced"] else "") for m in models],
+            [m["model"] for m in models],
             [(_CATEGORY_LABELS[c], [m["cost"]["usd"][c] for m in models]) for c in parts],
-            title="Cost by model (USD)", value_fmt=fmt_usd))
+            title="Cost by model (USD)", value_fmt=fmt_usd,
+            totals_text=[_model_cost_text(m) for m in models]))
     if run["groups"]:
         groups = run["groups"]
         parts = _cost_parts([g["cost"]["usd"] for g in groups])
         charts.append(svg.bar_chart(
             [_group_label(g["key"]) for g in groups],
             [(_CATEGORY_LABELS[c], [g["cost"]["usd"][c] for g in groups]) for c in parts],
-            title="Cost by group (USD)", value_fmt=fmt_usd))
+            title="Cost by group (USD)", value_fmt=fmt_usd,
+            totals_text=[cost_total_text(g["cost"]) for g in groups]))
     return charts
+
+
+def _model_cost_text(model: dict[str, Any]) -> str:
+    """A model's bar label, as the text report's cost table says it: a model nobody prices is
+    UNPRICED, never a $0 bar; one with some rows unpriced is a lower bound that names them."""
+    cost = model["cost"]
+    if model["priced_as"] is None and cost["rows_unpriced"]:
+        return "UNPRICED"
+    text = cost_total_text(cost)
+    if cost["rows_unpriced"]:
+        text += f" ({plural(cost['rows_unpriced'], 'row')} unpriced)"
+    return text
 
 
 def _comparison_charts(report: dict[str, Any]) -> list[str]:
@@ -238,15 +252,18 @@ def _comparison_charts(report: dict[str, Any]) -> list[str]:
     parts = _cost_parts([m["cost"]["usd"] for r in runs for m in r["cost_by_model"]])
     stacks: dict[str, list[float]] = {c: [] for c in parts}
     models = list(dict.fromkeys(m["model"] for r in runs for m in r["cost_by_model"]))
+    texts = []
     for model in models:  # each model's runs next to each other
         for r in runs:
             m = next((m for m in r["cost_by_model"] if m["model"] == model), None)
-            if m and m["cost"]["rows_priced"]:
+            if m:
                 cats.append(f"{model} · {r['name']}")
+                texts.append(_model_cost_text(m))
                 for c in parts:
                     stacks[c].append(m["cost"]["usd"][c])
     charts.append(svg.bar_chart(cats, [(_CATEGORY_LABELS[c], stacks[c]) for c in parts],
-                                title="Cost by model and run (USD)", value_fmt=fmt_usd))
+                                title="Cost by model and run (USD)", value_fmt=fmt_usd,
+                                totals_text=texts))
     return charts
 
 

@@ -256,17 +256,21 @@ def column_chart(edges: Sequence[float], stacks: Sequence[tuple[str, Sequence[fl
 
 
 def bar_chart(categories: Sequence[str], stacks: Sequence[tuple[str, Sequence[float]]], *,
-              title: str, value_fmt: Fmt = _default_fmt, width: int = _W) -> str:
+              title: str, value_fmt: Fmt = _default_fmt, width: int = _W,
+              totals_text: Sequence[str] | None = None) -> str:
     """Horizontal stacked bars, one per category (e.g. cost by model, split by cost category).
 
     :param stacks: ``(label, value per category)``, drawn left to right in order.
+    :param totals_text: what to write after each bar instead of its formatted sum (a cost that
+        is a lower bound, or unknown); with it, bars of zero are drawn too.
     """
     if not categories or not stacks:
         return _empty(title, "no data")
     totals = [sum(s[1][k] for s in stacks) for k in range(len(categories))]
     top = max(totals)
-    if top <= 0:
+    if top <= 0 and totals_text is None:
         return _empty(title, "nothing to show (all zero)")
+    top = top if top > 0 else 1.0
     left = int(min(max(len(c) for c in categories) * 6.4 + 16, 330))
     bar_h, gap = 18, 8
     height = _M["top"] + 26 + len(categories) * (bar_h + gap) + 30
@@ -294,8 +298,9 @@ def bar_chart(categories: Sequence[str], stacks: Sequence[tuple[str, Sequence[fl
                        f'fill="{PALETTE[i % len(PALETTE)]}"><title>{escape(cat)}: '
                        f"{escape(label)} {escape(value_fmt(v))}</title></rect>")
             x += w
+        shown = totals_text[k] if totals_text is not None else value_fmt(totals[k])
         out.append(f'<text x="{x + 6:.1f}" y="{y + 13}" font-size="11" fill="#222">'
-                   f"{escape(value_fmt(totals[k]))}</text>")
+                   f"{escape(shown)}</text>")
         y += bar_h + gap
     out.append("</svg>")
     return "\n".join(out)

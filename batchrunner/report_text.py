@@ -437,11 +437,11 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
                              if reasons == {"no fast-mode rates"} else ""))
         rows.append([m["model"], _int(m["requests"]),
                      *(fmt_usd(c["usd"][k] if shown else None) for k in labels),
-                     _total(c) if shown else "-",
+                     cost_total_text(c) if shown else "-",
                      fmt_usd(c["per_request_usd"] if shown else None), priced_as])
     c = o["cost"]
     rows.append(["total", _int(o["requests"]), *(fmt_usd(c["usd"][k]) for k in labels),
-                 _total(c), fmt_usd(c["per_request_usd"]), ""])
+                 cost_total_text(c), fmt_usd(c["per_request_usd"]), ""])
     t = Table(f"Cost USD by model (all rows; genai-prices {version}, standard rates unless usage "
               "says otherwise; rows without usage cost $0)",
               ["model", "requests", *labels.values(), "total", "per request",
@@ -462,7 +462,7 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
     tables.append(t)
     if groups:
         rows = [[*label, _int(s["requests"]), *(fmt_usd(s["cost"]["usd"][k]) for k in labels),
-                 _total(s["cost"]), fmt_usd(s["cost"]["per_request_usd"])]
+                 cost_total_text(s["cost"]), fmt_usd(s["cost"]["per_request_usd"])]
                 for label, s in sections]
         tables.append(Table("Cost USD by group (all rows)",
                             [*groups, "requests", *labels.values(), "total",
@@ -491,7 +491,7 @@ def _adjustment_notes(cost: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _total(cost: dict[str, Any]) -> str:
+def cost_total_text(cost: dict[str, Any]) -> str:
     """A cost total; a lower bound (``>= $x``) when some rows could not be priced or async jobs
     are outstanding."""
     return fmt_usd(cost["total_usd"]) if cost["complete"] else f">= {fmt_usd(cost['usd']['total'])}"

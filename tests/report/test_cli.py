@@ -91,6 +91,38 @@ def test_html_is_self_contained(make_run, tmp_path):
     assert "ttft_s: CDF" in page and "TTFT histogram" in page and "Cost by model" in page
 
 
+def _bar_ends(page: str, title: str) -> dict[str, str]:
+    """A bar chart's category -> the text after its bar."""
+    import re
+
+    chart = next(c for c in re.findall(r"<svg.*?</svg>", page, flags=re.S) if f">{title}<" in c)
+    texts = re.findall(r'<text [^>]*text-anchor="end"[^>]*>([^<]*)<title>|'
+                       r'<text x="[\d.]+" y="\d+" font-size="11" fill="#222">([^<]*)</text>', chart)
+    names = [a for a, _ in texts if a]
+    ends = [b for a, b in texts if not a and b]
+    return dict(zip(names, ends, strict=True))
+
+
+def test_html_cost_charts_never_show_an_unknown_cost_as_a_number(make_run, tmp_path):
+    # Before: an unpriced model was a "$0" bar, and a model whose only row was an unpriced
+    # fast-mode row was left out of the chart.
+    html = tmp_path / "r.html"
+    rows = [row(input_index=0, model="claude-foo-9", input_tokens=1000, output_tokens=500),
+            row(input_index=1, model="claude-haiku-4-5", input_tokens=1000, output_tokens=1000),
+            row(input_index=2, model="claude-opus-4-7", input_tokens=100, output_tokens=100,
+                speed="fast")]
+    result = invoke(str(make_run(rows)), "--html", str(html), "--by", "model")
+    assert result.exit_code == 0, result.output
+    page = html.read_text()
+    by_model = _bar_ends(page, "Cost by model (USD)")
+    assert by_model == {"claude-foo-9": "UNPRICED", "claude-haiku-4-5": "$0.006000",
+                        "claude-opus-4-7": "&gt;= $0 (1 row unpriced)"}
+    by_group = _bar_ends(page, "Cost by group (USD)")
+    assert by_group["model=claude-foo-9"] == "&gt;= $0"
+    assert by_group["model=claude-opus-4-7"] == "&gt;= $0"
+    assert by_group["model=claude-haiku-4-5"] == "$0.006000"
+
+
 def test_several_runs_are_compared(make_run, tmp_path):
     a = make_run([row(input_index=i) for i in range(5)], name="sync-run")
     b = make_run([row(input_index=i, latency_s=0.2, mode="async") for i in range(5)],

@@ -255,8 +255,13 @@ def test_a_run_with_unpriced_rows_has_no_cost_total_to_compare(make_run):
     assert figs["cost_usd"]["values"][0] > 0 and figs["cost_usd"]["values"][1] is None
     assert figs["cost_usd"]["delta"] == [None] and figs["cost_usd"]["delta_pct"] == [None]
     assert figs["cost_usd output"]["values"][1] is None
-    # per request is over priced rows, so it still compares
-    assert figs["cost_per_request_usd"]["delta_pct"] == [pytest.approx(0.0)]
+    # Per request is unknown too: the priced rows' mean compared as "+0.0 %" (and an unpriced
+    # model's error rows as $0 a request).
+    assert figs["cost_per_request_usd"]["values"][1] is None
+    assert figs["cost_per_request_usd"]["delta_pct"] == [None]
+    by_model = {m["model"]: m["cost"] for m in rep["runs"][1]["cost_by_model"]}
+    assert by_model["claude-foo-9"]["per_request_usd"] is None
+    assert by_model["claude-haiku-4-5"]["per_request_usd"] is not None
     assert cmp["unpriced"] == {"b": ["claude-foo-9"]}
     from batchrunner.report_text import format_report
 
