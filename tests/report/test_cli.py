@@ -16,8 +16,8 @@ RUN_KEYS = {"name", "run_dir", "run_id", "mode", "status", "gateway", "rows", "j
             "outstanding_jobs", "collect_before",
             "window", "metrics", "overall", "groups", "cost_by_model", "timeline", "schedule",
             "stages", "warnings"}
-SECTION_KEYS = {"requests", "sent", "status", "ok_rate", "error_rate", "errors", "throughput", "latency",
-                "tokens", "cost"}
+SECTION_KEYS = {"requests", "sent", "status", "ok_rate", "error_rate", "errors", "throughput",
+                "latency", "tokens", "cost"}
 
 
 def invoke(*args: str):
