@@ -38,6 +38,7 @@ from batchrunner.pricing import (
     normalize_model,
     split_cache_writes,
 )
+from batchrunner.run_info_check import checked_run_info
 from batchrunner.schedule_check import ScheduleCheck, open_loop_sessions
 from batchrunner.schema import RESULT_SCHEMA, conform
 
@@ -156,7 +157,11 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
         raise ReportError(f"{run_dir} is not a run directory (it has neither data/ nor run.json)")
     warnings: list[str] = []
     try:
-        info = _read_json(info_path) or {}
+        info = _read_json(info_path, objects_only=False)
+        if info is not None:
+            info, problems = checked_run_info(info, str(info_path))
+            warnings += problems
+        info = info or {}
     except ReportError as exc:
         if not data_dir.is_dir():
             raise  # nothing else to report from
@@ -220,8 +225,9 @@ def _not_a_directory(path: Path) -> str:
     return message
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object file (``run.json``, ``bench.json``); None if absent or not an object."""
+def _read_json(path: Path, objects_only: bool = True) -> Any:
+    """A JSON object file (``run.json``, ``bench.json``); None if absent or, with
+    *objects_only*, not an object."""
     if not path.is_file():
         return None
     try:
@@ -230,7 +236,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise ReportError(f"{path} is not valid JSON: {exc}") from exc
     except OSError as exc:
         raise ReportError(f"{path} cannot be read: {exc.strerror or exc}") from exc
-    return loaded if isinstance(loaded, dict) else None
+    return loaded if isinstance(loaded, dict) or not objects_only else None
 
 
 def parse_group_keys(by: Sequence[str]) -> list[str]:

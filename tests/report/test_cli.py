@@ -176,6 +176,39 @@ def test_a_parquet_part_given_as_run_dir_is_named_a_file_with_its_run_dir(make_r
                                          "takes run directories\n")
 
 
+@pytest.mark.parametrize(("edit", "warning"), [
+    ({"sessions": "abc"}, "sessions is a string ('abc'), expected a list; left out"),
+    ({"sessions": [1, None]}, "sessions[0] is a number (1), not an object; left out"),
+    ({"sessions": [{"started_at": "yesterday", "config": "zz"}]},
+     "sessions[0].started_at is a string ('yesterday'), expected a number; left out"),
+    ({"sessions": [{"started_at": 1.0, "config": {"rate": "fast"}}]},
+     "sessions[0].config.rate is a string ('fast'), expected a number; left out"),
+    ({"config": "zz"}, "config is a string ('zz'), expected an object; left out"),
+    ({"async": {"outstanding_jobs": "3"}},
+     "async.outstanding_jobs is a string ('3'), expected a count; left out"),
+    ({"name": ["a"]}, "name is a list, expected a string; left out"),
+])
+def test_a_run_json_field_of_the_wrong_type_is_left_out_with_a_warning(make_run, edit, warning):
+    # Before: "Internal error: AttributeError: 'str' object has no attribute 'get'", exit 1.
+    run_dir = make_run([row(input_index=i) for i in range(3)], info=edit)
+    result = invoke(str(run_dir))
+    assert result.exit_code == 0, result.output
+    assert f"warning    {run_dir / 'run.json'}: {warning}" in result.output
+    assert "requests  ok  error" in result.output
+    doc = orjson.loads(invoke(str(run_dir), "--json").output)["runs"][0]
+    assert doc["rows"] == 3 and any(warning in w for w in doc["warnings"])
+
+
+def test_a_run_json_that_is_not_an_object_is_named(make_run):
+    # Before: left out without a word.
+    run_dir = make_run([row(input_index=0)])
+    (run_dir / "run.json").write_text("[1, 2]")
+    result = invoke(str(run_dir))
+    assert result.exit_code == 0, result.output
+    assert (f"warning    {run_dir / 'run.json'} holds a list, not the run's description: "
+            "reported from the rows alone") in result.output
+
+
 def test_a_corrupt_run_json_still_gives_the_rows_report_with_a_warning(make_run):
     # Two sessions an hour apart; without run.json the rates can only be over the rows' span.
     rows = [row(input_index=0), row(custom_id="1", input_index=1, scheduled_at=T0 + 3600,
