@@ -115,8 +115,16 @@ async def execute(
                 holds += 1
                 continue
             delay = attempt_retry_delay(ctx, attempt, attempts - holds)
-            if delay is None or ctx.stopping():
+            if delay is None:
                 break
+            if ctx.stopping():
+                # A retry the stop skipped is not a failure: cancelled, so that a plain resume
+                # sends the request again (as a failed row it waited for --retry-failed).
+                ctx.emit(cancelled_row(
+                    record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
+                    first_sent_at, not_retried(attempt),
+                ))  # fmt: skip
+                return
             await asyncio.sleep(delay)
     except asyncio.CancelledError:
         ctx.emit(cancelled_row(
@@ -142,6 +150,13 @@ async def held_for_gateway(ctx: ExecContext, attempt: Attempt, holds: int) -> bo
     if ctx.stopping():
         return False
     return await outage.hold(attempt.error_message or "") and not ctx.stopping()
+
+
+def not_retried(attempt: Attempt) -> str:
+    """The message of a request that ends cancelled because the run stopped before the retry
+    its failed attempt was due."""
+    return (f"not retried: the run stopped before the retry (attempt failed with "
+            f"{attempt.error_type}: {attempt.error_message})")
 
 
 def not_sent(ctx: ExecContext, attempt: Attempt) -> str:

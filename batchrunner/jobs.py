@@ -32,6 +32,7 @@ from batchrunner.execute import (
     fill_attempt,
     final_row,
     held_for_gateway,
+    not_retried,
     not_sent,
 )
 from batchrunner.outage import MAX_HOLDS_PER_REQUEST
@@ -235,7 +236,13 @@ async def _submit(
         # too: a budget per submit let a job failing upstream be sent again without end. Not
         # those that waited for an unreachable gateway, which never saw them.
         delay = attempt_retry_delay(ctx, attempt, attempts - tries.holds)
-        if delay is None or ctx.stopping():
+        if delay is not None and ctx.stopping():
+            ctx.emit(cancelled_row(
+                record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled, scheduled_at,
+                attempts, first.sent, first.sent_at, "submit " + not_retried(attempt),
+            ))  # fmt: skip
+            return None
+        if delay is None:
             row = _row(record, ctx, attempt, first, attempts, scheduled, scheduled_at)
             row["error_message"] = f"submit failed: {row.get('error_message')}"
             ctx.emit(row)

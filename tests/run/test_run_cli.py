@@ -122,6 +122,42 @@ def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, 
     assert sorted(rows["input_index"]) == list(range(100)) and set(rows["status"]) == {"ok"}
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_retry_the_stop_skipped_is_cancelled_and_a_plain_resume_sends_it(
+    make_emulator, requests_file, tmp_path, mode
+):
+    # Before: a failure during the drain that would have been retried (a read timeout) ended
+    # as a failed row with attempts 1, and the printed resume (no --retry-failed) never sent it.
+    requests, out = requests_file(20), tmp_path / "out"
+    with make_emulator(fault_stall=1.0, stall_s=5.0) as emu:  # past the read timeout
+        proc = start_run(
+            str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3",
+            "--mode", mode, "--read-timeout", "1",
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while emu.stats()["in_flight"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # the three time out during the drain
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    rows = read_rows(out)
+    assert len(rows) == 3 and set(rows["status"]) == {"cancelled"}, rows["error_message"]
+    assert rows["error_message"].str.contains(
+        "not retried: the run stopped before the retry (attempt failed with timeout: ",
+        regex=False,
+    ).all(), rows["error_message"]
+    assert rows["sent_at"].notna().all() and set(rows["attempts"]) == {1}
+    hint = resume_hint(stderr)
+    assert "--retry-failed" not in hint
+    with make_emulator() as emu:
+        at = hint.index("--gateway") + 1
+        hint[at] = emu.base_url
+        done = run_cli(*hint)
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(out)
+    assert sorted(rows["input_index"]) == list(range(20)) and set(rows["status"]) == {"ok"}
+
+
 def test_sigterm_stops_like_ctrl_c(make_emulator, requests_file, tmp_path):
     # What timeout(1), systemd, Slurm and Kubernetes send before killing.
     out = tmp_path / "out"
