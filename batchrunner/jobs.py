@@ -481,7 +481,9 @@ class JobPoller:
             self.add(new)
 
     def _expired(self, job: Job, attempt: Attempt, now_at: float) -> None:
-        possible_expiry = job.submitted_at + job.ttl_s
+        # The result is kept for the TTL from completion, which came after the last poll
+        # that saw the job pending: before that instant plus the TTL it cannot have expired.
+        possible_expiry = (job.last_pending_at or job.submitted_at) + job.ttl_s
         if now_at >= possible_expiry:
             error_type = ERROR_JOB_EXPIRED
             seen = (
@@ -501,10 +503,12 @@ class JobPoller:
                     self._none_known()
                 return
             error_type = ERROR_JOB_NOT_FOUND
+            seen = (f", last seen pending {_iso(job.last_pending_at)}"
+                    if job.last_pending_at else "")
             why = (
                 f"job {job.job_id} not found at {_iso(now_at)}, before its result could have "
-                f"expired (submitted {_iso(job.submitted_at)}, TTL {job.ttl_s:g} s): the gateway "
-                "lost it (restart?), or it belongs to another virtual key"
+                f"expired (submitted {_iso(job.submitted_at)}{seen}, TTL {job.ttl_s:g} s): the "
+                "gateway lost it (restart?), or it belongs to another virtual key"
             )
         self._finish(job, attempt, now_at, Status.EXPIRED, error=(error_type, why))
 

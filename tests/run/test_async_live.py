@@ -458,3 +458,30 @@ def test_a_resubmitted_job_s_latency_is_its_final_job_and_retries_stay_within_th
             resubmitted += 1
             assert row.total_s - row.latency_s >= 0.3 * failed_jobs[row.request_id] - 0.01
     assert resubmitted >= 1  # a failed job was submitted again and then succeeded
+
+
+def test_a_job_lost_while_it_was_pending_is_not_found_not_expired(requests_file, tmp_path):
+    # Before: a job older than its TTL that the gateway lost was called expired ("its result
+    # may have expired"), though a poll had seen it pending a moment before: the result is kept
+    # for the TTL from completion, so it could not have expired yet.
+    out = tmp_path / "out"
+    config = EmulatorConfig(ttft=Dist("fixed", 30.0))
+    with running_emulator(config) as emu:
+        port = int(emu.base_url.rsplit(":", 1)[1])
+        proc = start_run(
+            str(requests_file(4)), "--mode", "async", "--gateway", emu.base_url,
+            "--out", str(out), "--ttl", "2",
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            (out / "jobs.jsonl").exists() and len(jobs_in(out)) == 4
+        ):
+            time.sleep(0.05)
+        time.sleep(3.0)  # past submitted + TTL, the jobs still pending
+    with running_emulator(config, port=port):  # same address, empty job store
+        _, stderr = proc.communicate(timeout=60)
+    rows = read_rows(out)
+    assert len(rows) == 4, stderr
+    assert set(rows["error_type"]) == {"job_not_found"}, rows["error_message"]
+    assert rows["error_message"].str.contains("before its result could have expired").all()
+    assert rows["error_message"].str.contains(", last seen pending ").all()
