@@ -119,6 +119,7 @@ SEND_SWITCH_INTERVAL_S = 0.0005
 #: key, wrong URL, gateway unreachable) abort the run instead of burning through the whole set;
 #: their rows are kept, and ``--retry-failed`` sends them again.
 CONFIG_ERROR_STATUSES = frozenset({401, 403, 404, 405})
+ASYNC_CREATE_FAILED = "failed to create async job"
 MAX_CONSECUTIVE_CONFIG_ERRORS = 20
 #: Gateway outages told on stderr; later ones are only counted (run.json's sessions).
 OUTAGES_SAID = 5
@@ -254,9 +255,12 @@ class _Session:
             and status is None
             and LOCAL_LIMIT_NOTE not in (row.get("error_message") or "")
         )
+        # Bifrost refuses an async submit whose virtual key it does not know with a plain 400
+        # "failed to create async job" (the protocol spec, SubmitJob): a key problem as well.
+        refused_job = status == 400 and ASYNC_CREATE_FAILED in (row.get("error_message") or "")
         # Only plain errors count: an expired job's 404 says nothing about the configuration.
         if row.get("status") == Status.ERROR.value and (
-            status in CONFIG_ERROR_STATUSES or unreachable
+            status in CONFIG_ERROR_STATUSES or unreachable or refused_job
         ):
             self._consecutive_config_errors += 1
             if self._consecutive_config_errors == MAX_CONSECUTIVE_CONFIG_ERRORS:

@@ -485,3 +485,25 @@ def test_a_job_lost_while_it_was_pending_is_not_found_not_expired(requests_file,
     assert set(rows["error_type"]) == {"job_not_found"}, rows["error_message"]
     assert rows["error_message"].str.contains("before its result could have expired").all()
     assert rows["error_message"].str.contains(", last seen pending ").all()
+
+
+def test_submits_refused_for_a_wrong_key_stop_the_run_as_in_sync_mode(
+    make_emulator, requests_file, tmp_path
+):
+    # Bifrost answers an async submit with a key it does not know "400 failed to create async
+    # job". Before, every request of the set was submitted and failed (exit 0); a sync run
+    # with the same key stops after 20 refusals.
+    out = tmp_path / "out"
+    with make_emulator(virtual_keys=(KEY_A,)) as emu:
+        result = run_cli(
+            "run", str(requests_file(60)), "--mode", "async", "--gateway", emu.base_url,
+            "--virtual-key", "sk-bf-not-this-one", "--out", str(out), "-c", "2",
+        )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert ("20 requests in a row (after retries) were refused with HTTP 400 (http_400: submit "
+            "failed: failed to create async job); check --gateway, --api-key and --virtual-key"
+            ) in result.stderr
+    rows = read_rows(out)
+    assert 20 <= len(rows) < 60 and set(rows["error_type"]) == {"http_400"}
+    assert "--retry-failed" in result.stderr  # once the key is fixed, they are sent again
+    assert "sk-bf-not-this-one" not in result.stderr
