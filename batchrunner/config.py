@@ -303,6 +303,18 @@ class RunConfig:
         headers.update({k.lower(): v for k, v in self.headers.items()})
         return headers
 
+    def credentials_to_give_again(self) -> list[str]:
+        """The options carrying this run's credentials, as a user gives them again to resume
+        or collect (they are never stored): ``--api-key``, ``--virtual-key``,
+        ``-H 'Name: …'``, ``--gateway`` (a URL holding credentials)."""
+        names = [option for option, value in (("--api-key", self.api_key),
+                                              ("--virtual-key", self.virtual_key)) if value]
+        names += [f"-H '{name}: …'" for name, value in self.headers.items()
+                  if is_secret_header(name, value)]
+        if url_has_credentials(self.gateway):
+            names.append("--gateway (its URL holds credentials)")
+        return names
+
     def secret_values(self) -> list[str]:
         """Every credential this run sends: the keys, the value of each header that
         :meth:`public_dict` redacts (a ``Bearer`` token also on its own), and the password and

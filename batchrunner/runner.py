@@ -1322,9 +1322,12 @@ async def _finish(
     complete = settled + stats.rejected >= (stats.total or 0) and not outstanding
     collect_hint = ""
     if outstanding:
+        again = config.credentials_to_give_again()
         collect_hint = (
             f"{outstanding:,} jobs outstanding; collect them with `batchrunner collect "
-            f"{store.run_dir}` before {_iso(deadline)} (the earliest instant a result can "
+            f"{store.run_dir}`"
+            + (f" and {', '.join(again)} given again (never stored)" if again else "")
+            + f" before {_iso(deadline)} (the earliest instant a result can "
             f"expire: TTL {config.ttl_s} s after a job's completion)"
         )
     # Requests of the input with neither a row nor a job: --max-requests, or a stop, left them

@@ -60,6 +60,7 @@ def collect(
     until it reports no outstanding jobs, before the deadline `run` printed."""
     from batchrunner.config import REDACTED, ConfigError, RunConfig
     from batchrunner.formats import JSONL_SUFFIXES
+    from batchrunner.redaction import url_has_credentials
     from batchrunner.rundir import load_run_json
     from batchrunner.schema import Mode
 
@@ -136,11 +137,23 @@ def collect(
             collect_only=True,
         )
 
-    result = run_or_exit(build, quiet=quiet)
+    built: list[RunConfig] = []
+
+    def build_and_keep() -> RunConfig:
+        built.append(build())
+        return built[-1]
+
+    result = run_or_exit(build_and_keep, quiet=quiet)
     hint = f"batchrunner collect {shlex.quote(str(result.run_dir))}"
+    config = built[-1]
+    if gateway and not url_has_credentials(gateway):
+        hint += f" --gateway {shlex.quote(gateway)}"  # not the one run.json holds
+    again = config.credentials_to_give_again()
+    note = (f"(with {', '.join(again)} given again; credentials are never stored or shown)"
+            if again else "")
     if result.status == "incomplete" and not result.outstanding_jobs and result.unsubmitted:
         # Every job is in; what is left was never submitted, which only `run` can send: the
         # message says how, and "collect again" would go round in a loop.
         finish(result, as_json=as_json, quiet=quiet, resume_hint="")
         return
-    finish(result, as_json=as_json, quiet=quiet, resume_hint=hint)
+    finish(result, as_json=as_json, quiet=quiet, resume_hint=hint, hint_note=note)

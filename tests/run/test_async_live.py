@@ -507,3 +507,28 @@ def test_submits_refused_for_a_wrong_key_stop_the_run_as_in_sync_mode(
     assert 20 <= len(rows) < 60 and set(rows["error_type"]) == {"http_400"}
     assert "--retry-failed" in result.stderr  # once the key is fixed, they are sent again
     assert "sk-bf-not-this-one" not in result.stderr
+
+
+def test_collect_hints_say_which_credentials_to_give_again(requests_file, tmp_path):
+    # Before: "collect them with `batchrunner collect RUN`" and "Resume with: batchrunner
+    # collect RUN", which as printed fail with "RUN was submitted with a key".
+    out = tmp_path / "out"
+    requests = requests_file(3)
+    with running_emulator(EmulatorConfig(virtual_keys=(KEY_A, KEY_B))) as emu:
+        detached = run_cli("run", str(requests), "--mode", "async", "--gateway", emu.base_url,
+                           "--virtual-key", KEY_A, "--out", str(out), "--detach")
+        assert detached.returncode == 0, detached.stderr
+        assert (f"collect them with `batchrunner collect {out}` and --virtual-key given again "
+                "(never stored) before ") in detached.stdout
+        other = f"http://localhost:{emu.base_url.rsplit(':', 1)[1]}"
+        wrong = run_cli("collect", str(out), "--virtual-key", KEY_B, "--gateway", other)
+        assert wrong.returncode == 3, wrong.stderr
+        lines = (wrong.stdout + wrong.stderr).splitlines()
+        at = lines.index(f"Resume with: batchrunner collect {out} --gateway {other}")
+        assert lines[at + 1] == ("  (with --virtual-key given again; credentials are never "
+                                 "stored or shown)")
+        said = wrong.stdout + wrong.stderr + detached.stdout + detached.stderr
+        assert KEY_A not in said and KEY_B not in said
+        right = run_cli("collect", str(out), "--virtual-key", KEY_A, "--gateway", other)
+    assert right.returncode == 0, right.stderr
+    assert len(read_rows(out)) == 3
