@@ -658,6 +658,12 @@ def resolve_run_dir(
         run_dir = config.out
         info = load_run_json(run_dir, "give another --out to start a new run")
         if info is None and run_dir.exists() and not _died_before_starting(run_dir):
+            if _holds_rows(run_dir):
+                raise RunDirError(
+                    f"--out {run_dir} holds rows ({run_dir / 'data'}) but no run.json: which "
+                    "input they answer is unknown, so they cannot count as this run's; restore "
+                    "run.json to go on with that run, or give another --out"
+                )
             raise RunDirError(
                 f"--out {run_dir} exists, is not empty and is not a batchrunner run directory"
             )
@@ -1115,7 +1121,26 @@ def _died_before_starting(run_dir: Path) -> bool:
         return False
     segments = list((run_dir / "journal").glob("seg-*")) if "journal" in names else []
     ledger = [run_dir / "jobs.jsonl"] if "jobs.jsonl" in names else []
-    return all(p.stat().st_size == 0 for p in segments + ledger)
+    if not all(p.stat().st_size == 0 for p in segments + ledger):
+        return False
+    # Rows in data/ without a run.json (copied there, or run.json deleted) belong to a run
+    # whose input is unknown: taken as done, they would stand in for this input's requests.
+    return not _holds_rows(run_dir)
+
+
+def _holds_rows(run_dir: Path) -> bool:
+    """Whether ``data/`` of ``run_dir`` has a Parquet part with rows."""
+    return any(_part_rows(p) for p in (run_dir / "data").glob("*.parquet"))
+
+
+def _part_rows(path: Path) -> int:
+    """Rows of a Parquet part (a part that cannot be read counts as holding some)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except (OSError, ValueError):
+        return 1
 
 
 def gateway_label(config: RunConfig) -> str:

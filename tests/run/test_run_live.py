@@ -24,7 +24,7 @@ from batchrunner.runner import EXIT_ABORTED, EXIT_ERROR_RATE, EXIT_OK, run_sync
 from batchrunner.schema import RESULT_SCHEMA, Mode
 from batchrunner.store import RunStore
 
-from .conftest import SECRET_KEY, read_rows
+from .conftest import SECRET_KEY, read_rows, run_cli
 
 
 def run(requests: Path, gateway: str, out: Path, **kw) -> batchrunner.RunResult:
@@ -545,6 +545,34 @@ def test_a_directory_left_by_a_run_killed_while_starting_can_be_used(
             assert result.status == "finished" and len(read_rows(out)) == 5
     assert not (left_by_store / "jobs.jsonl").exists()  # a sync run records no job
     assert not list(mid_write.glob(".run.json.*"))  # the stale temporary file is gone
+
+
+@pytest.mark.parametrize("how", ["copied", "run.json deleted"])
+def test_rows_without_a_run_json_are_refused_not_taken_for_this_inputs(
+    make_emulator, requests_file, tmp_path, how
+):
+    # Before: "Starting run", then the 5 rows of another input counted as done, so rows 0-4 of
+    # this one were never sent and the others' answers stood in their places.
+    other, out = tmp_path / "other", tmp_path / "out"
+    with make_emulator() as emu:
+        run(requests_file(5), emu.base_url, other)
+        if how == "copied":
+            (out / "data").mkdir(parents=True)
+            for part in (other / "data").iterdir():
+                (out / "data" / part.name).write_bytes(part.read_bytes())
+        else:
+            other.rename(out)
+            (out / "run.json").unlink()
+        before = sorted(p.name for p in out.rglob("*"))
+        result = run_cli("run", str(requests_file(12)), "--gateway", emu.base_url,
+                         "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"Error: --out {out} holds rows ({out / 'data'}) but no run.json: which input they "
+        "answer is unknown, so they cannot count as this run's; restore run.json to go on "
+        "with that run, or give another --out"
+    )
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing touched
 
 
 def test_a_run_json_written_while_waiting_for_the_lock_is_read_again(
