@@ -258,6 +258,12 @@ class _Session:
         # Bifrost refuses an async submit whose virtual key it does not know with a plain 400
         # "failed to create async job" (the protocol spec, SubmitJob): a key problem as well.
         refused_job = status == 400 and ASYNC_CREATE_FAILED in (row.get("error_message") or "")
+        # A 404 naming the request's model ("model: claude-x" from Anthropic) is that model's
+        # problem (retired, misspelt), not the gateway's address: a set sorted by model would
+        # otherwise stop at every block of it.
+        model = row.get("model_requested")
+        if status == 404 and model and model in (row.get("error_message") or ""):
+            return
         # Only plain errors count: an expired job's 404 says nothing about the configuration.
         if row.get("status") == Status.ERROR.value and (
             status in CONFIG_ERROR_STATUSES or unreachable or refused_job

@@ -333,6 +333,28 @@ def test_virtual_key_auth_and_no_secret_on_disk(make_emulator, requests_file, tm
                 assert b"sk-bf-wrong" not in path.read_bytes(), path
 
 
+def test_a_404_for_the_requests_model_fails_its_rows_without_stopping_the_run(
+    make_emulator, tmp_path
+):
+    # Before: a retired or misspelt model (404 not_found_error naming it) counted as "the
+    # gateway refuses everything": a set sorted by model stopped after every 20 of its rows.
+    requests = tmp_path / "sorted.jsonl"
+    with requests.open("w") as fh:
+        for i in range(40):
+            model = "claude-old-1" if 5 <= i < 35 else "claude-haiku-4-5"
+            body = {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+            fh.write(orjson.dumps({"custom_id": f"r{i}", "params": body}).decode() + "\n")
+    with make_emulator(fail_models=("claude-old-1",), fail_model_status=404) as emu:
+        done = run(requests, emu.base_url, tmp_path / "out", concurrency=2,
+                   retry=RetryPolicy(max_retries=0))
+        # A 404 that does not name the model (a wrong path) still stops the run.
+        wrong_path = run(requests, f"{emu.base_url}/nowhere/v1/messages", tmp_path / "path",
+                         concurrency=1, retry=RetryPolicy(max_retries=0))
+    assert done.exit_code == EXIT_OK, done.message
+    assert done.summary["status"] == {"ok": 10, "error": 30}
+    assert wrong_path.exit_code == EXIT_ABORTED and "404" in wrong_path.message
+
+
 def test_keys_a_gateway_quotes_back_never_reach_rows_run_json_or_stderr(
     requests_file, tmp_path, capsys
 ):
