@@ -161,3 +161,30 @@ def test_an_empty_set_is_not_valid(tmp_path: Path) -> None:
     result = run(str(path))
     assert result.exit_code == 1, result.output
     assert "no requests: the file has no data rows" in result.output
+
+
+def test_ctrl_c_while_validating_is_one_line_and_exit_130_not_1(tmp_path):
+    # Before: click's "Aborted!" and exit code 1, which validate uses for "some rows would be
+    # rejected": a script could not tell an interrupt from a bad file.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fifo = tmp_path / "set.jsonl"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "batchrunner", "validate", str(fifo)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with fifo.open("w") as writer:  # open until the signal: validate waits for more rows
+            writer.write('{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}]}\n')
+            writer.flush()
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out, err) == (130, "", "\nCtrl-C: validate stopped.\n")

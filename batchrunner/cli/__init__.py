@@ -3,12 +3,33 @@ and stays thin: options -> a config object -> one call into the library."""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
 from batchrunner import __version__
 
+#: The shell's code for a process stopped by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class _Group(click.Group):
+    """The command group; a Ctrl-C in a command that does not handle it itself (``validate``,
+    ``report``, ``gen``) ends with one line and exit code 130, not click's "Aborted!" and 1,
+    which ``validate`` uses for "some rows would be rejected"."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # "^C" was echoed on the terminal without a newline.
+            click.echo(f"\nCtrl-C: {ctx.invoked_subcommand or 'batchrunner'} stopped.", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Group,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="batchrunner")
 def main() -> None:
     """Run Anthropic Messages request sets through an LLM gateway and record every response.
