@@ -801,6 +801,13 @@ async def run_session(
         )
     elif config.collect_only:
         fingerprint, total = None, None  # collect can poll without the input file
+    elif requests.exists():
+        # A pipe or process substitution: read once, it could not be hashed, counted and sent.
+        raise InputError(
+            f"{requests}: not a regular file (a pipe or device); run reads its input more than "
+            "once (to fingerprint it for resume, to count it, to send it): save it to a file "
+            "first"
+        )
     else:
         raise InputError(f"{requests}: no such file")
     try:

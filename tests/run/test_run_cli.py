@@ -535,3 +535,16 @@ def test_options_that_do_nothing_in_this_run_are_warned_of(tmp_path):
     assert "Warning: --emulator-profile is for the built-in emulator; ignored with --gateway" in (
         gateway.stderr
     )
+
+
+def test_a_pipe_as_input_is_named_as_such_not_as_missing(tmp_path):
+    # Before: "ff.jsonl: no such file" for a file that exists (a named pipe, or bash's <(...)).
+    fifo = tmp_path / "set.jsonl"
+    os.mkfifo(fifo)
+    result = run_cli("run", str(fifo), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"Error: {fifo}: not a regular file (a pipe or device); run reads its input more than "
+        "once (to fingerprint it for resume, to count it, to send it): save it to a file first"
+    )
+    assert not (tmp_path / "out").exists()
