@@ -178,6 +178,11 @@ class JsonlSource:
         :raises RowError: the line is neither a bare body nor the Message Batches shape.
         """
         obj: dict[str, Any] = row.data[1]
+        if "params" not in obj and obj and set(obj) <= _WRAPPER_KEYS:
+            # Nothing of a Messages body: the Message Batches shape with params left out (as a
+            # bare body it would read "missing model", which misleads).
+            raise RowError("missing params (the Message Batches shape is {\"custom_id\": …, "
+                           "\"params\": {…}, \"metadata\": {…}})")
         if "params" not in obj:
             # A bare Messages body. Its own ``metadata`` is Anthropic's field and stays in it;
             # a ``custom_id`` cannot be a Messages field, so it was taken as the row's id.
@@ -203,13 +208,26 @@ def _parse_line(line: bytes, index: int, location: str) -> RawRow:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        hint = "" if line.endswith(b"\n") else " (last line has no newline: truncated file?)"
-        return RawRow(index, location, None, f"invalid JSON: {exc}{hint}", (line, None))
+        return RawRow(index, location, None, _invalid_json(line, exc), (line, None))
     if not isinstance(obj, dict):
         return RawRow(
             index, location, None, f"not a JSON object (got {json_type(obj)})", (line, None)
         )
     return RawRow(index, location, obj.get("custom_id"), None, (line, obj))
+
+
+def _invalid_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    """Why a line is not JSON. Bytes that are not UTF-8 are located and shown: orjson calls
+    them "surrogates not allowed" at column 1, wherever they are."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        shown = line[bad.start : bad.start + 4].hex(" ")
+        utf16 = line[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in line[:4]
+        return (f"not valid UTF-8: byte {bad.start + 1} of the line is {shown[:2]} (bytes "
+                f"{shown})" + ("; the file looks UTF-16: save it as UTF-8" if utf16 else ""))
+    hint = "" if line.endswith(b"\n") else " (last line has no newline: truncated file?)"
+    return f"invalid JSON: {exc}{hint}"
 
 
 # A blank line can only start right after a newline, with whitespace or another newline.

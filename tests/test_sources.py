@@ -233,7 +233,9 @@ def test_invalid_utf8_is_a_reject(tmp_path: Path) -> None:
     path.write_bytes(b'{"model": "\xff"}\n' + dumps(BODY).encode() + b"\n")
     records, rejects = read(path)
     assert [r.input_index for r in records] == [1]
-    assert "invalid JSON" in rejects[0].reason and "\ufffd" in rejects[0].raw
+    # raw has U+FFFD in its place; the reason says where it was and what it was
+    assert rejects[0].reason == "not valid UTF-8: byte 12 of the line is ff (bytes ff 22 7d 0a)"
+    assert "\ufffd" in rejects[0].raw
 
 
 # ----------------------------------------------------------------------------- lines

@@ -188,3 +188,38 @@ def test_ctrl_c_while_validating_is_one_line_and_exit_130_not_1(tmp_path):
             proc.kill()
             proc.communicate()
     assert (proc.returncode, out, err) == (130, "", "\nCtrl-C: validate stopped.\n")
+
+
+def test_bytes_that_are_not_utf8_are_located_and_shown(tmp_path):
+    # Before: "invalid JSON: str is not valid UTF-8: surrogates not allowed: line 1 column 1"
+    # wherever the byte was, and for UTF-16 files too.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"model":"m","max_tokens":16,"messages":[{"role":"user","content":"'
+                    b'\xff\xfe bad"}]}\n')
+    result = run(str(bad))
+    assert result.exit_code == 1
+    assert f"{bad}:1: not valid UTF-8: byte 68 of the line is ff (bytes ff fe 20 62)" \
+        in result.output
+    utf16 = tmp_path / "u16.jsonl"
+    utf16.write_bytes('{"model":"m","max_tokens":16,"messages":[]}\n'.encode("utf-16"))
+    result = run(str(utf16))
+    assert result.exit_code == 1
+    assert f"{utf16}:1: not valid UTF-8: byte 1 of the line is ff (bytes ff fe 7b 00); the file " \
+        "looks UTF-16: save it as UTF-8" in result.output
+    assert "surrogates" not in result.output
+
+
+def test_reasons_for_a_forgotten_params_and_an_oversized_integer_id(tmp_path):
+    # Before: "missing model (set it in the request or give --model)" and "custom_id must be a
+    # string, got number" (integer ids are accepted: this one was beyond 64 bits).
+    body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    path = tmp_path / "edge.jsonl"
+    path.write_text(f'{{"custom_id": {10**70}, "params": {orjson.dumps(body).decode()}}}\n'
+                    '{"custom_id": "x"}\n{"custom_id": "y", "metadata": {"k": "v"}}\n')
+    result = run(str(path))
+    assert result.exit_code == 1
+    assert (f"{path}:1: custom_id must be a string or an integer of at most 64 bits, got 1e+70"
+            in result.output)
+    for line in (2, 3):
+        assert (f'{path}:{line}: missing params (the Message Batches shape is {{"custom_id": …, '
+                '"params": {…}, "metadata": {…}})') in result.output
