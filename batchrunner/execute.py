@@ -87,12 +87,17 @@ async def execute(
     holds = 0  # attempts that could not connect and waited for the gateway: no retry spent
     first_sent: float | None = None
     first_sent_at: float | None = None
+    starting = starting_at = 0.0
     attempt: Attempt | None = None
     try:
         while True:
             if ctx.throttle is not None:
                 await ctx.throttle.acquire()
             attempts += 1
+            if first_sent is None:
+                # Until the first attempt returns, its start stands for the send instant: a
+                # request cancelled in flight was sent, and its row says when.
+                starting, starting_at = time.perf_counter(), time.time()
             attempt = await ctx.client.send(body, stream=stream, extra_headers=extra)
             if attempt.ok and attempt.message is None:
                 _job_stub_is_no_answer(attempt)
@@ -127,6 +132,8 @@ async def execute(
                 return
             await asyncio.sleep(delay)
     except asyncio.CancelledError:
+        if first_sent is None and attempts:
+            first_sent, first_sent_at = starting, starting_at
         ctx.emit(cancelled_row(
             record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
             first_sent_at, "the run was stopped while this request was in flight",

@@ -114,6 +114,9 @@ def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, 
         assert proc.returncode == 3, stderr
     rows = read_rows(out)
     assert (rows["status"] == "cancelled").sum() == 3
+    # They were sent (in flight for 20 s): their rows say when (they had no sent_at).
+    cancelled = rows[rows["status"] == "cancelled"]
+    assert cancelled["sent_at"].notna().all() and (cancelled["queue_wait_s"] >= 0).all()
 
     with make_emulator() as emu:
         done = run_cli("run", str(requests), "--gateway", emu.base_url, "--out", str(out), "-q")
