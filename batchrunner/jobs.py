@@ -153,9 +153,11 @@ async def submit(
         # Before the gateway gave a job id (after it, nothing awaits): the request ends as a
         # cancelled row, which a resume sends again, as in sync mode.
         first = tries.first
+        # A first attempt still in flight: its start stands for the send instant (as in sync).
+        sent, sent_at = (first.sent, first.sent_at) if first else tries.starting or (None, None)
         ctx.emit(cancelled_row(
             record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled, scheduled_at,
-            tries.attempts, first.sent if first else None, first.sent_at if first else None,
+            tries.attempts, sent, sent_at,
             "the run was stopped while this job was being submitted",
         ))  # fmt: skip
         raise
@@ -169,6 +171,8 @@ class _Tries:
     attempts: int
     holds: int
     first: Attempt | None = None
+    #: When the first attempt began (perf_counter, epoch), until it returns.
+    starting: tuple[float, float] | None = None
 
 
 async def _submit(
@@ -186,6 +190,8 @@ async def _submit(
             await ctx.throttle.acquire()
         tries.attempts += 1
         attempts = tries.attempts
+        if tries.first is None:
+            tries.starting = (time.perf_counter(), time.time())
         attempt = await ctx.client.send(body, stream=False, extra_headers=headers)
         first = tries.first = tries.first or attempt
         if attempt.ok and is_job_stub(attempt.parsed):

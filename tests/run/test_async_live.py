@@ -532,3 +532,24 @@ def test_collect_hints_say_which_credentials_to_give_again(requests_file, tmp_pa
         right = run_cli("collect", str(out), "--virtual-key", KEY_A, "--gateway", other)
     assert right.returncode == 0, right.stderr
     assert len(read_rows(out)) == 3
+
+
+def test_submits_cancelled_in_flight_keep_when_they_were_sent(make_emulator, requests_file,
+                                                              tmp_path):
+    # A second Ctrl-C cancels the submits in flight (here held by the gateway): their rows
+    # had no sent_at, though the requests had gone out.
+    out = tmp_path / "out"
+    with make_emulator(fault_stall=1.0, stall_s=20.0) as emu:
+        proc = start_run(str(requests_file(10)), "--mode", "async", "--gateway", emu.base_url,
+                         "--out", str(out), "-c", "3")
+        deadline = time.monotonic() + 20
+        while emu.stats()["in_flight"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 3, stderr
+    rows = read_rows(out)
+    assert len(rows) == 3 and set(rows["status"]) == {"cancelled"}, stderr
+    assert rows["sent_at"].notna().all() and (rows["queue_wait_s"] >= 0).all()
