@@ -225,7 +225,9 @@ class StageCollector:
                 self.last_sent_scheduled_at = max(self.last_sent_scheduled_at, scheduled_at)
         if scheduled_at is not None:
             self.first_scheduled_at = min(self.first_scheduled_at, scheduled_at)
-        if row.get("completed_at") is not None:
+        # A request cancelled at the stage's end (its drain timed out) never completed: its
+        # cancel instant, up to --drain-timeout later, would stretch the window of the rates.
+        if row.get("completed_at") is not None and status != Status.CANCELLED.value:
             self.last_completed_at = max(self.last_completed_at, row["completed_at"])
         if status != Status.OK.value:
             return
@@ -307,7 +309,8 @@ def stage_result(
     n = sum(c.status.values())
     ok = c.status.get(Status.OK.value, 0)
     failed = n - ok - c.status.get(Status.CANCELLED.value, 0)
-    window = c.last_completed_at - c.first_scheduled_at if n else 0.0
+    answered = n and math.isfinite(c.last_completed_at)  # not every row cancelled
+    window = c.last_completed_at - c.first_scheduled_at if answered else 0.0
     if spec.rate is not None and n:
         # Each scheduled request owns 1/rate of the schedule: at 0.1/s, one request answered in
         # 95 ms is 0.1 ok/s carried, not 10.5 (the window of its own latency).

@@ -833,7 +833,10 @@ def _staged(run: RunRows, f: pd.DataFrame, warm: pd.DataFrame, by: Sequence[str]
     for name in order:
         part = stage_parts.get(name, f.iloc[0:0])
         target = bench_report.stage_target(name, run.info, by_name.get(name))
-        wall = _window(part).wall
+        # As bench counts it: requests cancelled at the stage's end (the drain timed out)
+        # never completed, and their cancel instant would stretch the stage's window.
+        answered = part[(part["status"] != "cancelled").to_numpy()]
+        wall = _window(answered if len(answered) else part).wall
         if target.get("rate") and len(part) and wall is not None:
             # As bench counts it: an open-loop stage spans at least its schedule (n / rate).
             wall = max(wall, len(part) / target["rate"])

@@ -109,6 +109,24 @@ def test_stage_figures_goodput_and_slos_against_hand_computation():
     assert r["slo_met"] is False and r["verdict"] == "SLO missed"
 
 
+def test_rows_cancelled_at_a_stages_end_do_not_stretch_its_window():
+    # Three stalled requests cancelled when the drain timed out, 30 s on: the stage's 2 s of
+    # answers read as 0.4 ok/s over 32 s (the audit's flaky c=16 stage: 18.8 for ~294 ok/s).
+    c = StageCollector()
+    for i in range(20):
+        c.add(_row(sent=i * 0.1, done=i * 0.1 + 0.05))
+    for _ in range(3):
+        c.add(_row(status="cancelled", latency=0.0, sent=0.5, done=32.0))
+    r = stage_result(StageSpec("s", concurrency=4), c, [])
+    assert r["window_s"] == pytest.approx(1.95)
+    assert r["throughput_rps"] == pytest.approx(20 / 1.95)
+    assert r["requests"] == 23 and r["failed"] == 0
+    only_cancelled = StageCollector()
+    only_cancelled.add(_row(status="cancelled", latency=0.0, sent=0.5, done=32.0))
+    r = stage_result(StageSpec("s", concurrency=4), only_cancelled, [])
+    assert r["window_s"] == 0.0 and r["throughput_rps"] is None
+
+
 def test_verdict_blames_the_client_when_it_fell_behind():
     c = StageCollector()
     for i in range(100):  # scheduled at 1000/s, sent at 100/s, lagging more and more

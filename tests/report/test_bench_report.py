@@ -308,6 +308,19 @@ def test_without_bench_json_the_rows_give_the_order(make_run):
     assert "no bench.json yet" in format_report(rep)
 
 
+def test_a_stages_rates_leave_out_the_cancel_instant_of_rows_cut_at_its_end(make_run):
+    # As bench counts them: 20 answers over 1.95 s, then 3 stalled requests cancelled 30 s on.
+    rows = [row(input_index=i, custom_id=str(i), stage="c=4", scheduled_at=T0 + 0.1 * i,
+                sent_at=T0 + 0.1 * i, completed_at=T0 + 0.1 * i + 0.05) for i in range(20)]
+    rows += [row(input_index=20 + i, custom_id=str(20 + i), stage="c=4", status="cancelled",
+                 error_type="cancelled", scheduled_at=T0 + 0.5, sent_at=T0 + 0.5,
+                 completed_at=T0 + 32.0, latency_s=None, total_s=None) for i in range(3)]
+    run = build_report([load_run(make_run(rows, info={"kind": "bench"}))])["runs"][0]
+    stage = next(g for g in run["groups"] if g["key"] == {"stage": "c=4"})
+    assert stage["throughput"]["wall_s"] == pytest.approx(1.95)
+    assert stage["throughput"]["ok_requests_per_s"] == pytest.approx(20 / 1.95)
+
+
 def test_client_bound_is_flagged_in_text_json_and_html(synthetic, tmp_path):
     run_dir, _rows = synthetic
     html = tmp_path / "bench.html"
