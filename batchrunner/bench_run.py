@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,6 +65,11 @@ MAX_BENCH_RECORDS = 100_000
 #: After every worker said it is ready, the stage starts this much later on all of them.
 WORKER_START_DELAY_S = 0.2
 WORKER_READY_TIMEOUT_S = 60.0
+#: A worker writes this line on stdout for each failed request, so that the parent sums them
+#: while the stage goes: --max-errors is the stage's, not each worker's.
+FAILURE_LINE = b"E\n"
+#: What the parent sends every worker once their failures together pass --max-errors.
+WORKER_STOP_SIGNAL = signal.SIGUSR1
 
 
 @dataclass
@@ -556,10 +562,11 @@ class _StageRunner:
         n = stage_workers(spec, self.config.workers)
         run = self.config.run
         max_errors = self.config.max_errors
+        left = None if max_errors is None else max(0, max_errors - state.errors)
         common = {
-            # Each worker stops its share once it alone has failed more than what is left of
-            # --max-errors; the total is checked again after the stage.
-            "max_errors": None if max_errors is None else max(0, max_errors - state.errors),
+            # Each worker stops once it alone has failed more than what is left of
+            # --max-errors, and tells each failure ("E" on stdout): their sum stops them all.
+            "max_errors": left,
             "run_dir": str(self.store.run_dir), "run_id": self.run_id, "url": self.url,
             "headers": run.request_headers(), "spec": asdict(spec), "base": base, "workers": n,
             "records": str(run.requests) if has_input(run) else None,
@@ -597,7 +604,17 @@ class _StageRunner:
             self._workers = procs
             for _ in range(self._signals_to_pass):  # came while the workers were starting
                 self._signal_workers()
-            outputs = [await proc.stdout.read() for proc in procs if proc.stdout is not None]
+            failed = 0
+
+            def on_failure() -> None:
+                nonlocal failed
+                failed += 1
+                if left is not None and failed == left + 1:
+                    for proc in procs:  # all of them, as one session stops at its limit
+                        if proc.returncode is None:
+                            proc.send_signal(WORKER_STOP_SIGNAL)
+
+            outputs = await asyncio.gather(*(_worker_output(p, on_failure) for p in procs))
             for proc in procs:
                 await proc.wait()
         except BaseException:
@@ -615,6 +632,20 @@ class _StageRunner:
                 )
             collector.merge_json(json.loads(out.decode().strip().splitlines()[-1]))
         await asyncio.to_thread(_adopt_worker_parts, self.store.run_dir, spec.name)
+
+
+async def _worker_output(
+    proc: asyncio.subprocess.Process, on_failure: Callable[[], None]
+) -> bytes:
+    """A worker's stdout (its result line), calling ``on_failure`` for each failure it tells."""
+    assert proc.stdout is not None
+    kept = []
+    async for line in proc.stdout:
+        if line == FAILURE_LINE:
+            on_failure()
+        else:
+            kept.append(line)
+    return b"".join(kept)
 
 
 def _worker_run_options(run: RunConfig) -> dict[str, Any]:

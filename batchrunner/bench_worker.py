@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrunner.bench import Slo, StageCollector, StageSpec, cycle_records, stage_config
-from batchrunner.bench_run import phase_of, worker_dir_name
+from batchrunner.bench_run import FAILURE_LINE, WORKER_STOP_SIGNAL, phase_of, worker_dir_name
 from batchrunner.client import GatewayClient, Timeouts
 from batchrunner.config import RunConfig
 from batchrunner.feed import RecordFeed
@@ -95,10 +95,18 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
                 collector.add(row)
                 if max_errors is not None and row.get("status") != "ok":
                     errors += 1
+                    sys.stdout.buffer.write(FAILURE_LINE)  # the parent sums all workers'
+                    sys.stdout.flush()
                     if errors > max_errors and not session.stopping:
                         session.stop(f"--max-errors {max_errors} exceeded")
 
             session.on_row = on_row
+            def stop_all() -> None:  # the workers together failed more than --max-errors
+                if not session.stopping:
+                    session.stop(f"--max-errors {max_errors} exceeded (all workers)")
+
+            if max_errors is not None:
+                asyncio.get_running_loop().add_signal_handler(WORKER_STOP_SIGNAL, stop_all)
             feed = RecordFeed(
                 cycle_records(records, spec.name, job["base"], k, n), cfg.max_requests
             )

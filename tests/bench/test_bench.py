@@ -537,6 +537,19 @@ def test_workers_with_slos_repeated_stages_and_max_errors(make_emulator, tmp_pat
     assert last.stages[0]["verdict"] == "errors (100.0% failed)"
 
 
+def test_max_errors_is_the_stages_total_across_workers(make_emulator, tmp_path):
+    # Each worker used to get the whole budget: 2 workers and --max-errors 10 let 23 requests
+    # fail. Now the parent sums their failures as they come and stops them all.
+    with make_emulator(ttft=Dist("fixed", 0.005), fault_500=0.3) as emu:
+        result = bench(emu.base_url, tmp_path / "out", workers=2, max_errors=10,
+                       stages=[StageSpec("c=4", concurrency=4, duration_s=8.0)])  # fmt: skip
+    assert result.status == "stopped" and "--max-errors 10 exceeded" in result.message
+    stage = result.stages[0]
+    # the 11th failure stops both; requests then in flight (at most 4) may still fail
+    assert 11 <= stage["failed"] <= 11 + 4, stage
+    assert stage["window_s"] < 6.0  # stopped, not run to its 8 s
+
+
 def test_a_worker_with_no_part_is_not_started(make_emulator, tmp_path):
     # -c 1 with 2 workers: the second sent nothing, and its idle second read as a client at
     # 100 % CPU: "client-bound"
