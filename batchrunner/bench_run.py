@@ -55,7 +55,7 @@ from batchrunner.runner import (
     check_gateway_resolves,
     send_phase,
 )
-from batchrunner.schema import RequestRecord
+from batchrunner.schema import Mode, RequestRecord
 from batchrunner.sources import iter_requests
 from batchrunner.store import RunStore, write_json_atomic
 
@@ -65,6 +65,8 @@ MAX_BENCH_RECORDS = 100_000
 #: After every worker said it is ready, the stage starts this much later on all of them.
 WORKER_START_DELAY_S = 0.2
 WORKER_READY_TIMEOUT_S = 60.0
+#: SLO metrics that only streamed responses have (the rows of other modes leave them null).
+STREAM_ONLY_SLO_METRICS = frozenset({"ttft", "tpot", "itl"})
 #: A worker writes this line on stdout for each failed request, so that the parent sums them
 #: while the stage goes: --max-errors is the stage's, not each worker's.
 FAILURE_LINE = b"E\n"
@@ -104,6 +106,15 @@ class BenchConfig:
             raise ConfigError("--workers must be between 1 and 4x the number of cores")
         if self.saturate and not self.slos and self.max_error_rate is None:
             raise ConfigError("--saturate needs --slo or --max-error-rate to know when to stop")
+        mode = Mode(self.run.mode)
+        for slo in self.slos:
+            if slo.metric in STREAM_ONLY_SLO_METRICS and mode is not Mode.STREAM:
+                # Every stage would miss it with no value to show why (sync rows have none).
+                raise ConfigError(
+                    f"--slo {slo.spec()}: {slo.metric} is measured only with --mode stream "
+                    f"(this bench is --mode {mode.value}); use latency or ttfb SLOs, or "
+                    "--mode stream"
+                )
         if self.run.arrival == "poisson" and not self.open_loop():
             raise ConfigError(poisson_without_open_loop("--arrival poisson", "--arrival"))
         finite = math.isfinite

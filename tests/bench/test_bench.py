@@ -502,6 +502,7 @@ def test_workers_with_slos_repeated_stages_and_max_errors(make_emulator, tmp_pat
             emu.base_url,
             tmp_path / "out",
             workers=2,
+            mode="stream",
             slos=[Slo.parse("ttft_p99=0.5"), Slo.parse("error_rate=0.5")],
             stages=[
                 StageSpec("c=3", concurrency=3, duration_s=0.6),
@@ -605,9 +606,14 @@ def test_low_rate_throughput_and_failing_stages_are_reported_as_they_are():
         (["--rate", "5", "--stage-duration", "0"], "--stage-duration must be"),
         (["--rate", "nan"], "--rate: values must be numbers > 0"),
         (["--ramp", "0:10:3"], "the rates must be numbers > 0"),
-        (["--saturate", "--slo", "ttft_p99=1", "--search-start", "100", "--search-max", "10"],
+        (["--saturate", "--slo", "latency_p99=1", "--search-start", "100", "--search-max", "10"],
          "0 < start <= max"),
-        (["--saturate", "--slo", "ttft_p99=1", "--search-factor", "nan"], "--search-factor"),
+        (["--saturate", "--slo", "latency_p99=1", "--search-factor", "nan"], "--search-factor"),
+        # sync rows have no TTFT: every stage missed it, with no value to say why
+        (["-c", "1", "--mode", "sync", "--slo", "ttft_p99=0.5"],
+         "--slo ttft_p99=0.5: ttft is measured only with --mode stream (this bench is --mode "
+         "sync); use latency or ttfb SLOs, or --mode stream"),
+        (["-c", "1", "--mode", "sync", "--slo", "itl_p99=0.01"], "itl is measured only with"),
         (["-c", "1", "--stage-requests", "0"], "--stage-requests must be at least 1"),
         (["-c", "1", "--slo", "ttft_p99=-1"], "the limit must be a number of seconds >= 0"),
         (["-c", "1", "--slo", "error_rate=-0.1"], "between 0 and 1"),
@@ -673,7 +679,7 @@ def test_poisson_arrivals_without_an_open_loop_stage_are_refused(make_emulator, 
         BenchConfig(run=RunConfig(Path("x"), arrival="poisson"),
                     stages=[*closed, StageSpec("rate=5", rate=5.0)]),
         BenchConfig(run=RunConfig(Path("x"), arrival="poisson"), stages=closed, saturate=True,
-                    slos=[Slo.parse("ttft_p99=1")]),
+                    slos=[Slo.parse("latency_p99=1")]),
         BenchConfig(run=RunConfig(Path("x"), arrival="constant"), stages=closed),
     ):  # fmt: skip
         config.validate()
