@@ -532,11 +532,22 @@ class _Session:
         t0 = time.perf_counter() + (start_at - time.time()) + self.phase_s
         t0_at = start_at + self.phase_s
 
+        upcoming = [next(offsets)]
+        schedule_over = [False]
+
         def take() -> tuple[RequestRecord, float] | None:
+            offset = upcoming[0]
+            if cfg.duration_s and self.phase_s + offset >= cfg.duration_s:
+                # The schedule covers [0, duration): R x D sends, not the one at D itself,
+                # which raced the --duration timer (151 sends for 50/s over 3 s, or 150).
+                # The stop comes once the sends taken before this are out (below).
+                schedule_over[0] = True
+                return None
             record = first.pop() if first else feed.next_nowait()
             if record is None or self.stopping:
                 return None
-            return record, t0 + next(offsets)
+            upcoming[0] = next(offsets)
+            return record, t0 + offset
 
         async def run_one(record: RequestRecord, scheduled: float) -> None:
             self.stats.in_flight += 1
@@ -570,6 +581,8 @@ class _Session:
                 if self.stopping:
                     dispatcher.stop()
             dispatcher.finished.result()  # the input's error, if reading failed
+            if schedule_over[0]:
+                self.stop("--duration reached")
         finally:
             dispatcher.stop()
             pacer.close()

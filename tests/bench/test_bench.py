@@ -551,6 +551,16 @@ def test_max_errors_is_the_stages_total_across_workers(make_emulator, tmp_path):
     assert stage["window_s"] < 6.0  # stopped, not run to its 8 s
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_open_loop_stage_sends_rate_times_duration(make_emulator, tmp_path, workers):
+    # Before: 101 for 100/s over 1 s without a warm-up (the send at 1 s itself raced the stop),
+    # 100 with one.
+    with make_emulator(ttft=Dist("fixed", 0.002)) as emu:
+        result = bench(emu.base_url, tmp_path / "out", workers=workers,
+                       stages=[StageSpec("rate=100", rate=100.0, duration_s=1.0)])  # fmt: skip
+    assert result.stages[0]["requests"] == 100
+
+
 def test_a_worker_with_no_part_is_not_started(make_emulator, tmp_path):
     # -c 1 with 2 workers: the second sent nothing, and its idle second read as a client at
     # 100 % CPU: "client-bound"
