@@ -397,4 +397,8 @@ def fill_message(row: dict[str, Any], message: dict[str, Any]) -> None:
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A usage count as the gateway gave it; None for anything that cannot be one (a negative
+    count would be priced as a refund; the columns are int64)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None

@@ -265,7 +265,10 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
     col = table.column(name)
     if pa.types.is_timestamp(col.type):
         col = pc.divide(pc.cast(pc.cast(col, pa.int64()), pa.float64()), 1e6)
-    return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=float)
+    # Not a safe cast: an integer beyond 2**53 (a damaged token count) loses its last digits
+    # as a float rather than stopping the report.
+    return np.asarray(pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False),
+                      dtype=float)
 
 
 def _equals(table: pa.Table, name: str, value: str) -> np.ndarray:

@@ -283,3 +283,16 @@ async def test_header_with_a_line_break_fails_the_attempt_not_the_run(server: Se
         await client.aclose()
     assert attempt.error_type == ERROR_INVALID_RESPONSE and "x-bf-async-id" in attempt.error_message
     assert server.requests == []
+
+
+def test_usage_counts_that_cannot_be_counts_are_left_null():
+    # A gateway's negative count was priced as a refund; one beyond int64 broke the Parquet
+    # write. Neither is a token count: the row keeps null there, the others as given.
+    from batchrunner.execute import fill_message
+
+    row: dict = {}
+    fill_message(row, {"id": "m", "model": "claude-haiku-4-5", "usage": {
+        "input_tokens": -5000, "output_tokens": 2**70, "cache_read_input_tokens": 7,
+        "cache_creation_input_tokens": True}})
+    assert (row["input_tokens"], row["output_tokens"]) == (None, None)
+    assert row["cache_read_input_tokens"] == 7 and row["cache_creation_input_tokens"] is None

@@ -237,3 +237,10 @@ def test_a_corrupt_run_json_still_gives_the_rows_report_with_a_warning(make_run)
     (run_dir / "data").rmdir()
     result = invoke(str(run_dir))
     assert result.exit_code == 2 and "is not valid JSON" in result.output
+
+
+def test_a_token_count_beyond_float_precision_does_not_stop_the_report(make_run):
+    # Before: "Internal error: ArrowInvalid: Integer value 9007199254740993 not in range".
+    result = invoke(str(make_run([row(input_tokens=2**53 + 1)])))
+    assert result.exit_code == 0, result.output
+    assert "9,007,199,254,740,992" in result.output
