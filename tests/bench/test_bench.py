@@ -242,7 +242,7 @@ def test_saturation_search_finds_the_rate_limit_knee(make_emulator, tmp_path):
     assert sat["highest_passing_rate"] is not None, summary
     assert 26 <= sat["highest_passing_rate"] <= 41, summary
     failing = [s for s in result.stages if s["error_rate"] > 0.02]
-    assert failing and all(s["target"]["rate"] >= 40 for s in failing)
+    assert failing and all(s["target"]["rate"] >= 40 for s in failing), summary
     assert all(s["errors"].get("rate_limited") for s in failing)
 
 
