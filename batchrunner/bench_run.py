@@ -70,8 +70,11 @@ STREAM_ONLY_SLO_METRICS = frozenset({"ttft", "tpot", "itl"})
 #: A worker writes this line on stdout for each failed request, so that the parent sums them
 #: while the stage goes: --max-errors is the stage's, not each worker's.
 FAILURE_LINE = b"E\n"
-#: What the parent sends every worker once their failures together pass --max-errors.
-WORKER_STOP_SIGNAL = signal.SIGUSR1
+#: What the parent sends every worker once their failures together pass --max-errors (None
+#: where there is no such signal: each worker then stops at what is left of the budget).
+WORKER_STOP_SIGNAL = getattr(signal, "SIGUSR1", None)
+#: Longest line read from a worker (its result line).
+WORKER_LINE_LIMIT = 1 << 40
 
 
 @dataclass
@@ -596,6 +599,9 @@ class _StageRunner:
                     # Out of the terminal's process group: a Ctrl-C reaches the parent only,
                     # which passes it on once the workers can drain (they would die of it).
                     start_new_session=True,
+                    # The result is one line holding every request's figures: megabytes, past
+                    # the 64 KiB a line may have by default.
+                    limit=WORKER_LINE_LIMIT,
                 )
                 assert proc.stdin is not None
                 proc.stdin.write(json.dumps({**common, "worker": k}).encode() + b"\n")
@@ -620,10 +626,11 @@ class _StageRunner:
             def on_failure() -> None:
                 nonlocal failed
                 failed += 1
-                if left is not None and failed == left + 1:
+                if left is not None and failed == left + 1 and WORKER_STOP_SIGNAL is not None:
                     for proc in procs:  # all of them, as one session stops at its limit
                         if proc.returncode is None:
-                            proc.send_signal(WORKER_STOP_SIGNAL)
+                            with contextlib.suppress(ProcessLookupError):  # just exited
+                                proc.send_signal(WORKER_STOP_SIGNAL)
 
             outputs = await asyncio.gather(*(_worker_output(p, on_failure) for p in procs))
             for proc in procs:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -105,8 +106,17 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
                 if not session.stopping:
                     session.stop(f"--max-errors {max_errors} exceeded (all workers)")
 
-            if max_errors is not None:
-                asyncio.get_running_loop().add_signal_handler(WORKER_STOP_SIGNAL, stop_all)
+            if max_errors is not None and WORKER_STOP_SIGNAL is not None:
+                loop = asyncio.get_running_loop()
+
+                def on_stop_signal(signum: int, frame: object) -> None:
+                    # Not loop.add_signal_handler: closing the loop would put the default
+                    # action back (terminate), and a late signal would kill this worker as it
+                    # writes its result. This handler stays for the life of the process.
+                    with contextlib.suppress(RuntimeError):  # the loop is closed: too late
+                        loop.call_soon_threadsafe(stop_all)
+
+                signal.signal(WORKER_STOP_SIGNAL, on_stop_signal)
             feed = RecordFeed(
                 cycle_records(records, spec.name, job["base"], k, n), cfg.max_requests
             )

@@ -551,6 +551,18 @@ def test_max_errors_is_the_stages_total_across_workers(make_emulator, tmp_path):
     assert stage["window_s"] < 6.0  # stopped, not run to its 8 s
 
 
+def test_a_worker_result_longer_than_64_kib_is_read(make_emulator, tmp_path):
+    # The parent read workers' output line by line with asyncio's default 64 KiB limit: any
+    # stage of more than a few hundred requests ended "Separator is found, but chunk is
+    # longer than limit" and its rows were never merged.
+    with make_emulator(ttft=Dist("fixed", 0.001)) as emu:
+        result = bench(emu.base_url, tmp_path / "out", workers=2, max_errors=1000,
+                       stages=[StageSpec("rate=800", rate=800.0, duration_s=1.5)])  # fmt: skip
+    stage = result.stages[0]
+    assert stage["requests"] == 1200 and stage["ok"] == 1200
+    assert len(pq.read_table(tmp_path / "out" / "data")) == 1200
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_an_open_loop_stage_sends_rate_times_duration(make_emulator, tmp_path, workers):
     # Before: 101 for 100/s over 1 s without a warm-up (the send at 1 s itself raced the stop),
