@@ -186,6 +186,7 @@ class _Session:
     _pending_rows: list[dict[str, Any]] = field(default_factory=list)
     _flush_scheduled: bool = False
     _consecutive_config_errors: int = 0
+    _answered: bool = False  # a request of this session has succeeded
     failed_on_config: bool = False
     _drain_handle: asyncio.TimerHandle | None = None
     _duration_handle: asyncio.TimerHandle | None = None
@@ -259,10 +260,12 @@ class _Session:
         # "failed to create async job" (the protocol spec, SubmitJob): a key problem as well.
         refused_job = status == 400 and ASYNC_CREATE_FAILED in (row.get("error_message") or "")
         # A 404 naming the request's model ("model: claude-x" from Anthropic) is that model's
-        # problem (retired, misspelt), not the gateway's address: a set sorted by model would
-        # otherwise stop at every block of it.
+        # problem (retired, misspelt): once some request of the session has succeeded, the
+        # gateway and key work, and a set sorted by model must not stop at every block of a
+        # retired one. Before that (a mistyped --model, say) it counts as any 404.
         model = row.get("model_requested")
-        if status == 404 and model and model in (row.get("error_message") or ""):
+        model_refused = status == 404 and model and model in (row.get("error_message") or "")
+        if model_refused and self._answered:
             return
         # Only plain errors count: an expired job's 404 says nothing about the configuration.
         if row.get("status") == Status.ERROR.value and (
@@ -275,9 +278,11 @@ class _Session:
                         f"could not reach the gateway ({row.get('error_message')}); check --gateway"
                     )
                 else:
+                    check = ("--model (or the input's models), " if model_refused else "") + (
+                        "--gateway, --api-key and --virtual-key")
                     what = (
                         f"were refused with HTTP {status} ({row.get('error_type')}: "
-                        f"{row.get('error_message')}); check --gateway, --api-key and --virtual-key"
+                        f"{row.get('error_message')}); check {check}"
                     )
                 if self.fatal is None:  # a --strict stop already under way keeps its reason
                     self.fatal = RunAborted(
@@ -287,6 +292,7 @@ class _Session:
                 self.stop("the gateway keeps failing every request")
         elif row.get("status") == Status.OK.value:
             self._consecutive_config_errors = 0
+            self._answered = True
 
     def on_reject(self, reject: Reject) -> None:
         # Runs on the source thread; one short write per rejected line.

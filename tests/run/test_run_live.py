@@ -350,9 +350,19 @@ def test_a_404_for_the_requests_model_fails_its_rows_without_stopping_the_run(
         # A 404 that does not name the model (a wrong path) still stops the run.
         wrong_path = run(requests, f"{emu.base_url}/nowhere/v1/messages", tmp_path / "path",
                          concurrency=1, retry=RetryPolicy(max_retries=0))
+        # Nothing of the session answered yet: a model every request asks for and the
+        # gateway refuses (a mistyped --model) stops the run as before.
+        mistyped = run(requests, emu.base_url, tmp_path / "typo", concurrency=1,
+                       model_override="claude-old-1", retry=RetryPolicy(max_retries=0))
     assert done.exit_code == EXIT_OK, done.message
     assert done.summary["status"] == {"ok": 10, "error": 30}
     assert wrong_path.exit_code == EXIT_ABORTED and "404" in wrong_path.message
+    assert mistyped.exit_code == EXIT_ABORTED
+    assert mistyped.message.endswith(
+        "refused with HTTP 404 (not_found_error: model claude-old-1 is failing (emulated)); "
+        "check --model (or the input's models), --gateway, --api-key and --virtual-key"
+    ), mistyped.message
+    assert mistyped.summary["requests"] == 20
 
 
 def test_keys_a_gateway_quotes_back_never_reach_rows_run_json_or_stderr(
