@@ -326,32 +326,20 @@ class PriceBook:
 
     def _override_for(self, model: str) -> Override | None:
         # The API answers with the dated snapshot id (claude-sonnet-4-5-20250929) where a
-        # price file names the model (claude-sonnet-4-5): an entry applies to every name of the
-        # model. Exact names win over other names, which win over patterns.
-        names = self._names_of(model) if self._overrides else (model,)
+        # price file names the model (claude-sonnet-4-5): an entry for the model applies to its
+        # snapshots. The row's own name first (exact, then patterns), then the undated name.
+        names = [model]
+        undated = _DATED.fullmatch(model)
+        if undated is not None and undated.group("name") != model:
+            names.append(undated.group("name"))
         for name in names:
-            for o in self._overrides:
+            for o in self._overrides:  # exact names win over patterns
                 if o.pattern == name:
                     return o
-        for name in names:
             for o in self._overrides:
                 if any(ch in o.pattern for ch in "*?[") and fnmatch.fnmatchcase(name, o.pattern):
                     return o
         return None
-
-    def _names_of(self, model: str) -> tuple[str, ...]:
-        """*model*, then its name without a date suffix, then genai-prices' id for it."""
-        names = [model]
-        undated = _DATED.fullmatch(model)
-        if undated is not None:
-            names.append(undated.group("name"))
-        if self._snapshot is not None:
-            try:
-                _, info = self._snapshot.find_provider_model(model, None, "anthropic", None)
-                names.append(str(info.id))
-            except (LookupError, ValueError):
-                pass
-        return tuple(dict.fromkeys(names))
 
     def _resolve(self, model: str, day: date, seen: tuple[str, ...]) -> ModelRates | None:
         override = self._override_for(model)

@@ -315,6 +315,13 @@ def test_an_exact_entry_wins_over_the_models_other_names(tmp_path):
     assert book.rates("claude-sonnet-4-5", day).rates["input"].base == 1.0
     assert book.rates("claude-haiku-4-5-20251001", day).rates["input"].base == 0.5
     assert book.rates("claude-opus-4-1-20250805", day).rates["input"].base == 15.0
+    # A pattern on the row's own name wins over an exact entry for its undated name; a name
+    # that is not a dated snapshot (a fine-tune) does not take the base model's entry.
+    both = PriceBook.load(_write(tmp_path / "b.toml",
+                                 '[models."claude-sonnet-4-5"]\nmultiplier = 0.5\n'
+                                 '[models."claude-sonnet-4-5-2025*"]\nmultiplier = 0.9\n'))
+    assert both.rates("claude-sonnet-4-5-20250929", day).rates["input"].base == 3.0 * 0.9
+    assert both.rates("claude-sonnet-4-5-ft-acme", day).priced_as.startswith("genai-prices")
     # A dated entry names that snapshot only: the alias may move on to a newer one.
     dated = PriceBook.load(_write(tmp_path / "d.toml",
                                   '[models."claude-sonnet-4-5-20250929"]\ninput = 2.0\n'))
