@@ -546,7 +546,6 @@ class _Session:
             if cfg.duration_s and self.phase_s + offset >= cfg.duration_s:
                 # The schedule covers [0, duration): R x D sends, not the one at D itself,
                 # which raced the --duration timer (151 sends for 50/s over 3 s, or 150).
-                # The stop comes once the sends taken before this are out (below).
                 schedule_over[0] = True
                 return None
             record = first.pop() if first else feed.next_nowait()
@@ -587,8 +586,10 @@ class _Session:
                 if self.stopping:
                     dispatcher.stop()
             dispatcher.finished.result()  # the input's error, if reading failed
-            if schedule_over[0]:
-                self.stop("--duration reached")
+            while schedule_over[0] and not self.stopping:
+                # Every send of [0, D) is out; the --duration timer stops the session at D
+                # itself (retries due before then are sent as usual).
+                await asyncio.sleep(STOP_CHECK_S)
         finally:
             dispatcher.stop()
             pacer.close()

@@ -230,6 +230,19 @@ def test_open_loop_duration_is_the_schedules_length_not_the_connect_time(
     assert len(rows) == 20 and span >= 0.8  # the schedule is [0, 1 s): 20 sends at 20/s
 
 
+def test_an_open_loop_with_duration_stops_at_the_duration_not_at_its_last_send(
+    make_emulator, requests_file, tmp_path
+):
+    # Sends at 0, 1 and 2 s of a 2.5 s --duration: the session stops at 2.5 s (a retry due in
+    # between is sent as usual), not at 2 s when the schedule ran out.
+    with make_emulator() as emu:
+        t0 = time.monotonic()
+        result = run(requests_file(10), emu.base_url, tmp_path / "out", rate=1.0, duration_s=2.5)
+        elapsed = time.monotonic() - t0
+    assert result.summary["requests"] == 3 and "--duration" in result.message
+    assert 2.5 <= elapsed < 4.5
+
+
 def test_open_loop_stops_promptly_between_distant_sends(make_emulator, requests_file, tmp_path):
     # One send every 4 s: --duration must not wait for the next scheduled instant.
     with make_emulator() as emu:
