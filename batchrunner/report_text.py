@@ -379,9 +379,10 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
     rows = [[*label, _rate(s["throughput"]["requests_per_s"]),
              _rate(s["throughput"]["ok_requests_per_s"]),
              _rate(s["throughput"]["output_tokens_per_s"])] for label, s in sections]
-    t = Table("Throughput (all rows, over the run's sending time)" if not run.get("stages") else
-              "Throughput (all rows; all: over the run's sending time; each stage: over its own "
-              "window, first schedule to last completion)",
+    t = Table("Throughput (req/s: sent rows, over the run's sending time)"
+              if not run.get("stages") else
+              "Throughput (req/s: sent rows; all: over the run's sending time; each stage: over "
+              "its own window, first schedule to last completion)",
               [*groups, "req/s", "ok req/s", "output tok/s"], rows, left=g)
     tl = run.get("timeline")
     if tl:
