@@ -551,6 +551,20 @@ def test_max_errors_is_the_stages_total_across_workers(make_emulator, tmp_path):
     assert stage["window_s"] < 6.0  # stopped, not run to its 8 s
 
 
+def test_failures_at_a_stages_end_stay_errors_with_retries_on(make_emulator, tmp_path):
+    # A run's retry that a stop skips ends as cancelled (a resume sends it again); a bench
+    # stage is never resumed, and its failures at the end had left the error rate that way.
+    with make_emulator(ttft=Dist("fixed", 0.02), fault_500=1.0) as emu:
+        run = RunConfig(requests=Path(), gateway=emu.base_url, mode="sync",
+                        out=tmp_path / "out", retry=RetryPolicy(max_retries=3))
+        result = run_sync_coro(run_bench(BenchConfig(
+            run=run, stages=[StageSpec("c=4", concurrency=4, duration_s=0.5)]), quiet=True))
+    stage = result.stages[0]
+    assert stage["requests"] > 0 and stage["failed"] == stage["requests"], stage
+    rows = pq.read_table(tmp_path / "out" / "data").to_pandas()
+    assert set(rows["status"]) == {"error"} and set(rows["error_type"]) == {"api_error"}
+
+
 def test_a_worker_result_longer_than_64_kib_is_read(make_emulator, tmp_path):
     # The parent read workers' output line by line with asyncio's default 64 KiB limit: any
     # stage of more than a few hundred requests ended "Separator is found, but chunk is
