@@ -105,7 +105,9 @@ def open_source(
                 f"{display}: --prompt-column is for Parquet input; JSONL lines hold the "
                 'Messages body (or {"custom_id": ..., "params": ...})'
             )
-        return JsonlSource(p, display)
+        source = JsonlSource(p, display)
+        source.check_encoding()
+        return source
     return ParquetSource(p, display, prompt_column, metadata_columns)
 
 
@@ -131,6 +133,24 @@ class JsonlSource:
 
     def _open(self) -> Any:
         return gzip.open(self.path, "rb") if self._gzip else self.path.open("rb")
+
+    def check_encoding(self) -> None:
+        """Refuse a UTF-16 or UTF-32 file (Windows tools save "Unicode" text so): every line
+        would be a reject, each with a reason about bytes.
+
+        :raises FormatError: naming the encoding and how to convert it.
+        """
+        try:
+            with self._open() as f:
+                head = f.read(4)
+        except (OSError, EOFError, zlib.error):
+            return  # said when the file is read
+        # A byte order mark, or a NUL byte, which UTF-8 JSON text never holds.
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\0" in head:
+            raise FormatError(
+                f"{self.display}: the file is UTF-16 (or UTF-32), not UTF-8; JSONL must be UTF-8: "
+                f"convert it, e.g. iconv -f UTF-16 -t UTF-8 {self.display} > fixed.jsonl"
+            )
 
     def count(self) -> int:
         """Number of non-blank lines, scanning 1 MiB blocks (no parsing)."""
@@ -223,9 +243,7 @@ def _invalid_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
         line.decode("utf-8")
     except UnicodeDecodeError as bad:
         shown = line[bad.start : bad.start + 4].hex(" ")
-        utf16 = line[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in line[:4]
-        return (f"not valid UTF-8: byte {bad.start + 1} of the line is {shown[:2]} (bytes "
-                f"{shown})" + ("; the file looks UTF-16: save it as UTF-8" if utf16 else ""))
+        return f"not valid UTF-8: byte {bad.start + 1} of the line is {shown[:2]} (bytes {shown})"
     hint = "" if line.endswith(b"\n") else " (last line has no newline: truncated file?)"
     return f"invalid JSON: {exc}{hint}"
 

@@ -279,7 +279,7 @@ def _custom_id(given: Any) -> tuple[str | None, str | None]:
     """(id, None) when ``given`` is a usable id, else (id text or None, reason)."""
     if isinstance(given, int) and not isinstance(given, bool):
         given = str(given)  # integer ids (common in Parquet) are used as their decimal text
-    if isinstance(given, float) and given.is_integer():
+    if isinstance(given, float) and given.is_integer() and abs(given) >= 2**63:
         # JSON integers too large for 64 bits arrive as floats.
         return None, (f"custom_id must be a string or an integer of at most 64 bits, got "
                       f"{given!r}")

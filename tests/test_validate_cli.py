@@ -200,16 +200,22 @@ def test_bytes_that_are_not_utf8_are_located_and_shown(tmp_path):
     assert result.exit_code == 1
     assert f"{bad}:1: not valid UTF-8: byte 68 of the line is ff (bytes ff fe 20 62)" \
         in result.output
-    utf16 = tmp_path / "u16.jsonl"
-    utf16.write_bytes('{"model":"m","max_tokens":16,"messages":[]}\n'.encode("utf-16"))
-    result = run(str(utf16))
-    assert result.exit_code == 1
-    assert f"{utf16}:1: not valid UTF-8: byte 1 of the line is ff (bytes ff fe 7b 00); the file " \
-        "looks UTF-16: save it as UTF-8" in result.output
     assert "surrogates" not in result.output
+    # A UTF-16 file (with or without its byte order mark) is refused whole, not line by line.
+    for codec in ("utf-16", "utf-16-le", "utf-16-be"):
+        utf16 = tmp_path / f"{codec}.jsonl"
+        utf16.write_bytes('{"model":"m","max_tokens":16,"messages":[]}\n'.encode(codec))
+        result = run(str(utf16))
+        assert result.exit_code == 2, (codec, result.output)
+        assert (f"{utf16}: the file is UTF-16 (or UTF-32), not UTF-8; JSONL must be UTF-8: "
+                "convert it") in result.output
 
 
 def test_reasons_for_a_forgotten_params_and_an_oversized_integer_id(tmp_path):
+    from batchrunner.sources import _custom_id
+
+    # a whole-number float id (a pandas float column) is not called too big
+    assert _custom_id(1.0) == (None, "custom_id must be a string, got number")
     # Before: "missing model (set it in the request or give --model)" and "custom_id must be a
     # string, got number" (integer ids are accepted: this one was beyond 64 bits).
     body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
