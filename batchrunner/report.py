@@ -38,7 +38,7 @@ from batchrunner.pricing import (
     normalize_model,
     split_cache_writes,
 )
-from batchrunner.run_info_check import checked_run_info
+from batchrunner.run_info_check import BENCH_JSON, checked_run_info
 from batchrunner.schedule_check import ScheduleCheck, open_loop_sessions
 from batchrunner.schema import RESULT_SCHEMA, conform
 
@@ -172,6 +172,9 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
                         "the rows' whole span, gaps between sessions included)")
     try:
         bench = _read_json(run_dir / "bench.json")
+        if bench is not None:
+            bench, problems = checked_run_info(bench, str(run_dir / "bench.json"), BENCH_JSON)
+            warnings += problems
     except ReportError as exc:
         bench = None
         warnings.append(f"{exc}; stages without goodput, SLO results or verdicts")

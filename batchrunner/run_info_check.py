@@ -1,8 +1,9 @@
-"""Fields of a ``run.json`` that the report reads, checked for their types before it reads them.
+"""Fields of ``run.json`` and ``bench.json`` that the report reads, checked for their types
+before it reads them.
 
-``run.json`` is written by batchrunner, but a user may edit it (to rename a run, to fix a path)
-or a tool may rewrite it. A field of the wrong type must not stop the report with an internal
-error when the rows can speak for themselves: it is left out, and a warning names it.
+Both files are written by batchrunner, but a user may edit them (to rename a run, to fix a
+path) or a tool may rewrite them. A field of the wrong type must not stop the report with an
+internal error when the rows can speak for themselves: it is left out, and a warning names it.
 """
 
 from __future__ import annotations
@@ -26,35 +27,49 @@ def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
+def _flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
 def _object(value: Any) -> bool:
     return isinstance(value, dict)
 
 
-def _array(value: Any) -> bool:
-    return isinstance(value, list)
+_WHAT = {_number: "a number", _count: "a count", _text: "a string", _flag: "true or false",
+         _object: "an object"}
 
-
-_WHAT = {_number: "a number", _count: "a count", _text: "a string", _object: "an object",
-         _array: "a list"}
-
-#: Field -> its check, per object the report reads (None values are always accepted).
-_TOP: dict[str, Check] = {
+#: A spec is a check, a dict of field -> spec (an object), or a one-item list [spec] (a list of
+#: such items). None values are always accepted.
+_CONFIG = {"rate": _number, "in_flight_limit": _count, "mode": _text}
+#: A stage's result (``bench.json`` and, after a bench, ``run.json``'s ``stages``).
+_STAGE = {
+    "stage": _text, "target": {"concurrency": _count, "rate": _number},
+    "requests": _count, "warmup_requests": _count, "ok": _count, "failed": _count,
+    "error_rate": _number, "window_s": _number, "throughput_rps": _number,
+    "goodput_rps": _number, "output_tokens_per_s": _number, "client_cpu": _number,
+    "verdict": _text, "slo_met": _flag, "slos": [_object],
+}
+RUN_JSON: dict[str, Any] = {
     "name": _text, "run_id": _text, "status": _text, "gateway": _text, "kind": _text,
-    "config": _object, "sessions": _array, "async": _object, "bench": _object,
-    "stages": _array, "saturation": _object,
+    "config": _CONFIG,
+    "sessions": [{"started_at": _number, "finished_at": _number, "config": _CONFIG,
+                  "gateway_outages": _count}],
+    "async": {"outstanding_jobs": _count, "collect_before": _number},
+    "bench": {"stages": [{"name": _text, "rate": _number, "concurrency": _count}],
+              "slos": [_text]},
+    "stages": [_STAGE],
+    "saturation": _object,
 }
-_SESSION: dict[str, Check] = {
-    "started_at": _number, "finished_at": _number, "config": _object, "gateway_outages": _count,
-}
-_CONFIG: dict[str, Check] = {"rate": _number, "in_flight_limit": _count, "mode": _text}
-_ASYNC: dict[str, Check] = {"outstanding_jobs": _count, "collect_before": _number}
+BENCH_JSON: dict[str, Any] = {"stages": [_STAGE], "saturation": _object}
 
 
-def checked_run_info(info: Any, path: str) -> tuple[dict[str, Any], list[str]]:
-    """*info* (``run.json`` as parsed) with every field of a wrong type left out.
+def checked_run_info(info: Any, path: str,
+                     spec: dict[str, Any] = RUN_JSON) -> tuple[dict[str, Any], list[str]]:
+    """*info* (``run.json`` as parsed; ``bench.json`` with *spec* :data:`BENCH_JSON`) with
+    every field of a wrong type left out.
 
     :param path: how to name the file in warnings.
-    :return: the fields kept (a new dict; *info* is not changed), and one warning per field
+    :return: the fields kept (new containers; *info* is not changed), and one warning per field
         left out, naming it and saying what it should be.
     """
     warnings: list[str] = []
@@ -62,37 +77,55 @@ def checked_run_info(info: Any, path: str) -> tuple[dict[str, Any], list[str]]:
         warnings.append(f"{path} holds {_kind(info)}, not the run's description: reported from "
                         "the rows alone (no status, config, sessions or async jobs)")
         return {}, warnings
-    out = _fields(info, _TOP, path, "", warnings)
-    for key in ("config", "async"):
-        if isinstance(out.get(key), dict):
-            out[key] = _fields(out[key], _CONFIG if key == "config" else _ASYNC, path,
-                               f"{key}.", warnings)
-    if isinstance(out.get("sessions"), list):
-        sessions = []
-        for i, session in enumerate(out["sessions"]):
-            if not isinstance(session, dict):
-                warnings.append(f"{path}: sessions[{i}] is {_kind(session)}, not an object; "
-                                "left out")
-                continue
-            kept = _fields(session, _SESSION, path, f"sessions[{i}].", warnings)
-            if isinstance(kept.get("config"), dict):
-                kept["config"] = _fields(kept["config"], _CONFIG, path,
-                                         f"sessions[{i}].config.", warnings)
-            sessions.append(kept)
-        out["sessions"] = sessions
-    return out, warnings
+    return _object_fields(info, spec, path, "", warnings), warnings
 
 
-def _fields(obj: dict[str, Any], checks: dict[str, Check], path: str, prefix: str,
-            warnings: list[str]) -> dict[str, Any]:
+def _object_fields(obj: dict[str, Any], spec: dict[str, Any], path: str, prefix: str,
+                   warnings: list[str]) -> dict[str, Any]:
     out = dict(obj)
-    for key, check in checks.items():
+    for key, field_spec in spec.items():
         value = out.get(key)
-        if value is not None and not check(value):
+        if value is None:
+            continue
+        kept, problem = _checked(value, field_spec, path, f"{prefix}{key}", warnings)
+        if problem is None:
+            out[key] = kept
+        else:
             del out[key]
-            warnings.append(f"{path}: {prefix}{key} is {_kind(value)}, expected {_WHAT[check]}; "
+            warnings.append(f"{path}: {prefix}{key} is {_kind(value)}, expected {problem}; "
                             "left out")
     return out
+
+
+def _checked(value: Any, spec: Any, path: str, where: str,
+             warnings: list[str]) -> tuple[Any, str | None]:
+    """(value kept, None), or (None, what it should have been)."""
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return None, "an object"
+        return _object_fields(value, spec, path, f"{where}.", warnings), None
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            return None, "a list"
+        items = []
+        for i, item in enumerate(value):
+            kept, problem = (_checked(item, spec[0], path, f"{where}[{i}]", warnings)
+                             if item is not None else (None, _describe(spec[0])))
+            if problem is None:
+                items.append(kept)
+            else:
+                warnings.append(f"{path}: {where}[{i}] is {_kind(item)}, not {problem}; "
+                                "left out")
+        return items, None
+    return (value, None) if spec(value) else (None, _WHAT[spec])
+
+
+def _describe(spec: Any) -> str:
+    if isinstance(spec, dict):
+        return "an object"
+    if isinstance(spec, list):
+        return "a list"
+    return _WHAT[spec]
 
 
 def _kind(value: Any) -> str:

@@ -187,6 +187,10 @@ def test_a_parquet_part_given_as_run_dir_is_named_a_file_with_its_run_dir(make_r
     ({"async": {"outstanding_jobs": "3"}},
      "async.outstanding_jobs is a string ('3'), expected a count; left out"),
     ({"name": ["a"]}, "name is a list, expected a string; left out"),
+    ({"kind": "bench", "bench": {"stages": [{"name": "c=1", "rate": "400"}]}},
+     "bench.stages[0].rate is a string ('400'), expected a number; left out"),
+    ({"stages": [{"stage": "s", "requests": "1200", "target": {"rate": "x"}}]},
+     "stages[0].requests is a string ('1200'), expected a count; left out"),
 ])
 def test_a_run_json_field_of_the_wrong_type_is_left_out_with_a_warning(make_run, edit, warning):
     # Before: "Internal error: AttributeError: 'str' object has no attribute 'get'", exit 1.
@@ -197,6 +201,18 @@ def test_a_run_json_field_of_the_wrong_type_is_left_out_with_a_warning(make_run,
     assert "requests  ok  error" in result.output
     doc = orjson.loads(invoke(str(run_dir), "--json").output)["runs"][0]
     assert doc["rows"] == 3 and any(warning in w for w in doc["warnings"])
+
+
+def test_a_bench_json_field_of_the_wrong_type_is_left_out_with_a_warning(make_run):
+    run_dir = make_run([row(input_index=0, stage="c=1")], info={"kind": "bench"})
+    (run_dir / "bench.json").write_text(
+        '{"stages": [{"stage": "c=1", "requests": "12", "verdict": 3, "slos": [1]}]}')
+    result = invoke(str(run_dir))
+    assert result.exit_code == 0, result.output
+    for warning in ("stages[0].requests is a string ('12'), expected a count",
+                    "stages[0].verdict is a number (3), expected a string",
+                    "stages[0].slos[0] is a number (1), not an object"):
+        assert f"warning    {run_dir / 'bench.json'}: {warning}; left out" in result.output
 
 
 def test_a_run_json_that_is_not_an_object_is_named(make_run):
