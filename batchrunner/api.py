@@ -82,13 +82,18 @@ def run(
     )
     if timeout_s is not None or read_timeout_s is not None:
         default = config.timeouts
+        # "is None", not "or": a 0 would silently have meant the default (validate refuses it).
         config.timeouts = Timeouts(
             connect_s=default.connect_s,
-            read_s=read_timeout_s or timeout_s or default.read_s,
-            attempt_s=timeout_s or default.attempt_s,
+            read_s=next((t for t in (read_timeout_s, timeout_s) if t is not None), default.read_s),
+            attempt_s=timeout_s if timeout_s is not None else default.attempt_s,
         )
     if max_retries is not None:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
         config.retry = RetryPolicy(max_retries=max_retries)
+    if http_client is not None and transport is not None:
+        raise ConfigError("give transport= or http_client=, not both")
     kwargs: dict[str, Any] = {"transport": transport, "http_client": http_client, "quiet": quiet}
     try:
         asyncio.get_running_loop()

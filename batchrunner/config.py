@@ -73,6 +73,9 @@ _TIMEOUT_OPTIONS = {
     "read_s": "--read-timeout",
     "attempt_s": "--timeout",
 }
+#: Options that take whole numbers (the others take any number).
+_INTEGER_OPTIONS = frozenset({"--concurrency", "--max-requests", "--seed", "--ttl",
+                              "--poll-concurrency", "--max-tokens", "--max-retries"})
 #: Where infinity is no limit but a broken schedule.
 _FINITE_OPTIONS = frozenset({"--rate", "--max-rate / --rpm", "--duration", "--poll-rate"})
 
@@ -165,6 +168,16 @@ class RunConfig:
             raise ConfigError("--max-outage must be >= 0 seconds")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError("--max-tokens must be >= 1")
+        for name in ("attempt_s", "read_s", "connect_s"):  # --timeout sets the read one too
+            value = getattr(self.timeouts, name)
+            if value is not None and value <= 0:  # None: no limit
+                raise ConfigError(f"{_TIMEOUT_OPTIONS[name]} must be > 0 seconds")
+        if self.retry.max_retries < 0:
+            raise ConfigError("--max-retries must be >= 0")
+        if not isinstance(self.headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+        ):
+            raise ConfigError("headers must be a dict of header names to string values")
         for option, secret in (("--api-key", self.api_key), ("--virtual-key", self.virtual_key)):
             # The value is never quoted: it is a secret. A key read from a file often ends in a
             # newline, which would otherwise break (or inject) request headers.
@@ -262,11 +275,16 @@ class RunConfig:
         values += [
             ("--max-retries" if f.name == "max_retries" else f"retry.{f.name}",
              getattr(self.retry, f.name))
-            for f in fields(self.retry)
+            for f in fields(self.retry) if f.name != "retry_timeouts"  # a flag
         ]  # fmt: skip
         for option, value in values:
-            if value is None or isinstance(value, bool):
+            if value is None:
                 continue
+            # From Python (batchrunner.run) any object gets here; the CLI parses numbers.
+            whole = option in _INTEGER_OPTIONS
+            if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+                what = "a whole number" if whole else "a number"
+                raise ConfigError(f"{option} must be {what}, got {value!r}")
             if isinstance(value, float):
                 if math.isnan(value):
                     raise ConfigError(f"{option} must be a number, got nan")

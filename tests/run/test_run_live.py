@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from unittest import mock
 
+import httpx
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -670,6 +672,26 @@ def test_library_run_checks_its_arguments_and_sets_each_timeout(
     (tmp_path / "file").write_text("x")
     with pytest.raises(batchrunner.RunDirError):
         batchrunner.run(requests, out=tmp_path / "file" / "run", emulator_profile="instant")
+    # Wrong types and values: a ConfigError naming the option, before anything is created
+    # (they raised TypeError, ValueError, AttributeError or an ExceptionGroup after creating
+    # and aborting the run directory; a 0 timeout silently meant the default).
+    for kw, message in (
+        ({"concurrency": 2.5}, "--concurrency must be a whole number, got 2.5"),
+        ({"concurrency": "8"}, "--concurrency must be a whole number, got '8'"),
+        ({"concurrency": True}, "--concurrency must be a whole number, got True"),
+        ({"rate": "5"}, "--rate must be a number, got '5'"),
+        ({"seed": "x"}, "--seed must be a whole number, got 'x'"),
+        ({"max_retries": "3"}, "max_retries must be a whole number >= 0, got '3'"),
+        ({"max_retries": -1}, "max_retries must be a whole number >= 0, got -1"),
+        ({"timeout_s": -1}, "--timeout must be > 0 seconds"),
+        ({"timeout_s": 0}, "--timeout must be > 0 seconds"),
+        ({"read_timeout_s": 0}, "--read-timeout must be > 0 seconds"),
+        ({"headers": [("x-team", "a")]}, "headers must be a dict of header names to string"),
+        ({"transport": httpx.MockTransport(lambda r: httpx.Response(500)),
+          "http_client": httpx.AsyncClient()}, "give transport= or http_client=, not both"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            batchrunner.run(requests, out=tmp_path / "a", emulator_profile="instant", **kw)
     assert not (tmp_path / "a").exists()
     with make_emulator(fault_stall=1.0) as emu:
         for name, kw, expected in (
