@@ -17,7 +17,7 @@ from batchrunner.retry import RetryPolicy
 from batchrunner.runner import EXIT_OK, run_sync
 
 from .conftest import read_rows, run_cli
-from .test_run_cli import start_run, wait_for_rows
+from .test_run_cli import ctrl_c_twice_with_in_flight, start_run, wait_for_rows
 
 KEY_A = "sk-bf-team-a-000000000000"
 KEY_B = "sk-bf-team-b-000000000000"
@@ -542,13 +542,7 @@ def test_submits_cancelled_in_flight_keep_when_they_were_sent(make_emulator, req
     with make_emulator(fault_stall=1.0, stall_s=20.0) as emu:
         proc = start_run(str(requests_file(10)), "--mode", "async", "--gateway", emu.base_url,
                          "--out", str(out), "-c", "3")
-        deadline = time.monotonic() + 20
-        while emu.stats()["in_flight"] < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        stderr = ctrl_c_twice_with_in_flight(emu, proc, 3)
     assert proc.returncode == 3, stderr
     rows = read_rows(out)
     assert len(rows) == 3 and set(rows["status"]) == {"cancelled"}, stderr

@@ -97,6 +97,18 @@ def signal_once_and_check_the_drain(
     return stderr
 
 
+def ctrl_c_twice_with_in_flight(emu, proc: subprocess.Popen, in_flight: int) -> str:
+    """Once ``in_flight`` requests of ``proc`` are at the emulator, Ctrl-C it twice (drain,
+    then cancel); its stderr once it has exited."""
+    deadline = time.monotonic() + 20
+    while emu.stats()["in_flight"] < in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=30)[1]
+
+
 def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, tmp_path):
     requests = requests_file(100)
     out = tmp_path / "out"
@@ -104,13 +116,7 @@ def test_ctrl_c_drains_then_second_ctrl_c_cancels(make_emulator, requests_file, 
 
     with make_emulator(ttft=Dist("fixed", 20.0)) as emu:  # requests that would hang
         proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3")
-        deadline = time.monotonic() + 20
-        while emu.stats()["in_flight"] < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        stderr = ctrl_c_twice_with_in_flight(emu, proc, 3)
         assert proc.returncode == 3, stderr
     rows = read_rows(out)
     assert (rows["status"] == "cancelled").sum() == 3
