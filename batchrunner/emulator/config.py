@@ -383,7 +383,20 @@ class EmulatorConfig:
         coerce = self._COERCE.get(name)
         if coerce is None:
             raise AttributeError(f"EmulatorConfig has no field {name!r}")
-        object.__setattr__(self, name, coerce(name, value))
+        value = coerce(name, value)
+        self._check_static({name: value})
+        object.__setattr__(self, name, value)
+
+    def _check_static(self, changes: dict[str, Any]) -> None:
+        """Refuse a change to a field read once at start while a gateway serves this config:
+        it would be reported (GET /_emulator/config) but not in effect."""
+        if id(self) not in _SERVED:
+            return
+        fixed = sorted(k for k, v in changes.items()
+                       if k in STATIC_FIELDS and v != getattr(self, k))
+        if fixed:
+            raise ConfigError(f"cannot change while running: {', '.join(fixed)} (fixed at "
+                              "start; restart the emulator with the new value)")
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON/TOML-friendly values (distributions as strings)."""
@@ -406,6 +419,7 @@ class EmulatorConfig:
                     f"unknown emulator option {name!r}; known: {', '.join(FIELD_NAMES)}"
                 )
             checked[name] = coerce(name, value)
+        self._check_static(checked)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -414,6 +428,18 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Emulator
 
 #: Fields whose changes on a running emulator are *not* picked up (fixed at start or reset).
 STATIC_FIELDS: frozenset[str] = frozenset({"slots", "ground_truth_max"})
+#: id of each configuration a running gateway serves -> how many gateways serve it.
+_SERVED: dict[int, int] = {}
+
+
+def serving(config: EmulatorConfig, on: bool) -> None:
+    """Mark *config* as served by a gateway (its STATIC_FIELDS are then fixed), or no longer."""
+    key = id(config)
+    count = _SERVED.get(key, 0) + (1 if on else -1)
+    if count > 0:
+        _SERVED[key] = count
+    else:
+        _SERVED.pop(key, None)
 
 #: Fields that may be changed on a running emulator (``emu.config.fault_500 = 0.2``, or
 #: ``POST /_emulator/config``); each request reads them when it arrives. ``seed`` changes the

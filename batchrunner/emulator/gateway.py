@@ -22,7 +22,7 @@ from batchrunner.emulator import jobs as J
 from batchrunner.emulator import streaming, wire
 from batchrunner.emulator.admin import handle_admin, handle_count_tokens, reply
 from batchrunner.emulator.checks import caller_key, parse_fallbacks, split_model, validate
-from batchrunner.emulator.config import EmulatorConfig
+from batchrunner.emulator.config import EmulatorConfig, serving
 from batchrunner.emulator.exchange import Exchange
 from batchrunner.emulator.faults import FaultPicker, RateLimiter
 from batchrunner.emulator.groundtruth import GroundTruth
@@ -60,6 +60,8 @@ class Gateway:
 
     def __init__(self, config: EmulatorConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
+        serving(config, True)  # its fixed fields are read below, once
+        self._closed = False
         self.loop = loop
         self.gt = GroundTruth(config.ground_truth_max)
         self.jobs = JobStore(config.job_store_max)
@@ -105,6 +107,9 @@ class Gateway:
 
     def close(self) -> None:
         """Stop everything: abort every connection (stalled ones too) and cancel job timers."""
+        if not self._closed:
+            self._closed = True
+            serving(self.config, False)
         self._sweeper.cancel()
         self._drop_jobs()
         for conn in list(self.connections):

@@ -162,3 +162,21 @@ def test_public_api_is_complete() -> None:
 
     assert {"EmulatorConfig", "load_profile", "running_emulator", "serve"} <= set(pkg.__all__)
     assert all(hasattr(pkg, name) for name in pkg.__all__)
+
+
+def test_fields_fixed_at_start_cannot_be_changed_while_the_emulator_runs():
+    # Before: emu.config.slots = 1 was taken, and GET /_emulator/config then said slots 1
+    # while nothing was limited (POST /_emulator/config already refused it).
+    from batchrunner.emulator import running_emulator
+
+    config = EmulatorConfig(slots=4)
+    with running_emulator(config):
+        with pytest.raises(ConfigError, match="cannot change while running: slots"):
+            config.slots = 1
+        with pytest.raises(ConfigError, match="cannot change while running: ground_truth_max"):
+            config.update(ground_truth_max=5, fault_500=0.5)
+        assert (config.slots, config.fault_500) == (4, 0.0)  # nothing of a refused update
+        config.slots = 4  # its own value, as GET posts back
+        config.fault_500 = 0.2  # a live field
+    config.slots = 1  # stopped: the next start takes it
+    assert config.slots == 1
