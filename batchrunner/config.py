@@ -8,6 +8,7 @@ front ends report them the same way. Secrets live in :attr:`RunConfig.api_key` a
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -267,24 +268,28 @@ class RunConfig:
         """No NaN anywhere (every comparison with it is false, so it passed the range checks
         and broke the run later), no endless rate or duration, and integers that fit the 64
         bits of run.json and the rows."""
-        values = [(option, getattr(self, name)) for name, option in _NUMBER_OPTIONS.items()]
-        values += [
-            (_TIMEOUT_OPTIONS.get(f.name, f"timeouts.{f.name}"), getattr(self.timeouts, f.name))
-            for f in fields(self.timeouts)
-        ]
-        values += [
-            ("--max-retries" if f.name == "max_retries" else f"retry.{f.name}",
-             getattr(self.retry, f.name))
+        places: list[tuple[Any, str, str]] = [
+            (self, name, option) for name, option in _NUMBER_OPTIONS.items()]
+        places += [(self.timeouts, f.name, _TIMEOUT_OPTIONS.get(f.name, f"timeouts.{f.name}"))
+                   for f in fields(self.timeouts)]
+        places += [
+            (self.retry, f.name, "--max-retries" if f.name == "max_retries" else f"retry.{f.name}")
             for f in fields(self.retry) if f.name != "retry_timeouts"  # a flag
         ]  # fmt: skip
-        for option, value in values:
+        for holder, name, option in places:
+            value = getattr(holder, name)
             if value is None:
                 continue
             # From Python (batchrunner.run) any object gets here; the CLI parses numbers.
+            # numpy's numbers are taken as the plain ones they stand for (run.json holds them).
             whole = option in _INTEGER_OPTIONS
-            if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+            kind = numbers.Integral if whole else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, kind):
                 what = "a whole number" if whole else "a number"
                 raise ConfigError(f"{option} must be {what}, got {value!r}")
+            if type(value) not in (int, float):
+                value = int(value) if isinstance(value, numbers.Integral) else float(value)
+                object.__setattr__(holder, name, value)  # also through a frozen dataclass
             if isinstance(value, float):
                 if math.isnan(value):
                     raise ConfigError(f"{option} must be a number, got nan")

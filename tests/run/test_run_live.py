@@ -693,6 +693,12 @@ def test_library_run_checks_its_arguments_and_sets_each_timeout(
         with pytest.raises(ConfigError, match=re.escape(message)):
             batchrunner.run(requests, out=tmp_path / "a", emulator_profile="instant", **kw)
     assert not (tmp_path / "a").exists()
+    # numpy's numbers (a notebook's) are the plain ones they stand for, as run.json stores them
+    import numpy as np
+
+    config = RunConfig(requests=requests, concurrency=np.int64(2), rate=np.float32(5.0))
+    config.validate()
+    assert (type(config.concurrency), type(config.rate)) == (int, float)
     with make_emulator(fault_stall=1.0) as emu:
         for name, kw, expected in (
             (
