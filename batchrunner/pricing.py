@@ -328,17 +328,25 @@ class PriceBook:
         # The API answers with the dated snapshot id (claude-sonnet-4-5-20250929) where a
         # price file names the model (claude-sonnet-4-5): an entry for the model applies to its
         # snapshots. The row's own name first (exact, then patterns), then the undated name.
-        names = [model]
-        undated = _DATED.fullmatch(model)
-        if undated is not None and undated.group("name") != model:
-            names.append(undated.group("name"))
-        for name in names:
-            for o in self._overrides:  # exact names win over patterns
-                if o.pattern == name:
-                    return o
-            for o in self._overrides:
-                if any(ch in o.pattern for ch in "*?[") and fnmatch.fnmatchcase(name, o.pattern):
-                    return o
+        match = _DATED.fullmatch(model)
+        undated = match.group("name") if match is not None else model
+        patterns = [o for o in self._overrides if any(ch in o.pattern for ch in "*?[")]
+        exact = {o.pattern: o for o in reversed(self._overrides)}  # the first entry of a name
+        # 1. the row's own name; 2. a pattern for the snapshot that the model's name would not
+        # match ("claude-sonnet-4-5-2025*"); 3. the model's name; 4. any other pattern
+        # ("claude-*"). So exact names win over patterns, and a snapshot's own entry over
+        # the model's.
+        if model in exact:
+            return exact[model]
+        for o in patterns:
+            if fnmatch.fnmatchcase(model, o.pattern) and not fnmatch.fnmatchcase(undated,
+                                                                                 o.pattern):
+                return o
+        if undated in exact:
+            return exact[undated]
+        for o in patterns:
+            if fnmatch.fnmatchcase(model, o.pattern):
+                return o
         return None
 
     def _resolve(self, model: str, day: date, seen: tuple[str, ...]) -> ModelRates | None:

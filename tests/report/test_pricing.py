@@ -322,6 +322,12 @@ def test_an_exact_entry_wins_over_the_models_other_names(tmp_path):
                                  '[models."claude-sonnet-4-5-2025*"]\nmultiplier = 0.9\n'))
     assert both.rates("claude-sonnet-4-5-20250929", day).rates["input"].base == 3.0 * 0.9
     assert both.rates("claude-sonnet-4-5-ft-acme", day).priced_as.startswith("genai-prices")
+    # An exact entry for the model's name wins over a pattern that its name matches too.
+    wide = PriceBook.load(_write(tmp_path / "w.toml",
+                                 '[models."claude-*"]\nmultiplier = 0.9\n'
+                                 '[models."claude-sonnet-4-5"]\ninput = 2.0\n'))
+    assert wide.rates("claude-sonnet-4-5-20250929", day).rates["input"].base == 2.0
+    assert wide.rates("claude-haiku-4-5-20251001", day).rates["input"].base == 1.0 * 0.9
     # A dated entry names that snapshot only: the alias may move on to a newer one.
     dated = PriceBook.load(_write(tmp_path / "d.toml",
                                   '[models."claude-sonnet-4-5-20250929"]\ninput = 2.0\n'))
