@@ -390,10 +390,10 @@ class EmulatorConfig:
     def _check_static(self, changes: dict[str, Any]) -> None:
         """Refuse a change to a field read once at start while a gateway serves this config:
         it would be reported (GET /_emulator/config) but not in effect."""
-        if id(self) not in _SERVED:
+        if _SERVED.get(id(self), (0, None))[1] is not self:
             return
         fixed = sorted(k for k, v in changes.items()
-                       if k in STATIC_FIELDS and v != getattr(self, k))
+                       if k in STATIC_FIELDS and v != getattr(self, k, v))
         if fixed:
             raise ConfigError(f"cannot change while running: {', '.join(fixed)} (fixed at "
                               "start; restart the emulator with the new value)")
@@ -428,16 +428,17 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Emulator
 
 #: Fields whose changes on a running emulator are *not* picked up (fixed at start or reset).
 STATIC_FIELDS: frozenset[str] = frozenset({"slots", "ground_truth_max"})
-#: id of each configuration a running gateway serves -> how many gateways serve it.
-_SERVED: dict[int, int] = {}
+#: id of each configuration a running gateway serves -> (how many gateways serve it, the
+#: configuration itself: a marked id is never another object's, as the entry keeps it alive).
+_SERVED: dict[int, tuple[int, EmulatorConfig]] = {}
 
 
 def serving(config: EmulatorConfig, on: bool) -> None:
     """Mark *config* as served by a gateway (its STATIC_FIELDS are then fixed), or no longer."""
     key = id(config)
-    count = _SERVED.get(key, 0) + (1 if on else -1)
+    count = _SERVED.get(key, (0, config))[0] + (1 if on else -1)
     if count > 0:
-        _SERVED[key] = count
+        _SERVED[key] = (count, config)
     else:
         _SERVED.pop(key, None)
 

@@ -39,9 +39,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 async def _start(config: EmulatorConfig, host: str, port: int) -> tuple[asyncio.Server, Gateway]:
     loop = asyncio.get_running_loop()
     gw = Gateway(config, loop)
-    server = await loop.create_server(
-        lambda: HttpConnection(gw), host, port, backlog=BACKLOG, reuse_address=True
-    )
+    try:
+        server = await loop.create_server(
+            lambda: HttpConnection(gw), host, port, backlog=BACKLOG, reuse_address=True
+        )
+    except BaseException:
+        gw.close()  # it serves nothing: its configuration is free to change again
+        raise
     return server, gw
 
 

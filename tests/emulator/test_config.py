@@ -180,3 +180,19 @@ def test_fields_fixed_at_start_cannot_be_changed_while_the_emulator_runs():
         config.fault_500 = 0.2  # a live field
     config.slots = 1  # stopped: the next start takes it
     assert config.slots == 1
+
+
+def test_an_emulator_that_could_not_start_leaves_its_config_free():
+    import socket
+
+    from batchrunner.emulator import running_emulator
+
+    config = EmulatorConfig()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            with running_emulator(config, port=taken.getsockname()[1]):
+                pass
+    config.slots = 3  # not "cannot change while running": nothing runs
+    assert config.slots == 3
