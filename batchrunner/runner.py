@@ -186,7 +186,7 @@ class _Session:
     _pending_rows: list[dict[str, Any]] = field(default_factory=list)
     _flush_scheduled: bool = False
     _consecutive_config_errors: int = 0
-    _answered: bool = False  # a request of this session has succeeded
+    answered: bool = False  # a request of this run has succeeded
     failed_on_config: bool = False
     _drain_handle: asyncio.TimerHandle | None = None
     _duration_handle: asyncio.TimerHandle | None = None
@@ -260,12 +260,12 @@ class _Session:
         # "failed to create async job" (the protocol spec, SubmitJob): a key problem as well.
         refused_job = status == 400 and ASYNC_CREATE_FAILED in (row.get("error_message") or "")
         # A 404 naming the request's model ("model: claude-x" from Anthropic) is that model's
-        # problem (retired, misspelt): once some request of the session has succeeded, the
+        # problem (retired, misspelt): once some request of the run has succeeded, the
         # gateway and key work, and a set sorted by model must not stop at every block of a
         # retired one. Before that (a mistyped --model, say) it counts as any 404.
         model = row.get("model_requested")
         model_refused = status == 404 and model and model in (row.get("error_message") or "")
-        if model_refused and self._answered:
+        if model_refused and self.answered:
             return
         # Only plain errors count: an expired job's 404 says nothing about the configuration.
         if row.get("status") == Status.ERROR.value and (
@@ -292,7 +292,7 @@ class _Session:
                 self.stop("the gateway keeps failing every request")
         elif row.get("status") == Status.OK.value:
             self._consecutive_config_errors = 0
-            self._answered = True
+            self.answered = True
 
     def on_reject(self, reject: Reject) -> None:
         # Runs on the source thread; one short write per rejected line.
@@ -1079,6 +1079,10 @@ async def _run_in_store(
             with (run_dir / "rejects.jsonl").open(rejects_mode, buffering=0) as rejects:
                 session = _Session(config, store, client, run_id, stats, rejects, stderr, quiet)
                 session.redo_indices = redo_indices
+                # A resumed run whose earlier sessions had answers: the gateway and key worked,
+                # so a model's 404 is that model's (a resume may start in its block of rows).
+                earlier = ((info.get("summary") or {}).get("status") or {}).get("ok")
+                session.answered = isinstance(earlier, int) and earlier > 0
                 if handle_signals:
                     signals.install(session.on_sigint, session.on_sigterm)
                 try:

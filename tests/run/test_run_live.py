@@ -365,6 +365,12 @@ def test_a_404_for_the_requests_model_fails_its_rows_without_stopping_the_run(
         # A 404 that does not name the model (a wrong path) still stops the run.
         wrong_path = run(requests, f"{emu.base_url}/nowhere/v1/messages", tmp_path / "path",
                          concurrency=1, retry=RetryPolicy(max_retries=0))
+        # A resume that starts inside the retired model's block: the run's earlier session
+        # had answers, so the gateway and key work (it stopped after 20, at every resume).
+        first = run(requests, emu.base_url, tmp_path / "resumed", concurrency=1,
+                    max_requests=5, retry=RetryPolicy(max_retries=0))
+        resumed = run(requests, emu.base_url, tmp_path / "resumed", concurrency=1,
+                      retry=RetryPolicy(max_retries=0))
         # Nothing of the session answered yet: a model every request asks for and the
         # gateway refuses (a mistyped --model) stops the run as before.
         mistyped = run(requests, emu.base_url, tmp_path / "typo", concurrency=1,
@@ -372,6 +378,9 @@ def test_a_404_for_the_requests_model_fails_its_rows_without_stopping_the_run(
     assert done.exit_code == EXIT_OK, done.message
     assert done.summary["status"] == {"ok": 10, "error": 30}
     assert wrong_path.exit_code == EXIT_ABORTED and "404" in wrong_path.message
+    assert first.summary["status"] == {"ok": 5}
+    assert resumed.exit_code == EXIT_OK, resumed.message
+    assert resumed.summary["status"] == {"ok": 10, "error": 30}
     assert mistyped.exit_code == EXIT_ABORTED
     assert mistyped.message.endswith(
         "refused with HTTP 404 (not_found_error: model claude-old-1 is failing (emulated)); "
