@@ -49,6 +49,9 @@ _STAGE = {
     "goodput_rps": _number, "output_tokens_per_s": _number, "client_cpu": _number,
     "verdict": _text, "slo_met": _flag, "slos": [_object],
 }
+#: The saturation search's result (``bench.json``, and ``run.json`` after a bench).
+_SATURATION = {"highest_passing_rate": _number, "lowest_failing_rate": _number,
+               "failure": _text, "note": _text}
 RUN_JSON: dict[str, Any] = {
     "name": _text, "run_id": _text, "status": _text, "gateway": _text, "kind": _text,
     "config": _CONFIG,
@@ -58,9 +61,9 @@ RUN_JSON: dict[str, Any] = {
     "bench": {"stages": [{"name": _text, "rate": _number, "concurrency": _count}],
               "slos": [_text]},
     "stages": [_STAGE],
-    "saturation": _object,
+    "saturation": _SATURATION,
 }
-BENCH_JSON: dict[str, Any] = {"stages": [_STAGE], "saturation": _object}
+BENCH_JSON: dict[str, Any] = {"stages": [_STAGE], "saturation": _SATURATION}
 
 
 def checked_run_info(info: Any, path: str,

@@ -206,12 +206,14 @@ def test_a_run_json_field_of_the_wrong_type_is_left_out_with_a_warning(make_run,
 def test_a_bench_json_field_of_the_wrong_type_is_left_out_with_a_warning(make_run):
     run_dir = make_run([row(input_index=0, stage="c=1")], info={"kind": "bench"})
     (run_dir / "bench.json").write_text(
-        '{"stages": [{"stage": "c=1", "requests": "12", "verdict": 3, "slos": [1]}]}')
+        '{"stages": [{"stage": "c=1", "requests": "12", "verdict": 3, "slos": [1]}], '
+        '"saturation": {"highest_passing_rate": "400"}}')
     result = invoke(str(run_dir))
     assert result.exit_code == 0, result.output
     for warning in ("stages[0].requests is a string ('12'), expected a count",
                     "stages[0].verdict is a number (3), expected a string",
-                    "stages[0].slos[0] is a number (1), not an object"):
+                    "stages[0].slos[0] is a number (1), not an object",
+                    "saturation.highest_passing_rate is a string ('400'), expected a number"):
         assert f"warning    {run_dir / 'bench.json'}: {warning}; left out" in result.output
 
 
