@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import numbers
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,11 @@ def run(
             attempt_s=timeout_s if timeout_s is not None else default.attempt_s,
         )
     if max_retries is not None:
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        whole = isinstance(max_retries, numbers.Real) and not isinstance(max_retries, bool) and (
+            float(max_retries).is_integer())
+        if not whole or max_retries < 0:
             raise ConfigError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
-        config.retry = RetryPolicy(max_retries=max_retries)
+        config.retry = RetryPolicy(max_retries=int(max_retries))
     if http_client is not None and transport is not None:
         raise ConfigError("give transport= or http_client=, not both")
     kwargs: dict[str, Any] = {"transport": transport, "http_client": http_client, "quiet": quiet}

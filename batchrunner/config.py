@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,8 @@ class RunConfig:
                 raise ConfigError(f"{_TIMEOUT_OPTIONS[name]} must be > 0 seconds")
         if self.retry.max_retries < 0:
             raise ConfigError("--max-retries must be >= 0")
+        if isinstance(self.headers, Mapping) and not isinstance(self.headers, dict):
+            self.headers = dict(self.headers)  # httpx.Headers, a mappingproxy
         if not isinstance(self.headers, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
         ):
@@ -283,13 +286,15 @@ class RunConfig:
             # From Python (batchrunner.run) any object gets here; the CLI parses numbers.
             # numpy's numbers are taken as the plain ones they stand for (run.json holds them).
             whole = option in _INTEGER_OPTIONS
-            kind = numbers.Integral if whole else numbers.Real
-            if isinstance(value, bool) or not isinstance(value, kind):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
+                whole and not float(value).is_integer()  # max_requests=1e6 is a whole number
+            ):
                 what = "a whole number" if whole else "a number"
                 raise ConfigError(f"{option} must be {what}, got {value!r}")
-            if type(value) not in (int, float):
-                value = int(value) if isinstance(value, numbers.Integral) else float(value)
-                object.__setattr__(holder, name, value)  # also through a frozen dataclass
+            plain = int(value) if whole else value if type(value) is int else float(value)
+            if plain is not value:
+                object.__setattr__(holder, name, plain)
+                value = plain
             if isinstance(value, float):
                 if math.isnan(value):
                     raise ConfigError(f"{option} must be a number, got nan")

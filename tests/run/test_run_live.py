@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import types
 from pathlib import Path
 from unittest import mock
 
@@ -705,9 +706,13 @@ def test_library_run_checks_its_arguments_and_sets_each_timeout(
     # numpy's numbers (a notebook's) are the plain ones they stand for, as run.json stores them
     import numpy as np
 
-    config = RunConfig(requests=requests, concurrency=np.int64(2), rate=np.float32(5.0))
+    config = RunConfig(requests=requests, concurrency=np.int64(2), rate=np.float32(5.0),
+                       max_requests=1e6, ttl_s=3600.0, headers=types.MappingProxyType({"a": "b"}))
     config.validate()
     assert (type(config.concurrency), type(config.rate)) == (int, float)
+    assert (config.max_requests, type(config.ttl_s), config.headers) == (10**6, int, {"a": "b"})
+    assert batchrunner.run(requests, out=tmp_path / "np", emulator_profile="instant",
+                           max_retries=np.int64(1), concurrency=4.0).status == "finished"
     with make_emulator(fault_stall=1.0) as emu:
         for name, kw, expected in (
             (
