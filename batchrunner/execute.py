@@ -122,19 +122,20 @@ async def execute(
             delay = attempt_retry_delay(ctx, attempt, attempts - holds)
             if delay is None:
                 break
-            if ctx.stopping() and ctx.stage is None:
+            if not ctx.stopping():
+                await asyncio.sleep(delay)
+            if ctx.stopping():  # before the back-off, or during it: no retry is sent
+                if ctx.stage is not None:
+                    # A bench stage is never resumed: the gateway's failure is the stage's
+                    # figure, and an error row keeps its status and type.
+                    break
                 # A retry the stop skipped is not a failure: cancelled, so that a plain resume
-                # sends the request again (as a failed row it waited for --retry-failed). Not
-                # in a bench stage (stage set), which is never resumed: there the gateway's
-                # failure is the stage's figure, and an error row keeps its status and type.
+                # sends the request again (as a failed row it waited for --retry-failed).
                 ctx.emit(cancelled_row(
                     record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
                     first_sent_at, not_retried(attempt),
                 ))  # fmt: skip
                 return
-            if ctx.stopping():
-                break
-            await asyncio.sleep(delay)
     except asyncio.CancelledError:
         if first_sent is None and attempts:
             first_sent, first_sent_at = starting, starting_at

@@ -242,18 +242,19 @@ async def _submit(
         # too: a budget per submit let a job failing upstream be sent again without end. Not
         # those that waited for an unreachable gateway, which never saw them.
         delay = attempt_retry_delay(ctx, attempt, attempts - tries.holds)
-        if delay is not None and ctx.stopping():
-            ctx.emit(cancelled_row(
-                record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled, scheduled_at,
-                attempts, first.sent, first.sent_at, "submit " + not_retried(attempt),
-            ))  # fmt: skip
-            return None
         if delay is None:
             row = _row(record, ctx, attempt, first, attempts, scheduled, scheduled_at)
             row["error_message"] = f"submit failed: {row.get('error_message')}"
             ctx.emit(row)
             return None
-        await asyncio.sleep(delay)
+        if not ctx.stopping():
+            await asyncio.sleep(delay)
+        if ctx.stopping():  # before the back-off or during it: cancelled, as in execute
+            ctx.emit(cancelled_row(
+                record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled, scheduled_at,
+                attempts, first.sent, first.sent_at, "submit " + not_retried(attempt),
+            ))  # fmt: skip
+            return None
 
 
 def _row(

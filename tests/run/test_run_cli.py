@@ -557,3 +557,26 @@ def test_a_pipe_as_input_is_named_as_such_not_as_missing(tmp_path):
         "once (to fingerprint it for resume, to count it, to send it): save it to a file first"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_request_waiting_to_retry_when_the_run_stops_sends_no_retry(
+    make_emulator, requests_file, tmp_path
+):
+    # The stop was checked only before the back-off: a request already waiting (here the 2 s
+    # a 429's retry-after asks) sent its retry after the Ctrl-C, during the drain.
+    out = tmp_path / "out"
+    with make_emulator(fault_429=1.0, retry_after_s=2) as emu:
+        proc = start_run(str(requests_file(10)), "--gateway", emu.base_url, "--out", str(out),
+                         "-c", "2")
+        deadline = time.monotonic() + 20
+        while emu.stats()["requests"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        sent = emu.stats()["requests"]
+    assert proc.returncode == 3, stderr
+    assert sent == 2, (sent, stderr)  # the two first attempts, no retry
+    rows = read_rows(out)
+    assert len(rows) == 2 and set(rows["status"]) == {"cancelled"}
+    assert rows["error_message"].str.contains("not retried: the run stopped before the retry",
+                                              regex=False).all()
