@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shlex
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -111,6 +112,20 @@ def open_source(
     return ParquetSource(p, display, prompt_column, metadata_columns)
 
 
+def _wide_encoding(head: bytes) -> str | None:
+    """The UTF-16/32 encoding that the first bytes of a text file show, by its byte order mark
+    or by where its NUL bytes are (UTF-8 JSON never holds one); None for anything else."""
+    if head[:4] in (b"\xff\xfe\0\0", b"\0\0\xfe\xff"):
+        return "UTF-32"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16"
+    if b"\0" not in head:
+        return None
+    if len(head) == 4 and head.count(b"\0") == 3:
+        return "UTF-32LE" if head[0] else "UTF-32BE"
+    return "UTF-16LE" if head[1:2] == b"\0" else "UTF-16BE"
+
+
 def truncate(text: str) -> str:
     return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT]
 
@@ -145,12 +160,18 @@ class JsonlSource:
                 head = f.read(4)
         except (OSError, EOFError, zlib.error):
             return  # said when the file is read
-        # A byte order mark, or a NUL byte, which UTF-8 JSON text never holds.
-        if head[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\0" in head:
-            raise FormatError(
-                f"{self.display}: the file is UTF-16 (or UTF-32), not UTF-8; JSONL must be UTF-8: "
-                f"convert it, e.g. iconv -f UTF-16 -t UTF-8 {self.display} > fixed.jsonl"
-            )
+        if head[:2] == b"\x1f\x8b" and not self._gzip:
+            raise FormatError(f"{self.display}: the file is gzip-compressed; rename it to "
+                              f"{self.display}.gz so that it is read as such")
+        wide = _wide_encoding(head)
+        if wide is None:
+            return
+        name = shlex.quote(self.display)
+        convert = f"iconv -f {wide} -t UTF-8"
+        how = (f"gunzip -c {name} | {convert} | gzip > fixed.jsonl.gz" if self._gzip
+               else f"{convert} {name} > fixed.jsonl")
+        raise FormatError(f"{self.display}: the file is {wide}, not UTF-8; JSONL must be UTF-8: "
+                          f"convert it, e.g. {how}")
 
     def count(self) -> int:
         """Number of non-blank lines, scanning 1 MiB blocks (no parsing)."""

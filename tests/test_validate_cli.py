@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import orjson
@@ -202,13 +203,25 @@ def test_bytes_that_are_not_utf8_are_located_and_shown(tmp_path):
         in result.output
     assert "surrogates" not in result.output
     # A UTF-16 file (with or without its byte order mark) is refused whole, not line by line.
-    for codec in ("utf-16", "utf-16-le", "utf-16-be"):
-        utf16 = tmp_path / f"{codec}.jsonl"
-        utf16.write_bytes('{"model":"m","max_tokens":16,"messages":[]}\n'.encode(codec))
-        result = run(str(utf16))
+    line = '{"model":"m","max_tokens":16,"messages":[]}\n'
+    for codec, named in (("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"),
+                         ("utf-16-be", "UTF-16BE"), ("utf-32", "UTF-32"),
+                         ("utf-32-le", "UTF-32LE"), ("utf-32-be", "UTF-32BE")):
+        wide = tmp_path / f"{codec}.jsonl"
+        wide.write_bytes(line.encode(codec))
+        result = run(str(wide))
         assert result.exit_code == 2, (codec, result.output)
-        assert (f"{utf16}: the file is UTF-16 (or UTF-32), not UTF-8; JSONL must be UTF-8: "
-                "convert it") in result.output
+        assert (f"{wide}: the file is {named}, not UTF-8; JSONL must be UTF-8: convert it, e.g. "
+                f"iconv -f {named} -t UTF-8 {wide} > fixed.jsonl") in result.output
+        assert line.encode(codec).decode(named.lower()) == line  # the command's codec is right
+    packed = tmp_path / "set.jsonl"  # gzip without the .gz name
+    packed.write_bytes(gzip.compress(line.encode()))
+    result = run(str(packed))
+    assert result.exit_code == 2
+    assert f"{packed}: the file is gzip-compressed; rename it to {packed}.gz" in result.output
+    for empty in ("", "\n"):  # valid UTF-8 files are never refused
+        (tmp_path / "e.jsonl").write_text(empty)
+        assert run(str(tmp_path / "e.jsonl")).exit_code == 1  # no rows, not an encoding error
 
 
 def test_reasons_for_a_forgotten_params_and_an_oversized_integer_id(tmp_path):
