@@ -480,7 +480,8 @@ class _StageRunner:
     def _signal_workers(self) -> None:
         for proc in self._workers:
             if proc.returncode is None:
-                proc.send_signal(signal.SIGINT)
+                with contextlib.suppress(ProcessLookupError):  # it has just exited
+                    proc.send_signal(signal.SIGINT)
 
     def close(self) -> None:
         self._devnull.close()

@@ -310,7 +310,8 @@ def bench(
                 if options.get("arrival") is None
                 else poisson_without_open_loop("--arrival poisson", "--arrival")
             )
-        timeout = values.get("timeout") or 120.0
+        timeout = values.get("timeout")
+        timeout = 120.0 if timeout is None else timeout  # a 0 is refused, not the default
         run = RunConfig(
             requests=requests or Path(),
             gateway=values.get("gateway"),

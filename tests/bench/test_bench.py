@@ -650,6 +650,7 @@ def test_low_rate_throughput_and_failing_stages_are_reported_as_they_are():
          "--slo ttft_p99=0.5: ttft is measured only with --mode stream (this bench is --mode "
          "sync); use latency or ttfb SLOs, or --mode stream"),
         (["-c", "1", "--mode", "sync", "--slo", "itl_p99=0.01"], "itl is measured only with"),
+        (["-c", "1", "--timeout", "0"], "--timeout must be > 0 seconds"),  # was the default
         (["-c", "1", "--stage-requests", "0"], "--stage-requests must be at least 1"),
         (["-c", "1", "--slo", "ttft_p99=-1"], "the limit must be a number of seconds >= 0"),
         (["-c", "1", "--slo", "error_rate=-0.1"], "between 0 and 1"),
