@@ -287,7 +287,8 @@ class RunConfig:
             # numpy's numbers are taken as the plain ones they stand for (run.json holds them).
             whole = option in _INTEGER_OPTIONS
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
-                whole and not float(value).is_integer()  # max_requests=1e6 is a whole number
+                whole and not isinstance(value, numbers.Integral)
+                and not float(value).is_integer()  # max_requests=1e6 is a whole number
             ):
                 what = "a whole number" if whole else "a number"
                 raise ConfigError(f"{option} must be {what}, got {value!r}")

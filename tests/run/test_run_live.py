@@ -689,6 +689,7 @@ def test_library_run_checks_its_arguments_and_sets_each_timeout(
         ({"concurrency": 2.5}, "--concurrency must be a whole number, got 2.5"),
         ({"concurrency": "8"}, "--concurrency must be a whole number, got '8'"),
         ({"concurrency": True}, "--concurrency must be a whole number, got True"),
+        ({"max_requests": 10**400}, "--max-requests is too large"),  # not an OverflowError
         ({"rate": "5"}, "--rate must be a number, got '5'"),
         ({"seed": "x"}, "--seed must be a whole number, got 'x'"),
         ({"max_retries": "3"}, "max_retries must be a whole number >= 0, got '3'"),
