@@ -61,6 +61,7 @@ _NUMBER_OPTIONS = {
     "max_rate": "--max-rate / --rpm",
     "max_requests": "--max-requests",
     "duration_s": "--duration",
+    "max_cost_usd": "--max-cost",
     "max_error_rate": "--max-error-rate",
     "drain_timeout_s": "--drain-timeout",
     "max_outage_s": "--max-outage",
@@ -97,6 +98,8 @@ class RunConfig:
     max_rate: float | None = None
     max_requests: int | None = None
     duration_s: float | None = None
+    #: Stop starting requests once the run's rows have cost this many dollars (list prices).
+    max_cost_usd: float | None = None
     out: Path | None = None
     results_root: Path = Path("results")
     resume: bool = False
@@ -162,6 +165,14 @@ class RunConfig:
             raise ConfigError("--max-requests must be >= 0")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ConfigError("--duration must be > 0 seconds")
+        if self.max_cost_usd is not None:
+            if self.max_cost_usd <= 0:
+                raise ConfigError("--max-cost must be > 0 dollars")
+            if self.mode is Mode.ASYNC:
+                raise ConfigError(
+                    "--max-cost works with --mode sync and stream: async jobs are all submitted "
+                    "before their results (and costs) come back, so it could not hold them back"
+                )
         if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
             raise ConfigError("--max-error-rate must be between 0 and 1 (e.g. 0.05)")
         if self.drain_timeout_s < 0:

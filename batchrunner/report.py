@@ -43,6 +43,7 @@ from batchrunner.schedule_check import ScheduleCheck, open_loop_sessions
 from batchrunner.schema import RESULT_SCHEMA, conform
 
 __all__ = [
+    "COST_COLUMNS",
     "GROUP_COLUMNS",
     "METRICS",
     "REPORT_VERSION",
@@ -54,6 +55,7 @@ __all__ = [
     "load_run",
     "outstanding_cost",
     "parse_group_keys",
+    "price_rows",
     "summarize_table",
 ]
 
@@ -83,6 +85,9 @@ _BASE_COLUMNS = (
     "http_status", "scheduled_at", "sent_at", "submitted_at", "completed_at", *METRICS,
     *_TOKEN_COLUMNS, *_USAGE_COLUMNS,
 )
+#: Columns :func:`price_rows` needs.
+COST_COLUMNS: list[str] = ["model", "model_requested", "scheduled_at", "sent_at", "completed_at",
+                           *_TOKEN_COLUMNS, *_USAGE_COLUMNS]
 #: Columns :func:`summarize_table` needs (the runner reads just these at the end of a run).
 SUMMARY_COLUMNS: list[str] = list(_BASE_COLUMNS)
 _STATUSES = ("ok", "error", "timeout", "expired", "cancelled")
@@ -378,27 +383,23 @@ def _metadata_fast(texts: list[str | None], path: Sequence[str]) -> np.ndarray |
     return np.array(labels, dtype=object)[idx]
 
 
-def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
-           ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The rows as a DataFrame of plain numpy columns, with cost columns added.
+def price_rows(table: pa.Table, book: PriceBook, cols: dict[str, Any],
+               ) -> tuple[list[tuple[str | None, date]], np.ndarray, list[Any]]:
+    """Price each row of *table* (at least :data:`COST_COLUMNS`) the way every report does.
 
-    Instants become float epoch seconds, nulls NaN; tokens become floats with nulls as 0 (and a
-    ``has_usage`` flag); ``model_key`` is the priced model name. Error messages are kept for
-    failed rows only. Also returns the rate card used for each model (None if unpriced).
+    Adds to *cols*: ``has_usage``, the usage flags (``is_fast``, ``is_geo_us``, ``is_batch``,
+    ``is_priority``), ``web_search_requests``, ``web_fetch_requests``, ``tok_<category>``,
+    ``model_key`` and ``cost_<category>`` / ``cost_web_search`` / ``cost_total`` (NaN where a
+    row cannot be priced); ``sent_at``, ``scheduled_at`` and ``completed_at`` (which date the
+    rates) are read from *table* unless *cols* has them.
+
+    :return: the distinct (priced model, UTC day) keys, each row's index in them, and each
+        key's rate card (None when unpriced).
     """
     n = table.num_rows
-    cols: dict[str, Any] = {}
-    cols["status"] = _labels(table, "status")
-    cols["error_type"] = _labels(table, "error_type")
-    failed = np.flatnonzero(cols["status"] != "ok")
-    messages = np.full(n, None, dtype=object)
-    if failed.size:
-        messages[failed] = table.column("error_message").take(failed).to_pylist()
-    cols["error_message"] = messages
-    cols["http_status"] = _floats(table, "http_status")
-    cols["input_index"] = _floats(table, "input_index")
-    for name in ("scheduled_at", "sent_at", "submitted_at", "completed_at", *METRICS):
-        cols[name] = _floats(table, name)
+    for name in ("scheduled_at", "sent_at", "completed_at"):
+        if name not in cols:
+            cols[name] = _floats(table, name)
     tokens = {name: _floats(table, name) for name in _TOKEN_COLUMNS}
     cols["has_usage"] = np.zeros(n, dtype=bool)
     for arr in tokens.values():
@@ -443,6 +444,31 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
     costs, cards = cost_arrays(book, keys, codes, usage)
     for category, arr in costs.items():
         cols[f"cost_{category}"] = arr
+    return keys, codes, cards
+
+
+def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
+           ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows as a DataFrame of plain numpy columns, with cost columns added.
+
+    Instants become float epoch seconds, nulls NaN; tokens become floats with nulls as 0 (and a
+    ``has_usage`` flag); ``model_key`` is the priced model name. Error messages are kept for
+    failed rows only. Also returns the rate card used for each model (None if unpriced).
+    """
+    n = table.num_rows
+    cols: dict[str, Any] = {}
+    cols["status"] = _labels(table, "status")
+    cols["error_type"] = _labels(table, "error_type")
+    failed = np.flatnonzero(cols["status"] != "ok")
+    messages = np.full(n, None, dtype=object)
+    if failed.size:
+        messages[failed] = table.column("error_message").take(failed).to_pylist()
+    cols["error_message"] = messages
+    cols["http_status"] = _floats(table, "http_status")
+    cols["input_index"] = _floats(table, "input_index")
+    for name in ("scheduled_at", "sent_at", "submitted_at", "completed_at", *METRICS):
+        cols[name] = _floats(table, name)
+    keys, codes, cards = price_rows(table, book, cols)
     # Fast-mode rows of a priced model that has no fast-mode rates: unpriced for that reason.
     no_fast = np.array([c is not None and c.fast is None for c in cards], dtype=bool)
     cols["fast_unpriced"] = cols["is_fast"] & no_fast[codes] if len(cards) else cols["is_fast"]

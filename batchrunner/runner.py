@@ -53,7 +53,8 @@ from batchrunner.outage import GatewayOutage
 from batchrunner.pacing import Pacer, RateCeiling, schedule_offsets
 from batchrunner.polling import PollPlanner
 from batchrunner.progress import LiveStats, ProgressDisplay
-from batchrunner.report import outstanding_cost, session_starts
+from batchrunner.report import COST_COLUMNS, outstanding_cost, session_starts
+from batchrunner.report_text import fmt_usd
 from batchrunner.rundir import (
     RUN_FORMAT,
     RUN_JSON,
@@ -69,6 +70,7 @@ from batchrunner.rundir import (
 )
 from batchrunner.schedule_check import open_loop_sessions
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
+from batchrunner.spend import SETTLE_INTERVAL_S, SpendMeter
 from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
 from batchrunner.store import (
     JOBS_FILE,
@@ -204,6 +206,8 @@ class _Session:
     #: Open loop: epoch instant the schedule starts and this process's offset in it.
     start_at: float | None = None
     phase_s: float = 0.0
+    #: ``--max-cost``: what the run's rows have cost so far.
+    spend: SpendMeter | None = None
 
     def __post_init__(self) -> None:
         self.redact = Redactor(self.config.secret_values())
@@ -220,6 +224,8 @@ class _Session:
             row["stage"] = f"{self.stage}{WARMUP_SUFFIX}"
         if self.on_row is not None:
             self.on_row(row)
+        if self.spend is not None:
+            self.spend.add(row)
         self.stats.record(row)
         self._track_config_errors(row)
         self._pending_rows.append(row)
@@ -617,6 +623,31 @@ class _Session:
         if self.start_at is not None:  # an agreed start (bench): be ready a little before it
             within = min(within, self.start_at + self.phase_s - time.time() - 0.005)
         await self.client.open_ahead(n, within)
+
+    async def watch_spend(self) -> None:
+        """Price the finished rows a few times a second; stop starting requests once they
+        have cost ``--max-cost``."""
+        while True:
+            await asyncio.sleep(SETTLE_INTERVAL_S)
+            self.check_spend()
+
+    def check_spend(self, final: bool = False) -> None:
+        """Price the rows finished since the last look; stop once the limit is reached (unless
+        *final*: sending is over)."""
+        spend = self.spend
+        if spend is None:
+            return
+        for model in spend.settle():
+            self._say(
+                f"Warning: --max-cost cannot count {model}'s rows: genai-prices has no price "
+                "for that model (they are counted apart, in run.json's spend)"
+            )
+        if spend.reached and not self.stopping and not final:
+            self.stop(
+                f"--max-cost {spend.limit_usd:,.10g} reached: the run's rows cost "
+                f"{fmt_usd(spend.spent_usd)} at list prices; requests in flight were let finish. "
+                "To go on, resume with a higher --max-cost"
+            )
 
     async def compactor(self) -> None:
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -1252,10 +1283,14 @@ async def _drive(
                 seen=seen,
             )
         feed = RecordFeed(source, config.max_requests)
+    if config.max_cost_usd is not None:
+        await _start_spend(session)
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
     try:
         async with asyncio.TaskGroup() as tg:
             helpers = [tg.create_task(display.run()), tg.create_task(session.compactor())]
+            if session.spend is not None:
+                helpers.append(tg.create_task(session.watch_spend()))
             if session.poller is not None:
                 for job in restored:
                     session.poller.add(job, 0.0)
@@ -1293,6 +1328,24 @@ async def _drive(
         session.finishing = True  # every request has its row: nothing is left to stop
         await feed.aclose()
         session.flush()
+        session.check_spend(final=True)  # the rows drained after a stop: run.json's figure
+
+
+async def _start_spend(session: _Session) -> None:
+    """Set up ``--max-cost`` with what the run's earlier sessions have already spent (every
+    row in the store, priced as the report prices it), and stop at once if that is enough."""
+    config, store = session.config, session.store
+    assert config.max_cost_usd is not None
+    spend = SpendMeter(config.max_cost_usd)
+    if store.done_count:
+        await asyncio.to_thread(spend.add_batches, store.iter_batches(COST_COLUMNS))
+    session.spend = spend
+    if spend.reached:
+        session.stop(
+            f"--max-cost {spend.limit_usd:,.10g} already reached: the run's rows cost "
+            f"{fmt_usd(spend.spent_usd)} at list prices, so nothing was sent. To go on, resume "
+            "with a higher --max-cost"
+        )
 
 
 def _taken_ids(store: RunStore, jobs: list[Job]) -> DuplicateDetector:
@@ -1367,6 +1420,8 @@ async def _finish(
         session.cannot_write(exc)
     # Before the summary: its schedule check names this session's outages (open_loop_sessions).
     session_info["gateway_outages"] = _outages(session)
+    if session.spend is not None:
+        session_info["spend"] = session.spend.describe()
     # Part by part: the whole table (and a frame of it) would cost ~1 GB per million rows.
     summary = await loop.run_in_executor(
         session.background,

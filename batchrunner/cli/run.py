@@ -31,7 +31,8 @@ from batchrunner.cli.validate import source_options
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0  finished (or stopped by --max-requests/--duration) within --max-error-rate
+  0  finished (or stopped by --max-requests/--duration/--max-cost) within
+     --max-error-rate
   1  internal error (set BATCHRUNNER_DEBUG=1 for the traceback)
   2  usage, configuration or input error (also: no valid request in the input);
      nothing was sent
@@ -109,6 +110,16 @@ Exit codes:
     metavar="SECONDS",
     help="Stop starting requests after this long (with --rate: after this much of the "
     "schedule; connecting ahead comes before it).",
+)
+@click.option(
+    "--max-cost",
+    "max_cost_usd",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="DOLLARS",
+    help="Stop starting requests once the run's rows (earlier sessions' included) have cost "
+    "this much at list prices (genai-prices); requests in flight finish, so the run can end "
+    "a little above it. Sync and stream modes.",
 )
 @click.option(
     "--out",

@@ -1,0 +1,140 @@
+"""`--max-cost`: a run stops starting requests once its rows have cost the limit (real emulator
+over loopback; costs from the bundled genai-prices data, as the summary prices them)."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from batchrunner.config import ConfigError, RunConfig
+from batchrunner.emulator.config import Dist
+from batchrunner.report import COST_COLUMNS, price_rows
+from batchrunner.runner import EXIT_OK, run_sync
+from batchrunner.schema import Mode
+from batchrunner.spend import SpendMeter
+
+from .conftest import read_rows, run_cli, write_requests
+
+
+def run(requests: Path, gateway: str, out: Path, stderr: io.StringIO | None = None, **kw):
+    config = RunConfig(requests=requests, gateway=gateway, out=out, **kw)
+    return run_sync(config, quiet=stderr is None, stderr=stderr, progress=False)
+
+
+def row_costs(run_dir: Path) -> pd.Series:
+    """Each row's cost, priced as the report prices it, in completion order."""
+    table = pa.Table.from_pandas(read_rows(run_dir)[COST_COLUMNS], preserve_index=False)
+    cols: dict = {}
+    price_rows(table, SpendMeter(1.0).book, cols)
+    frame = read_rows(run_dir).assign(cost=cols["cost_total"])
+    return frame.sort_values("completed_at")["cost"].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("mode", [Mode.SYNC, Mode.STREAM])
+def test_the_run_stops_starting_requests_once_its_rows_cost_the_limit(
+    make_emulator, tmp_path, mode
+):
+    requests = write_requests(tmp_path / "set.jsonl", 60, max_tokens=200)
+    with make_emulator(ttft=Dist("fixed", 0.02)) as emu:
+        full = run(requests, emu.base_url, tmp_path / "full", concurrency=1, mode=mode)
+        whole = full.summary["cost"]["total_usd"]
+        limit = whole / 3
+        capped = run(requests, emu.base_url, tmp_path / "capped", concurrency=1, mode=mode,
+                     max_cost_usd=limit)
+    assert capped.exit_code == EXIT_OK and capped.status == "incomplete", capped.message
+    assert capped.message.startswith(f"--max-cost {limit:,.10g} reached"), capped.message
+    costs = row_costs(tmp_path / "capped")
+    spent = costs.cumsum()
+    # It did not stop before the limit, and it stopped soon after: the row that reached it,
+    # then at most the rows of one pricing interval (0.1 s at ~20 ms a row) and the one in
+    # flight, with room for a slow machine.
+    assert spent.iloc[-1] >= limit
+    reached_at = int((spent >= limit).to_numpy().argmax())
+    assert len(costs) - (reached_at + 1) <= 15, (len(costs), reached_at)
+    assert len(costs) < 60
+    spend = orjson.loads((tmp_path / "capped" / "run.json").read_bytes())["sessions"][-1]["spend"]
+    assert spend["limit_usd"] == limit
+    assert math.isclose(spend["spent_usd"], capped.summary["cost"]["total_usd"], rel_tol=1e-9)
+    assert spend["unpriced_rows"] == 0 and spend["unpriced_models"] == []
+
+
+def test_a_resume_counts_the_earlier_sessions_spend(make_emulator, tmp_path):
+    requests = write_requests(tmp_path / "set.jsonl", 40, max_tokens=200)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.01)) as emu:
+        first = run(requests, emu.base_url, out, concurrency=2, max_requests=10)
+        spent = first.summary["cost"]["total_usd"]
+        emu.reset()
+        # The 10 rows already cost more than this: nothing more is sent.
+        again = run(requests, emu.base_url, out, concurrency=2, max_cost_usd=spent * 0.9)
+        assert emu.stats()["by_outcome"] == {}
+        higher = run(requests, emu.base_url, out, concurrency=2, max_cost_usd=1000.0)
+    assert again.status == "incomplete" and again.sent_this_session == 0
+    assert again.message.startswith(f"--max-cost {spent * 0.9:,.10g} already reached"), (
+        again.message)
+    assert higher.status == "finished" and higher.sent_this_session == 30
+    rows = read_rows(out)
+    assert sorted(rows["custom_id"]) == sorted(f"req-{i}" for i in range(40))
+    sessions = orjson.loads((out / "run.json").read_bytes())["sessions"]
+    assert "spend" not in sessions[0]
+    assert math.isclose(sessions[1]["spend"]["spent_usd"], spent, rel_tol=1e-9)
+    assert math.isclose(sessions[2]["spend"]["spent_usd"], higher.summary["cost"]["total_usd"],
+                        rel_tol=1e-9)
+
+
+def test_rows_of_a_model_without_a_price_are_counted_apart_and_named_once(
+    make_emulator, tmp_path
+):
+    requests = write_requests(tmp_path / "set.jsonl", 12, model="acme-model-1")
+    stderr = io.StringIO()
+    with make_emulator() as emu:
+        result = run(requests, emu.base_url, tmp_path / "out", stderr=stderr, concurrency=2,
+                     max_cost_usd=0.5)
+    assert result.status == "finished", result.message
+    warnings = [line for line in stderr.getvalue().splitlines() if "--max-cost" in line]
+    assert warnings == [
+        "Warning: --max-cost cannot count acme-model-1's rows: genai-prices has no price for "
+        "that model (they are counted apart, in run.json's spend)"
+    ]
+    spend = orjson.loads((tmp_path / "out" / "run.json").read_bytes())["sessions"][-1]["spend"]
+    assert spend["unpriced_rows"] == 12 and spend["unpriced_models"] == ["acme-model-1"]
+    assert spend["spent_usd"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"max_cost_usd": 0}, "--max-cost must be > 0 dollars"),
+        ({"max_cost_usd": -1.5}, "--max-cost must be > 0 dollars"),
+        ({"max_cost_usd": float("nan")}, "--max-cost must be a number, got nan"),
+        ({"max_cost_usd": "5"}, "--max-cost must be a number, got '5'"),
+        ({"max_cost_usd": 5.0, "mode": Mode.ASYNC},
+         "--max-cost works with --mode sync and stream"),
+    ],
+)
+def test_bad_limits_are_refused_before_anything_is_created(tmp_path, kw, message):
+    config = RunConfig(requests=write_requests(tmp_path / "set.jsonl", 2), out=tmp_path / "o",
+                       **kw)
+    with pytest.raises(ConfigError) as err:
+        config.validate()
+    assert str(err.value).startswith(message), str(err.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_cli_takes_max_cost_and_says_how_to_go_on(tmp_path):
+    requests = write_requests(tmp_path / "set.jsonl", 30, max_tokens=200)
+    done = run_cli("run", str(requests), "--out", str(tmp_path / "o"), "-c", "1",
+                   "--max-cost", "0.002")
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "incomplete: --max-cost 0.002 reached: the run's rows cost $0.00" in done.stderr
+    assert "To go on, resume with a higher --max-cost" in done.stderr
+    assert f"Resume with: " in done.stderr
+    assert 0 < len(read_rows(tmp_path / "o")) < 30
+    bad = run_cli("run", str(requests), "--max-cost", "0")
+    assert bad.returncode == 2 and "--max-cost" in bad.stderr
