@@ -15,6 +15,8 @@ import time
 from collections import Counter, deque
 from typing import Any, TextIO
 
+from batchrunner.report_text import fmt_usd
+
 RECENT_LATENCIES = 2048
 REFRESH_S = 0.5
 #: With requests in flight and none finished for this long, the line says so instead of an
@@ -37,6 +39,9 @@ class LiveStats:
         self.output_tokens = 0
         self.rejected = 0
         self.jobs: Any = None  # async mode: a JobCounters (submitted, outstanding, polls)
+        #: ``--max-cost``: the run's spend so far and its limit, in dollars.
+        self.spent_usd: float | None = None
+        self.cost_limit_usd: float | None = None
         self._latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
         #: When :meth:`line` last saw ``done`` change (to REFRESH_S): a stall is seen from the
         #: display, at no cost per request.
@@ -85,6 +90,8 @@ class LiveStats:
         p50 = self.latency_p50()
         if p50 is not None:
             parts.append(f"p50 {p50 * 1000:,.0f} ms")
+        if self.spent_usd is not None and self.cost_limit_usd is not None:
+            parts.append(f"{fmt_usd(self.spent_usd)} of {fmt_usd(self.cost_limit_usd)}")
         now = time.perf_counter()
         if self.done != self._done_seen:
             self._done_seen, self.last_done = self.done, now

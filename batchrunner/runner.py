@@ -637,7 +637,9 @@ class _Session:
         spend = self.spend
         if spend is None:
             return
-        for model in spend.settle():
+        new_unpriced = spend.settle()
+        self.stats.spent_usd, self.stats.cost_limit_usd = spend.spent_usd, spend.limit_usd
+        for model in new_unpriced:
             self._say(
                 f"Warning: --max-cost cannot count {model}'s rows: genai-prices has no price "
                 "for that model (they are counted apart, in run.json's spend)"
@@ -1340,6 +1342,7 @@ async def _start_spend(session: _Session) -> None:
     if store.done_count:
         await asyncio.to_thread(spend.add_batches, store.iter_batches(COST_COLUMNS))
     session.spend = spend
+    session.stats.spent_usd, session.stats.cost_limit_usd = spend.spent_usd, spend.limit_usd
     if spend.reached:
         session.stop(
             f"--max-cost {spend.limit_usd:,.10g} already reached: the run's rows cost "

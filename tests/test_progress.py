@@ -68,3 +68,13 @@ async def test_display_is_silent_when_not_a_terminal():
     display = ProgressDisplay(LiveStats(total=1), stream)
     await display.run()
     assert stream.getvalue() == ""
+
+
+def test_a_run_with_a_spending_limit_shows_its_spend_against_it():
+    stats = LiveStats(total=100)
+    stats.record(row())
+    assert "$" not in stats.line()
+    stats.spent_usd, stats.cost_limit_usd = 12.3456, 25.0
+    assert " | $12.35 of $25.00 | " in stats.line()
+    stats.spent_usd, stats.cost_limit_usd = 0.00123, 0.002
+    assert " | $0.001230 of $0.002000 | " in stats.line()
