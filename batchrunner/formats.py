@@ -88,6 +88,13 @@ def open_source(
     try:
         if p.is_dir():
             raise FormatError(f"{display}: is a directory, not a request file")
+        if p.exists() and not p.is_file():
+            # Opening a pipe blocks until it has a writer, and what was read to check it
+            # would be gone: every reader opens the file again.
+            raise FormatError(
+                f"{display}: not a regular file (a pipe or device); batchrunner reads its input "
+                "more than once: save it to a file first"
+            )
         with p.open("rb"):
             pass
     except FileNotFoundError:
@@ -399,7 +406,11 @@ class ParquetSource:
         map_: bool = False,
         integer: bool = False,
     ) -> None:
-        t = types[name]
+        t = shown = types[name]
+        if isinstance(t, pa.BaseExtensionType):
+            # Parquet's JSON logical type (DuckDB's JSON columns) reads as extension<arrow.json>
+            # over plain text; its cells come back as the text.
+            t = t.storage_type
         ok = (
             pa.types.is_null(t)
             or (text and _is_text(t))
@@ -421,7 +432,7 @@ class ParquetSource:
                 if on
             ]
             raise FormatError(
-                f"{self.display}: column {name!r} has type {t}; expected "
+                f"{self.display}: column {name!r} has type {shown}; expected "
                 + (f"{', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1 else kinds[0])
             )
 
@@ -458,7 +469,8 @@ class ParquetSource:
                         if len(kept) < len(indices):
                             record_batch = record_batch.take(pa.array(kept, type=pa.int64()))
                             indices = [indices[j] for j in kept]  # type: ignore[assignment]
-                    values = [record_batch.column(c).to_pylist() for c in columns]
+                    errors: dict[int, str] = {}
+                    values = [_column_values(record_batch.column(c), c, errors) for c in columns]
                     ids = values[columns.index("custom_id")] if "custom_id" in columns else None
                     rows = []
                     for j, row_values in enumerate(zip(*values, strict=True)):
@@ -469,7 +481,7 @@ class ParquetSource:
                                 i,
                                 f"{display}#row {i}",
                                 given,
-                                None,
+                                errors.get(j),
                                 dict(zip(columns, row_values, strict=True)),
                             )
                         )
@@ -507,6 +519,33 @@ class ParquetSource:
         return truncate(text)
 
 
+def _column_values(column: pa.Array, name: str, errors: dict[int, str]) -> list[Any]:
+    """A column's cells as Python values; maps as dicts (JSON objects, wherever they are
+    nested: as pairs they were sent as arrays). A cell that cannot become one (text that is not
+    UTF-8, a timestamp beyond year 9999, a map with a key twice) is None, with its reason in
+    *errors* under its position, so that only its row is rejected."""
+    try:
+        return column.to_pylist(maps_as_pydicts="strict")
+    except (ValueError, OverflowError, pa.ArrowException):  # UnicodeDecodeError is a ValueError
+        pass
+    values: list[Any] = []
+    for j in range(len(column)):
+        try:
+            values.append(column[j].as_py(maps_as_pydicts="strict"))
+        except (ValueError, OverflowError, pa.ArrowException) as exc:
+            values.append(None)
+            errors.setdefault(j, f"column {name!r}: {_cell_error(exc)}")
+    return values
+
+
+def _cell_error(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not valid UTF-8 (byte {exc.start} of the value is {exc.object[exc.start]:02x})"
+    if isinstance(exc, OverflowError):
+        return f"a date or time outside the years 1-9999 ({_first_line(exc)})"
+    return _first_line(exc)
+
+
 def _cell_object(value: Any, name: str, *, required: bool) -> Any:
     """A struct, map or JSON-text cell as a dict; struct nulls (absent fields) are dropped."""
     if value is None:
@@ -523,9 +562,8 @@ def _cell_object(value: Any, name: str, *, required: bool) -> Any:
         if not isinstance(value, dict):
             raise RowError(f"{name} must be a JSON object, got {json_type(value)}")
         return value
-    if isinstance(value, list):  # a map column comes back as [(key, value), ...]
-        return {k: _drop_none(v) for k, v in value if v is not None}
-    # A struct: Parquet gives every field of the column's type, None where the row had none.
+    # A struct (Parquet gives every field of the column's type, None where the row had none)
+    # or a map.
     return _drop_none(value)
 
 

@@ -597,7 +597,7 @@ def test_parquet_params_json_text_and_metadata_map(tmp_path: Path) -> None:
     ]
     assert rejects[0].reason.startswith("params: invalid JSON")
     assert rejects[1].reason == "params is null"
-    assert orjson.loads(rejects[0].raw) == {"custom_id": 3, "params": "{bad", "metadata": []}
+    assert orjson.loads(rejects[0].raw) == {"custom_id": 3, "params": "{bad", "metadata": {}}
 
 
 def test_parquet_metadata_json_text(tmp_path: Path) -> None:
@@ -791,3 +791,99 @@ def test_rows_that_decode_but_cannot_be_encoded_again_are_rejected(tmp_path: Pat
     assert records == [] and rejects[0].reason == (
         "params cannot be sent as JSON: a value of a type JSON lacks: decimal.Decimal"
     )
+
+
+def test_parquet_maps_are_json_objects_wherever_they_are_nested(tmp_path):
+    # A map inside a struct params (metadata.user_id, a tool's JSON-schema properties) was
+    # sent as [[key, value], ...]: a real API refuses every such row.
+    props = pa.map_(pa.string(), pa.struct([("type", pa.string())]))
+    schema = pa.schema([
+        ("custom_id", pa.string()),
+        ("params", pa.struct([
+            ("model", pa.string()), ("max_tokens", pa.int64()),
+            ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+            ("metadata", pa.map_(pa.string(), pa.string())),
+            ("tools", pa.list_(pa.struct([
+                ("name", pa.string()),
+                ("input_schema", pa.struct([("type", pa.string()), ("properties", props)])),
+            ]))),
+        ])),
+        ("metadata", pa.struct([("split", pa.string()),
+                                ("labels", pa.map_(pa.string(), pa.string()))])),
+        ("tags", pa.map_(pa.string(), pa.int64())),
+    ])
+    row = {
+        "custom_id": "a",
+        "params": {"model": "m", "max_tokens": 5, "messages": MSG,
+                   "metadata": [("user_id", "u1")],
+                   "tools": [{"name": "w", "input_schema": {
+                       "type": "object", "properties": [("city", {"type": "string"})]}}]},
+        "metadata": {"split": "dev", "labels": [("lang", "en")]},
+        "tags": [("k", 1)],
+    }
+    path = tmp_path / "maps.parquet"
+    pq.write_table(pa.Table.from_pylist([row], schema=schema), path)
+    (record,), rejects = read(path, SourceOptions(metadata_columns=("tags",)))
+    assert rejects == []
+    body = orjson.loads(record.body)
+    assert body["metadata"] == {"user_id": "u1"}
+    assert body["tools"][0]["input_schema"]["properties"] == {"city": {"type": "string"}}
+    assert orjson.loads(record.metadata_json) == {
+        "split": "dev", "labels": {"lang": "en"}, "tags": {"k": 1}}
+
+
+def test_a_parquet_cell_python_cannot_decode_rejects_its_row_only(tmp_path):
+    # Text that is not UTF-8 (a writer that does not check) and a timestamp beyond year 9999
+    # stopped validate with a traceback and run with an internal error, at every resume.
+    text = pa.array([b"hello", b"caf\xe9", b"bye", b"ok"]).cast(pa.string(), safe=False)
+    when = pa.array([0, 5, 10**12, 7], type=pa.timestamp("s"))
+    path = tmp_path / "cells.parquet"
+    pq.write_table(pa.table({"prompt": text, "at": when}), path)
+    records, rejects = read(path, SourceOptions(model="m", max_tokens=5,
+                                                metadata_columns=("at",)))
+    assert [r.input_index for r in records] == [0, 3]
+    assert [(r.location, r.reason) for r in rejects] == [
+        (f"{path}#row 1", "column 'prompt': not valid UTF-8 (byte 3 of the value is e9)"),
+        (f"{path}#row 2", "column 'at': a date or time outside the years 1-9999 (date value "
+                          "out of range)"),
+    ]
+
+
+def test_a_parquet_json_column_is_json_text(tmp_path):
+    # Parquet's JSON logical type (DuckDB writes its JSON columns so) reads as an extension
+    # type over text: it was refused as "has type extension<arrow.json>".
+    path = tmp_path / "json.parquet"
+    params = pa.array([dumps(BODY)], type=pa.string()).cast(pa.json_())
+    pq.write_table(pa.table({"params": params}), path, store_schema=False)
+    (record,), rejects = read(path)
+    assert rejects == [] and orjson.loads(record.body) == BODY
+
+
+def test_a_named_pipe_is_refused_without_opening_it(tmp_path):
+    # validate opened it to check it could be read: that blocked without a writer, and with one
+    # it consumed the data ("0 rows"). run already refused it.
+    import os
+
+    import threading
+
+    fifo = tmp_path / "set.jsonl"
+    os.mkfifo(fifo)
+
+    def unblock() -> None:
+        # Should a reader open it after all (it blocks until a writer comes): writers that go
+        # away at once, until the test is over, so that it fails instead of hanging.
+        done.wait(3)
+        while not done.wait(0.05):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader at the moment
+                pass
+
+    done = threading.Event()
+    threading.Thread(target=unblock, daemon=True).start()
+    try:
+        with pytest.raises(InputError, match="not a regular file .a pipe or device.; "
+                                             "batchrunner reads its input more than once"):
+            validate_file(fifo, SourceOptions())
+    finally:
+        done.set()
