@@ -12,6 +12,7 @@ happened.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,7 +163,11 @@ class GatewayClient:
                 for k, v in client.headers.items()
                 if k.lower() not in ("accept-encoding", "content-length", "host")
             )
-        base.update({"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION})
+        # identity: a request without accept-encoding accepts any coding (RFC 9110 12.5.3), and
+        # bodies are read raw: a compressing gateway or proxy gave invalid_response rows with
+        # binary text, and streams read as cut short and retried (each retry paid).
+        base.update({"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION,
+                     "accept-encoding": "identity"})
         base.update({k.lower(): v for k, v in headers.items()})
         #: Cuts the credentials this client sends (its headers, a caller's client's too, and
         #: those of the URL) out of the error text of each failed attempt: a gateway may quote
@@ -444,7 +449,8 @@ def interpret_body(attempt: Attempt, status: int, raw: bytes) -> None:
     """Fill ``attempt`` from a whole (non-streamed) response body."""
     attempt.raw_body = raw
     try:
-        parsed = orjson.loads(raw) if raw else None
+        # A byte order mark some servers put first is no JSON (orjson refuses it).
+        parsed = orjson.loads(raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw) if raw else None
     except orjson.JSONDecodeError:
         parsed = None
     attempt.parsed = parsed
@@ -536,8 +542,15 @@ class StreamSink:
                 self.keep_partial()
                 return True
             elif kind == StreamAssembler.STOP:
-                if assembler.lost is not None:  # an ok row would pass off a partial answer
-                    _fail(attempt, ERROR_INVALID_RESPONSE, f"the stream sent {assembler.lost}")
+                # An ok row would pass off a partial answer, or one without model and usage.
+                problem = (
+                    f"the stream sent {assembler.lost}" if assembler.lost is not None
+                    else assembler.invalid if assembler.invalid is not None
+                    else None if assembler.has_start
+                    else "the stream sent no message_start (no model, id or input usage)"
+                )
+                if problem is not None:
+                    _fail(attempt, ERROR_INVALID_RESPONSE, problem)
                     self.keep_partial()
                     return True
                 attempt.message = assembler.message()
@@ -570,23 +583,25 @@ class StreamSink:
             attempt.partial = self.assembler.message()
 
 
+def _join_surrogates(text: str) -> str:
+    """Surrogate halves that arrived in separate deltas, as the characters they make up (a
+    half without its partner stays, and becomes U+FFFD when the row is stored)."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+
+
 #: Delta type -> the block field its parts are joined into, and the delta's value key.
 _DELTA_FIELDS = {
     "text_delta": "text",
     "thinking_delta": "thinking",
-    "signature_delta": "signature",
     "input_json_delta": "_partial_json",
 }
 _DELTA_VALUE = {
     "text": "text",
     "thinking": "thinking",
-    "signature": "signature",
     "_partial_json": "partial_json",
 }
 #: Block fields that a content_block_start may open and deltas then extend.
-_JOINED_FIELDS = ("text", "thinking", "signature")
-#: Deltas that are not generated tokens: they count for neither TTFT nor inter-token gaps.
-_NOT_TOKENS = frozenset({"signature_delta", "citations_delta"})
+_JOINED_FIELDS = ("text", "thinking")
 #: A delta whose block was never started can only be placed for these (a Bifrost bug,
 #: maximhq/bifrost#5169): the block is opened implicitly with the delta's type.
 _IMPLICIT_BLOCKS = {"text_delta": "text", "thinking_delta": "thinking"}
@@ -596,7 +611,8 @@ class StreamAssembler:
     """Rebuilds an Anthropic Message from SSE events (``message_start`` … ``message_stop``)."""
 
     OTHER, CONTENT, ERROR, STOP = 0, 1, 2, 3
-    __slots__ = ("_blocks", "_msg", "error_message", "error_type", "invalid", "lost", "started")
+    __slots__ = ("_blocks", "_msg", "_surrogates", "error_message", "error_type", "has_start",
+                 "invalid", "lost", "started")
 
     def __init__(self) -> None:
         #: Whether any event arrived.
@@ -608,6 +624,10 @@ class StreamAssembler:
         self.invalid: str | None = None
         #: Why part of the content could not be placed (the message would be incomplete).
         self.lost: str | None = None
+        #: Whether ``message_start`` arrived (it carries the model, id and input usage).
+        self.has_start = False
+        #: Text came as UTF-16 surrogate halves (an emoji split across two deltas).
+        self._surrogates = False
 
     def add(self, event_type: str | None, data: bytes) -> int:
         """Take one event; return what kind it was (``CONTENT`` for a content delta)."""
@@ -615,8 +635,14 @@ class StreamAssembler:
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
-            self.invalid = _excerpt(data, "undecodable SSE data")
-            return self.OTHER
+            # orjson refuses a lone surrogate escape ("\\ud83d"), which gateways that cut
+            # UTF-16 text send for half an emoji; the halves are joined in message().
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                self.invalid = _excerpt(data, "undecodable SSE data")
+                return self.OTHER
+            self._surrogates = True
         if not isinstance(payload, dict):
             return self.OTHER
         kind = event_type or payload.get("type")
@@ -634,19 +660,32 @@ class StreamAssembler:
                     return self.OTHER
                 block = self._blocks[index] = {"type": implicit}
             if delta_type == "citations_delta":
-                block.setdefault("citations", []).append(delta.get("citation"))
+                citations = block.get("citations")
+                if not isinstance(citations, list):  # absent, or null as Bifrost writes it
+                    citations = block["citations"] = []
+                citations.append(delta.get("citation"))
+                return self.OTHER
+            if delta_type == "signature_delta":
+                block["signature"] = delta.get("signature", "")  # the last one wins, as in the SDK
                 return self.OTHER
             key = _DELTA_FIELDS.get(delta_type)
-            if key is not None:
-                # Parts are joined once at the end: += on str is quadratic on long outputs.
-                value = delta.get(_DELTA_VALUE[key], "")
-                block.setdefault(key, []).append(value)
-                if key == "_partial_json" and not value:
-                    return self.OTHER  # the empty opening fragment of a tool call
-            return self.OTHER if delta_type in _NOT_TOKENS else self.CONTENT
+            if key is None:
+                # A newer delta kind (compaction_delta: content, encrypted_content): its fields
+                # are the block's, as the SDK sets them; no generated token to time.
+                block.update((k, v) for k, v in delta.items() if k != "type")
+                return self.OTHER
+            # Parts are joined once at the end: += on str is quadratic on long outputs.
+            value = delta.get(_DELTA_VALUE[key], "")
+            block.setdefault(key, []).append(value)
+            if not value:
+                # An empty text (a converted opening chunk) or the empty opening fragment of a
+                # tool call: no token, so neither TTFT nor an inter-token gap.
+                return self.OTHER
+            return self.CONTENT
         if kind == "message_start":
             msg = payload.get("message")
             self._msg = dict(msg) if isinstance(msg, dict) else {}
+            self.has_start = True
             return self.OTHER
         if kind == "content_block_start":
             raw_block = payload.get("content_block")
@@ -662,9 +701,11 @@ class StreamAssembler:
             delta = payload.get("delta")
             if not isinstance(delta, dict):
                 delta = {}
-            for key in ("stop_reason", "stop_sequence"):
-                if key in delta:
-                    msg[key] = delta[key]
+            # Every field of the delta is the message's: stop_reason and stop_sequence, and
+            # container, stop_details and whatever newer ones the API adds.
+            msg.update(delta)
+            if "context_management" in payload:  # (beta) beside the delta
+                msg["context_management"] = payload["context_management"]
             usage = payload.get("usage")
             if isinstance(usage, dict):
                 # message_delta usage is cumulative; it updates what message_start said.
@@ -698,6 +739,8 @@ class StreamAssembler:
                     block[key] = (initial or "") + "".join(parts)
                 elif initial is not None:
                     block[key] = initial
+                if self._surrogates and isinstance(block.get(key), str):
+                    block[key] = _join_surrogates(block[key])
             json_parts = block.pop("_partial_json", None)
             partial = "".join(json_parts) if json_parts is not None else None
             if partial is not None:

@@ -95,7 +95,7 @@ async def test_a_callers_client_s_default_headers_are_sent(server: Server) -> No
         attempt = await client.send(b"{}", stream=False)
     sent = dict((k.lower(), v) for k, v in attempt.parsed["headers"])
     assert sent["x-team"] == "evals" and sent["x-api-key"] == "k"  # ours win, as in httpx
-    assert "accept-encoding" not in sent
+    assert sent["accept-encoding"] == "identity"  # not the client's gzip: bodies are read raw
 
 
 async def test_sync_message(server: Server, make_client) -> None:
@@ -189,6 +189,124 @@ async def test_stream_content_that_cannot_be_placed_fails_the_attempt(
     )
     assert attempt.error_type == ERROR_INVALID_RESPONSE and attempt.message is None
     assert "content block 1, which was never started" in (attempt.error_message or "")
+
+
+def _stream(*middle: tuple[str, dict[str, Any]], delta: dict[str, Any] | None = None,
+            start: bool = True, **event_extra: Any) -> list[str]:
+    """A whole stream with *middle* between message_start and message_delta."""
+    head = [("message_start", {"type": "message_start",
+                               "message": {**MESSAGE, "content": []}})] if start else []
+    return sse(*head, *middle,
+               ("message_delta", {"type": "message_delta",
+                                  "delta": {"stop_reason": "end_turn", **(delta or {})},
+                                  "usage": {"output_tokens": 2}, **event_extra}),
+               ("message_stop", {"type": "message_stop"}))
+
+
+def _block(index: int, block: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return ("content_block_start", {"type": "content_block_start", "index": index,
+                                    "content_block": block})
+
+
+def _delta(index: int, delta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return ("content_block_delta", {"type": "content_block_delta", "index": index,
+                                    "delta": delta})
+
+
+async def test_an_undecodable_event_mid_stream_is_no_ok_row(server: Server, make_client) -> None:
+    # It was skipped, and the row ok with that text missing.
+    chunks = _stream(_block(0, {"type": "text", "text": ""}),
+                     _delta(0, {"type": "text_delta", "text": "a"}))
+    chunks.insert(3, 'event: content_block_delta\ndata: {"type":"content_block_delta","in\n\n')
+    attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
+                         True)
+    assert attempt.error_type == ERROR_INVALID_RESPONSE and attempt.message is None
+    assert (attempt.error_message or "").startswith("undecodable SSE data")
+    assert attempt.partial is not None and not attempt.transport_failure
+
+
+async def test_an_emoji_sent_as_two_surrogate_halves_is_one_character(
+    server: Server, make_client
+) -> None:
+    # Gateways that cut UTF-16 text send "\ud83d" and "\ude00" apart; orjson refuses each.
+    chunks = _stream(_block(0, {"type": "text", "text": ""}),
+                     _delta(0, {"type": "text_delta", "text": "smile "}),
+                     _delta(0, {"type": "text_delta", "text": "\ud83d"}),
+                     _delta(0, {"type": "text_delta", "text": "\ude00"}))
+    attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
+                         True)
+    assert attempt.ok, attempt.error_message
+    assert attempt.message["content"] == [{"type": "text", "text": "smile \U0001F600"}]
+
+
+async def test_a_stream_without_message_start_is_no_ok_row(server: Server, make_client) -> None:
+    chunks = _stream(_block(0, {"type": "text", "text": ""}),
+                     _delta(0, {"type": "text_delta", "text": "a"}), start=False)
+    attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
+                         True)
+    assert attempt.error_type == ERROR_INVALID_RESPONSE
+    assert attempt.error_message == (
+        "the stream sent no message_start (no model, id or input usage)")
+
+
+async def test_a_streamed_message_keeps_what_the_sdk_keeps(server: Server, make_client) -> None:
+    citation = {"type": "web_search_result_location", "url": "https://a", "title": "A",
+                "encrypted_index": "e", "cited_text": "x"}
+    chunks = _stream(
+        # Bifrost writes an empty citations list as null: a crash, an error row, before.
+        _block(0, {"type": "text", "text": "", "citations": None}),
+        _delta(0, {"type": "citations_delta", "citation": citation}),
+        _delta(0, {"type": "text_delta", "text": "cited"}),
+        _block(1, {"type": "thinking", "thinking": "", "signature": ""}),
+        _delta(1, {"type": "thinking_delta", "thinking": "hm"}),
+        # Each signature replaces the last (the SDK's rule); they were joined.
+        _delta(1, {"type": "signature_delta", "signature": "SIG1"}),
+        _delta(1, {"type": "signature_delta", "signature": "SIG2"}),
+        # A delta kind of a newer API: its fields are the block's.
+        _block(2, {"type": "compaction", "content": None}),
+        _delta(2, {"type": "compaction_delta", "content": "summary", "encrypted_content": "E"}),
+        delta={"container": {"id": "c1", "expires_at": "2026-12-01T00:00:00Z"},
+               "stop_details": {"type": "refusal", "category": "cyber"}},
+        context_management={"applied_edits": []},
+    )
+    attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
+                         True)
+    assert attempt.ok, attempt.error_message
+    message = attempt.message
+    assert message["content"] == [
+        {"type": "text", "text": "cited", "citations": [citation]},
+        {"type": "thinking", "thinking": "hm", "signature": "SIG2"},
+        {"type": "compaction", "content": "summary", "encrypted_content": "E"},
+    ]
+    assert message["container"] == {"id": "c1", "expires_at": "2026-12-01T00:00:00Z"}
+    assert message["stop_details"] == {"type": "refusal", "category": "cyber"}
+    assert message["context_management"] == {"applied_edits": []}
+    assert message["stop_reason"] == "end_turn"
+    assert len(attempt.token_times) == 2  # "cited" and "hm": no signature, citation, compaction
+
+
+async def test_an_empty_text_delta_is_no_first_token(server: Server, make_client) -> None:
+    # A converted opening chunk ("content": "") made TTFT the time to nothing.
+    chunks = _stream(_block(0, {"type": "text", "text": ""}),
+                     _delta(0, {"type": "text_delta", "text": ""}),
+                     _delta(0, {"type": "text_delta", "text": "a"}))
+    attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
+                         True)
+    assert attempt.ok and len(attempt.token_times) == 1
+    assert attempt.message["content"] == [{"type": "text", "text": "a"}]
+
+
+async def test_no_compressed_answer_is_asked_for_and_a_bom_is_no_json(
+    server: Server, make_client
+) -> None:
+    client = make_client(server.url("/echo"))
+    attempt = await client.send(b"{}", stream=False)
+    sent = {k.lower(): v for k, v in attempt.parsed["headers"]}
+    assert sent["accept-encoding"] == "identity"
+    body = "\ufeff" + json.dumps(MESSAGE)
+    script = {"status": 200, "headers": [["content-type", "application/json"]], "body": body}
+    attempt = await send(make_client(server.url("/script")), script)
+    assert attempt.ok and attempt.message == MESSAGE
 
 
 async def test_a_json_body_to_a_stream_request_is_read_as_one(
