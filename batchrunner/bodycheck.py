@@ -78,8 +78,11 @@ def normalize_params(
         params["model"] = model
     if params.get("max_tokens") is None and max_tokens is not None:
         params["max_tokens"] = max_tokens
-    if params.get("system") is None and system is not None:
-        params["system"] = system
+    if params.get("system") is None:
+        if system is not None:
+            params["system"] = system
+        else:  # null is no system prompt (it was sent as "system": null)
+            params.pop("system", None)
     stream_removed = "stream" in params
     params.pop("stream", None)
 
@@ -104,6 +107,10 @@ def _check_max_tokens(params: dict[str, Any]) -> None:
     if value is None:
         raise RowError("missing max_tokens (set it in the request or give --max-tokens)")
     # bool is an int subclass: `true` must not pass as 1.
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+        # JSON integers too large for 64 bits arrive as floats: "got 1e+23" misled.
+        raise RowError(f"max_tokens must be a positive integer of at most 64 bits, got "
+                       f"{show(value)}")
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise RowError(f"max_tokens must be a positive integer, got {show(value)}")
 

@@ -11,7 +11,9 @@ the row (``RawRow.error``) or raised as :class:`~batchrunner.bodycheck.RowError`
 
 from __future__ import annotations
 
+import datetime
 import gzip
+import math
 import os
 import re
 import shlex
@@ -363,6 +365,12 @@ class ParquetSource:
                 "ambiguous; rename or drop the extra one"
             )
         if "params" in types:
+            if prompt_column != DEFAULT_PROMPT_COLUMN:
+                raise FormatError(
+                    f"{display}: --prompt-column {prompt_column!r} is for files without a "
+                    "'params' column; this one has params (the Message Batches layout), which "
+                    "hold the whole request"
+                )
             self.layout = "batches"
             self._check(types, "params", text=True, binary=True, struct=True)
         elif prompt_column in types:
@@ -373,7 +381,7 @@ class ParquetSource:
                 if name in types:
                     self._check(types, name, text=True)
             if "max_tokens" in types:
-                self._check(types, "max_tokens", integer=True)
+                self._check(types, "max_tokens", integer=True, whole_floats=True)
         else:
             found = ", ".join(types) or "none"
             raise FormatError(
@@ -381,7 +389,7 @@ class ParquetSource:
                 f"prompt column {prompt_column!r} (see --prompt-column); columns are: {found}"
             )
         if "custom_id" in types:
-            self._check(types, "custom_id", text=True, integer=True)
+            self._check(types, "custom_id", text=True, integer=True, whole_floats=True)
         if "metadata" in types:
             self._check(types, "metadata", text=True, binary=True, struct=True, map_=True)
         missing = [c for c in metadata_columns if c not in types]
@@ -405,7 +413,11 @@ class ParquetSource:
         struct: bool = False,
         map_: bool = False,
         integer: bool = False,
+        whole_floats: bool = False,
     ) -> None:
+        """:param whole_floats: a float column is taken as integers (pandas writes an integer
+            column with a missing value as float64); a cell that is not whole is then the
+            row's reject."""
         t = shown = types[name]
         if isinstance(t, pa.BaseExtensionType):
             # Parquet's JSON logical type (DuckDB's JSON columns) reads as extension<arrow.json>
@@ -418,6 +430,7 @@ class ParquetSource:
             or (struct and pa.types.is_struct(t))
             or (map_ and pa.types.is_map(t))
             or (integer and pa.types.is_integer(t))
+            or (whole_floats and pa.types.is_floating(t))
         )
         if not ok:
             kinds = [
@@ -501,7 +514,8 @@ class ParquetSource:
         else:
             prompt = data[self.prompt_column]
             if not isinstance(prompt, str) or not prompt:
-                raise RowError(f"prompt column {self.prompt_column!r} is empty")
+                what = "null" if prompt is None else "empty"
+                raise RowError(f"prompt column {self.prompt_column!r} is {what}")
             params = {
                 name: data[name]
                 for name in ("model", "max_tokens", "system")
@@ -511,7 +525,7 @@ class ParquetSource:
         metadata = _cell_object(data.get("metadata"), "metadata", required=False)
         for name in self.metadata_columns:
             metadata = metadata if metadata is not None else {}
-            metadata[name] = _jsonable(data[name])
+            metadata[name] = _jsonable(data[name], name)
         return params, metadata
 
     def raw_text(self, row: RawRow) -> str:
@@ -524,6 +538,8 @@ def _column_values(column: pa.Array, name: str, errors: dict[int, str]) -> list[
     nested: as pairs they were sent as arrays). A cell that cannot become one (text that is not
     UTF-8, a timestamp beyond year 9999, a map with a key twice) is None, with its reason in
     *errors* under its position, so that only its row is rejected."""
+    if name in _WHOLE_NUMBER_COLUMNS and pa.types.is_floating(column.type):
+        return [_whole(v) for v in column.to_pylist()]
     try:
         return column.to_pylist(maps_as_pydicts="strict")
     except (ValueError, OverflowError, pa.ArrowException):  # UnicodeDecodeError is a ValueError
@@ -536,6 +552,17 @@ def _column_values(column: pa.Array, name: str, errors: dict[int, str]) -> list[
             values.append(None)
             errors.setdefault(j, f"column {name!r}: {_cell_error(exc)}")
     return values
+
+
+#: Integer columns that may come as floats (see ``whole_floats``).
+_WHOLE_NUMBER_COLUMNS = frozenset({"max_tokens", "custom_id"})
+
+
+def _whole(value: float | None) -> float | int | None:
+    """A float cell of an integer column: its integer when whole (NaN is pandas' null)."""
+    if value is None or math.isnan(value):
+        return None
+    return int(value) if value.is_integer() and abs(value) < 2**63 else value
 
 
 def _cell_error(exc: BaseException) -> str:
@@ -564,7 +591,14 @@ def _cell_object(value: Any, name: str, *, required: bool) -> Any:
         return value
     # A struct (Parquet gives every field of the column's type, None where the row had none)
     # or a map.
-    return _drop_none(value)
+    try:
+        return _drop_none(value)
+    except _NotJson as exc:
+        raise RowError(f"{name} holds {exc}, which JSON cannot hold") from None
+
+
+class _NotJson(ValueError):
+    pass
 
 
 def _drop_none(value: Any) -> Any:
@@ -572,17 +606,30 @@ def _drop_none(value: Any) -> Any:
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
         return [_drop_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        # orjson would send it as null; JSON text with NaN is a reject too.
+        raise _NotJson(repr(value))
     return value
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, column: str) -> Any:
+    """A ``--metadata-column`` cell as JSON can hold it: dates and times in ISO 8601 (as
+    orjson writes those of a metadata struct), decimals as their text.
+
+    :raises RowError: binary values, which have no JSON form (as in a metadata struct).
+    """
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, column) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return str(value)  # timestamps, decimals, bytes: metadata is written as JSON text
+        return [_jsonable(v, column) for v in value]
+    if isinstance(value, bytes | bytearray):
+        raise RowError(f"metadata column {column!r} holds a binary value, which JSON cannot "
+                       "hold (cast it to text)")
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return str(value)  # decimals, durations
 
 
 def _first_line(exc: BaseException) -> str:

@@ -72,11 +72,12 @@ class SourceOptions:
     def __post_init__(self) -> None:
         mt = self.max_tokens
         if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt <= 0):
-            raise ValueError(f"max_tokens must be a positive integer, got {mt!r}")
+            raise ValueError(f"--max-tokens must be a positive integer, got {mt!r}")
         for name in ("model", "model_override"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value.strip()):
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+                option = "--" + name.replace("_", "-")
+                raise ValueError(f"{option} must be a non-empty string, got {value!r}")
         # Accept any iterable of names (a list from click) but store a hashable tuple.
         object.__setattr__(self, "metadata_columns", tuple(self.metadata_columns))
 

@@ -481,8 +481,8 @@ def test_file_level_errors(tmp_path: Path) -> None:
     cases["type.parquet"] = "column 'params' has type int64; expected text, binary JSON or struct"
     pq.write_table(pa.table({"prompt": [b"bytes"]}), tmp_path / "bin.parquet")
     cases["bin.parquet"] = "column 'prompt' has type binary; expected text"
-    pq.write_table(pa.table({"params": ["{}"], "custom_id": [1.5]}), tmp_path / "id.parquet")
-    cases["id.parquet"] = "column 'custom_id' has type double; expected text or integer"
+    pq.write_table(pa.table({"params": ["{}"], "custom_id": [True]}), tmp_path / "id.parquet")
+    cases["id.parquet"] = "column 'custom_id' has type bool; expected text or integer"
     twice = pa.Table.from_arrays([pa.array([dumps(BODY)])] * 2, names=["params", "params"])
     pq.write_table(twice, tmp_path / "twice.parquet")
     cases["twice.parquet"] = "column 'params' appears more than once"
@@ -519,10 +519,12 @@ def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_source_options_are_checked() -> None:
     for bad in (0, -1, True, 1.5):
-        with pytest.raises(ValueError, match="max_tokens"):
+        with pytest.raises(ValueError, match="--max-tokens must be a positive integer"):
             SourceOptions(max_tokens=bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(ValueError, match="--model must be a non-empty string"):
         SourceOptions(model="")
+    with pytest.raises(ValueError, match="--model-override must be a non-empty string"):
+        SourceOptions(model_override=" ")
     assert SourceOptions(metadata_columns=["a"]).metadata_columns == ("a",)  # type: ignore[arg-type]
 
 
@@ -640,7 +642,8 @@ def test_parquet_prompt_column_and_defaults(tmp_path: Path) -> None:
     assert records[1].params["system"] == "Default system."
     assert [r.custom_id for r in records] == ["0", "1"]
     assert records[0].metadata == {"tag": "math", "n": 1}
-    assert [r.reason for r in rejects] == ["prompt column 'question' is empty"] * 2
+    assert [r.reason for r in rejects] == ["prompt column 'question' is null",
+                                           "prompt column 'question' is empty"]
 
 
 def test_parquet_prompt_layout_model_columns_and_missing_defaults(tmp_path: Path) -> None:
@@ -887,3 +890,62 @@ def test_a_named_pipe_is_refused_without_opening_it(tmp_path):
             validate_file(fifo, SourceOptions())
     finally:
         done.set()
+
+
+def test_parquet_integer_columns_written_as_floats_by_pandas(tmp_path):
+    # pandas writes an integer column with a missing value as float64: the whole file was
+    # refused, so a null max_tokens could never fall back to --max-tokens as documented.
+    import pandas as pd
+
+    path = tmp_path / "pd.parquet"
+    pd.DataFrame({"prompt": ["a", "b", "c", "d"], "max_tokens": [10, None, 7.5, 1e23],
+                  "custom_id": [10, 20, None, 40]}).to_parquet(path)
+    records, rejects = read(path, SourceOptions(model="m", max_tokens=5))
+    assert [(r.custom_id, r.params["max_tokens"]) for r in records] == [("10", 10), ("20", 5)]
+    assert [r.reason for r in rejects] == [
+        "max_tokens must be a positive integer, got 7.5",
+        "max_tokens must be a positive integer of at most 64 bits, got 1e+23",
+    ]
+
+
+def test_what_json_cannot_hold_is_a_reject_not_sent_altered(tmp_path):
+    # NaN in a struct went out as null (JSON text with NaN is a reject); a binary
+    # --metadata-column value was stored as Python's repr, a timestamp as str().
+    import datetime as dt
+
+    path = tmp_path / "odd.parquet"
+    params = pa.array([{"model": "m", "max_tokens": 5, "messages": MSG, "temperature": v}
+                       for v in (0.5, float("nan"))])
+    pq.write_table(pa.table({
+        "params": params,
+        "blob": pa.array([None, b"\x00"], type=pa.binary()),
+        "at": pa.array([dt.datetime(2026, 1, 2, 3, 4, 5), None], type=pa.timestamp("s")),
+    }), path)
+    records, rejects = read(path, SourceOptions(metadata_columns=("at",)))
+    assert [r.metadata for r in records] == [{"at": "2026-01-02T03:04:05"}]
+    assert [r.reason for r in rejects] == ["params holds nan, which JSON cannot hold"]
+    records, rejects = read(path, SourceOptions(metadata_columns=("blob",)))
+    assert [r.reason for r in rejects] == [
+        "params holds nan, which JSON cannot hold"]
+    bad = tmp_path / "blob.parquet"
+    pq.write_table(pa.table({"prompt": ["x"], "blob": pa.array([b"\xff"])}), bad)
+    records, rejects = read(bad, SourceOptions(model="m", max_tokens=5,
+                                               metadata_columns=("blob",)))
+    assert [r.reason for r in rejects] == [
+        "metadata column 'blob' holds a binary value, which JSON cannot hold (cast it to text)"]
+
+
+def test_a_null_system_is_no_system_prompt(tmp_path):
+    path = write_jsonl(tmp_path / "s.jsonl", {**BODY, "system": None})
+    (record,), _ = read(path)
+    assert "system" not in orjson.loads(record.body)
+    (record,), _ = read(path, SourceOptions(system="Be brief."))
+    assert orjson.loads(record.body)["system"] == "Be brief."
+
+
+def test_prompt_column_with_a_params_file_is_refused(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"params": [dumps(BODY)], "question": ["q"]}), path)
+    with pytest.raises(InputError, match="--prompt-column 'question' is for files without a "
+                                         "'params' column"):
+        read(path, SourceOptions(prompt_column="question"))

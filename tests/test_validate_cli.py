@@ -173,17 +173,17 @@ def test_ctrl_c_while_validating_is_one_line_and_exit_130_not_1(tmp_path):
     import sys
     import time
 
-    fifo = tmp_path / "set.jsonl"
-    os.mkfifo(fifo)
-    proc = subprocess.Popen([sys.executable, "-m", "batchrunner", "validate", str(fifo)],
+    # A set big enough to take seconds to check (validate refuses a pipe it could wait on).
+    big = tmp_path / "set.jsonl"
+    big.write_bytes(b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}]}\n'
+                    * 1_000_000)
+    proc = subprocess.Popen([sys.executable, "-m", "batchrunner", "validate", str(big)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        with fifo.open("w") as writer:  # open until the signal: validate waits for more rows
-            writer.write('{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}]}\n')
-            writer.flush()
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=30)
+        time.sleep(1.5)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
