@@ -1,4 +1,4 @@
-"""Who handles Ctrl-C and SIGTERM, and for how long.
+"""Who handles Ctrl-C, SIGTERM and SIGHUP, and for how long.
 
 A run session takes both signals from the moment it can record what they stop until its
 ``run.json`` is final (first: drain, second: cancel in-flight requests; once sending is over they
@@ -33,13 +33,22 @@ class SignalHandlers:
     def __init__(self) -> None:
         self._previous: dict[int, Any] = {}
 
-    def install(self, on_sigint: Callable[[], None], on_sigterm: Callable[[], None]) -> None:
+    def install(self, on_sigint: Callable[[], None], on_sigterm: Callable[[], None],
+                on_sighup: Callable[[], None] | None = None) -> None:
+        """:param on_sighup: for SIGHUP (the terminal closed, an ssh session dropped), which
+            otherwise kills the process like ``kill -9``; not taken when it is ignored
+            (``nohup``: the user asked for the run to go on)."""
         if self._previous or threading.current_thread() is not threading.main_thread():
             return
         loop = asyncio.get_running_loop()
-        for sig, handler in ((signal.SIGINT, on_sigint), (signal.SIGTERM, on_sigterm)):
+        wanted = [(signal.SIGINT, on_sigint), (signal.SIGTERM, on_sigterm)]
+        if on_sighup is not None and hasattr(signal, "SIGHUP"):
+            wanted.append((signal.SIGHUP, on_sighup))
+        for sig, handler in wanted:
             previous = signal.getsignal(sig)
             if _belongs_to_a_loop(previous):
+                continue
+            if sig == getattr(signal, "SIGHUP", None) and previous is signal.SIG_IGN:
                 continue
             loop.add_signal_handler(sig, handler)
             self._previous[sig] = previous  # only once ours is in place: remove() undoes it

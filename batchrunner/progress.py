@@ -123,10 +123,8 @@ class ProgressDisplay:
         self._width = 0
 
     async def run(self) -> None:
-        if not self.enabled:
-            return
         try:
-            while True:
+            while self.enabled:
                 self.draw()
                 await asyncio.sleep(REFRESH_S)
         finally:
@@ -135,14 +133,21 @@ class ProgressDisplay:
     def draw(self) -> None:
         text = self.stats.line()
         pad = max(0, self._width - len(text))
-        self.stream.write("\r" + text + " " * pad)
-        self.stream.flush()
+        self._write("\r" + text + " " * pad)
         self._width = len(text)
 
     def clear(self) -> None:
         if self.enabled and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
+            self._write("\r" + " " * self._width + "\r")
+
+    def _write(self, text: str) -> None:
+        # A terminal that went away (closed, the ssh session dropped: EIO) ends the display,
+        # not the run: the display's error used to abort it and cancel the requests in flight.
+        try:
+            self.stream.write(text)
             self.stream.flush()
+        except OSError:
+            self.enabled = False
             self._width = 0
 
 

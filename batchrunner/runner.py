@@ -342,6 +342,11 @@ class _Session:
         # directory says how the run ended and the resume command is printed.
         self.on_signal("SIGTERM", "A second SIGTERM cancels them.")
 
+    def on_sighup(self) -> None:
+        # The terminal closed (or the ssh session dropped): as SIGTERM, and stderr is likely
+        # gone (what is said then is dropped, see _say).
+        self.on_signal("SIGHUP", "A second SIGHUP cancels them.")
+
     def on_signal(self, what: str, again: str) -> None:
         # The first signal drains, even when the run is already stopping (--duration, a
         # --strict reject): requests in flight are paid for. Only a second one cancels them.
@@ -388,7 +393,10 @@ class _Session:
 
     def _say(self, text: str) -> None:
         if not self.quiet:
-            print(self.redact(text), file=self.stderr, flush=True)
+            try:
+                print(self.redact(text), file=self.stderr, flush=True)
+            except OSError:  # the terminal is gone (EIO after a hang-up): say nothing more
+                self.quiet = True
 
     # -- scheduling ---------------------------------------------------------------------------
     def exec_context(self) -> ExecContext:
@@ -1117,7 +1125,7 @@ async def _run_in_store(
                 earlier = ((info.get("summary") or {}).get("status") or {}).get("ok")
                 session.answered = isinstance(earlier, int) and earlier > 0
                 if handle_signals:
-                    signals.install(session.on_sigint, session.on_sigterm)
+                    signals.install(session.on_sigint, session.on_sigterm, session.on_sighup)
                 try:
                     async with client:
                         with send_phase():
@@ -1130,7 +1138,7 @@ async def _run_in_store(
         session.finishing = True
         # Whoever calls: from now on a signal is only acknowledged, and a cancellation waits,
         # so that run.json always gets its end (it stays "running" otherwise).
-        signals.install(session.on_sigint, session.on_sigterm)
+        signals.install(session.on_sigint, session.on_sigterm, session.on_sighup)
         result, cancelled_now = await _unstoppable(
             asyncio.ensure_future(_finish(session, info, session_info))
         )

@@ -432,49 +432,54 @@ def finish(
     from batchrunner.runner import EXIT_ABORTED, EXIT_OK
     from batchrunner.summary import format_summary
 
-    if as_json:
-        click.echo(
-            orjson.dumps(
-                {
-                    "run_dir": str(result.run_dir),
-                    "status": result.status,
-                    "exit_code": result.exit_code,
-                    "message": result.message,
-                    "rejected": result.rejected,
-                    "outstanding_jobs": result.outstanding_jobs,
-                    "collect_before": result.collect_before,
-                    "summary": result.summary,
-                },
-                option=orjson.OPT_INDENT_2,
-            ).decode()
-        )
-    elif not quiet:
-        click.echo(format_summary(result.summary))
-    if quiet:
-        # -q prints errors only: a session that could not do its work says why. A detached
-        # run prints nothing; a script gets the directory and the deadline from --json.
-        if result.status in ("aborted", "rejected"):
-            click.echo(f"{result.status}: {result.message}", err=True)
-    else:
-        if result.status == "detached" and not as_json:
-            click.echo(f"detached   {result.run_dir}")
-            click.echo(f"collect    {result.message}")
-        click.echo(f"results    {result.run_dir}", err=as_json)
-        if result.rejected:
+    try:
+        if as_json:
             click.echo(
-                f"rejected   {result.rejected:,} invalid input "
-                f"row{'' if result.rejected == 1 else 's'}, see "
-                f"{result.run_dir / 'rejects.jsonl'}",
-                err=True,
+                orjson.dumps(
+                    {
+                        "run_dir": str(result.run_dir),
+                        "status": result.status,
+                        "exit_code": result.exit_code,
+                        "message": result.message,
+                        "rejected": result.rejected,
+                        "outstanding_jobs": result.outstanding_jobs,
+                        "collect_before": result.collect_before,
+                        "summary": result.summary,
+                    },
+                    option=orjson.OPT_INDENT_2,
+                ).decode()
             )
-        if result.status not in ("finished", "detached"):
-            click.echo(f"{result.status}: {result.message}", err=True)
-        if resume_hint and (result.exit_code == EXIT_ABORTED or result.status == "incomplete"):
-            click.echo(f"Resume with: {resume_hint}", err=True)
-            if hint_note:
-                click.echo(f"  {hint_note}", err=True)
-        elif result.exit_code != EXIT_OK and result.status in ("finished", "detached"):
-            click.echo(result.message, err=True)
-        if failed_line and result.status == "finished":
-            click.echo(failed_line, err=True)
+        elif not quiet:
+            click.echo(format_summary(result.summary))
+        if quiet:
+            # -q prints errors only: a session that could not do its work says why. A detached
+            # run prints nothing; a script gets the directory and the deadline from --json.
+            if result.status in ("aborted", "rejected"):
+                click.echo(f"{result.status}: {result.message}", err=True)
+        else:
+            if result.status == "detached" and not as_json:
+                click.echo(f"detached   {result.run_dir}")
+                click.echo(f"collect    {result.message}")
+            click.echo(f"results    {result.run_dir}", err=as_json)
+            if result.rejected:
+                click.echo(
+                    f"rejected   {result.rejected:,} invalid input "
+                    f"row{'' if result.rejected == 1 else 's'}, see "
+                    f"{result.run_dir / 'rejects.jsonl'}",
+                    err=True,
+                )
+            if result.status not in ("finished", "detached"):
+                click.echo(f"{result.status}: {result.message}", err=True)
+            if resume_hint and (result.exit_code == EXIT_ABORTED or result.status == "incomplete"):
+                click.echo(f"Resume with: {resume_hint}", err=True)
+                if hint_note:
+                    click.echo(f"  {hint_note}", err=True)
+            elif result.exit_code != EXIT_OK and result.status in ("finished", "detached"):
+                click.echo(result.message, err=True)
+            if failed_line and result.status == "finished":
+                click.echo(failed_line, err=True)
+    except OSError:
+        # The terminal went away (closed after the run was sent to the background): the
+        # run is over and run.json says how; the exit code is all that is left to give.
+        pass
     sys.exit(result.exit_code)

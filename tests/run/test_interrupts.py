@@ -374,3 +374,65 @@ def test_a_ctrl_c_during_the_imports_is_held_until_they_are_done():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert done.stdout.splitlines() == ["imports finished", "interrupted after"], done.stderr
+
+
+def _run_on_a_terminal(tmp_path, make_emulator, requests_file, ignore_hup: bool):
+    """``batchrunner run`` with a pseudo-terminal as its controlling terminal and stdio, which
+    is closed (a hang-up: SIGHUP, then EIO on every write) once a few rows are done."""
+    import fcntl
+    import pty
+    import termios
+
+    out = tmp_path / "out"
+    emu = make_emulator(ttft=Dist("fixed", 0.02))
+    master, slave = pty.openpty()
+
+    def own_terminal() -> None:  # a session of its own, with the pty as its terminal
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        if ignore_hup:  # as nohup does
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    cmd = [sys.executable, "-m", "batchrunner", "run", str(requests_file(300)), "--gateway",
+           emu.base_url, "--out", str(out), "-c", "2"]
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave,
+                            preexec_fn=own_terminal)
+    os.close(slave)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # read the terminal until the progress line shows
+            try:
+                if b"req/s" in os.read(master, 4096):
+                    break
+            except OSError:
+                break
+        time.sleep(0.3)
+        os.close(master)  # the terminal is gone
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code, out
+
+
+def test_a_hang_up_drains_and_closes_the_run_like_sigterm(make_emulator, requests_file,
+                                                          tmp_path):
+    # SIGHUP killed the run like kill -9 (its in-flight requests lost, run.json left
+    # "running"); and a terminal gone away made the progress line's write abort the run.
+    code, out = _run_on_a_terminal(tmp_path, make_emulator, requests_file, ignore_hup=False)
+    info = orjson.loads((out / "run.json").read_bytes())
+    session = info["sessions"][-1]
+    assert (code, session["status"], session["message"]) == (3, "interrupted",
+                                                              "stopped by SIGHUP"), session
+    rows = read_rows(out)
+    assert 0 < len(rows) < 300 and set(rows["status"]) == {"ok"}  # in flight: let finish
+    assert rows["input_index"].is_unique
+
+
+def test_a_run_that_ignores_hang_ups_goes_on_without_its_terminal(make_emulator, requests_file,
+                                                                   tmp_path):
+    code, out = _run_on_a_terminal(tmp_path, make_emulator, requests_file, ignore_hup=True)
+    info = orjson.loads((out / "run.json").read_bytes())
+    assert (code, info["sessions"][-1]["status"]) == (0, "finished"), info["sessions"][-1]
+    assert len(read_rows(out)) == 300
