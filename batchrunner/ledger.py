@@ -11,6 +11,7 @@ is opened, so later records never glue onto it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -104,7 +105,15 @@ class JobLedger:
             if self._fsync:  # the new name must survive a power cut too
                 fsync_dir(self.path.parent)
         line = orjson.dumps(asdict(rec), option=orjson.OPT_APPEND_NEWLINE)
-        write_all(self._fd, line)
+        before = os.fstat(self._fd).st_size
+        try:
+            write_all(self._fd, line)
+        except BaseException:
+            # Take back a partial write (a full disk): the next record would be glued onto
+            # half a line, unreadable, and its job submitted (and paid for) again on resume.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, before)
+            raise
         if self._fsync:
             os.fdatasync(self._fd)
 

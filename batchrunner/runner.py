@@ -78,7 +78,9 @@ from batchrunner.store import (
     RunStore,
     RunStoreError,
     ensure_not_in_use,
+    io_reason,
     run_has_rows,
+    what_to_do,
     write_json_atomic,
 )
 from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
@@ -248,8 +250,9 @@ class _Session:
         Rows already in the journal stay there; the next session converts them."""
         if self.fatal is None:
             self.fatal = RunAborted(
-                f"cannot write results to {self.store.run_dir}: {exc}; finished rows are kept "
-                "(free space, then resume)"
+                f"cannot write results to {self.store.run_dir}: "
+                + (f"[Errno {exc.errno}] " if exc.errno is not None else "")
+                + f"{io_reason(exc)}; finished rows are kept ({what_to_do(exc)})"
             )
         if not self.finishing:  # nothing to stop once sending is over
             self.stop("output is not writable")
@@ -696,7 +699,9 @@ class _Session:
 
 
 def _close_and_trim(store: RunStore) -> None:
-    store.close()  # the last compactions
+    # The last compactions. The lock is held until run.json is final: a resume started in
+    # between took the directory over, and the two sessions overwrote each other's record.
+    store.close(keep_lock=True)
     release_free_heap()  # nothing is being timed any more
 
 
@@ -896,8 +901,8 @@ async def run_session(
     try:
         store = await asyncio.to_thread(_open_store, run_dir, redo)
     except OSError as exc:
-        reason = exc.strerror or exc
-        raise RunDirError(f"cannot create the run directory {run_dir}: {reason}") from None
+        verb = "open" if (run_dir / RUN_JSON).exists() else "create"
+        raise RunDirError(f"cannot {verb} the run directory {run_dir}: {io_reason(exc)}") from None
     except RunStoreError as exc:  # in use by another process, a damaged part, a full disk
         raise RunDirError(str(exc)) from None
     signals = SignalHandlers()  # given back last: a signal must not cut the end either
@@ -1099,9 +1104,14 @@ async def _run_in_store(
                     )
                 )
             except OSError as exc:  # a full disk, say: not an internal error
+                again = (
+                    "then resume" if resumed
+                    # A directory without run.json is no run --resume finds: name it.
+                    else f"then run again with --out {run_dir}"
+                )
                 raise RunDirError(
-                    f"cannot write {run_dir / RUN_JSON}: {exc.strerror or exc}; nothing was "
-                    "sent: free space (or fix the file system), then resume"
+                    f"cannot write {run_dir / RUN_JSON}: {io_reason(exc)}; nothing was sent: "
+                    f"{what_to_do(exc).removesuffix('then resume')}{again}"
                 ) from None
             announced = True
             if cut:
@@ -1434,15 +1444,25 @@ async def _finish(
     if session.spend is not None:
         session_info["spend"] = session.spend.describe()
     # Part by part: the whole table (and a frame of it) would cost ~1 GB per million rows.
-    summary = await loop.run_in_executor(
-        session.background,
-        lambda: summarize_batches(
-            store.iter_batches(SUMMARY_COLUMNS),
-            reread=store.iter_batches,
-            session_starts=session_starts(info),
-            schedule=open_loop_sessions(info),
-        ),
-    )
+    try:
+        summary = await loop.run_in_executor(
+            session.background,
+            lambda: summarize_batches(
+                store.iter_batches(SUMMARY_COLUMNS),
+                reread=store.iter_batches,
+                session_starts=session_starts(info),
+                schedule=open_loop_sessions(info),
+            ),
+        )
+    except FileNotFoundError:
+        if (store.run_dir / "data").is_dir():
+            raise
+        # Deleted while the run wrote to it: nothing is kept, whatever else failed first.
+        session.fatal = RunAborted(
+            f"the run directory {store.run_dir} (or its data/) was removed while the run was "
+            "writing to it: its rows are gone; start a new run"
+        )
+        summary = summarize_batches(iter(()))
     if outstanding:
         _count_outstanding(summary, outstanding)
     finished = summary["requests"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import logging
 import operator
@@ -157,10 +158,28 @@ def _max_index_from_stats(parts: list[tuple[int, Path]]) -> int:
 
 
 def _reason(exc: OSError) -> str:
-    """An I/O error's cause, without Arrow's wrapping ("Error writing bytes to file. Detail:")."""
-    if exc.errno is not None and exc.strerror:
-        return exc.strerror
-    return str(exc).rpartition("Detail: ")[2] or type(exc).__name__
+    """An I/O error's cause, without Arrow's wrapping ("Error writing bytes to file. Detail:
+    [errno 28] No space left on device", which Arrow puts in ``strerror`` itself)."""
+    text = exc.strerror if exc.errno is not None and exc.strerror else str(exc)
+    text = text.rpartition("Detail: ")[2]
+    if text.startswith("[errno ") and "] " in text:
+        text = text.partition("] ")[2]
+    return text or type(exc).__name__
+
+
+io_reason = _reason
+
+
+def what_to_do(exc: OSError) -> str:
+    """What lets a resume write where this write failed, by its cause."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space, then resume"
+    if exc.errno == errno.EROFS:
+        return ("the file system is read-only: make it writable (or copy the run directory to "
+                "one that is), then resume")
+    if exc.errno == errno.EFBIG:
+        return "a file size limit refused it (ulimit -f): raise it, then resume"
+    return "fix the file system, then resume"
 
 
 def run_has_rows(run_dir: Path, ignoring: Iterable[str] = ()) -> bool:
@@ -377,8 +396,7 @@ class RunStore:
                 except OSError as exc:  # a full disk, most likely: nothing is lost
                     raise RunStoreError(
                         f"cannot convert {seg} (rows of an earlier session) into {part}: "
-                        f"{_reason(exc)}; the segment is kept: free space (or fix the file "
-                        "system), then resume"
+                        f"{_reason(exc)}; the segment is kept: {what_to_do(exc)}"
                     ) from exc
             seg.unlink()
         fsync_dir(self.journal_dir)
@@ -457,7 +475,7 @@ class RunStore:
             except OSError as exc:
                 raise RunStoreError(
                     f"cannot rewrite {path} without the rows to send again: {_reason(exc)}; "
-                    "the part is unchanged: free space (or fix the file system), then resume"
+                    f"the part is unchanged: {what_to_do(exc)}"
                 ) from exc
         self.redone = redone
         if redone:
@@ -824,33 +842,51 @@ class RunStore:
     # ----------------------------------------------------------------------------------------
     # closing
 
-    def close(self) -> None:
-        """Close the current segment, compact everything, release the lock. Idempotent.
+    def close(self, keep_lock: bool = False) -> None:
+        """Close the current segment, compact everything, release the lock. Idempotent (a
+        later call only releases the lock a first one kept).
 
         Afterwards ``data/`` holds every row and ``journal/`` is gone. If compaction fails, the
         segments stay in ``journal/`` and the next :meth:`open` recovers them.
+
+        :param keep_lock: hold the directory's lock until :meth:`release_lock`: the run still
+            reads its rows and writes ``run.json``, which a resume must not start before.
         """
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._rotate()
+            already = self._closed
+            if not already:
+                self._closed = True
+                self._rotate()
+        if already:  # a second close (after keep_lock) lets the lock go
+            if not keep_lock:
+                self._release()
+            return
         try:
             self.compact_closed()
             with contextlib.suppress(OSError):  # not empty: something is left to recover
                 self.journal_dir.rmdir()
         finally:
-            self._release()
+            if keep_lock:
+                self._close_jobs()
+            else:
+                self._release()
         if self._duplicate_appends:
             log.warning(
                 "%d row(s) were appended for input_index values that already had a row",
                 self._duplicate_appends,
             )
 
-    def _release(self) -> None:
+    def release_lock(self) -> None:
+        """Let another process open the directory (after ``close(keep_lock=True)``)."""
+        self._release()
+
+    def _close_jobs(self) -> None:
         if self._jobs is not None:
             self._jobs.close()
             self._jobs = None
+
+    def _release(self) -> None:
+        self._close_jobs()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # drops the flock
             self._lock_fd = None

@@ -614,6 +614,50 @@ def test_job_ledger(tmp_path: Path) -> None:
     assert len(lines) == 5 and all(orjson.loads(line)["job_id"] for line in lines)
 
 
+def test_a_job_record_cut_short_by_a_full_disk_is_taken_back(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    # Half a record stayed; the next one, written once space was back, was glued onto it and
+    # unreadable: a resume would have submitted (and paid for) that job again.
+    import errno
+
+    import batchrunner.ledger as ledger_module
+
+    real = ledger_module.write_all
+
+    def half_then_full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    run_dir = tmp_path / "run"
+    with RunStore.open(run_dir) as store:
+        store.record_job(0, "req-0", "job-a", T0, 3600.0)
+        monkeypatch.setattr(ledger_module, "write_all", half_then_full)
+        with pytest.raises(OSError, match="No space left"):
+            store.record_job(1, "req-1", "job-b", T0 + 1, 3600.0)
+        monkeypatch.setattr(ledger_module, "write_all", real)
+        store.record_job(2, "req-2", "job-c", T0 + 2, 3600.0)
+    with RunStore.open(run_dir) as store:
+        assert [j.job_id for j in store.outstanding_jobs()] == ["job-a", "job-c"]
+
+
+def test_write_errors_say_their_cause_and_what_lets_a_resume_write() -> None:
+    # Every one said "free space, then resume", a read-only file system and a file size limit
+    # too; and Arrow's "Error writing bytes to file. Detail: [errno 28]" came through whole.
+    import errno
+
+    from batchrunner.store import io_reason, what_to_do
+
+    arrow = OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space "
+                                  "left on device")
+    assert io_reason(arrow) == "No space left on device"
+    assert what_to_do(arrow) == "free space, then resume"
+    assert what_to_do(OSError(errno.EROFS, "Read-only file system")).startswith(
+        "the file system is read-only: make it writable")
+    assert what_to_do(OSError(errno.EFBIG, "File too large")) == (
+        "a file size limit refused it (ulimit -f): raise it, then resume")
+    assert io_reason(OSError("plain")) == "plain"
+
+
 def test_lock_keeps_a_second_writer_out(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     store = RunStore.open(run_dir)

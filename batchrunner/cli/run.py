@@ -470,7 +470,10 @@ def finish(
                 )
             if result.status not in ("finished", "detached"):
                 click.echo(f"{result.status}: {result.message}", err=True)
-            if resume_hint and (result.exit_code == EXIT_ABORTED or result.status == "incomplete"):
+            resumable = result.run_dir.is_dir()  # not when it was deleted under the run
+            if resume_hint and resumable and (
+                result.exit_code == EXIT_ABORTED or result.status == "incomplete"
+            ):
                 click.echo(f"Resume with: {resume_hint}", err=True)
                 if hint_note:
                     click.echo(f"  {hint_note}", err=True)

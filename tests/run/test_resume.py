@@ -205,7 +205,7 @@ def test_a_full_disk_while_recovering_the_journal_says_so_and_keeps_it(
         assert refused == (
             f"cannot convert {segment} (rows of an earlier session) into "
             f"{out / 'data' / 'part-000009.parquet'}: No space left on device; the segment is "
-            "kept: free space (or fix the file system), then resume"
+            "kept: free space, then resume"
         )
         assert segment.exists()
         result = run(requests, emu.base_url, out)
@@ -322,7 +322,18 @@ def test_a_full_disk_when_a_resume_starts_is_not_an_internal_error(
         )
         assert refused == (
             f"cannot write {out / 'run.json'}: No space left on device; nothing was sent: free "
-            "space (or fix the file system), then resume"
+            "space, then resume"
+        )
+        # A new run's directory has no run.json for --resume to find: it is named.
+        fresh = tmp_path / "fresh"
+        refused = refusal_on_a_full_disk(
+            monkeypatch,
+            "batchrunner.runner.write_json_atomic",
+            lambda: run(requests, emu.base_url, fresh),
+        )
+        assert refused == (
+            f"cannot write {fresh / 'run.json'}: No space left on device; nothing was sent: "
+            f"free space, then run again with --out {fresh}"
         )
         assert run(requests, emu.base_url, out).status == "finished"
     sessions = orjson.loads((out / "run.json").read_bytes())["sessions"]
@@ -532,3 +543,56 @@ def test_resume_does_not_skip_a_run_whose_run_json_is_damaged(make_emulator, tmp
         f"it with --out {unknown}",
     ]
     assert len(read_rows(latest)) == 6 and len(read_rows(older)) == 2
+
+
+def test_the_directory_stays_locked_until_run_json_is_final(make_emulator, tmp_path,
+                                                            monkeypatch):
+    # The lock went with the store's close, before the closing summary and the last run.json
+    # write: a resume started then took the directory over, and the two sessions overwrote each
+    # other's record in run.json (a clean session ended up "died").
+    import batchrunner.runner as runner_module
+    from batchrunner.store import RunDirectoryInUseError, ensure_not_in_use
+
+    out = tmp_path / "out"
+    seen: list[str] = []
+    real = runner_module.summarize_batches
+
+    def summarize_and_look(*args, **kwargs):
+        try:
+            ensure_not_in_use(out)
+            seen.append("free")
+        except RunDirectoryInUseError:
+            seen.append("locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "summarize_batches", summarize_and_look)
+    with make_emulator() as emu:
+        result = run_sync(RunConfig(requests=write_requests(tmp_path / "s.jsonl", 5),
+                                    gateway=emu.base_url, out=out), quiet=True)
+    assert result.status == "finished" and seen == ["locked"]
+    ensure_not_in_use(out)  # and let go once the run is over
+
+
+def test_a_run_directory_deleted_under_the_run_is_said_so(make_emulator, tmp_path, monkeypatch):
+    # It ended as "Internal error: FileNotFoundError ... data", then "Any rows already written
+    # are kept: add --resume", neither true.
+    import shutil
+
+    import batchrunner.runner as runner_module
+    from batchrunner.runner import EXIT_ABORTED
+
+    out = tmp_path / "out"
+    real = runner_module._close_and_trim
+
+    def deleted_first(store):
+        shutil.rmtree(out)
+        real(store)
+
+    monkeypatch.setattr(runner_module, "_close_and_trim", deleted_first)
+    with make_emulator() as emu:
+        result = run_sync(RunConfig(requests=write_requests(tmp_path / "s.jsonl", 5),
+                                    gateway=emu.base_url, out=out), quiet=True)
+    assert (result.status, result.exit_code) == ("aborted", EXIT_ABORTED)
+    assert result.message.startswith(
+        f"the run directory {out} (or its data/) was removed while the run was writing to it: "
+        "its rows are gone; start a new run"), result.message
