@@ -249,7 +249,7 @@ async def run_bench(
                     )
                     stack.callback(runner.close)
                     if handle_signals:
-                        signals.install(runner.on_sigint, runner.on_sigterm)
+                        signals.install(runner.on_sigint, runner.on_sigterm, runner.on_sighup)
                     if config.saturate:
                         saturation = await _saturation_search(config, runner, results, state)
                     else:
@@ -405,7 +405,8 @@ def _print_stage(r: dict[str, Any], stderr: TextIO, quiet: bool) -> None:
     parts.append(f"err {r['error_rate'] or 0:.1%}")
     parts.append(f"cpu {r['client_cpu']:.0%}")
     parts.append(r["verdict"])
-    print(" | ".join(parts), file=stderr, flush=True)
+    with contextlib.suppress(OSError):  # a terminal gone away ends no stage
+        print(" | ".join(parts), file=stderr, flush=True)
 
 
 class _StageRunner:
@@ -451,6 +452,9 @@ class _StageRunner:
     def on_sigterm(self) -> None:
         self._on_signal("SIGTERM", "A second SIGTERM cancels them.")
 
+    def on_sighup(self) -> None:  # the terminal closed, the ssh session dropped
+        self._on_signal("SIGHUP", "A second SIGHUP cancels them.")
+
     def _on_signal(self, what: str, again: str) -> None:
         # During a stage here, its session drains (then cancels) as a run does, and the bench
         # stops after it; between stages, or while worker processes run one, no further stage
@@ -475,7 +479,10 @@ class _StageRunner:
 
     def _say(self, text: str) -> None:
         if not self.quiet:
-            print(f"\n{text}", file=self.stderr, flush=True)
+            try:
+                print(f"\n{text}", file=self.stderr, flush=True)
+            except OSError:  # the terminal is gone (EIO after a hang-up)
+                self.quiet = True
 
     def _signal_workers(self) -> None:
         for proc in self._workers:

@@ -79,7 +79,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
             # knows them all (the session's own configuration holds no key).
             session.redact = client.redact
             # The parent passes its Ctrl-C on (drain, then cancel), from the start instant.
-            signals.install(session.on_sigint, session.on_sigterm)
+            signals.install(session.on_sigint, session.on_sigterm, session.on_sighup)
             # Ready: the parent waits for every worker, then gives all one start instant.
             sys.stdout.write("READY\n")
             sys.stdout.flush()

@@ -355,35 +355,40 @@ def bench(
             click.echo(redact(traceback.format_exc()).rstrip("\n"), err=True)
         click.echo(f"Internal error: {redact(f'{type(exc).__name__}: {exc}')}", err=True)
         sys.exit(1)
-    if as_json:
-        click.echo(
-            orjson.dumps(
-                {
-                    "run_dir": str(result.run_dir),
-                    "status": result.status,
-                    "stages": result.stages,
-                    "saturation": result.saturation,
-                },
-                option=orjson.OPT_INDENT_2,
-            ).decode()
-        )
-    elif not quiet:
-        sat = result.saturation
-        if sat is not None:
-            best = sat["highest_passing_rate"]
+    try:
+        if as_json:
             click.echo(
-                f"saturation: highest rate meeting {', '.join(sat['slos']) or 'the limits'}"
-                f": {best:g} req/s"
-                if best
-                else "saturation: no rate met the objectives"
+                orjson.dumps(
+                    {
+                        "run_dir": str(result.run_dir),
+                        "status": result.status,
+                        "stages": result.stages,
+                        "saturation": result.saturation,
+                    },
+                    option=orjson.OPT_INDENT_2,
+                ).decode()
             )
-            if sat.get("failure"):
-                click.echo(f"            first failure: {sat['failure']}")
-            if sat.get("note"):
-                click.echo(f"            note: {sat['note']}")
-        click.echo(f"results    {result.run_dir}  (batchrunner report {result.run_dir})")
+        elif not quiet:
+            sat = result.saturation
+            if sat is not None:
+                best = sat["highest_passing_rate"]
+                click.echo(
+                    f"saturation: highest rate meeting {', '.join(sat['slos']) or 'the limits'}"
+                    f": {best:g} req/s"
+                    if best
+                    else "saturation: no rate met the objectives"
+                )
+                if sat.get("failure"):
+                    click.echo(f"            first failure: {sat['failure']}")
+                if sat.get("note"):
+                    click.echo(f"            note: {sat['note']}")
+            click.echo(f"results    {result.run_dir}  (batchrunner report {result.run_dir})")
+        if result.status != "finished":
+            click.echo(f"{result.status}: {result.message}", err=True)
+    except OSError:
+        # The terminal went away (a hang-up): bench.json says how it ended.
+        pass
     if result.status != "finished":
-        click.echo(f"{result.status}: {result.message}", err=True)
         sys.exit(3)
 
 

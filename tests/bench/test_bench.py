@@ -410,7 +410,9 @@ def test_keys_a_gateway_quotes_back_stay_out_of_bench_results(tmp_path, workers)
             assert secret.encode() not in path.read_bytes(), path
 
 
-def test_a_signal_stops_the_bench_after_the_stage_under_way(make_emulator, tmp_path):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_a_signal_stops_the_bench_after_the_stage_under_way(make_emulator, tmp_path, name):
+    # SIGHUP (a closed terminal, a dropped ssh session) killed the bench at once.
     import signal
     import time
 
@@ -425,10 +427,10 @@ def test_a_signal_stops_the_bench_after_the_stage_under_way(make_emulator, tmp_p
         while not any(p.stat().st_size for p in out.glob("journal/seg-*.jsonl")):
             assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, name))
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 3, stderr
-    assert "interrupted: stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert f"interrupted: stopped by {name}" in stderr and "Traceback" not in stderr
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "interrupted" and [s["stage"] for s in info["stages"]] == ["c=1"]
     assert "in_flight_limit" not in info["config"]  # each stage sets its own
