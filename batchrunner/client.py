@@ -278,7 +278,7 @@ class GatewayClient:
                 attempt.http_status = response.status_code
                 attempt.headers = response.headers
                 try:
-                    if stream and response.status_code == 200:
+                    if stream and _streams(response.status_code):
                         await _read_stream(response, attempt)
                     else:
                         raw = await response.aread()
@@ -351,7 +351,7 @@ class GatewayClient:
         attempt.http_status = status
         attempt.headers = ResponseHeaders(exchange.headers)
         attempt.done = exchange.done
-        if sink is not None and status == 200:
+        if sink is not None and _streams(status):
             sink.finish()
         else:
             interpret_body(attempt, status or 0, exchange.content)
@@ -438,6 +438,12 @@ def bifrost_headers(headers: httpx.Headers | ResponseHeaders) -> dict[str, str]:
         if name[:10].lower() == b"x-bifrost-":
             found[name.decode("latin-1").lower()] = value.decode("latin-1")
     return found
+
+
+def _streams(status: int) -> bool:
+    """Whether an answer with this status carries the stream (any 2xx with a body: a gateway
+    may answer 201; the SDK reads it)."""
+    return 200 <= status < 300 and status != 204
 
 
 def _fail(attempt: Attempt, error_type: str, message: str) -> None:

@@ -1,7 +1,7 @@
 """Incremental Server-Sent Events decoder (bytes in, ``(event, data)`` pairs out).
 
 Only what the Anthropic stream uses: ``event:`` and ``data:`` fields, blank-line framing,
-``\\n`` or ``\\r\\n`` line ends, comments ignored. Kept separate from the HTTP code so it can
+``\\n``, ``\\r\\n`` or ``\\r`` line ends, comments ignored. Kept separate from the HTTP code so it can
 be tested on hostile chunkings without a server.
 """
 
@@ -26,23 +26,24 @@ class SSEDecoder:
     def __init__(self) -> None:
         self._buf = b""
         self._parts: list[bytes] = []  # a long incomplete event, when there is one
-        self._cr = False  # the last chunk ended in \r: its \n may start the next one
+        self._cr = False  # the last chunk ended in \r: a \n starting the next one is its
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
         """Decode what ``chunk`` completes.
 
         :return: ``(event type or None, data)`` for each complete event with a data field.
         """
-        if self._cr:
-            chunk = b"\r" + chunk
+        if self._cr:  # the last chunk ended in \r, taken as a line end: its \n is not another
             self._cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
         if b"\r" in chunk:
-            if chunk.endswith(b"\r"):
-                chunk = chunk[:-1]
-                self._cr = True
-            chunk = chunk.replace(b"\r\n", b"\n")
-            if not chunk:  # it was a lone \r, held back above: nothing to look at yet
-                return []
+            # CRLF, or a bare CR: the spec allows all three line ends. A \r at the end counts
+            # at once (an event it completes is not held back for the next read).
+            self._cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if not chunk:
+            return []
         if self._parts:
             # The blank line may straddle the last piece and this one.
             if b"\n\n" not in self._parts[-1][-1:] + chunk[:1] and b"\n\n" not in chunk:
@@ -81,4 +82,4 @@ class SSEDecoder:
     @property
     def pending(self) -> bytes:
         """Bytes received but not yet part of a complete event."""
-        return b"".join(self._parts) + self._buf + (b"\r" if self._cr else b"")
+        return b"".join(self._parts) + self._buf

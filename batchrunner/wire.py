@@ -302,7 +302,7 @@ class _Connection(asyncio.Protocol):
             self.framed = True  # no body by definition
         exchange.status = status
         exchange.first_byte = self.now
-        if status != 200:
+        if not 200 <= status < 300 or status == 204:
             exchange.sink = None  # error bodies are buffered and interpreted whole
 
     def on_body(self, body: bytes) -> None:

@@ -296,6 +296,16 @@ async def test_an_empty_text_delta_is_no_first_token(server: Server, make_client
     assert attempt.message["content"] == [{"type": "text", "text": "a"}]
 
 
+async def test_a_stream_answered_with_another_2xx_is_read_as_a_stream(
+    server: Server, make_client
+) -> None:
+    # A 201 stream was judged as one JSON body: invalid_response.
+    attempt = await send(make_client(server.url("/script")), {"status": 201, "chunks": STREAM_OK},
+                         True)
+    assert attempt.ok and attempt.http_status == 201, attempt.error_message
+    assert attempt.message["content"] == [{"type": "text", "text": "hi"}]
+
+
 async def test_no_compressed_answer_is_asked_for_and_a_bom_is_no_json(
     server: Server, make_client
 ) -> None:

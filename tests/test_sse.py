@@ -69,7 +69,7 @@ def wire(events, newline=b"\n"):
     return out
 
 
-@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
 def test_decoder_survives_any_chunking(newline):
     payload = wire(EVENTS, newline)
     rng = random.Random(3)
@@ -97,7 +97,7 @@ def test_decoder_one_large_event_in_many_small_reads():
     assert decoder.pending == b""
 
 
-@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
 def test_decoder_large_and_small_events_under_random_chunking(newline):
     # events over the 64 KiB at which an incomplete event is collected in pieces, among small
     # ones, cut anywhere (a read of a lone \r between \r\n and \n lost a large CRLF event)
@@ -115,8 +115,9 @@ def test_decoder_large_and_small_events_under_random_chunking(newline):
         assert decoder.pending == b""
     decoder = SSEDecoder()  # the reviewer's case: ... b"x\r\n", b"\r", b"\n"
     big = wire([events[1]], b"\r\n")
-    assert decoder.feed(big[:-2]) == [] and decoder.feed(b"\r") == []
-    assert [t for t, _ in decoder.feed(b"\n")] == ["a"]
+    # A \r ends the blank line at once (a line end of its own); the \n after it is its.
+    assert decoder.feed(big[:-2]) == [] and [t for t, _ in decoder.feed(b"\r")] == ["a"]
+    assert decoder.feed(b"\n") == [] and decoder.pending == b""
 
 
 def test_decoder_crlf_comments_and_multiline_data():
