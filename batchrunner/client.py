@@ -641,6 +641,8 @@ class StreamAssembler:
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
+            if data.strip() in (b"", b"[DONE]"):  # a keep-alive, OpenAI's end marker: no content
+                return self.OTHER
             # orjson refuses a lone surrogate escape ("\\ud83d"), which gateways that cut
             # UTF-16 text send for half an emoji; the halves are joined in message().
             try:
@@ -707,9 +709,13 @@ class StreamAssembler:
             delta = payload.get("delta")
             if not isinstance(delta, dict):
                 delta = {}
-            # Every field of the delta is the message's: stop_reason and stop_sequence, and
-            # container, stop_details and whatever newer ones the API adds.
-            msg.update(delta)
+            # Every field of the delta is the message's: stop_reason and stop_sequence (null
+            # included), and container, stop_details and whatever newer ones the API adds, as
+            # the SDK keeps them (a null does not erase them; usage is merged below).
+            for key, value in delta.items():
+                if key in ("stop_reason", "stop_sequence") or (
+                        value is not None and key != "usage"):
+                    msg[key] = value
             if "context_management" in payload:  # (beta) beside the delta
                 msg["context_management"] = payload["context_management"]
             usage = payload.get("usage")

@@ -210,6 +210,10 @@ class _Session:
     phase_s: float = 0.0
     #: ``--max-cost``: what the run's rows have cost so far.
     spend: SpendMeter | None = None
+    #: What the rows removed at the start of this and earlier sessions (to send again) cost.
+    removed_cost_usd: float = 0.0
+    #: The batch of rows being priced on its thread, if any.
+    pricing: asyncio.Future[list[str]] | None = None
 
     def __post_init__(self) -> None:
         self.redact = Redactor(self.config.secret_values())
@@ -638,22 +642,31 @@ class _Session:
     async def watch_spend(self) -> None:
         """Price the finished rows a few times a second; stop starting requests once they
         have cost ``--max-cost``."""
+        assert self.spend is not None
         while True:
             await asyncio.sleep(SETTLE_INTERVAL_S)
-            self.check_spend()
+            rows = self.spend.take()
+            if rows:
+                # Shielded: cancelled at the end, the batch is still counted (check_spend).
+                self.pricing = asyncio.ensure_future(asyncio.to_thread(self.spend.price, rows))
+                self.spent(await asyncio.shield(self.pricing))
 
-    def check_spend(self, final: bool = False) -> None:
-        """Price the rows finished since the last look; stop once the limit is reached (unless
-        *final*: sending is over)."""
+    def check_spend(self) -> None:
+        """Price the rows finished since the last look, here: sending is over."""
+        if self.spend is not None:
+            self.spent(self.spend.settle(), final=True)
+
+    def spent(self, new_unpriced: list[str], final: bool = False) -> None:
+        """Show the spend, name models it cannot count, and stop once the limit is reached
+        (unless *final*)."""
         spend = self.spend
-        if spend is None:
-            return
-        new_unpriced = spend.settle()
+        assert spend is not None
         self.stats.spent_usd, self.stats.cost_limit_usd = spend.spent_usd, spend.limit_usd
         for model in new_unpriced:
             self._say(
                 f"Warning: --max-cost cannot count {model}'s rows: genai-prices has no price "
-                "for that model (they are counted apart, in run.json's spend)"
+                "for that model (or for its fast mode; they are counted apart, in run.json's "
+                "spend)"
             )
         if spend.reached and not self.stopping and not final:
             self.stop(
@@ -898,8 +911,11 @@ async def run_session(
     if info is not None:  # before the store opens: that already drops rows to send again
         _check_same_gateway(info.get("gateway"), gateway_label(config), stderr, quiet)
         await _check_same_requests(info, config, run_dir, redo, stderr, quiet)
+    # Rows removed to be sent again were paid for: priced before they go (run.json keeps it,
+    # for --max-cost now and in later sessions).
+    removed = SpendMeter(math.inf)
     try:
-        store = await asyncio.to_thread(_open_store, run_dir, redo)
+        store = await asyncio.to_thread(_open_store, run_dir, redo, removed.add_table)
     except OSError as exc:
         verb = "open" if (run_dir / RUN_JSON).exists() else "create"
         raise RunDirError(f"cannot {verb} the run directory {run_dir}: {io_reason(exc)}") from None
@@ -920,7 +936,7 @@ async def run_session(
             info = fresh
         return await _run_in_store(
             config, store, info, fingerprint, total, redo_indices, transport, http_client,
-            handle_signals, signals, quiet, progress, stderr,
+            handle_signals, signals, quiet, progress, stderr, removed.spent_usd,
         )  # fmt: skip
     finally:
         try:
@@ -969,11 +985,12 @@ def _has_jobs(run_dir: Path) -> bool:
         return False
 
 
-def _open_store(run_dir: Path, redo: frozenset[str]) -> RunStore:
+def _open_store(run_dir: Path, redo: frozenset[str],
+                on_removed: Callable[[pa.Table], Any] | None = None) -> RunStore:
     """:meth:`RunStore.open`, then the memory its recovery and part scan freed is handed back:
     nothing is being timed yet, and kept, it stayed resident through the whole session (24 MB
     after converting a 45k-row journal and scanning 400k rows)."""
-    store = RunStore.open(run_dir, create=True, redo_statuses=redo)
+    store = RunStore.open(run_dir, create=True, redo_statuses=redo, on_removed=on_removed)
     pa.default_memory_pool().release_unused()
     release_free_heap()
     return store
@@ -1040,6 +1057,7 @@ async def _run_in_store(
     quiet: bool,
     progress: bool,
     stderr: TextIO,
+    redone_cost_usd: float = 0.0,
 ) -> RunResult:
     run_dir = store.run_dir
     for stale in run_dir.iterdir():  # under the lock: no other writer can own one
@@ -1072,6 +1090,7 @@ async def _run_in_store(
     }
     if store.redone:  # rows removed at open to be sent again (cancelled, --retry-failed)
         session_info["redone"] = dict(store.redone)
+        session_info["redone_cost_usd"] = redone_cost_usd
     info["sessions"].append(session_info)
     info["status"] = "running"
     options = config.source_options()
@@ -1130,6 +1149,10 @@ async def _run_in_store(
             with (run_dir / "rejects.jsonl").open(rejects_mode, buffering=0) as rejects:
                 session = _Session(config, store, client, run_id, stats, rejects, stderr, quiet)
                 session.redo_indices = redo_indices
+                session.removed_cost_usd = sum(
+                    s["redone_cost_usd"] for s in info["sessions"]
+                    if isinstance(s.get("redone_cost_usd"), int | float)
+                )
                 # A resumed run whose earlier sessions had answers: the gateway and key worked,
                 # so a model's 404 is that model's (a resume may start in its block of rows).
                 earlier = ((info.get("summary") or {}).get("status") or {}).get("ok")
@@ -1348,7 +1371,9 @@ async def _drive(
         session.finishing = True  # every request has its row: nothing is left to stop
         await feed.aclose()
         session.flush()
-        session.check_spend(final=True)  # the rows drained after a stop: run.json's figure
+        if session.pricing is not None:
+            await asyncio.gather(session.pricing, return_exceptions=True)
+        session.check_spend()  # the rows drained after a stop: run.json's figure
 
 
 async def _start_spend(session: _Session) -> None:
@@ -1357,6 +1382,7 @@ async def _start_spend(session: _Session) -> None:
     config, store = session.config, session.store
     assert config.max_cost_usd is not None
     spend = SpendMeter(config.max_cost_usd)
+    spend.spent_usd = session.removed_cost_usd
     if store.done_count:
         await asyncio.to_thread(spend.add_batches, store.iter_batches(COST_COLUMNS))
     session.spend = spend

@@ -1,14 +1,14 @@
 """``--max-cost``: what a run's finished rows have cost so far, priced as its reports price them.
 
-Rows are priced in batches, a few times a second (:data:`SETTLE_INTERVAL_S`), not one by one:
-pricing is a few numpy operations per batch, and nothing is added to a request's own path but
-keeping the row. The figure is the rows' list-price cost (bundled genai-prices data, as the
+Rows are priced in batches, a few times a second (:data:`SETTLE_INTERVAL_S`), on a thread of
+their own, not one by one: nothing is added to a request's own path but keeping the row. The figure is the rows' list-price cost (bundled genai-prices data, as the
 closing summary and ``batchrunner report`` without ``--prices``); rows of a model nobody
 prices cannot count toward it, and are counted apart so that the user can be told.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,13 +39,21 @@ class SpendMeter:
 
     def __init__(self, limit_usd: float, book: PriceBook | None = None) -> None:
         self.limit_usd = limit_usd
-        self.book = book or PriceBook()
+        self._book = book
         #: Dollars of the priced rows: earlier sessions' (:meth:`add_table`) and this one's.
         self.spent_usd = 0.0
         #: Rows with tokens whose model has no price: their cost is not in :attr:`spent_usd`.
         self.unpriced_rows = 0
         self.unpriced_models: set[str] = set()
         self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def book(self) -> PriceBook:
+        """The prices, loaded when first needed (the bundled data takes ~0.25 s to load)."""
+        if self._book is None:
+            self._book = PriceBook()
+        return self._book
 
     @property
     def reached(self) -> bool:
@@ -55,17 +63,26 @@ class SpendMeter:
         """Keep a finished row for the next :meth:`settle` (cheap: on the request's path)."""
         self._pending.append(row)
 
-    def settle(self) -> list[str]:
-        """Price the rows kept since the last call.
+    def take(self) -> list[dict[str, Any]]:
+        """The rows kept since the last call, for :meth:`price` (on another thread: pricing a
+        tenth of a second of rows took 1-12 ms, send lag for an open loop)."""
+        rows, self._pending = self._pending, []
+        return rows
+
+    def price(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Add the cost of *rows* (finished rows, as the run emits them).
 
         :return: models found unpriced for the first time (to tell the user once).
         """
-        rows, self._pending = self._pending, []
         if not rows:
             return []
-        table = pa.Table.from_pylist([{k: r.get(k) for k in COST_COLUMNS} for r in rows],
-                                     schema=_LIVE_SCHEMA)
+        table = pa.table({k: [r.get(k) for r in rows] for k in COST_COLUMNS},
+                         schema=_LIVE_SCHEMA)
         return self.add_table(table)
+
+    def settle(self) -> list[str]:
+        """:meth:`price` the rows kept since the last call, here."""
+        return self.price(self.take())
 
     def add_table(self, table: pa.Table) -> list[str]:
         """Add the cost of rows already in table form (at least ``COST_COLUMNS``).
@@ -78,11 +95,12 @@ class SpendMeter:
         price_rows(table, self.book, cols)
         total = cols["cost_total"]
         unpriced = np.isnan(total)
-        self.spent_usd += float(total[~unpriced].sum())
-        self.unpriced_rows += int(unpriced.sum())
         names = {str(m) for m in np.asarray(cols["model_key"], dtype=object)[unpriced]}
-        new = sorted(names - self.unpriced_models)
-        self.unpriced_models |= names
+        with self._lock:  # the last batch may still be priced on its thread at the end
+            self.spent_usd += float(total[~unpriced].sum())
+            self.unpriced_rows += int(unpriced.sum())
+            new = sorted(names - self.unpriced_models)
+            self.unpriced_models |= names
         return new
 
     def add_batches(self, batches: Iterable[pa.Table]) -> None:

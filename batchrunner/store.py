@@ -41,7 +41,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +298,7 @@ class RunStore:
         self._segment_bytes = DEFAULT_SEGMENT_BYTES
         self._segment_age_s = DEFAULT_SEGMENT_AGE_S
         self._fsync = False
+        self._on_removed: Callable[[pa.Table], None] | None = None
         self._metadata: dict[bytes, bytes] = {}
         self._next_seq = _EMPTY_PART_SEQ + 1
         self._seq = 0
@@ -323,6 +324,7 @@ class RunStore:
         segment_age_s: float = DEFAULT_SEGMENT_AGE_S,
         fsync: bool = False,
         file_metadata: Mapping[str, str] | None = None,
+        on_removed: Callable[[pa.Table], None] | None = None,
     ) -> RunStore:
         """Open (or create) *run_dir* for writing, recovering whatever a crash left behind.
 
@@ -345,6 +347,8 @@ class RunStore:
             record (survives power loss, not only process death; costs a disk flush per call).
         :param file_metadata: key/value text stored in the schema metadata of each new part
             (run-level facts without secrets).
+        :param on_removed: given the rows removed for *redo_statuses*, part by part, before
+            they are gone (what they cost was paid).
         :raises FileNotFoundError: *create* is False and *run_dir* is not a run directory.
         :raises RunDirectoryInUseError: another process has it open.
         :raises RunStoreError: a part file is unreadable.
@@ -366,6 +370,7 @@ class RunStore:
         self._segment_bytes = segment_bytes
         self._segment_age_s = segment_age_s
         self._fsync = fsync
+        self._on_removed = on_removed
         meta = dict(RESULT_SCHEMA.metadata or {})
         meta.update({k.encode(): v.encode() for k, v in (file_metadata or {}).items()})
         self._metadata = meta
@@ -555,6 +560,8 @@ class RunStore:
             for item in pc.value_counts(table.column("status").filter(is_redo)).to_pylist():
                 redone[item["values"]] = redone.get(item["values"], 0) + item["counts"]
             keep &= ~is_redo.to_numpy()
+            if self._on_removed is not None and not keep.all():
+                self._on_removed(table.filter(is_redo))
         if drop_rows is not None:
             keep[drop_rows] = False
         if keep.all():

@@ -218,11 +218,24 @@ async def test_an_undecodable_event_mid_stream_is_no_ok_row(server: Server, make
     chunks = _stream(_block(0, {"type": "text", "text": ""}),
                      _delta(0, {"type": "text_delta", "text": "a"}))
     chunks.insert(3, 'event: content_block_delta\ndata: {"type":"content_block_delta","in\n\n')
+    # (what some gateways send that is no JSON and no content stays harmless: see below)
     attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
                          True)
     assert attempt.error_type == ERROR_INVALID_RESPONSE and attempt.message is None
     assert (attempt.error_message or "").startswith("undecodable SSE data")
     assert attempt.partial is not None and not attempt.transport_failure
+
+
+async def test_keep_alives_and_done_markers_are_no_undecodable_events(
+    server: Server, make_client
+) -> None:
+    chunks = _stream(_block(0, {"type": "text", "text": ""}),
+                     _delta(0, {"type": "text_delta", "text": "a"}))
+    chunks[2:2] = ["data: \n\n", "event: ping\ndata:\n\n"]
+    chunks.append("data: [DONE]\n\n")
+    attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
+                         True)
+    assert attempt.ok, attempt.error_message
 
 
 async def test_an_emoji_sent_as_two_surrogate_halves_is_one_character(
@@ -266,7 +279,9 @@ async def test_a_streamed_message_keeps_what_the_sdk_keeps(server: Server, make_
         _block(2, {"type": "compaction", "content": None}),
         _delta(2, {"type": "compaction_delta", "content": "summary", "encrypted_content": "E"}),
         delta={"container": {"id": "c1", "expires_at": "2026-12-01T00:00:00Z"},
-               "stop_details": {"type": "refusal", "category": "cyber"}},
+               "stop_details": {"type": "refusal", "category": "cyber"},
+               # Neither may clobber what the message has: usage is merged, not replaced.
+               "usage": {"output_tokens": 2}},
         context_management={"applied_edits": []},
     )
     attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
@@ -282,6 +297,7 @@ async def test_a_streamed_message_keeps_what_the_sdk_keeps(server: Server, make_
     assert message["stop_details"] == {"type": "refusal", "category": "cyber"}
     assert message["context_management"] == {"applied_edits": []}
     assert message["stop_reason"] == "end_turn"
+    assert message["usage"] == {**MESSAGE["usage"], "output_tokens": 2}
     assert len(attempt.token_times) == 2  # "cited" and "hm": no signature, citation, compaction
 
 

@@ -100,7 +100,7 @@ def test_rows_of_a_model_without_a_price_are_counted_apart_and_named_once(
     warnings = [line for line in stderr.getvalue().splitlines() if "--max-cost" in line]
     assert warnings == [
         "Warning: --max-cost cannot count acme-model-1's rows: genai-prices has no price for "
-        "that model (they are counted apart, in run.json's spend)"
+        "that model (or for its fast mode; they are counted apart, in run.json's spend)"
     ]
     spend = orjson.loads((tmp_path / "out" / "run.json").read_bytes())["sessions"][-1]["spend"]
     assert spend["unpriced_rows"] == 12 and spend["unpriced_models"] == ["acme-model-1"]
@@ -138,3 +138,27 @@ def test_the_cli_takes_max_cost_and_says_how_to_go_on(tmp_path):
     assert 0 < len(read_rows(tmp_path / "o")) < 30
     bad = run_cli("run", str(requests), "--max-cost", "0")
     assert bad.returncode == 2 and "--max-cost" in bad.stderr
+
+
+def test_rows_sent_again_still_count_what_they_cost(make_emulator, tmp_path):
+    # --retry-failed removes the failed rows before the meter reads the run: a stream that
+    # failed midway had been paid for its input, and a resume with the same limit sent again.
+    from batchrunner.retry import RetryPolicy
+
+    requests = write_requests(tmp_path / "set.jsonl", 10, max_tokens=200)
+    out = tmp_path / "out"
+    with make_emulator(fault_midstream=1.0) as emu:
+        first = run(requests, emu.base_url, out, mode=Mode.STREAM, concurrency=2,
+                    retry=RetryPolicy(max_retries=0))
+    paid = first.summary["cost"]["total_usd"]
+    assert first.summary["status"] == {"error": 10} and paid > 0
+    with make_emulator() as emu:
+        again = run(requests, emu.base_url, out, mode=Mode.STREAM, concurrency=2,
+                    retry_failed=True, max_cost_usd=paid * 0.9)
+        assert emu.stats()["by_outcome"] == {}
+    assert again.message.startswith(f"--max-cost {paid * 0.9:,.10g} already reached"), (
+        again.message)
+    session = orjson.loads((out / "run.json").read_bytes())["sessions"][-1]
+    assert session["redone"] == {"error": 10}
+    assert math.isclose(session["redone_cost_usd"], paid, rel_tol=1e-9)
+    assert math.isclose(session["spend"]["spent_usd"], paid, rel_tol=1e-9)
