@@ -536,22 +536,68 @@ class ParquetSource:
 def _column_values(column: pa.Array, name: str, errors: dict[int, str]) -> list[Any]:
     """A column's cells as Python values; maps as dicts (JSON objects, wherever they are
     nested: as pairs they were sent as arrays). A cell that cannot become one (text that is not
-    UTF-8, a timestamp beyond year 9999, a map with a key twice) is None, with its reason in
-    *errors* under its position, so that only its row is rejected."""
+    UTF-8, a timestamp beyond year 9999, a map with a key twice or a key that is not text) is
+    None, with its reason in *errors* under its position, so that only its row is rejected."""
     if name in _WHOLE_NUMBER_COLUMNS and pa.types.is_floating(column.type):
         return [_whole(v) for v in column.to_pylist()]
     try:
-        return column.to_pylist(maps_as_pydicts="strict")
+        values = column.to_pylist()
     except (ValueError, OverflowError, pa.ArrowException):  # UnicodeDecodeError is a ValueError
-        pass
-    values: list[Any] = []
-    for j in range(len(column)):
-        try:
-            values.append(column[j].as_py(maps_as_pydicts="strict"))
-        except (ValueError, OverflowError, pa.ArrowException) as exc:
-            values.append(None)
-            errors.setdefault(j, f"column {name!r}: {_cell_error(exc)}")
+        values = []
+        for j in range(len(column)):
+            try:
+                values.append(column[j].as_py())
+            except (ValueError, OverflowError, pa.ArrowException) as exc:
+                values.append(None)
+                errors.setdefault(j, f"column {name!r}: {_cell_error(exc)}")
+    if _has_map(column.type):
+        # By hand, only where a map is: pyarrow's maps_as_pydicts needs pyarrow 20, and
+        # decoding every column with it took twice as long.
+        for j, value in enumerate(values):
+            try:
+                values[j] = _maps_as_dicts(value, column.type)
+            except _NotJson as exc:
+                values[j] = None
+                errors.setdefault(j, f"column {name!r}: {exc}")
     return values
+
+
+def _has_map(t: pa.DataType) -> bool:
+    if isinstance(t, pa.BaseExtensionType):
+        return _has_map(t.storage_type)
+    if pa.types.is_map(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_has_map(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _has_map(t.value_type)
+    return False
+
+
+def _maps_as_dicts(value: Any, t: pa.DataType) -> Any:
+    """*value* (from ``to_pylist``, maps as lists of pairs) with every map of type *t* a dict.
+
+    :raises _NotJson: a map key that is not text, or one given twice.
+    """
+    if value is None:
+        return None
+    if isinstance(t, pa.BaseExtensionType):
+        return _maps_as_dicts(value, t.storage_type)
+    if pa.types.is_map(t):
+        out: dict[str, Any] = {}
+        for key, item in value:
+            if not isinstance(key, str):
+                raise _NotJson("a map key that is not text")
+            if key in out:
+                raise _NotJson(f"a map with the key {key!r} twice")
+            out[key] = _maps_as_dicts(item, t.item_type)
+        return out
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _maps_as_dicts(value.get(t.field(i).name), t.field(i).type)
+                for i in range(t.num_fields)}
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return [_maps_as_dicts(item, t.value_type) for item in value]
+    return value
 
 
 #: Integer columns that may come as floats (see ``whole_floats``).
@@ -591,6 +637,8 @@ def _cell_object(value: Any, name: str, *, required: bool) -> Any:
         return value
     # A struct (Parquet gives every field of the column's type, None where the row had none)
     # or a map.
+    if name == "metadata":  # never sent: a NaN there is null, as in a --metadata-column
+        return _drop_none(value, nan=None)
     try:
         return _drop_none(value)
     except _NotJson as exc:
@@ -601,14 +649,23 @@ class _NotJson(ValueError):
     pass
 
 
-def _drop_none(value: Any) -> Any:
+_RAISE = object()
+
+
+def _drop_none(value: Any, nan: Any = _RAISE) -> Any:
+    """*value* without struct nulls (recursively).
+
+    :param nan: what a NaN or infinite number becomes; by default it raises :class:`_NotJson`
+        (orjson would send it as null, and JSON text with NaN is a reject too).
+    """
     if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+        return {k: _drop_none(v, nan) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_drop_none(v) for v in value]
+        return [_drop_none(v, nan) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
-        # orjson would send it as null; JSON text with NaN is a reject too.
-        raise _NotJson(repr(value))
+        if nan is _RAISE:
+            raise _NotJson(repr(value))
+        return nan
     return value
 
 

@@ -352,6 +352,8 @@ def run(
             "it stops at the same row again: without --strict invalid rows are skipped and "
             "written to rejects.jsonl; a corrected file is a new input and needs a new run"
         )
+    if result.message.startswith("--max-cost "):  # the same limit would send nothing
+        notes.append("with a higher --max-cost: the run's rows already cost what this one allows")
     limits = [o for o in ("--max-requests", "--duration") if _given(o, args)]
     if limits:
         notes.append(

@@ -134,7 +134,9 @@ def test_the_cli_takes_max_cost_and_says_how_to_go_on(tmp_path):
     assert done.returncode == EXIT_OK, done.stderr
     assert "incomplete: --max-cost 0.002 reached: the run's rows cost $0.00" in done.stderr
     assert "To go on, resume with a higher --max-cost" in done.stderr
-    assert f"Resume with: " in done.stderr
+    assert "Resume with: " in done.stderr
+    assert "(with a higher --max-cost: the run's rows already cost what this one allows)" in (
+        done.stderr)
     assert 0 < len(read_rows(tmp_path / "o")) < 30
     bad = run_cli("run", str(requests), "--max-cost", "0")
     assert bad.returncode == 2 and "--max-cost" in bad.stderr
