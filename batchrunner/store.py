@@ -157,7 +157,7 @@ def _max_index_from_stats(parts: list[tuple[int, Path]]) -> int:
     return top
 
 
-def _reason(exc: OSError) -> str:
+def io_reason(exc: OSError) -> str:
     """An I/O error's cause, without Arrow's wrapping ("Error writing bytes to file. Detail:
     [errno 28] No space left on device", which Arrow puts in ``strerror`` itself)."""
     text = exc.strerror if exc.errno is not None and exc.strerror else str(exc)
@@ -166,8 +166,6 @@ def _reason(exc: OSError) -> str:
         text = text.partition("] ")[2]
     return text or type(exc).__name__
 
-
-io_reason = _reason
 
 
 def what_to_do(exc: OSError) -> str:
@@ -401,7 +399,7 @@ class RunStore:
                 except OSError as exc:  # a full disk, most likely: nothing is lost
                     raise RunStoreError(
                         f"cannot convert {seg} (rows of an earlier session) into {part}: "
-                        f"{_reason(exc)}; the segment is kept: {what_to_do(exc)}"
+                        f"{io_reason(exc)}; the segment is kept: {what_to_do(exc)}"
                     ) from exc
             seg.unlink()
         fsync_dir(self.journal_dir)
@@ -479,7 +477,7 @@ class RunStore:
                 self._rewrite_without(path, redo_values, removals.get(path), redone)
             except OSError as exc:
                 raise RunStoreError(
-                    f"cannot rewrite {path} without the rows to send again: {_reason(exc)}; "
+                    f"cannot rewrite {path} without the rows to send again: {io_reason(exc)}; "
                     f"the part is unchanged: {what_to_do(exc)}"
                 ) from exc
         self.redone = redone
@@ -856,7 +854,7 @@ class RunStore:
         Afterwards ``data/`` holds every row and ``journal/`` is gone. If compaction fails, the
         segments stay in ``journal/`` and the next :meth:`open` recovers them.
 
-        :param keep_lock: hold the directory's lock until :meth:`release_lock`: the run still
+        :param keep_lock: hold the directory's lock until a later ``close()``: the run still
             reads its rows and writes ``run.json``, which a resume must not start before.
         """
         with self._lock:
@@ -882,10 +880,6 @@ class RunStore:
                 "%d row(s) were appended for input_index values that already had a row",
                 self._duplicate_appends,
             )
-
-    def release_lock(self) -> None:
-        """Let another process open the directory (after ``close(keep_lock=True)``)."""
-        self._release()
 
     def _close_jobs(self) -> None:
         if self._jobs is not None:
