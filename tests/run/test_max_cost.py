@@ -164,3 +164,17 @@ def test_rows_sent_again_still_count_what_they_cost(make_emulator, tmp_path):
     assert session["redone"] == {"error": 10}
     assert math.isclose(session["redone_cost_usd"], paid, rel_tol=1e-9)
     assert math.isclose(session["spend"]["spent_usd"], paid, rel_tol=1e-9)
+
+
+def test_an_open_loop_stops_at_the_limit_too(make_emulator, tmp_path):
+    requests = write_requests(tmp_path / "set.jsonl", 200, max_tokens=200)
+    with make_emulator(ttft=Dist("fixed", 0.01)) as emu:
+        full = run(requests, emu.base_url, tmp_path / "full", concurrency=4, max_requests=40)
+        limit = full.summary["cost"]["total_usd"]  # what 40 requests cost
+        capped = run(requests, emu.base_url, tmp_path / "capped", rate=100.0,
+                     max_cost_usd=limit)
+    assert capped.status == "incomplete" and capped.message.startswith("--max-cost"), (
+        capped.message)
+    # 100/s: the limit is reached near the 40th row; one pricing interval (~10 sends) and the
+    # requests in flight come on top, with room for a slow machine.
+    assert 35 <= capped.summary["requests"] <= 80, capped.summary["requests"]
