@@ -261,10 +261,12 @@ async def run_bench(
                                 break  # stopped before it sent anything: no stage to show
                             results.append(result)
                             _print_stage(result, stderr, quiet)
-                            if runner.interrupted:
+                            if runner.interrupted or runner.fatal:
                                 break
                     runner.finishing = True
-                    if runner.interrupted:
+                    if runner.fatal:
+                        status, message = "aborted", runner.fatal
+                    elif runner.interrupted:
                         status, message = "interrupted", runner.interrupted_by
                     elif state.stop_reason:
                         status, message = "stopped", state.stop_reason
@@ -345,7 +347,7 @@ async def _saturation_search(
         return ok
 
     for rate in search_rates(config.search_start, config.search_max, config.search_factor):
-        if _should_stop(config, state, []) or runner.interrupted:
+        if _should_stop(config, state, []) or runner.interrupted or runner.fatal:
             break
         passed = await probe(rate)
         if passed is None:
@@ -358,7 +360,7 @@ async def _saturation_search(
     if best is not None and failed is not None:
         lo, hi = best, failed
         for _ in range(config.search_steps):
-            if _should_stop(config, state, []) or runner.interrupted:
+            if _should_stop(config, state, []) or runner.interrupted or runner.fatal:
                 break
             mid = (lo * hi) ** 0.5  # geometric midpoint: the search space is multiplicative
             passed = await probe(mid)
@@ -369,18 +371,22 @@ async def _saturation_search(
             else:
                 hi = failed = mid
     client_bound = failure.startswith("client-bound")
+    if client_bound:
+        note: str | None = ("the client, not the gateway, was the limit: the gateway's capacity "
+                            "is at least the highest passing rate")
+    elif best is not None and failed is None and not (runner.interrupted or runner.fatal
+                                                      or state.stop_reason):
+        note = ("no rate up to --search-max failed: the gateway's capacity is at least the "
+                "highest passing rate (raise --search-max to find it)")
+    else:
+        note = None
     return {
         "highest_passing_rate": best,
         "lowest_failing_rate": failed,
         "failure": failure or None,
         "client_bound": client_bound,
         "slos": [str(s) for s in config.slos],
-        "note": (
-            "the client, not the gateway, was the limit: the gateway's capacity is at least "
-            "the highest passing rate"
-            if client_bound
-            else None
-        ),
+        "note": note,
     }
 
 
@@ -439,6 +445,9 @@ class _StageRunner:
         self.current: _Session | None = None
         #: The stages are over and the results are being written.
         self.finishing = False
+        #: Why a stage's session gave up (unwritable output, a gateway refusing every request or
+        #: gone, a worker that died): the bench stops there, aborted.
+        self.fatal = ""
         #: Worker processes of the stage under way, and signals to pass on once they run.
         self._workers: list[asyncio.subprocess.Process] = []
         self._signals_to_pass = 0
@@ -576,6 +585,8 @@ class _StageRunner:
         if session.interrupted:
             self.interrupted = True
             self.interrupted_by = session.interrupted_by or "interrupted"
+        if session.fatal is not None and not self.fatal:
+            self.fatal = session.redact(str(session.fatal))
 
     async def _run_workers(
         self, spec: StageSpec, collector: StageCollector, base: int, state: BenchState
@@ -651,12 +662,21 @@ class _StageRunner:
         finally:
             self._workers = []
             self._signals_to_pass = 0
-        for proc, out in zip(procs, outputs, strict=True):
+        for k, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
             if proc.returncode != 0:
-                raise RuntimeError(
-                    f"bench worker exited with code {proc.returncode} (its error is above)"
-                )
-            collector.merge_json(json.loads(out.decode().strip().splitlines()[-1]))
+                # Killed (out of memory, kill -9) or crashed: the others' figures still stand,
+                # and every row any of them wrote is kept; the bench stops here.
+                how = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
+                       else f"exited with code {proc.returncode}")
+                if not self.fatal:
+                    self.fatal = (f"bench worker {k} of stage {spec.name} {how}; the stage's "
+                                  "figures leave out its requests")
+                continue
+            data = json.loads(out.decode().strip().splitlines()[-1])
+            fatal = data.pop("fatal", None)
+            if fatal and not self.fatal:
+                self.fatal = str(fatal)
+            collector.merge_json(data)
         await asyncio.to_thread(_adopt_worker_parts, self.store.run_dir, spec.name)
 
 
@@ -681,15 +701,18 @@ def _worker_run_options(run: RunConfig) -> dict[str, Any]:
         "keep_response_text": run.keep_response_text, "connect_s": run.timeouts.connect_s,
         "read_s": run.timeouts.read_s, "attempt_s": run.timeouts.attempt_s,
         "concurrency": run.concurrency, "max_rate": run.max_rate,
-        "model": run.model, "max_tokens": run.max_tokens,
+        "model": run.model, "max_tokens": run.max_tokens, "drain_timeout_s": run.drain_timeout_s,
     }  # fmt: skip
 
 
 def _adopt_worker_parts(run_dir: Path, stage: str) -> None:
-    """Move the workers' Parquet parts of a stage into ``data/`` under unique names."""
+    """Move the workers' Parquet parts of a stage into ``data/`` under unique names (after
+    converting what a worker that died left in its journal)."""
     safe = "".join(ch if ch.isalnum() else "_" for ch in stage)
     workers_dir = run_dir / "workers"
     for worker_dir in sorted(workers_dir.glob(f"{safe}-w*")):
+        if (worker_dir / "journal").is_dir():
+            RunStore.open(worker_dir, create=False, redo_statuses=()).close()
         for part in sorted((worker_dir / "data").glob("part-*.parquet")):
             if part.name == "part-000000.parquet":
                 continue  # the store's empty schema part; data/ has its own

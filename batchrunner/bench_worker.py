@@ -47,6 +47,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
         concurrency=opts["concurrency"],
         max_rate=opts["max_rate"] / n if opts["max_rate"] else None,
         model=opts["model"], max_tokens=opts["max_tokens"],
+        drain_timeout_s=opts.get("drain_timeout_s", 30.0),
     )  # fmt: skip
     if requests is not None:
         records = list(iter_requests(requests, run.source_options()))[:100_000]
@@ -139,7 +140,10 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
     finally:
         store.close()
         signals.remove()
-    return collector.to_json()
+    result = collector.to_json()
+    if session.fatal is not None:  # the parent stops the bench, naming it
+        result["fatal"] = session.redact(str(session.fatal))
+    return result
 
 
 def main() -> None:

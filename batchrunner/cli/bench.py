@@ -41,6 +41,8 @@ SCENARIO_KEYS = {
     "duration",
     "workers",
     "timeout",
+    "drain_timeout",
+    "out",
     "max_retries",
     "model",
     "max_tokens",
@@ -57,6 +59,7 @@ _SCENARIO_TYPES: dict[str, tuple[type, ...]] = {
     "saturate": (bool,), "search_start": _NUMBER, "search_max": _NUMBER,
     "search_factor": _NUMBER, "search_steps": (int,), "max_errors": (int,),
     "max_error_rate": _NUMBER, "duration": _NUMBER, "workers": (int,), "timeout": _NUMBER,
+    "drain_timeout": _NUMBER,
     "max_retries": (int,), "model": (str,), "max_tokens": (int,), "seed": (int,),
     "emulator_profile": (str,), "out": (str,),
 }  # fmt: skip
@@ -208,6 +211,14 @@ Exit codes: 0 done; 2 usage or configuration error; 3 interrupted or stopped by
 )
 @click.option("--timeout", type=float, default=None, help="Per-request timeout in seconds [120].")
 @click.option(
+    "--drain-timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="At a stage's end (or a first Ctrl-C), how long requests in flight may finish; those "
+    "still unanswered then are cancelled and count as failed [30].",
+)
+@click.option(
     "--max-retries",
     type=int,
     default=None,
@@ -328,6 +339,7 @@ def bench(
             seed=values.get("seed") or 0,
             emulator_profile=values.get("emulator_profile"),
             out=values.get("out"),
+            drain_timeout_s=_given(values, "drain_timeout", 30.0),
         )
         config = BenchConfig(
             run=run, stages=stages, slos=slos, saturate=bool(values.get("saturate")),
@@ -340,7 +352,7 @@ def bench(
             stage_duration_s=stage_duration, stage_requests=values.get("stage_requests"),
             warmup_s=warmup, max_errors=values.get("max_errors"),
             max_error_rate=values.get("max_error_rate"),
-            total_duration_s=values.get("duration"), workers=values.get("workers") or 1,
+            total_duration_s=values.get("duration"), workers=_given(values, "workers", 1),
         )  # fmt: skip
         result = run_sync_coro(run_bench(config, quiet=quiet, handle_signals=True))
         session_over()
@@ -379,7 +391,9 @@ def bench(
                     else "saturation: no rate met the objectives"
                 )
                 if sat.get("failure"):
-                    click.echo(f"            first failure: {sat['failure']}")
+                    failing = sat.get("lowest_failing_rate")
+                    at = f" at {failing:g} req/s" if failing is not None else ""
+                    click.echo(f"            lowest failing rate{at}: {sat['failure']}")
                 if sat.get("note"):
                     click.echo(f"            note: {sat['note']}")
             click.echo(f"results    {result.run_dir}  (batchrunner report {result.run_dir})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,11 +121,15 @@ def test_rows_cancelled_at_a_stages_end_do_not_stretch_its_window():
     r = stage_result(StageSpec("s", concurrency=4), c, [])
     assert r["window_s"] == pytest.approx(1.95)
     assert r["throughput_rps"] == pytest.approx(20 / 1.95)
-    assert r["requests"] == 23 and r["failed"] == 0
-    only_cancelled = StageCollector()
+    # ... and they are failures: never answered (they read "err 0.0%, ok" before).
+    assert r["requests"] == 23 and r["failed"] == 3
+    assert r["verdict"] == "errors (13.0% failed)"
+    only_cancelled = StageCollector()  # a gateway that could not be connected to
     only_cancelled.add(_row(status="cancelled", latency=0.0, sent=0.5, done=32.0))
     r = stage_result(StageSpec("s", concurrency=4), only_cancelled, [])
     assert r["window_s"] == 0.0 and r["throughput_rps"] is None
+    assert r["error_rate"] == 1.0 and r["verdict"] == "errors (100.0% failed)"
+    assert not passes(r, None)
 
 
 def test_verdict_blames_the_client_when_it_fell_behind():
@@ -722,3 +727,121 @@ def test_poisson_arrivals_without_an_open_loop_stage_are_refused(make_emulator, 
         BenchConfig(run=RunConfig(Path("x"), arrival="constant"), stages=closed),
     ):  # fmt: skip
         config.validate()
+
+
+def test_every_worker_cycles_the_whole_set():
+    # Every n-th record gave worker k of n a fixed subset whenever the set's length shared a
+    # factor with n: with 2 requests and 2 workers, one sent only the short one.
+    from batchrunner.bench import cycle_records
+    from batchrunner.schema import RequestRecord
+
+    records = [RequestRecord(i, str(i), {"i": i}) for i in range(4)]
+    for k in range(2):
+        sent = [r.params["i"] for r in itertools.islice(cycle_records(records, "s", 0, k, 2), 8)]
+        assert sorted(sent) == [0, 0, 1, 1, 2, 2, 3, 3], (k, sent)
+    first = [next(cycle_records(records, "s", 0, k, 2)).params["i"] for k in range(2)]
+    assert first == [0, 2]  # from offsets of their own
+    indices = [r.input_index for k in range(2)
+               for r in itertools.islice(cycle_records(records, "s", 10, k, 2), 3)]
+    assert sorted(indices) == list(range(10, 16))  # still unique across workers
+
+
+def test_the_search_tries_its_top_rate_and_says_when_nothing_failed(make_emulator, tmp_path):
+    from batchrunner.bench import search_rates
+
+    assert list(search_rates(10, 10_000, 2))[-2:] == [5120, 10_000]
+    assert list(search_rates(10, 40, 2)) == [10, 20, 40]
+    with make_emulator() as emu:
+        result = bench(emu.base_url, tmp_path / "out", saturate=True, search_start=10,
+                       search_max=25, search_factor=2, stage_duration_s=0.5,
+                       max_error_rate=0.05)
+    assert [s["stage"] for s in result.stages] == ["rate=10", "rate=20", "rate=25"]
+    sat = result.saturation
+    assert sat["highest_passing_rate"] == 25 and sat["lowest_failing_rate"] is None
+    assert sat["note"].startswith("no rate up to --search-max failed")
+
+
+def test_a_stage_that_measured_nothing_does_not_pass():
+    c = StageCollector()
+    c.add(_row(stage="s#warmup"))
+    r = stage_result(StageSpec("s", rate=10.0), c, [])
+    assert r["verdict"] == "no requests" and not passes(r, None)
+
+
+def test_a_gateway_refusing_every_request_aborts_the_bench_naming_why(make_emulator, tmp_path):
+    # 20 refusals in a row stopped each stage within milliseconds, silently, and the bench
+    # ended "finished" with exit code 0.
+    with make_emulator(virtual_keys=("sk-bf-right-key-000",)) as emu:
+        result = bench(emu.base_url, tmp_path / "out",
+                       stages=[StageSpec("c=2", concurrency=2, duration_s=2.0),
+                               StageSpec("c=4", concurrency=4, duration_s=2.0)])
+    assert result.status == "aborted", (result.status, result.message)
+    assert "refused with HTTP 401" in result.message
+    assert [s["stage"] for s in result.stages] == ["c=2"]
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["status"] == "aborted"
+
+
+def test_a_worker_that_dies_ends_the_bench_keeping_every_row(make_emulator, tmp_path):
+    # One worker killed (out of memory, kill -9): "Internal error", no bench.json, and the
+    # stage's rows left under workers/, out of every report.
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.02)) as emu:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchrunner", "bench", "-c", "4", "--stage-duration", "3",
+             "--workers", "2", "--gateway", emu.base_url, "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline, victim = time.monotonic() + 30, None
+        while victim is None:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            for seg in out.glob("workers/*-w0/journal/seg-*.jsonl"):
+                if seg.stat().st_size:
+                    victim = _child_running(proc.pid, "bench_worker")
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    assert "Internal error" not in stderr and "was killed by signal 9" in stderr, stderr
+    assert json.loads((out / "bench.json").read_text())["status"] == "aborted"
+    rows = pq.read_table(out / "data").to_pandas()
+    assert len(rows) > 0 and rows["input_index"].is_unique
+    assert not list(out.glob("workers/*/data/part-00000[1-9]*.parquet"))
+    assert not list(out.glob("workers/*/journal/*.jsonl"))
+
+
+def _child_running(parent: int, name: str) -> int | None:
+    """The pid of a child process of *parent* whose command line holds *name*."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and name.encode() in cmdline:
+            return int(stat.parent.name)
+    return None
+
+
+def test_drain_timeout_and_workers_options(make_emulator, tmp_path):
+    import time
+
+    with make_emulator(fault_stall=0.3, stall_s=30.0, seed=2) as emu:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "batchrunner", "bench", "-c", "2", "--stage-duration", "1",
+             "--drain-timeout", "0.5", "--gateway", emu.base_url, "--out", str(tmp_path / "o"),
+             "--json"], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    (stage,) = json.loads(done.stdout)["stages"]
+    # The stalled requests are cut 0.5 s after the stage, not 30 s, and counted as failed.
+    assert took < 15 and stage["errors"].get("cancelled", 0) > 0, (took, stage["errors"])
+    assert stage["failed"] >= stage["errors"]["cancelled"]
+    assert stage["verdict"].startswith("errors"), stage["verdict"]
+    zero = subprocess.run([sys.executable, "-m", "batchrunner", "bench", "-c", "2",
+                           "--workers", "0"], capture_output=True, text=True, timeout=60)
+    assert zero.returncode == 2 and "--workers must be between 1" in zero.stderr, zero.stderr
