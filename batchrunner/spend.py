@@ -1,9 +1,10 @@
 """``--max-cost``: what a run's finished rows have cost so far, priced as its reports price them.
 
 Rows are priced in batches, a few times a second (:data:`SETTLE_INTERVAL_S`), on a thread of
-their own, not one by one: nothing is added to a request's own path but keeping the row. The figure is the rows' list-price cost (bundled genai-prices data, as the
-closing summary and ``batchrunner report`` without ``--prices``); rows of a model nobody
-prices cannot count toward it, and are counted apart so that the user can be told.
+their own, not one by one: nothing is added to a request's own path but keeping the row. The
+figure is the rows' list-price cost (bundled genai-prices data, as the closing summary and
+``batchrunner report`` without ``--prices``); rows of a model nobody prices cannot count toward
+it, and are counted apart so that the user can be told.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class SpendMeter:
         return self.spent_usd >= self.limit_usd
 
     def add(self, row: dict[str, Any]) -> None:
-        """Keep a finished row for the next :meth:`settle` (cheap: on the request's path)."""
+        """Keep a finished row for the next :meth:`take` (cheap: on the request's path)."""
         self._pending.append(row)
 
     def take(self) -> list[dict[str, Any]]:
