@@ -52,7 +52,8 @@ def run(
     :param max_retries: retries per request.
     :param quiet: print nothing.
     :param options: any other :class:`batchrunner.config.RunConfig` field (``rate``,
-        ``max_rate``, ``max_requests``, ``api_key``, ``virtual_key``, ``resume``, ...).
+        ``max_rate``, ``max_requests``, ``max_cost_usd``, ``api_key``, ``virtual_key``,
+        ``resume``, ...).
     :return: a :class:`RunResult` (``run_dir``, ``summary``, ``status``, ``exit_code``),
         whatever the run's outcome: a ``strict=True`` stop at an invalid row is ``aborted``
         (exit code 3), with the row in ``rejects.jsonl``.
