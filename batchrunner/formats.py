@@ -402,6 +402,9 @@ class ParquetSource:
             wanted = ["custom_id", "params", "metadata"]
         wanted += self.metadata_columns
         self.columns = list(dict.fromkeys(c for c in wanted if c in types))
+        #: Columns neither sent nor kept (an expected answer, a typo such as ``meta``): said,
+        #: never silently dropped, since ``--metadata-column`` would keep them in the rows.
+        self.unused_columns = [c for c in types if c not in self.columns]
 
     def _check(
         self,

@@ -71,7 +71,15 @@ from batchrunner.rundir import (
 from batchrunner.schedule_check import open_loop_sessions
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.spend import SETTLE_INTERVAL_S, SpendMeter
-from batchrunner.sources import InputError, Reject, SourceOptions, count_requests, iter_requests
+from batchrunner.sources import (
+    InputError,
+    Reject,
+    SourceOptions,
+    count_requests,
+    iter_requests,
+    unused_columns,
+    unused_columns_note,
+)
 from batchrunner.store import (
     JOBS_FILE,
     READ_BATCH_ROWS,
@@ -878,6 +886,11 @@ async def run_session(
             asyncio.to_thread(input_fingerprint, requests),
             asyncio.to_thread(count_requests, requests, config.source_options()),
         )
+        if not quiet and _is_parquet(requests) and not config.collect_only:
+            unused = await asyncio.to_thread(unused_columns, requests, config.source_options())
+            if unused:
+                note = unused_columns_note(unused)
+                print(note[:1].upper() + note[1:], file=stderr, flush=True)
     elif config.collect_only:
         fingerprint, total = None, None  # collect can poll without the input file
     elif requests.exists():

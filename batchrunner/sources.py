@@ -131,6 +131,7 @@ class ValidationReport:
     :param stream_removed: valid requests whose ``stream`` field was removed.
     :param rejects: the first rejects, in file order.
     :param stopped_early: strict mode stopped at the first reject.
+    :param unused_columns: Parquet columns neither sent nor kept in the rows.
     """
 
     path: str
@@ -141,6 +142,7 @@ class ValidationReport:
     stream_removed: int = 0
     rejects: list[Reject] = field(default_factory=list)
     stopped_early: bool = False
+    unused_columns: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -158,6 +160,20 @@ class ValidationReport:
         out["total"] = self.total
         out["valid"] = self.valid
         return out
+
+
+def unused_columns(path: str | os.PathLike[str], options: SourceOptions) -> list[str]:
+    """The input's Parquet columns that are neither sent nor kept in the rows ([] for JSONL).
+
+    :raises InputError: the file cannot be read.
+    """
+    return list(getattr(_open(path, options), "unused_columns", []))
+
+
+def unused_columns_note(columns: list[str]) -> str:
+    """One line naming *columns*, and how to keep one."""
+    return (f"note: column{'s' if len(columns) > 1 else ''} not used: {', '.join(columns)} "
+            "(--metadata-column NAME keeps one in each row's metadata)")
 
 
 def count_requests(
@@ -243,6 +259,7 @@ def validate_file(
             raise _Stop
 
     source = _open(path, options)
+    report.unused_columns = list(getattr(source, "unused_columns", []))
     models: Counter[str] = Counter()
     try:
         for record in _generate(source, replace(options, strict=False), on_reject, None, stats):

@@ -978,3 +978,15 @@ def test_a_nan_in_a_metadata_struct_is_null_not_a_reject(tmp_path):
                              "metadata": pa.array([{"score": float("nan"), "k": "v"}])}), path)
     (record,), rejects = read(path)
     assert rejects == [] and record.metadata == {"score": None, "k": "v"}
+
+
+def test_parquet_columns_neither_sent_nor_kept_are_named(tmp_path):
+    # A typo such as "meta" (or an expected answer kept beside the requests) was dropped
+    # without a word; --metadata-column would have kept it.
+    from batchrunner.sources import unused_columns
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"params": [dumps(BODY)], "meta": ["x"], "answer": ["4"]}), path)
+    assert validate_file(path, SourceOptions()).unused_columns == ["meta", "answer"]
+    assert unused_columns(path, SourceOptions(metadata_columns=("answer",))) == ["meta"]
+    assert unused_columns(write_jsonl(tmp_path / "a.jsonl", BODY), SourceOptions()) == []

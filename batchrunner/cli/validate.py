@@ -14,7 +14,13 @@ import click
 import orjson
 
 from batchrunner.cli import main
-from batchrunner.sources import InputError, SourceOptions, ValidationReport, validate_file
+from batchrunner.sources import (
+    InputError,
+    SourceOptions,
+    ValidationReport,
+    unused_columns_note,
+    validate_file,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -147,6 +153,8 @@ def _summary(report: ValidationReport) -> str:
     if report.models:
         models = ", ".join(f"{name} ({n})" for name, n in report.models.items())
         lines.append(f"models: {models}")
+    if report.unused_columns:
+        lines.append(unused_columns_note(report.unused_columns))
     if report.stream_removed:
         lines.append(
             f"note: 'stream' was removed from {report.stream_removed} request(s) "

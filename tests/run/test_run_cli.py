@@ -580,3 +580,19 @@ def test_a_request_waiting_to_retry_when_the_run_stops_sends_no_retry(
     assert len(rows) == 2 and set(rows["status"]) == {"cancelled"}
     assert rows["error_message"].str.contains("not retried: the run stopped before the retry",
                                               regex=False).all()
+
+
+def test_run_names_parquet_columns_it_neither_sends_nor_keeps(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    body = {"model": "claude-haiku-4-5", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}
+    path = tmp_path / "set.parquet"
+    pq.write_table(pa.table({"params": [json.dumps(body)], "answer": ["a"]}), path)
+    done = run_cli("run", str(path), "--out", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+    assert ("Note: column not used: answer (--metadata-column NAME keeps one in each row's "
+            "metadata)") in done.stderr
