@@ -1504,6 +1504,13 @@ async def _finish(
         summary = summarize_batches(iter(()))
     if outstanding:
         _count_outstanding(summary, outstanding)
+    changed = _input_size_change(config, info)
+    if changed and session.fatal is None:
+        session.fatal = RunAborted(
+            f"the input {config.requests} changed while the run read it ({changed}): the rows "
+            "of the requests read before are kept, but the run can be resumed only with the "
+            "file as it was; start a new run for the new one"
+        )
     finished = summary["requests"]
     settled = finished - summary["status"].get(Status.CANCELLED.value, 0)
     complete = settled + stats.rejected >= (stats.total or 0) and not outstanding
@@ -1606,6 +1613,20 @@ async def _finish(
         failed_on_input=isinstance(session.fatal, InputError),
         unsubmitted=unsubmitted if config.mode is Mode.ASYNC else 0,
     )
+
+
+def _input_size_change(config: RunConfig, info: dict[str, Any]) -> str:
+    """How the input's size differs from the one fingerprinted at the start ("" if not): a
+    file cut or rewritten under the run ended "incomplete: stopped" with a resume command that
+    was then refused."""
+    recorded = (info.get("input") or {}).get("size")
+    if config.collect_only or not isinstance(recorded, int):
+        return ""
+    try:
+        size = config.requests.stat().st_size
+    except OSError:
+        return "it is gone"
+    return f"{recorded:,} bytes at the start, {size:,} now" if size != recorded else ""
 
 
 def _count_outstanding(summary: dict[str, Any], outstanding: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import os
 from pathlib import Path
 
 import orjson
@@ -596,3 +597,27 @@ def test_a_run_directory_deleted_under_the_run_is_said_so(make_emulator, tmp_pat
     assert result.message.startswith(
         f"the run directory {out} (or its data/) was removed while the run was writing to it: "
         "its rows are gone; start a new run"), result.message
+
+
+def test_an_input_cut_under_the_run_ends_it_aborted_saying_so(make_emulator, tmp_path):
+    # It ended "incomplete: stopped", exit code 0, with a resume command then refused (the
+    # input no longer matched).
+    import threading
+
+    from batchrunner.emulator.config import Dist
+    from batchrunner.runner import EXIT_ABORTED
+
+    requests = write_requests(tmp_path / "set.jsonl", 3000)
+    size = requests.stat().st_size
+    cut = threading.Timer(0.5, lambda: os.truncate(requests, size // 3))
+    with make_emulator(ttft=Dist("fixed", 0.01)) as emu:
+        cut.start()
+        try:
+            result = run_sync(RunConfig(requests=requests, gateway=emu.base_url,
+                                        out=tmp_path / "out", concurrency=2), quiet=True)
+        finally:
+            cut.cancel()
+    assert (result.status, result.exit_code) == ("aborted", EXIT_ABORTED), result.message
+    assert result.message.startswith(
+        f"the input {requests} changed while the run read it ({size:,} bytes at the start, "
+        f"{size // 3:,} now)"), result.message
