@@ -167,6 +167,9 @@ class RunResult:
     #: Async: requests of the input neither answered nor submitted (``collect`` cannot send
     #: them; ``run`` can).
     unsubmitted: int = 0
+    #: Whether the same command can go on with the run (not when the run directory was
+    #: deleted under it, or the input changed).
+    resumable: bool = True
 
 
 class RunAborted(Exception):
@@ -1505,6 +1508,7 @@ async def _finish(
     if outstanding:
         _count_outstanding(summary, outstanding)
     changed = _input_size_change(config, info)
+    resumable = not changed and store.run_dir.is_dir()
     if changed and session.fatal is None:
         session.fatal = RunAborted(
             f"the input {config.requests} changed while the run read it ({changed}): the rows "
@@ -1612,6 +1616,7 @@ async def _finish(
         failed_on_config=session.failed_on_config and session.fatal is not None,
         failed_on_input=isinstance(session.fatal, InputError),
         unsubmitted=unsubmitted if config.mode is Mode.ASYNC else 0,
+        resumable=resumable,
     )
 
 

@@ -472,8 +472,7 @@ def finish(
                 )
             if result.status not in ("finished", "detached"):
                 click.echo(f"{result.status}: {result.message}", err=True)
-            resumable = result.run_dir.is_dir()  # not when it was deleted under the run
-            if resume_hint and resumable and (
+            if resume_hint and result.resumable and (
                 result.exit_code == EXIT_ABORTED or result.status == "incomplete"
             ):
                 click.echo(f"Resume with: {resume_hint}", err=True)

@@ -597,6 +597,7 @@ def test_a_run_directory_deleted_under_the_run_is_said_so(make_emulator, tmp_pat
     assert result.message.startswith(
         f"the run directory {out} (or its data/) was removed while the run was writing to it: "
         "its rows are gone; start a new run"), result.message
+    assert not result.resumable
 
 
 def test_an_input_cut_under_the_run_ends_it_aborted_saying_so(make_emulator, tmp_path):
@@ -621,3 +622,4 @@ def test_an_input_cut_under_the_run_ends_it_aborted_saying_so(make_emulator, tmp
     assert result.message.startswith(
         f"the input {requests} changed while the run read it ({size:,} bytes at the start, "
         f"{size // 3:,} now)"), result.message
+    assert not result.resumable  # no resume command that would be refused
