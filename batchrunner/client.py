@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -590,9 +591,22 @@ class StreamSink:
 
 
 def _join_surrogates(text: str) -> str:
-    """Surrogate halves that arrived in separate deltas, as the characters they make up (a
-    half without its partner stays, and becomes U+FFFD when the row is stored)."""
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    """Surrogate halves that arrived in separate deltas, as the characters they make up; a
+    half without its partner becomes U+FFFD (no JSON encoder takes it)."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+#: A run of digits no 64-bit integer has: orjson would read it as a float (rounded).
+_BIG_INTEGER = re.compile(rb"\d{20,}")
+
+
+def _tool_input(text: str) -> Any:
+    """A tool call's input from its joined ``partial_json``; integers beyond 64 bits (an id,
+    an amount) kept exact, as the SDK keeps them, not rounded to floats."""
+    data = text.encode()
+    if _BIG_INTEGER.search(data):
+        return json.loads(text)
+    return orjson.loads(data)
 
 
 #: Delta type -> the block field its parts are joined into, and the delta's value key.
@@ -757,8 +771,8 @@ class StreamAssembler:
             partial = "".join(json_parts) if json_parts is not None else None
             if partial is not None:
                 try:
-                    block["input"] = orjson.loads(partial) if partial else {}
-                except orjson.JSONDecodeError:
+                    block["input"] = _tool_input(partial) if partial else {}
+                except ValueError:  # orjson's JSONDecodeError too
                     block["input"] = partial
             content.append(block)
         msg["content"] = content

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import time
 from collections.abc import Callable
@@ -326,7 +327,7 @@ def fill_attempt(row: dict[str, Any], attempt: Attempt, ctx: ExecContext) -> Non
             if attempt.raw_body is not None:
                 row["response_json"] = attempt.raw_body.decode("utf-8", "replace")
             else:
-                row["response_json"] = orjson.dumps(message).decode()
+                row["response_json"] = json_text(message)
         if not ctx.keep_response_text:
             row["response_text"] = None
     elif attempt.partial is not None:
@@ -336,9 +337,18 @@ def fill_attempt(row: dict[str, Any], attempt: Attempt, ctx: ExecContext) -> Non
             row["content_deltas"] = 0  # it began: none came, which is not "unknown"
         fill_message(row, attempt.partial)
         if ctx.keep_response_json:
-            row["response_json"] = orjson.dumps(attempt.partial).decode()
+            row["response_json"] = json_text(attempt.partial)
         if not ctx.keep_response_text:
             row["response_text"] = None
+
+
+def json_text(message: dict[str, Any]) -> str:
+    """A rebuilt message as JSON text. The standard encoder takes what orjson refuses: an
+    integer beyond 64 bits in a tool's input (kept exact), a lone surrogate (escaped)."""
+    try:
+        return orjson.dumps(message).decode()
+    except TypeError:
+        return json.dumps(message, separators=(",", ":"))
 
 
 def fill_itl(row: dict[str, Any], times: list[float]) -> None:

@@ -252,6 +252,29 @@ async def test_an_emoji_sent_as_two_surrogate_halves_is_one_character(
     assert attempt.message["content"] == [{"type": "text", "text": "smile \U0001F600"}]
 
 
+async def test_a_streamed_tool_input_keeps_big_integers_and_a_lone_half_is_replaced(
+    server: Server, make_client
+) -> None:
+    # orjson read 123456789012345678901234567890 as 1.2345678901234568e+29; and a lone
+    # surrogate half (its partner never came) would have failed the row's JSON encoding.
+    from batchrunner.execute import json_text
+
+    chunks = _stream(_block(0, {"type": "text", "text": ""}),
+                     _delta(0, {"type": "text_delta", "text": "odd \ud83d"}),
+                     _block(1, {"type": "tool_use", "id": "t1", "name": "pay", "input": {}}),
+                     _delta(1, {"type": "input_json_delta", "partial_json": '{"account": 1234'}),
+                     _delta(1, {"type": "input_json_delta",
+                                "partial_json": '56789012345678901234567890}'}))
+    attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
+                         True)
+    assert attempt.ok, attempt.error_message
+    text, tool = attempt.message["content"]
+    assert text["text"] == "odd \ufffd"
+    assert tool["input"] == {"account": 123456789012345678901234567890}
+    assert json.loads(json_text(attempt.message))["content"][1]["input"]["account"] == (
+        123456789012345678901234567890)
+
+
 async def test_a_stream_without_message_start_is_no_ok_row(server: Server, make_client) -> None:
     chunks = _stream(_block(0, {"type": "text", "text": ""}),
                      _delta(0, {"type": "text_delta", "text": "a"}), start=False)
