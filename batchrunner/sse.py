@@ -33,6 +33,8 @@ class SSEDecoder:
 
         :return: ``(event type or None, data)`` for each complete event with a data field.
         """
+        if not chunk:  # nothing read (it must not forget a \r just taken as a line end)
+            return []
         if self._cr:  # the last chunk ended in \r, taken as a line end: its \n is not another
             self._cr = False
             if chunk.startswith(b"\n"):

@@ -559,7 +559,13 @@ class RunStore:
                 redone[item["values"]] = redone.get(item["values"], 0) + item["counts"]
             keep &= ~is_redo.to_numpy()
             if self._on_removed is not None and not keep.all():
-                self._on_removed(table.filter(is_redo))
+                # Conformed: a part written before a column existed lacks it. Best effort: a
+                # resume must never fail on what was spent.
+                try:
+                    self._on_removed(conform(table.filter(is_redo),
+                                             RESULT_SCHEMA.remove_metadata()))
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("%s: the rows sent again could not be priced: %s", path, exc)
         if drop_rows is not None:
             keep[drop_rows] = False
         if keep.all():

@@ -226,3 +226,11 @@ def test_a_delta_for_a_block_never_started():
 def _encoded(event):
     name, data = event
     return name, orjson.dumps(data)
+
+
+def test_an_empty_read_between_cr_and_lf_changes_nothing():
+    # The \r taken as a line end was forgotten by an empty read, and its \n then counted as
+    # another line end: one event split in two.
+    decoder = SSEDecoder()
+    got = decoder.feed(b"event: a\r") + decoder.feed(b"") + decoder.feed(b"\ndata: {}\r\n\r\n")
+    assert got == [("a", b"{}")] and decoder.pending == b""

@@ -658,6 +658,41 @@ def test_write_errors_say_their_cause_and_what_lets_a_resume_write() -> None:
     assert io_reason(OSError("plain")) == "plain"
 
 
+def test_rows_removed_at_open_are_given_whole_even_from_an_old_part(tmp_path: Path) -> None:
+    # A part written before the usage columns existed made pricing the removed rows raise
+    # KeyError, and every resume of that run fail.
+    from batchrunner.spend import SpendMeter
+
+    run_dir = tmp_path / "run"
+    with RunStore.open(run_dir) as store:
+        store.append_rows([row(0), row(1, status="cancelled", input_tokens=10)])
+    (part,) = [p for p in (run_dir / "data").glob("part-*.parquet")
+               if pq.read_metadata(p).num_rows]
+    old = pq.read_table(part)
+    pq.write_table(old.drop_columns([c for c in ("service_tier", "speed", "inference_geo",
+                                                 "web_search_requests", "web_fetch_requests")
+                                     if c in old.column_names]), part)
+    got: list = []
+    RunStore.open(run_dir, redo_statuses={"cancelled"}, on_removed=got.append).close()
+    (removed,) = got
+    assert removed.to_pylist()[0]["input_index"] == 1 and "service_tier" in removed.column_names
+    meter = SpendMeter(1.0)
+    meter.add_table(removed)  # priced, not a KeyError
+    assert meter.spent_usd >= 0
+
+
+def test_a_failure_pricing_the_removed_rows_never_fails_the_open(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with RunStore.open(run_dir) as store:
+        store.append_rows([row(0, status="cancelled")])
+
+    def broken(table: object) -> None:
+        raise KeyError("input_tokens")
+
+    with RunStore.open(run_dir, redo_statuses={"cancelled"}, on_removed=broken) as store:
+        assert store.redone == {"cancelled": 1}
+
+
 def test_lock_keeps_a_second_writer_out(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     store = RunStore.open(run_dir)
