@@ -299,19 +299,22 @@ def quantile(values: array[float] | list[float], q: float) -> float | None:
 
 
 def stage_result(
-    spec: StageSpec, c: StageCollector, slos: list[Slo], max_error_rate: float | None = None
+    spec: StageSpec, c: StageCollector, slos: list[Slo], max_error_rate: float | None = None,
+    cancelled_failed: bool = True,
 ) -> dict[str, Any]:
     """The figures and verdict of one stage (JSON-serialisable, stable keys).
 
     :param max_error_rate: ``--max-error-rate``: with the ``error_rate`` SLOs, the share of
         failures above which the verdict is "errors" (else :data:`ERRORS_VERDICT_SHARE`).
+    :param cancelled_failed: count cancelled rows as failed (False when the user cancelled
+        them: a second Ctrl-C says nothing of the gateway).
     """
     n = sum(c.status.values())
     ok = c.status.get(Status.OK.value, 0)
     # Cancelled rows count: in a stage they are requests never answered by the drain after its
     # end, or never sent because the gateway could not be connected to. Left out, a gateway
     # that hung 11 % of requests, or was down, read "err 0.0%, ok".
-    failed = n - ok
+    failed = n - ok - (0 if cancelled_failed else c.status.get(Status.CANCELLED.value, 0))
     answered = n and math.isfinite(c.last_completed_at)  # not every row cancelled
     window = c.last_completed_at - c.first_scheduled_at if answered else 0.0
     if spec.rate is not None and n:
@@ -413,8 +416,19 @@ def _cpu_measured(r: dict[str, Any]) -> bool:
     return wall is None or wall >= MIN_CPU_WALL_S  # None: a bench.json from before it was kept
 
 
+def record_offset(spec: StageSpec, workers: int, worker: int, count: int) -> int:
+    """Where worker ``worker`` of ``workers`` starts in a set of ``count`` records: after the
+    earlier workers' parts of ``--stage-requests`` (together they send what one process would),
+    else ``worker/workers`` of the way in."""
+    if spec.requests is not None and workers > 1:
+        active = stage_workers(replace(spec, requests=None), workers)
+        return sum(_share(spec.requests, active, j) for j in range(min(worker, active)))
+    return worker * count // max(workers, 1)
+
+
 def cycle_records(
-    records: list[RequestRecord], stage: str, base: int, worker: int = 0, workers: int = 1
+    records: list[RequestRecord], stage: str, base: int, worker: int = 0, workers: int = 1,
+    offset: int | None = None,
 ) -> Iterator[RequestRecord]:
     """Endless copies of ``records`` for one stage; worker ``k`` of ``n`` takes every n-th index.
 
@@ -423,7 +437,8 @@ def cycle_records(
     subset (2 requests, 2 workers: one sent only the short one), and a closed loop then skewed
     the mix toward the cheap requests.
     """
-    offset = worker * len(records) // workers
+    if offset is None:
+        offset = worker * len(records) // workers
     for j in itertools.count():
         index = base + worker + workers * j
         src = records[(offset + j) % len(records)]

@@ -257,7 +257,7 @@ async def run_bench(
                             if _should_stop(config, state, results):
                                 break
                             result = await runner.run(spec, state)
-                            if runner.interrupted and not result["requests"]:
+                            if (runner.interrupted or runner.fatal) and not result["requests"]:
                                 break  # stopped before it sent anything: no stage to show
                             results.append(result)
                             _print_stage(result, stderr, quiet)
@@ -337,10 +337,12 @@ async def _saturation_search(
             warmup_s=base.warmup_s,
         )
         result = await runner.run(spec, state)
-        if runner.interrupted and not result["requests"]:
+        if (runner.interrupted or runner.fatal) and not result["requests"]:
             return None  # stopped before it sent anything: says nothing about the rate
         results.append(result)
         _print_stage(result, runner.stderr, runner.quiet)
+        if runner.interrupted or runner.fatal:
+            return None  # cut short by the user or a failure of ours: neither pass nor fail
         ok = passes(result, config.max_error_rate)
         if not ok:
             failure = result["verdict"] if result["verdict"] != "ok" else "error rate too high"
@@ -527,7 +529,9 @@ class _StageRunner:
             # Workers count their own errors only: the total is known once the stage is over
             # (and the bench's last stage must say it too).
             state.stop_reason = f"--max-errors {max_errors} exceeded"
-        return stage_result(spec, collector, self.config.slos, self.config.max_error_rate)
+        # Cancelled by a second Ctrl-C, the requests say nothing of the gateway.
+        return stage_result(spec, collector, self.config.slos, self.config.max_error_rate,
+                            cancelled_failed=not self.interrupted)
 
     async def _run_here(
         self, spec: StageSpec, collector: StageCollector, base: int, state: BenchState
@@ -626,11 +630,24 @@ class _StageRunner:
                 proc.stdin.write(json.dumps({**common, "worker": k}).encode() + b"\n")
                 await proc.stdin.drain()
                 procs.append(proc)
-            for proc in procs:
+            for k, proc in enumerate(procs):
                 assert proc.stdout is not None
                 line = await asyncio.wait_for(proc.stdout.readline(), WORKER_READY_TIMEOUT_S)
                 if line.strip() != b"READY":
-                    raise RuntimeError("a bench worker failed to start (its error is above)")
+                    # Out of memory reading the set, say: the bench ends here, its earlier
+                    # stages and bench.json kept.
+                    for other in procs:
+                        if other.returncode is None:
+                            other.kill()
+                    await asyncio.gather(*(other.wait() for other in procs))
+                    how = (f"was killed by signal {-proc.returncode}"
+                           if proc.returncode is not None and proc.returncode < 0
+                           else f"exited with code {proc.returncode}")
+                    self.fatal = self.fatal or (
+                        f"bench worker {k} of stage {spec.name} {how} before it started "
+                        "(its error, if any, is above)")
+                    await asyncio.to_thread(_adopt_worker_parts, self.store.run_dir, spec.name)
+                    return
             start_at = time.time() + WORKER_START_DELAY_S
             for proc in procs:
                 assert proc.stdin is not None
@@ -711,6 +728,8 @@ def _adopt_worker_parts(run_dir: Path, stage: str) -> None:
     safe = "".join(ch if ch.isalnum() else "_" for ch in stage)
     workers_dir = run_dir / "workers"
     for worker_dir in sorted(workers_dir.glob(f"{safe}-w*")):
+        if not worker_dir.is_dir():
+            continue  # not a worker's (it could not start for it): left as it is
         if (worker_dir / "journal").is_dir():
             RunStore.open(worker_dir, create=False, redo_statuses=()).close()
         for part in sorted((worker_dir / "data").glob("part-*.parquet")):

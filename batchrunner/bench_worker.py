@@ -17,7 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batchrunner.bench import Slo, StageCollector, StageSpec, cycle_records, stage_config
+from batchrunner.bench import (
+    Slo,
+    StageCollector,
+    StageSpec,
+    cycle_records,
+    record_offset,
+    stage_config,
+)
 from batchrunner.bench_run import FAILURE_LINE, WORKER_STOP_SIGNAL, phase_of, worker_dir_name
 from batchrunner.client import GatewayClient, Timeouts
 from batchrunner.config import RunConfig
@@ -25,6 +32,7 @@ from batchrunner.feed import RecordFeed
 from batchrunner.interrupts import SignalHandlers
 from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
+from batchrunner.redaction import Redactor, secret_header_values, url_secret_values
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import _drive, _Session, send_phase
 from batchrunner.schema import Mode, RequestRecord
@@ -119,7 +127,9 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
 
                 signal.signal(WORKER_STOP_SIGNAL, on_stop_signal)
             feed = RecordFeed(
-                cycle_records(records, spec.name, job["base"], k, n), cfg.max_requests
+                cycle_records(records, spec.name, job["base"], k, n,
+                              record_offset(spec, n, k, len(records))),
+                cfg.max_requests,
             )
             if spec.rate is None:
                 # Closed loop: begin at the agreed instant too, so workers overlap fully.
@@ -150,11 +160,21 @@ def main() -> None:
     job = json.loads(sys.stdin.readline())
     read_start = sys.stdin.readline
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        result = uvloop.run(work(job, read_start))
-    except ImportError:  # pragma: no cover
-        result = asyncio.run(work(job, read_start))
+            result = uvloop.run(work(job, read_start))
+        except ImportError:  # pragma: no cover
+            result = asyncio.run(work(job, read_start))
+    except Exception as exc:
+        # One line for the parent's "its error is above" (the traceback with BATCHRUNNER_DEBUG).
+        if os.environ.get("BATCHRUNNER_DEBUG"):
+            raise
+        redact = Redactor(secret_header_values(job.get("headers") or {})
+                          + url_secret_values(job.get("url") or ""))
+        sys.stderr.write(redact(f"bench worker {job.get('worker')}: {type(exc).__name__}: "
+                                f"{exc}") + "\n")
+        sys.exit(1)
     sys.stdout.write(json.dumps(result) + "\n")
 
 

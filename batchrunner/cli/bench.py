@@ -216,7 +216,7 @@ Exit codes: 0 done; 2 usage or configuration error; 3 interrupted or stopped by
     default=None,
     metavar="SECONDS",
     help="At a stage's end (or a first Ctrl-C), how long requests in flight may finish; those "
-    "still unanswered then are cancelled and count as failed [30].",
+    "still unanswered then are cancelled and count as failed [the --timeout].",
 )
 @click.option(
     "--max-retries",
@@ -339,7 +339,8 @@ def bench(
             seed=values.get("seed") or 0,
             emulator_profile=values.get("emulator_profile"),
             out=values.get("out"),
-            drain_timeout_s=_given(values, "drain_timeout", 30.0),
+            # A request is no failure before its --timeout: the drain waits as long by default.
+            drain_timeout_s=_given(values, "drain_timeout", timeout),
         )
         config = BenchConfig(
             run=run, stages=stages, slos=slos, saturate=bool(values.get("saturate")),

@@ -845,3 +845,79 @@ def test_drain_timeout_and_workers_options(make_emulator, tmp_path):
     zero = subprocess.run([sys.executable, "-m", "batchrunner", "bench", "-c", "2",
                            "--workers", "0"], capture_output=True, text=True, timeout=60)
     assert zero.returncode == 2 and "--workers must be between 1" in zero.stderr, zero.stderr
+
+
+def test_worker_offsets_follow_the_split_of_stage_requests():
+    # Offsets of k/n of the set did not match the split of --stage-requests: with 5 requests
+    # and 2 workers, record 2 went out twice and record 4 never.
+    from batchrunner.bench import cycle_records, record_offset, stage_config
+    from batchrunner.schema import RequestRecord
+
+    records = [RequestRecord(i, str(i), {"i": i}) for i in range(5)]
+    spec = StageSpec("s", concurrency=2, requests=5)
+    sent = []
+    for k in range(2):
+        share = stage_config(RunConfig(requests=Path()), spec, workers=2, worker=k).max_requests
+        it = cycle_records(records, "s", 0, k, 2, record_offset(spec, 2, k, len(records)))
+        sent += [r.params["i"] for r in itertools.islice(it, share)]
+    assert sorted(sent) == [0, 1, 2, 3, 4]
+
+
+def test_requests_a_second_ctrl_c_cancelled_are_no_gateway_failures():
+    c = StageCollector()
+    for _ in range(3):
+        c.add(_row())
+    c.add(_row(status="cancelled", latency=0.0, sent=0.5, done=1.0))
+    assert stage_result(StageSpec("s", concurrency=2), c, [])["failed"] == 1
+    r = stage_result(StageSpec("s", concurrency=2), c, [], cancelled_failed=False)
+    assert r["failed"] == 0 and r["verdict"] == "ok"
+
+
+def test_the_drain_waits_a_requests_timeout_by_default(make_emulator, tmp_path):
+    # 30 s against a 120 s --timeout: a long generation still running at a stage's end was
+    # cancelled and counted as failed before it could time out.
+    with make_emulator() as emu:
+        done = subprocess.run(
+            [sys.executable, "-m", "batchrunner", "bench", "-c", "1", "--stage-duration", "0.3",
+             "--timeout", "7", "--gateway", emu.base_url, "--out", str(tmp_path / "o")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert info["config"]["drain_timeout_s"] == 7.0
+
+
+def test_a_worker_that_fails_to_start_ends_the_bench_keeping_its_results(make_emulator,
+                                                                         tmp_path):
+    import time
+
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.02)) as emu:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchrunner", "bench", "-c", "2,4", "--stage-duration", "2",
+             "--workers", "2", "--gateway", emu.base_url, "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not (out / "workers" / "c_2-w0").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        (out / "workers" / "c_4-w1").write_text("in the way")  # its store cannot open
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    assert "Internal error" not in stderr and "before it started" in stderr, stderr
+    bench_json = json.loads((out / "bench.json").read_text())
+    assert bench_json["status"] == "aborted"
+    assert [s["stage"] for s in bench_json["stages"]] == ["c=2"]
+
+
+def test_dropped_connections_fail_the_stage_not_the_bench(make_emulator, tmp_path):
+    # 20 dropped connections in a row stopped the saturation search ("check --gateway") where
+    # an overloaded gateway drops them: they are the stage's failures.
+    with make_emulator(fault_drop=1.0) as emu:
+        result = bench(emu.base_url, tmp_path / "out",
+                       stages=[StageSpec("c=2", concurrency=2, duration_s=1.0),
+                               StageSpec("c=4", concurrency=4, duration_s=0.5)])
+    assert result.status == "finished", result.message
+    # (each fails at once, so the client may also read as pegged: its verdict then)
+    assert [s["error_rate"] for s in result.stages] == [1.0, 1.0]
