@@ -366,11 +366,13 @@ def stage_result(
         else:
             values = c.values[SLO_METRICS[slo.metric]]
             value = quantile(values, slo.quantile)
-        slo_results.append(
-            {"slo": str(slo), "value": value, "met": value is not None and value <= slo.limit}
-        )
+        # No value (TPOT of one-token answers, TTFT with no answer): not judged, as goodput
+        # does not judge such a request; "missed" contradicted a goodput of every ok request.
+        met = None if value is None else value <= slo.limit
+        slo_results.append({"slo": str(slo), "value": value, "met": met})
     result["slos"] = slo_results
-    result["slo_met"] = all(s["met"] for s in slo_results) if slos else None
+    judged = [s["met"] for s in slo_results if s["met"] is not None]
+    result["slo_met"] = (all(judged) if judged else None) if slos else None
     error_limits = [slo.limit for slo in slos if slo.quantile is None]
     if max_error_rate is not None:
         error_limits.append(max_error_rate)

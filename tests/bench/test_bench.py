@@ -921,3 +921,19 @@ def test_dropped_connections_fail_the_stage_not_the_bench(make_emulator, tmp_pat
     assert result.status == "finished", result.message
     # (each fails at once, so the client may also read as pegged: its verdict then)
     assert [s["error_rate"] for s in result.stages] == [1.0, 1.0]
+
+
+def test_an_slo_with_no_value_in_a_stage_is_not_judged():
+    # TPOT of one-token answers: the SLO read "missed" while goodput counted every ok request.
+    c = StageCollector()
+    c.slos = [Slo.parse("tpot_p99=0.001"), Slo.parse("latency_p50=1")]
+    for i in range(4):
+        c.add(_row(latency=0.1, sent=i * 0.1, done=i * 0.1 + 0.1))
+    r = stage_result(StageSpec("s", concurrency=1), c, c.slos)
+    assert [s["met"] for s in r["slos"]] == [None, True]
+    assert r["slo_met"] is True and r["verdict"] == "ok"
+    only = StageCollector()
+    only.slos = [Slo.parse("tpot_p99=0.001")]
+    only.add(_row(latency=0.1))
+    r = stage_result(StageSpec("s", concurrency=1), only, only.slos)
+    assert r["slo_met"] is None and r["verdict"] == "ok"
