@@ -197,6 +197,9 @@ class StageCollector:
         self.first_sent_scheduled_at = math.inf
         self.last_sent_scheduled_at = -math.inf
         self.last_completed_at = -math.inf
+        #: The last ok answer: the window's end (a failure that ended later, a timeout after
+        #: the stage, would stretch it).
+        self.last_ok_completed_at = -math.inf
         self.good = 0  # ok rows meeting every per-request SLO
         self.warmup_rows = 0
         self.output_tokens = 0
@@ -229,6 +232,8 @@ class StageCollector:
         # cancel instant, up to --drain-timeout later, would stretch the window of the rates.
         if row.get("completed_at") is not None and status != Status.CANCELLED.value:
             self.last_completed_at = max(self.last_completed_at, row["completed_at"])
+            if status == Status.OK.value:
+                self.last_ok_completed_at = max(self.last_ok_completed_at, row["completed_at"])
         if status != Status.OK.value:
             return
         self.output_tokens += row.get("output_tokens") or 0
@@ -253,6 +258,7 @@ class StageCollector:
             "first_sent_scheduled_at": self.first_sent_scheduled_at,
             "last_sent_scheduled_at": self.last_sent_scheduled_at,
             "last_completed_at": self.last_completed_at, "good": self.good,
+            "last_ok_completed_at": self.last_ok_completed_at,
             "warmup_rows": self.warmup_rows, "output_tokens": self.output_tokens,
             "cpu_s": self.cpu_s, "wall_s": self.wall_s, "loop_lag_p99_s": self.loop_lag_p99_s,
         }  # fmt: skip
@@ -272,6 +278,8 @@ class StageCollector:
             self.last_sent_scheduled_at, data["last_sent_scheduled_at"]
         )
         self.last_completed_at = max(self.last_completed_at, data["last_completed_at"])
+        self.last_ok_completed_at = max(self.last_ok_completed_at,
+                                        data.get("last_ok_completed_at", -math.inf))
         self.good += data["good"]
         self.warmup_rows += data["warmup_rows"]
         self.output_tokens += data["output_tokens"]
@@ -316,7 +324,10 @@ def stage_result(
     # that hung 11 % of requests, or was down, read "err 0.0%, ok".
     failed = n - ok - (0 if cancelled_failed else c.status.get(Status.CANCELLED.value, 0))
     answered = n and math.isfinite(c.last_completed_at)  # not every row cancelled
-    window = c.last_completed_at - c.first_scheduled_at if answered else 0.0
+    # To the last ok answer when there is one: a request that hung and timed out after the
+    # stage (the drain waits the --timeout) made 75 ok/s read 9.
+    end = c.last_ok_completed_at if math.isfinite(c.last_ok_completed_at) else c.last_completed_at
+    window = end - c.first_scheduled_at if answered else 0.0
     if spec.rate is not None and n:
         # Each scheduled request owns 1/rate of the schedule: at 0.1/s, one request answered in
         # 95 ms is 0.1 ok/s carried, not 10.5 (the window of its own latency).

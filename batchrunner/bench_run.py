@@ -450,6 +450,11 @@ class _StageRunner:
         #: Why a stage's session gave up (unwritable output, a gateway refusing every request or
         #: gone, a worker that died): the bench stops there, aborted.
         self.fatal = ""
+        #: A second signal cancelled the requests in flight of the stage under way: its
+        #: cancelled rows say nothing of the gateway.
+        self.cancelled_by_user = False
+        #: Some stage of the bench had an ok answer: the gateway's address works.
+        self.answered = False
         #: Worker processes of the stage under way, and signals to pass on once they run.
         self._workers: list[asyncio.subprocess.Process] = []
         self._signals_to_pass = 0
@@ -472,6 +477,8 @@ class _StageRunner:
         # starts.
         session = self.current
         if session is not None and not session.finishing and not self.finishing:
+            if session.interrupted_by:  # its second: the requests in flight are cancelled
+                self.cancelled_by_user = True
             session.on_signal(what, again)
             return
         if self.config.workers > 1 and not self.finishing and self._signals_to_pass < 2:
@@ -480,6 +487,7 @@ class _StageRunner:
             if self._workers:
                 self._signal_workers()
             if self._signals_to_pass == 2:
+                self.cancelled_by_user = True
                 self._say(f"{what}: the workers cancel their requests in flight.")
             elif self._workers:
                 self._say(f"{what}: the workers let their requests in flight finish. {again}")
@@ -529,9 +537,12 @@ class _StageRunner:
             # Workers count their own errors only: the total is known once the stage is over
             # (and the bench's last stage must say it too).
             state.stop_reason = f"--max-errors {max_errors} exceeded"
+        self.answered = self.answered or collector.status.get("ok", 0) > 0
         # Cancelled by a second Ctrl-C, the requests say nothing of the gateway.
-        return stage_result(spec, collector, self.config.slos, self.config.max_error_rate,
-                            cancelled_failed=not self.interrupted)
+        result = stage_result(spec, collector, self.config.slos, self.config.max_error_rate,
+                              cancelled_failed=not self.cancelled_by_user)
+        self.cancelled_by_user = False
+        return result
 
     async def _run_here(
         self, spec: StageSpec, collector: StageCollector, base: int, state: BenchState
@@ -549,6 +560,9 @@ class _StageRunner:
             stage=spec.name,
         )
         max_errors = self.config.max_errors
+        # A gateway that answered an earlier stage is reachable: connections it drops now
+        # are its answer under load, not a wrong address (see _Session._track_config_errors).
+        session.answered = self.answered
 
         def on_row(row: dict[str, Any]) -> None:
             collector.add(row)
@@ -609,6 +623,7 @@ class _StageRunner:
             "records": str(run.requests) if has_input(run) else None,
             "synthetic": None if has_input(run) else [r.params for r in self.records],
             "run": _worker_run_options(run), "slos": [s.spec() for s in self.config.slos],
+            "answered": self.answered,
         }  # fmt: skip
         procs = []
         try:
@@ -632,7 +647,13 @@ class _StageRunner:
                 procs.append(proc)
             for k, proc in enumerate(procs):
                 assert proc.stdout is not None
-                line = await asyncio.wait_for(proc.stdout.readline(), WORKER_READY_TIMEOUT_S)
+                try:
+                    line = await asyncio.wait_for(proc.stdout.readline(),
+                                                  WORKER_READY_TIMEOUT_S)
+                except TimeoutError:
+                    line = b""  # as good as dead: killed below, the bench ends here
+                    proc.kill()
+                    await proc.wait()
                 if line.strip() != b"READY":
                     # Out of memory reading the set, say: the bench ends here, its earlier
                     # stages and bench.json kept.

@@ -87,6 +87,7 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
             # The credentials reach a worker only as request headers and the URL: the client
             # knows them all (the session's own configuration holds no key).
             session.redact = client.redact
+            session.answered = bool(job.get("answered"))  # an earlier stage had answers
             # The parent passes its Ctrl-C on (drain, then cancel), from the start instant.
             signals.install(session.on_sigint, session.on_sigterm, session.on_sighup)
             # Ready: the parent waits for every worker, then gives all one start instant.

@@ -868,7 +868,14 @@ def _staged(run: RunRows, f: pd.DataFrame, warm: pd.DataFrame, by: Sequence[str]
         # As bench counts it: requests cancelled at the stage's end (the drain timed out)
         # never completed, and their cancel instant would stretch the stage's window.
         answered = part[(part["status"] != "cancelled").to_numpy()]
-        wall = _window(answered if len(answered) else part).wall
+        # ... and, as bench does, to its last ok answer when there is one (a late timeout).
+        ok_rows = part[(part["status"] == "ok").to_numpy()]
+        start = _window(answered if len(answered) else part)
+        wall = start.wall
+        if len(ok_rows) and start.start is not None:
+            ok_end = _window(ok_rows).end
+            if ok_end is not None:
+                wall = max(ok_end - start.start, 0.0)
         if target.get("rate") and len(part) and wall is not None:
             # As bench counts it: an open-loop stage spans at least its schedule (n / rate).
             wall = max(wall, len(part) / target["rate"])

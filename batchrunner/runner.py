@@ -279,10 +279,11 @@ class _Session:
             row.get("error_type") == ERROR_CONNECTION
             and status is None
             and LOCAL_LIMIT_NOTE not in (row.get("error_message") or "")
-            # In a bench stage, dropped connections are the overloaded gateway's answer (the
-            # saturation search's failing stage), not a wrong address: a gateway never reached
-            # fails the stage instead, all its requests unsent.
-            and self.stage is None
+            # In a bench whose gateway has answered (this stage or an earlier one), dropped
+            # connections are the overloaded gateway's answer (the saturation search's failing
+            # stage), not a wrong address; before any answer they still stop it ("check
+            # --gateway": https to a plain port, a port serving something else).
+            and (self.stage is None or not self.answered)
         )
         # Bifrost refuses an async submit whose virtual key it does not know with a plain 400
         # "failed to create async job" (the protocol spec, SubmitJob): a key problem as well.
