@@ -659,8 +659,12 @@ class _Session:
         """Price the finished rows a few times a second; stop starting requests once they
         have cost ``--max-cost``."""
         assert self.spend is not None
+        due = time.perf_counter()
         while True:
-            await asyncio.sleep(SETTLE_INTERVAL_S)
+            # A fixed cadence: pricing a busy loop's rows takes time of its own.
+            due += SETTLE_INTERVAL_S
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            due = max(due, time.perf_counter() - SETTLE_INTERVAL_S)
             rows = self.spend.take()
             if rows:
                 # Shielded: cancelled at the end, the batch is still counted (check_spend).
@@ -669,8 +673,17 @@ class _Session:
 
     def check_spend(self) -> None:
         """Price the rows finished since the last look, here: sending is over."""
-        if self.spend is not None:
-            self.spent(self.spend.settle(), final=True)
+        spend = self.spend
+        if spend is None:
+            return
+        self.spent(spend.settle(), final=True)
+        if spend.reached and not self.stop_reason.startswith("--max-cost"):
+            # Over it without a stop: requests in flight when it was reached, or a run shorter
+            # than the first look.
+            self._say(
+                f"Note: the run's rows cost {fmt_usd(spend.spent_usd)}, over --max-cost "
+                f"{spend.limit_usd:,.10g}: they finished before it could stop the run"
+            )
 
     def spent(self, new_unpriced: list[str], final: bool = False) -> None:
         """Show the spend, name models it cannot count, and stop once the limit is reached
@@ -687,8 +700,8 @@ class _Session:
         if spend.reached and not self.stopping and not final:
             self.stop(
                 f"--max-cost {spend.limit_usd:,.10g} reached: the run's rows cost "
-                f"{fmt_usd(spend.spent_usd)} at list prices; requests in flight were let finish. "
-                "To go on, resume with a higher --max-cost"
+                f"{fmt_usd(spend.spent_usd)} at list prices; requests in flight were let finish "
+                "(up to --drain-timeout). To go on, resume with a higher --max-cost"
             )
 
     async def compactor(self) -> None:
@@ -1393,7 +1406,9 @@ async def _drive(
         await feed.aclose()
         session.flush()
         if session.pricing is not None:
-            await asyncio.gather(session.pricing, return_exceptions=True)
+            (last,) = await asyncio.gather(session.pricing, return_exceptions=True)
+            if isinstance(last, list):  # its warnings, had the watcher been cancelled first
+                session.spent(last, final=True)
         session.check_spend()  # the rows drained after a stop: run.json's figure
 
 
@@ -1404,10 +1419,14 @@ async def _start_spend(session: _Session) -> None:
     assert config.max_cost_usd is not None
     spend = SpendMeter(config.max_cost_usd)
     spend.spent_usd = session.removed_cost_usd
+    # The prices are loaded before anything is sent (~0.25 s): loaded at the first look, a
+    # fast run sent for that long past its limit.
+    await asyncio.to_thread(lambda: spend.book)
+    unpriced: list[str] = []
     if store.done_count:
-        await asyncio.to_thread(spend.add_batches, store.iter_batches(COST_COLUMNS))
+        unpriced = await asyncio.to_thread(spend.add_batches, store.iter_batches(COST_COLUMNS))
     session.spend = spend
-    session.stats.spent_usd, session.stats.cost_limit_usd = spend.spent_usd, spend.limit_usd
+    session.spent(unpriced, final=True)  # the earlier rows' models it cannot count, said
     if spend.reached:
         session.stop(
             f"--max-cost {spend.limit_usd:,.10g} already reached: the run's rows cost "

@@ -104,10 +104,15 @@ class SpendMeter:
             self.unpriced_models |= names
         return new
 
-    def add_batches(self, batches: Iterable[pa.Table]) -> None:
-        """Add the cost of the rows earlier sessions wrote (e.g. ``store.iter_batches``)."""
+    def add_batches(self, batches: Iterable[pa.Table]) -> list[str]:
+        """Add the cost of the rows earlier sessions wrote (e.g. ``store.iter_batches``).
+
+        :return: models found unpriced (to tell the user once).
+        """
+        new: list[str] = []
         for batch in batches:
-            self.add_table(batch)
+            new += self.add_table(batch)
+        return new
 
     def describe(self) -> dict[str, Any]:
         """For ``run.json``: the limit, what the rows cost when the session ended, and what

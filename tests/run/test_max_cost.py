@@ -178,3 +178,20 @@ def test_an_open_loop_stops_at_the_limit_too(make_emulator, tmp_path):
     # 100/s: the limit is reached near the 40th row; one pricing interval (~10 sends) and the
     # requests in flight come on top, with room for a slow machine.
     assert 35 <= capped.summary["requests"] <= 80, capped.summary["requests"]
+
+
+def test_what_the_limit_cannot_stop_or_count_is_said(make_emulator, tmp_path):
+    # A resume whose earlier rows used an unpriced model said nothing of it; a run over its
+    # limit before the first look ended "finished" without a word.
+    requests = write_requests(tmp_path / "set.jsonl", 6, model="acme-model-1")
+    with make_emulator() as emu:
+        run(requests, emu.base_url, tmp_path / "out", max_requests=3)
+        stderr = io.StringIO()
+        run(requests, emu.base_url, tmp_path / "out", stderr=stderr, max_cost_usd=5.0)
+        assert "Warning: --max-cost cannot count acme-model-1's rows" in stderr.getvalue()
+        tiny = io.StringIO()
+        done = run(write_requests(tmp_path / "two.jsonl", 2), emu.base_url, tmp_path / "two",
+                   stderr=tiny, max_cost_usd=1e-9)
+    assert done.status == "finished"
+    assert "over --max-cost 1e-09: they finished before it could stop the run" in (
+        tiny.getvalue()), tiny.getvalue()
