@@ -669,7 +669,9 @@ class _Session:
             if rows:
                 # Shielded: cancelled at the end, the batch is still counted (check_spend).
                 self.pricing = asyncio.ensure_future(asyncio.to_thread(self.spend.price, rows))
-                self.spent(await asyncio.shield(self.pricing))
+                new_unpriced = await asyncio.shield(self.pricing)
+                self.pricing = None  # said here, not again at the end
+                self.spent(new_unpriced)
 
     def check_spend(self) -> None:
         """Price the rows finished since the last look, here: sending is over."""

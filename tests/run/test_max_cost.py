@@ -93,7 +93,8 @@ def test_rows_of_a_model_without_a_price_are_counted_apart_and_named_once(
 ):
     requests = write_requests(tmp_path / "set.jsonl", 12, model="acme-model-1")
     stderr = io.StringIO()
-    with make_emulator() as emu:
+    # Long enough for the watcher to price batches: said once, not again at the end.
+    with make_emulator(ttft=Dist("fixed", 0.05)) as emu:
         result = run(requests, emu.base_url, tmp_path / "out", stderr=stderr, concurrency=2,
                      max_cost_usd=0.5)
     assert result.status == "finished", result.message
