@@ -661,12 +661,9 @@ class _StageRunner:
                         if other.returncode is None:
                             other.kill()
                     await asyncio.gather(*(other.wait() for other in procs))
-                    how = (f"was killed by signal {-proc.returncode}"
-                           if proc.returncode is not None and proc.returncode < 0
-                           else f"exited with code {proc.returncode}")
                     self.fatal = self.fatal or (
-                        f"bench worker {k} of stage {spec.name} {how} before it started "
-                        "(its error, if any, is above)")
+                        f"bench worker {k} of stage {spec.name} {_how_it_ended(proc)} before "
+                        "it started (its error, if any, is above)")
                     await asyncio.to_thread(_adopt_worker_parts, self.store.run_dir, spec.name)
                     return
             start_at = time.time() + WORKER_START_DELAY_S
@@ -704,11 +701,9 @@ class _StageRunner:
             if proc.returncode != 0:
                 # Killed (out of memory, kill -9) or crashed: the others' figures still stand,
                 # and every row any of them wrote is kept; the bench stops here.
-                how = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
-                       else f"exited with code {proc.returncode}")
                 if not self.fatal:
-                    self.fatal = (f"bench worker {k} of stage {spec.name} {how}; the stage's "
-                                  "figures leave out its requests")
+                    self.fatal = (f"bench worker {k} of stage {spec.name} {_how_it_ended(proc)}; "
+                                  "the stage's figures leave out its requests")
                 continue
             data = json.loads(out.decode().strip().splitlines()[-1])
             fatal = data.pop("fatal", None)
@@ -716,6 +711,13 @@ class _StageRunner:
                 self.fatal = str(fatal)
             collector.merge_json(data)
         await asyncio.to_thread(_adopt_worker_parts, self.store.run_dir, spec.name)
+
+
+def _how_it_ended(proc: asyncio.subprocess.Process) -> str:
+    """``was killed by signal 9`` or ``exited with code 1``, for a worker that ended badly."""
+    code = proc.returncode
+    return f"was killed by signal {-code}" if code is not None and code < 0 else (
+        f"exited with code {code}")
 
 
 async def _worker_output(

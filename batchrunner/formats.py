@@ -565,6 +565,10 @@ def _column_values(column: pa.Array, name: str, errors: dict[int, str]) -> list[
     return values
 
 
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
 def _has_map(t: pa.DataType) -> bool:
     if isinstance(t, pa.BaseExtensionType):
         return _has_map(t.storage_type)
@@ -572,7 +576,7 @@ def _has_map(t: pa.DataType) -> bool:
         return True
     if pa.types.is_struct(t):
         return any(_has_map(t.field(i).type) for i in range(t.num_fields))
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+    if _is_list(t):
         return _has_map(t.value_type)
     return False
 
@@ -598,7 +602,7 @@ def _maps_as_dicts(value: Any, t: pa.DataType) -> Any:
     if pa.types.is_struct(t):
         return {t.field(i).name: _maps_as_dicts(value.get(t.field(i).name), t.field(i).type)
                 for i in range(t.num_fields)}
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+    if _is_list(t):
         return [_maps_as_dicts(item, t.value_type) for item in value]
     return value
 

@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -419,19 +421,12 @@ def test_keys_a_gateway_quotes_back_stay_out_of_bench_results(tmp_path, workers)
 def test_a_signal_stops_the_bench_after_the_stage_under_way(make_emulator, tmp_path, name):
     # SIGHUP (a closed terminal, a dropped ssh session) killed the bench at once.
     import signal
-    import time
 
     out = tmp_path / "out"
     with make_emulator(ttft=Dist("fixed", 0.02)) as emu:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "batchrunner", "bench", "-c", "1,2,4", "--stage-duration",
-             "1.5", "--gateway", emu.base_url, "--out", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not any(p.stat().st_size for p in out.glob("journal/seg-*.jsonl")):
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
+        proc = _bench_process("-c", "1,2,4", "--stage-duration", "1.5",
+                              "--gateway", emu.base_url, "--out", str(out))
+        _wait_until(proc, lambda: any(p.stat().st_size for p in out.glob("journal/seg-*.jsonl")))
         proc.send_signal(getattr(signal, name))
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 3, stderr
@@ -476,20 +471,13 @@ def test_a_signal_between_stages_stops_the_bench_and_keeps_its_results(
 def test_a_terminal_ctrl_c_drains_a_stage_in_worker_processes(make_emulator, tmp_path):
     import os
     import signal
-    import time
 
     out = tmp_path / "out"
     with make_emulator(ttft=Dist("fixed", 0.3)) as emu:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "batchrunner", "bench", "-c", "4,8", "--workers", "2",
-             "--stage-duration", "5", "--gateway", emu.base_url, "--out", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,  # its own process group, as a terminal gives it
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while emu.stats()["in_flight"] < 4:
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
+        proc = _bench_process("-c", "4,8", "--workers", "2", "--stage-duration", "5",
+                              "--gateway", emu.base_url, "--out", str(out),
+                              start_new_session=True)  # its own group, as a terminal gives it
+        _wait_until(proc, lambda: emu.stats()["in_flight"] >= 4)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 3, stderr
@@ -785,22 +773,15 @@ def test_a_worker_that_dies_ends_the_bench_keeping_every_row(make_emulator, tmp_
     # One worker killed (out of memory, kill -9): "Internal error", no bench.json, and the
     # stage's rows left under workers/, out of every report.
     import signal
-    import time
 
     out = tmp_path / "out"
     with make_emulator(ttft=Dist("fixed", 0.02)) as emu:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "batchrunner", "bench", "-c", "4", "--stage-duration", "3",
-             "--workers", "2", "--gateway", emu.base_url, "--out", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        deadline, victim = time.monotonic() + 30, None
-        while victim is None:
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            for seg in out.glob("workers/*-w0/journal/seg-*.jsonl"):
-                if seg.stat().st_size:
-                    victim = _child_running(proc.pid, "bench_worker")
-            time.sleep(0.05)
+        proc = _bench_process("-c", "4", "--stage-duration", "3", "--workers", "2",
+                              "--gateway", emu.base_url, "--out", str(out))
+        _wait_until(proc, lambda: any(
+            seg.stat().st_size for seg in out.glob("workers/*-w0/journal/seg-*.jsonl")))
+        victim = _child_running(proc.pid, "bench_worker")
+        assert victim is not None
         os.kill(victim, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 3, stderr
@@ -889,19 +870,12 @@ def test_the_drain_waits_a_requests_timeout_by_default(make_emulator, tmp_path):
 
 def test_a_worker_that_fails_to_start_ends_the_bench_keeping_its_results(make_emulator,
                                                                          tmp_path):
-    import time
 
     out = tmp_path / "out"
     with make_emulator(ttft=Dist("fixed", 0.02)) as emu:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "batchrunner", "bench", "-c", "2,4", "--stage-duration", "2",
-             "--workers", "2", "--gateway", emu.base_url, "--out", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not (out / "workers" / "c_2-w0").exists():
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
+        proc = _bench_process("-c", "2,4", "--stage-duration", "2", "--workers", "2",
+                              "--gateway", emu.base_url, "--out", str(out))
+        _wait_until(proc, lambda: (out / "workers" / "c_2-w0").exists())
         (out / "workers" / "c_4-w1").write_text("in the way")  # its store cannot open
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 3, stderr
@@ -979,3 +953,19 @@ def test_a_late_failure_does_not_stretch_the_stages_window():
     c.add(_row(status="timeout", latency=60.0, sent=1.0, done=61.0))
     r = stage_result(StageSpec("s", concurrency=4), c, [])
     assert r["window_s"] == pytest.approx(1.95) and r["failed"] == 1
+
+
+def _bench_process(*args: str, **popen: Any) -> subprocess.Popen:
+    """``batchrunner bench ARGS`` in a process of its own, its output captured."""
+    return subprocess.Popen([sys.executable, "-m", "batchrunner", "bench", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _wait_until(proc: subprocess.Popen, condition: Callable[[], Any], limit_s: float = 30) -> None:
+    """Poll *condition* while *proc* runs (it must not end first), for at most *limit_s*."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
