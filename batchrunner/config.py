@@ -80,7 +80,10 @@ _TIMEOUT_OPTIONS = {
 _INTEGER_OPTIONS = frozenset({"--concurrency", "--max-requests", "--seed", "--ttl",
                               "--poll-concurrency", "--max-tokens", "--max-retries"})
 #: Where infinity is no limit but a broken schedule.
-_FINITE_OPTIONS = frozenset({"--rate", "--max-rate / --rpm", "--duration", "--poll-rate"})
+#: inf would be recorded as null in run.json; "no limit" is leaving the option out.
+_FINITE_OPTIONS = frozenset(
+    {"--rate", "--max-rate / --rpm", "--duration", "--poll-rate", "--max-cost"}
+)
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shlex
+import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -553,12 +554,12 @@ def _column_values(column: pa.Array, name: str, errors: dict[int, str]) -> list[
             except (ValueError, OverflowError, pa.ArrowException) as exc:
                 values.append(None)
                 errors.setdefault(j, f"column {name!r}: {_cell_error(exc)}")
-    if _has_map(column.type):
-        # By hand, only where a map is: pyarrow's maps_as_pydicts needs pyarrow 20, and
+    if _needs_conversion(column.type):
+        # By hand, only where needed: pyarrow's maps_as_pydicts needs pyarrow 20, and
         # decoding every column with it took twice as long.
         for j, value in enumerate(values):
             try:
-                values[j] = _maps_as_dicts(value, column.type)
+                values[j] = _as_json_values(value, column.type)
             except _NotJson as exc:
                 values[j] = None
                 errors.setdefault(j, f"column {name!r}: {exc}")
@@ -569,27 +570,50 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
-def _has_map(t: pa.DataType) -> bool:
+def _is_narrow_float(t: pa.DataType) -> bool:
+    return pa.types.is_float32(t) or pa.types.is_float16(t)
+
+
+def _shortest(value: float, code: str) -> float:
+    """The shortest decimal that reads back as *value* in the ``struct`` format *code* (``f``:
+    32 bits, ``e``: 16). NaN and infinities come back as they are, for the checks that reject
+    them."""
+    if not math.isfinite(value):
+        return value
+    for digits in range(1, 18):
+        text = f"{value:.{digits}g}"
+        if struct.unpack(code, struct.pack(code, float(text)))[0] == value:
+            return float(text)
+    return value
+
+
+def _needs_conversion(t: pa.DataType) -> bool:
+    """Whether cells of type *t*, anywhere inside, are not yet the JSON they stand for: maps
+    (pairs, not objects) and 32- or 16-bit floats (their exact binary value has more digits than
+    the number that was written: 0.7 came out as 0.699999988079071)."""
     if isinstance(t, pa.BaseExtensionType):
-        return _has_map(t.storage_type)
-    if pa.types.is_map(t):
+        return _needs_conversion(t.storage_type)
+    if pa.types.is_map(t) or _is_narrow_float(t):
         return True
     if pa.types.is_struct(t):
-        return any(_has_map(t.field(i).type) for i in range(t.num_fields))
+        return any(_needs_conversion(t.field(i).type) for i in range(t.num_fields))
     if _is_list(t):
-        return _has_map(t.value_type)
+        return _needs_conversion(t.value_type)
     return False
 
 
-def _maps_as_dicts(value: Any, t: pa.DataType) -> Any:
-    """*value* (from ``to_pylist``, maps as lists of pairs) with every map of type *t* a dict.
+def _as_json_values(value: Any, t: pa.DataType) -> Any:
+    """*value* (from ``to_pylist``) with every map of type *t* a dict and every narrow float
+    the shortest decimal that reads back as the same float (what was written).
 
     :raises _NotJson: a map key that is not text, or one given twice.
     """
     if value is None:
         return None
     if isinstance(t, pa.BaseExtensionType):
-        return _maps_as_dicts(value, t.storage_type)
+        return _as_json_values(value, t.storage_type)
+    if _is_narrow_float(t):
+        return _shortest(value, "f" if pa.types.is_float32(t) else "e")
     if pa.types.is_map(t):
         out: dict[str, Any] = {}
         for key, item in value:
@@ -597,13 +621,13 @@ def _maps_as_dicts(value: Any, t: pa.DataType) -> Any:
                 raise _NotJson("a map key that is not text")
             if key in out:
                 raise _NotJson(f"a map with the key {key!r} twice")
-            out[key] = _maps_as_dicts(item, t.item_type)
+            out[key] = _as_json_values(item, t.item_type)
         return out
     if pa.types.is_struct(t):
-        return {t.field(i).name: _maps_as_dicts(value.get(t.field(i).name), t.field(i).type)
+        return {t.field(i).name: _as_json_values(value.get(t.field(i).name), t.field(i).type)
                 for i in range(t.num_fields)}
     if _is_list(t):
-        return [_maps_as_dicts(item, t.value_type) for item in value]
+        return [_as_json_values(item, t.value_type) for item in value]
     return value
 
 

@@ -837,6 +837,38 @@ def test_parquet_maps_are_json_objects_wherever_they_are_nested(tmp_path):
         "split": "dev", "labels": {"lang": "en"}, "tags": {"k": 1}}
 
 
+def test_parquet_32_and_16_bit_floats_are_sent_as_written(tmp_path):
+    # A float32 temperature of 0.7 went out as 0.699999988079071 (its exact binary value), in
+    # the body and in metadata alike.
+    schema = pa.schema([
+        ("params", pa.struct([
+            ("model", pa.string()), ("max_tokens", pa.int64()),
+            ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+            ("temperature", pa.float32()), ("top_p", pa.float16()),
+            ("stop_sequences", pa.list_(pa.string())),
+        ])),
+        ("metadata", pa.struct([("weight", pa.float32()), ("scores", pa.list_(pa.float32()))])),
+        ("difficulty", pa.float32()),
+    ])
+    rows = [
+        {"params": {"model": "m", "max_tokens": 5, "messages": MSG, "temperature": 0.7,
+                    "top_p": 0.9, "stop_sequences": None},
+         "metadata": {"weight": 0.1, "scores": [1e-8, 3.4e38, None]}, "difficulty": 2.3},
+        {"params": {"model": "m", "max_tokens": 5, "messages": MSG, "temperature": float("nan"),
+                    "top_p": None, "stop_sequences": None},
+         "metadata": None, "difficulty": None},
+    ]
+    path = tmp_path / "narrow.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    (record,), rejects = read(path, SourceOptions(metadata_columns=("difficulty",)))
+    body = orjson.loads(record.body)
+    assert (body["temperature"], body["top_p"]) == (0.7, 0.9)
+    assert orjson.loads(record.metadata_json) == {
+        "weight": 0.1, "scores": [1e-8, 3.4e38, None], "difficulty": 2.3}
+    assert [r.location for r in rejects] == [f"{path}#row 1"]  # NaN is still a reject
+    assert rejects[0].reason == "params holds nan, which JSON cannot hold"
+
+
 def test_a_parquet_cell_python_cannot_decode_rejects_its_row_only(tmp_path):
     # Text that is not UTF-8 (a writer that does not check) and a timestamp beyond year 9999
     # stopped validate with a traceback and run with an internal error, at every resume.

@@ -312,6 +312,8 @@ def test_demo_runs_on_the_built_in_emulator(tmp_path):
         (["run", "{set}", "--timeout", "nan"], "--timeout must be a number"),
         (["run", "{set}", "--drain-timeout", "nan"], "--drain-timeout must be a number"),
         (["run", "{set}", "--rate", "inf"], "--rate must be a finite number"),
+        # inf was recorded as null in run.json; leaving the option out is "no limit"
+        (["run", "{set}", "--max-cost", "inf"], "--max-cost must be a finite number"),
         (["run", "{set}", "-c", "1000000"], "--concurrency must be at most 100,000"),
         (["run", "{set}", "--seed", "99999999999999999999"], "--seed is too large"),
         (["run", "{set}", "--max-requests", "99999999999999999999"], "--max-requests is too"),
