@@ -202,6 +202,7 @@ class StageCollector:
         self.last_ok_completed_at = -math.inf
         self.good = 0  # ok rows meeting every per-request SLO
         self.warmup_rows = 0
+        self.warmup_failed = 0  # not in the figures, but --max-errors counts every failure
         self.output_tokens = 0
         self.cpu_s = 0.0
         self.wall_s = 0.0
@@ -212,6 +213,7 @@ class StageCollector:
         stage = row.get("stage") or ""
         if stage.endswith("#warmup"):
             self.warmup_rows += 1
+            self.warmup_failed += row["status"] != Status.OK.value
             return
         status = row["status"]
         self.status[status] += 1
@@ -259,7 +261,8 @@ class StageCollector:
             "last_sent_scheduled_at": self.last_sent_scheduled_at,
             "last_completed_at": self.last_completed_at, "good": self.good,
             "last_ok_completed_at": self.last_ok_completed_at,
-            "warmup_rows": self.warmup_rows, "output_tokens": self.output_tokens,
+            "warmup_rows": self.warmup_rows, "warmup_failed": self.warmup_failed,
+            "output_tokens": self.output_tokens,
             "cpu_s": self.cpu_s, "wall_s": self.wall_s, "loop_lag_p99_s": self.loop_lag_p99_s,
         }  # fmt: skip
 
@@ -282,6 +285,7 @@ class StageCollector:
                                         data.get("last_ok_completed_at", -math.inf))
         self.good += data["good"]
         self.warmup_rows += data["warmup_rows"]
+        self.warmup_failed += data.get("warmup_failed", 0)
         self.output_tokens += data["output_tokens"]
         lag = data.get("loop_lag_p99_s")
         if lag is not None:
@@ -289,6 +293,11 @@ class StageCollector:
         # Workers run in parallel: the busiest one tells whether the client side was saturated.
         if data["wall_s"] and (not self.wall_s or data["cpu_s"] / data["wall_s"] > self.cpu_share):
             self.cpu_s, self.wall_s = data["cpu_s"], data["wall_s"]
+
+    @property
+    def failed_requests(self) -> int:
+        """Every request of the stage that failed, warm-up ones included (``--max-errors``)."""
+        return sum(self.status.values()) - self.status.get("ok", 0) + self.warmup_failed
 
     @property
     def cpu_share(self) -> float:

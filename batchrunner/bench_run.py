@@ -531,7 +531,9 @@ class _StageRunner:
         n = sum(collector.status.values()) + collector.warmup_rows
         self.next_index = base + max(n, 1) * max(1, self.config.workers) + self.config.workers
         state.requests += n
-        state.errors += sum(collector.status.values()) - collector.status.get("ok", 0)
+        # Warm-up failures too: the workers count them as they come, and a stage they stopped
+        # in its warm-up must stop the bench.
+        state.errors += collector.failed_requests
         max_errors = self.config.max_errors
         if max_errors is not None and state.errors > max_errors and not state.stop_reason:
             # Workers count their own errors only: the total is known once the stage is over
@@ -599,7 +601,7 @@ class _StageRunner:
         collector.wall_s = time.perf_counter() - wall0
         # errors were counted live when --max-errors is set; avoid counting them twice
         if max_errors is not None:
-            state.errors -= sum(collector.status.values()) - collector.status.get("ok", 0)
+            state.errors -= collector.failed_requests
         if session.interrupted:
             self.interrupted = True
             self.interrupted_by = session.interrupted_by or "interrupted"

@@ -533,6 +533,21 @@ def test_workers_with_slos_repeated_stages_and_max_errors(make_emulator, tmp_pat
     assert last.stages[0]["verdict"] == "errors (100.0% failed)"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_max_errors_counts_warm_up_failures(make_emulator, tmp_path, workers):
+    # With --workers, failures in the warm-up stopped the workers (they count every failure)
+    # but not the bench: its total counted measured rows only, and the next stage started.
+    with make_emulator(ttft=Dist("fixed", 0.005), fault_500=1.0) as emu:
+        result = bench(
+            emu.base_url, tmp_path / "out", workers=workers, max_errors=5,
+            stages=[StageSpec(f"c={c}", concurrency=c, duration_s=1.0, warmup_s=10.0)
+                    for c in (2, 4)],
+        )  # fmt: skip
+    assert result.status == "stopped" and "--max-errors 5 exceeded" in result.message
+    assert [s["stage"] for s in result.stages] == ["c=2"]
+    assert result.stages[0]["requests"] == 0 and result.stages[0]["warmup_requests"] > 5
+
+
 def test_max_errors_is_the_stages_total_across_workers(make_emulator, tmp_path):
     # Each worker used to get the whole budget: 2 workers and --max-errors 10 let 23 requests
     # fail. Now the parent sums their failures as they come and stops them all.
