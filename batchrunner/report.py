@@ -893,7 +893,7 @@ def _staged(run: RunRows, f: pd.DataFrame, warm: pd.DataFrame, by: Sequence[str]
     block = bench_report.stages_block(
         by=by, order=order, entries=entries, warmup_by_stage=warmup_by_stage,
         warmup_cost_usd=_cost(warm)["total_usd"] if len(warm) else 0.0, results=results,
-        source=source, saturation=saturation, info=run.info)
+        source=source, saturation=saturation, info=run.info, bench=run.bench)
     return groups, parts, block
 
 

@@ -208,8 +208,12 @@ def stage_entry(name: str, part: pd.DataFrame, section: dict[str, Any] | None,
 def stages_block(*, by: Sequence[str], order: Sequence[str], entries: list[dict[str, Any]],
                  warmup_by_stage: dict[str, int], warmup_cost_usd: float | None,
                  results: Sequence[dict[str, Any]], source: str | None,
-                 saturation: dict[str, Any] | None, info: dict[str, Any]) -> dict[str, Any]:
-    """The ``stages`` entry of a run report (keys: ``docs/report.md``, "Bench runs")."""
+                 saturation: dict[str, Any] | None, info: dict[str, Any],
+                 bench: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``stages`` entry of a run report (keys: ``docs/report.md``, "Bench runs").
+
+    :param bench: ``bench.json`` (None when there is none yet).
+    """
     texts = (info.get("bench") or {}).get("slos")
     if not texts and results:
         texts = [s.get("slo") for s in results[0].get("slos") or [] if s.get("slo")]
@@ -227,6 +231,8 @@ def stages_block(*, by: Sequence[str], order: Sequence[str], entries: list[dict[
         "group_by": list(by),
         "order": list(order),
         "source": source,
+        # A bench that ended before any stage did writes bench.json with no stage in it.
+        "bench_status": bench.get("status") if isinstance(bench, dict) else None,
         "warmup_rows": sum(warmup_by_stage.values()),
         "warmup_by_stage": warmup_by_stage,
         "warmup_cost_usd": warmup_cost_usd,

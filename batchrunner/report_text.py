@@ -217,10 +217,14 @@ def stage_table(run: dict[str, Any]) -> Table:
             row += [_rate(e["goodput_rps"]), met]
         row.append(e["verdict"] or "-")
         rows.append(row)
-    source = st["source"]
-    title = ("Stages (measured rows, warm-up excluded; each stage over its own window; "
-             + (f"goodput, SLO and verdict from {source})" if source else
-                "no bench.json yet: no goodput, SLO or verdict)"))
+    source, ended = st["source"], st.get("bench_status")
+    if source:
+        whence = f"goodput, SLO and verdict from {source}"
+    elif ended:
+        whence = f"the bench ended {ended} before any stage did: no goodput, SLO or verdict"
+    else:
+        whence = "no bench.json yet: no goodput, SLO or verdict"
+    title = f"Stages (measured rows, warm-up excluded; each stage over its own window; {whence})"
     t = Table(title, headers, rows, left=2 + mark, last_left=True, flagged=flagged)
     if st["slos"]:
         t.notes.append("SLOs: " + ", ".join(s["slo"] for s in st["slos"])

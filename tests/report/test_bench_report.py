@@ -308,6 +308,19 @@ def test_without_bench_json_the_rows_give_the_order(make_run):
     assert "no bench.json yet" in format_report(rep)
 
 
+def test_a_bench_that_ended_before_any_stage_did_says_so(make_run):
+    # bench.json written with no stage (aborted during the first one) read "no bench.json yet".
+    run_dir = make_run(synthetic_rows(), info={"config": {"mode": "stream"}})
+    (run_dir / "bench.json").write_bytes(
+        orjson.dumps({"stages": [], "saturation": None, "status": "aborted"}))
+    rep = build_report([load_run(run_dir)])
+    st = rep["runs"][0]["stages"]
+    assert st["source"] is None and st["bench_status"] == "aborted"
+    text = format_report(rep)
+    assert "the bench ended aborted before any stage did: no goodput" in text
+    assert "no bench.json yet" not in text
+
+
 def test_a_stages_rates_leave_out_the_cancel_instant_of_rows_cut_at_its_end(make_run):
     # As bench counts them: 20 answers over 1.95 s, then 3 stalled requests cancelled 30 s on.
     rows = [row(input_index=i, custom_id=str(i), stage="c=4", scheduled_at=T0 + 0.1 * i,
@@ -336,8 +349,9 @@ def test_client_bound_is_flagged_in_text_json_and_html(synthetic, tmp_path):
     doc = orjson.loads(invoke(str(run_dir), "--json").output)
     st = doc["runs"][0]["stages"]
     assert [e["client_bound"] for e in st["per_stage"]] == [True, False, False]
-    assert set(st) == {"group_by", "order", "source", "warmup_rows", "warmup_by_stage",
-                       "warmup_cost_usd", "slos", "saturation", "per_stage", "notes"}
+    assert set(st) == {"group_by", "order", "source", "bench_status", "warmup_rows",
+                       "warmup_by_stage", "warmup_cost_usd", "slos", "saturation", "per_stage",
+                       "notes"}
     assert "bench runs" in doc["rows_used"]
 
     page = html.read_text()
