@@ -382,6 +382,14 @@ async def _saturation_search(
                 "highest passing rate (raise --search-max to find it)")
     else:
         note = None
+    # An SLO with no value is not judged (TPOT of one-token answers): a rate that "passed" did
+    # not meet it, and the result must not read as if it had.
+    unjudged = [str(slo) for i, slo in enumerate(config.slos)
+                if results and all(r["slos"][i]["met"] is None for r in results)]
+    if unjudged:
+        none = (f"{', '.join(unjudged)} had no value at any rate, so no rate was judged on "
+                f"{'it' if len(unjudged) == 1 else 'them'}")
+        note = f"{note}; {none}" if note else none
     return {
         "highest_passing_rate": best,
         "lowest_failing_rate": failed,

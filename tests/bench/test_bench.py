@@ -253,6 +253,22 @@ def test_saturation_search_finds_the_rate_limit_knee(make_emulator, tmp_path):
     assert all(s["errors"].get("rate_limited") for s in failing)
 
 
+def test_a_saturation_search_says_when_its_slo_never_had_a_value(make_emulator, tmp_path):
+    # One-token answers have no TPOT: every rate "passed" an SLO that judged nothing, and the
+    # result read as if the gateway had met it.
+    run = RunConfig(requests=Path(), gateway="", mode="stream", out=tmp_path / "out",
+                    max_tokens=1, keep_response_json=False, retry=RetryPolicy(max_retries=0))
+    with make_emulator(ttft=Dist("fixed", 0.002)) as emu:
+        run.gateway = emu.base_url
+        result = run_sync_coro(run_bench(BenchConfig(
+            run=run, saturate=True, search_start=20, search_max=40, search_factor=2,
+            stage_duration_s=0.5, slos=[Slo.parse("tpot_p99=0.05")]), quiet=True))
+    assert [s["slos"][0]["met"] for s in result.stages] == [None, None]
+    assert result.saturation["highest_passing_rate"] == 40
+    assert result.saturation["note"].endswith(
+        "tpot_p99<=0.05s had no value at any rate, so no rate was judged on it")
+
+
 def test_starved_client_gets_a_client_bound_verdict(make_emulator, tmp_path):
     with make_emulator() as emu:
         result = bench(
