@@ -520,10 +520,15 @@ def add_to_windows(windows: stats.SessionWindows, frame: pd.DataFrame) -> None:
     (``collect``, a resume) knows only when its submit was accepted, which stands in: counted
     from the collecting session's start instead, a detached run's jobs seemed done in the
     moments that session took to poll them.
+
+    Only rows that were sent count, as in the rates' numerator: requests cancelled while they
+    waited for a gateway that never came back end when the run gave up on them, and a window
+    stretched to then spread the rates over an outage in which nothing was sent.
     """
-    begin = np.fmin(frame["scheduled_at"].to_numpy(), frame["sent_at"].to_numpy())
-    begin = np.fmin(begin, frame["submitted_at"].to_numpy())
-    windows.add(begin, frame["completed_at"].to_numpy(dtype=np.float64))
+    sent_at, submitted_at = frame["sent_at"].to_numpy(), frame["submitted_at"].to_numpy()
+    sent = ~(np.isnan(sent_at) & np.isnan(submitted_at))
+    begin = np.fmin(np.fmin(frame["scheduled_at"].to_numpy(), sent_at), submitted_at)
+    windows.add(begin[sent], frame["completed_at"].to_numpy(dtype=np.float64)[sent])
 
 
 def session_starts(info: dict[str, Any]) -> list[float]:
@@ -582,12 +587,15 @@ def _section(f: pd.DataFrame, wall: float | None, metrics: Sequence[str]) -> dic
     # Requests that left: a row cancelled while it waited for a gateway that could not be
     # reached was never sent, and counting it would pad the rate with what the stop gave up.
     sent = int((f["sent_at"].notna() | f["submitted_at"].notna()).sum())
+    # Of the requests that ended: a cancelled one has no outcome yet (a resume sends it
+    # again), and counting it made a run stopped early look healthier the less it had sent.
+    ended = n - status["cancelled"]
     return {
         "requests": n,
         "sent": sent,
         "status": status,
-        "ok_rate": _ratio(status["ok"], n),
-        "error_rate": _ratio(failed, n),
+        "ok_rate": _ratio(status["ok"], ended),
+        "error_rate": _ratio(failed, ended),
         "errors": _errors(f, n),
         "throughput": {
             "wall_s": _num(wall),
@@ -759,7 +767,10 @@ def _timeline(f: pd.DataFrame, window: _Window, max_buckets: int) -> dict[str, A
         w = None if weights is None else weights[sel]
         return np.bincount(tl.bucket[sel], weights=w, minlength=buckets)
 
-    completed = count(np.ones(len(f), dtype=bool))
+    # A cancelled row did not complete: its completed_at is when a stop or an abort gave it
+    # up, and all of them in one bucket read as a spike of throughput.
+    answered = (status != "cancelled").to_numpy()
+    completed = count(answered)
     failed_mask = status.isin(_FAILED).to_numpy()
     sent = f["sent_at"].to_numpy() - t0
     interval = ~np.isnan(sent) & ~np.isnan(done)
@@ -775,7 +786,7 @@ def _timeline(f: pd.DataFrame, window: _Window, max_buckets: int) -> dict[str, A
         errors[_OTHER] = [int(v) for v in count(failed_mask & ~etype.isin(top).to_numpy())]
     per_s = completed / tl.width
     return {
-        "rows_used": int(has.sum()),
+        "rows_used": int((has & answered).sum()),
         "rows_without_completed_at": int((~has).sum()),
         "in_flight_rows_used": int(interval.sum()),
         "start_at": _iso(t0),
@@ -786,7 +797,7 @@ def _timeline(f: pd.DataFrame, window: _Window, max_buckets: int) -> dict[str, A
         "failed": [int(v) for v in count(failed_mask)],
         "requests_per_s": [float(v) for v in per_s],
         "output_tokens_per_s": [
-            float(v) for v in count(np.ones(len(f), bool), f["tok_output"].to_numpy()) / tl.width],
+            float(v) for v in count(answered, f["tok_output"].to_numpy()) / tl.width],
         "in_flight_mean": [float(v) for v in mean],
         "in_flight_max": [int(v) for v in maxima],
         "errors_by_type": errors,

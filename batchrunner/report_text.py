@@ -363,7 +363,7 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
     rows = [[*label, _int(s["requests"]), *(_int(s["status"].get(k, 0)) for k in
                                              (*_STATUSES, *extra)), _pct(s["error_rate"])]
             for label, s in sections]
-    tables.append(Table("Requests (all rows; error rate = error + timeout + expired)",
+    tables.append(Table("Requests (all rows; error rate = error + timeout + expired, of rows not cancelled)",
                         [*groups, "requests", *_STATUSES, *extra, "error rate"], rows, left=g))
 
     rows = []

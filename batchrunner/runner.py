@@ -1599,12 +1599,14 @@ async def _finish(
             else "stopped"
         )
     failed = sum(v for k, v in summary["status"].items() if k not in ("ok", "cancelled"))
-    if code == EXIT_OK and config.max_error_rate is not None and finished:
-        rate = failed / finished
+    # Of the requests that ended, as the report's error rate: a cancelled one is sent again.
+    ended = finished - summary["status"].get("cancelled", 0)
+    if code == EXIT_OK and config.max_error_rate is not None and ended:
+        rate = failed / ended
         if rate > config.max_error_rate:
             code = EXIT_ERROR_RATE
             message = (
-                f"{failed:,} of {finished:,} requests failed ({rate:.1%}), "
+                f"{failed:,} of {ended:,} requests failed ({rate:.1%}), "
                 f"above --max-error-rate {config.max_error_rate:.1%}"
             )
     message = session.redact(message)

@@ -194,7 +194,7 @@ Exit codes:
     type=click.FloatRange(0, 1),
     default=None,
     metavar="FRACTION",
-    help="Exit with code 4 when more than this share of requests failed (e.g. 0.01).",
+    help="Exit with code 4 when more than this share of requests failed (e.g. 0.01; cancelled ones are not counted).",
 )
 @click.option(
     "--drain-timeout",

@@ -128,13 +128,13 @@ def test_a_gateway_never_reached_stops_the_run_and_a_resume_sends_the_waiting(
     assert rows["error_message"].str.startswith(
         "not sent: the gateway could not be connected to (ConnectError"
     ).all()
-    # Nothing went out, so the rates are 0, not 4 rows over the wait (they counted them).
+    # Nothing went out: no sending time, so no rate (it counted 4 rows over the wait).
     summary = orjson.loads((out / "run.json").read_bytes())["summary"]
-    assert summary["requests"] == 4 and summary["requests_per_s"] == 0
+    assert summary["requests"] == 4 and summary["requests_per_s"] is None
     report = run_cli("report", str(out), "--json")
     overall = orjson.loads(report.stdout)["runs"][0]["overall"]
     assert (overall["requests"], overall["sent"]) == (4, 0)
-    assert overall["throughput"]["requests_per_s"] == 0
+    assert overall["throughput"]["requests_per_s"] is None
     hint = resume_hint(first.stderr)
     assert "--retry-failed" not in hint  # cancelled rows are sent again by a plain resume
     with running_emulator(EmulatorConfig(), port=port):
