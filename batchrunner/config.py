@@ -23,6 +23,7 @@ from batchrunner.redaction import (
     REDACTED,
     Redactor,
     is_secret_header,
+    key_problem,
     looks_secret,
     secret_header_values,
     url_has_credentials,
@@ -198,9 +199,11 @@ class RunConfig:
             raise ConfigError("headers must be a dict of header names to string values")
         for option, secret in (("--api-key", self.api_key), ("--virtual-key", self.virtual_key)):
             # The value is never quoted: it is a secret. A key read from a file often ends in a
-            # newline, which would otherwise break (or inject) request headers.
-            if secret and ("\n" in secret or "\r" in secret):
-                raise ConfigError(f"{option}: the key contains a line break (read from a file?)")
+            # newline, which would otherwise break (or inject) request headers; a byte-order
+            # mark or a zero-width space makes every request fail.
+            problem = key_problem(secret.strip()) if secret else None
+            if problem:
+                raise ConfigError(f"{option}: the key {problem}")
         for name, value in self.headers.items():
             if not _HEADER_NAME.match(name):
                 raise ConfigError(_invalid_header_name(name))
@@ -216,6 +219,9 @@ class RunConfig:
                 )
             if "\n" in value or "\r" in value:
                 raise ConfigError(f"-H {name}: header values cannot contain line breaks")
+            problem = key_problem(value.strip()) if is_secret_header(name, value) else None
+            if problem:
+                raise ConfigError(f"-H {name}: the value {problem}")
         if self.gateway is not None:
             try:
                 url = messages_url(self.gateway)

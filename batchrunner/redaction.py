@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -45,6 +45,11 @@ _NOT_SECRET_HEADERS = frozenset({"x-bf-api-key", "x-bf-api-key-id", "x-bf-cache-
 #: A value shorter than this under a credential-like name is still never stored, but not cut
 #: out of error texts: "1" or "prod" would blank that word in every message.
 _MIN_NAMED_SECRET = 8
+#: Headers that hold nothing but a credential: their values are cut out of error texts from
+#: this length (a 7-character x-api-key was quoted back whole).
+_KEY_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key",
+                          "x-bf-vk"})
+_MIN_KEY_HEADER_SECRET = 4
 
 
 def is_secret_header(name: str, value: str) -> bool:
@@ -67,14 +72,60 @@ def secret_header_values(headers: dict[str, str] | list[tuple[str, str]]) -> lis
     a ``Bearer``/``Basic``/``Token`` value on its own (a gateway may quote just that)."""
     values = []
     for name, value in headers.items() if isinstance(headers, dict) else headers:
+        shortest = (_MIN_KEY_HEADER_SECRET if name.strip().lower() in _KEY_HEADERS
+                    else _MIN_NAMED_SECRET)
         if is_secret_header(name, value) and (
-            looks_secret(value) or len(value.strip()) >= _MIN_NAMED_SECRET
+            looks_secret(value) or len(value.strip()) >= shortest
         ):
             values.append(value.strip())
+            if " " in value.strip():  # "Bearer%20…" of a URL-encoded echo
+                values.append(quote(value.strip(), safe=""))
             scheme, _, token = value.strip().partition(" ")
             if token and scheme.lower() in ("bearer", "basic", "token"):
                 values.append(token.strip())
     return values
+
+
+def key_problem(value: str) -> str | None:
+    """Why *value* cannot be a credential as given (a line break, a byte-order mark, a
+    zero-width space from a copy), without quoting it; ``None`` if it can. Such a key is
+    refused by the gateway, and one that quoted it back re-encoded was not recognised as the
+    secret it is, so it was stored whole."""
+    for i, ch in enumerate(value):
+        if ch in "\r\n":
+            return "contains a line break (read from a file?)"
+        if not " " <= ch <= "~":
+            what = _INVISIBLE.get(ch, "a character that is not plain ASCII")
+            return f"contains {what} (U+{ord(ch):04X}) at character {i + 1}"
+    return None
+
+
+_INVISIBLE = {
+    "\ufeff": "a byte-order mark, as some editors save at the start of a file",
+    "\u200b": "a zero-width space, as a copy from a web page may carry",
+    "\u00a0": "a no-break space",
+    "\t": "a tab",
+}
+
+#: A JSON string member (``"name": "value"``) of a raw input line.
+_JSON_MEMBER = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
+
+
+def cut_credentials_from_line(text: str) -> str:
+    """*text*, an input line kept as it was (a reject's ``raw``), with the value of every JSON
+    string member whose name says credential (a per-request ``headers`` object's
+    ``x-api-key``), or that looks like a key, replaced. By pattern, not by parsing: a rejected
+    line is often not valid JSON."""
+
+    def cut(m: re.Match[str]) -> str:
+        name, value = m.group(1), m.group(3)
+        # "max_tokens": "100" is a count given as text (the reason the line was rejected).
+        named = is_secret_header(name, value) and not name.lower().endswith("tokens")
+        if named or looks_secret(value):
+            return f'"{name}"{m.group(2)}"{REDACTED}"'
+        return m.group(0)
+
+    return _JSON_MEMBER.sub(cut, text)
 
 
 def url_has_credentials(url: str | None) -> bool:
@@ -160,7 +211,9 @@ __all__ = [
     "REDACTED",
     "SECRET_HEADER_PATTERN",
     "Redactor",
+    "cut_credentials_from_line",
     "is_secret_header",
+    "key_problem",
     "looks_secret",
     "secret_header_values",
     "url_has_credentials",

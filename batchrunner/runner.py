@@ -331,7 +331,7 @@ class _Session:
             "input_index": reject.input_index,
             "custom_id": reject.custom_id,
             "reason": reject.reason,
-            "raw": reject.raw,
+            "raw": self.redact(reject.raw),  # the run's own keys, wherever the line holds them
         }
         try:
             self.rejects.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))

@@ -32,6 +32,7 @@ from batchrunner.formats import (
     RawRow,
     open_source,
 )
+from batchrunner.redaction import cut_credentials_from_line
 from batchrunner.schema import RequestRecord
 
 __all__ = [
@@ -392,7 +393,10 @@ def _generate(
     unread = skip if seen is not None else None
 
     def reject(row: RawRow, custom_id: str | None, reason: str) -> None:
-        item = Reject(row.location, row.index, custom_id, reason, source.raw_text(row))
+        # A line may carry its own credentials (a headers object): rejects.jsonl and
+        # validate --json keep the line, not them.
+        raw = cut_credentials_from_line(source.raw_text(row))
+        item = Reject(row.location, row.index, custom_id, reason, raw)
         if options.strict:
             raise InputError(f"{row.location}: {reason}", reject=item)
         if on_reject is not None:

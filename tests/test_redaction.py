@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from batchrunner.config import Redactor, RunConfig
+from batchrunner.redaction import cut_credentials_from_line, key_problem
 
 KEY = "sk-ant-api03-LONGKEY"
 
@@ -91,3 +92,22 @@ def test_bifrost_key_selectors_and_short_values_do_not_blank_words_in_errors() -
         "no healthy key for provider anthropic: retry in 1 s (env prod)"
     )
     assert redact("bad token sk-bf-LONGVIRTUALKEY") == "bad token <redacted>"
+
+
+def test_a_raw_line_loses_its_credentials_but_not_its_counts() -> None:
+    line = ('{"headers": {"x-api-key": "k-123", "Authorization": "Bearer t", "x-title": "t"}, '
+            '"max_tokens": "100", "budget_tokens": "9", "note": "sk-ant-x", "q": "say \\"hi\\"", '
+            '"broken": ')
+    assert cut_credentials_from_line(line) == (
+        '{"headers": {"x-api-key": "<redacted>", "Authorization": "<redacted>", "x-title": "t"}, '
+        '"max_tokens": "100", "budget_tokens": "9", "note": "<redacted>", "q": "say \\"hi\\"", '
+        '"broken": ')
+
+
+def test_a_key_problem_names_the_character_never_the_key() -> None:
+    assert key_problem("sk-ant-fine") is None and key_problem("Bearer sk-a") is None
+    assert key_problem("\ufeffsk-x") == ("contains a byte-order mark, as some editors save at "
+                                         "the start of a file (U+FEFF) at character 1")
+    assert key_problem("sk-x\n") == "contains a line break (read from a file?)"
+    assert key_problem("sk-é") == (
+        "contains a character that is not plain ASCII (U+00E9) at character 4")

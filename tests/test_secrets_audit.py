@@ -252,3 +252,66 @@ def test_collect_asks_for_a_gateway_url_holding_credentials_again(
     assert collected.exit_code == 0, collected.output
     assert orjson.loads(collected.stdout)["summary"]["status"] == {"ok": 3}
     assert "PWSECRET" not in collected.output
+
+
+@pytest.mark.parametrize("bad", ["\ufeff", "\u200b", "\u00e9"])
+def test_a_key_with_an_invisible_or_non_ascii_character_is_refused_unquoted(
+    tmp_path, monkeypatch, bad: str
+) -> None:
+    # A key file saved with a byte-order mark failed every request, and a gateway that quoted
+    # the key back re-encoded (Latin-1) was not recognised: the real key was stored whole.
+    key = f"{bad}sk-ant-INVISIBLE-0004" if bad == "\ufeff" else f"sk-ant-INVISIBLE-0004{bad}"
+    requests = _requests(tmp_path / "in.jsonl", 1)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(requests), "--gateway", "http://127.0.0.1:9",
+                                       "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "--api-key: the key contains" in result.output
+    assert f"(U+{ord(bad):04X}) at character" in result.output
+    assert "INVISIBLE" not in result.output and not out.exists()
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    result = CliRunner().invoke(main, ["run", str(requests), "--gateway", "http://127.0.0.1:9",
+                                       "-H", f"X-Api-Key: {key}", "--out", str(out)])
+    assert result.exit_code == 2 and "-H X-Api-Key: the value contains" in result.output
+    assert "INVISIBLE" not in result.output
+
+
+def test_keys_in_a_rejected_line_stay_out_of_rejects_and_validate(tmp_path) -> None:
+    # A rejected line was kept whole: its own headers' keys, and the run's --api-key.
+    lines = [
+        {"custom_id": "a", "params": {"model": "m", "max_tokens": 5, "messages": []},
+         "headers": {"x-api-key": "sk-ant-LINE-KEY-0005", "Authorization": "Bearer LINETOK6"}},
+        {"custom_id": "b", "params": {"model": "m", "max_tokens": 0,
+                                      "messages": [{"role": "user", "content": KEY}]}},
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines)
+                     + b'{"x-api-key": "sk-ant-BROKEN-0007", oops\n')
+    checked = CliRunner().invoke(main, ["validate", str(path), "--json"])
+    assert checked.exit_code == 1 and '\\"x-api-key\\":\\"<redacted>\\"' in checked.output
+    out = tmp_path / "out"
+    with echo_server() as url:
+        result = CliRunner().invoke(main, ["run", str(path), "--gateway", url, "--api-key", KEY,
+                                           "--out", str(out)])
+    rejects = (out / "rejects.jsonl").read_text()
+    assert result.exit_code == 2 and rejects.count("<redacted>") == 4, rejects
+    for secret in ("sk-ant-LINE-KEY-0005", "LINETOK6", "sk-ant-BROKEN-0007"):
+        assert secret not in checked.output and secret not in rejects
+    _assert_nowhere(KEY, out, result.output)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_short_x_api_key_quoted_back_is_cut_out_in_run_and_bench(tmp_path, workers) -> None:
+    # A 7-character -H X-Api-Key was under the 8 characters a credential-named value needed to
+    # be cut from error texts (bench workers the same for --api-key): it was stored whole.
+    out = tmp_path / "out"
+    with echo_server() as url:
+        run = RunConfig(requests=Path(), gateway=url, out=out, api_key="Zq7SHRT",
+                        headers={"X-Api-Key": "Zq8SHRT"}, retry=RetryPolicy(max_retries=0))
+        stages = [StageSpec("c=1", concurrency=1, duration_s=0.3)]
+        run_sync_coro(run_bench(BenchConfig(run=run, stages=stages, workers=workers),
+                                quiet=True))
+    rows = pq.read_table(out / "data").to_pylist()
+    assert rows and all("x-api-key: <redacted>" in r["error_message"] for r in rows)
+    _assert_nowhere("Zq8SHRT", out)
