@@ -682,10 +682,13 @@ class _Session:
         if spend.reached and not self.stop_reason.startswith("--max-cost"):
             # Over it without a stop: requests in flight when it was reached, or a run shorter
             # than the first look.
-            self._say(
-                f"Note: the run's rows cost {fmt_usd(spend.spent_usd)}, over --max-cost "
+            self.say_note(
+                f"the run's rows cost {fmt_usd(spend.spent_usd)}, over --max-cost "
                 f"{spend.limit_usd:,.10g}: they finished before it could stop the run"
             )
+
+    def say_note(self, text: str) -> None:
+        self._say(f"Note: {text}")
 
     def spent(self, new_unpriced: list[str], final: bool = False) -> None:
         """Show the spend, name models it cannot count, and stop once the limit is reached
@@ -701,9 +704,10 @@ class _Session:
             )
         if spend.reached and not self.stopping and not final:
             self.stop(
-                f"--max-cost {spend.limit_usd:,.10g} reached: the run's rows cost "
-                f"{fmt_usd(spend.spent_usd)} at list prices; requests in flight were let finish "
-                "(up to --drain-timeout). To go on, resume with a higher --max-cost"
+                f"--max-cost {spend.limit_usd:,.10g} reached: the run's rows had cost "
+                f"{fmt_usd(spend.spent_usd)} at list prices when it stopped starting requests; "
+                "requests in flight were let finish (up to --drain-timeout), and the closing "
+                "summary's cost counts them. To go on, resume with a higher --max-cost"
             )
 
     async def compactor(self) -> None:
@@ -1591,6 +1595,15 @@ async def _finish(
         )
     elif complete:
         status, code, message = "finished", EXIT_OK, ""
+        if session.spend is not None and session.stop_reason.startswith("--max-cost"):
+            # Reached once every request was sent: nothing was held back, and the run ended
+            # "finished" above its limit in silence.
+            message = (
+                f"the run's rows cost {fmt_usd(session.spend.spent_usd)}, over --max-cost "
+                f"{session.spend.limit_usd:,.10g}: every request had been sent when it was "
+                "reached"
+            )
+            session.say_note(message)
     else:
         status, code = "incomplete", EXIT_OK
         message = session.stop_reason or (

@@ -133,7 +133,7 @@ def test_the_cli_takes_max_cost_and_says_how_to_go_on(tmp_path):
     done = run_cli("run", str(requests), "--out", str(tmp_path / "o"), "-c", "1",
                    "--max-cost", "0.002")
     assert done.returncode == EXIT_OK, done.stderr
-    assert "incomplete: --max-cost 0.002 reached: the run's rows cost $0.00" in done.stderr
+    assert "incomplete: --max-cost 0.002 reached: the run's rows had cost $0.00" in done.stderr
     assert "To go on, resume with a higher --max-cost" in done.stderr
     assert "Resume with: " in done.stderr
     assert "(with a higher --max-cost: the run's rows already cost what this one allows)" in (
@@ -196,3 +196,18 @@ def test_what_the_limit_cannot_stop_or_count_is_said(make_emulator, tmp_path):
     assert done.status == "finished"
     assert "over --max-cost 1e-09: they finished before it could stop the run" in (
         tiny.getvalue()), tiny.getvalue()
+
+
+def test_a_limit_reached_once_every_request_was_sent_is_said(make_emulator, tmp_path):
+    # Every request in flight when the limit was reached: nothing was held back, and the run
+    # ended "finished", 3.3x over its limit, without a word.
+    requests = write_requests(tmp_path / "set.jsonl", 20)
+    with make_emulator(ttft=Dist("uniform", 0.01, 0.8)) as emu:
+        stderr = io.StringIO()
+        done = run(requests, emu.base_url, tmp_path / "out", stderr=stderr, concurrency=20,
+                   max_cost_usd=1e-9)
+    assert done.status == "finished" and len(read_rows(tmp_path / "out")) == 20
+    said = stderr.getvalue()
+    assert "over --max-cost 1e-09: every request had been sent when it was reached" in said, said
+    info = orjson.loads((tmp_path / "out" / "run.json").read_bytes())
+    assert info["sessions"][-1]["message"] == done.message and "over --max-cost" in done.message
