@@ -222,6 +222,11 @@ class RunConfig:
             problem = key_problem(value.strip()) if is_secret_header(name, value) else None
             if problem:
                 raise ConfigError(f"-H {name}: the value {problem}")
+        if self.gateway is None and self.emulator_profile is not None:
+            # Before the run directory is made: a mistyped name left one behind, half made.
+            from batchrunner.embedded import load_emulator_profile
+
+            load_emulator_profile(self.emulator_profile, seed=self.seed or 0)
         if self.gateway is not None:
             try:
                 url = messages_url(self.gateway)

@@ -10,46 +10,48 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 #: Ready profiles shipped in ``jobs/emulator/`` of the source tree.
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "jobs" / "emulator"
+
+
+def load_emulator_profile(profile: str | None, *, seed: int = 0) -> Any:
+    """The :class:`~batchrunner.emulator.EmulatorConfig` of ``--emulator-profile``.
+
+    :param profile: ``None`` for the demo profile, a ready profile name, or a TOML file path.
+    :raises ConfigError: no such profile, or one that does not load.
+    """
+    from batchrunner.config import ConfigError
+    from batchrunner.emulator import load_profile
+
+    # The default is the demo profile (jobs/emulator/demo.toml: small but real delays, so that
+    # a first run shows meaningful TTFT and latency figures and still ends in a few seconds).
+    path = PROFILE_DIR / "demo.toml" if profile is None else Path(profile)
+    if not path.is_file():
+        path = PROFILE_DIR / f"{profile}.toml"
+    if not path.is_file():
+        names = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+        raise ConfigError(
+            f"--emulator-profile {profile!r}: no such file or ready profile "
+            f"(ready: {', '.join(names) or 'none found'})"
+        )
+    try:
+        return load_profile(path, seed=seed)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"--emulator-profile {profile}: {exc}") from None
 
 
 @contextlib.contextmanager
 def embedded_emulator(profile: str | None, *, seed: int = 0) -> Iterator[tuple[str, str]]:
     """Start the emulator and yield ``(base URL, description)``.
 
-    :param profile: ``None`` for the demo profile, a ready profile name, or a TOML file path.
+    :param profile: as :func:`load_emulator_profile`.
     :raises ConfigError: unknown profile.
     """
-    from batchrunner.config import ConfigError
-    from batchrunner.emulator import EmulatorConfig, load_profile, running_emulator
-    from batchrunner.emulator.config import Dist
+    from batchrunner.emulator import running_emulator
 
-    if profile is None:
-        # Small but real delays, so that a demo run shows meaningful TTFT and latency figures
-        # and still finishes in a few seconds.
-        config = EmulatorConfig(
-            seed=seed,
-            ttft=Dist("lognormal", 0.05, 0.3),
-            token_delay=Dist("uniform", 0.001, 0.003),
-            output_tokens=Dist("uniform", 20, 200),
-        )
-        label = "demo profile"
-    else:
-        path = Path(profile)
-        if not path.is_file():
-            path = PROFILE_DIR / f"{profile}.toml"
-        if not path.is_file():
-            names = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
-            raise ConfigError(
-                f"--emulator-profile {profile!r}: no such file or ready profile "
-                f"(ready: {', '.join(names) or 'none found'})"
-            )
-        try:
-            config = load_profile(path, seed=seed)
-        except (ValueError, OSError) as exc:
-            raise ConfigError(f"--emulator-profile {profile}: {exc}") from None
-        label = f"profile {path.stem}"
+    config = load_emulator_profile(profile, seed=seed)
+    label = "demo profile" if profile is None else f"profile {Path(profile).stem}"
     with running_emulator(config) as emu:
         yield emu.base_url, label

@@ -91,7 +91,8 @@ def _check_scenario_value(scenario: Path, key: str, value: Any) -> None:
 
 @main.command(
     epilog="""\b
-Exit codes: 0 done; 2 usage or configuration error; 3 interrupted or stopped by
+Exit codes: 0 done; 1 internal error; 2 usage or configuration error; 3 interrupted
+(Ctrl-C, SIGTERM or SIGHUP), aborted (a session gave up, a worker died), or stopped by
 --max-errors / --max-error-rate / --duration before the last stage."""
 )
 @click.argument("requests", required=False, type=click.Path(path_type=Path, dir_okay=False))

@@ -36,7 +36,7 @@ Exit codes:
   1  internal error (set BATCHRUNNER_DEBUG=1 for the traceback)
   2  usage, configuration or input error (also: no valid request in the input);
      nothing was sent
-  3  run aborted or interrupted (Ctrl-C or SIGTERM, --strict reject, unwritable output,
+  3  run aborted or interrupted (Ctrl-C, SIGTERM or SIGHUP, --strict reject, unwritable output,
      gateway refusing every request); finished rows are kept, resume to go on
   4  finished, but the share of failed requests is above --max-error-rate"""
 
@@ -194,7 +194,8 @@ Exit codes:
     type=click.FloatRange(0, 1),
     default=None,
     metavar="FRACTION",
-    help="Exit with code 4 when more than this share of requests failed (e.g. 0.01; cancelled ones are not counted).",
+    help="Exit with code 4 when more than this share of requests failed (e.g. 0.01; cancelled "
+    "ones, sent again by a resume, are not counted).",
 )
 @click.option(
     "--drain-timeout",

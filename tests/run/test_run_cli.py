@@ -287,6 +287,12 @@ def test_demo_runs_on_the_built_in_emulator(tmp_path):
     assert report["status"] == "finished"
     assert report["summary"]["requests"] >= 50
     assert report["summary"]["status"].get("ok", 0) >= 50
+    # The demo profile is a ready profile like the others (it could not be named, nor read).
+    named = run_cli("run", str(demo), "--results-root", str(tmp_path), "--json",
+                    "--emulator-profile", "demo")
+    assert named.returncode == 0 and "(profile demo)" in named.stderr, named.stderr
+    again = orjson.loads(named.stdout)["summary"]
+    assert again["tokens"] == report["summary"]["tokens"]  # the same seeded answers
 
 
 @pytest.mark.parametrize(
@@ -333,10 +339,13 @@ def test_demo_runs_on_the_built_in_emulator(tmp_path):
 def test_usage_errors_exit_2_with_a_clear_message(requests_file, tmp_path, args, message):
     requests = requests_file(2)
     args = [a.replace("{set}", str(requests)) for a in args]
+    before = set(tmp_path.rglob("*"))
     result = run_cli(*args, "--results-root", str(tmp_path))
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr
     assert "Traceback" not in result.stderr and "SECRET" not in result.stderr
+    # Refused before anything is made (a mistyped --emulator-profile left a run directory).
+    assert set(tmp_path.rglob("*")) == before
 
 
 def test_an_input_with_no_valid_request_is_an_input_error(make_emulator, tmp_path):
