@@ -903,7 +903,7 @@ def _staged(run: RunRows, f: pd.DataFrame, warm: pd.DataFrame, by: Sequence[str]
             name, part, section, warmup_by_stage.get(name, 0), target, by_name.get(name)))
     block = bench_report.stages_block(
         by=by, order=order, entries=entries, warmup_by_stage=warmup_by_stage,
-        warmup_cost_usd=_cost(warm)["total_usd"] if len(warm) else 0.0, results=results,
+        warmup_cost=_cost(warm) if len(warm) else None, results=results,
         source=source, saturation=saturation, info=run.info, bench=run.bench)
     return groups, parts, block
 

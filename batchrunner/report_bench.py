@@ -206,7 +206,7 @@ def stage_entry(name: str, part: pd.DataFrame, section: dict[str, Any] | None,
 
 
 def stages_block(*, by: Sequence[str], order: Sequence[str], entries: list[dict[str, Any]],
-                 warmup_by_stage: dict[str, int], warmup_cost_usd: float | None,
+                 warmup_by_stage: dict[str, int], warmup_cost: dict[str, Any] | None,
                  results: Sequence[dict[str, Any]], source: str | None,
                  saturation: dict[str, Any] | None, info: dict[str, Any],
                  bench: dict[str, Any] | None) -> dict[str, Any]:
@@ -235,7 +235,9 @@ def stages_block(*, by: Sequence[str], order: Sequence[str], entries: list[dict[
         "bench_status": bench.get("status") if isinstance(bench, dict) else None,
         "warmup_rows": sum(warmup_by_stage.values()),
         "warmup_by_stage": warmup_by_stage,
-        "warmup_cost_usd": warmup_cost_usd,
+        # The priced part; with unpriced warm-up rows a lower bound (complete: false).
+        "warmup_cost_usd": warmup_cost["usd"]["total"] if warmup_cost else 0.0,
+        "warmup_cost_complete": warmup_cost["complete"] if warmup_cost else True,
         "slos": [parse_slo(str(t)) for t in texts or []],
         "saturation": saturation,
         "per_stage": entries,

@@ -292,8 +292,10 @@ def warmup_line(run: dict[str, Any]) -> str | None:
         return None
     per = ", ".join(f"{k} {v:,}" for k, v in st["warmup_by_stage"].items())
     cost = st["warmup_cost_usd"]
+    # Unpriced warm-up rows make it a lower bound (it was left out altogether).
+    shown = fmt_usd(cost) if st.get("warmup_cost_complete", True) else f">= {fmt_usd(cost)}"
     return (f"warm-up rows excluded: {st['warmup_rows']:,}" + (f" ({per})" if per else "")
-            + " from every figure below" + (f"; their cost {fmt_usd(cost)} is in no total"
+            + " from every figure below" + (f"; their cost {shown} is in no total"
                                             if cost else ""))
 
 
@@ -363,7 +365,8 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
     rows = [[*label, _int(s["requests"]), *(_int(s["status"].get(k, 0)) for k in
                                              (*_STATUSES, *extra)), _pct(s["error_rate"])]
             for label, s in sections]
-    tables.append(Table("Requests (all rows; error rate = error + timeout + expired, of rows not cancelled)",
+    tables.append(Table("Requests (all rows; error rate = error + timeout + expired, of rows not "
+                        "cancelled)",
                         [*groups, "requests", *_STATUSES, *extra, "error rate"], rows, left=g))
 
     rows = []
@@ -466,9 +469,17 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
     t.notes += _adjustment_notes(c)
     tables.append(t)
     if groups:
-        rows = [[*label, _int(s["requests"]), *(fmt_usd(s["cost"]["usd"][k]) for k in labels),
-                 cost_total_text(s["cost"]), fmt_usd(s["cost"]["per_request_usd"])]
-                for label, s in sections]
+        rows = []
+        for label, s in sections:
+            gc = s["cost"]
+            # A group whose rows with usage are all of unpriced models: its cost is unknown,
+            # not $0 in every column.
+            if gc["rows_unpriced"] and not gc["rows_priced"]:
+                rows.append([*label, _int(s["requests"]), *("-" for _ in labels), "UNPRICED",
+                             "-"])
+                continue
+            rows.append([*label, _int(s["requests"]), *(fmt_usd(gc["usd"][k]) for k in labels),
+                         cost_total_text(gc), fmt_usd(gc["per_request_usd"])])
         tables.append(Table("Cost USD by group (all rows)",
                             [*groups, "requests", *labels.values(), "total",
                              "per request"], rows, left=g))

@@ -25,7 +25,7 @@ from batchrunner.emulator.config import Dist
 from batchrunner.report import build_report, load_run
 from batchrunner.report_html import render_html
 from batchrunner.report_svg import PALETTE
-from batchrunner.report_text import format_report
+from batchrunner.report_text import fmt_usd, format_report
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import run_sync_coro
 
@@ -321,6 +321,18 @@ def test_a_bench_that_ended_before_any_stage_did_says_so(make_run):
     assert "no bench.json yet" not in text
 
 
+def test_warm_up_cost_with_an_unpriced_model_is_a_lower_bound(make_run):
+    # One warm-up row of a model genai-prices does not know dropped the warm-up cost clause.
+    rows = synthetic_rows()
+    warm = [r for r in rows if r["stage"].endswith("#warmup")]
+    warm[0].update(model="acme-private-7", model_requested="acme-private-7")
+    rep = build_report([load_run(make_run(rows, info={"config": {"mode": "stream"}}))])
+    st = rep["runs"][0]["stages"]
+    assert st["warmup_cost_complete"] is False and st["warmup_cost_usd"] > 0
+    said = f"their cost >= {fmt_usd(st['warmup_cost_usd'])} is in no total"
+    assert said in format_report(rep)
+
+
 def test_a_stages_rates_leave_out_the_cancel_instant_of_rows_cut_at_its_end(make_run):
     # As bench counts them: 20 answers over 1.95 s, then 3 stalled requests cancelled 30 s on.
     rows = [row(input_index=i, custom_id=str(i), stage="c=4", scheduled_at=T0 + 0.1 * i,
@@ -350,8 +362,8 @@ def test_client_bound_is_flagged_in_text_json_and_html(synthetic, tmp_path):
     st = doc["runs"][0]["stages"]
     assert [e["client_bound"] for e in st["per_stage"]] == [True, False, False]
     assert set(st) == {"group_by", "order", "source", "bench_status", "warmup_rows",
-                       "warmup_by_stage", "warmup_cost_usd", "slos", "saturation", "per_stage",
-                       "notes"}
+                       "warmup_by_stage", "warmup_cost_usd", "warmup_cost_complete", "slos",
+                       "saturation", "per_stage", "notes"}
     assert "bench runs" in doc["rows_used"]
 
     page = html.read_text()

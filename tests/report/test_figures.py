@@ -391,3 +391,17 @@ def test_a_comparison_never_rounds_a_rate_into_its_own_delta(make_run):
     assert text == [["error_rate", "0.0025%", "0.00%", "-0.0025pp", "-100.0%"]]
     requests = run_tables(report["runs"][0], report["prices"], [])[0]
     assert requests.rows == [["40,000", "39,999", "1", "0", "0", "0", "0.0025%"]]
+
+
+def test_a_group_of_unpriced_rows_shows_no_cost_not_zero(make_run):
+    # "acme  329  $0  $0  $0  $0  $0  >= $0" read as free, where the model table said UNPRICED.
+    rows = [row(input_index=i, custom_id=str(i), model=m, model_requested=m)
+            for i, m in enumerate(["claude-haiku-4-5", "acme-private-7", "acme-private-7"])]
+    rep = build_report([load_run(make_run(rows))], by=["model"])
+    text = "\n".join(line for t in run_tables(rep["runs"][0], rep["prices"], ["model"])
+                     for line in t.text())
+    group = text.split("Cost USD by group", 1)[1]
+    acme = next(line for line in group.splitlines() if line.lstrip().startswith("acme"))
+    assert acme.split() == ["acme-private-7", "2", "-", "-", "-", "-", "-", "UNPRICED", "-"]
+    haiku = next(line for line in group.splitlines() if "claude-haiku-4-5" in line)
+    assert "UNPRICED" not in haiku and "$" in haiku
