@@ -531,6 +531,15 @@ def add_to_windows(windows: stats.SessionWindows, frame: pd.DataFrame) -> None:
     windows.add(begin[sent], frame["completed_at"].to_numpy(dtype=np.float64)[sent])
 
 
+def replaced_cost_usd(info: dict[str, Any]) -> float | None:
+    """What the rows a resume removed to send again (``--retry-failed``, cancelled rows) had
+    cost at list prices, from ``run.json`` (``redone_cost_usd`` of each session); None if
+    nothing priced was replaced. Those requests were billed, and their rows are gone."""
+    total = sum(s["redone_cost_usd"] for s in info.get("sessions") or []
+                if isinstance(s, dict) and type(s.get("redone_cost_usd")) in (int, float))
+    return float(total) if total > 0 else None
+
+
 def session_starts(info: dict[str, Any]) -> list[float]:
     """When each session of a run began, from its ``run.json``."""
     return [s["started_at"] for s in info.get("sessions") or [] if s.get("started_at")]
@@ -938,6 +947,7 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
         "gateway": run.info.get("gateway"),
         "rows": rows_read,
         "journal_rows": run.journal_rows,
+        "replaced_cost_usd": replaced_cost_usd(run.info),
         # Async jobs submitted but not yet collected: they have no rows (nor cost) yet.
         "outstanding_jobs": (run.info.get("async") or {}).get("outstanding_jobs") or 0,
         "collect_before": (run.info.get("async") or {}).get("collect_before"),

@@ -466,6 +466,8 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
         t.notes.append(f"OUTSTANDING: {plural(c['outstanding_jobs'], 'async job')} not collected "
                        "yet: no rows, so their cost is in no figure here and every total is a "
                        f"lower bound; batchrunner collect {run.get('run_dir') or 'RUN_DIR'}")
+    if run.get("replaced_cost_usd"):
+        t.notes.append(replaced_note(run["replaced_cost_usd"]))
     t.notes += _adjustment_notes(c)
     tables.append(t)
     if groups:
@@ -505,6 +507,13 @@ def _adjustment_notes(cost: dict[str, Any]) -> list[str]:
                      "(service_tier priority) priced at list price; Priority Tier is billed "
                      "through capacity commitments, with no public per-token price")
     return notes
+
+
+def replaced_note(usd: float) -> str:
+    """The cost of rows a resume replaced: billed, in no row any more."""
+    return (f"REPLACED: rows a resume removed to send again (failed with --retry-failed, or "
+            f"cancelled) had cost {fmt_usd(usd)} at list prices (run.json): billed, but in no "
+            "total here")
 
 
 def cost_total_text(cost: dict[str, Any]) -> str:
@@ -676,4 +685,7 @@ def format_short(summary: dict[str, Any]) -> str:
                 )
             lines.append(f"cost       >= {fmt_usd(cost['priced_usd'])}  ({parts}; "
                          f"{cost['prices']}); {'; '.join(missing)}")
+        if cost.get("replaced_usd"):
+            lines.append(f"replaced   {fmt_usd(cost['replaced_usd'])} more, billed for rows a "
+                         "resume removed to send again (failed or cancelled): in no figure above")
     return "\n".join(lines)

@@ -53,7 +53,7 @@ from batchrunner.outage import GatewayOutage
 from batchrunner.pacing import Pacer, RateCeiling, schedule_offsets
 from batchrunner.polling import PollPlanner
 from batchrunner.progress import LiveStats, ProgressDisplay
-from batchrunner.report import COST_COLUMNS, outstanding_cost, session_starts
+from batchrunner.report import COST_COLUMNS, outstanding_cost, replaced_cost_usd, session_starts
 from batchrunner.report_text import fmt_usd
 from batchrunner.rundir import (
     RUN_FORMAT,
@@ -70,7 +70,6 @@ from batchrunner.rundir import (
 )
 from batchrunner.schedule_check import open_loop_sessions
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
-from batchrunner.spend import SETTLE_INTERVAL_S, SpendMeter
 from batchrunner.sources import (
     InputError,
     Reject,
@@ -80,6 +79,7 @@ from batchrunner.sources import (
     unused_columns,
     unused_columns_note,
 )
+from batchrunner.spend import SETTLE_INTERVAL_S, SpendMeter
 from batchrunner.store import (
     JOBS_FILE,
     READ_BATCH_ROWS,
@@ -1537,6 +1537,9 @@ async def _finish(
         summary = summarize_batches(iter(()))
     if outstanding:
         _count_outstanding(summary, outstanding)
+    replaced = replaced_cost_usd(info)
+    if replaced and summary.get("cost"):
+        summary["cost"]["replaced_usd"] = replaced
     changed = _input_size_change(config, info)
     resumable = not changed and store.run_dir.is_dir()
     if changed and session.fatal is None:

@@ -14,7 +14,9 @@ import pytest
 
 from batchrunner.config import ConfigError, RunConfig
 from batchrunner.emulator.config import Dist
-from batchrunner.report import COST_COLUMNS, price_rows
+from batchrunner.report import COST_COLUMNS, build_report, load_run, price_rows
+from batchrunner.report_text import fmt_usd, format_report, format_short
+from batchrunner.retry import RetryPolicy
 from batchrunner.runner import EXIT_OK, run_sync
 from batchrunner.schema import Mode
 from batchrunner.spend import SpendMeter
@@ -146,8 +148,6 @@ def test_the_cli_takes_max_cost_and_says_how_to_go_on(tmp_path):
 def test_rows_sent_again_still_count_what_they_cost(make_emulator, tmp_path):
     # --retry-failed removes the failed rows before the meter reads the run: a stream that
     # failed midway had been paid for its input, and a resume with the same limit sent again.
-    from batchrunner.retry import RetryPolicy
-
     requests = write_requests(tmp_path / "set.jsonl", 10, max_tokens=200)
     out = tmp_path / "out"
     with make_emulator(fault_midstream=1.0) as emu:
@@ -211,3 +211,26 @@ def test_a_limit_reached_once_every_request_was_sent_is_said(make_emulator, tmp_
     assert "over --max-cost 1e-09: every request had been sent when it was reached" in said, said
     info = orjson.loads((tmp_path / "out" / "run.json").read_bytes())
     assert info["sessions"][-1]["message"] == done.message and "over --max-cost" in done.message
+
+
+def test_the_cost_of_rows_a_resume_replaced_is_shown(make_emulator, tmp_path):
+    # Streams that failed midway were billed; --retry-failed removed their rows, and the
+    # summary and report showed the cost of the new rows only (run.json knew the rest).
+    requests = write_requests(tmp_path / "set.jsonl", 6, max_tokens=50)
+    out = tmp_path / "out"
+    with make_emulator(fault_midstream=1.0) as emu:
+        first = run(requests, emu.base_url, out, mode=Mode.STREAM,
+                    retry=RetryPolicy(max_retries=0))
+    paid = first.summary["cost"]["total_usd"]
+    assert first.summary["status"] == {"error": 6} and paid > 0
+    stderr = io.StringIO()
+    with make_emulator() as emu:
+        again = run(requests, emu.base_url, out, stderr, mode=Mode.STREAM, retry_failed=True)
+    assert again.summary["status"] == {"ok": 6}
+    assert math.isclose(again.summary["cost"]["replaced_usd"], paid, rel_tol=1e-9)
+    note = f"had cost {fmt_usd(paid)} at list prices (run.json): billed, but in no total here"
+    rep = build_report([load_run(out)])
+    assert math.isclose(rep["runs"][0]["replaced_cost_usd"], paid, rel_tol=1e-9)
+    assert note in format_report(rep)
+    assert f"replaced   {fmt_usd(paid)} more, billed for rows a resume" in (
+        format_short(again.summary))
