@@ -45,7 +45,10 @@ def check_port(gateway: str) -> None:
     if not port.isascii() or not port.isdigit():
         raise ValueError("the gateway URL's port is not a number (expected 1-65535)")
     if not 1 <= int(port) <= 65535:
-        raise ValueError(f"the gateway URL's port {int(port)} is out of range (1-65535)")
+        # With an '@' anywhere, these digits may be a password's: one holding a '/', '?' or
+        # '#' (not percent-encoded) ends the URL's authority before its '@'.
+        shown = "" if "@" in gateway else f" {int(port)}"
+        raise ValueError(f"the gateway URL's port{shown} is out of range (1-65535)")
 
 
 async def check_resolves(url: str, timeout_s: float = RESOLVE_TIMEOUT_S) -> None:

@@ -315,3 +315,14 @@ def test_a_short_x_api_key_quoted_back_is_cut_out_in_run_and_bench(tmp_path, wor
     rows = pq.read_table(out / "data").to_pylist()
     assert rows and all("x-api-key: <redacted>" in r["error_message"] for r in rows)
     _assert_nowhere("Zq8SHRT", out)
+
+
+@pytest.mark.parametrize("command", ["run", "bench", "collect"])
+def test_an_unquoted_header_value_is_not_echoed_as_extra_arguments(tmp_path, command) -> None:
+    # click's "Got unexpected extra arguments (Bearer sk-…)" printed the key.
+    args = [str(_requests(tmp_path / "in.jsonl", 1))] if command != "collect" else [str(tmp_path)]
+    result = CliRunner().invoke(main, [command, *args, "-H", "Authorization:", "Bearer",
+                                       "sk-ant-UNQUOTED-0008"])
+    assert result.exit_code == 2 and "Got unexpected extra arguments" in result.output
+    assert "UNQUOTED" not in result.output
+

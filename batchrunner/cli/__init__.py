@@ -22,6 +22,14 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if exc.message.startswith("Got unexpected extra argument"):
+                # click quotes them: the rest of an unquoted -H 'Authorization: Bearer sk-…'.
+                exc.message = (
+                    "Got unexpected extra arguments (not shown: they may hold a credential); "
+                    "quote a value with spaces, e.g. -H 'Authorization: Bearer …'"
+                )
+            raise
         except KeyboardInterrupt:
             # "^C" was echoed on the terminal without a newline.
             click.echo(f"\nCtrl-C: {ctx.invoked_subcommand or 'batchrunner'} stopped.", err=True)

@@ -30,6 +30,8 @@ BAD_GATEWAYS = [
     ("http://127.0.0.1:-5", "port is not a number"),
     # the credentials around the port are not quoted
     ("http://bob:sk-SECRET5@127.0.0.1:/?key=QSECRET6", "has an empty port"),
+    # a '/' in the password ends the authority early: its digits read as the port
+    ("http://admin:31415926/SECRET9@127.0.0.1:1/", "the gateway URL's port is out of range"),
     (f"http://{UNRESOLVABLE}:37833", f"--gateway: the gateway host {UNRESOLVABLE} does not"),
     (f"http://bob:sk-SECRET7@{UNRESOLVABLE}/?key=QSECRET8", f"host {UNRESOLVABLE} does not"),
 ]
@@ -46,6 +48,7 @@ def test_run_refuses_a_gateway_that_cannot_work_before_creating_anything(
     assert message in result.stderr and result.stderr.startswith("Error: ")
     assert len(result.stderr.strip().splitlines()) == 1
     assert "SECRET" not in result.stderr and "Traceback" not in result.stderr
+    assert "31415926" not in result.stderr
     assert not root.exists()
 
 
