@@ -560,7 +560,14 @@ class StreamSink:
                     _fail(attempt, ERROR_INVALID_RESPONSE, problem)
                     self.keep_partial()
                     return True
-                attempt.message = assembler.message()
+                message = assembler.message()
+                if assembler.bad_tool_input is not None:
+                    # An ok row would hand the caller a string where the tool's arguments go
+                    # (the SDK raises here); the text stays in the row's response.
+                    _fail(attempt, ERROR_INVALID_RESPONSE, assembler.bad_tool_input)
+                    attempt.partial = message
+                    return True
+                attempt.message = message
                 return True
         return False
 
@@ -631,8 +638,8 @@ class StreamAssembler:
     """Rebuilds an Anthropic Message from SSE events (``message_start`` … ``message_stop``)."""
 
     OTHER, CONTENT, ERROR, STOP = 0, 1, 2, 3
-    __slots__ = ("_blocks", "_msg", "_surrogates", "error_message", "error_type", "has_start",
-                 "invalid", "lost", "started")
+    __slots__ = ("_blocks", "_msg", "_surrogates", "bad_tool_input", "error_message",
+                 "error_type", "has_start", "invalid", "lost", "started")
 
     def __init__(self) -> None:
         #: Whether any event arrived.
@@ -648,6 +655,8 @@ class StreamAssembler:
         self.has_start = False
         #: Text came as UTF-16 surrogate halves (an emoji split across two deltas).
         self._surrogates = False
+        #: Set by :meth:`message`: a tool call whose joined input is not JSON (kept as text).
+        self.bad_tool_input: str | None = None
 
     def add(self, event_type: str | None, data: bytes) -> int:
         """Take one event; return what kind it was (``CONTENT`` for a content delta)."""
@@ -774,6 +783,8 @@ class StreamAssembler:
                     block["input"] = _tool_input(partial) if partial else {}
                 except ValueError:  # orjson's JSONDecodeError too
                     block["input"] = partial
+                    self.bad_tool_input = self.bad_tool_input or _excerpt(
+                        partial.encode(), f"the tool input of content block {index} is not JSON")
             content.append(block)
         msg["content"] = content
         return msg

@@ -275,6 +275,22 @@ async def test_a_streamed_tool_input_keeps_big_integers_and_a_lone_half_is_repla
         123456789012345678901234567890)
 
 
+async def test_a_streamed_tool_input_that_is_not_json_is_no_ok_row(
+    server: Server, make_client
+) -> None:
+    # The input was stored as a string in an ok row, where a caller reads the tool's
+    # arguments as an object (the SDK raises on it). The text is kept in the row's response.
+    chunks = _stream(_block(0, {"type": "tool_use", "id": "t1", "name": "pay", "input": {}}),
+                     _delta(0, {"type": "input_json_delta", "partial_json": '{"account": '}),
+                     _delta(0, {"type": "input_json_delta", "partial_json": "12,}"}))
+    attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
+                         True)
+    assert attempt.error_type == ERROR_INVALID_RESPONSE and attempt.message is None
+    assert attempt.error_message == (
+        'the tool input of content block 0 is not JSON: {"account": 12,}')
+    assert attempt.partial["content"][0]["input"] == '{"account": 12,}'
+
+
 async def test_a_stream_without_message_start_is_no_ok_row(server: Server, make_client) -> None:
     chunks = _stream(_block(0, {"type": "text", "text": ""}),
                      _delta(0, {"type": "text_delta", "text": "a"}), start=False)
