@@ -852,8 +852,9 @@ def test_drain_timeout_and_workers_options(make_emulator, tmp_path):
     (stage,) = json.loads(done.stdout)["stages"]
     # The stalled requests are cut 0.5 s after the stage, not 30 s, and counted as failed.
     assert took < 15 and stage["errors"].get("cancelled", 0) > 0, (took, stage["errors"])
-    assert stage["failed"] >= stage["errors"]["cancelled"]
-    assert stage["verdict"].startswith("errors"), stage["verdict"]
+    assert stage["failed"] >= stage["errors"]["cancelled"] and stage["error_rate"] > 0.01
+    # "errors", unless a loaded machine made the client the limit (loop lag), which comes first
+    assert stage["verdict"].startswith(("errors", "client-bound (event loop lag")), stage["verdict"]
     zero = subprocess.run([sys.executable, "-m", "batchrunner", "bench", "-c", "2",
                            "--workers", "0"], capture_output=True, text=True, timeout=60)
     assert zero.returncode == 2 and "--workers must be between 1" in zero.stderr, zero.stderr
