@@ -22,6 +22,7 @@ from batchrunner.gateway_address import check_port
 from batchrunner.redaction import (
     REDACTED,
     Redactor,
+    is_key_header,
     is_secret_header,
     key_problem,
     looks_secret,
@@ -201,7 +202,7 @@ class RunConfig:
             # The value is never quoted: it is a secret. A key read from a file often ends in a
             # newline, which would otherwise break (or inject) request headers; a byte-order
             # mark or a zero-width space makes every request fail.
-            problem = key_problem(secret.strip()) if secret else None
+            problem = key_problem(secret) if secret else None
             if problem:
                 raise ConfigError(f"{option}: the key {problem}")
         for name, value in self.headers.items():
@@ -219,7 +220,9 @@ class RunConfig:
                 )
             if "\n" in value or "\r" in value:
                 raise ConfigError(f"-H {name}: header values cannot contain line breaks")
-            problem = key_problem(value.strip()) if is_secret_header(name, value) else None
+            # Only headers that hold nothing but a key: a broad credential-like name
+            # (X-Author-Name, a Cookie with a tab) may carry any text.
+            problem = key_problem(value.strip(" ")) if is_key_header(name) else None
             if problem:
                 raise ConfigError(f"-H {name}: the value {problem}")
         if self.gateway is None and self.emulator_profile is not None:

@@ -27,6 +27,14 @@ def load_emulator_profile(profile: str | None, *, seed: int = 0) -> Any:
 
     # The default is the demo profile (jobs/emulator/demo.toml: small but real delays, so that
     # a first run shows meaningful TTFT and latency figures and still ends in a few seconds).
+    if profile is None and not (PROFILE_DIR / "demo.toml").is_file():
+        # Installed without the source tree (a wheel): the same profile, from here.
+        from batchrunner.emulator import EmulatorConfig
+        from batchrunner.emulator.config import Dist
+
+        return EmulatorConfig(seed=seed, ttft=Dist("lognormal", 0.05, 0.3),
+                              token_delay=Dist("uniform", 0.001, 0.003),
+                              output_tokens=Dist("uniform", 20, 200))
     path = PROFILE_DIR / "demo.toml" if profile is None else Path(profile)
     if not path.is_file():
         path = PROFILE_DIR / f"{profile}.toml"

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchrunner.bodycheck import RowError, json_type
@@ -544,6 +545,7 @@ def _column_values(column: pa.Array, name: str, errors: dict[int, str]) -> list[
     None, with its reason in *errors* under its position, so that only its row is rejected."""
     if name in _WHOLE_NUMBER_COLUMNS and pa.types.is_floating(column.type):
         return [_whole(v) for v in column.to_pylist()]
+    column = _float32_as_written(column)
     try:
         values = column.to_pylist()
     except (ValueError, OverflowError, pa.ArrowException):  # UnicodeDecodeError is a ValueError
@@ -574,6 +576,38 @@ def _is_narrow_float(t: pa.DataType) -> bool:
     return pa.types.is_float32(t) or pa.types.is_float16(t)
 
 
+def _float32_as_written(column: pa.Array) -> pa.Array:
+    """*column* with every 32-bit float, wherever it is nested, as the float64 of its shortest
+    decimal (0.7, not 0.699999988079071): Arrow prints floats that way, so two casts do it in
+    C. A type that cannot be cast so is left as it is (:func:`_as_json_values` then converts
+    its values one by one)."""
+    as_text = _with_float32_as(column.type, pa.string())
+    if as_text == column.type or isinstance(column.type, pa.BaseExtensionType):
+        return column
+    try:
+        return pc.cast(pc.cast(column, as_text), _with_float32_as(column.type, pa.float64()))
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return column
+
+
+def _with_float32_as(t: pa.DataType, new: pa.DataType) -> pa.DataType:
+    """Type *t* with every 32-bit float in it replaced by *new*."""
+    if pa.types.is_float32(t):
+        return new
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_with_float32_as(t.field(i).type, new))
+                          for i in range(t.num_fields)])
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(_with_float32_as(t.key_type, new)),
+                       t.item_field.with_type(_with_float32_as(t.item_type, new)))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        field = t.value_field.with_type(_with_float32_as(t.value_type, new))
+        if pa.types.is_fixed_size_list(t):
+            return pa.list_(field, t.list_size)
+        return pa.large_list(field) if pa.types.is_large_list(t) else pa.list_(field)
+    return t
+
+
 def _shortest(value: float, code: str) -> float:
     """The shortest decimal that reads back as *value* in the ``struct`` format *code* (``f``:
     32 bits, ``e``: 16). NaN and infinities come back as they are, for the checks that reject
@@ -582,8 +616,11 @@ def _shortest(value: float, code: str) -> float:
         return value
     for digits in range(1, 18):
         text = f"{value:.{digits}g}"
-        if struct.unpack(code, struct.pack(code, float(text)))[0] == value:
-            return float(text)
+        try:
+            if struct.unpack(code, struct.pack(code, float(text)))[0] == value:
+                return float(text)
+        except OverflowError:  # 65504 as "7e+04" is beyond 16 bits: more digits, then
+            continue
     return value
 
 

@@ -46,10 +46,19 @@ _NOT_SECRET_HEADERS = frozenset({"x-bf-api-key", "x-bf-api-key-id", "x-bf-cache-
 #: out of error texts: "1" or "prod" would blank that word in every message.
 _MIN_NAMED_SECRET = 8
 #: Headers that hold nothing but a credential: their values are cut out of error texts from
-#: this length (a 7-character x-api-key was quoted back whole).
+#: :data:`_MIN_KEY_HEADER_SECRET` characters (a 7-character x-api-key was quoted back whole;
+#: 4 blanked "test" or "1234" in every message of a run whose key it was).
 _KEY_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key",
                           "x-bf-vk"})
-_MIN_KEY_HEADER_SECRET = 4
+_MIN_KEY_HEADER_SECRET = 6
+
+
+def is_key_header(name: str) -> bool:
+    """Whether header *name* holds nothing but a credential (``x-api-key``, ``authorization``).
+
+    :param name: a header name, any case.
+    """
+    return name.strip().lower() in _KEY_HEADERS
 
 
 def is_secret_header(name: str, value: str) -> bool:
@@ -72,8 +81,7 @@ def secret_header_values(headers: dict[str, str] | list[tuple[str, str]]) -> lis
     a ``Bearer``/``Basic``/``Token`` value on its own (a gateway may quote just that)."""
     values = []
     for name, value in headers.items() if isinstance(headers, dict) else headers:
-        shortest = (_MIN_KEY_HEADER_SECRET if name.strip().lower() in _KEY_HEADERS
-                    else _MIN_NAMED_SECRET)
+        shortest = _MIN_KEY_HEADER_SECRET if is_key_header(name) else _MIN_NAMED_SECRET
         if is_secret_header(name, value) and (
             looks_secret(value) or len(value.strip()) >= shortest
         ):
@@ -88,9 +96,13 @@ def secret_header_values(headers: dict[str, str] | list[tuple[str, str]]) -> lis
 
 def key_problem(value: str) -> str | None:
     """Why *value* cannot be a credential as given (a line break, a byte-order mark, a
-    zero-width space from a copy), without quoting it; ``None`` if it can. Such a key is
-    refused by the gateway, and one that quoted it back re-encoded was not recognised as the
-    secret it is, so it was stored whole."""
+    zero-width space from a copy), without quoting it. Such a key is refused by the gateway,
+    and one that quoted it back re-encoded was not recognised as the secret it is, so it was
+    stored whole.
+
+    :param value: the key (or a key header's value), as it would be sent.
+    :return: the problem, to follow "the key", or ``None`` when there is none.
+    """
     for i, ch in enumerate(value):
         if ch in "\r\n":
             return "contains a line break (read from a file?)"
@@ -109,19 +121,32 @@ _INVISIBLE = {
 
 #: A JSON string member (``"name": "value"``) of a raw input line.
 _JSON_MEMBER = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
+#: Member names of a credential: a key header's, or one that ends in a credential word
+#: (``api_key``, ``access_token``, ``password``); "author" or "keywords" are no such name.
+_CREDENTIAL_MEMBER = re.compile(
+    r"(?:^|[-_])(?:api[-_]?key|key|authorization|auth|token|secret|password|passwd|cookie|"
+    r"credentials?|vk)$", re.IGNORECASE)
+#: A value shaped like a key wherever it stands: ``sk-`` or ``Bearer`` and a long token, with
+#: nothing after it ("Bearer of bad news" and "sk-learn rocks" are prompt text).
+_KEY_SHAPED = re.compile(r"(?:sk-[A-Za-z0-9_\-]{16,}|Bearer\s+[A-Za-z0-9._~+/=\-]{16,})",
+                         re.IGNORECASE)
 
 
 def cut_credentials_from_line(text: str) -> str:
-    """*text*, an input line kept as it was (a reject's ``raw``), with the value of every JSON
-    string member whose name says credential (a per-request ``headers`` object's
-    ``x-api-key``), or that looks like a key, replaced. By pattern, not by parsing: a rejected
-    line is often not valid JSON."""
+    """An input line kept as it was (a reject's ``raw``), without its credentials.
+
+    By pattern, not by parsing (a rejected line is often not valid JSON): the value of every
+    JSON string member named like a credential (``"x-api-key"``, ``"api_key"``), and every
+    string value shaped like a key, is replaced with :data:`REDACTED`.
+
+    :param text: the line.
+    :return: the line with those values replaced.
+    """
 
     def cut(m: re.Match[str]) -> str:
         name, value = m.group(1), m.group(3)
-        # "max_tokens": "100" is a count given as text (the reason the line was rejected).
-        named = is_secret_header(name, value) and not name.lower().endswith("tokens")
-        if named or looks_secret(value):
+        if is_key_header(name) or _CREDENTIAL_MEMBER.search(name) or _KEY_SHAPED.fullmatch(
+                value.strip()):
             return f'"{name}"{m.group(2)}"{REDACTED}"'
         return m.group(0)
 
@@ -212,6 +237,7 @@ __all__ = [
     "SECRET_HEADER_PATTERN",
     "Redactor",
     "cut_credentials_from_line",
+    "is_key_header",
     "is_secret_header",
     "key_problem",
     "looks_secret",

@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 #: Version of the JSON layout; bumped on any incompatible change of keys.
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 #: Timing columns summarised as distributions, in report order.
 METRICS: tuple[str, ...] = (
@@ -1009,9 +1009,10 @@ def build_report(runs: Sequence[RunRows], *, by: Sequence[str] = (), book: Price
         "prices": book.describe(),
         "group_by": list(by),
         "rows_used": {
-            "counts, errors, throughput, tokens, cost": "all rows",
+            "counts, errors, tokens, cost": "all rows (error_rate: of rows not cancelled)",
+            "throughput": "sent rows, over their sessions' sending time",
             "latency": "ok rows only (rows_used / rows_excluded given)",
-            "throughput over time": "rows with completed_at",
+            "throughput over time": "rows with completed_at, cancelled rows left out",
             "in flight": "rows with sent_at and completed_at",
         },
         "runs": reports,

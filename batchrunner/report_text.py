@@ -293,10 +293,11 @@ def warmup_line(run: dict[str, Any]) -> str | None:
     per = ", ".join(f"{k} {v:,}" for k, v in st["warmup_by_stage"].items())
     cost = st["warmup_cost_usd"]
     # Unpriced warm-up rows make it a lower bound (it was left out altogether).
-    shown = fmt_usd(cost) if st.get("warmup_cost_complete", True) else f">= {fmt_usd(cost)}"
+    complete = st.get("warmup_cost_complete", True)
+    shown = fmt_usd(cost) if complete else f">= {fmt_usd(cost)}"
     return (f"warm-up rows excluded: {st['warmup_rows']:,}" + (f" ({per})" if per else "")
             + " from every figure below" + (f"; their cost {shown} is in no total"
-                                            if cost else ""))
+                                            if cost or not complete else ""))
 
 
 def _spark(values: Sequence[float], width: int = 60) -> str:
@@ -474,9 +475,9 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
         rows = []
         for label, s in sections:
             gc = s["cost"]
-            # A group whose rows with usage are all of unpriced models: its cost is unknown,
-            # not $0 in every column.
-            if gc["rows_unpriced"] and not gc["rows_priced"]:
+            # A group whose rows with usage are all of unpriced models (its priced rows, failed
+            # ones without usage, cost $0): its cost is unknown, not $0 in every column.
+            if gc["rows_unpriced"] and not gc["usd"]["total"]:
                 rows.append([*label, _int(s["requests"]), *("-" for _ in labels), "UNPRICED",
                              "-"])
                 continue

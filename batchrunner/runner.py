@@ -228,6 +228,8 @@ class _Session:
 
     def __post_init__(self) -> None:
         self.redact = Redactor(self.config.secret_values())
+        # For kept input lines: a short key ("1234") would blank the line's own numbers there.
+        self.redact_line = Redactor([s for s in self.config.secret_values() if len(s) >= 8])
 
     # -- rows ---------------------------------------------------------------------------------
     def emit(self, row: dict[str, Any]) -> None:
@@ -331,7 +333,7 @@ class _Session:
             "input_index": reject.input_index,
             "custom_id": reject.custom_id,
             "reason": reject.reason,
-            "raw": self.redact(reject.raw),  # the run's own keys, wherever the line holds them
+            "raw": self.redact_line(reject.raw),  # the run's own keys, wherever the line has them
         }
         try:
             self.rejects.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))

@@ -94,14 +94,16 @@ def test_bifrost_key_selectors_and_short_values_do_not_blank_words_in_errors() -
     assert redact("bad token sk-bf-LONGVIRTUALKEY") == "bad token <redacted>"
 
 
-def test_a_raw_line_loses_its_credentials_but_not_its_counts() -> None:
+def test_a_raw_line_loses_its_credentials_but_not_its_text_or_counts() -> None:
     line = ('{"headers": {"x-api-key": "k-123", "Authorization": "Bearer t", "x-title": "t"}, '
-            '"max_tokens": "100", "budget_tokens": "9", "note": "sk-ant-x", "q": "say \\"hi\\"", '
-            '"broken": ')
+            '"api_key": "k", "max_tokens": "100", "author": "Jane", "keywords": "kw", '
+            '"content": "Bearer of bad news", "c2": "sk-learn rocks", '
+            '"note": "sk-ant-api03-abcdefghijklmnop", "q": "say \\"hi\\"", "broken": ')
     assert cut_credentials_from_line(line) == (
         '{"headers": {"x-api-key": "<redacted>", "Authorization": "<redacted>", "x-title": "t"}, '
-        '"max_tokens": "100", "budget_tokens": "9", "note": "<redacted>", "q": "say \\"hi\\"", '
-        '"broken": ')
+        '"api_key": "<redacted>", "max_tokens": "100", "author": "Jane", "keywords": "kw", '
+        '"content": "Bearer of bad news", "c2": "sk-learn rocks", '
+        '"note": "<redacted>", "q": "say \\"hi\\"", "broken": ')
 
 
 def test_a_key_problem_names_the_character_never_the_key() -> None:

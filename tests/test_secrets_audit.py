@@ -277,6 +277,13 @@ def test_a_key_with_an_invisible_or_non_ascii_character_is_refused_unquoted(
     assert "INVISIBLE" not in result.output
 
 
+def test_text_headers_with_credential_like_names_may_hold_any_text() -> None:
+    # Refused when the non-ASCII check covered every credential-like name.
+    for name, value in (("X-Author-Name", "José"), ("X-Keywords", "café"),
+                        ("Cookie", "a=1;\tb=2")):
+        RunConfig(requests=Path("x.jsonl"), headers={name: value}).validate()
+
+
 def test_keys_in_a_rejected_line_stay_out_of_rejects_and_validate(tmp_path) -> None:
     # A rejected line was kept whole: its own headers' keys, and the run's --api-key.
     lines = [
@@ -323,6 +330,6 @@ def test_an_unquoted_header_value_is_not_echoed_as_extra_arguments(tmp_path, com
     args = [str(_requests(tmp_path / "in.jsonl", 1))] if command != "collect" else [str(tmp_path)]
     result = CliRunner().invoke(main, [command, *args, "-H", "Authorization:", "Bearer",
                                        "sk-ant-UNQUOTED-0008"])
-    assert result.exit_code == 2 and "Got unexpected extra arguments" in result.output
+    assert result.exit_code == 2 and "Got 2 unexpected extra arguments" in result.output
     assert "UNQUOTED" not in result.output
 

@@ -847,13 +847,15 @@ def test_parquet_32_and_16_bit_floats_are_sent_as_written(tmp_path):
             ("temperature", pa.float32()), ("top_p", pa.float16()),
             ("stop_sequences", pa.list_(pa.string())),
         ])),
-        ("metadata", pa.struct([("weight", pa.float32()), ("scores", pa.list_(pa.float32()))])),
+        ("metadata", pa.struct([("weight", pa.float32()), ("scores", pa.list_(pa.float32())),
+                                ("big", pa.float16())])),
         ("difficulty", pa.float32()),
     ])
     rows = [
         {"params": {"model": "m", "max_tokens": 5, "messages": MSG, "temperature": 0.7,
                     "top_p": 0.9, "stop_sequences": None},
-         "metadata": {"weight": 0.1, "scores": [1e-8, 3.4e38, None]}, "difficulty": 2.3},
+         "metadata": {"weight": 0.1, "scores": [1e-8, 3.4e38, None], "big": 65504.0},
+         "difficulty": 2.3},
         {"params": {"model": "m", "max_tokens": 5, "messages": MSG, "temperature": float("nan"),
                     "top_p": None, "stop_sequences": None},
          "metadata": None, "difficulty": None},
@@ -863,8 +865,9 @@ def test_parquet_32_and_16_bit_floats_are_sent_as_written(tmp_path):
     (record,), rejects = read(path, SourceOptions(metadata_columns=("difficulty",)))
     body = orjson.loads(record.body)
     assert (body["temperature"], body["top_p"]) == (0.7, 0.9)
+    # 16 bits: 65504 is the float16 that "65500" reads as (as numpy prints it); it crashed
     assert orjson.loads(record.metadata_json) == {
-        "weight": 0.1, "scores": [1e-8, 3.4e38, None], "difficulty": 2.3}
+        "weight": 0.1, "scores": [1e-8, 3.4e38, None], "big": 65500.0, "difficulty": 2.3}
     assert [r.location for r in rejects] == [f"{path}#row 1"]  # NaN is still a reject
     assert rejects[0].reason == "params holds nan, which JSON cannot hold"
 

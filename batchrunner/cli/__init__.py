@@ -25,9 +25,11 @@ class _Group(click.Group):
         except click.UsageError as exc:
             if exc.message.startswith("Got unexpected extra argument"):
                 # click quotes them: the rest of an unquoted -H 'Authorization: Bearer sk-…'.
+                extra = len(exc.message.partition("(")[2].rstrip(")").split())  # words
                 exc.message = (
-                    "Got unexpected extra arguments (not shown: they may hold a credential); "
-                    "quote a value with spaces, e.g. -H 'Authorization: Bearer …'"
+                    f"Got {extra} unexpected extra argument{'s' if extra != 1 else ''} (not "
+                    "shown: they may hold a credential); quote a value with spaces, e.g. -H "
+                    "'Authorization: Bearer …'"
                 )
             raise
         except KeyboardInterrupt:

@@ -29,9 +29,9 @@ def _rate(name: str, what: str) -> Any:
 @main.command(
     epilog=(
         "\b\n" + _DIST_HELP + "\n"
-        "Profiles: jobs/emulator/{instant,realistic,flaky}.toml (a bare name such as 'flaky'\n"
-        "works from any directory). Profile keys are the option names with '_' for '-',\n"
-        "except\n"
+        "Profiles: jobs/emulator/{demo,instant,realistic,flaky}.toml (a bare name such as\n"
+        "'flaky' works from any directory). Profile keys are the option names with '_' for\n"
+        "'-', except\n"
         "--virtual-key -> virtual_keys, --fail-model -> fail_models, --ping -> stream_ping.\n"
         "\n"
         "\b\n"

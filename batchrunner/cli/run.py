@@ -38,7 +38,8 @@ Exit codes:
      nothing was sent
   3  run aborted or interrupted (Ctrl-C, SIGTERM or SIGHUP, --strict reject, unwritable output,
      gateway refusing every request); finished rows are kept, resume to go on
-  4  finished, but the share of failed requests is above --max-error-rate"""
+  4  finished, but the share of failed requests (of those not cancelled) is above
+     --max-error-rate"""
 
 
 @main.command(cls=RecordingCommand, epilog=EXIT_CODES_HELP)

@@ -331,6 +331,10 @@ def test_warm_up_cost_with_an_unpriced_model_is_a_lower_bound(make_run):
     assert st["warmup_cost_complete"] is False and st["warmup_cost_usd"] > 0
     said = f"their cost >= {fmt_usd(st['warmup_cost_usd'])} is in no total"
     assert said in format_report(rep)
+    for r in warm:  # all of them unpriced: the clause stays, as a bound of $0
+        r.update(model="acme-private-7", model_requested="acme-private-7")
+    rep = build_report([load_run(make_run(rows, info={"config": {"mode": "stream"}}))])
+    assert "their cost >= $0 is in no total" in format_report(rep)
 
 
 def test_a_stages_rates_leave_out_the_cancel_instant_of_rows_cut_at_its_end(make_run):

@@ -56,7 +56,7 @@ def test_text_report_says_which_rows_each_figure_uses(make_run):
 def test_json_has_stable_keys(make_run):
     result = invoke(str(make_run([row()])), "--json", "--by", "model")
     doc = orjson.loads(result.output)
-    assert set(doc) == TOP_KEYS and doc["report_version"] == 1
+    assert set(doc) == TOP_KEYS and doc["report_version"] == 2
     run = doc["runs"][0]
     assert set(run) == RUN_KEYS
     assert set(run["overall"]) == SECTION_KEYS

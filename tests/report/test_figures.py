@@ -397,11 +397,38 @@ def test_a_group_of_unpriced_rows_shows_no_cost_not_zero(make_run):
     # "acme  329  $0  $0  $0  $0  $0  >= $0" read as free, where the model table said UNPRICED.
     rows = [row(input_index=i, custom_id=str(i), model=m, model_requested=m)
             for i, m in enumerate(["claude-haiku-4-5", "acme-private-7", "acme-private-7"])]
+    # a failed row without usage is priced at $0: it must not make the group look priced
+    rows.append(row(input_index=3, custom_id="3", model="acme-private-7",
+                    model_requested="acme-private-7", status="error", error_type="api_error",
+                    input_tokens=None, output_tokens=None))
     rep = build_report([load_run(make_run(rows))], by=["model"])
     text = "\n".join(line for t in run_tables(rep["runs"][0], rep["prices"], ["model"])
                      for line in t.text())
     group = text.split("Cost USD by group", 1)[1]
     acme = next(line for line in group.splitlines() if line.lstrip().startswith("acme"))
-    assert acme.split() == ["acme-private-7", "2", "-", "-", "-", "-", "-", "UNPRICED", "-"]
+    assert acme.split() == ["acme-private-7", "3", "-", "-", "-", "-", "-", "UNPRICED", "-"]
     haiku = next(line for line in group.splitlines() if "claude-haiku-4-5" in line)
     assert "UNPRICED" not in haiku and "$" in haiku
+
+
+def test_cancelled_rows_stay_out_of_the_error_rate_the_window_and_the_series(make_run):
+    # An outage abort: 156 never-sent rows cancelled at +5.3 s made a 3,120 req/s "peak" and
+    # spread the rates over the wait; and each cancelled row lowered the error rate.
+    rows = [row(input_index=i, custom_id=str(i), scheduled_at=T0 + 0.1 * i,
+                sent_at=T0 + 0.1 * i, completed_at=T0 + 0.1 * i + 0.05) for i in range(10)]
+    rows.append(row(input_index=10, custom_id="10", status="error", error_type="api_error",
+                    scheduled_at=T0 + 1.0, sent_at=T0 + 1.0, completed_at=T0 + 1.05))
+    rows += [row(input_index=11 + k, custom_id=str(11 + k), status="cancelled",
+                 error_type="cancelled", scheduled_at=T0 + 1.1, sent_at=None, queue_wait_s=None,
+                 completed_at=T0 + 30.0, latency_s=None, total_s=None, input_tokens=None,
+                 output_tokens=None) for k in range(5)]
+    rep = build_report([load_run(make_run(rows))])
+    o = rep["runs"][0]["overall"]
+    assert o["error_rate"] == pytest.approx(1 / 11) and o["ok_rate"] == pytest.approx(10 / 11)
+    assert o["throughput"]["wall_s"] == pytest.approx(1.05)  # the sent rows' window
+    assert o["throughput"]["requests_per_s"] == pytest.approx(11 / 1.05)
+    tl = rep["runs"][0]["timeline"]
+    assert sum(tl["completed"]) == 11 and tl["rows_used"] == 11
+    assert max(tl["requests_per_s"]) <= 1 / tl["bucket_s"] * 2
+    summary = summarize_table(to_table(rows))
+    assert summary["requests_per_s"] == pytest.approx(11 / 1.05)

@@ -14,6 +14,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from batchrunner.config import ConfigError
 from batchrunner.emulator.config import Dist
 
 from .conftest import read_rows, run_cli, write_requests
@@ -607,3 +608,14 @@ def test_run_names_parquet_columns_it_neither_sends_nor_keeps(tmp_path):
     assert done.returncode == 0, done.stderr
     assert ("Note: column not used: answer (--metadata-column NAME keeps one in each row's "
             "metadata)") in done.stderr
+
+
+def test_the_demo_profile_without_the_source_tree_is_the_same(monkeypatch, tmp_path):
+    # Installed from a wheel, jobs/emulator/ is not there: the default must still run.
+    from batchrunner import embedded
+
+    shipped = embedded.load_emulator_profile(None, seed=3)
+    monkeypatch.setattr(embedded, "PROFILE_DIR", tmp_path)
+    assert embedded.load_emulator_profile(None, seed=3) == shipped
+    with pytest.raises(ConfigError, match="--emulator-profile 'flaky': no such file"):
+        embedded.load_emulator_profile("flaky")

@@ -309,14 +309,14 @@ def test_open_loop_failure_with_reused_workers_records_every_started_request(
     assert (rows["status"] == "ok").sum() >= 30
 
 
+@pytest.mark.parametrize("key", ["sk-secret\r\nx: y", "sk-secret\n", "sk-secret\r\n"])
 @pytest.mark.parametrize("field", ["api_key", "virtual_key"])
 def test_key_with_a_line_break_is_a_config_error_that_does_not_quote_it(
-    requests_file, tmp_path, field
+    requests_file, tmp_path, field, key
 ):
+    # A trailing one too ("$(cat keyfile)" with CRLF): once it passed, as an internal error.
     with pytest.raises(ConfigError) as err:
-        run(
-            requests_file(1), "http://127.0.0.1:9", tmp_path / "out", **{field: "sk-secret\r\nx: y"}
-        )
+        run(requests_file(1), "http://127.0.0.1:9", tmp_path / "out", **{field: key})
     assert "line break" in str(err.value) and "sk-secret" not in str(err.value)
     assert not (tmp_path / "out").exists()
 
