@@ -56,14 +56,14 @@ RUN_JSON: dict[str, Any] = {
     "name": _text, "run_id": _text, "status": _text, "gateway": _text, "kind": _text,
     "config": _CONFIG,
     "sessions": [{"started_at": _number, "finished_at": _number, "config": _CONFIG,
-                  "gateway_outages": _count}],
+                  "gateway_outages": _count, "redone_cost_usd": _number}],
     "async": {"outstanding_jobs": _count, "collect_before": _number},
     "bench": {"stages": [{"name": _text, "rate": _number, "concurrency": _count}],
               "slos": [_text]},
     "stages": [_STAGE],
     "saturation": _SATURATION,
 }
-BENCH_JSON: dict[str, Any] = {"stages": [_STAGE], "saturation": _SATURATION}
+BENCH_JSON: dict[str, Any] = {"stages": [_STAGE], "saturation": _SATURATION, "status": _text}
 
 
 def checked_run_info(info: Any, path: str,

@@ -1626,7 +1626,7 @@ async def _finish(
             message = (
                 f"{failed:,} of {ended:,} requests failed ({rate:.1%}), "
                 f"above --max-error-rate {config.max_error_rate:.1%}"
-            )
+            ) + (f"; {message}" if message else "")  # a --max-cost note stays on record
     message = session.redact(message)
     session_info.update(
         finished_at=time.time(),

@@ -191,6 +191,8 @@ def test_a_parquet_part_given_as_run_dir_is_named_a_file_with_its_run_dir(make_r
      "bench.stages[0].rate is a string ('400'), expected a number; left out"),
     ({"stages": [{"stage": "s", "requests": "1200", "target": {"rate": "x"}}]},
      "stages[0].requests is a string ('1200'), expected a count; left out"),
+    ({"sessions": [{"started_at": 1.0, "redone_cost_usd": "0.5"}]},
+     "sessions[0].redone_cost_usd is a string ('0.5'), expected a number; left out"),
 ])
 def test_a_run_json_field_of_the_wrong_type_is_left_out_with_a_warning(make_run, edit, warning):
     # Before: "Internal error: AttributeError: 'str' object has no attribute 'get'", exit 1.
@@ -207,13 +209,14 @@ def test_a_bench_json_field_of_the_wrong_type_is_left_out_with_a_warning(make_ru
     run_dir = make_run([row(input_index=0, stage="c=1")], info={"kind": "bench"})
     (run_dir / "bench.json").write_text(
         '{"stages": [{"stage": "c=1", "requests": "12", "verdict": 3, "slos": [1]}], '
-        '"saturation": {"highest_passing_rate": "400"}}')
+        '"saturation": {"highest_passing_rate": "400"}, "status": ["aborted"]}')
     result = invoke(str(run_dir))
     assert result.exit_code == 0, result.output
     for warning in ("stages[0].requests is a string ('12'), expected a count",
                     "stages[0].verdict is a number (3), expected a string",
                     "stages[0].slos[0] is a number (1), not an object",
-                    "saturation.highest_passing_rate is a string ('400'), expected a number"):
+                    "saturation.highest_passing_rate is a string ('400'), expected a number",
+                    "status is a list, expected a string"):
         assert f"warning    {run_dir / 'bench.json'}: {warning}; left out" in result.output
 
 
