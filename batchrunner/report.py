@@ -214,8 +214,29 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
                               "the run to send its requests again") from exc
         tables.append(conform(table, schema))
     table = pa.concat_tables(tables) if tables else schema.empty_table()
+    warnings += _unrecorded_end(info, run_dir, table.num_rows)
     return RunRows(table=table, info=info, run_dir=run_dir, journal_rows=journal_rows,
                    bench=bench, warnings=warnings)
+
+
+def _unrecorded_end(info: dict[str, Any], run_dir: Path, rows: int) -> list[str]:
+    """What ``run.json`` cannot say of a session killed before it recorded its end: that the
+    run is no longer going, or that rows were removed since its figures were written (a kill
+    while ``--retry-failed`` took out the failed rows)."""
+    from batchrunner.store import lock_holder  # as the journal reader above: kept lazy
+
+    status = info.get("status")
+    if status == "running" and lock_holder(run_dir) is None:
+        return ["run.json says running, but no process holds the run directory: the run was "
+                "killed or crashed; resume it (the same command) to finish it"]
+    counted = (info.get("summary") or {}).get("requests") if isinstance(
+        info.get("summary"), dict) else None
+    if (status in ("finished", "incomplete") and info.get("kind") != "bench"
+            and type(counted) is int and counted > rows):
+        return [f"run.json's summary counts {counted:,} rows, the run directory holds {rows:,}: "
+                "a later session was cut short before it recorded itself (killed while it "
+                "removed rows to send again?); resume it (the same command) to send the rest"]
+    return []
 
 
 def _not_a_directory(path: Path) -> str:

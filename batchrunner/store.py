@@ -226,21 +226,32 @@ def ensure_not_in_use(run_dir: Path) -> None:
 
     :raises RunDirectoryInUseError: the directory is locked.
     """
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        raise RunDirectoryInUseError(
+            f"run directory {run_dir} is in use by another batchrunner process (pid {holder})"
+        )
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds *run_dir*'s lock: the pid it wrote (``"unknown"`` if none), or ``None`` when
+    no process does (no lock file, or an unreadable one, counts as none).
+
+    :param run_dir: a run directory.
+    """
     try:
         fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return  # no lock file (a new directory) or unreadable: the store's open decides
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        raise RunDirectoryInUseError(
-            f"run directory {run_dir} is in use by another batchrunner process (pid {holder})"
-        ) from None
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
     except OSError:
-        return
+        return None
     finally:
         os.close(fd)
+    return None
 
 
 def _acquire_lock(run_dir: Path) -> int:

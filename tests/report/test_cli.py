@@ -265,3 +265,24 @@ def test_a_token_count_beyond_float_precision_does_not_stop_the_report(make_run)
     result = invoke(str(make_run([row(input_tokens=2**53 + 1)])))
     assert result.exit_code == 0, result.output
     assert "9,007,199,254,740,992" in result.output
+
+
+def test_a_run_killed_before_it_recorded_its_end_is_said_so(make_run):
+    # A killed run read "running" for ever; one killed while --retry-failed removed rows read
+    # "finished" with 1,526 requests without a row, and no warning.
+    import fcntl
+
+    rows = [row(input_index=i, custom_id=str(i)) for i in range(3)]
+    dead = make_run(rows, info={"status": "running"})
+    assert "run.json says running, but no process holds the run directory" in invoke(
+        str(dead)).output
+    live = make_run(rows, info={"status": "running"})
+    with (live / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert "no process holds" not in invoke(str(live)).output
+    cut = make_run(rows, info={"status": "finished", "summary": {"requests": 5}})
+    doc = orjson.loads(invoke(str(cut), "--json").output)["runs"][0]
+    assert any("run.json's summary counts 5 rows, the run directory holds 3" in w
+               for w in doc["warnings"])
+    whole = make_run(rows, info={"status": "finished", "summary": {"requests": 3}})
+    assert orjson.loads(invoke(str(whole), "--json").output)["runs"][0]["warnings"] == []
