@@ -55,6 +55,7 @@ from batchrunner.runner import (
     check_gateway_resolves,
     send_phase,
 )
+from batchrunner.safe_output import safe
 from batchrunner.schema import Mode, RequestRecord
 from batchrunner.sources import iter_requests
 from batchrunner.store import RunStore, write_json_atomic
@@ -207,7 +208,7 @@ async def run_bench(
 
     :raises ConfigError: invalid options.
     """
-    stderr = stderr or sys.stderr
+    stderr = safe(stderr or sys.stderr)  # a closed pipe must not stop the bench
     config.validate()
     run = config.run
     run.validate()

@@ -68,6 +68,7 @@ from batchrunner.rundir import (
     load_run_json,
     read_run_json,
 )
+from batchrunner.safe_output import safe
 from batchrunner.schedule_check import open_loop_sessions
 from batchrunner.schema import ERROR_CONNECTION, Mode, RequestRecord, Status
 from batchrunner.sources import (
@@ -884,7 +885,7 @@ async def run_session(
     :raises InputError: unreadable input, or an invalid row with ``strict``.
     :raises RunDirError: the run directory cannot be used.
     """
-    stderr = stderr or sys.stderr
+    stderr = safe(stderr or sys.stderr)  # a closed pipe must not stop the run
     config.validate()
     if not config.collect_only:
         for warning in config.check_load_options():

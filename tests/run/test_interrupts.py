@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import subprocess
@@ -436,3 +437,25 @@ def test_a_run_that_ignores_hang_ups_goes_on_without_its_terminal(make_emulator,
     info = orjson.loads((out / "run.json").read_bytes())
     assert (code, info["sessions"][-1]["status"]) == (0, "finished"), info["sessions"][-1]
     assert len(read_rows(out)) == 300
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_output_to_a_closed_pipe_does_not_stop_the_run(make_emulator, requests_file, tmp_path,
+                                                       command):
+    # "batchrunner run … 2>&1 | head -1": the first message after the reader left raised
+    # BrokenPipeError; the run ended with exit code 1 and no run.json.
+    out = tmp_path / "out"
+    emu = make_emulator(ttft=Dist("fixed", 0.005))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    args = ([str(requests_file(20))] if command == "run" else ["-c", "2", "--stage-duration",
+                                                              "0.5"])
+    try:
+        done = subprocess.run([sys.executable, "-m", "batchrunner", command, *args, "--gateway",
+                               emu.base_url, "--out", str(out)],
+                              stdout=write, stderr=write, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished"
