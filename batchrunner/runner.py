@@ -957,6 +957,7 @@ async def run_session(
     # Rows removed to be sent again were paid for: priced before they go (run.json keeps it,
     # for --max-cost now and in later sessions).
     removed = SpendMeter(math.inf)
+    _say_journal_recovery(run_dir, stderr, quiet)
     try:
         store = await asyncio.to_thread(_open_store, run_dir, redo, removed.add_table)
     except OSError as exc:
@@ -1026,6 +1027,24 @@ def _has_jobs(run_dir: Path) -> bool:
         return (run_dir / JOBS_FILE).stat().st_size > 0
     except OSError:
         return False
+
+
+#: A journal left this big takes seconds to convert before the run can go on: say so first.
+JOURNAL_NOTICE_BYTES = 64 << 20
+
+
+def _say_journal_recovery(run_dir: Path, stderr: TextIO, quiet: bool) -> None:
+    """Tell why a resume is silent for a while: the journal an earlier session left (a crash
+    at 630 MB took 5 s to convert, with nothing on the screen)."""
+    if quiet:
+        return
+    try:
+        size = sum(p.stat().st_size for p in (run_dir / "journal").glob("seg-*.jsonl"))
+    except OSError:
+        return
+    if size >= JOURNAL_NOTICE_BYTES:
+        print(f"Converting the {size / 2**20:,.0f} MB of rows an earlier session left in "
+              f"{run_dir / 'journal'} into Parquet first…", file=stderr, flush=True)
 
 
 def _open_store(run_dir: Path, redo: frozenset[str],

@@ -623,3 +623,27 @@ def test_an_input_cut_under_the_run_ends_it_aborted_saying_so(make_emulator, tmp
         f"the input {requests} changed while the run read it ({size:,} bytes at the start, "
         f"{size // 3:,} now)"), result.message
     assert not result.resumable  # no resume command that would be refused
+
+
+def test_a_resume_says_why_it_is_silent_while_a_big_journal_converts(
+    make_emulator, tmp_path, monkeypatch
+):
+    # A crash's 630 MB of journal took 5 s to convert before the first line was printed.
+    import io
+
+    from batchrunner import runner as runner_module
+
+    requests, out = write_requests(tmp_path / "set.jsonl", 6), tmp_path / "out"
+    with make_emulator() as emu:
+        run(requests, emu.base_url, out, max_requests=2)
+        (out / "journal").mkdir()  # what a kill -9 leaves: finished rows in a segment
+        (out / "journal" / "seg-000009.jsonl").write_bytes(
+            orjson.dumps({"input_index": 5, "custom_id": "req-5", "status": "ok"}) + b"\n")
+        monkeypatch.setattr(runner_module, "JOURNAL_NOTICE_BYTES", 10)
+        stderr = io.StringIO()
+        result = run_sync(RunConfig(requests=requests, gateway=emu.base_url, out=out),
+                          quiet=False, stderr=stderr, progress=False)
+    said = stderr.getvalue()
+    assert f"rows an earlier session left in {out / 'journal'} into Parquet first" in said
+    assert said.index("into Parquet first") < said.index("Resuming run")
+    assert result.status == "finished"
