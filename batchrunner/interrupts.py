@@ -37,7 +37,10 @@ class SignalHandlers:
                 on_sighup: Callable[[], None] | None = None) -> None:
         """:param on_sighup: for SIGHUP (the terminal closed, an ssh session dropped), which
             otherwise kills the process like ``kill -9``; not taken when it is ignored
-            (``nohup``: the user asked for the run to go on)."""
+            (``nohup``: the user asked for the run to go on). An ignored SIGINT is left
+            ignored too: a job a script starts in the background gets it so, for the
+            terminal's Ctrl-C to reach only the foreground (it was ignored while the run
+            started, then obeyed once it sent)."""
         if self._previous or threading.current_thread() is not threading.main_thread():
             return
         loop = asyncio.get_running_loop()
@@ -48,7 +51,8 @@ class SignalHandlers:
             previous = signal.getsignal(sig)
             if _belongs_to_a_loop(previous):
                 continue
-            if sig == getattr(signal, "SIGHUP", None) and previous is signal.SIG_IGN:
+            if sig in (signal.SIGINT, getattr(signal, "SIGHUP", None)) and (
+                    previous is signal.SIG_IGN):
                 continue
             loop.add_signal_handler(sig, handler)
             self._previous[sig] = previous  # only once ours is in place: remove() undoes it

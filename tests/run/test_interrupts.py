@@ -459,3 +459,28 @@ def test_output_to_a_closed_pipe_does_not_stop_the_run(make_emulator, requests_f
     assert done.returncode == 0
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "finished"
+
+
+def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(make_emulator, requests_file,
+                                                            tmp_path):
+    # A script's background job (SIGINT ignored, as a non-interactive shell starts it) ignored
+    # Ctrl-C while it started, then stopped on it once it was sending.
+    out = tmp_path / "out"
+    emu = make_emulator(ttft=Dist("fixed", 0.02))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrunner", "run", str(requests_file(200)), "--gateway",
+         emu.base_url, "--out", str(out), "-c", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 30
+        while not list(out.glob("journal/seg-*.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # sending by now
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
