@@ -20,6 +20,8 @@ def load_emulator_profile(profile: str | None, *, seed: int = 0) -> Any:
     """The :class:`~batchrunner.emulator.EmulatorConfig` of ``--emulator-profile``.
 
     :param profile: ``None`` for the demo profile, a ready profile name, or a TOML file path.
+    :param seed: the emulator's seed.
+    :return: the emulator's configuration.
     :raises ConfigError: no such profile, or one that does not load.
     """
     from batchrunner.config import ConfigError

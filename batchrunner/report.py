@@ -554,8 +554,11 @@ def add_to_windows(windows: stats.SessionWindows, frame: pd.DataFrame) -> None:
 
 def replaced_cost_usd(info: dict[str, Any]) -> float | None:
     """What the rows a resume removed to send again (``--retry-failed``, cancelled rows) had
-    cost at list prices, from ``run.json`` (``redone_cost_usd`` of each session); None if
-    nothing priced was replaced. Those requests were billed, and their rows are gone."""
+    cost at list prices. Those requests were billed, and their rows are gone.
+
+    :param info: ``run.json`` (its sessions' ``redone_cost_usd``).
+    :return: the sum, or None when nothing priced was replaced.
+    """
     total = sum(s["redone_cost_usd"] for s in info.get("sessions") or []
                 if isinstance(s, dict) and type(s.get("redone_cost_usd")) in (int, float))
     return float(total) if total > 0 else None

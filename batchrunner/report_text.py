@@ -511,7 +511,11 @@ def _adjustment_notes(cost: dict[str, Any]) -> list[str]:
 
 
 def replaced_note(usd: float) -> str:
-    """The cost of rows a resume replaced: billed, in no row any more."""
+    """The cost table's note on rows a resume replaced: billed, in no row any more.
+
+    :param usd: what they had cost (:func:`~batchrunner.report.replaced_cost_usd`).
+    :return: the note's text.
+    """
     return (f"REPLACED: rows a resume removed to send again (failed with --retry-failed, or "
             f"cancelled) had cost {fmt_usd(usd)} at list prices (run.json): billed, but in no "
             "total here")

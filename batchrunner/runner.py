@@ -691,6 +691,7 @@ class _Session:
             )
 
     def say_note(self, text: str) -> None:
+        """``Note: …`` on stderr (unless quiet)."""
         self._say(f"Note: {text}")
 
     def spent(self, new_unpriced: list[str], final: bool = False) -> None:
