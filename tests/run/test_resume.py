@@ -25,6 +25,16 @@ def run(requests: Path, gateway: str, out: Path, **kw):
     return run_sync(RunConfig(requests=requests, gateway=gateway, out=out, **kw), quiet=True)
 
 
+def leave_a_journal_row(out: Path) -> Path:
+    """What a kill -9 leaves: a finished row (request 5) in a journal segment; its path."""
+    (out / "journal").mkdir()
+    segment = out / "journal" / "seg-000009.jsonl"
+    segment.write_bytes(
+        orjson.dumps({"input_index": 5, "custom_id": "req-5", "status": "ok"}) + b"\n"
+    )
+    return segment
+
+
 def refusal_on_a_full_disk(monkeypatch, target: str, resume) -> str:
     """The RunDirError's message of ``resume()`` while *target* fails with ENOSPC."""
 
@@ -191,12 +201,7 @@ def test_a_full_disk_while_recovering_the_journal_says_so_and_keeps_it(
     requests, out = write_requests(tmp_path / "set.jsonl", 6), tmp_path / "out"
     with make_emulator() as emu:
         run(requests, emu.base_url, out, max_requests=2)
-        # What a kill -9 leaves: finished rows in a journal segment.
-        (out / "journal").mkdir()
-        segment = out / "journal" / "seg-000009.jsonl"
-        segment.write_bytes(
-            orjson.dumps({"input_index": 5, "custom_id": "req-5", "status": "ok"}) + b"\n"
-        )
+        segment = leave_a_journal_row(out)
 
         refused = refusal_on_a_full_disk(
             monkeypatch,
@@ -636,9 +641,7 @@ def test_a_resume_says_why_it_is_silent_while_a_big_journal_converts(
     requests, out = write_requests(tmp_path / "set.jsonl", 6), tmp_path / "out"
     with make_emulator() as emu:
         run(requests, emu.base_url, out, max_requests=2)
-        (out / "journal").mkdir()  # what a kill -9 leaves: finished rows in a segment
-        (out / "journal" / "seg-000009.jsonl").write_bytes(
-            orjson.dumps({"input_index": 5, "custom_id": "req-5", "status": "ok"}) + b"\n")
+        leave_a_journal_row(out)
         monkeypatch.setattr(runner_module, "JOURNAL_NOTICE_BYTES", 10)
         stderr = io.StringIO()
         result = run_sync(RunConfig(requests=requests, gateway=emu.base_url, out=out),
