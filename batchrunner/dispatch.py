@@ -81,6 +81,9 @@ class ScheduleDispatcher:
         self._blocked = False
         self.outstanding = 0
         self.started = 0
+        #: Times sending paused, a request being due with ``cap`` requests out, until a
+        #: completion (one pause may hold several due requests).
+        self.cap_waits = 0
         #: Loop turns that ran the dispatcher (timer wake-ups, bursts, resumes after the cap).
         self.turns = 0
         self.finished: asyncio.Future[None] = self._loop.create_future()
@@ -149,6 +152,7 @@ class ScheduleDispatcher:
                     return
             if self.outstanding >= self._cap:
                 self._blocked = True  # resumed by the next completion
+                self.cap_waits += 1
                 return
             if launched >= BURST:
                 self._loop.call_soon(self._run)

@@ -254,7 +254,8 @@ _AT_CAP = 0.95
 
 def schedule_lines(schedule: dict[str, Any] | None) -> list[str]:
     """Two ``schedule`` lines when an open loop did not keep its schedule (else none): the
-    figures, then the likely reason (from the in-flight peak when the report measured it)."""
+    figures, then the likely reason: from the times the run found its in-flight cap full when
+    it recorded them, else from the in-flight peak when the report measured it."""
     if not schedule or schedule["kept"]:
         return []
     rates = ", ".join(f"{r:,g}/s" for r in schedule["target_rates"])
@@ -266,7 +267,18 @@ def schedule_lines(schedule: dict[str, Any] | None) -> list[str]:
     caps = schedule["in_flight_caps"]
     cap = f"-c {', '.join(f'{c:,}' for c in caps)}" if caps else "-c"
     peak = schedule.get("in_flight_peak")
-    if peak is not None and caps and peak >= _AT_CAP * min(caps):
+    waits = schedule.get("cap_waits")
+    if waits is not None and caps:  # counted by the run itself: exact where the peak is a guess
+        seen = f"{peak:,}, " if peak is not None else ""
+        if waits:
+            often = "once" if waits == 1 else f"{waits:,} times"
+            why = (f"requests in flight reached the cap ({seen}{cap}) {often}: sends waited for "
+                   "the gateway's answers (raise -c, or lower --rate)")
+        else:
+            peaked = f"peaked at {peak:,}, never reaching" if peak is not None else "never reached"
+            why = (f"requests in flight {peaked} the cap ({cap}): the client's CPU most likely "
+                   "(split the load over processes or machines)")
+    elif peak is not None and caps and peak >= _AT_CAP * min(caps):
         why = (f"requests in flight reached the cap ({peak:,}, {cap}): sends waited for the "
                "gateway's answers (raise -c, or lower --rate)")
     elif peak is not None and caps:
@@ -379,7 +391,8 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
             rows.append([*label, e["error_type"], _int(e["count"]), _pct(e["share"]),
                          ",".join(e["statuses"]), ",".join(e["http_statuses"]) or "-", example])
     tables.append(Table(
-        "Errors (rows not ok, by error_type; example: the first in input order)" if rows
+        "Errors (rows not ok, by error_type; share: of all rows; example: the first in input "
+        "order)" if rows
         else "Errors: none (every row is ok)",
         [*groups, "error_type", "count", "share", "status", "http", "example"], rows,
         left=g + 1, last_left=True))

@@ -56,7 +56,7 @@ RUN_JSON: dict[str, Any] = {
     "name": _text, "run_id": _text, "status": _text, "gateway": _text, "kind": _text,
     "config": _CONFIG,
     "sessions": [{"started_at": _number, "finished_at": _number, "config": _CONFIG,
-                  "gateway_outages": _count, "redone_cost_usd": _number}],
+                  "gateway_outages": _count, "cap_waits": _count, "redone_cost_usd": _number}],
     "async": {"outstanding_jobs": _count, "collect_before": _number},
     "bench": {"stages": [{"name": _text, "rate": _number, "concurrency": _count}],
               "slos": [_text]},

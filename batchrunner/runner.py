@@ -220,6 +220,9 @@ class _Session:
     #: Open loop: epoch instant the schedule starts and this process's offset in it.
     start_at: float | None = None
     phase_s: float = 0.0
+    #: Open loop: times sending paused because the in-flight cap was full (None: closed
+    #: loop). Tells the schedule check whether the cap or the client's CPU held sends back.
+    cap_waits: int | None = None
     #: ``--max-cost``: what the run's rows have cost so far.
     spend: SpendMeter | None = None
     #: What the rows removed at the start of this and earlier sessions (to send again) cost.
@@ -634,6 +637,7 @@ class _Session:
             dispatcher.stop()
             pacer.close()
             workers.close()
+            self.cap_waits = (self.cap_waits or 0) + dispatcher.cap_waits
 
     def time_duration_from(self, start_at: float) -> None:
         """Stop sending ``--duration`` after the epoch instant *start_at* (once per session)."""
@@ -1536,6 +1540,8 @@ async def _finish(
         session.cannot_write(exc)
     # Before the summary: its schedule check names this session's outages (open_loop_sessions).
     session_info["gateway_outages"] = _outages(session)
+    if session.cap_waits is not None:
+        session_info["cap_waits"] = session.cap_waits
     if session.spend is not None:
         session_info["spend"] = session.spend.describe()
     # Part by part: the whole table (and a frame of it) would cost ~1 GB per million rows.

@@ -60,14 +60,16 @@ def schedule_misses(achieved: float | None, scheduled: float | None, overrun: fl
     return reasons
 
 
-Session = tuple[float | None, float | None, int | None, int]
+Session = tuple[float | None, float | None, int | None, int, int | None]
 
 
 def open_loop_sessions(info: dict[str, Any]) -> list[Session]:
-    """``(started_at, rate, in-flight cap, gateway outages)`` of each session of a run, from its
-    ``run.json`` (each session keeps the config it ran with: a resume may change ``--rate``);
-    rate None for a closed-loop session; outages: how many times the session found the gateway
-    could not be connected to (``gateway_outages``, 0 when not recorded). A ``run.json``
+    """``(started_at, rate, in-flight cap, gateway outages, cap waits)`` of each session of a
+    run, from its ``run.json`` (each session keeps the config it ran with: a resume may change
+    ``--rate``); rate None for a closed-loop session; outages: how many times the session found
+    the gateway could not be connected to (``gateway_outages``, 0 when not recorded); cap waits:
+    how many times sending paused for the in-flight cap (``cap_waits``; None when not
+    recorded: a closed loop, a session that died, or a run.json older than it). A ``run.json``
     without sessions gives one from its top-level config."""
     sessions = [s for s in info.get("sessions") or [] if isinstance(s, dict)]
     if not sessions:
@@ -77,7 +79,8 @@ def open_loop_sessions(info: dict[str, Any]) -> list[Session]:
         config = s.get("config") or {}
         rate = config.get("rate")
         out.append((s.get("started_at"), float(rate) if rate else None,
-                    config.get("in_flight_limit"), int(s.get("gateway_outages") or 0)))
+                    config.get("in_flight_limit"), int(s.get("gateway_outages") or 0),
+                    s.get("cap_waits")))
     return out
 
 
@@ -101,6 +104,7 @@ class ScheduleCheck:
         self._rates = [s[1] for s in timed]
         self._caps = [s[2] for s in timed]
         self._outages = [int(s[3]) for s in timed]
+        self._cap_waits = [s[4] if len(s) > 4 else None for s in timed]
         self._open = np.array([r is not None for r in self._rates], dtype=bool)
         self._splits = np.array([s[0] for s in timed[1:]], dtype=np.float64)
         k = len(timed)
@@ -143,9 +147,10 @@ class ScheduleCheck:
         :param send_lag: distribution (``n``, ``p50``, ``p99``, ``max``, ...) of ``queue_wait_s``
             over the rows :meth:`open_rows` selects, every status (a failed request was sent
             too), or None.
-        :return: ``{kept, reasons, target_rates, in_flight_caps, gateway_outages, rows_used,
-            sessions, achieved_send_rate, scheduled_send_rate, send_span_s, send_overrun_s,
-            send_lag_s}``; rates, caps and outages of the open-loop sessions that sent rows.
+        :return: ``{kept, reasons, target_rates, in_flight_caps, gateway_outages, cap_waits,
+            rows_used, sessions, achieved_send_rate, scheduled_send_rate, send_span_s,
+            send_overrun_s, send_lag_s}``; rates, caps, outages and cap waits of the open-loop
+            sessions that sent rows (cap waits None unless every one of them recorded its own).
         """
         if not self.open_loop:
             return None
@@ -160,6 +165,7 @@ class ScheduleCheck:
             "n") else None
         reasons = schedule_misses(achieved, scheduled, overrun, lag["p99"] if lag else None)
         sent = ((self._n > 0) & self._open).tolist()
+        waits = [w for w, o in zip(self._cap_waits, sent, strict=True) if o]
         return {
             "kept": not reasons,
             "reasons": reasons,
@@ -167,6 +173,8 @@ class ScheduleCheck:
             "in_flight_caps": _distinct(c for c, o in zip(self._caps, sent, strict=True)
                                         if o and c is not None),
             "gateway_outages": sum(n for n, o in zip(self._outages, sent, strict=True) if o),
+            "cap_waits": (sum(waits) if waits and all(type(w) is int for w in waits)
+                          else None),
             "rows_used": int(self._n.sum()),
             "sessions": int(used.sum()),
             "achieved_send_rate": achieved,

@@ -3,6 +3,7 @@ summary and in ``report`` (text, JSON, HTML), by the rule ``bench`` judges its s
 
 from __future__ import annotations
 
+import orjson
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -129,9 +130,50 @@ def test_run_says_when_its_in_flight_cap_kept_it_off_its_schedule(make_emulator,
                                            "--rate", "200", "-c", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "schedule   NOT KEPT: --rate 200/s, sent " in result.output
-    assert "the in-flight cap (-c 2)" in result.output
+    waits = orjson.loads((out / "run.json").read_bytes())["sessions"][-1]["cap_waits"]
+    assert 1 <= waits <= 22  # each of the 22 sends after the first two waited, at most once
+    often = "once" if waits == 1 else f"{waits} times"
+    # Before: "the client's CPU, or the in-flight cap (-c 2) full while the gateway was slow"
+    assert (f"likely cause: requests in flight reached the cap (-c 2) {often}: sends waited "
+            "for the gateway's answers") in result.output
     report = invoke(str(out)).output
-    assert "likely cause: requests in flight reached the cap (2, -c 2)" in report
+    assert f"likely cause: requests in flight reached the cap (2, -c 2) {often}" in report
+
+
+def test_a_run_that_never_filled_its_cap_blames_the_client(make_run):
+    # The run counted no wait for its cap: the schedule was lost to the client itself, whatever
+    # the in-flight peak computed from the rows suggests (sent_at to completed_at overlaps
+    # include time after a response arrived and before its row was done).
+    s = session(T0 - 1, 100.0, cap=6)
+    s["cap_waits"] = 0
+    run_dir = make_run(open_loop_rows(200, rate=100, sent_rate=60),
+                       info={"config": s["config"], "sessions": [s]})
+    sched = build_report([load_run(run_dir)])["runs"][0]["schedule"]
+    assert sched["cap_waits"] == 0 and sched["in_flight_peak"] == 6
+    # Before: "requests in flight reached the cap (6, -c 6): sends waited ..." (the peak rule)
+    assert ("likely cause: requests in flight peaked at 6, never reaching the cap (-c 6): the "
+            "client's CPU most likely") in format_report(build_report([load_run(run_dir)]))
+    table = pq.read_table(run_dir / "data")
+    summary = summarize_batches(iter([table.select(SUMMARY_COLUMNS)]),
+                                schedule=open_loop_sessions({"sessions": [s]}))
+    assert ("likely cause: requests in flight never reached the cap (-c 6): the client's CPU "
+            "most likely") in format_short(summary)
+
+
+def test_cap_waits_are_summed_only_when_every_judged_session_counted_them(make_run):
+    first, second = session(T0 - 1, 100.0), session(T0 + 3_599, 100.0)
+    first["cap_waits"], second["cap_waits"] = 3, 4
+    rows = open_loop_rows(150, 100, 60) + open_loop_rows(150, 100, 60, start=T0 + 3_600,
+                                                         first=150)
+    both = make_run(rows, info={"sessions": [first, second]})
+    assert build_report([load_run(both)])["runs"][0]["schedule"]["cap_waits"] == 7
+    # A session that died never wrote its count: the sum would be a guess, so there is none.
+    del second["cap_waits"]
+    died = make_run(rows, info={"sessions": [first, second]})
+    sched = build_report([load_run(died)])["runs"][0]["schedule"]
+    assert sched["cap_waits"] is None
+    assert "peaked at 6, under the cap (-c 10,000)" in format_report(
+        build_report([load_run(died)]))
 
 
 def test_only_the_open_loop_sessions_that_sent_rows_are_judged(make_run):

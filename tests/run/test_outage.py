@@ -459,11 +459,14 @@ def test_the_closing_summary_names_an_outage_as_the_cause_of_a_missed_schedule(
     summary = stdout + stderr
     assert "schedule   NOT KEPT: --rate 50/s" in summary
     times = "once" if outages == 1 else f"{outages} times"
+    waits = orjson.loads((out / "run.json").read_bytes())["sessions"][-1]["cap_waits"]
+    assert waits >= 1  # the 5 in flight waited for the gateway; the next send waited for them
+    waited = "once" if waits == 1 else f"{waits} times"
     # Before: "likely cause: the client's CPU, or the in-flight cap ..." alone.
     assert (f"likely cause: the gateway could not be connected to {times} during the --rate "
-            "session: requests waited for it; otherwise the client's CPU, or the in-flight cap "
-            "(-c 5)") in summary
+            "session: requests waited for it; otherwise requests in flight reached the cap "
+            f"(-c 5) {waited}") in summary
     report = run_cli("report", str(out))
     assert (f"likely cause: the gateway could not be connected to {times} during the --rate "
             "session: requests waited for it; otherwise requests in flight reached the cap "
-            "(5, -c 5)") in report.stdout
+            f"(5, -c 5) {waited}") in report.stdout
