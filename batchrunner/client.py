@@ -485,6 +485,12 @@ def is_job_stub(parsed: Any) -> bool:
     )
 
 
+def is_error_body(parsed: Any) -> bool:
+    """Whether a decoded body is an Anthropic error body (``{"type": "error", "error": {...}}``;
+    the ``type`` may be missing, as :func:`_error_from_envelope` reads it)."""
+    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+
+
 def _error_from_envelope(parsed: Any) -> tuple[str | None, str | None]:
     """``(error.type, error.message)`` of an Anthropic error envelope; empty type → None."""
     if isinstance(parsed, dict):

@@ -90,10 +90,23 @@ async def execute(
     first_sent_at: float | None = None
     starting = starting_at = 0.0
     attempt: Attempt | None = None
+    # Usage reported by attempts that were not the last (a stream cut after message_start,
+    # then sent again): billed, so the row keeps it apart from the final attempt's.
+    retried: list[dict[str, Any]] = []
     try:
         while True:
             if ctx.throttle is not None:
                 await ctx.throttle.acquire()
+                if ctx.stopping() and ctx.stage is None:
+                    # It waited for the rate ceiling past a stop (Ctrl-C: no new request
+                    # starts): not sent, so a resume sends it.
+                    ctx.emit(cancelled_row(
+                        record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
+                        first_sent_at,
+                        not_retried(attempt) if attempt is not None else STOPPED_AT_CEILING,
+                        retried,
+                    ))  # fmt: skip
+                    return
             attempts += 1
             if first_sent is None:
                 # Until the first attempt returns, its start stands for the send instant: a
@@ -114,7 +127,7 @@ async def execute(
                 ctx.emit(cancelled_row(
                     record, ctx, request_id, scheduled, scheduled_at, attempts,
                     first_sent if ever else None, first_sent_at if ever else None,
-                    not_sent(ctx, attempt),
+                    not_sent(ctx, attempt), retried,
                 ))  # fmt: skip
                 return
             if held:
@@ -123,18 +136,23 @@ async def execute(
             delay = attempt_retry_delay(ctx, attempt, attempts - holds)
             if delay is None:
                 break
+            # Not the row's last attempt (unless a bench stage stops below): kept before the
+            # back-off, which a second Ctrl-C may cancel.
+            kept = len(retried)
+            keep_usage(retried, attempt)
             if not ctx.stopping():
                 await asyncio.sleep(delay)
             if ctx.stopping():  # before the back-off, or during it: no retry is sent
                 if ctx.stage is not None:
                     # A bench stage is never resumed: the gateway's failure is the stage's
                     # figure, and an error row keeps its status and type.
+                    del retried[kept:]  # the row's own usage after all
                     break
                 # A retry the stop skipped is not a failure: cancelled, so that a plain resume
                 # sends the request again (as a failed row it waited for --retry-failed).
                 ctx.emit(cancelled_row(
                     record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
-                    first_sent_at, not_retried(attempt),
+                    first_sent_at, not_retried(attempt), retried,
                 ))  # fmt: skip
                 return
     except asyncio.CancelledError:
@@ -142,14 +160,15 @@ async def execute(
             first_sent, first_sent_at = starting, starting_at
         ctx.emit(cancelled_row(
             record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
-            first_sent_at, "the run was stopped while this request was in flight",
+            first_sent_at, "the run was stopped while this request was in flight", retried,
         ))  # fmt: skip
         raise
     assert attempt is not None and first_sent is not None and first_sent_at is not None
-    ctx.emit(
-        final_row(record, ctx, attempt, attempts=attempts, first_sent=first_sent,
-                  first_sent_at=first_sent_at, scheduled=scheduled, scheduled_at=scheduled_at)
-    )  # fmt: skip
+    row = final_row(record, ctx, attempt, attempts=attempts, first_sent=first_sent,
+                    first_sent_at=first_sent_at, scheduled=scheduled, scheduled_at=scheduled_at)
+    if retried:
+        row["retried_usage"] = orjson.dumps(retried).decode()
+    ctx.emit(row)
 
 
 async def held_for_gateway(ctx: ExecContext, attempt: Attempt, holds: int) -> bool | None:
@@ -163,6 +182,10 @@ async def held_for_gateway(ctx: ExecContext, attempt: Attempt, holds: int) -> bo
     if ctx.stopping():
         return False
     return await outage.hold(attempt.error_message or "") and not ctx.stopping()
+
+
+#: The message of a request that waited for ``--max-rate``/``--rpm`` until the run stopped.
+STOPPED_AT_CEILING = "not sent: the run stopped while it waited for the rate ceiling"
 
 
 def not_retried(attempt: Attempt) -> str:
@@ -181,6 +204,31 @@ def not_sent(ctx: ExecContext, attempt: Attempt) -> str:
     return f"not sent: {why} ({attempt.error_message})"
 
 
+#: What of a failed attempt's message is kept in ``retried_usage``: the columns its price
+#: depends on, named as the row's own.
+RETRIED_USAGE_KEYS = (
+    "model", "input_tokens", "output_tokens", "cache_creation_input_tokens",
+    "cache_read_input_tokens", "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
+    "web_search_requests", "web_fetch_requests", "service_tier", "speed", "inference_geo",
+)
+_BILLED_COUNTS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
+                  "cache_read_input_tokens", "cache_creation_5m_input_tokens",
+                  "cache_creation_1h_input_tokens", "web_search_requests")
+
+
+def keep_usage(retried: list[dict[str, Any]], attempt: Attempt) -> None:
+    """Append the usage a failed attempt reported (a stream cut after ``message_start``), if it
+    reported any, to *retried*, as :data:`RETRIED_USAGE_KEYS` (those it has)."""
+    message = attempt.message if attempt.message is not None else attempt.partial
+    if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
+        return
+    found: dict[str, Any] = {}
+    fill_message(found, message)
+    if not any(found.get(k) for k in _BILLED_COUNTS):
+        return
+    retried.append({k: found[k] for k in RETRIED_USAGE_KEYS if found.get(k) is not None})
+
+
 def cancelled_row(
     record: RequestRecord,
     ctx: ExecContext,
@@ -191,10 +239,13 @@ def cancelled_row(
     first_sent: float | None,
     first_sent_at: float | None,
     message: str,
+    retried: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The row of a request the run gave up on before it had an answer (a resume sends it
-    again)."""
+    again); *retried*: the usage its failed attempts reported (billed, and priced)."""
     row = base_row(record, ctx, request_id, scheduled_at)
+    if retried:
+        row["retried_usage"] = orjson.dumps(retried).decode()
     row.update(
         status=Status.CANCELLED.value,
         error_type=ERROR_CANCELLED,

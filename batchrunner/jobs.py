@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchrunner.client import Attempt, is_job_stub
+from batchrunner.client import Attempt, is_error_body, is_job_stub
 from batchrunner.execute import (
+    STOPPED_AT_CEILING,
     ExecContext,
     attempt_retry_delay,
     base_row,
@@ -42,6 +43,7 @@ from batchrunner.retry import retry_delay
 from batchrunner.schema import (
     ERROR_JOB_EXPIRED,
     ERROR_JOB_NOT_FOUND,
+    ERROR_TIMEOUT,
     Mode,
     RequestRecord,
     Status,
@@ -64,6 +66,12 @@ DEFAULT_POLL_RATE = 1000.0
 DEFAULT_POLL_CONCURRENCY = 32
 #: Polls failing in transit this many times in a row end the job as an error row.
 MAX_POLL_FAILURES = 30
+#: Longest a poll may take (or ``--attempt-timeout`` if shorter). A poll is a lookup: under the
+#: LLM-sized request timeouts, ``--poll-concurrency`` hung polls held every poll slot for up to
+#: 10 minutes, and completed results expired meanwhile (444 of 500 with a 10 s TTL).
+POLL_TIMEOUT_S = 30.0
+#: Statuses of a poll answered by an auth layer, not by the job (without an error body).
+_REFUSED_POLL = frozenset({401, 403, 407})
 #: Polls of one job that may wait for an unreachable gateway (then they count as failures).
 MAX_POLL_HOLDS = MAX_HOLDS_PER_REQUEST
 POLL_BODY = b"{}"
@@ -185,14 +193,24 @@ async def _submit(
     tries: _Tries,
 ) -> Job | None:
     ctx = jctx.exec
+    last: Attempt | None = None
     while True:
         if ctx.throttle is not None:
             await ctx.throttle.acquire()
+            if ctx.stopping():  # waited for the rate ceiling past a stop: not submitted
+                first = tries.first
+                ctx.emit(cancelled_row(
+                    record, ctx, f"{ctx.run_id}-{record.input_index}", scheduled, scheduled_at,
+                    tries.attempts, first.sent if first else None,
+                    first.sent_at if first else None,
+                    "submit " + not_retried(last) if last is not None else STOPPED_AT_CEILING,
+                ))  # fmt: skip
+                return None
         tries.attempts += 1
         attempts = tries.attempts
         if tries.first is None:
             tries.starting = (time.perf_counter(), time.time())
-        attempt = await ctx.client.send(body, stream=False, extra_headers=headers)
+        attempt = last = await ctx.client.send(body, stream=False, extra_headers=headers)
         first = tries.first = tries.first or attempt
         if attempt.ok and is_job_stub(attempt.parsed):
             job = Job(
@@ -395,7 +413,7 @@ class JobPoller:
     async def _poll(self, job: Job) -> None:
         ctx = self.jctx.exec
         headers = [(JOB_ID_HEADER, job.job_id), ("x-request-id", f"{ctx.run_id}-{job.input_index}")]
-        attempt = await ctx.client.send(POLL_BODY, stream=False, extra_headers=headers)
+        attempt = await self._send_poll(headers)
         job.polls += 1
         self.jctx.counters.polls += 1
         now_at = attempt.sent_at + (attempt.done - attempt.sent)
@@ -428,13 +446,47 @@ class JobPoller:
             or (status >= 500 and TRANSIENT_POLL_MESSAGE in message)
             or (200 <= status < 300)  # an unreadable 2xx: ask again
         ):
-            job.poll_failures += 1
-            if job.poll_failures >= MAX_POLL_FAILURES:
-                self._finish(job, attempt, now_at, Status.ERROR, note="polling kept failing: ")
-            else:
-                self.add(job, self.jctx.planner.retry_delay(job.poll_failures))
+            self._poll_again(job, attempt, now_at)
+        elif not is_error_body(attempt.parsed):
+            # A failed job's poll is the stored error as an Anthropic error body; anything else
+            # came from in front of the gateway (a load balancer's 502/503 page, an auth
+            # layer's 401). Taken for the job's failure, it had the job submitted again and
+            # paid twice (259 jobs for 200 requests behind a proxy failing 5 % of polls).
+            if status in _REFUSED_POLL:
+                self.jctx.on_fatal(
+                    f"polls are refused with HTTP {status} by something in front of the "
+                    f"gateway's jobs ({message[:200]}): a proxy or auth layer that wants other "
+                    "credentials? The jobs stay recorded, without rows: collect again once "
+                    "polls get through"
+                )
+                return
+            self._poll_again(job, attempt, now_at)
         else:
             await self._failed(job, attempt, now_at)
+
+    async def _send_poll(self, headers: list[tuple[str, str]]) -> Attempt:
+        """One poll, given up after :data:`POLL_TIMEOUT_S` (a timed-out attempt: polled again)."""
+        client = self.jctx.exec.client
+        limit = min(POLL_TIMEOUT_S, client.timeouts.attempt_s or POLL_TIMEOUT_S)
+        sent, sent_at = time.perf_counter(), time.time()
+        try:
+            async with asyncio.timeout(limit):
+                return await client.send(POLL_BODY, stream=False, extra_headers=headers)
+        except TimeoutError:
+            attempt = Attempt(sent=sent, sent_at=sent_at, done=time.perf_counter())
+            attempt.timed_out = True
+            attempt.error_type = ERROR_TIMEOUT
+            attempt.error_message = f"the poll got no answer within {limit:g} s"
+            return attempt
+
+    def _poll_again(self, job: Job, attempt: Attempt, now_at: float) -> None:
+        """A poll that failed, not the job: ask again later (an error row once polls have
+        failed :data:`MAX_POLL_FAILURES` times in a row)."""
+        job.poll_failures += 1
+        if job.poll_failures >= MAX_POLL_FAILURES:
+            self._finish(job, attempt, now_at, Status.ERROR, note="polling kept failing: ")
+        else:
+            self.add(job, self.jctx.planner.retry_delay(job.poll_failures))
 
     def _found(self) -> None:
         """A job was found: the key and gateway are right, so the jobs not found before are

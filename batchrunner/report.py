@@ -79,7 +79,9 @@ _TOKEN_COLUMNS = (
 )
 #: Usage columns beyond tokens that change the price (null in parts written before them).
 _USAGE_COLUMNS = ("web_search_requests", "web_fetch_requests", "service_tier", "speed",
-                  "inference_geo")
+                  "inference_geo", "retried_usage")
+#: ``retried_usage`` entries are priced as rows of their own, from these columns.
+_RETRIED_COLUMNS = ("model", *_TOKEN_COLUMNS, *_USAGE_COLUMNS[:-1])
 _BASE_COLUMNS = (
     "input_index", "mode", "model", "model_requested", "status", "error_type", "error_message",
     "http_status", "scheduled_at", "sent_at", "submitted_at", "completed_at", *METRICS,
@@ -414,6 +416,10 @@ def price_rows(table: pa.Table, book: PriceBook, cols: dict[str, Any],
     row cannot be priced); ``sent_at``, ``scheduled_at`` and ``completed_at`` (which date the
     rates) are read from *table* unless *cols* has them.
 
+    The usage of a row's failed attempts that were retried (``retried_usage``) is in its costs,
+    each attempt priced on its own (its model, tier, flags), and in ``cost_retried`` apart; its
+    tokens are not in ``tok_<category>``, which are the final attempt's.
+
     :return: the distinct (priced model, UTC day) keys, each row's index in them, and each
         key's rate card (None when unpriced).
     """
@@ -465,7 +471,60 @@ def price_rows(table: pa.Table, book: PriceBook, cols: dict[str, Any],
     costs, cards = cost_arrays(book, keys, codes, usage)
     for category, arr in costs.items():
         cols[f"cost_{category}"] = arr
+    cols["cost_retried"] = np.zeros(n)
+    cols["retried_attempts"] = np.zeros(n, dtype=np.int64)
+    if "retried_usage" in table.column_names:
+        _add_retried(table, book, cols)
     return keys, codes, cards
+
+
+def _add_retried(table: pa.Table, book: PriceBook, cols: dict[str, Any]) -> None:
+    """Add the cost of each row's ``retried_usage`` (JSON list of usages named as the row's
+    columns) to its ``cost_*`` columns and ``cost_retried``, and count its entries in
+    ``retried_attempts``; an entry whose model has no price leaves the row unpriced (NaN), as
+    its own usage would."""
+    column = table.column("retried_usage")
+    kind = column.type
+    if column.null_count == len(column) or not (pa.types.is_string(kind)
+                                                or pa.types.is_large_string(kind)):
+        return
+    present = np.flatnonzero(pc.is_valid(column).to_numpy(zero_copy_only=False))
+    owners: list[int] = []
+    entries: list[dict[str, Any]] = []
+    for i, text in zip(present.tolist(), column.take(present).to_pylist(), strict=True):
+        try:
+            items = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue  # damaged by hand: nothing to price, as for a null
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict):
+                owners.append(i)
+                entries.append(item)
+    if not entries:
+        return
+    at = np.array(owners, dtype=np.int64)
+    fields = [RESULT_SCHEMA.field(name) for name in _RETRIED_COLUMNS]
+    arrays = [pa.array([_typed(e.get(f.name), f.type) for e in entries], type=f.type)
+              for f in fields]
+    model_requested = table.column("model_requested").take(pa.array(at))
+    attempts = pa.Table.from_arrays([*arrays, model_requested],
+                                    names=[*_RETRIED_COLUMNS, "model_requested"])
+    sub: dict[str, Any] = {name: cols[name][at] for name in
+                           ("scheduled_at", "sent_at", "completed_at")}
+    price_rows(attempts, book, sub)
+    cols["has_usage"][at] = True
+    for category in (*CATEGORIES, *FEES, "total"):
+        np.add.at(cols[f"cost_{category}"], at, sub[f"cost_{category}"])
+    np.add.at(cols["cost_retried"], at, sub["cost_total"])
+    np.add.at(cols["retried_attempts"], at, 1)
+
+
+def _typed(value: Any, kind: pa.DataType) -> Any:
+    """*value* if it fits a column of type *kind*, else None (a hand-edited entry)."""
+    if pa.types.is_string(kind):
+        return value if isinstance(value, str) else None
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+    return value if ok else None
 
 
 def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
@@ -714,6 +773,7 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
     complete = not len(unpriced)
     rows_priced = int(priced.sum())
     priority = int(f["is_priority"].sum())
+    attempts = f["retried_attempts"].to_numpy()
     return {
         "currency": "USD",
         "complete": complete,
@@ -728,6 +788,10 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
         # Async jobs submitted but not collected (no rows yet, paid for all the same): set by
         # outstanding_cost; any of them may belong to this section.
         "outstanding_jobs": 0,
+        # Usage that failed attempts reported before they were sent again (or the run stopped):
+        # in every figure above (the rows' costs), and its part of them here.
+        "retried": {"attempts": int(attempts.sum()), "rows": int((attempts > 0).sum()),
+                    "usd": float(f["cost_retried"].to_numpy()[priced].sum())},
         # Rows priced other than at standard rates (by what their usage says), and whether
         # the figures are estimates (Priority Tier has no public per-token price).
         "adjusted_rows": {
@@ -1206,7 +1270,7 @@ def summarize_table(
     prices = book.describe()
     out["cost"] = {
         "total_usd": cost["total_usd"], "priced_usd": cost["usd"]["total"],
-        "complete": cost["complete"], "usd": cost["usd"],
+        "complete": cost["complete"], "usd": cost["usd"], "retried": cost["retried"],
         "unpriced_models": [m["model"] for m in cost["unpriced_models"]],
         "prices": f"genai-prices {prices['version']}" if prices["version"] else None,
     }

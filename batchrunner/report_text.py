@@ -286,15 +286,21 @@ def schedule_lines(schedule: dict[str, Any] | None) -> list[str]:
                "most likely (split the load over processes or machines)")
     else:
         why = f"the client's CPU, or the in-flight cap ({cap}) full while the gateway was slow"
+    # A capped client was waiting, not busy; otherwise it may have read answers late too.
+    capped = why.startswith("requests in flight reached the cap")
     outages = schedule.get("gateway_outages") or 0
     if outages:  # first: while the gateway could not be connected to, nothing was sent
         sessions = "sessions" if (schedule.get("sessions") or 0) > 1 else "session"
         times = "once" if outages == 1 else f"{outages:,} times"
         why = (f"the gateway could not be connected to {times} during the --rate {sessions}: "
                f"requests waited for it; otherwise {why}")
-    return [f"schedule   NOT KEPT: {figures}",
-            f"           likely cause: {why}; total_s and queue_wait_s include this lag, "
-            "latency_s does not"]
+    if capped or outages:
+        timings = "total_s and queue_wait_s include this lag, latency_s does not"
+    else:
+        timings = ("total_s and queue_wait_s include this lag; latency_s leaves it out, but a "
+                   "client too busy to send on time also reads answers late, so latency_s, "
+                   "ttfb_s and ttft_s may be inflated too")
+    return [f"schedule   NOT KEPT: {figures}", f"           likely cause: {why}; {timings}"]
 
 
 def warmup_line(run: dict[str, Any]) -> str | None:
@@ -480,6 +486,8 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
         t.notes.append(f"OUTSTANDING: {plural(c['outstanding_jobs'], 'async job')} not collected "
                        "yet: no rows, so their cost is in no figure here and every total is a "
                        f"lower bound; batchrunner collect {run.get('run_dir') or 'RUN_DIR'}")
+    if c.get("retried", {}).get("attempts"):
+        t.notes.append(retried_note(c["retried"]))
     if run.get("replaced_cost_usd"):
         t.notes.append(replaced_note(run["replaced_cost_usd"]))
     t.notes += _adjustment_notes(c)
@@ -521,6 +529,19 @@ def _adjustment_notes(cost: dict[str, Any]) -> list[str]:
                      "(service_tier priority) priced at list price; Priority Tier is billed "
                      "through capacity commitments, with no public per-token price")
     return notes
+
+
+def retried_note(retried: dict[str, Any]) -> str:
+    """The cost table's note on usage that failed attempts reported before a retry (or a stop).
+
+    :param retried: a cost section's ``retried`` (``attempts``, ``rows``, ``usd``).
+    :return: the note's text.
+    """
+    return (f"RETRIED: {fmt_usd(retried['usd'])} of these costs is usage that "
+            f"{plural(retried['attempts'], 'failed attempt')} of "
+            f"{plural(retried['rows'], 'row')} reported before being sent again or stopped (a "
+            "stream cut after message_start is billed); their tokens are in no token column "
+            "(retried_usage)")
 
 
 def replaced_note(usd: float) -> str:
@@ -703,6 +724,12 @@ def format_short(summary: dict[str, Any]) -> str:
                 )
             lines.append(f"cost       >= {fmt_usd(cost['priced_usd'])}  ({parts}; "
                          f"{cost['prices']}); {'; '.join(missing)}")
+        retried = cost.get("retried") or {}
+        if retried.get("attempts"):
+            lines.append(f"retried    {fmt_usd(retried['usd'])} of it for "
+                         f"{plural(retried['attempts'], 'failed attempt')} sent again or "
+                         "stopped (the usage they reported is billed; its tokens are not in "
+                         "the tokens line)")
         if cost.get("replaced_usd"):
             lines.append(f"replaced   {fmt_usd(cost['replaced_usd'])} more, billed for rows a "
                          "resume removed to send again (failed or cancelled): in no figure above")

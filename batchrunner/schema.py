@@ -136,6 +136,8 @@ RESULT_SCHEMA = pa.schema(
         pa.field("service_tier", pa.string()),
         pa.field("speed", pa.string()),
         pa.field("inference_geo", pa.string()),
+        # JSON list: the usage of failed attempts that were not the row's last (billed too).
+        pa.field("retried_usage", pa.string()),
         # gateway headers (x-bifrost-*), all optional
         pa.field("response_id", pa.string()),
         pa.field("bifrost_provider", pa.string()),

@@ -109,6 +109,7 @@ def summarize_batches(
     tokens = dict.fromkeys((*CATEGORIES, "web_search_requests"), 0)
     usd = dict.fromkeys((*CATEGORIES, *FEES, "total"), 0.0)
     complete = True
+    retried = {"attempts": 0, "rows": 0, "usd": 0.0}
     unpriced: set[str] = set()
     seen_models: dict[str, int] = {}  # first appearance, the order summarize() lists them in
     windows = SessionWindows(session_starts)
@@ -133,6 +134,8 @@ def summarize_batches(
         for key, value in cost["usd"].items():
             usd[key] += value
         complete = complete and cost["complete"]
+        for key, value in cost["retried"].items():
+            retried[key] += value
         unpriced.update(m["model"] for m in cost["unpriced_models"])
         for model in f["model_key"].cat.categories:
             seen_models.setdefault(str(model), len(seen_models))
@@ -204,7 +207,7 @@ def summarize_batches(
     prices = book.describe()
     out["cost"] = {
         "total_usd": usd["total"] if complete else None, "priced_usd": usd["total"],
-        "complete": complete, "usd": usd,
+        "complete": complete, "usd": usd, "retried": retried,
         # Rows without a model sort last, as their label does in one table.
         "unpriced_models": sorted(unpriced, key=lambda m: (m == _NONE, seen_models[m])),
         "prices": f"genai-prices {prices['version']}" if prices["version"] else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -65,6 +66,14 @@ def _table(n: int, seed: int = 7) -> pa.Table:
                          # fast: none of these models has fast-mode rates (it would unprice)
                          ("speed", ["standard"]), ("inference_geo", ["global", "us"])):
         cols[name] = pa.array(_with_nulls(rng, rng.choice(values, n), 0.3), pa.string())
+    # Some rows had failed attempts whose usage was kept (a stream cut after message_start).
+    retried = [None] * n
+    for i in np.flatnonzero(rng.random(n) < 0.05).tolist():
+        model = str(rng.choice(["claude-sonnet-4-5", "claude-haiku-4-5"]))
+        retried[i] = orjson.dumps([{"model": model,
+                                    "input_tokens": int(rng.integers(1, 3000)),
+                                    "output_tokens": 1}] * int(rng.integers(1, 3))).decode()
+    cols["retried_usage"] = pa.array(retried, pa.string())
     schema = pa.schema([RESULT_SCHEMA.field(c) for c in SUMMARY_COLUMNS])
     return pa.table({c: cols[c] for c in SUMMARY_COLUMNS}, schema=schema)
 

@@ -63,8 +63,8 @@ def test_json_has_stable_keys(make_run):
     assert set(run["groups"][0]) == SECTION_KEYS | {"key"}
     assert set(run["overall"]["cost"]) == {"currency", "complete", "total_usd", "usd",
                                            "rows_priced", "rows_unpriced", "per_request_usd",
-                                           "unpriced_models", "outstanding_jobs", "adjusted_rows",
-                                           "estimate"}
+                                           "unpriced_models", "outstanding_jobs", "retried",
+                                           "adjusted_rows", "estimate"}
     assert set(run["overall"]["cost"]["usd"]) == {"input", "output", "cache_write_5m",
                                                   "cache_write_1h", "cache_read", "web_search",
                                                   "total"}

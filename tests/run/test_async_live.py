@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from batchrunner.client import Timeouts
 from batchrunner.config import ConfigError, RunConfig
 from batchrunner.emulator import EmulatorConfig, running_emulator
 from batchrunner.emulator.config import Dist
@@ -547,3 +548,128 @@ def test_submits_cancelled_in_flight_keep_when_they_were_sent(make_emulator, req
     rows = read_rows(out)
     assert len(rows) == 3 and set(rows["status"]) == {"cancelled"}, stderr
     assert rows["sent_at"].notna().all() and (rows["queue_wait_s"] >= 0).all()
+
+
+class _PollBreakingProxy:
+    """A forwarding proxy in front of the emulator whose every *every*-th poll (a request with
+    ``x-bf-async-id``) is answered by the proxy itself: HTTP *status* with an HTML page, as a
+    load balancer or an auth layer answers."""
+
+    def __init__(self, upstream: str, status: int, every: int) -> None:
+        import http.server
+        import threading
+        import urllib.error
+        import urllib.request
+
+        proxy = self
+        self.polls = self.broken = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if self.headers.get("x-bf-async-id"):
+                    proxy.polls += 1
+                    if proxy.polls % every == 0:
+                        proxy.broken += 1
+                        page = b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>"
+                        self.send_response(status)
+                        self.send_header("content-type", "text/html")
+                        self.send_header("content-length", str(len(page)))
+                        self.end_headers()
+                        self.wfile.write(page)
+                        return
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "content-length", "connection")}
+                req = urllib.request.Request(upstream + self.path, data=body, headers=headers,
+                                             method="POST")
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as resp:
+                        code, data, kind = resp.status, resp.read(), resp.headers
+                except urllib.error.HTTPError as err:
+                    code, data, kind = err.code, err.read(), err.headers
+                self.send_response(code)
+                for name in ("content-type", "x-bf-async-id"):
+                    if kind.get(name):
+                        self.send_header(name, kind[name])
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_polls_a_proxy_fails_are_polled_again_not_paid_for_twice(
+    make_emulator, requests_file, tmp_path
+):
+    # Every 7th poll gets a load balancer's 502 page: before, each was taken for the job's own
+    # failure and the job submitted again (259 jobs for 200 requests in the audit).
+    with make_emulator(ttft=Dist("fixed", 0.3)) as emu:
+        proxy = _PollBreakingProxy(emu.base_url, 502, every=7)
+        try:
+            result = run(requests_file(30), proxy.url, tmp_path / "out", concurrency=10)
+        finally:
+            proxy.close()
+        submits = [t for t in emu.ground_truth() if t["kind"] == "async_submit"]
+    assert proxy.broken >= 3
+    assert result.status == "finished", result.message
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 30 and set(rows["status"]) == {"ok"}
+    assert len(submits) == 30  # one paid job per request
+    assert set(rows["attempts"]) == {1}
+
+
+def test_polls_an_auth_layer_refuses_stop_the_run_and_keep_the_jobs(
+    make_emulator, requests_file, tmp_path
+):
+    # An auth proxy refusing every poll (401, no Anthropic error body): before, 20 completed
+    # jobs became final error rows, results that could only be bought again.
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.2)) as emu:
+        proxy = _PollBreakingProxy(emu.base_url, 401, every=1)
+        try:
+            result = run(requests_file(10), proxy.url, out, concurrency=10)
+        finally:
+            proxy.close()
+        assert result.status == "aborted" and result.exit_code == 3, result.message
+        assert "polls are refused with HTTP 401 by something in front of the gateway" in (
+            result.message)
+        assert not (out / "data").exists() or len(read_rows(out)) == 0
+        assert len(jobs_in(out)) == 10
+        again = run_cli("collect", str(out), "--gateway", emu.base_url)
+    assert again.returncode == 0, again.stderr
+    rows = read_rows(out)
+    assert len(rows) == 10 and set(rows["status"]) == {"ok"}
+
+
+def test_hung_polls_are_given_up_and_asked_again(make_emulator, requests_file, tmp_path,
+                                                 monkeypatch):
+    # Some requests hang (the gateway never answers them). Polls ran under the request
+    # timeouts (here a 6 s read timeout), holding the only two poll slots, while every job was
+    # done in 0.1 s and its 3 s TTL ran out: expired rows for results that were there.
+    import batchrunner.jobs
+
+    monkeypatch.setattr(batchrunner.jobs, "POLL_TIMEOUT_S", 0.3)
+    with make_emulator(ttft=Dist("fixed", 0.1), fault_stall=0.15, seed=5) as emu:
+        started = time.monotonic()
+        run(requests_file(20), emu.base_url, tmp_path / "out", concurrency=20, ttl_s=3,
+            poll_concurrency=2, timeouts=Timeouts(connect_s=2, read_s=6, attempt_s=30),
+            retry=RetryPolicy(max_retries=6, backoff_base_s=0.01, backoff_max_s=0.02))
+        stalled = sum(1 for t in emu.ground_truth() if t["fault"] == "stall"
+                      and t["kind"] == "async_poll")
+    took = time.monotonic() - started
+    rows = read_rows(tmp_path / "out")
+    assert stalled >= 2  # seeded: enough hung polls to have filled both slots
+    assert len(rows) == 20 and set(rows["status"]) == {"ok"}, rows["error_message"].tolist()
+    assert took < 30, took  # hung submits wait for the read timeout, then are sent again

@@ -18,7 +18,7 @@ from batchrunner.report import COST_COLUMNS, build_report, load_run, price_rows
 from batchrunner.report_text import fmt_usd, format_report, format_short
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import EXIT_OK, run_sync
-from batchrunner.schema import Mode
+from batchrunner.schema import RESULT_SCHEMA, Mode
 from batchrunner.spend import SpendMeter
 
 from .conftest import read_rows, run_cli, write_requests
@@ -234,3 +234,103 @@ def test_the_cost_of_rows_a_resume_replaced_is_shown(make_emulator, tmp_path):
     assert note in format_report(rep)
     assert f"replaced   {fmt_usd(paid)} more, billed for rows a resume" in (
         format_short(again.summary))
+
+
+def _priced_apart(rows: pd.DataFrame) -> float:
+    """The rows' cost with every retried attempt priced as a row of its own (no
+    ``retried_usage`` column): what the run's figures must add up to."""
+    final = rows[COST_COLUMNS].drop(columns="retried_usage")
+    extra = []
+    for r in rows.itertuples():
+        for entry in orjson.loads(r.retried_usage) if isinstance(r.retried_usage, str) else ():
+            extra.append({**dict.fromkeys(final.columns), **entry,
+                          "model_requested": r.model_requested, "sent_at": r.sent_at,
+                          "scheduled_at": r.scheduled_at, "completed_at": r.completed_at})
+    both = pd.concat([final, pd.DataFrame(extra, columns=final.columns)], ignore_index=True)
+    schema = pa.schema([pa.field(c, pa.timestamp("us", tz="UTC")) if c.endswith("_at")
+                        else RESULT_SCHEMA.field(c) for c in final.columns])
+    cols: dict = {}
+    price_rows(pa.Table.from_pandas(both, schema=schema, preserve_index=False),
+               SpendMeter(1.0).book, cols)
+    return float(cols["cost_total"].sum())
+
+
+def test_usage_of_retried_stream_attempts_is_kept_and_priced(make_emulator, tmp_path):
+    # A stream cut after message_start had its input processed and reported; when it was sent
+    # again, that usage was overwritten by the retry's, and the run's cost (and --max-cost)
+    # missed it: $3.15 reported for $6.75 of reported usage in the audit's case.
+    requests = write_requests(tmp_path / "set.jsonl", 40, max_tokens=50)
+    out = tmp_path / "out"
+    with make_emulator(fault_midstream=0.5, seed=7) as emu:
+        result = run(requests, emu.base_url, out, mode=Mode.STREAM, concurrency=4,
+                     retry=RetryPolicy(max_retries=6, backoff_base_s=0.01, backoff_max_s=0.02))
+        truth = emu.ground_truth()
+    rows = read_rows(out)
+    # Almost always all ok; a request cut 7 times in a row ends an error row of its own usage.
+    failed = int((rows["status"] == "error").sum())
+    assert result.summary["status"].get("ok", 0) + failed == 40
+    cut = [t for t in truth if t["fault"] == "midstream_error"]
+    assert len(cut) >= 5  # a fair number of attempts were cut (seeded)
+    kept = {r.request_id: orjson.loads(r.retried_usage) for r in rows.itertuples()
+            if isinstance(r.retried_usage, str)}
+    assert sum(len(v) for v in kept.values()) + failed == len(cut)
+    for t in cut:  # each cut attempt's usage, as the gateway reported it, is in its row
+        if t["request_id"] not in kept:
+            continue  # a single attempt, cut: the error row's own usage
+        assert {"model": t["model"], "input_tokens": t["input_tokens"],
+                "cache_read_input_tokens": t["cache_read_input_tokens"]}.items() <= next(
+            e for e in kept[t["request_id"]] if e["input_tokens"] == t["input_tokens"]).items()
+    for r in rows.itertuples():
+        assert r.attempts == 1 + len(kept.get(r.request_id, []))
+    paid = _priced_apart(rows)
+    cost = result.summary["cost"]
+    assert math.isclose(cost["total_usd"], paid, rel_tol=1e-9)
+    assert cost["retried"]["attempts"] == len(cut) - failed
+    assert cost["retried"]["rows"] == len(kept)
+    only_final = row_costs_without_retries(rows)
+    assert math.isclose(cost["retried"]["usd"], paid - only_final, rel_tol=1e-9)
+    assert cost["retried"]["usd"] > 0
+    # The meter --max-cost uses prices the rows the same way.
+    meter = SpendMeter(1.0)
+    meter.add_table(pa.Table.from_pandas(rows[COST_COLUMNS], preserve_index=False))
+    assert math.isclose(meter.spent_usd, paid, rel_tol=1e-9)
+    rep = build_report([load_run(out)])
+    assert math.isclose(rep["runs"][0]["overall"]["cost"]["total_usd"], paid, rel_tol=1e-9)
+    n = len(cut) - failed
+    note = (f"RETRIED: {fmt_usd(cost['retried']['usd'])} of these costs is usage that "
+            f"{n} failed attempts of {len(kept)} rows reported")
+    assert note in format_report(rep)
+    assert f"retried    {fmt_usd(cost['retried']['usd'])} of it for {n} failed attempts" \
+        in format_short(result.summary)
+
+
+def row_costs_without_retries(rows: pd.DataFrame) -> float:
+    table = pa.Table.from_pandas(rows[COST_COLUMNS].drop(columns="retried_usage"),
+                                 preserve_index=False)
+    cols: dict = {}
+    price_rows(table, SpendMeter(1.0).book, cols)
+    return float(cols["cost_total"].sum())
+
+
+def test_a_retry_the_stop_skipped_keeps_its_attempts_usage(make_emulator, tmp_path):
+    # Every attempt is cut after message_start; the run stops (--duration) while requests
+    # wait for their retry: they end cancelled, and the usage of their attempts was lost.
+    requests = write_requests(tmp_path / "set.jsonl", 4, max_tokens=50)
+    out = tmp_path / "out"
+    with make_emulator(fault_midstream=1.0) as emu:
+        result = run(requests, emu.base_url, out, mode=Mode.STREAM, concurrency=4,
+                     duration_s=0.5,
+                     retry=RetryPolicy(max_retries=50, backoff_base_s=0.2, backoff_max_s=0.2))
+        truth = emu.ground_truth()
+    rows = read_rows(out)
+    stopped = rows[rows["error_message"].str.startswith("not retried", na=False)]
+    assert len(stopped) >= 1 and set(stopped["status"]) == {"cancelled"}
+    for r in stopped.itertuples():
+        entries = orjson.loads(r.retried_usage)
+        assert len(entries) == r.attempts  # every attempt was cut, and kept
+        assert pd.isna(r.input_tokens)  # the row has no final attempt of its own
+    billed = sum(1 for t in truth if t["fault"] == "midstream_error")
+    assert result.summary["cost"]["retried"]["attempts"] + int(
+        (rows["status"] == "error").sum()) == billed
+    assert math.isclose(result.summary["cost"]["priced_usd"], _priced_apart(rows),
+                        rel_tol=1e-9)

@@ -619,3 +619,31 @@ def test_the_demo_profile_without_the_source_tree_is_the_same(monkeypatch, tmp_p
     assert embedded.load_emulator_profile(None, seed=3) == shipped
     with pytest.raises(ConfigError, match="--emulator-profile 'flaky': no such file"):
         embedded.load_emulator_profile("flaky")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_requests_waiting_for_the_rate_ceiling_are_not_sent_after_ctrl_c(
+    make_emulator, requests_file, tmp_path, mode
+):
+    # -c 20 --max-rate 4: most workers wait for the ceiling. Before, each still went out
+    # after the Ctrl-C (200 of 320 submits came after it in the audit, each a paid job).
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        proc = start_run(str(requests_file(40)), "--gateway", emu.base_url, "--out", str(out),
+                         "-c", "20", "--max-rate", "4", "--mode", mode)
+        kind = "sync" if mode == "sync" else "async_submit"
+        deadline = time.monotonic() + 20
+        while (sum(1 for t in emu.ground_truth() if t["kind"] == kind) < 3
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        at_stop = sum(1 for t in emu.ground_truth() if t["kind"] == kind)
+        _, stderr = proc.communicate(timeout=60)
+        sent = sum(1 for t in emu.ground_truth() if t["kind"] == kind)
+    assert proc.returncode == 3, stderr
+    assert at_stop >= 3 and sent - at_stop <= 1, (at_stop, sent)  # one may be past the ceiling
+    rows = read_rows(out)
+    waited = rows[rows["error_message"] == "not sent: the run stopped while it waited for the "
+                  "rate ceiling"]
+    assert len(waited) >= 10 and set(waited["status"]) == {"cancelled"}
+    assert waited["sent_at"].isna().all() and (waited["attempts"] == 0).all()
