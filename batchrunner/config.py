@@ -88,6 +88,10 @@ _FINITE_OPTIONS = frozenset(
 )
 
 
+#: Longest ``--ttl``: the gateway keeps a TTL as a Go duration (at most ~9.2e9 s), and instants
+#: beyond it cannot be shown as dates (a 1e17 s TTL crashed the run after every submit).
+MAX_TTL_S = 9_000_000_000
+
 @dataclass(slots=True)
 class RunConfig:
     """Everything a run needs. See ``batchrunner run --help`` for each field's meaning."""
@@ -238,8 +242,8 @@ class RunConfig:
             except ValueError as exc:
                 raise ConfigError(f"--gateway: {exc}") from None
         self.source_options()
-        if self.ttl_s is not None and self.ttl_s < 1:
-            raise ConfigError("--ttl must be at least 1 second")
+        if self.ttl_s is not None and not 1 <= self.ttl_s <= MAX_TTL_S:
+            raise ConfigError(f"--ttl must be from 1 to {MAX_TTL_S:,} seconds")
         if self.poll_rate is not None and self.poll_rate <= 0:
             raise ConfigError("--poll-rate must be > 0")
         if self.poll_concurrency < 1:

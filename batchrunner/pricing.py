@@ -307,8 +307,10 @@ class PriceBook:
                      "service_tier is batch get the 50% discount); web searches at $0.01 each; "
                      "fast mode (speed fast) at the model's fast-mode rates, unpriced where "
                      "genai-prices has none; inference_geo us at 1.1x token rates; Priority "
-                     "Tier rows at list price, an estimate; not priced: code execution "
-                     "container time and other server-tool fees that usage does not report",
+                     "Tier rows at list price, an estimate; failed attempts' reported usage "
+                     "(retried_usage) priced too; not priced: code execution container time, "
+                     "other server-tool fees that usage does not report, and compaction "
+                     "passes (usage.iterations)",
         }
 
     def rates(self, model: str | None, day: date) -> ModelRates | None:

@@ -1272,6 +1272,8 @@ def summarize_table(
         "total_usd": cost["total_usd"], "priced_usd": cost["usd"]["total"],
         "complete": cost["complete"], "usd": cost["usd"], "retried": cost["retried"],
         "unpriced_models": [m["model"] for m in cost["unpriced_models"]],
+        "unpriced_fast_models": [m["model"] for m in cost["unpriced_models"]
+                                 if m["reason"] == "no fast-mode rates"],
         "prices": f"genai-prices {prices['version']}" if prices["version"] else None,
     }
     out["schedule"] = schedule_check(f, schedule)

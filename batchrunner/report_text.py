@@ -55,18 +55,22 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_usd(value: float | None) -> str:
-    """``$1,234.56``, ``$0.0939``, ``$0.000412``; ``-`` for None (unknown, never 0)."""
+    """``$1,234.56``, ``$0.0939``, ``$0.000412``; ``<$0.000001`` for a cost too small for six
+    decimals (it is not zero); ``-`` for None (unknown, never 0)."""
     if value is None:
         return "-"
     a = abs(value)
     sign = "-" if value < 0 else ""
     if a == 0:
         return "$0"
-    if a >= 1:
+    # Decided on the rounded figure: 0.0099999 is "$0.0100", not "$0.010000".
+    if round(a, 2) >= 1:
         return f"{sign}${a:,.2f}"
-    if a >= 0.01:
+    if round(a, 4) >= 0.01:
         return f"{sign}${a:.4f}"
-    return f"{sign}${a:.6f}"
+    if round(a, 6) > 0:
+        return f"{sign}${a:.6f}"
+    return f"{'> -' if sign else '<'}$0.000001"
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -717,7 +721,10 @@ def format_short(summary: dict[str, Any]) -> str:
         else:
             missing = []
             if cost["unpriced_models"]:
-                missing.append(f"unpriced: {', '.join(cost['unpriced_models'])}")
+                fast = set(cost.get("unpriced_fast_models") or ())
+                names = [f"{m} (its speed-fast rows: no fast-mode rates)" if m in fast else m
+                         for m in cost["unpriced_models"]]
+                missing.append(f"unpriced: {', '.join(names)}")
             if outstanding:
                 missing.append(
                     f"without the {plural(outstanding, 'outstanding job')} (priced once collected)"

@@ -111,6 +111,7 @@ def summarize_batches(
     complete = True
     retried = {"attempts": 0, "rows": 0, "usd": 0.0}
     unpriced: set[str] = set()
+    fast_only: dict[str, bool] = {}  # a priced model whose fast-mode rows have no rates
     seen_models: dict[str, int] = {}  # first appearance, the order summarize() lists them in
     windows = SessionWindows(session_starts)
     ok_values: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
@@ -136,7 +137,10 @@ def summarize_batches(
         complete = complete and cost["complete"]
         for key, value in cost["retried"].items():
             retried[key] += value
-        unpriced.update(m["model"] for m in cost["unpriced_models"])
+        for m in cost["unpriced_models"]:
+            unpriced.add(m["model"])
+            fast_only[m["model"]] = (fast_only.get(m["model"], True)
+                                     and m["reason"] == "no fast-mode rates")
         for model in f["model_key"].cat.categories:
             seen_models.setdefault(str(model), len(seen_models))
         add_to_windows(windows, f)
@@ -210,6 +214,8 @@ def summarize_batches(
         "complete": complete, "usd": usd, "retried": retried,
         # Rows without a model sort last, as their label does in one table.
         "unpriced_models": sorted(unpriced, key=lambda m: (m == _NONE, seen_models[m])),
+        "unpriced_fast_models": sorted((m for m in unpriced if fast_only[m]),
+                                       key=lambda m: seen_models[m]),
         "prices": f"genai-prices {prices['version']}" if prices["version"] else None,
     }
     out["schedule"] = check.result(lag_dist)

@@ -553,3 +553,22 @@ def test_a_model_with_some_unpriced_fast_rows_shows_its_priced_part(make_run, tm
     assert f"&gt;= {fmt_usd(opus['usd']['total'])}" in html
     assert "1 row UNPRICED (speed fast: no fast-mode rates)" in html
     assert f"&gt;= {fmt_usd(opus['usd']['total'])} (1 row unpriced)</text>" in html  # its bar
+    # The closing summary named it "unpriced" with no reason, as a model without prices.
+    from batchrunner.report_text import format_short
+    from batchrunner.summary import SUMMARY_COLUMNS, summarize, summarize_batches
+
+    table = load_run(make_run(rows)).table.select(SUMMARY_COLUMNS)
+    for summary in (summarize(table), summarize_batches(iter([table]))):
+        assert summary["cost"]["unpriced_fast_models"] == ["claude-opus-4-6"]
+        assert ("unpriced: claude-opus-4-6 (its speed-fast rows: no fast-mode rates)"
+                in format_short(summary))
+
+
+def test_dollar_figures_too_small_for_six_decimals_do_not_read_as_zero():
+    from batchrunner.report_text import fmt_usd
+
+    # A claude-3-haiku input of one token ($0.00000025) printed as "$0.000000"; 0.0099999
+    # printed as "$0.010000" (six decimals for a figure that rounds to a cent).
+    assert fmt_usd(2.5e-7) == "<$0.000001" and fmt_usd(-2e-7) == "> -$0.000001"
+    assert fmt_usd(0.0099999) == "$0.0100" and fmt_usd(0.99999) == "$1.00"
+    assert fmt_usd(0.000412) == "$0.000412" and fmt_usd(0) == "$0" and fmt_usd(None) == "-"

@@ -697,6 +697,9 @@ def test_library_run_checks_its_arguments_and_sets_each_timeout(
         ({"timeout_s": -1}, "--timeout must be > 0 seconds"),
         ({"timeout_s": 0}, "--timeout must be > 0 seconds"),
         ({"read_timeout_s": 0}, "--read-timeout must be > 0 seconds"),
+        # it crashed the run after every job was submitted (a date beyond gmtime's reach)
+        ({"mode": "async", "gateway": "http://127.0.0.1:9", "ttl_s": 10**17},
+         "--ttl must be from 1 to 9,000,000,000 seconds"),
         ({"headers": [("x-team", "a")]}, "headers must be a dict of header names to string"),
         ({"transport": httpx.MockTransport(lambda r: httpx.Response(500)),
           "http_client": httpx.AsyncClient()}, "give transport= or http_client=, not both"),
