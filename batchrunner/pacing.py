@@ -156,3 +156,50 @@ class LoopLagMeter:
             return None
         ordered = sorted(self.samples)
         return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+class LoopLagHistogram:
+    """:class:`LoopLagMeter` for runs of any length: each lag is counted in a 0.5 ms bin (up to
+    10 s; longer ones in the last), none is kept, so memory stays the same for days.
+
+    The lag is how late a 20 ms timer runs: while the loop is late, every response it reads is
+    read late too, and the row's ``latency_s``/``ttfb_s``/``ttft_s`` count that delay.
+    """
+
+    INTERVAL_S = LoopLagMeter.INTERVAL_S
+    BIN_S = 0.0005
+    _BINS = 20_000
+
+    def __init__(self) -> None:
+        self.counts = [0] * (self._BINS + 1)
+        self.n = 0
+        self.max_s = 0.0
+
+    def add(self, lag_s: float) -> None:
+        self.counts[min(int(lag_s / self.BIN_S), self._BINS)] += 1
+        self.n += 1
+        self.max_s = max(self.max_s, lag_s)
+
+    async def run(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(self.INTERVAL_S)
+            self.add(max(0.0, time.perf_counter() - start - self.INTERVAL_S))
+
+    def quantile(self, q: float) -> float | None:
+        """The upper edge of the bin holding the ``q`` quantile (never below it); None when
+        nothing was measured."""
+        if not self.n:
+            return None
+        rank = max(1, math.ceil(q * self.n))
+        seen = 0
+        for i, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return min((i + 1) * self.BIN_S, self.max_s)
+        return self.max_s
+
+    def describe(self) -> dict[str, float | int | None]:
+        """``{samples, p50_s, p99_s, max_s}`` (JSON-ready)."""
+        return {"samples": self.n, "p50_s": self.quantile(0.5), "p99_s": self.quantile(0.99),
+                "max_s": self.max_s if self.n else None}

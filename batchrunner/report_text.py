@@ -252,6 +252,10 @@ def stage_table(run: dict[str, Any]) -> Table:
     return t
 
 
+#: The client's event-loop lag p99 above which the closing summary says its timings include
+#: its own delay (bench's client-bound rule uses the same bound).
+LOOP_LAG_NOTE_S = 0.01
+
 #: Requests in flight at this share of the cap or more: the cap was what held sends back.
 _AT_CAP = 0.95
 
@@ -703,6 +707,12 @@ def format_short(summary: dict[str, Any]) -> str:
                 f"{label:<10} p50 {fmt_duration(q['p50'])}  p90 {fmt_duration(q['p90'])}  "
                 f"p99 {fmt_duration(q['p99'])}  max {fmt_duration(q['max'])}  (ok rows: {q['n']:,})"
             )
+    lag = summary.get("loop_lag") or {}
+    if (lag.get("p99_s") or 0) > LOOP_LAG_NOTE_S:
+        lines.append(f"client     LATE: batchrunner's event loop ran late (p99 "
+                     f"{fmt_duration(lag['p99_s'])}, max {fmt_duration(lag['max_s'])}, this "
+                     "session): latency_s, ttfb_s and ttft_s include up to that much of its own "
+                     "delay; lower -c or --rate, or split the run over processes")
     t = summary["tokens"]
     lines.append(
         f"tokens     input {t['input']:,}  output {t['output']:,}  "

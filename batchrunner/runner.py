@@ -50,7 +50,7 @@ from batchrunner.heap import release_free_heap
 from batchrunner.interrupts import SignalHandlers
 from batchrunner.jobs import Job, JobContext, JobPoller, submit
 from batchrunner.outage import GatewayOutage
-from batchrunner.pacing import Pacer, RateCeiling, schedule_offsets
+from batchrunner.pacing import LoopLagHistogram, Pacer, RateCeiling, schedule_offsets
 from batchrunner.polling import PollPlanner
 from batchrunner.progress import LiveStats, ProgressDisplay
 from batchrunner.report import COST_COLUMNS, outstanding_cost, replaced_cost_usd, session_starts
@@ -229,6 +229,8 @@ class _Session:
     removed_cost_usd: float = 0.0
     #: The batch of rows being priced on its thread, if any.
     pricing: asyncio.Future[list[str]] | None = None
+    #: How late the event loop ran while the session sent (its own delay is in the timings).
+    loop_lag: LoopLagHistogram = field(default_factory=LoopLagHistogram)
 
     def __post_init__(self) -> None:
         self.redact = Redactor(self.config.secret_values())
@@ -1398,7 +1400,8 @@ async def _drive(
     display = ProgressDisplay(session.stats, session.stderr, enabled=show_progress)
     try:
         async with asyncio.TaskGroup() as tg:
-            helpers = [tg.create_task(display.run()), tg.create_task(session.compactor())]
+            helpers = [tg.create_task(display.run()), tg.create_task(session.compactor()),
+                       tg.create_task(session.loop_lag.run())]
             if session.spend is not None:
                 helpers.append(tg.create_task(session.watch_spend()))
             if session.poller is not None:
@@ -1664,6 +1667,8 @@ async def _finish(
         exit_code=code,
         gateway_outages=_outages(session),
     )
+    # This session's (the rows' figures may span sessions): said when it inflated timings.
+    summary["loop_lag"] = session_info["loop_lag"] = session.loop_lag.describe()
     info.update(status=status, summary=summary, rejected=stats.rejected, total_input=stats.total)
     info["async"] = (
         {"outstanding_jobs": outstanding, "collect_before": deadline, "ttl_s": config.ttl_s}

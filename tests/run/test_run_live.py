@@ -805,3 +805,33 @@ def test_a_job_stub_in_sync_mode_is_an_error_row_and_not_retried(
     assert result.status == "finished" and set(rows["status"]) == {"error"}
     assert set(rows["error_type"]) == {"unexpected_job_stub"} and set(rows["attempts"]) == {1}
     assert rows["error_message"].str.contains("use --mode async").all() and len(submits) == 3
+
+
+def test_a_client_too_busy_to_read_on_time_says_its_timings_include_its_own_delay(
+    requests_file, tmp_path
+):
+    # A transport that holds the event loop 60 ms per request (as a client busy with its own
+    # work does): every answer is read late, and latency_s counts it. Before, run said nothing
+    # (the audit: ttfb_s p99 +12-75 ms at c=256 with no warning).
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+               "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+               "usage": {"input_tokens": 3, "output_tokens": 1}}
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        time.sleep(0.06)  # on the loop's thread: nothing else runs meanwhile
+        return httpx.Response(200, json=message)
+
+    result = batchrunner.run(requests_file(40), out=tmp_path / "out", concurrency=4,
+                             gateway="http://127.0.0.1:9", transport=httpx.MockTransport(busy))
+    lag = result.summary["loop_lag"]
+    # (a mock transport never yields: the loop is held for whole stretches of requests)
+    assert lag["samples"] >= 1 and lag["p99_s"] > 0.03 and lag["max_s"] >= lag["p99_s"]
+    info = orjson.loads((tmp_path / "out" / "run.json").read_bytes())
+    assert info["sessions"][-1]["loop_lag"] == lag
+    from batchrunner.report_text import format_short
+
+    assert "client     LATE: batchrunner's event loop ran late (p99 " in format_short(
+        result.summary)
+    # A loop on time (p99 under 10 ms) says nothing of it.
+    calm = {**result.summary, "loop_lag": {**lag, "p99_s": 0.004, "max_s": 0.2}}
+    assert "LATE" not in format_short(calm)
