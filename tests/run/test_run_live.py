@@ -835,3 +835,27 @@ def test_a_client_too_busy_to_read_on_time_says_its_timings_include_its_own_dela
     # A loop on time (p99 under 10 ms) says nothing of it.
     calm = {**result.summary, "loop_lag": {**lag, "p99_s": 0.004, "max_s": 0.2}}
     assert "LATE" not in format_short(calm)
+
+
+def test_a_closed_loop_opens_its_connections_before_its_first_requests(
+    make_emulator, requests_file, tmp_path, monkeypatch
+):
+    # Each of a closed loop's first requests connected first, and its ttfb_s and latency_s
+    # counted the connect: the first 256 streams of a -c 256 run read +47 ms (the timing
+    # audit). The open loop already opened its first connections ahead.
+    from batchrunner.client import GatewayClient
+
+    asked: list[int] = []
+    real = GatewayClient.open_ahead
+
+    async def spy(self, n: int, within_s: float) -> int:
+        asked.append(n)
+        return await real(self, n, within_s)
+
+    monkeypatch.setattr(GatewayClient, "open_ahead", spy)
+    with make_emulator() as emu:
+        run(requests_file(20), emu.base_url, tmp_path / "a", concurrency=8)
+        run(requests_file(5), emu.base_url, tmp_path / "b", concurrency=8)  # 5 to send
+        accepted = emu.stats()["connections_total"]
+    assert asked == [8, 5]
+    assert accepted <= 8 + 5  # the connections opened ahead were the ones used
