@@ -25,7 +25,8 @@ INPUT_READING = tuple(REQUEST_SHAPING)
     "--gateway",
     envvar="BATCHRUNNER_GATEWAY",
     metavar="URL",
-    help="Gateway to poll [default: the one recorded in run.json]. Env BATCHRUNNER_GATEWAY.",
+    help="Gateway to poll [default: the one recorded in run.json]. Env BATCHRUNNER_GATEWAY "
+    "only when run.json has none usable (its URL held credentials).",
 )
 @click.option(
     "--poll-rate",
@@ -58,17 +59,37 @@ def collect(
     """Fetch the results of the async jobs of RUN_DIR (a `run --mode async --detach` run, or
     one that was stopped) into the same run directory. Resumable and repeatable: run it again
     until it reports no outstanding jobs, before the deadline `run` printed."""
+    from batchrunner.client import messages_url
     from batchrunner.config import REDACTED, ConfigError, RunConfig
     from batchrunner.formats import JSONL_SUFFIXES
     from batchrunner.redaction import url_has_credentials
     from batchrunner.rundir import load_run_json
     from batchrunner.schema import Mode
 
+    # The jobs are the recorded gateway's: a BATCHRUNNER_GATEWAY left in the environment (for
+    # another gateway) had every job of a run without a key end as job_not_found, and became
+    # the run's recorded gateway. Only --gateway itself, or a run.json without a usable URL,
+    # takes the environment's.
+    from_env = click.get_current_context().get_parameter_source("gateway") is (
+        click.core.ParameterSource.ENVIRONMENT)
+
     def build() -> RunConfig:
+        nonlocal gateway
         info = load_run_json(run_dir)
         if info is None:
             raise ConfigError(f"{run_dir} is not a batchrunner run directory (no run.json)")
         recorded = info.get("config") or {}
+        kept = info.get("gateway") if info.get("gateway") != "built-in emulator" else None
+        if (from_env and gateway and kept and not recorded.get("gateway_credentials_set")
+                and not url_has_credentials(gateway)):
+            try:
+                other = messages_url(gateway) != kept
+            except ValueError:
+                other = True
+            if other and not quiet:
+                click.echo(f"Note: BATCHRUNNER_GATEWAY is not this run's gateway: polling the "
+                           f"one in run.json, {kept} (give --gateway to poll another)", err=True)
+            gateway = None
         if recorded.get("mode") != Mode.ASYNC.value:
             raise ConfigError(
                 f"{run_dir} is a --mode {recorded.get('mode')} run: nothing to collect"

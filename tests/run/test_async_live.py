@@ -673,3 +673,24 @@ def test_hung_polls_are_given_up_and_asked_again(make_emulator, requests_file, t
     assert stalled >= 2  # seeded: enough hung polls to have filled both slots
     assert len(rows) == 20 and set(rows["status"]) == {"ok"}, rows["error_message"].tolist()
     assert took < 30, took  # hung submits wait for the read timeout, then are sent again
+
+
+def test_collect_polls_the_recorded_gateway_not_one_left_in_the_environment(
+    make_emulator, requests_file, tmp_path
+):
+    # A BATCHRUNNER_GATEWAY left over from another gateway won over run.json's: every job of a
+    # run without a key ended as a final job_not_found row there, and run.json then recorded
+    # the wrong gateway for later collects.
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.2)) as right, make_emulator() as other:
+        detached = run_cli("run", str(requests_file(8)), "--mode", "async", "--detach",
+                           "--gateway", right.base_url, "--out", str(out), "-q")
+        assert detached.returncode == 0, detached.stderr
+        collected = run_cli("collect", str(out), env={"BATCHRUNNER_GATEWAY": other.base_url})
+        assert collected.returncode == 0, collected.stderr
+        assert "Note: BATCHRUNNER_GATEWAY is not this run's gateway: polling the one in " \
+               "run.json" in collected.stderr
+        assert other.stats()["requests"] == 0
+    rows = read_rows(out)
+    assert len(rows) == 8 and set(rows["status"]) == {"ok"}
+    assert orjson.loads((out / "run.json").read_bytes())["gateway"].startswith(right.base_url)
