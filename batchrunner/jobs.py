@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from batchrunner.client import Attempt, is_error_body, is_job_stub
 from batchrunner.execute import (
     STOPPED_AT_CEILING,
@@ -125,9 +127,31 @@ class JobContext:
     exec: ExecContext
     ttl_s: float
     record_job: Callable[[Job], None]
+    #: Whether a failed job may be submitted again (``collect`` never submits: a failed job is
+    #: its error row, which ``run --retry-failed`` sends again).
+    resubmit: bool = True
     planner: PollPlanner = field(default_factory=PollPlanner)
     counters: JobCounters = field(default_factory=JobCounters)
     on_fatal: Callable[[str], None] = lambda message: None
+
+
+def kept_request(record: RequestRecord, *, resubmit: bool) -> RequestRecord:
+    """What an outstanding job keeps of its request: the fields of its row (id, model,
+    metadata, headers) and, when it may be submitted again, its encoded body; not the parsed
+    ``params``, which take about ten times the body's size. A request whose body would need
+    re-encoding (one with its own ``stream``) is kept whole when it may be resubmitted."""
+    params = record.params
+    if resubmit and (record.body is None or "stream" in params):
+        return record
+    model = params.get("model")
+    metadata_json = record.metadata_json
+    if metadata_json is None and record.metadata is not None:
+        metadata_json = orjson.dumps(record.metadata).decode()
+    return RequestRecord(
+        record.input_index, record.custom_id, {"model": model} if model is not None else {},
+        location=record.location, extra_headers=record.extra_headers,
+        body=record.body if resubmit else None, metadata_json=metadata_json,
+    )
 
 
 def submit_headers(record: RequestRecord, run_id: str, ttl_s: float) -> list[tuple[str, str]]:
@@ -219,7 +243,9 @@ async def _submit(
                 job_id=attempt.parsed["id"],
                 submitted_at=attempt.sent_at + (attempt.done - attempt.sent),
                 ttl_s=jctx.ttl_s,
-                record=record,
+                # Held until the job ends (minutes, or all of a --detach run): not the parsed
+                # request, only what the row and a resubmit need.
+                record=kept_request(record, resubmit=True),
                 scheduled=scheduled,
                 scheduled_at=scheduled_at,
                 sent=first.sent,
@@ -520,7 +546,7 @@ class JobPoller:
             headers=attempt.headers,
             rng=ctx.rng,
         )
-        if delay is None or job.record is None or ctx.stopping():
+        if delay is None or job.record is None or ctx.stopping() or not self.jctx.resubmit:
             self._finish(job, attempt, now_at, Status.ERROR, note="job failed: ")
             return
         await asyncio.sleep(delay)

@@ -42,6 +42,13 @@ class JobRecord:
     :param ttl_s: the result TTL asked for with ``x-bf-async-job-result-ttl``, if any.
     :param expires_hint: the latest instant (``time.time()`` seconds) at which the result can
         still be read, when known; None when it depends on a completion not yet seen.
+    :param attempts: submits of the request so far, this job's included (failed submits and
+        failed jobs before it), so that a later session goes on counting; None in ledgers
+        written before it was kept (then 1).
+    :param model_requested: the request's ``model``, for its row.
+    :param metadata: the request's metadata as JSON text, for its row.
+    :param request_kept: whether the two above were recorded (ledgers written before they were
+        kept say nothing of the request: its row's fields come from the input then).
     """
 
     input_index: int
@@ -50,6 +57,10 @@ class JobRecord:
     submitted_at: float
     ttl_s: float | None = None
     expires_hint: float | None = None
+    attempts: int | None = None
+    model_requested: str | None = None
+    metadata: str | None = None
+    request_kept: bool = False
 
 
 class JobLedger:
@@ -161,6 +172,10 @@ class JobLedger:
                         expires_hint=(
                             None if obj.get("expires_hint") is None else float(obj["expires_hint"])
                         ),
+                        attempts=_count(obj.get("attempts")),
+                        model_requested=_text(obj.get("model_requested")),
+                        metadata=_text(obj.get("metadata")),
+                        request_kept=obj.get("request_kept") is True,
                     )
                     if not 0 <= rec.input_index < MAX_INPUT_INDEX:
                         raise ValueError("input_index out of range")
@@ -177,3 +192,12 @@ class JobLedger:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _count(value: object) -> int | None:
+    """A recorded count (None for anything else: a hand-edited or damaged value)."""
+    return value if type(value) is int and value >= 1 else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

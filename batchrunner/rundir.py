@@ -238,12 +238,15 @@ def _created_at(raw: bytes, run_dir: Path, stamp: str | None) -> float:
         return time.time()
 
 
-def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mode: str) -> None:
+def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mode: str,
+                    *, collect: bool = False) -> None:
     """Refuse a resume whose input or mode differs from the original run, or a run directory
     written by a newer batchrunner (a ``format`` above :data:`RUN_FORMAT`).
 
     :param fingerprint: the input's fingerprint now (``None``: the input is gone; only
         ``collect`` accepts that).
+    :param collect: for ``collect``, which polls without the input: a changed input is
+        refused with that way out, not with "start a new run" (paying for every job again).
     :raises RunDirError: with what differs and what to do.
     """
     written = info.get("format", 1)
@@ -275,6 +278,13 @@ def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mo
         or old.get("blake2b_head_tail") != fingerprint["blake2b_head_tail"]
         or old.get("sha256", fingerprint["sha256"]) != fingerprint["sha256"]
     ):
+        if collect:
+            raise RunDirError(
+                f"cannot collect with the input {fingerprint['path']}: it is not the file this "
+                f"run started with ({old.get('size')} bytes), and rows are matched to it by "
+                "position. collect needs no input (jobs.jsonl holds what the rows need): move "
+                "the changed file away, or put the original back, and collect again."
+            )
         raise RunDirError(
             f"cannot resume: the input {fingerprint['path']} is not the file this run started "
             f"with ({old.get('path')}, {old.get('size')} bytes); rows are matched by position, so "

@@ -48,7 +48,7 @@ from batchrunner.formats import PARQUET_SUFFIXES
 from batchrunner.gateway_address import check_resolves
 from batchrunner.heap import release_free_heap
 from batchrunner.interrupts import SignalHandlers
-from batchrunner.jobs import Job, JobContext, JobPoller, submit
+from batchrunner.jobs import Job, JobContext, JobPoller, kept_request, submit
 from batchrunner.outage import GatewayOutage
 from batchrunner.pacing import LoopLagHistogram, Pacer, RateCeiling, schedule_offsets
 from batchrunner.polling import PollPlanner
@@ -502,6 +502,7 @@ class _Session:
             self.jctx = JobContext(
                 exec=self.ctx,
                 ttl_s=self.config.ttl_s,
+                resubmit=not self.config.collect_only,
                 record_job=self._record_job,
                 planner=PollPlanner(rng=random.Random(self.config.seed + 1)),
                 on_fatal=self._fatal,
@@ -516,9 +517,22 @@ class _Session:
                 )
 
     def _record_job(self, job: Job) -> None:
+        record = job.record
+        # What the row needs of the request, and the submits so far: collect then needs
+        # neither the input file nor to count from 1 again.
+        request: dict[str, Any] = {"attempts": job.attempts}
+        if record is not None:
+            model = record.params.get("model")
+            request.update(
+                model_requested=model if isinstance(model, str) else None,
+                metadata=record.metadata_json if record.metadata_json is not None else (
+                    None if record.metadata is None else orjson.dumps(record.metadata).decode()),
+                request_kept=True,
+            )
         try:
             self.store.record_job(
-                job.input_index, job.custom_id, job.job_id, job.submitted_at, ttl_s=job.ttl_s
+                job.input_index, job.custom_id, job.job_id, job.submitted_at, ttl_s=job.ttl_s,
+                **request,
             )
         except OSError as exc:  # the job is still polled in this session
             self.cannot_write(exc)
@@ -839,7 +853,7 @@ def resolve_run_dir(
             run_dir = config.results_root / f"{name}-{suffix}"
         info = None
     if info is not None:
-        check_resumable(info, fingerprint, config.mode.value)
+        check_resumable(info, fingerprint, config.mode.value, collect=config.collect_only)
     return run_dir, info
 
 
@@ -984,7 +998,8 @@ async def run_session(
         # the copy read before would mark its finished session "died" and overwrite it.
         fresh = await asyncio.to_thread(read_run_json, run_dir)
         if fresh is not None and fresh != info:
-            check_resumable(fresh, fingerprint, config.mode.value)
+            check_resumable(fresh, fingerprint, config.mode.value,
+                                collect=config.collect_only)
             _check_same_gateway(fresh.get("gateway"), gateway_label(config), stderr, quiet)
             if not config.collect_only and (store.done_count or store.outstanding_jobs()):
                 check_same_requests(
@@ -1490,10 +1505,14 @@ def _taken_ids(store: RunStore, jobs: list[Job]) -> DuplicateDetector:
 
 
 async def _restore_jobs(session: _Session, options: SourceOptions) -> list[Job]:
-    """Jobs a previous session submitted and that have no row yet: poll them, never resubmit.
+    """Jobs a previous session submitted and that have no row yet: poll them.
 
-    Their requests are looked up in the input (for metadata, and to resubmit a job that fails
-    with a retryable error); without the input file they are polled all the same.
+    What their rows need of the request (model, metadata) is in ``jobs.jsonl``. A resume also
+    looks each request up in the input, to submit again a job that fails with a retryable
+    error; ``collect`` never submits, so it reads the input only for jobs recorded before the
+    ledger kept those fields. Each job keeps only what it needs of its request (see
+    :func:`~batchrunner.jobs.kept_request`): a whole parsed request per outstanding job came to
+    4-13 KB each, gigabytes for a 2M-job collect.
     """
     config = session.config
     records = [
@@ -1501,17 +1520,26 @@ async def _restore_jobs(session: _Session, options: SourceOptions) -> list[Job]:
     ]
     if not records:
         return []
-    wanted = {r.input_index for r in records}
+    wanted = {r.input_index for r in records
+              if not (config.collect_only and r.request_kept)}
     found: dict[int, RequestRecord] = {}
-    if config.requests.is_file():
+    if wanted and config.requests.is_file():
+        resubmit = not config.collect_only
 
         def lookup() -> None:
             for record in iter_requests(config.requests, options, skip=lambda i: i not in wanted):
-                found[record.input_index] = record
+                found[record.input_index] = kept_request(record, resubmit=resubmit)
 
         await asyncio.to_thread(lookup)
     jobs = []
     for r in records:
+        record = found.get(r.input_index)
+        if record is None and r.request_kept:
+            record = RequestRecord(
+                r.input_index, r.custom_id,
+                {"model": r.model_requested} if r.model_requested is not None else {},
+                metadata_json=r.metadata,
+            )
         jobs.append(
             Job(
                 input_index=r.input_index,
@@ -1519,7 +1547,8 @@ async def _restore_jobs(session: _Session, options: SourceOptions) -> list[Job]:
                 job_id=r.job_id,
                 submitted_at=r.submitted_at,
                 ttl_s=r.ttl_s or config.ttl_s,
-                record=found.get(r.input_index),
+                record=record,
+                attempts=r.attempts or 1,
             )
         )
     if session.jctx is not None:

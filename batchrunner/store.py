@@ -771,6 +771,7 @@ class RunStore:
         submitted_at: float,
         ttl_s: float | None = None,
         expires_hint: float | None = None,
+        **request: object,
     ) -> JobRecord:
         """Record an accepted async job in ``jobs.jsonl``; durable against ``kill -9`` on return.
 
@@ -783,9 +784,12 @@ class RunStore:
         :param submitted_at: ``time.time()`` when the submit was answered.
         :param ttl_s: the result TTL asked for, if any.
         :param expires_hint: latest instant the result can be read, when known.
+        :param request: ``attempts``, ``model_requested``, ``metadata``, ``request_kept`` (see
+            :class:`~batchrunner.ledger.JobRecord`).
         :return: the record written.
         """
-        rec = JobRecord(input_index, custom_id, job_id, submitted_at, ttl_s, expires_hint)
+        rec = JobRecord(input_index, custom_id, job_id, submitted_at, ttl_s, expires_hint,
+                        **request)  # type: ignore[arg-type]
         if self._jobs is None:
             raise RunStoreError("record_job() on a closed RunStore")
         self._jobs.record(rec)

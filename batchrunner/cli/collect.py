@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,10 @@ from batchrunner.cli.options import credential_options
 from batchrunner.cli.run import finish, run_or_exit
 from batchrunner.cli.signals import stops_cleanly_on_signals
 from batchrunner.rundir import REQUEST_SHAPING
+
+if TYPE_CHECKING:
+    from batchrunner.config import RunConfig
+    from batchrunner.runner import RunResult
 
 #: RunConfig fields (as run.json records them) that say how the input file is read.
 INPUT_READING = tuple(REQUEST_SHAPING)
@@ -177,4 +182,21 @@ def collect(
         # message says how, and "collect again" would go round in a loop.
         finish(result, as_json=as_json, quiet=quiet, resume_hint="")
         return
-    finish(result, as_json=as_json, quiet=quiet, resume_hint=hint, hint_note=note)
+    finish(result, as_json=as_json, quiet=quiet, resume_hint=hint, hint_note=note,
+           failed_line=_retry_failed_line(result, config))
+
+
+def _retry_failed_line(result: RunResult, config: RunConfig) -> str:
+    """How to send the requests whose jobs failed or expired again: ``run --retry-failed``,
+    since collect never submits ("" when none did)."""
+    from batchrunner.cli.resume_hint import retry_failed_line
+    from batchrunner.redaction import url_has_credentials
+
+    again = list(config.credentials_to_give_again())
+    words = ["batchrunner", "run", str(config.requests), "--mode", "async", "--out",
+             str(result.run_dir), "--retry-failed"]
+    if config.gateway and not url_has_credentials(config.gateway):
+        words += ["--gateway", config.gateway]
+    elif config.gateway:
+        again.append("--gateway (its URL holds credentials)")
+    return retry_failed_line(result.summary.get("status") or {}, shlex.join(words), again)

@@ -694,3 +694,57 @@ def test_collect_polls_the_recorded_gateway_not_one_left_in_the_environment(
     rows = read_rows(out)
     assert len(rows) == 8 and set(rows["status"]) == {"ok"}
     assert orjson.loads((out / "run.json").read_bytes())["gateway"].startswith(right.base_url)
+
+
+def test_collect_never_submits_and_needs_no_input(make_emulator, requests_file, tmp_path):
+    # collect submitted failed jobs again when the input was at its recorded path (contrary to
+    # "it never submits"), counted submits from 1 again in every session, and refused an
+    # edited input with "start a new run" (paying for every job again).
+    requests = requests_file(30)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.3), fault_job=0.4, job_failure_status=529,
+                       fault_drop=0.3, seed=11) as emu:
+        detached = run_cli("run", str(requests), "--mode", "async", "--detach", "--gateway",
+                           emu.base_url, "--out", str(out), "-q", "--max-retries", "6")
+        assert detached.returncode == 0, detached.stderr
+        submits_then = collections.Counter(
+            t["request_id"] for t in emu.ground_truth() if t["kind"] == "async_submit")
+        ledger = {j["input_index"]: j for j in jobs_in(out)}
+        assert {j["attempts"] for j in ledger.values()} > {1}  # some dropped submits (seeded)
+        requests.write_text(requests.read_text().replace("why?", "how?"))  # edited since
+        refused = run_cli("collect", str(out))
+        assert refused.returncode == 2
+        assert "collect needs no input" in refused.stderr and "new run" not in refused.stderr
+        requests.rename(tmp_path / "elsewhere.jsonl")
+        collected = run_cli("collect", str(out))
+        assert collected.returncode in (0, 4), collected.stderr
+        submits = [t for t in emu.ground_truth() if t["kind"] == "async_submit"]
+    assert len(submits) == sum(submits_then.values())  # collect submitted nothing
+    rows = read_rows(out).set_index("input_index")
+    assert len(rows) == 30
+    failed = rows[rows["status"] == "error"]
+    assert len(failed) >= 1 and failed["error_message"].str.startswith("job failed").all()
+    assert "--retry-failed" in collected.stdout + collected.stderr
+    # Each row counts the submits of every session, and keeps its request's model and
+    # metadata though collect never read the input.
+    for i, r in rows.iterrows():
+        assert r["attempts"] == submits_then[r["request_id"]] == ledger[i]["attempts"]
+        assert r["model_requested"] == "claude-sonnet-4-5"
+        assert orjson.loads(r["metadata"]) == {"i": i, "group": "a" if i % 2 else "b"}
+
+
+def test_an_outstanding_job_keeps_only_what_its_row_and_a_resubmit_need():
+    from batchrunner.jobs import kept_request
+    from batchrunner.schema import RequestRecord
+
+    params = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x" * 500}]}
+    record = RequestRecord(3, "c3", params, metadata={"k": 1}, extra_headers={"x-a": "b"},
+                           body=orjson.dumps(params))
+    kept = kept_request(record, resubmit=True)
+    assert kept.params == {"model": "m"} and kept.body == record.body
+    assert (kept.custom_id, kept.metadata_json, kept.extra_headers) == ("c3", '{"k":1}',
+                                                                         {"x-a": "b"})
+    assert kept_request(record, resubmit=False).body is None  # collect never submits
+    # A body that must be re-encoded (its own "stream") is kept whole when it may be resent.
+    streamed = RequestRecord(4, "c4", {**params, "stream": True}, body=orjson.dumps(params))
+    assert kept_request(streamed, resubmit=True) is streamed
