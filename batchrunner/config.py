@@ -113,6 +113,9 @@ class RunConfig:
     results_root: Path = Path("results")
     resume: bool = False
     retry_failed: bool = False
+    #: Async resume: submit again the requests of the jobs earlier sessions recorded, without
+    #: polling them (jobs the gateway lost; any it still has are paid for twice).
+    abandon_jobs: bool = False
     #: Resume even with options that build the requests differently (``--model``, ...): the
     #: run then mixes them, and each session's options are recorded in ``run.json``.
     allow_changed_options: bool = False
@@ -242,6 +245,9 @@ class RunConfig:
             except ValueError as exc:
                 raise ConfigError(f"--gateway: {exc}") from None
         self.source_options()
+        if self.abandon_jobs and (self.mode is not Mode.ASYNC or self.collect_only):
+            raise ConfigError("--abandon-jobs is for resuming a --mode async run (with run, "
+                              "not collect): it submits again the requests of recorded jobs")
         if self.ttl_s is not None and not 1 <= self.ttl_s <= MAX_TTL_S:
             raise ConfigError(f"--ttl must be from 1 to {MAX_TTL_S:,} seconds")
         if self.poll_rate is not None and self.poll_rate <= 0:

@@ -531,7 +531,8 @@ class JobPoller:
             " results could have expired, and none found: the gateway does not know this run's "
             "jobs (another --virtual-key than they were submitted with?). Nothing "
             "was recorded for them: collect again with the same key and gateway (after their "
-            "TTL they are recorded as expired)"
+            "TTL they are recorded as expired); if the gateway lost them (restarted without its "
+            "logs store), resume with run ... --abandon-jobs to submit them again"
         )
 
     async def _failed(self, job: Job, attempt: Attempt, now_at: float) -> None:

@@ -1515,6 +1515,10 @@ async def _restore_jobs(session: _Session, options: SourceOptions) -> list[Job]:
     4-13 KB each, gigabytes for a 2M-job collect.
     """
     config = session.config
+    if config.abandon_jobs:
+        # Not polled: their requests are read and submitted like any not done, and each new
+        # job's record supersedes the old one.
+        return []
     records = [
         r for r in session.store.outstanding_jobs() if r.input_index not in session.redo_indices
     ]

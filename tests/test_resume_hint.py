@@ -153,3 +153,10 @@ def test_the_failed_line_counts_each_kind_and_is_empty_without_failures():
         "send it again with: " + command + " (give --api-key again)"
     )
     assert retry_failed_line({"ok": 3, "cancelled": 2}, command, []) == ""
+
+
+def test_leaves_out_abandon_jobs() -> None:
+    # Given again, it would abandon the jobs the session had just submitted: paid twice.
+    command, _ = resume_command(["set.jsonl", "--mode", "async", "--abandon-jobs"], RUN_DIR)
+    assert shlex.split(command) == ["batchrunner", "run", "set.jsonl", "--mode", "async",
+                                    "--out", str(RUN_DIR)]

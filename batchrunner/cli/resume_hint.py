@@ -19,7 +19,10 @@ from batchrunner.redaction import Redactor, is_secret_header, url_has_credential
 #: Options whose value is a credential: left out of the hint.
 _KEY_OPTIONS = ("--api-key", "--virtual-key")
 #: Options the hint replaces with ``--out RUN_DIR`` (which resumes that directory).
-_REPLACED = {"--out": True, "--name": True, "--results-root": True, "--resume": False}
+#: Options the resume command leaves out (``--abandon-jobs`` again would abandon the jobs this
+#: session submitted, and pay for them twice).
+_REPLACED = {"--out": True, "--name": True, "--results-root": True, "--resume": False,
+             "--abandon-jobs": False}
 _HEADER_OPTIONS = ("-H", "--header")
 
 

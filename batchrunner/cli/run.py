@@ -150,6 +150,13 @@ Exit codes:
     "expired (their old rows are replaced).",
 )
 @click.option(
+    "--abandon-jobs",
+    is_flag=True,
+    help="Async resume: do not poll the jobs earlier sessions recorded; submit their requests "
+    "again. Only for jobs the gateway lost (a restart without its logs store): any that still "
+    "exist are paid for twice.",
+)
+@click.option(
     "--allow-changed-options",
     is_flag=True,
     help="Resume even with another --model, --max-tokens, --system, --model-override (or "

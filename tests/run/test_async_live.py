@@ -748,3 +748,28 @@ def test_an_outstanding_job_keeps_only_what_its_row_and_a_resubmit_need():
     # A body that must be re-encoded (its own "stream") is kept whole when it may be resent.
     streamed = RequestRecord(4, "c4", {**params, "stream": True}, body=orjson.dumps(params))
     assert kept_request(streamed, resubmit=True) is streamed
+
+
+def test_jobs_a_restarted_gateway_lost_can_be_abandoned_and_sent_again(requests_file,
+                                                                        tmp_path):
+    # With a key, jobs a restart lost read as "another key?": every resume stopped at once, and
+    # the run could not go on until their TTL (a day with --ttl 86400) had passed.
+    config = EmulatorConfig(ttft=Dist("fixed", 0.5), virtual_keys=(KEY_A,))
+    out = tmp_path / "out"
+    requests = requests_file(25)
+    with running_emulator(config) as emu:
+        port = int(emu.base_url.rsplit(":", 1)[1])
+        run(requests, emu.base_url, out, detach=True, virtual_key=KEY_A)
+    with running_emulator(config, port=port) as emu:  # same address, empty job store
+        blocked = run(requests, emu.base_url, out, virtual_key=KEY_A)
+        assert blocked.status == "aborted" and "--abandon-jobs" in blocked.message
+        again = run(requests, emu.base_url, out, virtual_key=KEY_A, abandon_jobs=True)
+        submits = [t for t in emu.ground_truth() if t["kind"] == "async_submit"]
+    assert again.status == "finished", again.message
+    rows = read_rows(out)
+    assert len(rows) == 25 and set(rows["status"]) == {"ok"}
+    assert len(submits) == 25  # each request once more, at the gateway that had lost them
+    # The new jobs replaced the lost ones: nothing is left outstanding for a later resume.
+    assert again.outstanding_jobs == 0
+    with pytest.raises(ConfigError, match="--abandon-jobs is for resuming a --mode async run"):
+        run_sync(RunConfig(requests=requests, out=tmp_path / "s", abandon_jobs=True), quiet=True)
