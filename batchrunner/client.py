@@ -727,11 +727,15 @@ class StreamAssembler:
         if kind == "content_block_start":
             raw_block = payload.get("content_block")
             block = dict(raw_block) if isinstance(raw_block, dict) else {}
+            opened_with = False
             for key in _JOINED_FIELDS:
                 if isinstance(block.get(key), str):
+                    opened_with = opened_with or bool(block[key])
                     block["_" + key] = block.pop(key)  # initial text; deltas follow as parts
             self._blocks[payload.get("index", len(self._blocks))] = block
-            return self.OTHER
+            # A gateway may open a block with its first text (the API opens it empty): that
+            # text is the first token, not the delta after it.
+            return self.CONTENT if opened_with else self.OTHER
         if kind == "message_delta":
             msg = self._msg if self._msg is not None else {}
             self._msg = msg

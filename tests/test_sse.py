@@ -234,3 +234,22 @@ def test_an_empty_read_between_cr_and_lf_changes_nothing():
     decoder = SSEDecoder()
     got = decoder.feed(b"event: a\r") + decoder.feed(b"") + decoder.feed(b"\ndata: {}\r\n\r\n")
     assert got == [("a", b"{}")] and decoder.pending == b""
+
+
+def test_a_block_opened_with_its_first_text_is_the_first_token():
+    # A gateway that opens the block with text (the API opens it empty) had its TTFT taken at
+    # the next delta, one token late (the timing audit).
+    events = [EVENTS[0],
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": "He"}}),
+              ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": "llo"}}),
+              *EVENTS[5:]]
+    asm = StreamAssembler()
+    kinds = [asm.add(name, orjson.dumps(data)) for name, data in events]
+    assert kinds[1] == StreamAssembler.CONTENT and kinds.count(StreamAssembler.CONTENT) == 2
+    assert asm.message()["content"][0]["text"] == "Hello"
+    # An empty opening (the API's) is still no token.
+    asm = StreamAssembler()
+    assert asm.add(EVENTS[0][0], orjson.dumps(EVENTS[0][1])) == StreamAssembler.OTHER
+    assert asm.add(EVENTS[2][0], orjson.dumps(EVENTS[2][1])) == StreamAssembler.OTHER
