@@ -85,7 +85,7 @@ _RETRIED_COLUMNS = ("model", *_TOKEN_COLUMNS, *_USAGE_COLUMNS[:-1])
 _BASE_COLUMNS = (
     "input_index", "mode", "model", "model_requested", "status", "error_type", "error_message",
     "http_status", "scheduled_at", "sent_at", "submitted_at", "completed_at", *METRICS,
-    *_TOKEN_COLUMNS, *_USAGE_COLUMNS,
+    *_TOKEN_COLUMNS, *_USAGE_COLUMNS, "content_deltas",
 )
 #: Columns :func:`price_rows` needs.
 COST_COLUMNS: list[str] = ["model", "model_requested", "scheduled_at", "sent_at", "completed_at",
@@ -546,7 +546,8 @@ def _frame(table: pa.Table, by: Sequence[str], book: PriceBook,
     cols["error_message"] = messages
     cols["http_status"] = _floats(table, "http_status")
     cols["input_index"] = _floats(table, "input_index")
-    for name in ("scheduled_at", "sent_at", "submitted_at", "completed_at", *METRICS):
+    for name in ("scheduled_at", "sent_at", "submitted_at", "completed_at", *METRICS,
+                 "content_deltas"):
         cols[name] = _floats(table, name)
     keys, codes, cards = price_rows(table, book, cols)
     # Fast-mode rows of a priced model that has no fast-mode rates: unpriced for that reason.
@@ -774,6 +775,10 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
     rows_priced = int(priced.sum())
     priority = int(f["is_priority"].sum())
     attempts = f["retried_attempts"].to_numpy()
+    # Streams that failed midway are priced from the usage they reported (message_start's
+    # output, usually 1 token), though more content came: each delta is a token or more.
+    extra = f["content_deltas"].to_numpy() - f["tok_output"].to_numpy()
+    cut = (f["status"].to_numpy() != "ok") & (extra > 0)
     return {
         "currency": "USD",
         "complete": complete,
@@ -792,6 +797,8 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
         # in every figure above (the rows' costs), and its part of them here.
         "retried": {"attempts": int(attempts.sum()), "rows": int((attempts > 0).sum()),
                     "usd": float(f["cost_retried"].to_numpy()[priced].sum())},
+        # Their output beyond what the usage says: at least this many tokens, unpriced.
+        "cut_streams": {"rows": int(cut.sum()), "output_tokens_at_least": int(extra[cut].sum())},
         # Rows priced other than at standard rates (by what their usage says), and whether
         # the figures are estimates (Priority Tier has no public per-token price).
         "adjusted_rows": {
@@ -1271,6 +1278,7 @@ def summarize_table(
     out["cost"] = {
         "total_usd": cost["total_usd"], "priced_usd": cost["usd"]["total"],
         "complete": cost["complete"], "usd": cost["usd"], "retried": cost["retried"],
+        "cut_streams": cost["cut_streams"],
         "unpriced_models": [m["model"] for m in cost["unpriced_models"]],
         "unpriced_fast_models": [m["model"] for m in cost["unpriced_models"]
                                  if m["reason"] == "no fast-mode rates"],

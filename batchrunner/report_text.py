@@ -496,6 +496,8 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
                        f"lower bound; batchrunner collect {run.get('run_dir') or 'RUN_DIR'}")
     if c.get("retried", {}).get("attempts"):
         t.notes.append(retried_note(c["retried"]))
+    if c.get("cut_streams", {}).get("rows"):
+        t.notes.append(cut_streams_note(c["cut_streams"]))
     if run.get("replaced_cost_usd"):
         t.notes.append(replaced_note(run["replaced_cost_usd"]))
     t.notes += _adjustment_notes(c)
@@ -537,6 +539,20 @@ def _adjustment_notes(cost: dict[str, Any]) -> list[str]:
                      "(service_tier priority) priced at list price; Priority Tier is billed "
                      "through capacity commitments, with no public per-token price")
     return notes
+
+
+def cut_streams_note(cut: dict[str, Any]) -> str:
+    """The cost table's note on streams that failed midway: priced from the usage they reported,
+    which leaves out the output that came after ``message_start``.
+
+    :param cut: a cost section's ``cut_streams`` (``rows``, ``output_tokens_at_least``).
+    :return: the note's text.
+    """
+    verb = "is" if cut["rows"] == 1 else "are"
+    return (f"UNDERSTATED: {plural(cut['rows'], 'stream')} that failed midway {verb} priced "
+            "from the usage reported before the failure (message_start's output, "
+            f"usually 1 token); at least {plural(cut['output_tokens_at_least'], 'output token')} "
+            "more came (content_deltas) and are in no total")
 
 
 def retried_note(retried: dict[str, Any]) -> str:
@@ -741,6 +757,11 @@ def format_short(summary: dict[str, Any]) -> str:
                 )
             lines.append(f"cost       >= {fmt_usd(cost['priced_usd'])}  ({parts}; "
                          f"{cost['prices']}); {'; '.join(missing)}")
+        cut = cost.get("cut_streams") or {}
+        if cut.get("rows"):
+            lines.append(f"cut        {plural(cut['rows'], 'stream')} failed midway: at least "
+                         f"{plural(cut['output_tokens_at_least'], 'output token')} more came "
+                         "than their usage says (not priced)")
         retried = cost.get("retried") or {}
         if retried.get("attempts"):
             lines.append(f"retried    {fmt_usd(retried['usd'])} of it for "

@@ -110,6 +110,7 @@ def summarize_batches(
     usd = dict.fromkeys((*CATEGORIES, *FEES, "total"), 0.0)
     complete = True
     retried = {"attempts": 0, "rows": 0, "usd": 0.0}
+    cut = {"rows": 0, "output_tokens_at_least": 0}
     unpriced: set[str] = set()
     fast_only: dict[str, bool] = {}  # a priced model whose fast-mode rows have no rates
     seen_models: dict[str, int] = {}  # first appearance, the order summarize() lists them in
@@ -137,6 +138,8 @@ def summarize_batches(
         complete = complete and cost["complete"]
         for key, value in cost["retried"].items():
             retried[key] += value
+        for key, count in cost["cut_streams"].items():
+            cut[key] += count
         for m in cost["unpriced_models"]:
             unpriced.add(m["model"])
             fast_only[m["model"]] = (fast_only.get(m["model"], True)
@@ -211,7 +214,7 @@ def summarize_batches(
     prices = book.describe()
     out["cost"] = {
         "total_usd": usd["total"] if complete else None, "priced_usd": usd["total"],
-        "complete": complete, "usd": usd, "retried": retried,
+        "complete": complete, "usd": usd, "retried": retried, "cut_streams": cut,
         # Rows without a model sort last, as their label does in one table.
         "unpriced_models": sorted(unpriced, key=lambda m: (m == _NONE, seen_models[m])),
         "unpriced_fast_models": sorted((m for m in unpriced if fast_only[m]),

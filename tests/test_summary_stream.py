@@ -54,6 +54,7 @@ def _table(n: int, seed: int = 7) -> pa.Table:
               "itl_p50_s", "itl_p99_s", "itl_max_s"):
         cols[m] = pa.array(_with_nulls(rng, rng.exponential(1.0, n), 0.2), pa.float64())
     cols["tpot_s"] = pa.nulls(n, pa.float64())  # a metric no row has
+    cols["content_deltas"] = pa.array(_with_nulls(rng, rng.integers(0, 40, n), 0.5), pa.int32())
     for name, scale in (("input_tokens", 2000), ("output_tokens", 500),
                         ("cache_creation_input_tokens", 3000),
                         ("cache_read_input_tokens", 8000),

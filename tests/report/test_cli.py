@@ -64,7 +64,7 @@ def test_json_has_stable_keys(make_run):
     assert set(run["overall"]["cost"]) == {"currency", "complete", "total_usd", "usd",
                                            "rows_priced", "rows_unpriced", "per_request_usd",
                                            "unpriced_models", "outstanding_jobs", "retried",
-                                           "adjusted_rows", "estimate"}
+                                           "cut_streams", "adjusted_rows", "estimate"}
     assert set(run["overall"]["cost"]["usd"]) == {"input", "output", "cache_write_5m",
                                                   "cache_write_1h", "cache_read", "web_search",
                                                   "total"}

@@ -170,6 +170,16 @@ def test_mid_stream_error_is_an_error_row(make_emulator, requests_file, tmp_path
         assert pd.isna(row.stop_reason) and pd.isna(row.tpot_s)
     assert result.summary["tokens"]["input"] == rows["input_tokens"].sum()
     assert result.summary["cost"]["total_usd"] > 0
+    # Priced from message_start's usage, though more output came: the summary says how much
+    # (it did not, and the total read as complete).
+    beyond = rows["content_deltas"] - rows["output_tokens"]
+    cut = result.summary["cost"]["cut_streams"]
+    assert cut == {"rows": int((beyond > 0).sum()),
+                   "output_tokens_at_least": int(beyond[beyond > 0].sum())}
+    from batchrunner.report_text import format_short
+
+    said = f"cut        {cut['rows']} stream" in format_short(result.summary)
+    assert said == (cut["rows"] > 0)
 
 
 def test_dropped_connections_are_connection_errors(make_emulator, requests_file, tmp_path):
