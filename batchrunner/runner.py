@@ -998,8 +998,7 @@ async def run_session(
         # the copy read before would mark its finished session "died" and overwrite it.
         fresh = await asyncio.to_thread(read_run_json, run_dir)
         if fresh is not None and fresh != info:
-            check_resumable(fresh, fingerprint, config.mode.value,
-                                collect=config.collect_only)
+            check_resumable(fresh, fingerprint, config.mode.value, collect=config.collect_only)
             _check_same_gateway(fresh.get("gateway"), gateway_label(config), stderr, quiet)
             if not config.collect_only and (store.done_count or store.outstanding_jobs()):
                 check_same_requests(
