@@ -127,10 +127,16 @@ class RateCeiling:
             rate_limit=per_window, period=per_window / rate, retry_interval=0.001
         )
         self._queue = asyncio.Lock()
+        #: Requests waiting for the ceiling right now (a stop ends them unsent).
+        self.waiting = 0
 
     async def acquire(self) -> None:
-        async with self._queue:
-            await self._throttler.acquire()
+        self.waiting += 1
+        try:
+            async with self._queue:
+                await self._throttler.acquire()
+        finally:
+            self.waiting -= 1
 
 
 class LoopLagMeter:

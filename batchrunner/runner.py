@@ -393,7 +393,8 @@ class _Session:
             self.interrupted_by = f"stopped by {what}"
             ctx = getattr(self, "ctx", None)
             held = ctx.outage.waiting if ctx is not None and ctx.outage is not None else 0
-            flying = self.stats.in_flight - held
+            ceiling = getattr(ctx.throttle, "waiting", 0) if ctx is not None else 0
+            flying = self.stats.in_flight - held - ceiling
             what_flies = "submit" if self.poller_task is not None else "request"
             waiting = (
                 f"waiting up to {self.config.drain_timeout_s:g} s for {flying:,} "
@@ -405,6 +406,11 @@ class _Session:
                 waiting = (
                     f"the {held:,} request{'' if held == 1 else 's'} waiting for the gateway "
                     f"end as cancelled, not sent; {waiting}"
+                )
+            if ceiling:  # each ends as its turn comes (the stop is checked then): never sent
+                waiting = (
+                    f"the {ceiling:,} {what_flies}{'' if ceiling == 1 else 's'} waiting for the "
+                    f"rate ceiling end as cancelled, not sent; {waiting}"
                 )
             if self.poller_task is not None:  # async: polling stops at once, jobs are kept
                 waiting = (

@@ -642,6 +642,8 @@ def test_requests_waiting_for_the_rate_ceiling_are_not_sent_after_ctrl_c(
         sent = sum(1 for t in emu.ground_truth() if t["kind"] == kind)
     assert proc.returncode == 3, stderr
     assert at_stop >= 3 and sent - at_stop <= 1, (at_stop, sent)  # one may be past the ceiling
+    # Before: "waiting up to 30 s for 20 submits in flight", none of them sent yet.
+    assert "waiting for the rate ceiling end as cancelled, not sent" in stderr
     rows = read_rows(out)
     waited = rows[rows["error_message"] == "not sent: the run stopped while it waited for the "
                   "rate ceiling"]
