@@ -447,7 +447,8 @@ class _Session:
             run_id=self.run_id,
             policy=cfg.retry,
             emit=self.emit,
-            throttle=RateCeiling(cfg.max_rate) if cfg.max_rate else None,
+            throttle=(RateCeiling(cfg.max_rate, lambda: self.stopping and self.stage is None)
+                      if cfg.max_rate else None),
             keep_response_json=cfg.keep_response_json,
             keep_response_text=cfg.keep_response_text,
             stage=self.stage,

@@ -649,3 +649,30 @@ def test_requests_waiting_for_the_rate_ceiling_are_not_sent_after_ctrl_c(
                   "rate ceiling"]
     assert len(waited) >= 10 and set(waited["status"]) == {"cancelled"}
     assert waited["sent_at"].isna().all() and (waited["attempts"] == 0).all()
+
+
+def test_a_stop_ends_a_long_wait_for_the_rate_ceiling_at_once(make_emulator, requests_file,
+                                                               tmp_path):
+    # --rpm 30: one start every 2 s. The waiters were released one slot at a time after a
+    # stop, so the run waited the whole --drain-timeout, and most of them were recorded as
+    # "stopped while this request was in flight", never sent.
+    out = tmp_path / "out"
+    with make_emulator() as emu:
+        proc = start_run(str(requests_file(20)), "--gateway", emu.base_url, "--out", str(out),
+                         "-c", "20", "--rpm", "30", "--drain-timeout", "20")
+        deadline = time.monotonic() + 20
+        while emu.stats()["requests"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        stopped = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - stopped
+        sent = emu.stats()["requests"]
+    assert proc.returncode == 3, stderr
+    assert took < 10, took  # not the 20 s drain
+    rows = read_rows(out)
+    waited = rows[rows["status"] == "cancelled"]
+    assert len(rows) == 20 and len(waited) == 20 - sent
+    assert set(waited["error_message"]) == {
+        "not sent: the run stopped while it waited for the rate ceiling"}
