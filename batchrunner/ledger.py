@@ -49,6 +49,8 @@ class JobRecord:
     :param metadata: the request's metadata as JSON text, for its row.
     :param request_kept: whether the two above were recorded (ledgers written before they were
         kept say nothing of the request: its row's fields come from the input then).
+    :param abandoned: the job was given up (``run --abandon-jobs``: the gateway lost it); no
+        session polls it, and its request is sent again like one never submitted.
     """
 
     input_index: int
@@ -61,6 +63,7 @@ class JobRecord:
     model_requested: str | None = None
     metadata: str | None = None
     request_kept: bool = False
+    abandoned: bool = False
 
 
 class JobLedger:
@@ -149,7 +152,7 @@ class JobLedger:
             last = repeated.get(rec.input_index)
             if last is not None and last != lineno:
                 continue
-            if is_done is not None and is_done(rec.input_index):
+            if rec.abandoned or (is_done is not None and is_done(rec.input_index)):
                 continue
             yield rec
 
@@ -176,6 +179,7 @@ class JobLedger:
                         model_requested=_text(obj.get("model_requested")),
                         metadata=_text(obj.get("metadata")),
                         request_kept=obj.get("request_kept") is True,
+                        abandoned=obj.get("abandoned") is True,
                     )
                     if not 0 <= rec.input_index < MAX_INPUT_INDEX:
                         raise ValueError("input_index out of range")

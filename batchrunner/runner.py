@@ -1522,8 +1522,18 @@ async def _restore_jobs(session: _Session, options: SourceOptions) -> list[Job]:
     """
     config = session.config
     if config.abandon_jobs:
-        # Not polled: their requests are read and submitted like any not done, and each new
-        # job's record supersedes the old one.
+        # Marked given up in jobs.jsonl before anything is sent: no later session polls them
+        # (a stop before their requests are submitted again would otherwise leave them to
+        # poll, lost). Their requests are read and submitted like any not done.
+        def abandon() -> None:
+            for r in session.store.iter_outstanding_jobs():
+                session.store.record_job(
+                    r.input_index, r.custom_id, r.job_id, r.submitted_at, ttl_s=r.ttl_s,
+                    attempts=r.attempts, model_requested=r.model_requested,
+                    metadata=r.metadata, request_kept=r.request_kept, abandoned=True,
+                )
+
+        await asyncio.to_thread(abandon)
         return []
     records = [
         r for r in session.store.outstanding_jobs() if r.input_index not in session.redo_indices

@@ -763,13 +763,22 @@ def test_jobs_a_restarted_gateway_lost_can_be_abandoned_and_sent_again(requests_
     with running_emulator(config, port=port) as emu:  # same address, empty job store
         blocked = run(requests, emu.base_url, out, virtual_key=KEY_A)
         assert blocked.status == "aborted" and "--abandon-jobs" in blocked.message
-        again = run(requests, emu.base_url, out, virtual_key=KEY_A, abandon_jobs=True)
+        # Stopped after 5 (--max-requests): the 20 lost jobs it did not get to were polled
+        # again by the next, plain resume (and, with a key, blocked it once more).
+        before = len(emu.ground_truth())
+        part = run(requests, emu.base_url, out, virtual_key=KEY_A, abandon_jobs=True,
+                   max_requests=5)
+        assert part.status == "incomplete" and part.outstanding_jobs == 0, part.message
+        again = run(requests, emu.base_url, out, virtual_key=KEY_A)
         submits = [t for t in emu.ground_truth() if t["kind"] == "async_submit"]
+        polls_of_lost = [t for t in emu.ground_truth()[before:] if t["kind"] == "async_poll"
+                         and t["http_status"] in (400, 404)]
     assert again.status == "finished", again.message
     rows = read_rows(out)
     assert len(rows) == 25 and set(rows["status"]) == {"ok"}
     assert len(submits) == 25  # each request once more, at the gateway that had lost them
-    # The new jobs replaced the lost ones: nothing is left outstanding for a later resume.
+    assert polls_of_lost == []
     assert again.outstanding_jobs == 0
+    assert sum(1 for j in jobs_in(out) if j.get("abandoned")) == 25
     with pytest.raises(ConfigError, match="--abandon-jobs is for resuming a --mode async run"):
         run_sync(RunConfig(requests=requests, out=tmp_path / "s", abandon_jobs=True), quiet=True)
