@@ -188,15 +188,27 @@ def collect(
 
 def _retry_failed_line(result: RunResult, config: RunConfig) -> str:
     """How to send the requests whose jobs failed or expired again: ``run --retry-failed``,
-    since collect never submits ("" when none did)."""
+    since collect never submits ("" when none did). The command repeats what shaped the
+    requests (a resume refuses other ``--max-tokens``, ``--model``, ...; run.json holds them),
+    the TTL and the headers that are not credentials; credentials are named, never shown."""
     from batchrunner.cli.resume_hint import retry_failed_line
-    from batchrunner.redaction import url_has_credentials
+    from batchrunner.redaction import is_secret_header, url_has_credentials
 
     again = list(config.credentials_to_give_again())
     words = ["batchrunner", "run", str(config.requests), "--mode", "async", "--out",
-             str(result.run_dir), "--retry-failed"]
+             str(result.run_dir), "--retry-failed", "--ttl", str(config.ttl_s)]
+    for name, flag in REQUEST_SHAPING.items():
+        value = getattr(config, name, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is not None:
+                words += [flag, str(item)]
+    for name, value in config.headers.items():
+        if not is_secret_header(name, value):  # a secret one is named in `again`
+            words += ["-H", f"{name}: {value}"]
+    if not config.keep_response_json:
+        words.append("--no-response-json")
+    if not config.keep_response_text:
+        words.append("--no-response-text")
     if config.gateway and not url_has_credentials(config.gateway):
-        words += ["--gateway", config.gateway]
-    elif config.gateway:
-        again.append("--gateway (its URL holds credentials)")
+        words += ["--gateway", config.gateway]  # (else `again` names it)
     return retry_failed_line(result.summary.get("status") or {}, shlex.join(words), again)

@@ -782,3 +782,33 @@ def test_jobs_a_restarted_gateway_lost_can_be_abandoned_and_sent_again(requests_
     assert sum(1 for j in jobs_in(out) if j.get("abandoned")) == 25
     with pytest.raises(ConfigError, match="--abandon-jobs is for resuming a --mode async run"):
         run_sync(RunConfig(requests=requests, out=tmp_path / "s", abandon_jobs=True), quiet=True)
+
+
+def test_the_retry_command_collect_prints_resends_the_failed_jobs(make_emulator,
+                                                                  requests_file, tmp_path):
+    # It gave only `run INPUT --mode async --out DIR --retry-failed`: a run sent with
+    # --max-tokens (or --model, --system, ...) refused it ("cannot resume with no
+    # --max-tokens"), and --ttl fell back to 3600.
+    import shlex
+
+    requests, out = requests_file(20), tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.2), fault_job=0.5, job_failure_status=529,
+                       seed=4) as emu:
+        detached = run_cli("run", str(requests), "--mode", "async", "--detach", "--gateway",
+                           emu.base_url, "--out", str(out), "-q", "--max-tokens", "24",
+                           "--ttl", "600", "-H", "x-team: evals")
+        assert detached.returncode == 0, detached.stderr
+        collected = run_cli("collect", str(out))
+        line = next(x for x in collected.stderr.splitlines() if "send them again with: " in x
+                    or "send it again with: " in x)
+        command = shlex.split(line.split(" again with: ", 1)[1])
+        assert command[:2] == ["batchrunner", "run"]
+        assert ["--max-tokens", "24"] == command[command.index("--max-tokens"):][:2]
+        assert ["--ttl", "600"] == command[command.index("--ttl"):][:2]
+        assert "x-team: evals" in command
+        failed = int((read_rows(out)["status"] != "ok").sum())
+        assert failed >= 1
+        resent = run_cli(*command[1:])
+        assert resent.returncode == 0, resent.stderr
+    rows = read_rows(out)
+    assert len(rows) == 20 and int((rows["status"] != "ok").sum()) < failed
