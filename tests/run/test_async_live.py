@@ -803,8 +803,8 @@ def test_the_retry_command_collect_prints_resends_the_failed_jobs(make_emulator,
                     or "send it again with: " in x)
         command = shlex.split(line.split(" again with: ", 1)[1])
         assert command[:2] == ["batchrunner", "run"]
-        assert ["--max-tokens", "24"] == command[command.index("--max-tokens"):][:2]
-        assert ["--ttl", "600"] == command[command.index("--ttl"):][:2]
+        assert command[command.index("--max-tokens"):][:2] == ["--max-tokens", "24"]
+        assert command[command.index("--ttl"):][:2] == ["--ttl", "600"]
         assert "x-team: evals" in command
         failed = int((read_rows(out)["status"] != "ok").sum())
         assert failed >= 1
