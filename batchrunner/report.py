@@ -473,6 +473,8 @@ def price_rows(table: pa.Table, book: PriceBook, cols: dict[str, Any],
         cols[f"cost_{category}"] = arr
     cols["cost_retried"] = np.zeros(n)
     cols["retried_attempts"] = np.zeros(n, dtype=np.int64)
+    cols["retried_unpriced"] = np.zeros(n, dtype=np.int64)
+    cols["retried_unpriced_model"] = np.full(n, None, dtype=object)
     if "retried_usage" in table.column_names:
         _add_retried(table, book, cols)
     return keys, codes, cards
@@ -481,8 +483,10 @@ def price_rows(table: pa.Table, book: PriceBook, cols: dict[str, Any],
 def _add_retried(table: pa.Table, book: PriceBook, cols: dict[str, Any]) -> None:
     """Add the cost of each row's ``retried_usage`` (JSON list of usages named as the row's
     columns) to its ``cost_*`` columns and ``cost_retried``, and count its entries in
-    ``retried_attempts``; an entry whose model has no price leaves the row unpriced (NaN), as
-    its own usage would."""
+    ``retried_attempts``. An entry that cannot be priced (its model has no price) adds
+    nothing: it is counted in ``retried_unpriced`` and its model kept in
+    ``retried_unpriced_model``, so that the row's own cost stays and the totals become lower
+    bounds naming the right model."""
     column = table.column("retried_usage")
     kind = column.type
     if column.null_count == len(column) or not (pa.types.is_string(kind)
@@ -513,10 +517,15 @@ def _add_retried(table: pa.Table, book: PriceBook, cols: dict[str, Any]) -> None
                            ("scheduled_at", "sent_at", "completed_at")}
     price_rows(attempts, book, sub)
     cols["has_usage"][at] = True
+    unpriced = np.isnan(sub["cost_total"])
     for category in (*CATEGORIES, *FEES, "total"):
-        np.add.at(cols[f"cost_{category}"], at, sub[f"cost_{category}"])
-    np.add.at(cols["cost_retried"], at, sub["cost_total"])
+        np.add.at(cols[f"cost_{category}"], at, np.nan_to_num(sub[f"cost_{category}"]))
+    np.add.at(cols["cost_retried"], at, np.nan_to_num(sub["cost_total"]))
     np.add.at(cols["retried_attempts"], at, 1)
+    if unpriced.any():
+        np.add.at(cols["retried_unpriced"], at[unpriced], 1)
+        names = np.asarray(sub["model_key"], dtype=object)
+        cols["retried_unpriced_model"][at[unpriced]] = names[unpriced]
 
 
 def _typed(value: Any, kind: pa.DataType) -> Any:
@@ -771,10 +780,13 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
             models.append({"model": str(model), "rows": int(rows),
                            "tokens": int(tok[mine].sum()),
                            "reason": "no fast-mode rates" if fast else "no prices"})
-    complete = not len(unpriced)
+    attempts = f["retried_attempts"].to_numpy()
+    retried_unpriced = f["retried_unpriced"].to_numpy()
+    complete = not len(unpriced) and not retried_unpriced.any()
     rows_priced = int(priced.sum())
     priority = int(f["is_priority"].sum())
-    attempts = f["retried_attempts"].to_numpy()
+    unpriced_retries = sorted({str(m) for m in
+                               f["retried_unpriced_model"].to_numpy()[retried_unpriced > 0]})
     # Streams that failed midway are priced from the usage they reported (message_start's
     # output, usually 1 token), though more content came: each delta is a token or more.
     extra = f["content_deltas"].to_numpy() - f["tok_output"].to_numpy()
@@ -796,7 +808,10 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
         # Usage that failed attempts reported before they were sent again (or the run stopped):
         # in every figure above (the rows' costs), and its part of them here.
         "retried": {"attempts": int(attempts.sum()), "rows": int((attempts > 0).sum()),
-                    "usd": float(f["cost_retried"].to_numpy()[priced].sum())},
+                    "usd": float(f["cost_retried"].to_numpy()[priced].sum()),
+                    # Of those attempts, the ones whose model has no price: in no figure.
+                    "unpriced_attempts": int(retried_unpriced.sum()),
+                    "unpriced_models": unpriced_retries},
         # Their output beyond what the usage says: at least this many tokens, unpriced.
         "cut_streams": {"rows": int(cut.sum()), "output_tokens_at_least": int(extra[cut].sum())},
         # Rows priced other than at standard rates (by what their usage says), and whether
@@ -1279,7 +1294,8 @@ def summarize_table(
         "total_usd": cost["total_usd"], "priced_usd": cost["usd"]["total"],
         "complete": cost["complete"], "usd": cost["usd"], "retried": cost["retried"],
         "cut_streams": cost["cut_streams"],
-        "unpriced_models": [m["model"] for m in cost["unpriced_models"]],
+        "unpriced_models": list(dict.fromkeys([*(m["model"] for m in cost["unpriced_models"]),
+                                               *cost["retried"]["unpriced_models"]])),
         "unpriced_fast_models": [m["model"] for m in cost["unpriced_models"]
                                  if m["reason"] == "no fast-mode rates"],
         "prices": f"genai-prices {prices['version']}" if prices["version"] else None,

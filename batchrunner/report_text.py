@@ -561,11 +561,16 @@ def retried_note(retried: dict[str, Any]) -> str:
     :param retried: a cost section's ``retried`` (``attempts``, ``rows``, ``usd``).
     :return: the note's text.
     """
-    return (f"RETRIED: {fmt_usd(retried['usd'])} of these costs is usage that "
+    text = (f"RETRIED: {fmt_usd(retried['usd'])} of these costs is usage that "
             f"{plural(retried['attempts'], 'failed attempt')} of "
             f"{plural(retried['rows'], 'row')} reported before being sent again or stopped (a "
             "stream cut after message_start is billed); their tokens are in no token column "
             "(retried_usage)")
+    if retried.get("unpriced_attempts"):
+        text += (f"; {plural(retried['unpriced_attempts'], 'attempt')} of "
+                 f"{', '.join(retried['unpriced_models'])} (no prices) in no figure: the totals "
+                 "are lower bounds")
+    return text
 
 
 def replaced_note(usd: float) -> str:
@@ -764,10 +769,12 @@ def format_short(summary: dict[str, Any]) -> str:
                          "than their usage says (not priced)")
         retried = cost.get("retried") or {}
         if retried.get("attempts"):
+            unpriced = retried.get("unpriced_attempts") or 0
             lines.append(f"retried    {fmt_usd(retried['usd'])} of it for "
                          f"{plural(retried['attempts'], 'failed attempt')} sent again or "
                          "stopped (the usage they reported is billed; its tokens are not in "
-                         "the tokens line)")
+                         "the tokens line)"
+                         + (f"; {unpriced:,} of them unpriced, not counted" if unpriced else ""))
         if cost.get("replaced_usd"):
             lines.append(f"replaced   {fmt_usd(cost['replaced_usd'])} more, billed for rows a "
                          "resume removed to send again (failed or cancelled): in no figure above")

@@ -97,9 +97,12 @@ class SpendMeter:
         total = cols["cost_total"]
         unpriced = np.isnan(total)
         names = {str(m) for m in np.asarray(cols["model_key"], dtype=object)[unpriced]}
+        # Failed attempts' usage of a model without prices (the row's own cost still counts).
+        retried = cols["retried_unpriced"] > 0
+        names |= {str(m) for m in cols["retried_unpriced_model"][retried]}
         with self._lock:  # the last batch may still be priced on its thread at the end
             self.spent_usd += float(total[~unpriced].sum())
-            self.unpriced_rows += int(unpriced.sum())
+            self.unpriced_rows += int((unpriced | retried).sum())
             new = sorted(names - self.unpriced_models)
             self.unpriced_models |= names
         return new

@@ -109,7 +109,8 @@ def summarize_batches(
     tokens = dict.fromkeys((*CATEGORIES, "web_search_requests"), 0)
     usd = dict.fromkeys((*CATEGORIES, *FEES, "total"), 0.0)
     complete = True
-    retried = {"attempts": 0, "rows": 0, "usd": 0.0}
+    retried: dict[str, Any] = {"attempts": 0, "rows": 0, "usd": 0.0, "unpriced_attempts": 0,
+                               "unpriced_models": []}
     cut = {"rows": 0, "output_tokens_at_least": 0}
     unpriced: set[str] = set()
     fast_only: dict[str, bool] = {}  # a priced model whose fast-mode rows have no rates
@@ -137,7 +138,14 @@ def summarize_batches(
             usd[key] += value
         complete = complete and cost["complete"]
         for key, value in cost["retried"].items():
-            retried[key] += value
+            if key == "unpriced_models":
+                retried[key] = sorted({*retried[key], *value})
+                unpriced.update(value)
+                for model in value:
+                    fast_only.setdefault(model, False)
+                    seen_models.setdefault(model, len(seen_models))
+            else:
+                retried[key] += value
         for key, count in cost["cut_streams"].items():
             cut[key] += count
         for m in cost["unpriced_models"]:

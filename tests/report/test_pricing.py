@@ -572,3 +572,41 @@ def test_dollar_figures_too_small_for_six_decimals_do_not_read_as_zero():
     assert fmt_usd(2.5e-7) == "<$0.000001" and fmt_usd(-2e-7) == "> -$0.000001"
     assert fmt_usd(0.0099999) == "$0.0100" and fmt_usd(0.99999) == "$1.00"
     assert fmt_usd(0.000412) == "$0.000412" and fmt_usd(0) == "$0" and fmt_usd(None) == "-"
+
+
+def test_a_retried_attempt_of_an_unpriced_model_leaves_the_rows_own_cost(make_run):
+    # One retried attempt answered by a model without prices (a fallback) made the whole row
+    # unpriced: its own cost left every total, the message named the row's priced model
+    # ("add claude-sonnet-4-5 to a --prices file"), and `retried` read "$0".
+    import orjson
+
+    from batchrunner.report_text import format_report, format_short
+    from batchrunner.spend import SpendMeter
+    from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
+
+    retried = orjson.dumps([{"model": "acme-fallback-1", "input_tokens": 1000,
+                             "output_tokens": 1},
+                            {"model": "claude-sonnet-4-5", "input_tokens": 1000,
+                             "output_tokens": 1}]).decode()
+    rows = [usage_row("claude-sonnet-4-5", 0, inp=1000, out=100, retried_usage=retried),
+            usage_row("claude-sonnet-4-5", 1, inp=1000, out=100)]
+    run_dir = make_run(rows)
+    run = build_report([load_run(run_dir)])["runs"][0]
+    cost = run["overall"]["cost"]
+    own = 2 * (1000 * 3 + 100 * 15) / 1e6
+    priced_retry = (1000 * 3 + 1 * 15) / 1e6
+    assert cost["usd"]["total"] == pytest.approx(own + priced_retry)
+    assert cost["complete"] is False and cost["total_usd"] is None
+    assert cost["rows_unpriced"] == 0 and cost["unpriced_models"] == []
+    assert cost["retried"] == {"attempts": 2, "rows": 1, "usd": pytest.approx(priced_retry),
+                               "unpriced_attempts": 1, "unpriced_models": ["acme-fallback-1"]}
+    text = format_report(build_report([load_run(run_dir)]))
+    assert "1 attempt of acme-fallback-1 (no prices) in no figure" in text
+    assert "add them to a --prices file" not in text  # no row of a priced model is unpriced
+    table = load_run(run_dir).table.select(SUMMARY_COLUMNS)
+    summary = summarize_batches(iter([table]))
+    assert summary["cost"]["unpriced_models"] == ["acme-fallback-1"]
+    assert "1 of them unpriced, not counted" in format_short(summary)
+    meter = SpendMeter(1.0)
+    assert meter.add_table(load_run(run_dir).table) == ["acme-fallback-1"]
+    assert meter.spent_usd == pytest.approx(own + priced_retry)
