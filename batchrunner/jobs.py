@@ -547,13 +547,17 @@ class JobPoller:
             headers=attempt.headers,
             rng=ctx.rng,
         )
-        if delay is None or job.record is None or ctx.stopping() or not self.jctx.resubmit:
+        record = job.record
+        # A record rebuilt from jobs.jsonl alone has no body: nothing that could be sent.
+        sendable = record is not None and (record.body is not None or "messages" in record.params)
+        if delay is None or not sendable or ctx.stopping() or not self.jctx.resubmit:
             self._finish(job, attempt, now_at, Status.ERROR, note="job failed: ")
             return
+        assert record is not None
         await asyncio.sleep(delay)
         self.jctx.counters.resubmitted += 1
         new = await submit(
-            job.record,
+            record,
             self.jctx,
             scheduled=job.scheduled if job.scheduled is not None else time.perf_counter(),
             scheduled_at=job.scheduled_at if job.scheduled_at is not None else time.time(),

@@ -585,6 +585,10 @@ class _Session:
 
         workers = self.config.concurrency or DEFAULT_CONCURRENCY
         await self.open_ahead(min(workers, CLOSED_OPEN_AHEAD_MAX))
+        # --duration counts from here, as an open loop's from its schedule: connecting ahead
+        # (up to 1 s to a slow gateway) is not sending time. From the agreed start when there
+        # is one (bench workers wait for it).
+        self.time_duration_from(self.start_at or time.time())
         for _ in range(workers):
             task = tg.create_task(worker())
             self.tasks.add(task)
@@ -1439,9 +1443,7 @@ async def _drive(
                 if config.rate is not None:
                     await session.open_loop(feed, tg)  # times --duration from its schedule
                 else:
-                    # From the agreed start when there is one (bench workers wait for it).
-                    session.time_duration_from(session.start_at or time.time())
-                    await session.closed_loop(feed, tg)
+                    await session.closed_loop(feed, tg)  # times --duration once connected
                 while session.tasks:
                     await asyncio.wait(set(session.tasks))
                 if session.poller is not None and session.poller_task is not None:

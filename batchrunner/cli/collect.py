@@ -65,7 +65,7 @@ def collect(
     one that was stopped) into the same run directory. Resumable and repeatable: run it again
     until it reports no outstanding jobs, before the deadline `run` printed."""
     from batchrunner.client import messages_url
-    from batchrunner.config import REDACTED, ConfigError, RunConfig
+    from batchrunner.config import MAX_TTL_S, REDACTED, ConfigError, RunConfig
     from batchrunner.formats import JSONL_SUFFIXES
     from batchrunner.redaction import url_has_credentials
     from batchrunner.rundir import load_run_json
@@ -153,7 +153,8 @@ def collect(
                 **{k: v for k, v in (recorded.get("headers") or {}).items() if v != REDACTED},
                 **headers,
             },
-            ttl_s=int(recorded.get("ttl_s") or 3600),
+            # (clamped: a run of older versions may have recorded one beyond what --ttl takes)
+            ttl_s=min(int(recorded.get("ttl_s") or 3600), MAX_TTL_S),
             poll_rate=poll_rate,
             poll_concurrency=poll_concurrency,
             keep_response_json=bool(recorded.get("keep_response_json", True)),

@@ -869,3 +869,36 @@ def test_a_closed_loop_opens_its_connections_before_its_first_requests(
         accepted = emu.stats()["connections_total"]
     assert asked == [8, 5]
     assert accepted <= 8 + 5  # the connections opened ahead were the ones used
+
+
+def test_duration_counts_from_when_the_closed_loop_has_connected(requests_file, tmp_path):
+    # Connections are opened ahead (up to 1 s) before a closed loop's first requests; the
+    # --duration clock had started before that, so `-c 2 --duration 0.5` against a gateway
+    # slow to connect (a TLS handshake nobody answers) sent nothing at all.
+    import socket
+    import threading
+
+    held: list[socket.socket] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)  # never answers: the handshake waits for --connect-timeout
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        result = run(requests_file(10), f"https://127.0.0.1:{listener.getsockname()[1]}",
+                     tmp_path / "out", concurrency=2, duration_s=0.5,
+                     timeouts=Timeouts(connect_s=2, read_s=2, attempt_s=3),
+                     retry=RetryPolicy(max_retries=0))
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert result.summary["requests"] >= 1, result.message  # before: 0 (none started)
