@@ -229,6 +229,8 @@ class LoopLagHistogram:
         return self.max_s
 
     def describe(self) -> dict[str, float | int | None]:
-        """``{samples, p50_s, p99_s, max_s}`` (JSON-ready)."""
+        """``{samples, p50_s, p99_s, max_s, over_10ms}`` (JSON-ready; ``over_10ms``: samples
+        10 ms late or more, so that one blip in a short run is not read as a late loop)."""
         return {"samples": self.n, "p50_s": self.quantile(0.5), "p99_s": self.quantile(0.99),
-                "max_s": self.max_s if self.n else None}
+                "max_s": self.max_s if self.n else None,
+                "over_10ms": sum(self.counts[round(0.01 / self.BIN_S):])}

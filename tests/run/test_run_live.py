@@ -827,24 +827,28 @@ def test_a_client_too_busy_to_read_on_time_says_its_timings_include_its_own_dela
                "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
                "usage": {"input_tokens": 3, "output_tokens": 1}}
 
-    def busy(request: httpx.Request) -> httpx.Response:
-        time.sleep(0.06)  # on the loop's thread: nothing else runs meanwhile
+    async def busy(request: httpx.Request) -> httpx.Response:
+        time.sleep(0.06)  # noqa: ASYNC251 (on purpose: the loop is held, as a busy client)
+        await asyncio.sleep(0)  # as a real client's I/O, it lets the loop turn in between
         return httpx.Response(200, json=message)
 
     result = batchrunner.run(requests_file(40), out=tmp_path / "out", concurrency=4,
                              gateway="http://127.0.0.1:9", transport=httpx.MockTransport(busy))
     lag = result.summary["loop_lag"]
-    # (a mock transport never yields: the loop is held for whole stretches of requests)
-    assert lag["samples"] >= 1 and lag["p99_s"] > 0.03 and lag["max_s"] >= lag["p99_s"]
+    assert lag["samples"] >= 3 and lag["p99_s"] > 0.03 and lag["max_s"] >= lag["p99_s"]
+    assert lag["over_10ms"] >= 3
     info = orjson.loads((tmp_path / "out" / "run.json").read_bytes())
     assert info["sessions"][-1]["loop_lag"] == lag
     from batchrunner.report_text import format_short
 
     assert "client     LATE: batchrunner's event loop ran late (p99 " in format_short(
         result.summary)
-    # A loop on time (p99 under 10 ms) says nothing of it.
+    # A loop on time (p99 under 10 ms) says nothing of it; nor one late once or twice (a
+    # short run's p99 is its worst sample).
     calm = {**result.summary, "loop_lag": {**lag, "p99_s": 0.004, "max_s": 0.2}}
     assert "LATE" not in format_short(calm)
+    blip = {**result.summary, "loop_lag": {**lag, "samples": 30, "over_10ms": 1}}
+    assert "LATE" not in format_short(blip)
 
 
 def test_a_closed_loop_opens_its_connections_before_its_first_requests(
