@@ -486,6 +486,15 @@ class JobPoller:
                     "polls get through"
                 )
                 return
+            if 400 <= status < 500 and status not in (408, 429):
+                # A 404 or 405 page: the polls do not reach the gateway's jobs (a proxy's
+                # route, a wrong --gateway path); asking again would only wait.
+                self.jctx.on_fatal(
+                    f"polls are answered with HTTP {status} by something other than the "
+                    f"gateway's jobs ({message[:200]}): is the gateway address right? The "
+                    "jobs stay recorded, without rows: collect again with the right one"
+                )
+                return
             self._poll_again(job, attempt, now_at)
         else:
             await self._failed(job, attempt, now_at)

@@ -630,21 +630,25 @@ def test_polls_a_proxy_fails_are_polled_again_not_paid_for_twice(
     assert set(rows["attempts"]) == {1}
 
 
+@pytest.mark.parametrize(("status", "said"), [
+    (401, "polls are refused with HTTP 401 by something in front of the gateway"),
+    (404, "polls are answered with HTTP 404 by something other than the gateway's jobs"),
+])
 def test_polls_an_auth_layer_refuses_stop_the_run_and_keep_the_jobs(
-    make_emulator, requests_file, tmp_path
+    make_emulator, requests_file, tmp_path, status, said
 ):
     # An auth proxy refusing every poll (401, no Anthropic error body): before, 20 completed
-    # jobs became final error rows, results that could only be bought again.
+    # jobs became final error rows, results that could only be bought again. A proxy's 404
+    # page was polled again up to 30 times a job, minutes of silence.
     out = tmp_path / "out"
     with make_emulator(ttft=Dist("fixed", 0.2)) as emu:
-        proxy = _PollBreakingProxy(emu.base_url, 401, every=1)
+        proxy = _PollBreakingProxy(emu.base_url, status, every=1)
         try:
             result = run(requests_file(10), proxy.url, out, concurrency=10)
         finally:
             proxy.close()
         assert result.status == "aborted" and result.exit_code == 3, result.message
-        assert "polls are refused with HTTP 401 by something in front of the gateway" in (
-            result.message)
+        assert said in result.message
         assert not (out / "data").exists() or len(read_rows(out)) == 0
         assert len(jobs_in(out)) == 10
         again = run_cli("collect", str(out), "--gateway", emu.base_url)
