@@ -68,7 +68,7 @@ DEFAULT_POLL_RATE = 1000.0
 DEFAULT_POLL_CONCURRENCY = 32
 #: Polls failing in transit this many times in a row end the job as an error row.
 MAX_POLL_FAILURES = 30
-#: Longest a poll may take (or ``--attempt-timeout`` if shorter). A poll is a lookup: under the
+#: Longest a poll may take (or ``--timeout`` if shorter). A poll is a lookup: under the
 #: LLM-sized request timeouts, ``--poll-concurrency`` hung polls held every poll slot for up to
 #: 10 minutes, and completed results expired meanwhile (444 of 500 with a 10 s TTL).
 POLL_TIMEOUT_S = 30.0

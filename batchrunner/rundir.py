@@ -282,8 +282,9 @@ def check_resumable(info: dict[str, Any], fingerprint: dict[str, Any] | None, mo
             raise RunDirError(
                 f"cannot collect with the input {fingerprint['path']}: it is not the file this "
                 f"run started with ({old.get('size')} bytes), and rows are matched to it by "
-                "position. collect needs no input (jobs.jsonl holds what the rows need): move "
-                "the changed file away, or put the original back, and collect again."
+                "position. collect can poll without it: move the changed file away (jobs "
+                "recorded by older versions then get no model_requested or metadata in their "
+                "rows), or put the original back, and collect again."
             )
         raise RunDirError(
             f"cannot resume: the input {fingerprint['path']} is not the file this run started "
