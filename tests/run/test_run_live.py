@@ -178,8 +178,8 @@ def test_mid_stream_error_is_an_error_row(make_emulator, requests_file, tmp_path
                    "output_tokens_at_least": int(beyond[beyond > 0].sum())}
     from batchrunner.report_text import format_short
 
-    said = f"cut        {cut['rows']} stream" in format_short(result.summary)
-    assert said == (cut["rows"] > 0)
+    assert cut["rows"] >= 1  # seeded: some stream had sent more than its usage said
+    assert f"cut        {cut['rows']} stream" in format_short(result.summary)
 
 
 def test_dropped_connections_are_connection_errors(make_emulator, requests_file, tmp_path):
@@ -870,9 +870,10 @@ def test_a_closed_loop_opens_its_connections_before_its_first_requests(
     with make_emulator() as emu:
         run(requests_file(20), emu.base_url, tmp_path / "a", concurrency=8)
         run(requests_file(5), emu.base_url, tmp_path / "b", concurrency=8)  # 5 to send
-        accepted = emu.stats()["connections_total"]
+    # One connection per worker, up to the requests left. (Their effect, a first wave whose
+    # ttfb_s holds no connect, is too small to time on loopback: ~0.1 ms against the 47 ms
+    # seen for 256 streams against an emulator in its own process.)
     assert asked == [8, 5]
-    assert accepted <= 8 + 5  # the connections opened ahead were the ones used
 
 
 def test_duration_counts_from_when_the_closed_loop_has_connected(requests_file, tmp_path):
