@@ -226,7 +226,10 @@ def keep_usage(retried: list[dict[str, Any]], attempt: Attempt) -> None:
     fill_message(found, message)
     if not any(found.get(k) for k in _BILLED_COUNTS):
         return
-    retried.append({k: found[k] for k in RETRIED_USAGE_KEYS if found.get(k) is not None})
+    entry = {k: found[k] for k in RETRIED_USAGE_KEYS if found.get(k) is not None}
+    if attempt.token_times:  # what it streamed beyond its usage counts in cut_streams
+        entry["content_deltas"] = len(attempt.token_times)
+    retried.append(entry)
 
 
 def cancelled_row(

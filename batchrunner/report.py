@@ -475,6 +475,8 @@ def price_rows(table: pa.Table, book: PriceBook, cols: dict[str, Any],
     cols["retried_attempts"] = np.zeros(n, dtype=np.int64)
     cols["retried_unpriced"] = np.zeros(n, dtype=np.int64)
     cols["retried_unpriced_model"] = np.full(n, None, dtype=object)
+    cols["retried_cut"] = np.zeros(n, dtype=np.int64)  # attempts that streamed beyond usage
+    cols["retried_cut_tokens"] = np.zeros(n, dtype=np.int64)  # by at least this much output
     if "retried_usage" in table.column_names:
         _add_retried(table, book, cols)
     return keys, codes, cards
@@ -522,10 +524,19 @@ def _add_retried(table: pa.Table, book: PriceBook, cols: dict[str, Any]) -> None
         np.add.at(cols[f"cost_{category}"], at, np.nan_to_num(sub[f"cost_{category}"]))
     np.add.at(cols["cost_retried"], at, np.nan_to_num(sub["cost_total"]))
     np.add.at(cols["retried_attempts"], at, 1)
+    beyond = np.array([max(0, _whole(e.get("content_deltas")) - _whole(e.get("output_tokens")))
+                       for e in entries], dtype=np.int64)
+    np.add.at(cols["retried_cut"], at, beyond > 0)
+    np.add.at(cols["retried_cut_tokens"], at, beyond)
     if unpriced.any():
         np.add.at(cols["retried_unpriced"], at[unpriced], 1)
         names = np.asarray(sub["model_key"], dtype=object)
         cols["retried_unpriced_model"][at[unpriced]] = names[unpriced]
+
+
+def _whole(value: Any) -> int:
+    """A count from a ``retried_usage`` entry (0 for anything else)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _typed(value: Any, kind: pa.DataType) -> Any:
@@ -813,7 +824,11 @@ def _cost(f: pd.DataFrame) -> dict[str, Any]:
                     "unpriced_attempts": int(retried_unpriced.sum()),
                     "unpriced_models": unpriced_retries},
         # Their output beyond what the usage says: at least this many tokens, unpriced.
-        "cut_streams": {"rows": int(cut.sum()), "output_tokens_at_least": int(extra[cut].sum())},
+        # (and the retried attempts that streamed beyond their usage, in retried_usage)
+        "cut_streams": {"rows": int(cut.sum()),
+                        "retried_attempts": int(f["retried_cut"].to_numpy().sum()),
+                        "output_tokens_at_least": int(extra[cut].sum())
+                        + int(f["retried_cut_tokens"].to_numpy().sum())},
         # Rows priced other than at standard rates (by what their usage says), and whether
         # the figures are estimates (Priority Tier has no public per-token price).
         "adjusted_rows": {

@@ -496,7 +496,7 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
                        f"lower bound; batchrunner collect {run.get('run_dir') or 'RUN_DIR'}")
     if c.get("retried", {}).get("attempts"):
         t.notes.append(retried_note(c["retried"]))
-    if c.get("cut_streams", {}).get("rows"):
+    if c.get("cut_streams", {}).get("output_tokens_at_least"):
         t.notes.append(cut_streams_note(c["cut_streams"]))
     if run.get("replaced_cost_usd"):
         t.notes.append(replaced_note(run["replaced_cost_usd"]))
@@ -548,8 +548,9 @@ def cut_streams_note(cut: dict[str, Any]) -> str:
     :param cut: a cost section's ``cut_streams`` (``rows``, ``output_tokens_at_least``).
     :return: the note's text.
     """
-    verb = "is" if cut["rows"] == 1 else "are"
-    return (f"UNDERSTATED: {plural(cut['rows'], 'stream')} that failed midway {verb} priced "
+    streams = cut["rows"] + (cut.get("retried_attempts") or 0)
+    verb = "is" if streams == 1 else "are"
+    return (f"UNDERSTATED: {plural(streams, 'stream')} that failed midway {verb} priced "
             "from the usage reported before the failure (message_start's output, "
             f"usually 1 token); at least {plural(cut['output_tokens_at_least'], 'output token')} "
             "more came (content_deltas) and are in no total")
@@ -764,8 +765,9 @@ def format_short(summary: dict[str, Any]) -> str:
             lines.append(f"cost       >= {fmt_usd(cost['priced_usd'])}  ({parts}; "
                          f"{cost['prices']}); {'; '.join(missing)}")
         cut = cost.get("cut_streams") or {}
-        if cut.get("rows"):
-            lines.append(f"cut        {plural(cut['rows'], 'stream')} failed midway: at least "
+        if cut.get("output_tokens_at_least"):
+            streams = cut["rows"] + (cut.get("retried_attempts") or 0)
+            lines.append(f"cut        {plural(streams, 'stream')} failed midway: at least "
                          f"{plural(cut['output_tokens_at_least'], 'output token')} more came "
                          "than their usage says (not priced)")
         retried = cost.get("retried") or {}

@@ -111,7 +111,7 @@ def summarize_batches(
     complete = True
     retried: dict[str, Any] = {"attempts": 0, "rows": 0, "usd": 0.0, "unpriced_attempts": 0,
                                "unpriced_models": []}
-    cut = {"rows": 0, "output_tokens_at_least": 0}
+    cut = {"rows": 0, "retried_attempts": 0, "output_tokens_at_least": 0}
     unpriced: set[str] = set()
     fast_only: dict[str, bool] = {}  # a priced model whose fast-mode rows have no rates
     seen_models: dict[str, int] = {}  # first appearance, the order summarize() lists them in

@@ -290,6 +290,14 @@ def test_usage_of_retried_stream_attempts_is_kept_and_priced(make_emulator, tmp_
     only_final = row_costs_without_retries(rows)
     assert math.isclose(cost["retried"]["usd"], paid - only_final, rel_tol=1e-9)
     assert cost["retried"]["usd"] > 0
+    # What the cut attempts streamed beyond their usage is counted too (review: it was not).
+    entries = [e for v in kept.values() for e in v]
+    streamed = [e["content_deltas"] - e["output_tokens"] for e in entries
+                if e.get("content_deltas", 0) > e["output_tokens"]]
+    assert cost["cut_streams"]["retried_attempts"] == len(streamed) >= 1
+    beyond = rows["content_deltas"] - rows["output_tokens"]
+    assert cost["cut_streams"]["output_tokens_at_least"] == sum(streamed) + int(
+        beyond[(rows["status"] != "ok") & (beyond > 0)].sum())
     # The meter --max-cost uses prices the rows the same way.
     meter = SpendMeter(1.0)
     meter.add_table(pa.Table.from_pandas(rows[COST_COLUMNS], preserve_index=False))
