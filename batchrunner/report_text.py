@@ -545,7 +545,8 @@ def cut_streams_note(cut: dict[str, Any]) -> str:
     """The cost table's note on streams that failed midway: priced from the usage they reported,
     which leaves out the output that came after ``message_start``.
 
-    :param cut: a cost section's ``cut_streams`` (``rows``, ``output_tokens_at_least``).
+    :param cut: a cost section's ``cut_streams`` (``rows``, ``retried_attempts``,
+        ``output_tokens_at_least``).
     :return: the note's text.
     """
     streams = cut["rows"] + (cut.get("retried_attempts") or 0)
