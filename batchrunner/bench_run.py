@@ -44,7 +44,6 @@ from batchrunner.client import GatewayClient, redact_url
 from batchrunner.config import ConfigError, Redactor, RunConfig
 from batchrunner.feed import RecordFeed
 from batchrunner.interrupts import SignalHandlers
-from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
 from batchrunner.rundir import default_run_name, environment
 from batchrunner.runner import (
@@ -592,8 +591,6 @@ class _StageRunner:
         if spec.warmup_s:
             session.warmup_until_at = start_at + spec.warmup_s
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        meter = LoopLagMeter()
-        meter_task = asyncio.create_task(meter.run())
         try:
             self.current = session
             if self.interrupted:  # a signal came between stages: this one sends nothing
@@ -602,10 +599,9 @@ class _StageRunner:
             await _drive(session, cfg.source_options(), show_progress=not self.quiet, feed=feed)
         finally:
             self.current = None
-            meter_task.cancel()
             heap.__exit__(None, None, None)
             session.background.shutdown(wait=False)  # a compaction under way still completes
-        collector.loop_lag_p99_s = meter.p99()
+        collector.loop_lag_p99_s = session.loop_lag.quantile(0.99)
         collector.cpu_s = time.process_time() - cpu0
         collector.wall_s = time.perf_counter() - wall0
         # errors were counted live when --max-errors is set; avoid counting them twice

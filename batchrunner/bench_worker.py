@@ -30,7 +30,6 @@ from batchrunner.client import GatewayClient, Timeouts
 from batchrunner.config import RunConfig
 from batchrunner.feed import RecordFeed
 from batchrunner.interrupts import SignalHandlers
-from batchrunner.pacing import LoopLagMeter
 from batchrunner.progress import LiveStats
 from batchrunner.redaction import Redactor, secret_header_values, url_secret_values
 from batchrunner.retry import RetryPolicy
@@ -137,15 +136,12 @@ async def work(job: dict[str, Any], read_start: Any) -> dict[str, Any]:
                 await asyncio.sleep(max(0.0, job["start_at"] - time.time()))
             stack.enter_context(send_phase())
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            meter = LoopLagMeter()
-            meter_task = asyncio.create_task(meter.run())
             try:
                 async with client:
                     await _drive(session, cfg.source_options(), False, feed=feed)
             finally:
-                meter_task.cancel()
                 session.background.shutdown(wait=False)  # a compaction under way still completes
-            collector.loop_lag_p99_s = meter.p99()
+            collector.loop_lag_p99_s = session.loop_lag.quantile(0.99)
             collector.cpu_s = time.process_time() - cpu0
             collector.wall_s = time.perf_counter() - wall0
     finally:

@@ -163,39 +163,16 @@ class _StoppableThrottler(Throttler):
 
 
 class LoopLagMeter:
-    """How late the event loop runs a timer: the client's own saturation, whatever the CPU says.
+    """How late the event loop runs a 20 ms timer: the client's own saturation, whatever the
+    CPU says (an open loop that spins keeps a core busy by design; a loop that cannot run a
+    timer on time is saturated). While the loop is late, every response it reads is read late
+    too, and the row's ``latency_s``/``ttfb_s``/``ttft_s`` count that delay.
 
-    CPU share is no saturation signal for an open loop that spins before each send (it keeps a
-    core busy by design); a loop that cannot run a 20 ms timer on time is saturated.
+    Each lag is counted in a 0.5 ms bin (up to 10 s; longer ones in the last), none is kept,
+    so memory stays the same for runs of days.
     """
 
     INTERVAL_S = 0.02
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-
-    async def run(self) -> None:
-        while True:
-            start = time.perf_counter()
-            await asyncio.sleep(self.INTERVAL_S)
-            self.samples.append(max(0.0, time.perf_counter() - start - self.INTERVAL_S))
-
-    def p99(self) -> float | None:
-        if not self.samples:
-            return None
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-
-
-class LoopLagHistogram:
-    """:class:`LoopLagMeter` for runs of any length: each lag is counted in a 0.5 ms bin (up to
-    10 s; longer ones in the last), none is kept, so memory stays the same for days.
-
-    The lag is how late a 20 ms timer runs: while the loop is late, every response it reads is
-    read late too, and the row's ``latency_s``/``ttfb_s``/``ttft_s`` count that delay.
-    """
-
-    INTERVAL_S = LoopLagMeter.INTERVAL_S
     BIN_S = 0.0005
     _BINS = 20_000
 

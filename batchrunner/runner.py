@@ -50,7 +50,7 @@ from batchrunner.heap import release_free_heap
 from batchrunner.interrupts import SignalHandlers
 from batchrunner.jobs import Job, JobContext, JobPoller, kept_request, submit
 from batchrunner.outage import GatewayOutage
-from batchrunner.pacing import LoopLagHistogram, Pacer, RateCeiling, schedule_offsets
+from batchrunner.pacing import LoopLagMeter, Pacer, RateCeiling, schedule_offsets
 from batchrunner.polling import PollPlanner
 from batchrunner.progress import LiveStats, ProgressDisplay
 from batchrunner.report import COST_COLUMNS, outstanding_cost, replaced_cost_usd, session_starts
@@ -233,7 +233,7 @@ class _Session:
     #: The batch of rows being priced on its thread, if any.
     pricing: asyncio.Future[list[str]] | None = None
     #: How late the event loop ran while the session sent (its own delay is in the timings).
-    loop_lag: LoopLagHistogram = field(default_factory=LoopLagHistogram)
+    loop_lag: LoopLagMeter = field(default_factory=LoopLagMeter)
 
     def __post_init__(self) -> None:
         self.redact = Redactor(self.config.secret_values())
