@@ -41,7 +41,7 @@ from batchrunner.execute import (
 from batchrunner.outage import MAX_HOLDS_PER_REQUEST
 from batchrunner.pacing import RateCeiling
 from batchrunner.polling import PROBES, PollPlanner
-from batchrunner.retry import retry_delay
+from batchrunner.retry import parse_retry_after, retry_delay
 from batchrunner.schema import (
     ERROR_JOB_EXPIRED,
     ERROR_JOB_NOT_FOUND,
@@ -105,6 +105,8 @@ class Job:
     poll_failures: int = 0
     last_pending_at: float | None = None  # epoch of the latest poll that saw it unfinished
     last_poll: float | None = None  # perf instant of the latest poll's answer
+    #: Perf instant before which it is not polled: the end of a pause a proxy asked for.
+    not_before: float = 0.0
 
     def elapsed_s(self, now_at: float) -> float:
         if self.submitted is not None:
@@ -377,10 +379,11 @@ class JobPoller:
         for _due, seq, job in self._heap:
             last = job.last_poll if job.last_poll is not None else job.submitted
             if last is None:
-                heap.append((now + self._delay(job, now_at), seq, job))
-                continue
-            then_at = now_at - (now - last)
-            heap.append((max(now, last + self._delay(job, then_at)), seq, job))
+                due = now + self._delay(job, now_at)
+            else:
+                then_at = now_at - (now - last)
+                due = max(now, last + self._delay(job, then_at))
+            heap.append((max(due, job.not_before), seq, job))
         heapq.heapify(heap)
         self._heap = heap
         self._wake.set()
@@ -520,8 +523,20 @@ class JobPoller:
         job.poll_failures += 1
         if job.poll_failures >= MAX_POLL_FAILURES:
             self._finish(job, attempt, now_at, Status.ERROR, note="polling kept failing: ")
-        else:
-            self.add(job, self.jctx.planner.retry_delay(job.poll_failures))
+            return
+        planner = self.jctx.planner
+        delay = planner.retry_delay(job.poll_failures)
+        hinted = parse_retry_after(attempt.headers) if attempt.headers is not None else None
+        if hinted is not None:
+            # A proxy's 429 or 503 asking for a pause: polling sooner is refused again and
+            # counts towards MAX_POLL_FAILURES. Capped as a request's pause is, and at a
+            # quarter of the TTL as every poll gap is, so that no finished result expires.
+            cap = self.jctx.exec.policy.max_retry_after_s
+            if job.ttl_s:
+                cap = min(cap, max(planner.min_gap_s, job.ttl_s / 4))
+            delay = max(delay, min(hinted, cap))
+            job.not_before = time.perf_counter() + delay
+        self.add(job, delay)
 
     def _found(self) -> None:
         """A job was found: the key and gateway are right, so the jobs not found before are

@@ -555,7 +555,8 @@ class _PollBreakingProxy:
     ``x-bf-async-id``) is answered by the proxy itself: HTTP *status* with an HTML page, as a
     load balancer or an auth layer answers."""
 
-    def __init__(self, upstream: str, status: int, every: int) -> None:
+    def __init__(self, upstream: str, status: int, every: int,
+                 headers: dict[str, str] | None = None) -> None:
         import http.server
         import threading
         import urllib.error
@@ -563,6 +564,10 @@ class _PollBreakingProxy:
 
         proxy = self
         self.polls = self.broken = 0
+        #: Each poll's job id, arrival (monotonic) and whether the proxy refused it, in order.
+        self.poll_log: list[tuple[str, float, bool]] = []
+        self.lock = threading.Lock()
+        self.page_headers = headers or {}
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -573,11 +578,17 @@ class _PollBreakingProxy:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if self.headers.get("x-bf-async-id"):
-                    proxy.polls += 1
-                    if proxy.polls % every == 0:
+                    with proxy.lock:  # handlers run on threads of their own
+                        proxy.polls += 1
+                        refuse = proxy.polls % every == 0
+                        proxy.poll_log.append(
+                            (self.headers["x-bf-async-id"], time.monotonic(), refuse))
+                    if refuse:
                         proxy.broken += 1
                         page = b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>"
                         self.send_response(status)
+                        for name, value in proxy.page_headers.items():
+                            self.send_header(name, value)
                         self.send_header("content-type", "text/html")
                         self.send_header("content-length", str(len(page)))
                         self.end_headers()
@@ -628,6 +639,28 @@ def test_polls_a_proxy_fails_are_polled_again_not_paid_for_twice(
     assert len(rows) == 30 and set(rows["status"]) == {"ok"}
     assert len(submits) == 30  # one paid job per request
     assert set(rows["attempts"]) == {1}
+
+
+def test_a_proxy_asking_polls_to_wait_is_waited_for(make_emulator, requests_file, tmp_path):
+    # A proxy's 429 page with retry-after: 1 on every 2nd poll. The poll was sent again after
+    # the planner's short back-off (0.1-0.2 s), refused again, and each refusal counted
+    # towards the 30 failures that end a job as an error row.
+    with make_emulator(ttft=Dist("fixed", 1.5)) as emu:
+        proxy = _PollBreakingProxy(emu.base_url, 429, every=2, headers={"retry-after": "1"})
+        try:
+            result = run(requests_file(6), proxy.url, tmp_path / "out", concurrency=6)
+        finally:
+            proxy.close()
+    assert result.status == "finished", result.message
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 6 and set(rows["status"]) == {"ok"}
+    gaps = []
+    for i, (job_id, at, refused) in enumerate(proxy.poll_log):
+        after = [t for j, t, _ in proxy.poll_log[i + 1:] if j == job_id]
+        if refused and after:
+            gaps.append(after[0] - at)
+    assert len(gaps) >= 3, proxy.poll_log
+    assert min(gaps) >= 0.95, sorted(gaps)
 
 
 @pytest.mark.parametrize(("status", "said"), [
