@@ -1553,6 +1553,17 @@ async def _restore_jobs(session: _Session, options: SourceOptions) -> list[Job]:
                 found[record.input_index] = kept_request(record, resubmit=resubmit)
 
         await asyncio.to_thread(lookup)
+    legacy = sum(1 for r in records if not r.request_kept and r.input_index not in found)
+    if legacy:
+        # Ledgers written before jobs.jsonl kept model and metadata: their rows need the input.
+        where = (f"{config.requests} does not hold them" if config.requests.is_file()
+                 else f"{config.requests} is not there")
+        session.say_note(
+            f"{legacy:,} job{'s' if legacy > 1 else ''} in jobs.jsonl {'were' if legacy > 1 else 'was'}"
+            f" recorded by an older batchrunner, without model and metadata, and {where}: "
+            f"{'their rows leave' if legacy > 1 else 'its row leaves'} model_requested and "
+            "metadata empty (put the input back there to fill them)"
+        )
     jobs = []
     for r in records:
         record = found.get(r.input_index)

@@ -771,6 +771,33 @@ def test_collect_never_submits_and_needs_no_input(make_emulator, requests_file, 
         assert orjson.loads(r["metadata"]) == {"i": i, "group": "a" if i % 2 else "b"}
 
 
+def test_collect_of_an_older_ledger_without_its_input_says_what_rows_lack(
+    make_emulator, requests_file, tmp_path
+):
+    # A jobs.jsonl written before it kept model and metadata, collected with the input moved
+    # away: the rows silently had no model_requested and no metadata.
+    requests = requests_file(6)
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.5)) as emu:
+        detached = run_cli("run", str(requests), "--mode", "async", "--detach", "--gateway",
+                           emu.base_url, "--out", str(out), "-q")
+        assert detached.returncode == 0, detached.stderr
+        ledger = out / "jobs.jsonl"
+        newer = ("attempts", "model_requested", "metadata", "request_kept", "abandoned")
+        lines = [orjson.loads(line) for line in ledger.read_bytes().splitlines()]
+        ledger.write_bytes(b"".join(
+            orjson.dumps({k: v for k, v in j.items() if k not in newer}) + b"\n" for j in lines))
+        requests.rename(tmp_path / "elsewhere.jsonl")
+        collected = run_cli("collect", str(out))
+    assert collected.returncode == 0, collected.stderr
+    assert ("Note: 6 jobs in jobs.jsonl were recorded by an older batchrunner, without model "
+            "and metadata") in collected.stderr
+    assert f"{requests} is not there" in collected.stderr
+    rows = read_rows(out)
+    assert len(rows) == 6 and set(rows["status"]) == {"ok"}
+    assert rows["model_requested"].isna().all() and rows["metadata"].isna().all()
+
+
 def test_an_outstanding_job_keeps_only_what_its_row_and_a_resubmit_need():
     from batchrunner.jobs import kept_request
     from batchrunner.schema import RequestRecord
