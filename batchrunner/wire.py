@@ -445,6 +445,8 @@ class WirePool:
         self._busy: set[_Connection] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._opening: set[asyncio.Task[_Connection]] = set()  # connects of open_ahead
+        #: Of those, the ones no request waits for yet (a dict: an ordered set).
+        self._unclaimed: dict[asyncio.Task[_Connection], None] = {}
         limits = [s for s in (read_s, exchange_s) if s is not None]
         period = min(limits) * _WATCH_FRACTION if limits else _WATCH_PERIOD_MAX_S
         self._watch_period = max(_WATCH_PERIOD_MIN_S, min(_WATCH_PERIOD_MAX_S, period))
@@ -471,6 +473,8 @@ class WirePool:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         conn = self._take_idle(started)
+        if conn is None and self._unclaimed:
+            conn = await self._join_opening()
         if conn is None:
             conn = await self._connect()
             if self._closed or conn.closed:
@@ -517,6 +521,7 @@ class WirePool:
         tasks = [loop.create_task(self._connect()) for _ in range(n - ready)]
         for task in tasks:
             self._opening.add(task)
+            self._unclaimed[task] = None
             task.add_done_callback(self._adopt)
         done, _ = await asyncio.wait(tasks, timeout=within_s)
         return sum(1 for t in done if not t.cancelled() and t.exception() is None)
@@ -524,6 +529,7 @@ class WirePool:
     def _adopt(self, task: asyncio.Task[_Connection]) -> None:
         """A connection opened ahead joins the idle ones (or is closed if the pool was)."""
         self._opening.discard(task)
+        self._unclaimed.pop(task, None)
         if task.cancelled() or task.exception() is not None:
             return  # the requests will meet the failure themselves
         conn = task.result()
@@ -532,6 +538,19 @@ class WirePool:
             return
         conn.idle_since = time.perf_counter()
         self._idle.append(conn)
+
+    async def _join_opening(self) -> _Connection | None:
+        """Wait for a connect opened ahead that is still under way (a slow TLS handshake)
+        rather than open one more: beside those, the requests' own connects had made up to
+        twice as many connections as requests in flight, for a moment."""
+        if not self._unclaimed:
+            return None
+        task = next(iter(self._unclaimed))
+        del self._unclaimed[task]
+        await asyncio.wait((task,))
+        # Its connection joined the idle ones first (_adopt ran before this wait ended); a
+        # failed connect is left for this request to meet itself, by connecting.
+        return self._take_idle(time.perf_counter())
 
     def _take_idle(self, now: float) -> _Connection | None:
         idle = self._idle
@@ -626,6 +645,7 @@ class WirePool:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
         opening = list(self._opening)
+        self._unclaimed.clear()
         for task in opening:
             task.cancel()
         await asyncio.gather(*opening, return_exceptions=True)

@@ -326,6 +326,26 @@ async def test_opening_ahead_tops_up_and_leaves_nothing_open_when_cancelled(
     assert server.open_connections == 6  # only the first pool's
 
 
+async def test_requests_wait_for_slow_connects_opened_ahead_instead_of_doubling_them(
+    server: Server, make_pool
+) -> None:
+    # A slow handshake (TLS far away): connects opened ahead still under way when the wait
+    # for them ended went on in the background while each request opened its own, twice as
+    # many connections as requests for a moment.
+    pool = make_pool(server.url("/echo"))
+    connect = pool._connect
+
+    async def slow_connect():
+        await asyncio.sleep(0.3)
+        return await connect()
+
+    pool._connect = slow_connect
+    assert await pool.open_ahead(4, within_s=0.05) == 0  # all four still connecting
+    results = await asyncio.gather(*(pool.post(b"{}") for _ in range(4)))
+    assert [r.status for r in results] == [200] * 4
+    assert server.accepted == 4 and pool.open_connections == 4
+
+
 async def test_keepalive_expiry_opens_a_new_connection(server: Server, make_pool) -> None:
     pool = make_pool(server.url("/echo"), keepalive_s=0.05)
     await pool.post(b"{}")
