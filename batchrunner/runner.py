@@ -1558,10 +1558,11 @@ async def _restore_jobs(session: _Session, options: SourceOptions) -> list[Job]:
         # Ledgers written before jobs.jsonl kept model and metadata: their rows need the input.
         where = (f"{config.requests} does not hold them" if config.requests.is_file()
                  else f"{config.requests} is not there")
+        many = legacy > 1
         session.say_note(
-            f"{legacy:,} job{'s' if legacy > 1 else ''} in jobs.jsonl {'were' if legacy > 1 else 'was'}"
+            f"{legacy:,} job{'s' if many else ''} in jobs.jsonl {'were' if many else 'was'}"
             f" recorded by an older batchrunner, without model and metadata, and {where}: "
-            f"{'their rows leave' if legacy > 1 else 'its row leaves'} model_requested and "
+            f"{'their rows leave' if many else 'its row leaves'} model_requested and "
             "metadata empty (put the input back there to fill them)"
         )
     jobs = []
