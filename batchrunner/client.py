@@ -283,7 +283,12 @@ class GatewayClient:
                         await _read_stream(response, attempt)
                     else:
                         raw = await response.aread()
-                        interpret_body(attempt, response.status_code, raw)
+                        try:
+                            interpret_body(attempt, response.status_code, raw)
+                        except Exception as exc:  # as on the wire path
+                            attempt.message = None
+                            _fail(attempt, ERROR_INVALID_RESPONSE,
+                                  f"response could not be processed: {exc!r}")
                 finally:
                     await response.aclose()
         except TimeoutError:
@@ -352,10 +357,14 @@ class GatewayClient:
         attempt.http_status = status
         attempt.headers = ResponseHeaders(exchange.headers)
         attempt.done = exchange.done
-        if sink is not None and _streams(status):
-            sink.finish()
-        else:
-            interpret_body(attempt, status or 0, exchange.content)
+        try:
+            if sink is not None and _streams(status):
+                sink.finish()
+            else:
+                interpret_body(attempt, status or 0, exchange.content)
+        except Exception as exc:  # a response shape no check foresaw: its row, not the run's end
+            attempt.message = None
+            _fail(attempt, ERROR_INVALID_RESPONSE, f"response could not be processed: {exc!r}")
         return attempt
 
 
@@ -600,7 +609,10 @@ class StreamSink:
         what the request was charged for so far)."""
         attempt = self.attempt
         if attempt.message is None and attempt.partial is None and self.assembler.began:
-            attempt.partial = self.assembler.message()
+            try:
+                attempt.partial = self.assembler.message()
+            except Exception:  # a piece it cannot place: the row keeps its error, not a crash
+                attempt.partial = None
 
 
 def _join_surrogates(text: str) -> str:
@@ -638,6 +650,12 @@ _JOINED_FIELDS = ("text", "thinking")
 #: A delta whose block was never started can only be placed for these (a Bifrost bug,
 #: maximhq/bifrost#5169): the block is opened implicitly with the delta's type.
 _IMPLICIT_BLOCKS = {"text_delta": "text", "thinking_delta": "thinking"}
+
+
+def _short(value: Any) -> str:
+    """A JSON value as it came, cut for an error message."""
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 class StreamAssembler:
@@ -685,6 +703,9 @@ class StreamAssembler:
         kind = event_type or payload.get("type")
         if kind == "content_block_delta":
             index = payload.get("index", 0)
+            if type(index) is not int:  # ordering blocks by it must not meet "1" beside 0
+                self.invalid = f"a content_block_delta with index {_short(index)}, not an integer"
+                return self.OTHER
             delta = payload.get("delta")
             if not isinstance(delta, dict):
                 return self.CONTENT
@@ -732,7 +753,11 @@ class StreamAssembler:
                 if isinstance(block.get(key), str):
                     opened_with = opened_with or bool(block[key])
                     block["_" + key] = block.pop(key)  # initial text; deltas follow as parts
-            self._blocks[payload.get("index", len(self._blocks))] = block
+            index = payload.get("index", len(self._blocks))
+            if type(index) is not int:
+                self.invalid = f"a content_block_start with index {_short(index)}, not an integer"
+                return self.OTHER
+            self._blocks[index] = block
             # A gateway may open a block with its first text (the API opens it empty): that
             # text is the first token, not the delta after it.
             return self.CONTENT if opened_with else self.OTHER

@@ -177,6 +177,43 @@ async def test_stream_that_cannot_be_assembled_is_invalid_response(
     assert attempt.error_type == ERROR_INVALID_RESPONSE and not attempt.transport_failure
 
 
+@pytest.mark.parametrize("stop", [True, False])
+@pytest.mark.parametrize("index", ["1", None, 1.0, True])
+async def test_a_block_index_that_is_no_integer_is_an_invalid_response_not_a_crash(
+    server: Server, make_client, stop, index
+) -> None:
+    # Blocks 0 and "1" could not be ordered: send() raised TypeError, the request got no row
+    # and the run aborted (with or without message_stop), again on every resume.
+    chunks = _stream(_block(0, {"type": "text", "text": ""}),
+                     _delta(0, {"type": "text_delta", "text": "a"}),
+                     _block(index, {"type": "text", "text": ""}),
+                     _delta(index, {"type": "text_delta", "text": "b"}))
+    if not stop:
+        chunks = chunks[:-1]
+    attempt = await send(make_client(server.url("/script")), {"status": 200, "chunks": chunks},
+                         True)
+    assert attempt.error_type == ERROR_INVALID_RESPONSE and attempt.message is None
+    assert "not an integer" in (attempt.error_message or ""), attempt.error_message
+    assert not attempt.transport_failure  # read the same again: not retried
+
+
+async def test_a_response_no_check_foresaw_is_its_attempt_s_failure_not_the_run_s(
+    server: Server, make_client, monkeypatch
+) -> None:
+    # The safety net under reading a body: a shape that makes our code raise (as a block index
+    # of "1" did) fails that attempt; before, send() raised and the whole run aborted.
+    import batchrunner.client
+
+    def unforeseen(attempt, status, raw):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(batchrunner.client, "interpret_body", unforeseen)
+    attempt = await send(make_client(server.url("/script")),
+                         {"status": 200, "body": json.dumps(MESSAGE)})
+    assert attempt.error_type == ERROR_INVALID_RESPONSE and not attempt.ok
+    assert attempt.error_message == "response could not be processed: KeyError('boom')"
+
+
 async def test_stream_content_that_cannot_be_placed_fails_the_attempt(
     server: Server, make_client
 ) -> None:
