@@ -169,6 +169,13 @@ async def serve_one(
             await writer.drain()
             writer.close()
             return
+        elif path == "/close-unsaid":
+            # Closes after answering without saying so (no "connection: close"): the end of the
+            # connection comes with the answer, before the client could reuse it.
+            writer.write(_response("200 OK", [], b"said nothing"))
+            await writer.drain()
+            writer.close()
+            return
         elif path == "/continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             writer.write(_response("200 OK", [], b"after continue"))

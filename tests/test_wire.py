@@ -346,6 +346,35 @@ async def test_requests_wait_for_slow_connects_opened_ahead_instead_of_doubling_
     assert server.accepted == 4 and pool.open_connections == 4
 
 
+async def test_a_connection_the_server_closed_is_not_reused_before_the_close_is_read(
+    server: Server, make_pool
+) -> None:
+    # The server's FIN came with its answer; the next request, sent before the loop read the
+    # close, went out on the dead connection: every second request failed (a retry spent).
+    pool = make_pool(server.url("/close-unsaid"))
+    for _ in range(10):
+        result = await pool.post(b"{}")
+        assert result.status == 200 and bytes(result.content) == b"said nothing"
+    assert server.accepted == 10 and len(server.requests) == 10
+
+
+async def test_the_read_timeout_counts_from_the_request_not_from_before_the_connect(
+    server: Server, make_pool
+) -> None:
+    # A slow connect (TLS far away) used up the read timeout: "no response data for 0.3 s"
+    # 0.05 s after the request was written, and a retry paid for the answer twice.
+    pool = make_pool(server.url("/slow"), read_s=0.3)
+    connect = pool._connect
+
+    async def slow_connect():
+        await asyncio.sleep(0.4)
+        return await connect()
+
+    pool._connect = slow_connect
+    result = await pool.post(b"{}")  # /slow answers 0.05 s after the request
+    assert result.status == 200
+
+
 async def test_keepalive_expiry_opens_a_new_connection(server: Server, make_pool) -> None:
     pool = make_pool(server.url("/echo"), keepalive_s=0.05)
     await pool.post(b"{}")
