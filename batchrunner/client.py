@@ -15,6 +15,7 @@ import asyncio
 import json
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -361,7 +362,12 @@ class GatewayClient:
             if sink is not None and _streams(status):
                 sink.finish()
             else:
-                interpret_body(attempt, status or 0, exchange.content)
+                content, problem = decompressed(exchange.content,
+                                                attempt.headers.get("content-encoding"))
+                if problem is not None:
+                    _fail(attempt, ERROR_INVALID_RESPONSE, problem)
+                else:
+                    interpret_body(attempt, status or 0, content)
         except Exception as exc:  # a response shape no check foresaw: its row, not the run's end
             attempt.message = None
             _fail(attempt, ERROR_INVALID_RESPONSE, f"response could not be processed: {exc!r}")
@@ -456,6 +462,35 @@ def _streams(status: int) -> bool:
     return 200 <= status < 300 and status != 204
 
 
+#: Largest body a compressed answer may expand to (a small page can expand to gigabytes).
+MAX_DECOMPRESSED_BYTES = 256 * 1024 * 1024
+
+
+def decompressed(raw: bytes, encoding: str | None) -> tuple[bytes, str | None]:
+    """A whole body as sent before its ``content-encoding`` (gzip or deflate, as httpx
+    decodes them), or why it cannot be read. Bodies are asked for uncompressed, but a proxy in
+    between may compress them anyway; the other clients decode those, so this one does too."""
+    coding = encoding.strip().lower() if encoding else ""
+    if not raw or coding in ("", "identity"):
+        return raw, None
+    if coding in ("gzip", "x-gzip", "deflate"):
+        # gzip or zlib headers detected (32 + 15); a raw deflate stream as some servers send.
+        for wbits in (47, -15):
+            inflater = zlib.decompressobj(wbits)
+            try:
+                body = inflater.decompress(raw, MAX_DECOMPRESSED_BYTES)
+            except zlib.error:
+                continue
+            if inflater.unconsumed_tail:
+                return raw, (f"the answer came compressed ({coding}) and expands beyond "
+                             f"{MAX_DECOMPRESSED_BYTES // 2**20} MB")
+            return body, None
+        return raw, f"the answer came compressed ({coding}) but does not decompress"
+    return raw, (f"the answer came compressed (content-encoding: {encoding}), which is not "
+                 "decoded here, though it was asked for uncompressed (accept-encoding: "
+                 "identity): a proxy in between that compresses?")
+
+
 def _fail(attempt: Attempt, error_type: str, message: str) -> None:
     attempt.error_type = error_type
     attempt.error_message = message[:MAX_ERROR_MESSAGE_CHARS]
@@ -541,16 +576,20 @@ class StreamSink:
     ``error`` event, when the attempt has its answer.
     """
 
-    __slots__ = ("assembler", "attempt", "decoder")
+    __slots__ = ("assembler", "attempt", "decoder", "head")
 
     def __init__(self, attempt: Attempt) -> None:
         self.attempt = attempt
         self.decoder = SSEDecoder()
         self.assembler = StreamAssembler()
+        #: The body's first bytes (to tell what came, if it was no stream at all).
+        self.head: bytes | None = None
 
     def __call__(self, chunk: bytes, now: float) -> bool:
         attempt = self.attempt
         assembler = self.assembler
+        if self.head is None:
+            self.head = chunk[:_HEAD_BYTES]
         for event_type, data in self.decoder.feed(chunk):
             kind = assembler.add(event_type, data)
             if kind == StreamAssembler.CONTENT:
@@ -592,11 +631,18 @@ class StreamSink:
         if attempt.message is not None or attempt.error_type is not None:
             return
         pending = self.decoder.pending
-        if self.assembler.started is False and pending.lstrip().startswith(b"{"):
-            # Not a stream at all but one JSON body (a job stub, a Message): read as one, so
-            # that it is judged as what it is instead of as a truncated stream and retried.
-            interpret_body(attempt, 200, pending)
-            return
+        if self.assembler.started is False:
+            if pending.lstrip().startswith(b"{"):
+                # Not a stream at all but one JSON body (a job stub, a Message): read as one,
+                # so that it is judged as what it is instead of as a truncated stream, retried.
+                interpret_body(attempt, 200, pending)
+                return
+            problem = _not_a_stream(attempt.headers, self.head)
+            if problem is not None:
+                # A whole body, but no stream (a proxy's page, a compressed stream): read the
+                # same again, each time paid for, so not retried as a cut stream would be.
+                _fail(attempt, ERROR_INVALID_RESPONSE, problem)
+                return
         if self.assembler.invalid:
             _fail(attempt, ERROR_INVALID_RESPONSE, self.assembler.invalid)
         else:
@@ -613,6 +659,27 @@ class StreamSink:
                 attempt.partial = self.assembler.message()
             except Exception:  # a piece it cannot place: the row keeps its error, not a crash
                 attempt.partial = None
+
+
+_HEAD_BYTES = 200
+#: How a stream (or its first line) may begin: a field, or a comment.
+_SSE_STARTS = (b"event:", b"data:", b":", b"id:", b"retry:")
+
+
+def _not_a_stream(headers: Any, head: bytes | None) -> str | None:
+    """Why a whole 2xx body with no event in it is no event stream, or None when it may be
+    one cut short (nothing came, or it begins as a stream does)."""
+    encoding = headers.get("content-encoding") if headers is not None else None
+    if encoding and encoding.strip().lower() != "identity":
+        return (
+            f"the stream came compressed (content-encoding: {encoding}) though it was asked for "
+            "uncompressed (accept-encoding: identity): a proxy in between that compresses?"
+        )
+    text = (head or b"").removeprefix(b"\xef\xbb\xbf").lstrip()
+    if not text or text.startswith(_SSE_STARTS):
+        return None
+    kind = headers.get("content-type") if headers is not None else None
+    return _excerpt(text, f"expected an event stream, got {kind or 'a body without content-type'}")
 
 
 def _join_surrogates(text: str) -> str:

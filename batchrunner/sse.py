@@ -10,6 +10,7 @@ from __future__ import annotations
 #: An incomplete event longer than this is collected in pieces until its end arrives, instead
 #: of being joined with (and searched again) on every read.
 _COLLECT_ABOVE = 64 * 1024
+_BOM = b"\xef\xbb\xbf"
 
 
 class SSEDecoder:
@@ -21,12 +22,13 @@ class SSEDecoder:
     Small leftovers are simply joined with the next read, the cheapest for ordinary streams.
     """
 
-    __slots__ = ("_buf", "_cr", "_parts")
+    __slots__ = ("_buf", "_cr", "_fed", "_parts")
 
     def __init__(self) -> None:
         self._buf = b""
         self._parts: list[bytes] = []  # a long incomplete event, when there is one
         self._cr = False  # the last chunk ended in \r: a \n starting the next one is its
+        self._fed = False  # whether the stream's first bytes came (a BOM there is dropped)
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
         """Decode what ``chunk`` completes.
@@ -35,6 +37,19 @@ class SSEDecoder:
         """
         if not chunk:  # nothing read (it must not forget a \r just taken as a line end)
             return []
+        if not self._fed:
+            # One byte order mark first is no part of the stream (as the SSE spec says); kept,
+            # it hid the first line, "data: {message_start …}".
+            if self._buf:  # the start of a BOM held back from the last read
+                chunk, self._buf = self._buf + chunk, b""
+            if len(chunk) < 3 and _BOM.startswith(chunk):
+                self._buf = chunk  # what came so far may yet be a BOM
+                return []
+            self._fed = True
+            if chunk.startswith(_BOM):
+                chunk = chunk[3:]
+                if not chunk:
+                    return []
         if self._cr:  # the last chunk ended in \r, taken as a line end: its \n is not another
             self._cr = False
             if chunk.startswith(b"\n"):

@@ -197,7 +197,13 @@ async def serve_one(
                 f"HTTP/1.1 {script['status']} X",
                 *(f"{k}: {v}" for k, v in script.get("headers", [])),
             ]
-            if "chunks" in script:
+            if script.get("gzip"):  # the whole answer compressed, as a proxy might
+                data = gzip.compress(("".join(script.get("chunks", [])) or
+                                      script.get("body", "")).encode())
+                writer.write(_response(f"{script['status']} X",
+                                       [*script.get("headers", []), ("content-encoding", "gzip")],
+                                       data))
+            elif "chunks" in script:
                 writer.write(
                     ("\r\n".join([*head, "transfer-encoding: chunked"]) + "\r\n\r\n").encode()
                 )

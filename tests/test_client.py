@@ -411,6 +411,46 @@ async def test_no_compressed_answer_is_asked_for_and_a_bom_is_no_json(
     assert attempt.ok and attempt.message == MESSAGE
 
 
+@pytest.mark.parametrize(("script", "said"), [
+    ({"headers": [["content-type", "text/html"]], "body": "<html><h1>Welcome</h1></html>"},
+     "expected an event stream, got text/html: <html><h1>Welcome</h1></html>"),
+    ({"headers": [["content-type", "text/event-stream"]], "chunks": STREAM_OK, "gzip": True},
+     "the stream came compressed (content-encoding: gzip) though it was asked for "
+     "uncompressed"),
+])
+async def test_a_whole_answer_that_is_no_stream_is_not_retried_as_a_cut_one(
+    server: Server, make_client, script, said
+) -> None:
+    # A proxy's 200 page, or a stream compressed on the way: "stream ended before
+    # message_stop", a transport failure, so sent again and paid for each time (3 of 3).
+    attempt = await send(make_client(server.url("/script")), {"status": 200, **script}, True)
+    assert attempt.error_type == ERROR_INVALID_RESPONSE and not attempt.transport_failure
+    assert (attempt.error_message or "").startswith(said), attempt.error_message
+
+
+async def test_a_compressed_answer_is_read_whichever_client_carried_it(
+    server: Server, make_client
+) -> None:
+    # The wire client read a proxy's gzip body as text: invalid_response and binary noise in
+    # error_message, where the httpx and aiohttp paths decode it to an ok row.
+    script = {"status": 200, "headers": [["content-type", "application/json"]],
+              "body": json.dumps(MESSAGE), "gzip": True}
+    attempt = await send(make_client(server.url("/script")), script)
+    assert attempt.ok and attempt.message == MESSAGE, attempt.error_message
+
+
+def test_an_answer_compressed_in_a_way_not_decoded_says_so() -> None:
+    from batchrunner.client import decompressed
+
+    body, problem = decompressed(b"\x0b\x02\x80hi\x03", "br")
+    assert body == b"\x0b\x02\x80hi\x03"
+    assert problem is not None and problem.startswith("the answer came compressed "
+                                                      "(content-encoding: br)")
+    assert decompressed(b"not gzip", "gzip")[1] == (
+        "the answer came compressed (gzip) but does not decompress")
+    assert decompressed(b"{}", " Identity ") == (b"{}", None)
+
+
 async def test_a_json_body_to_a_stream_request_is_read_as_one(
     server: Server, make_client
 ) -> None:

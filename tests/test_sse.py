@@ -253,3 +253,19 @@ def test_a_block_opened_with_its_first_text_is_the_first_token():
     asm = StreamAssembler()
     assert asm.add(EVENTS[0][0], orjson.dumps(EVENTS[0][1])) == StreamAssembler.OTHER
     assert asm.add(EVENTS[2][0], orjson.dumps(EVENTS[2][1])) == StreamAssembler.OTHER
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 4, 10])
+def test_a_leading_byte_order_mark_is_no_part_of_the_stream(split: int) -> None:
+    # A BOM before "data: {message_start …}" hid that line: the stream lost its first event.
+    body = b"\xef\xbb\xbf" + b'data: {"type":"message_start"}\n\ndata: {"type":"ping"}\n\n'
+    decoder = SSEDecoder()
+    events = decoder.feed(body[:split]) + decoder.feed(body[split:])
+    assert events == [(None, b'{"type":"message_start"}'), (None, b'{"type":"ping"}')]
+    # Only the first: one later in the stream is data, and a lone \xef stays as it came.
+    later = SSEDecoder()
+    assert later.feed(b'data: a\n\n') == [(None, b"a")]
+    assert later.feed(b'\xef\xbb\xbfdata: b\n\n') == []
+    lone = SSEDecoder()
+    assert lone.feed(b"\xef") == [] and lone.pending == b"\xef"
+    assert lone.feed(b"x: y\n\ndata: c\n\n") == [(None, b"c")]
