@@ -217,6 +217,18 @@ class Exchange:
         return body[0] if len(body) == 1 else b"".join(body)
 
 
+def _be_lenient(parser: httptools.HttpResponseParser) -> None:
+    """Accept what RFC 9112 tells a client to accept, or allows it to: folded header lines
+    (§5.2: MUST), line ends without CR (§2.2), and Content-Length beside chunked (§6.3: the
+    chunking wins). Refused, each was a connection error, retried: the answer paid again."""
+    try:
+        parser.set_dangerous_leniencies(
+            lenient_headers=True, lenient_optional_cr_before_lf=True, lenient_chunked_length=True
+        )
+    except AttributeError:  # httptools before 0.6.2: strict
+        pass
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; runs at most one exchange at a time."""
 
@@ -224,6 +236,7 @@ class _Connection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        _be_lenient(self.parser)
         self.exchange: Exchange | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -266,7 +279,17 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(PROTOCOL, "the server switched protocols (not HTTP/1.1)")
         except httptools.HttpParserError as exc:
-            self._fail(PROTOCOL, f"invalid HTTP response from the server: {exc}")
+            status = self.parser.get_status_code()
+            if 200 <= status < 300:
+                # The gateway answered, so the request was probably charged for: sent again,
+                # the same malformed answer would be bought again. Not a connection failure.
+                if exchange.status is None:
+                    exchange.status = status
+                    exchange.first_byte = self.now
+                self._fail(BODY, f"invalid HTTP response from the server after its status "
+                                 f"line (HTTP {status}): {exc}")
+            else:
+                self._fail(PROTOCOL, f"invalid HTTP response from the server: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

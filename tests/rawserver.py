@@ -176,6 +176,8 @@ async def serve_one(
             await writer.drain()
             writer.close()
             return
+        elif path == "/raw":
+            writer.write(body)  # the request's body is the whole answer, as malformed as it is
         elif path == "/continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             writer.write(_response("200 OK", [], b"after continue"))

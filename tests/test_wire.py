@@ -375,6 +375,38 @@ async def test_the_read_timeout_counts_from_the_request_not_from_before_the_conn
     assert result.status == 200
 
 
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: one\r\n two\r\n\r\nok",  # folded
+    b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok",  # no CR
+    b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"2\r\nok\r\n0\r\n\r\n",  # both framings: chunked wins
+])
+async def test_answers_a_client_must_or_may_accept_are_read(
+    server: Server, make_pool, answer
+) -> None:
+    # Each was a connection error, retried: the answer paid for again (httpx reads them).
+    pool = make_pool(server.url("/raw"))
+    result = await pool.post(answer)
+    assert result.status == 200 and bytes(result.content) == b"ok"
+    assert (await pool.post(answer)).status == 200  # and the connection is reused
+    assert server.accepted == 1
+
+
+async def test_a_malformed_answer_after_a_2xx_status_is_no_connection_failure(
+    server: Server, make_pool
+) -> None:
+    # The gateway answered (and may have charged): a connection error here was retried, and
+    # the same malformed answer bought again. A malformed error answer stays a protocol error.
+    pool = make_pool(server.url("/raw"))
+    with pytest.raises(WireError) as err:
+        await pool.post(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok")
+    assert err.value.kind == BODY and err.value.exchange.status == 200
+    assert "after its status line (HTTP 200): Duplicate Content-Length" in str(err.value)
+    with pytest.raises(WireError) as err:
+        await pool.post(b"HTTP/1.1 503 No\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok")
+    assert err.value.kind == PROTOCOL
+
+
 async def test_keepalive_expiry_opens_a_new_connection(server: Server, make_pool) -> None:
     pool = make_pool(server.url("/echo"), keepalive_s=0.05)
     await pool.post(b"{}")
