@@ -39,6 +39,10 @@ BODY = "body"
 
 # After a sink has its answer, this much more of a body is read to reuse the connection.
 _DISCARD_MAX_BYTES = 256 * 1024
+#: Most of an error answer's body kept (the rest is read and dropped).
+ERROR_BODY_MAX_BYTES = 1024 * 1024
+#: Largest whole 2xx body read (a Message is well under 10 MB); beyond, the exchange fails.
+BODY_MAX_BYTES = 512 * 1024 * 1024
 #: poll() event for "the peer closed its end" (Linux); elsewhere idle connections go unchecked.
 _POLLRDHUP: int | None = getattr(select, "POLLRDHUP", None)
 # The watchdog wakes every 1/20 of the shortest timeout, within these bounds: a timeout then
@@ -186,6 +190,7 @@ class Exchange:
     __slots__ = (
         "answered",
         "body",
+        "buffered",
         "discarded",
         "done",
         "error",
@@ -208,6 +213,7 @@ class Exchange:
         self.done = 0.0
         self.error: WireError | None = None
         self.answered = False
+        self.buffered = 0  # bytes of the body received for ``body`` (some maybe not kept)
         self.discarded = 0
 
     @property
@@ -361,6 +367,19 @@ class _Connection(asyncio.Protocol):
             return
         sink = exchange.sink
         if sink is None:
+            # Bounded: a runaway proxy's page, buffered whole within --timeout, could take the
+            # process's memory and the rows in flight with it.
+            before = exchange.buffered
+            size = exchange.buffered = before + len(body)
+            if size > ERROR_BODY_MAX_BYTES and not 200 <= (exchange.status or 0) < 300:
+                # An error page's start says what it can (rows keep 2,000 characters).
+                if before < ERROR_BODY_MAX_BYTES:
+                    exchange.body.append(body[: ERROR_BODY_MAX_BYTES - before])
+                return
+            if size > BODY_MAX_BYTES:
+                self._fail(BODY, f"the answer ran past {BODY_MAX_BYTES // 2**20} MB; not read "
+                                 "further")
+                return
             exchange.body.append(body)
             return
         try:

@@ -407,6 +407,28 @@ async def test_a_malformed_answer_after_a_2xx_status_is_no_connection_failure(
     assert err.value.kind == PROTOCOL
 
 
+async def test_answer_bodies_are_buffered_within_bounds(
+    server: Server, make_pool, monkeypatch
+) -> None:
+    # A runaway proxy's 300 MB error page was kept whole (440 MB peak) only to be cut to
+    # 2,000 characters: an error page keeps its start; a 2xx body past the limit fails.
+    import batchrunner.wire
+
+    monkeypatch.setattr(batchrunner.wire, "ERROR_BODY_MAX_BYTES", 1000)
+    monkeypatch.setattr(batchrunner.wire, "BODY_MAX_BYTES", 50_000)
+    pool = make_pool(server.url("/raw"))
+    page = b"<p>busy</p>" * 10_000
+    head = b"HTTP/1.1 503 Busy\r\ncontent-length: %d\r\n\r\n" % len(page)
+    result = await pool.post(head + page)
+    assert result.status == 503 and bytes(result.content) == page[:1000]
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(page)
+    with pytest.raises(WireError) as err:
+        await pool.post(ok + page)
+    assert err.value.kind == BODY and "ran past" in str(err.value)
+    small = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    assert bytes((await pool.post(small)).content) == b"ok"
+
+
 async def test_keepalive_expiry_opens_a_new_connection(server: Server, make_pool) -> None:
     pool = make_pool(server.url("/echo"), keepalive_s=0.05)
     await pool.post(b"{}")
