@@ -240,7 +240,8 @@ Exit codes: 0 done; 1 internal error; 2 usage or configuration error; 3 interrup
     help="Built-in emulator profile when no --gateway [a fast demo profile].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the stage results as JSON.")
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only errors, on stderr (no stage lines, messages or results line).")
 @stops_cleanly_on_signals
 def bench(
     requests: Path | None,

@@ -188,14 +188,15 @@ Exit codes:
     default=10.0,
     show_default=True,
     metavar="SECONDS",
+    help="Longest TCP (and TLS) connection set-up.",
 )
 @click.option(
     "--max-retries",
     type=click.IntRange(min=0),
     default=4,
     show_default=True,
-    help="Retries per request for 408/409/429/5xx/529 and connection failures, "
-    "obeying retry-after.",
+    help="Retries per request for 408/409/429, every 5xx but 501 and 505 (529 included) and "
+    "connection failures, obeying retry-after.",
 )
 @click.option(
     "--max-error-rate",

@@ -117,11 +117,12 @@ def build_source_options(
 @source_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def validate(file: str, as_json: bool, **options: Any) -> None:
-    """Check the request set FILE (.jsonl, .jsonl.gz or .parquet) without sending anything.
+    """Check the request set FILE (.jsonl or .ndjson, gzipped or not, or .parquet / .pq)
+    without sending anything.
 
     Prints how many requests are valid, the first rejected rows with their location and
     reason, and the models used. Exit code 0: every row is valid; 1: some rows would be
-    rejected, or there is none; 2: usage error or unreadable file.
+    rejected, or there is none; 2: usage error or unreadable file; 130: stopped by Ctrl-C.
     """
     source = build_source_options(**options)
     try:
