@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -381,6 +382,34 @@ class RunConfig:
         if url_has_credentials(self.gateway):
             names.append("--gateway (its URL holds credentials)")
         return names
+
+    def async_run_command(self, run_dir: Path, *, retry_failed: bool = False) -> str:
+        """``batchrunner run FILE --mode async --out RUN_DIR …`` that goes on with this async
+        run (for ``collect``, which never submits): with what shaped the requests (a resume
+        refuses other ``--max-tokens``, ``--model``, ...), the TTL, the headers and gateway that
+        are not credentials; :meth:`credentials_to_give_again` names the rest."""
+        from batchrunner.rundir import REQUEST_SHAPING  # (rundir reads configs: import late)
+
+        words = ["batchrunner", "run", str(self.requests), "--mode", "async", "--out",
+                 str(run_dir)]
+        if retry_failed:
+            words.append("--retry-failed")
+        words += ["--ttl", str(self.ttl_s)]
+        for name, flag in REQUEST_SHAPING.items():
+            value = getattr(self, name, None)
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if item is not None:
+                    words += [flag, str(item)]
+        for name, value in self.headers.items():
+            if not is_secret_header(name, value):  # a secret one is named to give again
+                words += ["-H", f"{name}: {value}"]
+        if not self.keep_response_json:
+            words.append("--no-response-json")
+        if not self.keep_response_text:
+            words.append("--no-response-text")
+        if self.gateway and not url_has_credentials(self.gateway):
+            words += ["--gateway", self.gateway]
+        return shlex.join(words)
 
     def secret_values(self) -> list[str]:
         """Every credential this run sends: the keys, the value of each header that

@@ -1379,9 +1379,12 @@ def _check_same_gateway(before: str | None, now: str, stderr: TextIO, quiet: boo
             if now == EMULATOR_GATEWAY
             else "start a new run (another --out) to use a gateway"
         )
+        def named(where: str) -> str:
+            return f"the {where}" if where == EMULATOR_GATEWAY else where
+
         raise ConfigError(
-            f"this run was sent to {before}; resuming it against {now} would mix their "
-            f"results in one run: {hint}"
+            f"this run was sent to {named(before)}; resuming it against {named(now)} would mix "
+            f"their results in one run: {hint}"
         )
     if not quiet:
         print(f"Warning: this run was sent to {before}; it goes on against {now}", file=stderr)
@@ -1665,11 +1668,12 @@ async def _finish(
     # Requests of the input with neither a row nor a job: --max-requests, or a stop, left them
     # unsubmitted. collect cannot send them, so it must not say "run collect again" for them.
     unsubmitted = max(0, (stats.total or 0) - settled - stats.rejected - outstanding)
+    again = config.credentials_to_give_again()
     send_rest = (
         f"{unsubmitted:,} request{'' if unsubmitted == 1 else 's'} of {config.requests} "
         f"{'was' if unsubmitted == 1 else 'were'} never submitted: send "
-        f"{'it' if unsubmitted == 1 else 'them'} with `batchrunner run {config.requests} "
-        f"--mode async --out {store.run_dir}` and the first run's --gateway and keys"
+        f"{'it' if unsubmitted == 1 else 'them'} with `{config.async_run_command(store.run_dir)}`"
+        + (f" and {', '.join(again)} given again" if again else "")
     )
     if config.detach and session.fatal is None and not session.interrupted:
         status, code, message = "detached", EXIT_OK, collect_hint

@@ -193,23 +193,7 @@ def _retry_failed_line(result: RunResult, config: RunConfig) -> str:
     requests (a resume refuses other ``--max-tokens``, ``--model``, ...; run.json holds them),
     the TTL and the headers that are not credentials; credentials are named, never shown."""
     from batchrunner.cli.resume_hint import retry_failed_line
-    from batchrunner.redaction import is_secret_header, url_has_credentials
 
-    again = list(config.credentials_to_give_again())
-    words = ["batchrunner", "run", str(config.requests), "--mode", "async", "--out",
-             str(result.run_dir), "--retry-failed", "--ttl", str(config.ttl_s)]
-    for name, flag in REQUEST_SHAPING.items():
-        value = getattr(config, name, None)
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if item is not None:
-                words += [flag, str(item)]
-    for name, value in config.headers.items():
-        if not is_secret_header(name, value):  # a secret one is named in `again`
-            words += ["-H", f"{name}: {value}"]
-    if not config.keep_response_json:
-        words.append("--no-response-json")
-    if not config.keep_response_text:
-        words.append("--no-response-text")
-    if config.gateway and not url_has_credentials(config.gateway):
-        words += ["--gateway", config.gateway]  # (else `again` names it)
-    return retry_failed_line(result.summary.get("status") or {}, shlex.join(words), again)
+    command = config.async_run_command(result.run_dir, retry_failed=True)
+    return retry_failed_line(result.summary.get("status") or {}, command,
+                             list(config.credentials_to_give_again()))

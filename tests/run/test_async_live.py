@@ -317,26 +317,28 @@ def test_collect_of_a_partly_submitted_run_says_run_sends_the_rest(
 ):
     # A detached run stopped by --max-requests: collect brings its jobs in, and then said
     # "incomplete ... Resume with: batchrunner collect" for ever, though only run can submit
-    # the requests left.
+    # the requests left. The command it gives is run as printed: without --gateway it was
+    # refused ("this run was sent to ...; resuming it against built-in emulator").
+    import shlex
+
     requests, out = requests_file(10), tmp_path / "out"
     with make_emulator() as emu:
         detached = run_cli(
             "run", str(requests), "--mode", "async", "--detach", "--gateway", emu.base_url,
-            "--out", str(out), "--max-requests", "4",
+            "--out", str(out), "--max-requests", "4", "--ttl", "600",
         )  # fmt: skip
         assert detached.returncode == 0, detached.stderr
-        rest = (
-            f"6 requests of {requests} were never submitted: send them with `batchrunner run "
-            f"{requests} --mode async --out {out}` and the first run's --gateway and keys"
-        )
+        rest = f"6 requests of {requests} were never submitted: send them with `batchrunner run "
         assert rest in detached.stdout
         collected = run_cli("collect", str(out))
         assert collected.returncode == 0, collected.stderr
         assert f"incomplete: every job is collected; {rest}" in collected.stderr
         assert "Resume with" not in collected.stderr
         assert len(read_rows(out)) == 4
-        done = run_cli("run", str(requests), "--mode", "async", "--gateway", emu.base_url,
-                       "--out", str(out))
+        command = ["run", *shlex.split(collected.stderr.split(rest)[1].split("`")[0])]
+        assert command[:5] == ["run", str(requests), "--mode", "async", "--out"]
+        assert "--gateway" in command and float(command[command.index("--ttl") + 1]) == 600
+        done = run_cli(*command)
         assert done.returncode == 0, done.stderr
     assert sorted(read_rows(out)["input_index"]) == list(range(10))
 
