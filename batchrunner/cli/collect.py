@@ -82,6 +82,8 @@ def collect(
         nonlocal gateway
         info = load_run_json(run_dir)
         if info is None:
+            if not run_dir.exists():  # a typo, not a damaged run
+                raise ConfigError(f"{run_dir}: no such directory")
             raise ConfigError(f"{run_dir} is not a batchrunner run directory (no run.json)")
         recorded = info.get("config") or {}
         kept = info.get("gateway") if info.get("gateway") != "built-in emulator" else None

@@ -650,3 +650,16 @@ def test_a_resume_says_why_it_is_silent_while_a_big_journal_converts(
     assert f"rows an earlier session left in {out / 'journal'} into Parquet first" in said
     assert said.index("into Parquet first") < said.index("Resuming run")
     assert result.status == "finished"
+
+
+def test_collect_of_a_path_that_does_not_exist_says_so(tmp_path):
+    # A typo in the path read as a damaged run: "is not a batchrunner run directory".
+    missing = tmp_path / "no-such-run"
+    result = run_cli("collect", str(missing))
+    assert result.returncode == 2
+    assert f"Error: {missing}: no such directory" in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("collect", str(empty))
+    assert result.returncode == 2
+    assert f"{empty} is not a batchrunner run directory (no run.json)" in result.stderr
