@@ -815,8 +815,11 @@ def resolve_run_dir(
         damaged).
     :raises RunDirError: nothing to resume, or the directory belongs to another input.
     """
-    if config.out is not None:
-        run_dir = config.out
+    out = config.out
+    if out is None and config.run_name and (config.resume or config.retry_failed):
+        out = config.results_root / config.run_name  # that run, not the latest (--name was lost)
+    if out is not None:
+        run_dir = out
         info = load_run_json(run_dir, "give another --out to start a new run")
         if info is None and run_dir.exists() and not _died_before_starting(run_dir):
             if _holds_rows(run_dir):

@@ -136,7 +136,9 @@ Exit codes:
     show_default=True,
     help="Where default run directories go.",
 )
-@click.option("--name", "run_name", default=None, help="Name of the new run directory.")
+@click.option("--name", "run_name", default=None,
+              help="Name of the new run directory (with --resume: the run under "
+              "--results-root to resume).")
 @click.option(
     "--resume",
     is_flag=True,

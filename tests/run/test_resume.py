@@ -194,6 +194,24 @@ def test_resume_of_a_missing_directory_is_refused_not_started_afresh(make_emulat
         assert not any(out.iterdir())
 
 
+def test_resume_with_a_name_resumes_that_run_not_the_latest(make_emulator, tmp_path):
+    # --name was ignored by --resume without a word: the latest run of the input was resumed.
+    requests, root = write_requests(tmp_path / "set.jsonl", 6), tmp_path / "results"
+    with make_emulator() as emu:
+        def start(*extra: str):
+            return run_cli("run", str(requests), "--gateway", emu.base_url, "--results-root",
+                           str(root), "-q", *extra)
+
+        assert start("--name", "first", "--max-requests", "2").returncode == 0
+        assert start("--name", "second", "--max-requests", "3").returncode == 0
+        resumed = start("--resume", "--name", "first")
+        assert resumed.returncode == 0, resumed.stderr
+        missing = start("--resume", "--name", "third")
+    assert len(read_rows(root / "first")) == 6 and len(read_rows(root / "second")) == 3
+    assert missing.returncode == 2 and "there is no run directory" in missing.stderr
+    assert not (root / "third").exists()
+
+
 def test_a_full_disk_while_recovering_the_journal_says_so_and_keeps_it(
     make_emulator, tmp_path, monkeypatch
 ):
