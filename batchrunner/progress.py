@@ -28,9 +28,12 @@ STALL_S = 5.0
 class LiveStats:
     """What the run has done so far (this session), for progress and stop decisions."""
 
-    def __init__(self, total: int | None, already_done: int = 0) -> None:
+    def __init__(self, total: int | None, already_done: int = 0,
+                 session_limit: int | None = None) -> None:
         self.total = total
         self.already_done = already_done
+        #: ``--max-requests``: the most requests this session sends (its ETA ends there).
+        self.session_limit = session_limit
         self.started = time.perf_counter()
         self.done = 0
         self.in_flight = 0
@@ -75,6 +78,9 @@ class LiveStats:
         parts = [f"{finished:,}" + (f"/{self.total:,}" if self.total is not None else "")]
         if self.total:
             parts[0] += f" ({100.0 * finished / self.total:.1f}%)"
+        limit = self.session_limit
+        if limit is not None:
+            parts[0] += f", this session {self.done:,}/{limit:,}"
         parts.append(f"{rate:,.1f} req/s")
         jobs = self.jobs
         if jobs is not None:
@@ -98,9 +104,11 @@ class LiveStats:
         quiet_s = now - self.last_done
         if self.in_flight and quiet_s >= STALL_S:
             parts.append(f"none finished for {_fmt_duration(quiet_s)}")
-        elif self.total and rate > 0:
-            left = max(0, self.total - finished - self.rejected)
-            parts.append(f"ETA {_fmt_duration(left / rate)}")
+        elif (self.total or limit is not None) and rate > 0:
+            left = max(0, self.total - finished - self.rejected) if self.total else None
+            if limit is not None:
+                left = min(left, limit - self.done) if left is not None else limit - self.done
+            parts.append(f"ETA {_fmt_duration(max(0, left) / rate)}")
         return " | ".join(parts)
 
 

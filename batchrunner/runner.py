@@ -1197,7 +1197,7 @@ async def _run_in_store(
     info["sessions"].append(session_info)
     info["status"] = "running"
     options = config.source_options()
-    stats = LiveStats(total, already_done=store.done_count)
+    stats = LiveStats(total, already_done=store.done_count, session_limit=config.max_requests)
     if config.collect_only:
         stats.rejected = int(info.get("rejected") or 0)  # collect reads no input
     if not quiet:

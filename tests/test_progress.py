@@ -78,3 +78,25 @@ def test_a_run_with_a_spending_limit_shows_its_spend_against_it():
     assert " | $12.35 of $25.00 | " in stats.line()
     stats.spent_usd, stats.cost_limit_usd = 0.00123, 0.002
     assert " | $0.001230 of $0.002000 | " in stats.line()
+
+
+def test_a_session_with_max_requests_shows_its_own_end_and_eta(monkeypatch):
+    # --max-requests 20 of 60: "16/60 (26.7%) | 10.0 req/s | ... | ETA 0:04", the ETA of all
+    # 60 though the session stops at 20 (4 left: 0:00).
+    import batchrunner.progress as progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    stats = LiveStats(total=60, session_limit=20)
+    for _ in range(16):
+        stats.record(row())
+    clock[0] += 1.6  # 10 requests a second
+    line = stats.line()
+    assert line.startswith("16/60 (26.7%), this session 16/20 | 10.0 req/s"), line
+    assert line.endswith("ETA 0:00"), line
+    # An input whose size is not known (a pipe) still has an end: the session's.
+    unknown = LiveStats(total=None, session_limit=300)
+    unknown.record(row())
+    clock[0] += 1.0
+    assert unknown.line() == "1, this session 1/300 | 1.0 req/s | errors 0 | in flight 0 | " \
+                             "p50 100 ms | ETA 4:59"
