@@ -169,6 +169,11 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
             info, problems = checked_run_info(info, str(info_path))
             warnings += problems
         info = info or {}
+        rejected = info.get("rejected")
+        # run_info_check does not check this field: a hand-edited value must not stop the text.
+        if rejected is not None and not (type(rejected) is int and rejected >= 0):
+            del info["rejected"]
+            warnings.append(f"{info_path}: rejected is {rejected!r}, expected a count; left out")
     except ReportError as exc:
         if not data_dir.is_dir():
             raise  # nothing else to report from
@@ -1076,6 +1081,9 @@ def _run_report(run: RunRows, by: Sequence[str], book: PriceBook, max_groups: in
         # Async jobs submitted but not yet collected: they have no rows (nor cost) yet.
         "outstanding_jobs": (run.info.get("async") or {}).get("outstanding_jobs") or 0,
         "collect_before": (run.info.get("async") or {}).get("collect_before"),
+        # Input rows the run refused (invalid, or a repeated custom_id) have no row: only
+        # run.json counts them. Null when it does not say (unreadable, or a first session going).
+        "rejected_input_rows": run.info.get("rejected"),
         "window": {"start_at": _iso(window.start), "end_at": _iso(window.end),
                    "wall_s": _num(window.wall), "active_s": _num(window.active)},
         "metrics": metrics,
@@ -1219,7 +1227,8 @@ def compare(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     :param reports: the ``runs`` entries of :func:`build_report`.
     :return: ``{"baseline", "runs", "overall": [...], "groups": [...], "cost_by_model": [...],
-        "unpriced": {run: [models]}, "outstanding_jobs": {run: n}}``; each figure row is
+        "unpriced": {run: [models]}, "outstanding_jobs": {run: n},
+        "rejected_input_rows": {run: n}}``; each figure row is
         ``{"figure", "values", "delta", "delta_pct"}``, deltas for every run after the first
         (``delta_pct`` is null when the baseline is 0 or missing). A run with unpriced models
         (listed in ``unpriced``) or async jobs not collected yet (``outstanding_jobs``) has null
@@ -1251,9 +1260,12 @@ def compare(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     unpriced = {r["name"]: [m["model"] for m in r["overall"]["cost"]["unpriced_models"]]
                 for r in reports if r["overall"]["cost"]["unpriced_models"]}
     outstanding = {r["name"]: r["outstanding_jobs"] for r in reports if r.get("outstanding_jobs")}
+    rejected = {r["name"]: r["rejected_input_rows"] for r in reports
+                if r.get("rejected_input_rows")}
     return {"baseline": reports[0]["name"], "runs": [r["name"] for r in reports],
             "overall": overall, "groups": groups, "cost_by_model": by_model,
-            "unpriced": unpriced, "outstanding_jobs": outstanding}
+            "unpriced": unpriced, "outstanding_jobs": outstanding,
+            "rejected_input_rows": rejected}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -309,8 +309,9 @@ def render_html(report: dict[str, Any]) -> str:
 
 
 def _header_class(line: str) -> str:
-    """A run header line's class: warnings and a schedule not kept stand out."""
-    return "meta warn" if line.startswith(("warning ", "schedule ")) else "meta"
+    """A run header line's class: warnings, a schedule not kept and rejected input rows stand
+    out."""
+    return "meta warn" if line.startswith(("warning ", "schedule ", "rejected ")) else "meta"
 
 
 def _overrides(prices: dict[str, Any]) -> str:

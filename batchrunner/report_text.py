@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import Any
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "format_report",
     "format_short",
     "plural",
+    "rejected_note",
     "run_header",
     "run_keys",
     "run_tables",
@@ -371,12 +373,26 @@ def run_header(run: dict[str, Any]) -> list[str]:
             f"batchrunner collect {run.get('run_dir') or 'RUN_DIR'}"
             + (f" before {_iso_text(before)}" if before else "")
         )
+    rejected = run.get("rejected_input_rows")
+    if rejected:
+        out.append(f"rejected   {rejected_note(rejected, run.get('run_dir'))}")
     warm = warmup_line(run)
     if warm:
         out.append(f"bench      {warm}")
     out += schedule_lines(run.get("schedule"))
     out += [f"warning    {w}" for w in run.get("warnings") or []]
     return out
+
+
+def rejected_note(n: int, run_dir: str | None) -> str:
+    """What a run's rejected input rows are: never sent, so without a row, and where they are.
+
+    :param n: the count ``run.json`` records (``rejected``).
+    :param run_dir: the run directory, to name its ``rejects.jsonl``.
+    """
+    where = str(PurePath(run_dir) / "rejects.jsonl") if run_dir else "rejects.jsonl"
+    return (f"{plural(n, 'input row')} {'was' if n == 1 else 'were'} invalid and never sent: "
+            f"no row, so in no figure below; each is in {where} with its reason")
 
 
 def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -> list[Table]:
@@ -660,6 +676,10 @@ def comparison_tables(cmp: dict[str, Any]) -> list[Table]:
         title += "; no cost total for " + "; ".join(
             f"{run} ({'; '.join(reasons)})" for run, reasons in why.items())
     tables = [Table(title, ["figure", *headers], rows_of(cmp["overall"]), left=1)]
+    rejected = cmp.get("rejected_input_rows") or {}
+    if rejected:  # the requests row alone would not say why a run has fewer
+        tables[0].notes.append("input rows rejected (invalid, never sent, in no figure above): "
+                               + ", ".join(f"{run} {n:,}" for run, n in rejected.items()))
     if cmp["cost_by_model"]:
         rows = []
         for entry in cmp["cost_by_model"]:

@@ -13,7 +13,7 @@ from .conftest import T0, row
 #: The documented top-level keys of ``--json`` (docs/report.md): a change here is a contract change.
 TOP_KEYS = {"report_version", "generated_at", "prices", "group_by", "rows_used", "runs"}
 RUN_KEYS = {"name", "run_dir", "run_id", "mode", "status", "gateway", "rows", "journal_rows",
-            "outstanding_jobs", "collect_before", "replaced_cost_usd",
+            "outstanding_jobs", "collect_before", "replaced_cost_usd", "rejected_input_rows",
             "window", "metrics", "overall", "groups", "cost_by_model", "timeline", "schedule",
             "stages", "warnings"}
 SECTION_KEYS = {"requests", "sent", "status", "ok_rate", "error_rate", "errors", "throughput",
