@@ -420,10 +420,13 @@ def run_tables(run: dict[str, Any], prices: dict[str, Any], by: Sequence[str]) -
                 example = example[:77] + "..."
             rows.append([*label, e["error_type"], _int(e["count"]), _pct(e["share"]),
                          ",".join(e["statuses"]), ",".join(e["http_statuses"]) or "-", example])
+    if rows:
+        title = ("Errors (rows not ok, by error_type; share: of all rows; example: the first in "
+                 "input order)")
+    else:  # "every row is ok" of no rows at all read as a clean run
+        title = "Errors: none (every row is ok)" if o["requests"] else "Errors: none (no rows)"
     tables.append(Table(
-        "Errors (rows not ok, by error_type; share: of all rows; example: the first in input "
-        "order)" if rows
-        else "Errors: none (every row is ok)",
+        title,
         [*groups, "error_type", "count", "share", "status", "http", "example"], rows,
         left=g + 1, last_left=True))
 

@@ -286,3 +286,12 @@ def test_a_run_killed_before_it_recorded_its_end_is_said_so(make_run):
                for w in doc["warnings"])
     whole = make_run(rows, info={"status": "finished", "summary": {"requests": 3}})
     assert orjson.loads(invoke(str(whole), "--json").output)["runs"][0]["warnings"] == []
+
+
+def test_a_report_without_rows_does_not_call_every_row_ok(make_run):
+    # Before: "Errors: none (every row is ok)" for a detached async run not collected yet.
+    empty = make_run([], info={"async": {"outstanding_jobs": 3}, "config": {"mode": "async"}})
+    lines = invoke(str(empty)).output.splitlines()
+    assert "Errors: none (no rows)" in lines
+    assert not any("every row is ok" in line for line in lines)
+    assert "Errors: none (every row is ok)" in invoke(str(make_run([row()]))).output.splitlines()
