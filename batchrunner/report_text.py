@@ -41,13 +41,24 @@ _CATEGORY_LABELS = {"input": "input", "output": "output", "cache_write_5m": "wri
 _FEE_LABELS = {"web_search": "web search"}
 
 
+def _places(value: float, least: int) -> int:
+    """Decimals for *value*: *least*, or two significant digits when *least* would round a
+    value that is not zero to zero (the rule of the error rates, :func:`_decimals`)."""
+    a = abs(value)
+    if a == 0 or round(a, least) != 0:
+        return least
+    return 1 - math.floor(math.log10(a))
+
+
 def fmt_duration(seconds: float | None) -> str:
-    """``812 µs``, ``197.6 ms``, ``2.31 s``, ``4m05.0s``; ``-`` for None."""
+    """``812 µs``, ``197.6 ms``, ``2.31 s``, ``4m05.0s``; ``-`` for None. A duration that is
+    not zero never reads as zero: ``0.49 µs``, ``-0.49 µs`` (a delta), not ``-0 µs``."""
     if seconds is None:
         return "-"
     a = abs(seconds)
     if a < 1e-3:
-        return f"{seconds * 1e6:,.0f} µs"
+        us = seconds * 1e6
+        return f"{us:z,.{_places(us, 0)}f} µs"
     if a < 1:
         return f"{seconds * 1e3:,.1f} ms"
     if a < 600:
@@ -102,9 +113,10 @@ def _decimals(shares: Sequence[float | None], least: int) -> int:
 
 
 def _rate(value: float | None) -> str:
+    """``72.1``, ``2,316``; one request in a minute is ``0.017``, not ``0.0``."""
     if value is None:
         return "-"
-    return f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return f"{value:z,.{_places(value, 1)}f}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
 @dataclass(slots=True)
@@ -638,7 +650,9 @@ def _fmt_figure(name: str, value: Any, delta: bool = False, decimals: int = 2) -
 def _delta_pct(pct: float | None, base: Any, value: Any) -> str:
     """A Δ% cell: ``from 0`` when the baseline is 0 and the run is not (no percentage of 0)."""
     if pct is not None:
-        return f"{pct:+z.1f}%"  # z: a change that rounds to zero reads +0.0%, as no change does
+        # A change too small for one decimal gets two significant digits, never 0.0%; z: a
+        # plain zero (no change) reads +0.0%, never -0.0%.
+        return f"{pct:+z.{_places(pct, 1)}f}%"
     if base == 0 and value:
         return "from 0"
     return "-"
@@ -654,9 +668,10 @@ def comparison_tables(cmp: dict[str, Any]) -> list[Table]:
         rows = []
         for fig in figures:
             name = fig["figure"]
-            # Enough decimals that no value other than 0 shows as 0 (1 error in 400,000 rows
-            # against none: 0.00025% → 0.00%, -100.0%, read as a contradiction).
-            places = _decimals(fig["values"], 2) if name == "error_rate" else 2
+            # Enough decimals that no value or delta other than 0 shows as 0 (1 error in
+            # 400,000 rows against none: 0.00025% → 0.00%, -100.0%, read as a contradiction).
+            places = (_decimals([*fig["values"], *fig["delta"]], 2) if name == "error_rate"
+                      else 2)
             rows.append([*prefix, name, *(_fmt_figure(name, v, decimals=places)
                                           for v in fig["values"]),
                          *(_fmt_figure(name, d, delta=True, decimals=places)

@@ -276,7 +276,8 @@ def test_no_change_is_never_a_negative_zero():
     (fig,) = _rows([{"cost_usd": 0.09386874999999999}, {"cost_usd": 0.09386874999999997}])
     assert fig["delta"] == [0.0] and fig["delta_pct"] == [0.0]
     assert math.copysign(1, fig["delta"][0]) == 1 and math.copysign(1, fig["delta_pct"][0]) == 1
-    # A change that rounds to zero is shown as one, with the sign every zero change has.
+    # A real change too small for the usual decimals is not shown as zero: two significant
+    # digits, with its own sign; only no change reads +0.0%.
     figures = [
         fig,
         {"figure": "latency_s p50", "values": [2.0, 1.9999], "delta": [-1e-4],
@@ -287,8 +288,8 @@ def test_no_change_is_never_a_negative_zero():
     cmp = {"runs": ["a", "b"], "baseline": "a", "overall": figures, "cost_by_model": [],
            "groups": []}  # fmt: skip
     rows = comparison_tables(cmp)[0].rows
-    assert [r[-1] for r in rows] == ["+0.0%"] * 4
-    assert rows[2][-2] == "0.00pp"  # as a zero change in percentage points is
+    assert [r[-1] for r in rows] == ["+0.0%", "-0.0050%", "-0.0020%", "+0.0%"]
+    assert rows[2][1:] == ["50.0000%", "49.9990%", "-0.0010pp", "-0.0020%"]
 
 
 def test_summary_keys_and_values(make_run):
@@ -391,6 +392,31 @@ def test_a_comparison_never_rounds_a_rate_into_its_own_delta(make_run):
     assert text == [["error_rate", "0.0025%", "0.00%", "-0.0025pp", "-100.0%"]]
     requests = run_tables(report["runs"][0], report["prices"], [])[0]
     assert requests.rows == [["40,000", "39,999", "1", "0", "0", "0", "0.0025%"]]
+
+
+def test_a_comparison_never_prints_a_duration_or_rate_that_is_not_zero_as_zero(make_run):
+    # Before: "queue_wait_s p50  7 µs  6 µs  -0 µs  -7.1%" for a delta of -0.49 µs.
+    many = [row(custom_id=str(i), input_index=i, queue_wait_s=7e-6) for i in range(10)]
+    a = make_run(many)
+    b = make_run([{**r, "queue_wait_s": 6.51e-6} for r in many])
+    report = build_report([load_run(a), load_run(b)])
+    rows = {r[0]: r[1:] for r in comparison_tables(report["comparison"])[0].rows}
+    assert rows["queue_wait_s p50"] == ["7 µs", "7 µs", "-0.49 µs", "-7.0%"]
+    # The same rule for a duration under half a microsecond, a rate under 0.05/s and a Δ%.
+    figures = [
+        {"figure": "queue_wait_s p99", "values": [3e-7, 0.0], "delta": [-3e-7],
+         "delta_pct": [-100.0]},
+        {"figure": "requests_per_s", "values": [0.04, 0.01], "delta": [-0.03],
+         "delta_pct": [-75.0]},
+        {"figure": "requests", "values": [100_000, 100_001], "delta": [1], "delta_pct": [0.001]},
+    ]  # fmt: skip
+    cmp = {"runs": ["a", "b"], "baseline": "a", "overall": figures, "cost_by_model": [],
+           "groups": []}  # fmt: skip
+    assert [r[1:] for r in comparison_tables(cmp)[0].rows] == [
+        ["0.30 µs", "0 µs", "-0.30 µs", "-100.0%"],
+        ["0.040", "0.010", "-0.030", "-75.0%"],
+        ["100,000", "100,001", "+1", "+0.0010%"],
+    ]
 
 
 def test_a_group_of_unpriced_rows_shows_no_cost_not_zero(make_run):
