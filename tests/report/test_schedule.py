@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from batchrunner.cli import main
 from batchrunner.emulator.config import Dist
 from batchrunner.report import build_report, load_run
-from batchrunner.report_text import format_report, format_short
+from batchrunner.report_text import format_report, format_short, schedule_lines
 from batchrunner.schedule_check import open_loop_sessions
 from batchrunner.summary import SUMMARY_COLUMNS, summarize_batches
 
-from .conftest import T0, row
+from .conftest import REPO, T0, row
 
 
 def open_loop_rows(n: int, rate: float, sent_rate: float, start: float = T0,
@@ -225,3 +225,14 @@ def test_gateway_outages_come_first_in_the_likely_cause(make_run):
                                 schedule=open_loop_sessions({"sessions": [s]}))
     assert ("likely cause: the gateway could not be connected to 2 times during the --rate "
             "session: requests waited for it; otherwise the client's CPU") in format_short(summary)
+
+
+def test_the_docs_show_the_real_client_cpu_wording():
+    # docs/report.md introduced the client's-CPU case but showed the cap's line again.
+    lines = schedule_lines({
+        "kept": False, "target_rates": [20_000.0], "achieved_send_rate": 5178.0,
+        "scheduled_send_rate": 20_000.0, "send_lag_s": {"p99": 0.5734, "max": 0.5745},
+        "rows_used": 4000, "in_flight_caps": [10_000], "in_flight_peak": 590, "cap_waits": 0,
+    })
+    docs = (REPO / "docs" / "report.md").read_text().splitlines()
+    assert lines[0] in docs and lines[1] in docs
