@@ -169,11 +169,6 @@ def load_run(run_dir: Path, by: Sequence[str] = ()) -> RunRows:
             info, problems = checked_run_info(info, str(info_path))
             warnings += problems
         info = info or {}
-        rejected = info.get("rejected")
-        # run_info_check does not check this field: a hand-edited value must not stop the text.
-        if rejected is not None and not (type(rejected) is int and rejected >= 0):
-            del info["rejected"]
-            warnings.append(f"{info_path}: rejected is {rejected!r}, expected a count; left out")
     except ReportError as exc:
         if not data_dir.is_dir():
             raise  # nothing else to report from

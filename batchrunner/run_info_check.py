@@ -58,6 +58,7 @@ RUN_JSON: dict[str, Any] = {
     "sessions": [{"started_at": _number, "finished_at": _number, "config": _CONFIG,
                   "gateway_outages": _count, "cap_waits": _count, "redone_cost_usd": _number}],
     "async": {"outstanding_jobs": _count, "collect_before": _number},
+    "rejected": _count,
     "bench": {"stages": [{"name": _text, "rate": _number, "concurrency": _count}],
               "slos": [_text]},
     "stages": [_STAGE],
