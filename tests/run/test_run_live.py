@@ -907,3 +907,25 @@ def test_duration_counts_from_when_the_closed_loop_has_connected(requests_file, 
         for conn in held:
             conn.close()
     assert result.summary["requests"] >= 1, result.message  # before: 0 (none started)
+
+
+def test_no_request_goes_out_while_a_finished_one_is_only_in_memory(requests_file, tmp_path):
+    # Rows were written together at the end of the loop turn, and a worker that finished one
+    # request sent its next at once: a kill -9 in between lost a finished row as well as the
+    # requests in flight (a resume sent 5 again with -c 4). Here each request, as it goes out,
+    # looks at what the journal holds: every earlier request's row, with -c 1.
+    out = tmp_path / "out"
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+               "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+               "usage": {"input_tokens": 3, "output_tokens": 1}}
+    written_when_sent: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        lines = sum(p.read_bytes().count(b"\n") for p in out.glob("journal/seg-*.jsonl"))
+        written_when_sent.append(lines)
+        return httpx.Response(200, json=message)
+
+    result = batchrunner.run(requests_file(12), out=out, concurrency=1,
+                             gateway="http://127.0.0.1:9", transport=httpx.MockTransport(answer))
+    assert result.status == "finished", result.message
+    assert written_when_sent == list(range(12))
