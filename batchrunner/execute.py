@@ -292,6 +292,7 @@ def attempt_retry_delay(ctx: ExecContext, attempt: Attempt, attempts_done: int) 
         transport_failure=attempt.transport_failure,
         timed_out=attempt.timed_out,
         rng=ctx.rng,
+        error_message=attempt.error_message,
     )
 
 

@@ -570,6 +570,7 @@ class JobPoller:
             error_type=attempt.error_type,
             headers=attempt.headers,
             rng=ctx.rng,
+            error_message=attempt.error_message,
         )
         record = job.record
         # A record rebuilt from jobs.jsonl alone has no body: nothing that could be sent.

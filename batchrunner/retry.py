@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_MAX_RETRIES = 4
+#: What an older Bifrost (no status for it: 400 on the Anthropic route) says when its provider
+#: queue is full and drop_excess_requests is on.
+QUEUE_FULL = "request dropped: queue is full"
 DEFAULT_BACKOFF_BASE_S = 0.5
 DEFAULT_BACKOFF_MAX_S = 30.0
 #: A server asking for a longer pause than this is obeyed only up to it, so one bad header
@@ -120,6 +123,7 @@ def retry_delay(
     timed_out: bool = False,
     rng: random.Random | None = None,
     now: float | None = None,
+    error_message: str | None = None,
 ) -> float | None:
     """Decide whether to retry a failed attempt.
 
@@ -129,6 +133,7 @@ def retry_delay(
     :param headers: response headers, for server hints.
     :param transport_failure: the connection failed or dropped (no usable response).
     :param timed_out: our own deadline passed.
+    :param error_message: the error's text (:data:`QUEUE_FULL` on a 400 is retried).
     :return: seconds to wait before the next attempt, or ``None`` for "do not retry".
     """
     if attempts_done > policy.max_retries:
@@ -146,6 +151,9 @@ def retry_delay(
             http_status in RETRYABLE_STATUS
             or (http_status >= 500 and http_status not in PERMANENT_5XX)
             or should == "true"
+            # An older Bifrost's full provider queue (newer ones answer 503): nothing went
+            # upstream, and the queue drains.
+            or (http_status == 400 and error_message is not None and QUEUE_FULL in error_message)
         )
     elif http_status is None or 200 <= http_status < 300:
         # A 200 that failed later (stream error event, truncated stream, unreadable body).

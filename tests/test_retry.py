@@ -110,3 +110,13 @@ def test_backoff_is_capped_exponential_with_jitter():
 def test_policy_rejects_negative_values():
     with pytest.raises(ValueError):
         RetryPolicy(max_retries=-1)
+
+
+def test_an_older_bifrost_s_full_queue_is_retried_other_400s_are_not():
+    # Its 400 "request dropped: queue is full" (newer cores answer 503) was never retried: an
+    # error row for a request that nothing had sent upstream, in every load test against it.
+    full = "request dropped: queue is full"
+    assert decide(http_status=400, error_type=None, error_message=full) is not None
+    assert decide(http_status=400, error_type="invalid_request_error",
+                  error_message="max_tokens: field required") is None
+    assert decide(http_status=404, error_type=None, error_message=full) is None

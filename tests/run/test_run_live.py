@@ -929,3 +929,27 @@ def test_no_request_goes_out_while_a_finished_one_is_only_in_memory(requests_fil
                              gateway="http://127.0.0.1:9", transport=httpx.MockTransport(answer))
     assert result.status == "finished", result.message
     assert written_when_sent == list(range(12))
+
+
+def test_an_older_bifrost_s_full_queue_is_waited_out(requests_file, tmp_path):
+    # 400 "request dropped: queue is full" (an older Bifrost core with drop_excess_requests):
+    # each was an error row after one attempt.
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+               "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+               "usage": {"input_tokens": 3, "output_tokens": 1}}
+    seen: dict[str, int] = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        rid = request.headers["x-request-id"]
+        seen[rid] = seen.get(rid, 0) + 1
+        if seen[rid] == 1:
+            return httpx.Response(400, json={"type": "error", "error": {
+                "type": "", "message": "request dropped: queue is full"}})
+        return httpx.Response(200, json=message)
+
+    result = batchrunner.run(requests_file(5), out=tmp_path / "out", concurrency=5,
+                             gateway="http://127.0.0.1:9", transport=httpx.MockTransport(answer),
+                             retry=RetryPolicy(backoff_base_s=0.01, backoff_max_s=0.02))
+    assert result.status == "finished", result.message
+    rows = read_rows(tmp_path / "out")
+    assert set(rows["status"]) == {"ok"} and set(rows["attempts"]) == {2}
