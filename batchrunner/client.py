@@ -719,6 +719,17 @@ _JOINED_FIELDS = ("text", "thinking")
 _IMPLICIT_BLOCKS = {"text_delta": "text", "thinking_delta": "thinking"}
 
 
+#: Usage counts of the prompt side, which a stream's later usage may repeat but not lower.
+_INPUT_COUNTS = frozenset(
+    {"input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"}
+)
+
+
+def _all_zero(value: Any) -> bool:
+    """A ``cache_creation`` object whose every count is 0 (or an empty or missing one)."""
+    return not isinstance(value, dict) or not any(value.values())
+
+
 def _short(value: Any) -> str:
     """A JSON value as it came, cut for an error message."""
     text = orjson.dumps(value).decode()
@@ -845,9 +856,20 @@ class StreamAssembler:
                 msg["context_management"] = payload["context_management"]
             usage = payload.get("usage")
             if isinstance(usage, dict):
-                # message_delta usage is cumulative; it updates what message_start said.
+                # message_delta usage is cumulative; it updates what message_start said. But a
+                # zero does not erase an input count message_start gave: the prompt cannot
+                # shrink, and a gateway re-encoding usage writes 0 for fields it lacks (Bifrost's
+                # count fields are not omitempty), which priced the row's input at nothing.
                 merged = dict(msg.get("usage") or {})
-                merged.update({k: v for k, v in usage.items() if v is not None})
+                for key, value in usage.items():
+                    if value is None or (
+                        key in _INPUT_COUNTS and not value and merged.get(key)
+                    ) or (
+                        key == "cache_creation" and _all_zero(value)
+                        and not _all_zero(merged.get(key))
+                    ):
+                        continue
+                    merged[key] = value
                 msg["usage"] = merged
             return self.OTHER
         if kind == "message_stop":

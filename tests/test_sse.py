@@ -269,3 +269,29 @@ def test_a_leading_byte_order_mark_is_no_part_of_the_stream(split: int) -> None:
     lone = SSEDecoder()
     assert lone.feed(b"\xef") == [] and lone.pending == b"\xef"
     assert lone.feed(b"x: y\n\ndata: c\n\n") == [(None, b"c")]
+
+
+def test_a_zero_in_the_last_usage_does_not_erase_the_prompt_s_counts():
+    # A gateway re-encoding message_delta's usage writes 0 for the prompt counts it lacks:
+    # the row said 0 input tokens, and was priced as if the prompt had been free.
+    asm = StreamAssembler()
+    start = {"input_tokens": 100, "cache_read_input_tokens": 50, "output_tokens": 1,
+             "cache_creation_input_tokens": 40,
+             "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 40}}
+    asm.add("message_start", orjson.dumps({"type": "message_start", "message": {
+        "id": "m", "type": "message", "role": "assistant", "model": "x", "content": [],
+        "usage": start}}))
+    asm.add("message_delta", orjson.dumps({"type": "message_delta", "delta": {}, "usage": {
+        "input_tokens": 0, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "output_tokens": 7}}))
+    assert asm.message()["usage"] == {**start, "output_tokens": 7}
+    # What a delta says that is not zero is taken (a provider that reports cache reads only
+    # at the end), and a start without counts takes the delta's zeros.
+    late = StreamAssembler()
+    late.add("message_start", orjson.dumps({"type": "message_start", "message": {
+        "usage": {"input_tokens": 0, "output_tokens": 0}}}))
+    late.add("message_delta", orjson.dumps({"type": "message_delta", "usage": {
+        "input_tokens": 100, "cache_read_input_tokens": 0, "output_tokens": 3}}))
+    assert late.message()["usage"] == {"input_tokens": 100, "cache_read_input_tokens": 0,
+                                       "output_tokens": 3}
