@@ -362,8 +362,9 @@ class GatewayClient:
             if sink is not None and _streams(status):
                 sink.finish()
             else:
-                content, problem = decompressed(exchange.content,
-                                                attempt.headers.get("content-encoding"))
+                encoding = exchange.encoding
+                content, problem = decompressed(
+                    exchange.content, encoding.decode("latin-1") if encoding else None)
                 if problem is not None:
                     _fail(attempt, ERROR_INVALID_RESPONSE, problem)
                 else:

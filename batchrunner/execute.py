@@ -51,10 +51,6 @@ class ExecContext:
     rng: random.Random | None = None
     #: Attempts that cannot connect wait here for the gateway (None: they spend retries).
     outage: GatewayOutage | None = None
-    #: Called right before each attempt is sent: writes the rows emitted and not yet written,
-    #: so that no new request goes out while a finished one is still only in memory (kill -9
-    #: would then lose more than the requests in flight).
-    before_send: Callable[[], None] | None = None
 
 
 def encode_body(record: RequestRecord, mode: Mode) -> bytes:
@@ -116,8 +112,6 @@ async def execute(
                 # Until the first attempt returns, its start stands for the send instant: a
                 # request cancelled in flight was sent, and its row says when.
                 starting, starting_at = time.perf_counter(), time.time()
-            if ctx.before_send is not None:
-                ctx.before_send()
             attempt = await ctx.client.send(body, stream=stream, extra_headers=extra)
             if attempt.ok and attempt.message is None:
                 _job_stub_is_no_answer(attempt)

@@ -204,6 +204,8 @@ class _Session:
     redo_indices: frozenset[int] = frozenset()
     _pending_rows: list[dict[str, Any]] = field(default_factory=list)
     _flush_scheduled: bool = False
+    #: Resolved once the rows pending are written (see :meth:`rows_written`).
+    _written: asyncio.Future[None] | None = None
     _consecutive_config_errors: int = 0
     answered: bool = False  # a request of this run has succeeded
     failed_on_config: bool = False
@@ -261,23 +263,34 @@ class _Session:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
-    def write_pending(self) -> None:
-        """Write the rows emitted so far, now (a request is about to go out): they are written
-        together at the end of the loop turn otherwise, and a worker that finished one request
-        sends its next at once. Measured, a kill -9 in between made a resume send five
-        requests again with -c 4."""
-        if self._pending_rows:
-            self.flush()
+    async def rows_written(self) -> None:
+        """Wait until the rows emitted so far are written (at the end of this loop turn).
+
+        A worker that finished a request waits here before sending its next: sent at once, it
+        went out while the finished row was still only in memory, and a kill -9 then lost more
+        than the requests in flight (a resume sent five again with -c 4). Writing each row
+        before the next send instead cost ~35 µs of CPU a request (measured): rows finished in
+        one turn are still written together.
+        """
+        if not self._pending_rows:
+            return
+        written = self._written
+        if written is None:
+            written = self._written = asyncio.get_running_loop().create_future()
+        await written
 
     def flush(self) -> None:
         self._flush_scheduled = False
         rows, self._pending_rows = self._pending_rows, []
-        if not rows:
-            return
+        written, self._written = self._written, None
         try:
-            self.store.append_rows(rows)
+            if rows:
+                self.store.append_rows(rows)
         except OSError as exc:
             self.cannot_write(exc)
+        finally:
+            if written is not None and not written.done():
+                written.set_result(None)  # (a refused write stops the run: its workers end)
 
     def cannot_write(self, exc: OSError) -> None:
         """The run directory refused a write (disk full, quota, read-only): stop and say so.
@@ -455,7 +468,6 @@ class _Session:
             run_id=self.run_id,
             policy=cfg.retry,
             emit=self.emit,
-            before_send=self.write_pending,
             throttle=(RateCeiling(cfg.max_rate, lambda: self.stopping and self.stage is None)
                       if cfg.max_rate else None),
             keep_response_json=cfg.keep_response_json,
@@ -591,6 +603,8 @@ class _Session:
                     await self.handle(record, time.perf_counter(), time.time())
                 finally:
                     self.stats.in_flight -= 1
+                if self._pending_rows:
+                    await self.rows_written()
 
         workers = self.config.concurrency or DEFAULT_CONCURRENCY
         await self.open_ahead(min(workers, CLOSED_OPEN_AHEAD_MAX))
@@ -655,11 +669,19 @@ class _Session:
             return task
 
         workers = ParkedWorkers(run_one, spawn)
+
+        def start(record: RequestRecord, scheduled: float, done: Callable[[], None]) -> None:
+            # Rows finished since the last write go to the journal before a new request goes
+            # out (see rows_written); once per wake-up, not per request.
+            if self._pending_rows:
+                self.flush()
+            workers.start(record, scheduled, done)
+
         pacer = Pacer()
         dispatcher = ScheduleDispatcher(
             pacer,
             take,
-            workers.start,
+            start,
             cap=cap,
             stopping=lambda: self.stopping,
         )

@@ -16,6 +16,7 @@ exchange) are enforced by one watchdog task per pool rather than a timer per req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import select
 import ssl as ssl_module
@@ -193,6 +194,7 @@ class Exchange:
         "buffered",
         "discarded",
         "done",
+        "encoding",
         "error",
         "first_byte",
         "future",
@@ -214,6 +216,9 @@ class Exchange:
         self.error: WireError | None = None
         self.answered = False
         self.buffered = 0  # bytes of the body received for ``body`` (some maybe not kept)
+        #: The response's ``content-encoding``, if it had one (seen as the headers stream by:
+        #: a lookup in ``headers`` builds a table, a few µs on every response).
+        self.encoding: bytes | None = None
         self.discarded = 0
 
     @property
@@ -227,12 +232,10 @@ def _be_lenient(parser: httptools.HttpResponseParser) -> None:
     """Accept what RFC 9112 tells a client to accept, or allows it to: folded header lines
     (§5.2: MUST), line ends without CR (§2.2), and Content-Length beside chunked (§6.3: the
     chunking wins). Refused, each was a connection error, retried: the answer paid again."""
-    try:
+    with contextlib.suppress(AttributeError):  # httptools before 0.6.2: strict
         parser.set_dangerous_leniencies(
             lenient_headers=True, lenient_optional_cr_before_lf=True, lenient_chunked_length=True
         )
-    except AttributeError:  # httptools before 0.6.2: strict
-        pass
 
 
 class _Connection(asyncio.Protocol):
@@ -339,6 +342,8 @@ class _Connection(asyncio.Protocol):
                 # Framed only when the last coding is chunked; otherwise the body runs to the
                 # close of the connection (RFC 9112 §6.3).
                 self.framed = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            elif lower == b"content-encoding":
+                exchange.encoding = value
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -348,6 +353,7 @@ class _Connection(asyncio.Protocol):
         if status < 200:
             self.informational = True  # 100 Continue and the like: the real answer follows
             exchange.headers = []
+            exchange.encoding = None
             return
         if status == 204 or status == 304:
             self.framed = True  # no body by definition
