@@ -77,6 +77,8 @@ _REFUSED_POLL = frozenset({401, 403, 407})
 #: Polls of one job that may wait for an unreachable gateway (then they count as failures).
 MAX_POLL_HOLDS = MAX_HOLDS_PER_REQUEST
 POLL_BODY = b"{}"
+#: How Bifrost's own failure of a job begins (``markFailed``: HTTP 500), unlike a provider's.
+GATEWAY_INTERNAL = "internal error: "
 
 
 @dataclass(slots=True)
@@ -572,11 +574,19 @@ class JobPoller:
             rng=ctx.rng,
             error_message=attempt.error_message,
         )
+        note = "job failed: "
+        if attempt.http_status == 500 and (attempt.error_message or "").startswith(
+                GATEWAY_INTERNAL):
+            # Bifrost failed the job itself (a panic, a result it could not store), perhaps
+            # after the model had answered and been paid: each resubmit could be paid again.
+            delay = None
+            note = ("job failed in the gateway itself, perhaps after a paid answer (not "
+                    "submitted again; run --retry-failed sends it): ")
         record = job.record
         # A record rebuilt from jobs.jsonl alone has no body: nothing that could be sent.
         sendable = record is not None and (record.body is not None or "messages" in record.params)
         if delay is None or not sendable or ctx.stopping() or not self.jctx.resubmit:
-            self._finish(job, attempt, now_at, Status.ERROR, note="job failed: ")
+            self._finish(job, attempt, now_at, Status.ERROR, note=note)
             return
         assert record is not None
         await asyncio.sleep(delay)

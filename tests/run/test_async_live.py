@@ -879,3 +879,39 @@ def test_the_retry_command_collect_prints_resends_the_failed_jobs(make_emulator,
         assert resent.returncode == 0, resent.stderr
     rows = read_rows(out)
     assert len(rows) == 20 and int((rows["status"] != "ok").sum()) < failed
+
+
+def test_a_job_the_gateway_itself_failed_is_not_paid_for_again(requests_file, tmp_path):
+    # Bifrost's markFailed (a panic, a result it could not store: 500 "internal error: ..."),
+    # perhaps after the model had answered and been paid, was submitted again up to
+    # --max-retries times (5 jobs per request in the audit). A provider's 500 still is.
+    import httpx
+
+    submits: collections.Counter[str] = collections.Counter()
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        rid = request.headers["x-request-id"]
+        job_id = request.headers.get("x-bf-async-id")
+        if job_id is None:
+            submits[rid] += 1
+            return httpx.Response(200, json={"id": f"job-{rid}-{submits[rid]}", "type": "",
+                                             "role": "", "content": None, "model": ""})
+        if rid.endswith("-0"):  # a provider's 500: the job is submitted again
+            return httpx.Response(500, json={"type": "error", "error": {
+                "type": "api_error", "message": "Internal server error"}})
+        return httpx.Response(500, json={"error": {"message": "internal error: panic in job"}})
+
+    config = RunConfig(requests=requests_file(3), gateway="http://127.0.0.1:9",
+                       out=tmp_path / "out", mode="async",
+                       retry=RetryPolicy(max_retries=2, backoff_base_s=0.01, backoff_max_s=0.02))
+    result = run_sync(config, quiet=True, transport=httpx.MockTransport(gateway))
+    assert result.status == "finished", result.message
+    rows = read_rows(tmp_path / "out").set_index("input_index")
+    assert set(rows["status"]) == {"error"}
+    run_id = rows.loc[0, "run_id"]
+    assert submits[f"{run_id}-0"] == 3  # a provider's failure: retried as before
+    for i in (1, 2):
+        assert submits[f"{run_id}-{i}"] == 1 and rows.loc[i, "attempts"] == 1
+        assert rows.loc[i, "error_message"].startswith(
+            "job failed in the gateway itself, perhaps after a paid answer (not submitted "
+            "again; run --retry-failed sends it): internal error: panic in job")
