@@ -1,8 +1,9 @@
 """Incremental Server-Sent Events decoder (bytes in, ``(event, data)`` pairs out).
 
 Only what the Anthropic stream uses: ``event:`` and ``data:`` fields, blank-line framing,
-``\\n``, ``\\r\\n`` or ``\\r`` line ends, comments ignored. Kept separate from the HTTP code so it can
-be tested on hostile chunkings without a server.
+``\\n``, ``\\r\\n`` or ``\\r`` line ends, comments ignored, one byte order mark first
+dropped. Kept separate from the HTTP code so it can be tested on hostile chunkings without a
+server.
 """
 
 from __future__ import annotations

@@ -66,6 +66,6 @@ def test_a_rejected_count_of_the_wrong_type_is_left_out_with_a_warning(make_run)
     run_dir = make_run([row()], info={"rejected": "4"})
     result = CliRunner().invoke(main, ["report", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert (f"warning    {run_dir / 'run.json'}: rejected is a string ('4'), expected a count; left out"
-            in result.output)
+    assert (f"warning    {run_dir / 'run.json'}: rejected is a string ('4'), expected a count; "
+            "left out" in result.output)
     assert "rejected   " not in result.output
