@@ -44,7 +44,13 @@ def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 30) -> str
                 return "".join(seen)
             if not line:
                 break
-    raise AssertionError(f"no {text!r} in {''.join(seen)!r}")
+    # Not left running (its pipes, collected in a later test, failed that one too), and what
+    # it said besides stderr is the clue.
+    if proc.poll() is None:
+        proc.kill()
+    stdout, rest = proc.communicate(timeout=30)
+    raise AssertionError(f"no {text!r} in {''.join(seen) + rest!r} (exit code "
+                         f"{proc.returncode}; stdout {stdout!r})")
 
 
 def run_until_the_gateway_goes(
