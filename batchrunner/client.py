@@ -365,10 +365,12 @@ class GatewayClient:
                 encoding = exchange.encoding
                 content, problem = decompressed(
                     exchange.content, encoding.decode("latin-1") if encoding else None)
-                if problem is not None:
-                    _fail(attempt, ERROR_INVALID_RESPONSE, problem)
-                else:
+                if problem is None:
                     interpret_body(attempt, status or 0, content)
+                elif _streams(status or 0):
+                    _fail(attempt, ERROR_INVALID_RESPONSE, problem)
+                else:  # an error answer is judged by its status (a 429 stays one)
+                    _fail(attempt, f"http_{status}", f"HTTP {status}; {problem}")
         except Exception as exc:  # a response shape no check foresaw: its row, not the run's end
             attempt.message = None
             _fail(attempt, ERROR_INVALID_RESPONSE, f"response could not be processed: {exc!r}")
@@ -589,8 +591,11 @@ class StreamSink:
     def __call__(self, chunk: bytes, now: float) -> bool:
         attempt = self.attempt
         assembler = self.assembler
-        if self.head is None:
+        head = self.head
+        if head is None:
             self.head = chunk[:_HEAD_BYTES]
+        elif len(head) < _HEAD_BYTES and not assembler.started:  # a first read of a few bytes
+            self.head = head + chunk[: _HEAD_BYTES - len(head)]
         for event_type, data in self.decoder.feed(chunk):
             kind = assembler.add(event_type, data)
             if kind == StreamAssembler.CONTENT:
@@ -676,10 +681,12 @@ def _not_a_stream(headers: Any, head: bytes | None) -> str | None:
             f"the stream came compressed (content-encoding: {encoding}) though it was asked for "
             "uncompressed (accept-encoding: identity): a proxy in between that compresses?"
         )
-    text = (head or b"").removeprefix(b"\xef\xbb\xbf").lstrip()
-    if not text or text.startswith(_SSE_STARTS):
-        return None
     kind = headers.get("content-type") if headers is not None else None
+    if kind and kind.strip().lower().startswith("text/event-stream"):
+        return None  # a stream by its own account, cut before its first event
+    text = (head or b"").removeprefix(b"\xef\xbb\xbf").lstrip()
+    if not text or text.startswith(_SSE_STARTS) or any(s.startswith(text) for s in _SSE_STARTS):
+        return None
     return _excerpt(text, f"expected an event stream, got {kind or 'a body without content-type'}")
 
 

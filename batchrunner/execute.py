@@ -51,6 +51,11 @@ class ExecContext:
     rng: random.Random | None = None
     #: Attempts that cannot connect wait here for the gateway (None: they spend retries).
     outage: GatewayOutage | None = None
+    #: Called right before each attempt is sent: writes rows finished and still only in memory
+    #: (another request's, in the same loop turn), so that a kill -9 loses at most the
+    #: requests in flight. Workers wait for their own row's write before their next request
+    #: (``rows_written``), so this rarely finds anything to write.
+    before_send: Callable[[], None] | None = None
 
 
 def encode_body(record: RequestRecord, mode: Mode) -> bytes:
@@ -112,6 +117,8 @@ async def execute(
                 # Until the first attempt returns, its start stands for the send instant: a
                 # request cancelled in flight was sent, and its row says when.
                 starting, starting_at = time.perf_counter(), time.time()
+            if ctx.before_send is not None:
+                ctx.before_send()
             attempt = await ctx.client.send(body, stream=stream, extra_headers=extra)
             if attempt.ok and attempt.message is None:
                 _job_stub_is_no_answer(attempt)

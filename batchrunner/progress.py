@@ -36,6 +36,8 @@ class LiveStats:
         self.session_limit = session_limit
         self.started = time.perf_counter()
         self.done = 0
+        #: Requests this session sent (or submitted): what --max-requests counts.
+        self.sent = 0
         self.in_flight = 0
         self.by_status: Counter[str] = Counter()
         self.errors_by_type: Counter[str] = Counter()
@@ -80,7 +82,7 @@ class LiveStats:
             parts[0] += f" ({100.0 * finished / self.total:.1f}%)"
         limit = self.session_limit
         if limit is not None:
-            parts[0] += f", this session {self.done:,}/{limit:,}"
+            parts[0] += f", this session {self.sent:,}/{limit:,} sent"
         parts.append(f"{rate:,.1f} req/s")
         jobs = self.jobs
         if jobs is not None:
@@ -107,7 +109,10 @@ class LiveStats:
         elif (self.total or limit is not None) and rate > 0:
             left = max(0, self.total - finished - self.rejected) if self.total else None
             if limit is not None:
-                left = min(left, limit - self.done) if left is not None else limit - self.done
+                # Those not sent yet and those in flight (jobs an async resume found in
+                # jobs.jsonl finish too, but --max-requests does not count them).
+                session_left = limit - self.sent + self.in_flight
+                left = min(left, session_left) if left is not None else session_left
             parts.append(f"ETA {_fmt_duration(max(0, left) / rate)}")
         return " | ".join(parts)
 

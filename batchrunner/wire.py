@@ -16,7 +16,6 @@ exchange) are enforced by one watchdog task per pool rather than a timer per req
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import select
 import ssl as ssl_module
@@ -232,10 +231,9 @@ def _be_lenient(parser: httptools.HttpResponseParser) -> None:
     """Accept what RFC 9112 tells a client to accept, or allows it to: folded header lines
     (§5.2: MUST), line ends without CR (§2.2), and Content-Length beside chunked (§6.3: the
     chunking wins). Refused, each was a connection error, retried: the answer paid again."""
-    with contextlib.suppress(AttributeError):  # httptools before 0.6.2: strict
-        parser.set_dangerous_leniencies(
-            lenient_headers=True, lenient_optional_cr_before_lf=True, lenient_chunked_length=True
-        )
+    parser.set_dangerous_leniencies(
+        lenient_headers=True, lenient_optional_cr_before_lf=True, lenient_chunked_length=True
+    )
 
 
 class _Connection(asyncio.Protocol):
@@ -253,6 +251,8 @@ class _Connection(asyncio.Protocol):
         self.now = 0.0
         self.framed = False  # the current response has Content-Length or chunked framing
         self.informational = False  # the current response is a 1xx
+        #: The current response's status line was read (the parser keeps the last status).
+        self.status_read = False
         self._hangup: Any = None  # a select.poll of the socket for the peer's close
 
     # asyncio.Protocol
@@ -288,7 +288,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(PROTOCOL, "the server switched protocols (not HTTP/1.1)")
         except httptools.HttpParserError as exc:
-            status = self.parser.get_status_code()
+            status = self.parser.get_status_code() if self.status_read else 0
             if 200 <= status < 300:
                 # The gateway answered, so the request was probably charged for: sent again,
                 # the same malformed answer would be bought again. Not a connection failure.
@@ -330,6 +330,10 @@ class _Connection(asyncio.Protocol):
             self.close()  # a second response nobody asked for: do not reuse this connection
         self.framed = False
         self.informational = False
+        self.status_read = False
+
+    def on_status(self, _reason: bytes) -> None:
+        self.status_read = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.exchange
@@ -621,8 +625,12 @@ class WirePool:
         task = next(iter(self._unclaimed))
         del self._unclaimed[task]
         await asyncio.wait((task,))
-        # Its connection joined the idle ones first (_adopt ran before this wait ended); a
-        # failed connect is left for this request to meet itself, by connecting.
+        failed = None if task.cancelled() else task.exception()
+        if isinstance(failed, WireError):
+            # The same endpoint's failure: connecting again would pay the connect limit twice.
+            raise WireError(failed.kind, str(failed), failed.timeout_phase, local=failed.local,
+                            tls=failed.tls)
+        # Its connection joined the idle ones first (_adopt ran before this wait ended).
         return self._take_idle(time.perf_counter())
 
     def _take_idle(self, now: float) -> _Connection | None:

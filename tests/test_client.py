@@ -439,6 +439,41 @@ async def test_a_compressed_answer_is_read_whichever_client_carried_it(
     assert attempt.ok and attempt.message == MESSAGE, attempt.error_message
 
 
+def test_a_stream_cut_before_its_first_event_is_still_a_cut_stream() -> None:
+    # Judged from the first read alone, a stream whose first read was b"ev" was "no stream":
+    # invalid_response, not retried, where the same bytes read at once were retried (review).
+    from batchrunner.client import StreamSink
+
+    for pieces, headers in (
+        ([b"ev", b"ent: message_start\n", b"data: {\"type\""], None),
+        ([b"\xef", b"\xbb\xbfdata: {"], None),
+        ([b"<partial"], httpx.Headers({"content-type": "text/event-stream"})),
+    ):
+        attempt = Attempt(sent=0.0, sent_at=0.0, headers=headers)
+        sink = StreamSink(attempt)
+        for piece in pieces:
+            assert sink(piece, 1.0) is False
+        sink.finish()
+        assert attempt.error_type == ERROR_STREAM_INCOMPLETE and attempt.transport_failure, (
+            pieces, attempt.error_message)
+
+
+async def test_an_error_answer_compressed_in_a_way_not_decoded_keeps_its_status(
+    server: Server,
+) -> None:
+    # A 429 compressed with br became invalid_response: the report's errors lost the rate
+    # limit (the retry still followed the status) (review).
+    client = GatewayClient(server.url("/raw"), {"x-api-key": "k"})
+    try:
+        attempt = await client.send(b"HTTP/1.1 429 Slow\r\ncontent-encoding: br\r\n"
+                                    b"content-length: 4\r\n\r\n\x0b\x02\x80x", stream=False)
+    finally:
+        await client.aclose()
+    assert attempt.http_status == 429 and attempt.error_type == "http_429"
+    assert (attempt.error_message or "").startswith(
+        "HTTP 429; the answer came compressed (content-encoding: br)")
+
+
 def test_an_answer_compressed_in_a_way_not_decoded_says_so() -> None:
     from batchrunner.client import decompressed
 

@@ -90,13 +90,22 @@ def test_a_session_with_max_requests_shows_its_own_end_and_eta(monkeypatch):
     stats = LiveStats(total=60, session_limit=20)
     for _ in range(16):
         stats.record(row())
+    stats.sent, stats.in_flight = 18, 2  # what --max-requests counts: the sends
     clock[0] += 1.6  # 10 requests a second
     line = stats.line()
-    assert line.startswith("16/60 (26.7%), this session 16/20 | 10.0 req/s"), line
+    assert line.startswith("16/60 (26.7%), this session 18/20 sent | 10.0 req/s"), line
     assert line.endswith("ETA 0:00"), line
     # An input whose size is not known (a pipe) still has an end: the session's.
     unknown = LiveStats(total=None, session_limit=300)
     unknown.record(row())
+    unknown.sent = 1
     clock[0] += 1.0
-    assert unknown.line() == "1, this session 1/300 | 1.0 req/s | errors 0 | in flight 0 | " \
-                             "p50 100 ms | ETA 4:59"
+    assert unknown.line() == "1, this session 1/300 sent | 1.0 req/s | errors 0 | in flight 0 " \
+                             "| p50 100 ms | ETA 4:59"
+    # Rows of jobs an async resume found (not sent by this session) do not count as its sends.
+    resumed = LiveStats(total=100, session_limit=20)
+    for _ in range(30):
+        resumed.record(row())
+    resumed.sent = 5
+    clock[0] += 1.0
+    assert ", this session 5/20 sent |" in resumed.line()

@@ -346,6 +346,30 @@ async def test_requests_wait_for_slow_connects_opened_ahead_instead_of_doubling_
     assert server.accepted == 4 and pool.open_connections == 4
 
 
+async def test_a_request_waiting_for_a_connect_opened_ahead_meets_its_failure_once(
+    make_pool,
+) -> None:
+    # It waited for the failed connect, then connected again: the first requests paid the
+    # connect limit twice (19 s with --connect-timeout 10) before the outage logic saw them.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pool = make_pool(f"http://127.0.0.1:{port}/x")
+    connect = pool._connect
+    calls = []
+
+    async def slow_refused():
+        calls.append(1)
+        await asyncio.sleep(0.2)
+        return await connect()
+
+    pool._connect = slow_refused
+    assert await pool.open_ahead(1, within_s=0.01) == 0
+    with pytest.raises(WireError) as err:
+        await pool.post(b"{}")
+    assert err.value.kind == CONNECT and len(calls) == 1
+
+
 async def test_a_connection_the_server_closed_is_not_reused_before_the_close_is_read(
     server: Server, make_pool
 ) -> None:
@@ -405,6 +429,13 @@ async def test_a_malformed_answer_after_a_2xx_status_is_no_connection_failure(
     with pytest.raises(WireError) as err:
         await pool.post(b"HTTP/1.1 503 No\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok")
     assert err.value.kind == PROTOCOL
+    # On a connection that answered a 200 before, a next answer broken before its status
+    # (the parser keeps the last status) is no 2xx answer either (review).
+    reused = make_pool(server.url("/raw"))
+    assert (await reused.post(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")).status == 200
+    with pytest.raises(WireError) as err:
+        await reused.post(b"HTTP/2 503 Service Unavailable\r\ncontent-length: 2\r\n\r\nno")
+    assert err.value.kind == PROTOCOL and server.accepted == 3
 
 
 async def test_answer_bodies_are_buffered_within_bounds(
