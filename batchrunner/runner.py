@@ -283,7 +283,14 @@ class _Session:
         written = self._written
         if written is None:
             written = self._written = asyncio.get_running_loop().create_future()
-        await written
+        try:
+            await written
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this worker is being cancelled
+            # Another waiter's cancellation cancelled the shared wait: not this worker's end.
+            self.write_pending()
 
     def flush(self) -> None:
         self._flush_scheduled = False
