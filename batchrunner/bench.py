@@ -136,7 +136,8 @@ def parse_list(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
         try:
             value = cast(part.strip())
         except ValueError:
-            raise ConfigError(f"{option}: {part.strip()!r} is not a number") from None
+            what = "an integer" if cast is int else "a number"
+            raise ConfigError(f"{option}: {part.strip()!r} is not {what}") from None
         if not 0 < value < math.inf:  # NaN too
             raise ConfigError(f"{option}: values must be numbers > 0")
         values.append(value)

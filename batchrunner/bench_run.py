@@ -109,6 +109,12 @@ class BenchConfig:
             raise ConfigError("--workers must be between 1 and 4x the number of cores")
         if self.saturate and not self.slos and self.max_error_rate is None:
             raise ConfigError("--saturate needs --slo or --max-error-rate to know when to stop")
+        if self.saturate and self.stages:
+            # They were dropped without a word: the search picks every stage's rate itself.
+            raise ConfigError(
+                "--saturate picks its stages' rates itself: leave out --concurrency, --rate "
+                "and --ramp (or run those stages as a bench of their own)"
+            )
         mode = Mode(self.run.mode)
         for slo in self.slos:
             if slo.metric in STREAM_ONLY_SLO_METRICS and mode is not Mode.STREAM:

@@ -685,6 +685,10 @@ def test_low_rate_throughput_and_failing_stages_are_reported_as_they_are():
         (["--scenario", "{dir}/slo.toml"], "slo must be a list"),
         (["--scenario", "{dir}/rate.toml"], "--rate: values must be numbers > 0, got -5"),
         (["--scenario", "{dir}/c0.toml"], "--concurrency: values must be integers >= 1, got 0"),
+        # The search's own stages took their place without a word (walkthrough).
+        (["-c", "1", "--rate", "5", "--saturate", "--slo", "ttft_p99=1"],
+         "--saturate picks its stages' rates itself: leave out --concurrency, --rate and --ramp"),
+        (["-c", "2.5"], "--concurrency: '2.5' is not an integer"),  # it is a number
     ],
 )  # fmt: skip
 def test_bench_usage_errors(tmp_path, args, message):
