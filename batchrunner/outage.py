@@ -80,6 +80,8 @@ class GatewayOutage:
         #: The outage lasted too long, or the run is stopping: no more waiting.
         self.ended = False
         self.gave_up = False
+        #: The run stopped (or the outage gave up) while the gateway was down.
+        self.ended_down = False
         self.outages = 0
         self._down = False
         #: One future per waiting attempt, oldest first.
@@ -189,6 +191,7 @@ class GatewayOutage:
 
     def _end(self) -> None:
         self.ended = True
+        self.ended_down = self.ended_down or self._down
         self._down = False
         while self._waiters:
             waiter = self._waiters.popleft()

@@ -1518,8 +1518,17 @@ async def _drive(
                     session._drain_handle.cancel()
                 for task in helpers:
                     task.cancel()
-                if session.ctx.outage is not None:  # (prepared above, before the try)
-                    await session.ctx.outage.aclose()
+                outage = session.ctx.outage  # (prepared above, before the try)
+                if outage is not None:
+                    if ((outage.down or outage.ended_down) and not session.client.connected_once
+                            and session.fatal is None and not session.interrupted):
+                        # The sending ended (--duration, a bench stage) before the outage
+                        # could give up: every request waited for a gateway never reached,
+                        # and ended cancelled. Not a run that finished (exit 0).
+                        session.fatal = RunAborted(
+                            "the gateway could not be connected to before the sending ended: "
+                            "nothing was sent; check --gateway")
+                    await outage.aclose()
     except* InputError as group:
         failure = group.exceptions[0]
         assert isinstance(failure, InputError)

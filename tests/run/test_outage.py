@@ -476,3 +476,22 @@ def test_the_closing_summary_names_an_outage_as_the_cause_of_a_missed_schedule(
     assert (f"likely cause: the gateway could not be connected to {times} during the --rate "
             "session: requests waited for it; otherwise requests in flight reached the cap "
             f"(5, -c 5) {waited}") in report.stdout
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "{requests}", "--rate", "50", "--duration", "1"],
+    ["bench", "--rate", "50", "--stage-duration", "1"],
+])
+def test_a_gateway_never_reached_before_the_sending_ends_is_no_finished_run(
+    requests_file, tmp_path, command
+):
+    # --duration (or a bench stage) ended before the outage could give up (10 s): every
+    # request ended cancelled, never sent, and the command said finished, exit 0 (a CI gate
+    # on a bench with a wrong port passed).
+    requests = requests_file(100)
+    args = [a.replace("{requests}", str(requests)) for a in command]
+    done = run_cli(*args, "--gateway", f"http://127.0.0.1:{free_port()}", "--out",
+                   str(tmp_path / "out"))
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert ("aborted: the gateway could not be connected to before the sending ended: nothing "
+            "was sent; check --gateway") in done.stdout + done.stderr
