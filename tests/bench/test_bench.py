@@ -505,6 +505,31 @@ def test_a_terminal_ctrl_c_drains_a_stage_in_worker_processes(make_emulator, tmp
     assert stage["requests"] == stage["ok"] > 0  # drained, not cut
 
 
+def test_a_sigterm_drains_a_worker_stage_of_a_bench_started_in_the_background(
+    make_emulator, tmp_path
+):
+    # A script's `bench ... &` starts with SIGINT ignored, and so did its workers: the SIGINT
+    # passed on to them was ignored, and they went on sending to the end of the stage.
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    with make_emulator(ttft=Dist("fixed", 0.5)) as emu:
+        proc = _bench_process("-c", "4", "--workers", "2", "--stage-duration", "12",
+                              "--gateway", emu.base_url, "--out", str(out),
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        _wait_until(proc, lambda: emu.stats()["in_flight"] >= 4)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    assert proc.returncode == 3, stderr
+    assert "the workers let their requests in flight finish" in stderr
+    assert took < 6, took  # the answers in flight (0.5 s), not the rest of the 12 s stage
+    rows = pq.read_table(out / "data").to_pandas()
+    assert len(rows) >= 4 and set(rows["status"]) == {"ok"}  # drained, not cut
+
+
 def test_workers_with_slos_repeated_stages_and_max_errors(make_emulator, tmp_path):
     # --workers with --slo crashed every worker (they were sent the display form of the SLO);
     # a repeated stage's worker files replaced the first's; --max-errors never stopped them.
