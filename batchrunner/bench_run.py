@@ -386,6 +386,11 @@ async def _saturation_search(
                                                       or state.stop_reason):
         note = ("no rate up to --search-max failed: the gateway's capacity is at least the "
                 "highest passing rate (raise --search-max to find it)")
+    elif best is not None and (runner.interrupted or runner.fatal or state.stop_reason):
+        # Cut before it ended: the highest rate that passed so far is no capacity found.
+        why = runner.interrupted_by or ("a failure" if runner.fatal else state.stop_reason)
+        note = (f"the search was cut short ({why}): the gateway's capacity is at least the "
+                "highest passing rate, not known")
     else:
         note = None
     # An SLO with no value is not judged (TPOT of one-token answers): a rate that "passed" did

@@ -269,6 +269,20 @@ def test_a_saturation_search_says_when_its_slo_never_had_a_value(make_emulator, 
         "tpot_p99<=0.05s had no value at any rate, so no rate was judged on it")
 
 
+def test_a_saturation_search_cut_short_says_its_capacity_is_not_known(make_emulator, tmp_path):
+    # Stopped (Ctrl-C, --duration) before any rate failed, it printed "highest rate meeting
+    # ...: 20 req/s" as a finished search does, with no note (bench walkthrough).
+    with make_emulator(ttft=Dist("fixed", 0.002)) as emu:
+        result = bench(emu.base_url, tmp_path / "out", mode="stream", saturate=True,
+                       search_start=10, search_max=10_000, search_factor=2,
+                       stage_duration_s=0.5, total_duration_s=0.8,
+                       slos=[Slo.parse("ttft_p99=1")])
+    sat = result.saturation
+    assert sat["highest_passing_rate"] is not None and sat["lowest_failing_rate"] is None
+    assert sat["note"] == ("the search was cut short (--duration reached): the gateway's "
+                           "capacity is at least the highest passing rate, not known")
+
+
 def test_starved_client_gets_a_client_bound_verdict(make_emulator, tmp_path):
     with make_emulator() as emu:
         result = bench(
