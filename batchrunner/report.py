@@ -1223,7 +1223,7 @@ def compare(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     :param reports: the ``runs`` entries of :func:`build_report`.
     :return: ``{"baseline", "runs", "overall": [...], "groups": [...], "cost_by_model": [...],
         "unpriced": {run: [models]}, "outstanding_jobs": {run: n},
-        "rejected_input_rows": {run: n}}``; each figure row is
+        "rejected_input_rows": {run: n}, "client_bound_stages": {run: [stage]}}``; each figure row is
         ``{"figure", "values", "delta", "delta_pct"}``, deltas for every run after the first
         (``delta_pct`` is null when the baseline is 0 or missing). A run with unpriced models
         (listed in ``unpriced``) or async jobs not collected yet (``outstanding_jobs``) has null
@@ -1257,10 +1257,14 @@ def compare(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     outstanding = {r["name"]: r["outstanding_jobs"] for r in reports if r.get("outstanding_jobs")}
     rejected = {r["name"]: r["rejected_input_rows"] for r in reports
                 if r.get("rejected_input_rows")}
+    # A client-bound bench stage measured the client: its difference is no gateway's.
+    bound = {r["name"]: [e["stage"] for e in (r.get("stages") or {}).get("per_stage", [])
+                         if e.get("client_bound")] for r in reports}
     return {"baseline": reports[0]["name"], "runs": [r["name"] for r in reports],
             "overall": overall, "groups": groups, "cost_by_model": by_model,
             "unpriced": unpriced, "outstanding_jobs": outstanding,
-            "rejected_input_rows": rejected}
+            "rejected_input_rows": rejected,
+            "client_bound_stages": {name: stages for name, stages in bound.items() if stages}}
 
 
 # ----------------------------------------------------------------------------------------------

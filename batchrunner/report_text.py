@@ -705,12 +705,22 @@ def comparison_tables(cmp: dict[str, Any]) -> list[Table]:
         tables.append(Table("Cost by model", ["model", "figure", *headers], rows,
                             left=2))
     if cmp["groups"]:
+        bound = cmp.get("client_bound_stages") or {}
+        bound_stages = {stage for stages in bound.values() for stage in stages}
         rows = []
         for grp in cmp["groups"]:
             label = ", ".join(f"{k}={v}" for k, v in grp["key"].items())
+            if grp["key"].get("stage") in bound_stages:
+                label += CLIENT_BOUND_MARK
             rows += rows_of(grp["figures"], [label])
-        tables.append(Table("By group (groups present in every run)",
-                            ["group", "figure", *headers], rows, left=2))
+        table = Table("By group (groups present in every run)",
+                      ["group", "figure", *headers], rows, left=2)
+        if bound:  # a client-bound stage's difference reads as the gateway's otherwise
+            table.notes.append(
+                f"{CLIENT_BOUND_MARK.strip()} client-bound (these figures measure the client, "
+                "not the gateway): " + "; ".join(
+                    f"{run} {', '.join(stages)}" for run, stages in bound.items()))
+        tables.append(table)
     return tables
 
 

@@ -390,6 +390,25 @@ def test_client_bound_is_flagged_in_text_json_and_html(synthetic, tmp_path):
     assert vlines == ["saturation: highest passing rate 20/s"]
 
 
+def test_a_comparison_of_bench_runs_flags_their_client_bound_stages(synthetic, make_run):
+    # The comparison dropped the "!": a client-bound stage's +25.6 % read as a gateway's gain
+    # (bench walkthrough).
+    run_dir, rows = synthetic
+    other = make_run(rows, name="other-bench", info={
+        "kind": "bench", "config": {"mode": "stream"},
+        "bench": {"slos": ["latency_p99<=0.2s", "ttft_p99<=9s"]}})
+    (other / "bench.json").write_bytes((run_dir / "bench.json").read_bytes())
+    result = invoke(str(run_dir), str(other))
+    assert result.exit_code == 0, result.output
+    by_group = result.output.split("By group (groups present in every run)", 1)[1]
+    assert "stage=rate=100 !" in by_group and "stage=c=4 !" not in by_group
+    assert ("! client-bound (these figures measure the client, not the gateway): "
+            "synthetic-bench rate=100; other-bench rate=100") in by_group
+    doc = orjson.loads(invoke(str(run_dir), str(other), "--json").output)
+    assert doc["comparison"]["client_bound_stages"] == {"synthetic-bench": ["rate=100"],
+                                                        "other-bench": ["rate=100"]}
+
+
 def test_runs_without_stages_are_unchanged(make_run):
     rows = [row(input_index=i, custom_id=str(i)) for i in range(5)]
     run = build_report([load_run(make_run(rows))], by=["model"])["runs"][0]
