@@ -56,6 +56,9 @@ class ExecContext:
     #: requests in flight. Workers wait for their own row's write before their next request
     #: (``rows_written``), so this rarely finds anything to write.
     before_send: Callable[[], None] | None = None
+    #: Why requests in flight were cancelled, if the session said (a drain that timed out, a
+    #: second signal): their rows say it rather than blame a stop.
+    cancel_reason: Callable[[], str | None] = lambda: None
 
 
 def encode_body(record: RequestRecord, mode: Mode) -> bytes:
@@ -167,7 +170,9 @@ async def execute(
             first_sent, first_sent_at = starting, starting_at
         ctx.emit(cancelled_row(
             record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
-            first_sent_at, "the run was stopped while this request was in flight", retried,
+            first_sent_at,
+            ctx.cancel_reason() or "the run was stopped while this request was in flight",
+            retried,
         ))  # fmt: skip
         raise
     assert attempt is not None and first_sent is not None and first_sent_at is not None

@@ -210,6 +210,8 @@ class _Session:
     answered: bool = False  # a request of this run has succeeded
     failed_on_config: bool = False
     _drain_handle: asyncio.TimerHandle | None = None
+    #: Why the requests in flight were cancelled, for their rows (None: the run itself was).
+    cancelled_because: str | None = None
     _duration_handle: asyncio.TimerHandle | None = None
     compaction: asyncio.Future[int] | None = None
     background: ThreadPoolExecutor = field(default_factory=background_executor)
@@ -393,12 +395,18 @@ class _Session:
             # Outstanding jobs are safe in jobs.jsonl: `collect` or a resume polls them later.
             self.poller_task.cancel()
         loop = asyncio.get_running_loop()
-        self._drain_handle = loop.call_later(self.config.drain_timeout_s, self.cancel_in_flight)
+        timeout = self.config.drain_timeout_s
+        self._drain_handle = loop.call_later(
+            timeout, self.cancel_in_flight,
+            f"still unanswered {timeout:g} s after the sending stopped ({reason}; "
+            "--drain-timeout)")
         ctx = getattr(self, "ctx", None)  # unset when stopped before the requests were prepared
         if ctx is not None and ctx.outage is not None:  # nothing waits for the gateway now
             ctx.outage.release()
 
-    def cancel_in_flight(self) -> None:
+    def cancel_in_flight(self, why: str) -> None:
+        """Cancel the requests in flight; their rows say *why*."""
+        self.cancelled_because = self.cancelled_because or why
         for task in list(self.tasks):
             task.cancel()
 
@@ -457,7 +465,7 @@ class _Session:
                 self._say(f"\nStopping ({what}): no new requests; {waiting}")
         else:
             self._say(f"\nCancelling in-flight requests ({what}; recorded as cancelled).")
-            self.cancel_in_flight()
+            self.cancel_in_flight(f"cancelled in flight by a second {what}")
 
     def on_cancelled(self) -> None:
         """The session's task was cancelled (Ctrl-C in a script: asyncio.run cancels it); the
@@ -482,6 +490,7 @@ class _Session:
             policy=cfg.retry,
             emit=self.emit,
             before_send=self.write_pending,
+            cancel_reason=lambda: self.cancelled_because,
             throttle=(RateCeiling(cfg.max_rate, lambda: self.stopping and self.stage is None)
                       if cfg.max_rate else None),
             keep_response_json=cfg.keep_response_json,

@@ -898,6 +898,12 @@ def test_drain_timeout_and_workers_options(make_emulator, tmp_path):
     assert stage["failed"] >= stage["errors"]["cancelled"] and stage["error_rate"] > 0.01
     # "errors", unless a loaded machine made the client the limit (loop lag), which comes first
     assert stage["verdict"].startswith(("errors", "client-bound (event loop lag")), stage["verdict"]
+    # Their rows say the gateway left them unanswered; they blamed "the run was stopped".
+    rows = pq.read_table(tmp_path / "o" / "data").to_pandas()
+    cut = rows[rows["status"] == "cancelled"]["error_message"]
+    said = "still unanswered 0.5 s after the sending stopped ("
+    assert len(cut) and cut.str.startswith(said).all(), cut.tolist()
+    assert cut.str.endswith("; --drain-timeout)").all()
     zero = subprocess.run([sys.executable, "-m", "batchrunner", "bench", "-c", "2",
                            "--workers", "0"], capture_output=True, text=True, timeout=60)
     assert zero.returncode == 2 and "--workers must be between 1" in zero.stderr, zero.stderr
