@@ -85,8 +85,10 @@ def test_a_gateway_restart_is_waited_out_without_spending_retries(requests_file,
     rows = read_rows(out)
     assert sorted(rows["input_index"]) == list(range(300))
     assert set(rows["status"]) == {"ok"}
-    # The waiting requests tried every 0.25 s: more attempts than --max-retries allows.
-    assert rows["attempts"].max() > 2
+    # Requests met the refused gateway and went again once it was back. (More than 2 attempts
+    # came only from also meeting a connection the gateway had closed, which reuse now checks
+    # for: the waits themselves spend no retry, as the scripted tests below show.)
+    assert rows["attempts"].max() >= 2
 
 
 def test_a_flapping_gateway_is_told_of_five_times_then_counted(requests_file, tmp_path):
