@@ -647,7 +647,7 @@ def test_a_proxy_asking_polls_to_wait_is_waited_for(make_emulator, requests_file
     # A proxy's 429 page with retry-after: 1 on every 2nd poll. The poll was sent again after
     # the planner's short back-off (0.1-0.2 s), refused again, and each refusal counted
     # towards the 30 failures that end a job as an error row.
-    with make_emulator(ttft=Dist("fixed", 1.5)) as emu:
+    with make_emulator(ttft=Dist("fixed", 0.5)) as emu:
         proxy = _PollBreakingProxy(emu.base_url, 429, every=2, headers={"retry-after": "1"})
         try:
             result = run(requests_file(6), proxy.url, tmp_path / "out", concurrency=6)
