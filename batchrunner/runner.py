@@ -278,7 +278,8 @@ class _Session:
         than the requests in flight (a resume sent five again with -c 4). Writing each row
         before the next send instead cost ~35 µs of CPU a request (measured): rows finished in
         one turn are still written together. What is left (another request's row finished in
-        the same turn as a send) is written by :meth:`write_pending` right before the send.
+        the same turn as a send, an open loop's starts) is written by :meth:`write_pending`
+        right before the send.
         """
         if not self._pending_rows:
             return
@@ -694,24 +695,11 @@ class _Session:
             return task
 
         workers = ParkedWorkers(run_one, spawn)
-
-        def start(record: RequestRecord, scheduled: float, done: Callable[[], None]) -> None:
-            # Rows finished since the last write go to the journal before a new request goes
-            # out (see rows_written); once per wake-up, not per request.
-            if self._pending_rows:
-                self.flush()
-            if self.stopping:
-                # The write was refused (the run stops): not sent, as the dispatcher's own
-                # check before each start would have it; a resume sends it.
-                done()
-                return
-            workers.start(record, scheduled, done)
-
         pacer = Pacer()
         dispatcher = ScheduleDispatcher(
             pacer,
             take,
-            start,
+            workers.start,
             cap=cap,
             stopping=lambda: self.stopping,
         )
