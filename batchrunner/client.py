@@ -361,10 +361,11 @@ class GatewayClient:
         try:
             if sink is not None and _streams(status):
                 sink.finish()
+            elif exchange.encoding is None:  # the usual answer: nothing to decode
+                interpret_body(attempt, status or 0, exchange.content)
             else:
-                encoding = exchange.encoding
-                content, problem = decompressed(
-                    exchange.content, encoding.decode("latin-1") if encoding else None)
+                content, problem = decompressed(exchange.content,
+                                                exchange.encoding.decode("latin-1"))
                 if problem is None:
                     interpret_body(attempt, status or 0, content)
                 elif _streams(status or 0):
