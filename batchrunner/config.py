@@ -42,6 +42,8 @@ OPEN_LOOP_MAX_OUTSTANDING = 10_000
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 #: Long enough for a gateway restart or a rolling deploy; a longer outage stops the run.
 DEFAULT_MAX_OUTAGE_S = 60.0
+#: How long a model may stay rate-limited (every request 429) before the run stops.
+DEFAULT_MAX_RATE_LIMIT_WAIT_S = 900.0
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HEADER_NAME_START = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]*")
 #: Headers a user may not set: given twice or wrong, every request fails as malformed.
@@ -68,6 +70,7 @@ _NUMBER_OPTIONS = {
     "max_error_rate": "--max-error-rate",
     "drain_timeout_s": "--drain-timeout",
     "max_outage_s": "--max-outage",
+    "max_rate_limit_wait_s": "--max-rate-limit-wait",
     "seed": "--seed",
     "ttl_s": "--ttl",
     "poll_rate": "--poll-rate",
@@ -130,6 +133,9 @@ class RunConfig:
     #: How long requests wait for a gateway that cannot be connected to (0: they spend their
     #: retries instead); see :mod:`batchrunner.outage`.
     max_outage_s: float = DEFAULT_MAX_OUTAGE_S
+    #: How long a model may be rate-limited (HTTP 429) with no success before the run stops
+    #: (0: 429s spend retries like any failure); see :mod:`batchrunner.ratelimit`.
+    max_rate_limit_wait_s: float = DEFAULT_MAX_RATE_LIMIT_WAIT_S
     keep_response_json: bool = True
     keep_response_text: bool = True
     seed: int = 0
@@ -192,6 +198,8 @@ class RunConfig:
             raise ConfigError("--drain-timeout must be >= 0")
         if self.max_outage_s < 0:
             raise ConfigError("--max-outage must be >= 0 seconds")
+        if self.max_rate_limit_wait_s < 0:
+            raise ConfigError("--max-rate-limit-wait must be >= 0 seconds")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError("--max-tokens must be >= 1")
         for name in ("attempt_s", "read_s", "connect_s"):  # --timeout sets the read one too
@@ -458,8 +466,9 @@ class RunConfig:
             or (OPEN_LOOP_MAX_OUTSTANDING if self.rate is not None else DEFAULT_CONCURRENCY)
         )
         data["metadata_columns"] = list(self.metadata_columns)
-        if math.isinf(self.max_outage_s):  # JSON has no infinity (orjson would write null)
-            data["max_outage_s"] = "inf"
+        for name in ("max_outage_s", "max_rate_limit_wait_s"):
+            if math.isinf(data[name]):  # JSON has no infinity (orjson would write null)
+                data[name] = "inf"
         for key in ("requests", "out", "results_root"):
             if data[key] is not None:
                 data[key] = str(data[key])

@@ -20,7 +20,9 @@ import orjson
 
 from batchrunner.client import Attempt, GatewayClient, bifrost_headers
 from batchrunner.outage import MAX_HOLDS_PER_REQUEST, GatewayOutage
-from batchrunner.retry import RetryPolicy, retry_delay
+from batchrunner.ratelimit import MAX_HOLDS_PER_REQUEST as MAX_RATE_LIMIT_HOLDS
+from batchrunner.ratelimit import ModelGate, RateLimits
+from batchrunner.retry import RetryPolicy, parse_retry_after, retry_delay
 from batchrunner.schema import (
     ERROR_CANCELLED,
     ERROR_UNEXPECTED_JOB_STUB,
@@ -59,6 +61,9 @@ class ExecContext:
     #: Why requests in flight were cancelled, if the session said (a drain that timed out, a
     #: second signal): their rows say it rather than blame a stop.
     cancel_reason: Callable[[], str | None] = lambda: None
+    #: Models the gateway rate-limits, and their pace (None: a 429 spends a retry as any
+    #: failure, as in bench stages).
+    rate_limits: RateLimits | None = None
 
 
 def encode_body(record: RequestRecord, mode: Mode) -> bytes:
@@ -94,6 +99,8 @@ async def execute(
     extra = [("x-request-id", request_id), *record.extra_headers.items()]
     attempts = 0
     holds = 0  # attempts that could not connect and waited for the gateway: no retry spent
+    limited: _Limited | None = None  # its 429s waited out, once it meets one
+    limits = ctx.rate_limits
     first_sent: float | None = None
     first_sent_at: float | None = None
     starting = starting_at = 0.0
@@ -115,6 +122,15 @@ async def execute(
                         retried,
                     ))  # fmt: skip
                     return
+            gate: ModelGate | None = None
+            if limits is not None and limits.active:  # nothing to look up before a first 429
+                gate = limits.gate(_model_of(record))
+                if gate is not None and not await gate.acquire():
+                    ctx.emit(cancelled_row(
+                        record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
+                        first_sent_at, not_sent_rate_limited(limits, attempt), retried,
+                    ))  # fmt: skip
+                    return
             attempts += 1
             if first_sent is None:
                 # Until the first attempt returns, its start stands for the send instant: a
@@ -122,13 +138,33 @@ async def execute(
                 starting, starting_at = time.perf_counter(), time.time()
             if ctx.before_send is not None:
                 ctx.before_send()
-            attempt = await ctx.client.send(body, stream=stream, extra_headers=extra)
+            try:
+                attempt = await ctx.client.send(body, stream=stream, extra_headers=extra)
+            finally:
+                if gate is not None:
+                    gate.release()
             if attempt.ok and attempt.message is None:
                 _job_stub_is_no_answer(attempt)
             if first_sent is None:
                 first_sent, first_sent_at = attempt.sent, attempt.sent_at
             if attempt.ok:
+                if gate is not None:
+                    gate.on_success()
                 break
+            if limits is not None and attempt.http_status == 429:
+                if limited is None:
+                    limited = _Limited()
+                waits = limited.hold(limits, _model_of(record), attempt)
+                if waits and not ctx.stopping():
+                    continue  # the next attempt waits for the gate at the top
+                if waits is False or ctx.stopping():
+                    # Stopping, or the rate-limited model was given up on: not sent again,
+                    # and a resume sends it.
+                    ctx.emit(cancelled_row(
+                        record, ctx, request_id, scheduled, scheduled_at, attempts, first_sent,
+                        first_sent_at, not_sent_rate_limited(limits, attempt), retried,
+                    ))  # fmt: skip
+                    return
             held = await held_for_gateway(ctx, attempt, holds)
             if held is False:
                 # Sent never, if no attempt ever connected: no sent_at, no send lag, so that
@@ -143,7 +179,8 @@ async def execute(
             if held:
                 holds += 1
                 continue
-            delay = attempt_retry_delay(ctx, attempt, attempts - holds)
+            waited = holds + (limited.holds if limited is not None else 0)
+            delay = attempt_retry_delay(ctx, attempt, attempts - waited)
             if delay is None:
                 break
             # Not the row's last attempt (unless a bench stage stops below): kept before the
@@ -194,6 +231,60 @@ async def held_for_gateway(ctx: ExecContext, attempt: Attempt, holds: int) -> bo
     if ctx.stopping():
         return False
     return await outage.hold(attempt.error_message or "") and not ctx.stopping()
+
+
+def _model_of(record: RequestRecord) -> str:
+    model = record.params.get("model")
+    return model if isinstance(model, str) else str(model)
+
+
+class _Limited:
+    """A request's 429s that were waited out rather than spending retries."""
+
+    __slots__ = ("alone", "holds", "mark")
+
+    def __init__(self) -> None:
+        self.holds = 0
+        #: 429s met while other requests of the model succeeded (the request's own problem?).
+        self.alone = 0
+        self.mark: int | None = None  # the model's successes at this request's last 429
+
+    def hold(self, limits: RateLimits, model: str, attempt: Attempt) -> bool | None:
+        """``True``: send again once the model's gate lets it, no retry spent; ``None``: spend
+        a retry as usual; ``False``: the waiting has ended (do not send again)."""
+        headers = attempt.headers or {}
+        if headers.get("x-should-retry") == "false":
+            return None
+        if limits.ended:
+            return False
+        gate = limits.on_limited(
+            model, attempt.sent, parse_retry_after(headers),
+            f"HTTP 429 {attempt.error_type}: {attempt.error_message}",
+        )  # fmt: skip
+        if limits.ended:  # this 429 was the one too many
+            return False
+        if self.mark is not None and gate.successes != self.mark:
+            self.alone += 1
+        self.mark = gate.successes
+        if self.alone >= MAX_RATE_LIMIT_HOLDS:
+            return None
+        self.holds += 1
+        return True
+
+
+def not_sent_rate_limited(limits: RateLimits, attempt: Attempt | None = None) -> str:
+    """The message of a request that ends cancelled, not sent (again), because the waiting for
+    a rate-limited model ended: given up on (``--max-rate-limit-wait``), or the run stopped."""
+    if limits.gave_up_on is None:
+        if attempt is not None:
+            return not_retried(attempt)
+        return "not sent: the run stopped while it waited for the gateway's rate limit (HTTP 429)"
+    why = (f"the gateway rate-limited every request for {limits.gave_up_on} for too long "
+           "(HTTP 429; --max-rate-limit-wait)")
+    if attempt is None:
+        return f"not sent: {why}"
+    return (f"not sent again: {why}; its last attempt failed with {attempt.error_type}: "
+            f"{attempt.error_message}")
 
 
 #: The message of a request that waited for ``--max-rate``/``--rpm`` until the run stopped.

@@ -751,6 +751,20 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rate_limited_lines(limited: dict[str, Any] | None) -> list[str]:
+    """What the gateway's 429s did to this session: how many were sent again, and how far each
+    rate-limited model was slowed down."""
+    if not limited or not limited.get("attempts"):
+        return []
+    models = limited.get("models") or {}
+    slowest = ", ".join(
+        f"{model} down to {m.get('fewest_in_flight')} in flight"
+        for model, m in sorted(models.items(), key=lambda kv: -(kv[1].get("attempts") or 0))[:3]
+    )
+    return [f"limited    {plural(limited['attempts'], 'attempt')} answered 429 (rate limited) "
+            f"and waited out without using up retries, this session ({slowest})"]
+
+
 def format_short(summary: dict[str, Any]) -> str:
     """The closing block of ``run`` from :func:`batchrunner.report.summarize_table`."""
     lines = []
@@ -761,6 +775,7 @@ def format_short(summary: dict[str, Any]) -> str:
     if summary["error_types"]:
         top = sorted(summary["error_types"].items(), key=lambda kv: -kv[1])[:6]
         lines.append("errors     " + ", ".join(f"{k} {v:,}" for k, v in top))
+    lines += rate_limited_lines(summary.get("rate_limited"))
     lines += schedule_lines(summary.get("schedule"))
     if summary["requests_per_s"] is not None:
         span = summary.get("span_s")

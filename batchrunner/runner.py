@@ -53,6 +53,7 @@ from batchrunner.outage import GatewayOutage
 from batchrunner.pacing import LoopLagMeter, Pacer, RateCeiling, schedule_offsets
 from batchrunner.polling import PollPlanner
 from batchrunner.progress import LiveStats, ProgressDisplay
+from batchrunner.ratelimit import RateLimits
 from batchrunner.report import COST_COLUMNS, outstanding_cost, replaced_cost_usd, session_starts
 from batchrunner.report_text import fmt_usd
 from batchrunner.rundir import (
@@ -137,6 +138,8 @@ SEND_SWITCH_INTERVAL_S = 0.0005
 CONFIG_ERROR_STATUSES = frozenset({401, 403, 404, 405})
 ASYNC_CREATE_FAILED = "failed to create async job"
 MAX_CONSECUTIVE_CONFIG_ERRORS = 20
+#: Models told of on stderr when first rate-limited; later ones are counted in run.json.
+RATE_LIMITED_MODELS_SAID = 5
 #: Gateway outages told on stderr; later ones are only counted (run.json's sessions).
 OUTAGES_SAID = 5
 REDO_ON_RETRY_FAILED = frozenset(
@@ -404,6 +407,8 @@ class _Session:
         ctx = getattr(self, "ctx", None)  # unset when stopped before the requests were prepared
         if ctx is not None and ctx.outage is not None:  # nothing waits for the gateway now
             ctx.outage.release()
+        if ctx is not None and ctx.rate_limits is not None:
+            ctx.rate_limits.end()
 
     def cancel_in_flight(self, why: str) -> None:
         """Cancel the requests in flight; their rows say *why*."""
@@ -436,6 +441,8 @@ class _Session:
             self.interrupted_by = f"stopped by {what}"
             ctx = getattr(self, "ctx", None)
             held = ctx.outage.waiting if ctx is not None and ctx.outage is not None else 0
+            if ctx is not None and ctx.rate_limits is not None:
+                held += ctx.rate_limits.waiting
             ceiling = getattr(ctx.throttle, "waiting", 0) if ctx is not None else 0
             flying = self.stats.in_flight - held - ceiling
             what_flies = "submit" if self.poller_task is not None else "request"
@@ -511,7 +518,36 @@ class _Session:
                 if cfg.max_outage_s > 0 and self.client.can_probe
                 else None
             ),
+            # In a bench stage a 429 is the gateway's figure, not something to ride out.
+            rate_limits=(
+                RateLimits(
+                    cfg.max_rate_limit_wait_s,
+                    lambda: self.stats.in_flight,
+                    max_retry_after_s=cfg.retry.max_retry_after_s,
+                    on_first=self._rate_limited,
+                    on_give_up=self._rate_limited_too_long,
+                )
+                if cfg.max_rate_limit_wait_s > 0 and self.stage is None
+                else None
+            ),
         )
+
+    def _rate_limited(self, model: str, error: str) -> None:
+        limits = self.ctx.rate_limits
+        if limits is not None and len(limits.gates) > RATE_LIMITED_MODELS_SAID:
+            return
+        gate = limits.gate(model) if limits is not None else None
+        window = f"at most {gate.window:.0f} in flight" if gate is not None else "fewer in flight"
+        self._say(
+            f"The gateway rate-limits requests for {model} ({error}): slowing them down (a "
+            f"pause, then {window}, widening as they succeed); rate-limited requests are sent "
+            "again without using up a retry."
+        )
+
+    def _rate_limited_too_long(self, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = RunAborted(message)
+        self.stop("the gateway rate-limits every request")
 
     def _gateway_down(self, error: str, limit_s: float) -> None:
         outages = self.ctx.outage.outages if self.ctx.outage is not None else 0
@@ -1803,6 +1839,9 @@ async def _finish(
     )
     # This session's (the rows' figures may span sessions): said when it inflated timings.
     summary["loop_lag"] = session_info["loop_lag"] = session.loop_lag.describe()
+    limits = session.ctx.rate_limits if getattr(session, "ctx", None) is not None else None
+    if limits is not None and limits.active:
+        summary["rate_limited"] = session_info["rate_limited"] = limits.describe()
     info.update(status=status, summary=summary, rejected=stats.rejected, total_input=stats.total)
     info["async"] = (
         {"outstanding_jobs": outstanding, "collect_before": deadline, "ttl_s": config.ttl_s}

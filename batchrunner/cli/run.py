@@ -229,6 +229,18 @@ Exit codes:
     "them). At most 10 s while it has never been reached. 0: retry as for any failure.",
 )
 @click.option(
+    "--max-rate-limit-wait",
+    "max_rate_limit_wait_s",
+    type=click.FloatRange(min=0),
+    default=900.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A gateway's 429 (rate limited) slows the model's requests down: a pause, then fewer "
+    "in flight, and they are sent again spending no retries. If every request of a model "
+    "keeps getting 429 this long, the run stops (they end as cancelled: a resume sends them). "
+    "0: retry 429s as any failure.",
+)
+@click.option(
     "--no-response-json",
     is_flag=True,
     help="Do not store the full response body (smaller files for load tests).",

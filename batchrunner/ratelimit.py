@@ -1,0 +1,256 @@
+"""Slowing down for a gateway that rate-limits (HTTP 429): a pause, then fewer requests in flight.
+
+Bifrost's governance answers a virtual key over its request or token limit with 429 and no
+``retry-after`` (protocol spec §8), and its limits reset per window (a minute to a month). On
+the usual back-off a request spent its four retries within ~4 s and became an error row: a key
+limited to 20 requests/s turned 132 of a 600-request run at ``-c 32`` into ``rate_limited``
+rows, and a key whose hourly limit ran out would have failed the rest of a 2M-row set.
+
+A 429 was not processed, so sending it again costs nothing but time. So, per model (Bifrost
+also limits per model, and one model's limit must not slow the others):
+
+* the first 429 closes a gate for a pause (``retry-after`` when the gateway gave one, else
+  :data:`BASE_PAUSE_S`, doubling while 429s follow each other with no success between, up to
+  :data:`MAX_PAUSE_S`), and halves the requests that may be in flight (a window, as TCP's
+  congestion control does; each success then widens it by ``1/window``). 429s of requests sent
+  before that cut belong to the same burst and cut nothing more;
+* every attempt of that model waits for the gate and for room in the window, and a 429'd
+  attempt is sent again without using up a retry (``attempts`` still counts it);
+* a request that alone keeps getting 429 while others of its model succeed (larger than a token
+  limit, say) spends retries as before after :data:`MAX_HOLDS_PER_REQUEST` such answers;
+* a model with no success for ``limit_s`` while rate-limited ends the waiting: the run stops,
+  and the waiting requests end as ``cancelled`` rows, which a resume sends again.
+
+Nothing of this runs before the first 429 (one attribute check per request), and bench stages
+never use it: there a 429 is the gateway's figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+#: First pause after a 429 (no ``retry-after``); doubles for each 429 with no success between.
+BASE_PAUSE_S = 0.5
+#: Longest pause: Bifrost's shortest limit window is a minute.
+MAX_PAUSE_S = 60.0
+#: 429s a request may meet while others of its model succeed before it spends retries.
+MAX_HOLDS_PER_REQUEST = 8
+#: Default longest time a model may stay rate-limited with no success (``--max-rate-limit-wait``).
+DEFAULT_LIMIT_S = 900.0
+
+
+class ModelGate:
+    """The pace of one model's requests once the gateway has rate-limited it."""
+
+    def __init__(self, owner: RateLimits, model: str, in_flight: int) -> None:
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
+        self.model = model
+        #: Requests allowed in flight (halved per burst of 429s, widened by each success).
+        self.window = float(max(1, in_flight // 2))
+        #: Attempts admitted by :meth:`acquire` and not yet released.
+        self.in_flight = 0
+        self.closed_until = 0.0  # loop.time()
+        self.streak = 0  # pauses since the last success
+        self.cut_at = -math.inf  # perf_counter of the last cut
+        self.successes = 0
+        self.limited_since: float | None = None  # monotonic: first 429 since the last success
+        self.limited = 0  # 429s met
+        self.smallest_window = self.window
+        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._wake: asyncio.TimerHandle | None = None
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    def _has_room(self) -> bool:
+        return self._loop.time() >= self.closed_until and self.in_flight < self.window
+
+    async def acquire(self) -> bool:
+        """Wait for the gate and for room in the window; ``False`` once the waiting has ended
+        (the run is stopping, or a model stayed rate-limited too long): do not send."""
+        if self._owner.ended:
+            return False
+        if not self._waiters and self._has_room():
+            self.in_flight += 1
+            return True
+        waiter: asyncio.Future[bool] = self._loop.create_future()
+        self._waiters.append(waiter)
+        self._admit()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self.release()  # admitted, then cancelled before it could send
+            raise
+
+    def release(self) -> None:
+        """An attempt admitted by :meth:`acquire` has ended."""
+        self.in_flight -= 1
+        if self._waiters:
+            self._admit()
+
+    def _admit(self) -> None:
+        """Let waiters go, oldest first, while the gate is open and the window has room."""
+        waiters = self._waiters
+        now = self._loop.time()
+        if now < self.closed_until:
+            if self._wake is None:
+                self._wake = self._loop.call_at(self.closed_until, self._reopen)
+            return
+        while waiters and self.in_flight < self.window:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(True)
+
+    def _reopen(self) -> None:
+        self._wake = None
+        self._admit()
+
+    def on_limited(self, sent: float, retry_after: float | None, in_flight: int) -> None:
+        """An attempt sent at *sent* (``perf_counter``) was answered 429."""
+        self.limited += 1
+        now = time.perf_counter()
+        if self.limited_since is None:
+            self.limited_since = time.monotonic()
+        pause: float | None = retry_after
+        if sent >= self.cut_at:  # the first 429 of a new burst
+            self.window = float(max(1, in_flight // 2))
+            self.smallest_window = min(self.smallest_window, self.window)
+            self.streak += 1
+            self.cut_at = now
+            if pause is None:
+                pause = min(MAX_PAUSE_S, BASE_PAUSE_S * 2 ** (self.streak - 1))
+        if pause is not None:
+            # Never past the end of the waiting: the 429 that ends it comes on time.
+            left = self._owner.limit_s - self.limited_for()
+            until = self._loop.time() + max(0.0, min(pause, left))
+            if until > self.closed_until:
+                self.closed_until = until
+                if self._wake is not None:  # re-armed for the later instant
+                    self._wake.cancel()
+                    self._wake = None
+
+    def on_success(self) -> None:
+        self.successes += 1
+        self.streak = 0
+        self.limited_since = None
+        self.window += 1.0 / self.window
+        if self._waiters:
+            self._admit()
+
+    def limited_for(self) -> float:
+        """Seconds since the first 429 with no success after it (0 when not limited)."""
+        return 0.0 if self.limited_since is None else time.monotonic() - self.limited_since
+
+    def end(self) -> None:
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(False)
+
+
+class RateLimits:
+    """The gates of a session's rate-limited models.
+
+    :param limit_s: longest time a model may stay rate-limited with no success.
+    :param in_flight: the session's requests in flight (a new gate halves it).
+    :param max_retry_after_s: cap on a ``retry-after`` pause.
+    :param on_first: called with the model and the 429's text when a model is first limited.
+    :param on_give_up: called with a message when a model stayed limited past ``limit_s``.
+    """
+
+    def __init__(
+        self,
+        limit_s: float,
+        in_flight: Callable[[], int],
+        *,
+        max_retry_after_s: float = 120.0,
+        on_first: Callable[[str, str], None] = lambda model, error: None,
+        on_give_up: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.limit_s = limit_s
+        self._in_flight = in_flight
+        self._max_retry_after_s = max_retry_after_s
+        self._on_first = on_first
+        self._on_give_up = on_give_up
+        self.gates: dict[str, ModelGate] = {}
+        #: Whether any model has been rate-limited in this session (nothing runs before).
+        self.active = False
+        #: The waiting has ended: the run is stopping, or a model stayed limited too long.
+        self.ended = False
+        #: The model that stayed rate-limited past ``limit_s``, if one did.
+        self.gave_up_on: str | None = None
+
+    def gate(self, model: str) -> ModelGate | None:
+        return self.gates.get(model)
+
+    @property
+    def waiting(self) -> int:
+        return sum(g.waiting for g in self.gates.values())
+
+    @property
+    def limited(self) -> int:
+        """429s met by the session's requests."""
+        return sum(g.limited for g in self.gates.values())
+
+    def on_limited(
+        self, model: str, sent: float, retry_after: float | None, error: str
+    ) -> ModelGate:
+        """An attempt of *model* sent at *sent* was answered 429 (*error*: its text)."""
+        gate = self.gates.get(model)
+        if gate is None:
+            gate = self.gates[model] = ModelGate(self, model, self._in_flight())
+            self.active = True
+            gate.cut_at = time.perf_counter()  # the window was just set from the burst
+            gate.streak = 1
+            gate.limited += 1
+            gate.limited_since = time.monotonic()
+            pause = BASE_PAUSE_S if retry_after is None else retry_after
+            gate.closed_until = asyncio.get_running_loop().time() + min(
+                pause, self._max_retry_after_s)
+            self._on_first(model, error)
+            return gate
+        if retry_after is not None:
+            retry_after = min(retry_after, self._max_retry_after_s)
+        gate.on_limited(sent, retry_after, gate.in_flight)
+        if not self.ended and gate.limited_for() >= self.limit_s:
+            self._give_up(gate, error)
+        return gate
+
+    def _give_up(self, gate: ModelGate, error: str) -> None:
+        seconds = gate.limited_for()
+        self.gave_up_on = gate.model
+        self.end()
+        self._on_give_up(
+            f"the gateway has rate-limited every request for {gate.model} for {seconds:.0f} s "
+            f"({error}; --max-rate-limit-wait {self.limit_s:g}); the requests waiting for a "
+            "rate limit end as cancelled, which a resume sends again once the limit has reset"
+        )
+
+    def describe(self) -> dict[str, object]:
+        """For ``run.json`` and the closing summary: 429s met, and the narrowest window of
+        each rate-limited model."""
+        return {
+            "attempts": self.limited,
+            "models": {
+                model: {"attempts": g.limited, "fewest_in_flight": int(g.smallest_window)}
+                for model, g in self.gates.items()
+            },
+            "gave_up_on": self.gave_up_on,
+        }
+
+    def end(self) -> None:
+        """Whatever waits ends now (not sent), and nothing waits any more."""
+        self.ended = True
+        for gate in self.gates.values():
+            gate.end()

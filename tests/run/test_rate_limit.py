@@ -1,0 +1,254 @@
+"""A gateway that rate-limits (HTTP 429 without retry-after, as Bifrost's governance does):
+the run slows down instead of turning requests into error rows."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import orjson
+import pytest
+
+from batchrunner.config import RunConfig
+from batchrunner.emulator.config import Dist
+from batchrunner.ratelimit import BASE_PAUSE_S, ModelGate, RateLimits
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import EXIT_ABORTED, EXIT_OK, run_sync
+
+from .conftest import read_rows, run_cli, write_requests
+
+MODEL = "claude-sonnet-4-5"
+
+
+def run(requests, gateway, out, **kw):
+    return run_sync(RunConfig(requests=requests, gateway=gateway, out=out, **kw), quiet=True)
+
+
+def test_a_rate_limited_run_ends_with_every_request_ok_and_no_retry_spent(
+    make_emulator, requests_file, tmp_path
+):
+    # 100 requests/s per key, 16 workers of ~10 ms each (~1,600/s wanted): without slowing
+    # down, with one retry each, most requests ended as rate_limited error rows.
+    with make_emulator(rate_limit_rps=100, rate_limit_burst=10, ttft=Dist("fixed", 0.01)) as emu:
+        result = run(requests_file(120), emu.base_url, tmp_path / "out", concurrency=16,
+                     retry=RetryPolicy(max_retries=1))
+        stats = emu.stats()
+    rows = read_rows(tmp_path / "out")
+    assert result.exit_code == EXIT_OK, result.message
+    assert len(rows) == 120 and set(rows["status"]) == {"ok"}
+    limited = stats["faults"]["key_rate_limit"]
+    assert limited > 0  # the limit was met...
+    # ...and every 429 is an attempt of some row, sent again without using up its one retry
+    assert (rows["attempts"] - 1).sum() == limited
+    assert rows["attempts"].max() > 2
+    info = orjson.loads((tmp_path / "out" / "run.json").read_bytes())
+    described = info["sessions"][-1]["rate_limited"]
+    assert described["attempts"] == limited
+    assert described["models"][MODEL]["attempts"] == limited
+    assert 1 <= described["models"][MODEL]["fewest_in_flight"] < 16
+    assert described["gave_up_on"] is None
+    assert result.summary["rate_limited"]["attempts"] == limited
+
+
+def test_the_run_says_it_slows_down_and_the_summary_counts_the_429s(make_emulator, tmp_path):
+    requests = write_requests(tmp_path / "set.jsonl", 40)
+    with make_emulator(rate_limit_rps=50, rate_limit_burst=5) as emu:
+        done = run_cli("run", str(requests), "--gateway", emu.base_url, "--out",
+                       str(tmp_path / "out"), "-c", "8")
+        limited = emu.stats()["faults"]["key_rate_limit"]
+    assert done.returncode == 0, done.stderr
+    assert limited > 0
+    assert (f"The gateway rate-limits requests for {MODEL} (HTTP 429 rate_limited: rate limit "
+            "exceeded for this virtual key (emulated)): slowing them down") in done.stderr
+    assert "sent again without using up a retry" in done.stderr
+    assert (f"limited    {limited} attempt{'s' if limited > 1 else ''} answered 429 (rate "
+            "limited) and waited out without using up retries, this session "
+            f"({MODEL} down to ") in done.stdout
+    assert "requests   40  (ok 40)" in done.stdout
+
+
+def test_a_model_rate_limited_too_long_stops_the_run_and_a_resume_sends_the_rest(
+    make_emulator, tmp_path
+):
+    # One model's limit never resets (here: every request of it is answered 429) while the
+    # other model is served: after --max-rate-limit-wait the run stops; the waiting requests
+    # end as cancelled, and a resume sends them.
+    other = "claude-haiku-4-5"
+    requests = tmp_path / "set.jsonl"
+    lines = [
+        {"custom_id": f"r{i}", "params": {"model": other if i < 6 else MODEL, "max_tokens": 8,
+                                          "messages": [{"role": "user", "content": f"q{i}"}]}}
+        for i in range(10)
+    ]
+    requests.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    out = tmp_path / "out"
+    with make_emulator(fail_models=(MODEL,), fail_model_status=429) as emu:
+        done = run_cli("run", str(requests), "--gateway", emu.base_url, "--out", str(out),
+                       "-c", "2", "--max-rate-limit-wait", "1")
+        assert done.returncode == EXIT_ABORTED, done.stderr
+        assert (f"the gateway has rate-limited every request for {MODEL} for 1 s (HTTP 429 "
+                "rate_limit_error") in done.stderr
+        assert "--max-rate-limit-wait 1)" in done.stderr
+        rows = read_rows(out).sort_values("input_index")
+        assert rows["input_index"].is_unique
+        served = rows[rows["input_index"] < 6]
+        assert len(served) == 6  # the other model was served
+        assert set(served["status"]) == {"ok"} and (served["attempts"] == 1).all()
+        waiting = rows[rows["input_index"] >= 6]
+        assert len(waiting) >= 1 and set(waiting["status"]) == {"cancelled"}
+        assert waiting["error_message"].str.contains(
+            f"the gateway rate-limited every request for {MODEL} for too long (HTTP 429; "
+            "--max-rate-limit-wait)", regex=False).all()
+        info = orjson.loads((out / "run.json").read_bytes())
+        assert info["sessions"][-1]["rate_limited"]["gave_up_on"] == MODEL
+
+        # The limit lifted: a plain resume sends the cancelled rows, and only those.
+        emu.config.fail_models = ()
+        before = emu.stats()["requests"]
+        again = run_cli("run", str(requests), "--gateway", emu.base_url, "--out", str(out))
+        sent = emu.stats()["requests"] - before
+    assert again.returncode == 0, again.stderr
+    rows = read_rows(out)
+    assert sent == 4  # the rate-limited model's four requests, nothing else again
+    assert sorted(rows["input_index"]) == list(range(10)) and set(rows["status"]) == {"ok"}
+
+
+def test_max_rate_limit_wait_0_retries_429s_like_any_failure(make_emulator, tmp_path):
+    requests = write_requests(tmp_path / "set.jsonl", 3)
+    with make_emulator(fail_models=(MODEL,), fail_model_status=429) as emu:
+        done = run_cli("run", str(requests), "--gateway", emu.base_url, "--out",
+                       str(tmp_path / "out"), "--max-rate-limit-wait", "0", "--max-retries", "1",
+                       "--max-error-rate", "1")
+        sent = emu.stats()["requests"]
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(tmp_path / "out")
+    assert set(rows["status"]) == {"error"} and set(rows["http_status"]) == {429}
+    assert (rows["attempts"] == 2).all() and sent == 6
+    assert "slowing them down" not in done.stderr
+
+
+# -- the pace itself (no gateway: the gates' arithmetic and waiting) ------------------------
+
+
+def _limits(in_flight: int = 16, limit_s: float = math.inf, **kw) -> RateLimits:
+    return RateLimits(limit_s, lambda: in_flight, **kw)
+
+
+def test_a_first_429_halves_the_requests_in_flight_and_pauses():
+    async def main():
+        firsts = []
+        limits = _limits(16, on_first=lambda model, error: firsts.append((model, error)))
+        assert not limits.active and limits.gate(MODEL) is None
+        gate = limits.on_limited(MODEL, 0.0, None, "HTTP 429 rate_limited: x")
+        assert limits.active and firsts == [(MODEL, "HTTP 429 rate_limited: x")]
+        assert gate.window == 8
+        loop = asyncio.get_running_loop()
+        assert gate.closed_until == pytest.approx(loop.time() + BASE_PAUSE_S, abs=0.05)
+        started = loop.time()
+        assert await gate.acquire()
+        assert loop.time() - started >= BASE_PAUSE_S - 0.01
+        assert gate.in_flight == 1
+        gate.release()
+        assert gate.in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_429s_of_one_burst_cut_once_and_pauses_double_until_a_success():
+    async def main():
+        limits = _limits(16)
+        gate = limits.on_limited(MODEL, 0.0, None, "e")
+        gate.in_flight = 6
+        sent_before_the_cut = gate.cut_at - 1.0
+        limits.on_limited(MODEL, sent_before_the_cut, None, "e")
+        assert gate.window == 8 and gate.streak == 1  # the same burst: no second cut
+        loop = asyncio.get_running_loop()
+        sent_after = gate.cut_at + 1e-6
+        limits.on_limited(MODEL, sent_after, None, "e")
+        assert gate.window == 3 and gate.streak == 2  # 6 in flight, halved
+        assert gate.closed_until == pytest.approx(loop.time() + 2 * BASE_PAUSE_S, abs=0.05)
+        gate.on_success()
+        assert gate.streak == 0 and gate.window == pytest.approx(3 + 1 / 3)
+        assert gate.limited_for() == 0
+        gate.in_flight = 0
+        gate.closed_until = 0.0  # as if the pause had passed
+        limits.on_limited(MODEL, gate.cut_at + 1e-6, None, "e")
+        assert gate.window == 1 and gate.streak == 1  # never below one; the first pause again
+        assert gate.closed_until == pytest.approx(loop.time() + BASE_PAUSE_S, abs=0.05)
+        # A retry-after is obeyed for the whole model, capped (120 s unless told otherwise)
+        limits.on_limited(MODEL, gate.cut_at + 1e-6, 500.0, "e")
+        assert gate.closed_until == pytest.approx(loop.time() + 120.0, abs=0.05)
+
+    asyncio.run(main())
+
+
+def test_waiters_go_oldest_first_as_the_window_has_room():
+    async def main():
+        limits = _limits(4)
+        gate = limits.on_limited(MODEL, 0.0, 0.0, "e")  # window 2, no pause
+        order = []
+
+        async def one(i):
+            assert await gate.acquire()
+            order.append(i)
+            await asyncio.sleep(0.01 * (i + 1))
+            gate.release()
+
+        await asyncio.gather(*(one(i) for i in range(5)))
+        assert order == [0, 1, 2, 3, 4]
+        assert gate.in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_an_admitted_waiter_cancelled_before_sending_gives_its_room_back():
+    async def main():
+        limits = _limits(2)
+        gate = limits.on_limited(MODEL, 0.0, 0.05, "e")  # window 1, 50 ms pause
+        waiting = asyncio.ensure_future(gate.acquire())
+        await asyncio.sleep(0)
+        assert gate.waiting == 1
+        await asyncio.sleep(0.1)  # admitted at the reopening...
+        assert waiting.done() and waiting.result() is True and gate.in_flight == 1
+        gate.release()
+        second = asyncio.ensure_future(gate.acquire())
+        third = asyncio.ensure_future(gate.acquire())
+        await asyncio.sleep(0)
+        assert second.done() and not third.done()
+        second.cancel()  # already admitted: cancelling the caller must not keep its room
+        gate.release()
+        assert await third
+
+    asyncio.run(main())
+
+
+def test_a_model_limited_past_the_limit_ends_the_waiting_and_names_the_model():
+    async def main():
+        said = []
+        limits = _limits(4, limit_s=0.05, on_give_up=said.append)
+        gate = limits.on_limited(MODEL, 0.0, 10.0, "HTTP 429 rate_limited: x")
+        waiter = asyncio.ensure_future(gate.acquire())
+        await asyncio.sleep(0.06)
+        other = limits.on_limited("claude-haiku-4-5", 0.0, None, "e")
+        assert not limits.ended  # the other model was only just limited
+        limits.on_limited(MODEL, gate.cut_at + 1e-6, None, "HTTP 429 rate_limited: x")
+        assert limits.ended and limits.gave_up_on == MODEL
+        assert await waiter is False
+        assert await other.acquire() is False
+        assert said == [
+            f"the gateway has rate-limited every request for {MODEL} for 0 s (HTTP 429 "
+            "rate_limited: x; --max-rate-limit-wait 0.05); the requests waiting for a rate "
+            "limit end as cancelled, which a resume sends again once the limit has reset"]
+        assert limits.describe()["gave_up_on"] == MODEL
+
+    asyncio.run(main())
+
+
+def test_one_models_limit_does_not_pause_another():
+    async def main():
+        limits = _limits(4)
+        limits.on_limited(MODEL, 0.0, 10.0, "e")
+        assert limits.gate("claude-haiku-4-5") is None  # not limited: sent as before
+        assert isinstance(limits.gate(MODEL), ModelGate)
+
+    asyncio.run(main())
