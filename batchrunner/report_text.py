@@ -316,7 +316,12 @@ def schedule_lines(schedule: dict[str, Any] | None) -> list[str]:
         times = "once" if outages == 1 else f"{outages:,} times"
         why = (f"the gateway could not be connected to {times} during the --rate {sessions}: "
                f"requests waited for it; otherwise {why}")
-    if capped or outages:
+    limited = schedule.get("rate_limited") or 0
+    if limited:  # requests waited for the gateway's rate limit, not for the client
+        sessions = "sessions" if (schedule.get("sessions") or 0) > 1 else "session"
+        why = (f"the gateway rate-limited {plural(limited, 'attempt')} (HTTP 429) during the "
+               f"--rate {sessions}: requests waited for its limit; otherwise {why}")
+    if capped or outages or limited:
         timings = "total_s and queue_wait_s include this lag, latency_s does not"
     else:
         timings = ("total_s and queue_wait_s include this lag; latency_s leaves it out, but a "

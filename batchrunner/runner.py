@@ -1710,8 +1710,12 @@ async def _finish(
         await loop.run_in_executor(session.background, _close_and_trim, store)
     except OSError as exc:  # the summary still reads the segments left in journal/
         session.cannot_write(exc)
-    # Before the summary: its schedule check names this session's outages (open_loop_sessions).
+    # Before the summary: its schedule check names this session's outages and 429s
+    # (open_loop_sessions).
     session_info["gateway_outages"] = _outages(session)
+    limits = session.ctx.rate_limits if getattr(session, "ctx", None) is not None else None
+    if limits is not None and limits.active:
+        session_info["rate_limited"] = limits.describe()
     if session.cap_waits is not None:
         session_info["cap_waits"] = session.cap_waits
     if session.spend is not None:
@@ -1839,8 +1843,7 @@ async def _finish(
     )
     # This session's (the rows' figures may span sessions): said when it inflated timings.
     summary["loop_lag"] = session_info["loop_lag"] = session.loop_lag.describe()
-    limits = session.ctx.rate_limits if getattr(session, "ctx", None) is not None else None
-    if limits is not None and limits.active:
+    if limits is not None and limits.active:  # as it ended (the drain may have met more)
         summary["rate_limited"] = session_info["rate_limited"] = limits.describe()
     info.update(status=status, summary=summary, rejected=stats.rejected, total_input=stats.total)
     info["async"] = (

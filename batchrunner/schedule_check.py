@@ -60,17 +60,19 @@ def schedule_misses(achieved: float | None, scheduled: float | None, overrun: fl
     return reasons
 
 
-Session = tuple[float | None, float | None, int | None, int, int | None]
+Session = tuple[float | None, float | None, int | None, int, int | None, int]
 
 
 def open_loop_sessions(info: dict[str, Any]) -> list[Session]:
-    """``(started_at, rate, in-flight cap, gateway outages, cap waits)`` of each session of a
+    """``(started_at, rate, in-flight cap, gateway outages, cap waits, rate-limited attempts)``
+    of each session of a
     run, from its ``run.json`` (each session keeps the config it ran with: a resume may change
     ``--rate``); rate None for a closed-loop session; outages: how many times the session found
     the gateway could not be connected to (``gateway_outages``, 0 when not recorded); cap waits:
     how many times sending paused for the in-flight cap (``cap_waits``; None when not
-    recorded: a closed loop, a session that died, or a run.json older than it). A ``run.json``
-    without sessions gives one from its top-level config."""
+    recorded: a closed loop, a session that died, or a run.json older than it); rate-limited
+    attempts: the 429s its requests waited out (``rate_limited.attempts``, 0 when not
+    recorded). A ``run.json`` without sessions gives one from its top-level config."""
     sessions = [s for s in info.get("sessions") or [] if isinstance(s, dict)]
     if not sessions:
         sessions = [{"config": info.get("config") or {}}]
@@ -78,9 +80,11 @@ def open_loop_sessions(info: dict[str, Any]) -> list[Session]:
     for s in sessions:
         config = s.get("config") or {}
         rate = config.get("rate")
+        limited = s.get("rate_limited")
         out.append((s.get("started_at"), float(rate) if rate else None,
                     config.get("in_flight_limit"), int(s.get("gateway_outages") or 0),
-                    s.get("cap_waits")))
+                    s.get("cap_waits"),
+                    int(limited.get("attempts") or 0) if isinstance(limited, dict) else 0))
     return out
 
 
@@ -105,6 +109,7 @@ class ScheduleCheck:
         self._caps = [s[2] for s in timed]
         self._outages = [int(s[3]) for s in timed]
         self._cap_waits = [s[4] if len(s) > 4 else None for s in timed]
+        self._limited = [int(s[5]) if len(s) > 5 else 0 for s in timed]
         self._open = np.array([r is not None for r in self._rates], dtype=bool)
         self._splits = np.array([s[0] for s in timed[1:]], dtype=np.float64)
         k = len(timed)
@@ -148,7 +153,7 @@ class ScheduleCheck:
             over the rows :meth:`open_rows` selects, every status (a failed request was sent
             too), or None.
         :return: ``{kept, reasons, target_rates, in_flight_caps, gateway_outages, cap_waits,
-            rows_used, sessions, achieved_send_rate, scheduled_send_rate, send_span_s,
+            rate_limited, rows_used, sessions, achieved_send_rate, scheduled_send_rate, send_span_s,
             send_overrun_s, send_lag_s}``; rates, caps, outages and cap waits of the open-loop
             sessions that sent rows (cap waits None unless every one of them recorded its own).
         """
@@ -175,6 +180,7 @@ class ScheduleCheck:
             "gateway_outages": sum(n for n, o in zip(self._outages, sent, strict=True) if o),
             "cap_waits": (sum(waits) if waits and all(type(w) is int for w in waits)
                           else None),
+            "rate_limited": sum(n for n, o in zip(self._limited, sent, strict=True) if o),
             "rows_used": int(self._n.sum()),
             "sessions": int(used.sum()),
             "achieved_send_rate": achieved,

@@ -227,6 +227,22 @@ def test_gateway_outages_come_first_in_the_likely_cause(make_run):
             "session: requests waited for it; otherwise the client's CPU") in format_short(summary)
 
 
+def test_a_gateways_rate_limit_is_named_in_the_likely_cause(make_run):
+    # A --rate run whose gateway answered 429: its requests waited for the limit (slowed down,
+    # not failed), so the schedule was not kept, and not for the client's CPU.
+    s = session(T0 - 1, 100.0)
+    s["rate_limited"] = {"attempts": 37, "models": {}, "gave_up_on": None}
+    run_dir = make_run(open_loop_rows(200, rate=100, sent_rate=60),
+                       info={"config": s["config"], "sessions": [s]})
+    report = build_report([load_run(run_dir)])
+    assert report["runs"][0]["schedule"]["rate_limited"] == 37
+    assert ("likely cause: the gateway rate-limited 37 attempts (HTTP 429) during the --rate "
+            "session: requests waited for its limit; otherwise requests in flight peaked at 6, "
+            "under the cap (-c 10,000): the client's CPU most likely (split the load over "
+            "processes or machines); total_s and queue_wait_s include this lag, latency_s does "
+            "not") in format_report(report)
+
+
 def test_the_docs_show_the_real_client_cpu_wording():
     # docs/report.md introduced the client's-CPU case but showed the cap's line again.
     lines = schedule_lines({
