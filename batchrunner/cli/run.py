@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -399,13 +400,70 @@ def run(
     failed_line = retry_failed_line(result.summary.get("status") or {}, retry, retry_left_out)
     finish(
         result, as_json=as_json, quiet=quiet, resume_hint=command, hint_note=note,
-        failed_line=failed_line,
+        failed_line=failed_line, validate_hint=_validate_command(built[-1]),
     )  # fmt: skip
 
 
 def _given(option: str, args: list[str]) -> bool:
     """Whether a long option is among the command's arguments (``--opt V`` or ``--opt=V``)."""
     return any(a == option or a.startswith(option + "=") for a in args)
+
+
+def _validate_command(config: RunConfig) -> str:
+    """``batchrunner validate …`` with the run's input options: what checks a corrected file."""
+    args = [str(config.requests)]
+    for option, value in (
+        ("--model", config.model),
+        ("--max-tokens", config.max_tokens),
+        ("--system", config.system),
+        ("--model-override", config.model_override),
+    ):
+        if value is not None:
+            args += [option, str(value)]
+    if config.prompt_column != "prompt":
+        args += ["--prompt-column", config.prompt_column]
+    for column in config.metadata_columns:
+        args += ["--metadata-column", column]
+    return f"{program().rsplit(' ', 1)[0]} validate {shlex.join(args)}"
+
+
+#: Rejected rows named on stderr when a run had no valid request (all are in rejects.jsonl).
+REJECTS_SHOWN = 5
+
+
+def _first_rejects(path: Path, n: int) -> list[str]:
+    """``location: reason`` of the first *n* rows of a ``rejects.jsonl`` (fewer if unreadable)."""
+    shown: list[str] = []
+    try:
+        with path.open("rb") as fh:
+            for line in fh:
+                if len(shown) >= n:
+                    break
+                try:
+                    reject = orjson.loads(line)
+                    shown.append(f"{reject['location']}: {reject['reason']}")
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    continue
+    except OSError:
+        pass  # the message already names the file; the examples are a courtesy
+    return shown
+
+
+def _nothing_sent_lines(result: RunResult, validate_hint: str) -> list[str]:
+    """What a run whose every input row was rejected says instead of a summary: it sent
+    nothing, so a summary of zero requests and $0 would read like a successful empty run."""
+    rejects = result.run_dir / "rejects.jsonl"
+    lines = [f"{result.status}: {result.message}"]
+    shown = _first_rejects(rejects, REJECTS_SHOWN)
+    lines += [f"  {reject}" for reject in shown]
+    if shown and result.rejected > len(shown):
+        lines.append(f"  … and {result.rejected - len(shown):,} more in {rejects}")
+    lines.append(
+        f"Nothing was sent and no result rows were written (exit code {result.exit_code}: "
+        "input error). Correct the input and run again"
+        + (f"; `{validate_hint}` checks it without sending anything." if validate_hint else ".")
+    )
+    return lines
 
 
 def run_or_exit(build: Callable[[], RunConfig], *, quiet: bool) -> RunResult:
@@ -448,12 +506,15 @@ def finish(
     resume_hint: str,
     hint_note: str = "",
     failed_line: str = "",
+    validate_hint: str = "",
 ) -> None:
     """Print the outcome of a run session (summary, where the results are, what next) and exit.
 
     :param resume_hint: the whole command that resumes the run.
     :param hint_note: printed under it (e.g. which credentials it leaves out).
     :param failed_line: printed when the run finished with failed rows (how to send them again).
+    :param validate_hint: the ``validate`` command for the input, named when every row of it
+        was rejected.
     """
     from batchrunner.runner import EXIT_ABORTED, EXIT_OK
     from batchrunner.summary import format_summary
@@ -475,13 +536,18 @@ def finish(
                     option=orjson.OPT_INDENT_2,
                 ).decode()
             )
-        elif not quiet:
+        elif not quiet and result.status != "rejected":
             click.echo(format_summary(result.summary))
         if quiet:
             # -q prints errors only: a session that could not do its work says why. A detached
             # run prints nothing; a script gets the directory and the deadline from --json.
             if result.status in ("aborted", "rejected"):
                 click.echo(f"{result.status}: {result.message}", err=True)
+        elif result.status == "rejected":
+            # Nothing to sum up and no results: stdout stays empty (as for any input error),
+            # stderr names the rejects and what the exit code means.
+            for line in _nothing_sent_lines(result, validate_hint):
+                click.echo(line, err=True)
         else:
             if result.status == "detached" and not as_json:
                 click.echo(f"detached   {result.run_dir}")

@@ -375,6 +375,52 @@ def test_an_input_with_no_valid_request_is_an_input_error(make_emulator, tmp_pat
     assert "Traceback" not in nothing.stderr + rejected.stderr
 
 
+def test_an_input_with_no_valid_request_prints_no_summary_but_its_rejects(
+    make_emulator, tmp_path
+):
+    # Every row rejected: the closing summary ("requests 0 (none)", "cost $0") read like a
+    # successful empty run. Nothing was sent, so stdout stays empty and stderr names the
+    # rejects, where they all are and what exit code 2 means.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n' * 6 + "{\n")
+    out = tmp_path / "out"
+    # No --gateway: the built-in emulator, as a user would meet it first.
+    text = run_cli("run", str(bad), "--out", str(out))
+    assert text.returncode == 2, text.stderr
+    assert text.stdout == ""
+    rejects = out / "rejects.jsonl"
+    assert len(rejects.read_text().splitlines()) == 7
+    lines = text.stderr.splitlines()
+    first = lines.index(
+        f"rejected: no valid request in {bad}: all 7 rows were rejected (see {rejects})"
+    )
+    assert lines[first + 1 : first + 8] == [
+        *(
+            f"  {bad}:{n}: missing model (set it in the request or give --model)"
+            for n in range(1, 6)
+        ),
+        f"  … and 2 more in {rejects}",
+        "Nothing was sent and no result rows were written (exit code 2: input error). Correct "
+        f"the input and run again; `python -m batchrunner validate {bad}` checks it "
+        "without sending anything.",
+    ]
+    assert "$0" not in text.stderr and "requests   0" not in text.stderr
+    # The input options of the run are in the validate command it names; --json keeps the
+    # whole result on stdout (status and exit code say what happened) and the same stderr.
+    with make_emulator() as emu:
+        as_json = run_cli(
+            "run", str(bad), "--gateway", emu.base_url, "--max-tokens", "7",
+            "--out", str(tmp_path / "json"), "--json",
+        )  # fmt: skip
+        assert emu.stats()["requests"] == 0
+    assert as_json.returncode == 2, as_json.stderr
+    result = orjson.loads(as_json.stdout)
+    assert (result["status"], result["exit_code"], result["rejected"]) == ("rejected", 2, 7)
+    assert result["summary"]["requests"] == 0
+    assert f"  {bad}:1: missing model (set it in the request or give --model)" in as_json.stderr
+    assert f"batchrunner validate {bad} --max-tokens 7` checks it" in as_json.stderr
+
+
 def test_strict_aborts_at_the_first_invalid_row(make_emulator, tmp_path):
     path = tmp_path / "bad.jsonl"
     good = '{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}\n'
