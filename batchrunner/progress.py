@@ -47,6 +47,8 @@ class LiveStats:
         #: ``--max-cost``: the run's spend so far and its limit, in dollars.
         self.spent_usd: float | None = None
         self.cost_limit_usd: float | None = None
+        #: The session's :class:`~batchrunner.ratelimit.RateLimits`, if 429s are waited out.
+        self.rate_limits: Any = None
         self._latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
         #: When :meth:`line` last saw ``done`` change (to REFRESH_S): a stall is seen from the
         #: display, at no cost per request.
@@ -95,6 +97,12 @@ class LiveStats:
         else:
             parts.append(f"errors {self.failed:,}")
         parts.append(f"in flight {self.in_flight:,}")
+        limits = self.rate_limits
+        limited = limits is not None and limits.active
+        if limited:  # why it slowed down, and how many of those in flight only wait
+            waiting = limits.waiting
+            parts.append(f"429s {limits.limited:,}"
+                         + (f", {waiting:,} waiting for the rate limit" if waiting else ""))
         p50 = self.latency_p50()
         if p50 is not None:
             parts.append(f"p50 {p50 * 1000:,.0f} ms")
@@ -105,7 +113,8 @@ class LiveStats:
             self._done_seen, self.last_done = self.done, now
         quiet_s = now - self.last_done
         if self.in_flight and quiet_s >= STALL_S:
-            parts.append(f"none finished for {_fmt_duration(quiet_s)}")
+            parts.append(f"none finished for {_fmt_duration(quiet_s)}"
+                         + (" (rate-limited)" if limited and limits.waiting else ""))
         elif (self.total or limit is not None) and rate > 0:
             left = max(0, self.total - finished - self.rejected) if self.total else None
             if limit is not None:

@@ -586,6 +586,7 @@ class _Session:
     def prepare(self) -> None:
         """Build what every request shares (and, in async mode, the job machinery)."""
         self.ctx = self.exec_context()
+        self.stats.rate_limits = self.ctx.rate_limits
         if self.config.mode is Mode.ASYNC:
             self.jctx = JobContext(
                 exec=self.ctx,

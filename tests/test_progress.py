@@ -109,3 +109,25 @@ def test_a_session_with_max_requests_shows_its_own_end_and_eta(monkeypatch):
     resumed.sent = 5
     clock[0] += 1.0
     assert ", this session 5/20 sent |" in resumed.line()
+
+
+def test_a_rate_limited_session_shows_its_429s_and_those_waiting_for_the_limit():
+    async def main():
+        from batchrunner.ratelimit import RateLimits
+
+        stats = LiveStats(total=10)
+        stats.rate_limits = limits = RateLimits(900.0, lambda: 4)
+        stats.in_flight = 3
+        assert "429s" not in stats.line()  # nothing before a first 429
+        gate = limits.on_limited("claude-sonnet-4-5", 0.0, 30.0, "HTTP 429 rate_limited: x")
+        waiters = [asyncio.ensure_future(gate.acquire()) for _ in range(2)]
+        await asyncio.sleep(0)
+        stats.last_done -= 10  # nothing finished for 10 s: waiting, not stalled
+        line = stats.line()
+        assert "in flight 3 | 429s 1, 2 waiting for the rate limit" in line
+        assert "none finished for 0:10 (rate-limited)" in line
+        limits.end()
+        assert [await w for w in waiters] == [False, False]
+        assert "429s 1 |" in stats.line()
+
+    asyncio.run(main())
