@@ -22,7 +22,7 @@ from batchrunner.client import Attempt, GatewayClient, bifrost_headers
 from batchrunner.outage import MAX_HOLDS_PER_REQUEST, GatewayOutage
 from batchrunner.ratelimit import MAX_HOLDS_PER_REQUEST as MAX_RATE_LIMIT_HOLDS
 from batchrunner.ratelimit import ModelGate, RateLimits
-from batchrunner.retry import RetryPolicy, parse_retry_after, retry_delay
+from batchrunner.retry import RetryPolicy, backoff_s, parse_retry_after, retry_delay
 from batchrunner.schema import (
     ERROR_CANCELLED,
     ERROR_UNEXPECTED_JOB_STUB,
@@ -154,10 +154,10 @@ async def execute(
             if limits is not None and attempt.http_status == 429:
                 if limited is None:
                     limited = _Limited()
-                waits = limited.hold(limits, _model_of(record), attempt)
-                if waits and not ctx.stopping():
-                    continue  # the next attempt waits for the gate at the top
-                if waits is False or ctx.stopping():
+                wait = limited.hold(ctx, limits, _model_of(record), attempt)
+                if wait is not None and wait is not False and not ctx.stopping():
+                    await asyncio.sleep(wait)
+                if wait is False or (wait is not None and ctx.stopping()):
                     # Stopping, or the rate-limited model was given up on: not sent again,
                     # and a resume sends it.
                     ctx.emit(cancelled_row(
@@ -165,6 +165,8 @@ async def execute(
                         first_sent_at, not_sent_rate_limited(limits, attempt), retried,
                     ))  # fmt: skip
                     return
+                if wait is not None:
+                    continue  # the next attempt waits for the model's pace at the top
             held = await held_for_gateway(ctx, attempt, holds)
             if held is False:
                 # Sent never, if no attempt ever connected: no sent_at, no send lag, so that
@@ -249,18 +251,17 @@ class _Limited:
         self.alone = 0
         self.mark: int | None = None  # the model's successes at this request's last 429
 
-    def hold(self, limits: RateLimits, model: str, attempt: Attempt) -> bool | None:
-        """``True``: send again once the model's gate lets it, no retry spent; ``None``: spend
-        a retry as usual; ``False``: the waiting has ended (do not send again)."""
+    def hold(self, ctx: ExecContext, limits: RateLimits, model: str,
+             attempt: Attempt) -> float | bool | None:
+        """Seconds to wait before sending again, no retry spent; ``None``: spend a retry as
+        usual; ``False``: the waiting has ended (do not send again)."""
         headers = attempt.headers or {}
         if headers.get("x-should-retry") == "false":
             return None
         if limits.ended:
             return False
         gate = limits.on_limited(
-            model, attempt.sent, parse_retry_after(headers),
-            f"HTTP 429 {attempt.error_type}: {attempt.error_message}",
-        )  # fmt: skip
+            model, attempt.sent, f"HTTP 429 {attempt.error_type}: {attempt.error_message}")
         if limits.ended:  # this 429 was the one too many
             return False
         if self.mark is not None and gate.successes != self.mark:
@@ -269,7 +270,10 @@ class _Limited:
         if self.alone >= MAX_RATE_LIMIT_HOLDS:
             return None
         self.holds += 1
-        return True
+        wait = parse_retry_after(headers)
+        if wait is not None:
+            return min(wait, ctx.policy.max_retry_after_s)
+        return backoff_s(ctx.policy, self.holds, ctx.rng)
 
 
 def not_sent_rate_limited(limits: RateLimits, attempt: Attempt | None = None) -> str:

@@ -1,4 +1,5 @@
-"""Slowing down for a gateway that rate-limits (HTTP 429): a pause, then fewer requests in flight.
+"""Riding out a gateway that rate-limits (HTTP 429): 429s spend no retries, and a model whose
+requests keep meeting them is slowed down.
 
 Bifrost's governance answers a virtual key over its request or token limit with 429 and no
 ``retry-after`` (protocol spec §8), and its limits reset per window (a minute to a month). On
@@ -6,23 +7,25 @@ the usual back-off a request spent its four retries within ~4 s and became an er
 limited to 20 requests/s turned 132 of a 600-request run at ``-c 32`` into ``rate_limited``
 rows, and a key whose hourly limit ran out would have failed the rest of a 2M-row set.
 
-A 429 was not processed, so sending it again costs nothing but time. So, per model (Bifrost
-also limits per model, and one model's limit must not slow the others):
+A 429 was not processed, so sending it again costs nothing but time. So:
 
-* the first 429 closes a gate for a pause (``retry-after`` when the gateway gave one, else
-  :data:`BASE_PAUSE_S`, doubling while 429s follow each other with no success between, up to
-  :data:`MAX_PAUSE_S`), and halves the requests that may be in flight (a window, as TCP's
-  congestion control does; each success then widens it by ``1/window``). 429s of requests sent
-  before that cut belong to the same burst and cut nothing more;
-* every attempt of that model waits for the gate and for room in the window, and a 429'd
-  attempt is sent again without using up a retry (``attempts`` still counts it);
+* a 429'd request waits (its ``retry-after``, else the usual jittered back-off, growing with
+  each 429 it meets) and is sent again without using up a retry (``attempts`` counts it);
+* per model (Bifrost also limits per model, and one model's limit must not slow the others),
+  once :data:`PRESSURE` of the model's last :data:`RECENT_ANSWERS` answers were 429s, fewer of
+  its requests may be in flight: half as many at each new burst of 429s (a 429 of a request
+  sent before the last cut belongs to the burst already answered), one more per window's worth
+  of successes (TCP's congestion control, in short). A 429 now and then (a gateway's sporadic
+  ones) slows nothing down: cutting on each would have held the whole model to a few requests;
+* when bursts follow each other with no success between (a limit that ran out), the model's
+  sends also pause: :data:`BASE_PAUSE_S`, doubling up to :data:`MAX_PAUSE_S`;
 * a request that alone keeps getting 429 while others of its model succeed (larger than a token
   limit, say) spends retries as before after :data:`MAX_HOLDS_PER_REQUEST` such answers;
 * a model with no success for ``limit_s`` while rate-limited ends the waiting: the run stops,
   and the waiting requests end as ``cancelled`` rows, which a resume sends again.
 
-Nothing of this runs before the first 429 (one attribute check per request), and bench stages
-never use it: there a 429 is the gateway's figure.
+Nothing here runs before a first 429 (one attribute check per request), and bench stages never
+use it: there a 429 is the gateway's figure.
 """
 
 from __future__ import annotations
@@ -33,36 +36,44 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-#: First pause after a 429 (no ``retry-after``); doubles for each 429 with no success between.
+#: A model is slowed down once this many of its last :data:`RECENT_ANSWERS` answers were 429s.
+PRESSURE = 4
+RECENT_ANSWERS = 20
+#: First pause of a model's sends when bursts of 429s follow each other with no success between;
+#: doubles for each further burst.
 BASE_PAUSE_S = 0.5
 #: Longest pause: Bifrost's shortest limit window is a minute.
 MAX_PAUSE_S = 60.0
 #: 429s a request may meet while others of its model succeed before it spends retries.
 MAX_HOLDS_PER_REQUEST = 8
-#: Default longest time a model may stay rate-limited with no success (``--max-rate-limit-wait``).
-DEFAULT_LIMIT_S = 900.0
 
 
 class ModelGate:
-    """The pace of one model's requests once the gateway has rate-limited it."""
+    """The pace of one model's requests once the gateway has answered one of them 429."""
 
-    def __init__(self, owner: RateLimits, model: str, in_flight: int) -> None:
+    def __init__(self, owner: RateLimits, model: str) -> None:
         self._owner = owner
         self._loop = asyncio.get_running_loop()
         self.model = model
-        #: Requests allowed in flight (halved per burst of 429s, widened by each success).
-        self.window = float(max(1, in_flight // 2))
+        #: Requests of the model allowed in flight (no limit until it is slowed down).
+        self.window = math.inf
         #: Attempts admitted by :meth:`acquire` and not yet released.
         self.in_flight = 0
         self.closed_until = 0.0  # loop.time()
-        self.streak = 0  # pauses since the last success
+        self.streak = 0  # bursts of 429s since the last success
         self.cut_at = -math.inf  # perf_counter of the last cut
         self.successes = 0
         self.limited_since: float | None = None  # monotonic: first 429 since the last success
         self.limited = 0  # 429s met
-        self.smallest_window = self.window
+        self.smallest_window = math.inf
+        self._recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # True: a 429
         self._waiters: deque[asyncio.Future[bool]] = deque()
         self._wake: asyncio.TimerHandle | None = None
+
+    @property
+    def slowed(self) -> bool:
+        """Whether the model's requests are being held to a window."""
+        return self.window != math.inf
 
     @property
     def waiting(self) -> int:
@@ -72,8 +83,8 @@ class ModelGate:
         return self._loop.time() >= self.closed_until and self.in_flight < self.window
 
     async def acquire(self) -> bool:
-        """Wait for the gate and for room in the window; ``False`` once the waiting has ended
-        (the run is stopping, or a model stayed rate-limited too long): do not send."""
+        """Wait for the pause to end and for room in the window; ``False`` once the waiting has
+        ended (the run is stopping, or a model stayed rate-limited too long): do not send."""
         if self._owner.ended:
             return False
         if not self._waiters and self._has_room():
@@ -96,10 +107,9 @@ class ModelGate:
             self._admit()
 
     def _admit(self) -> None:
-        """Let waiters go, oldest first, while the gate is open and the window has room."""
+        """Let waiters go, oldest first, while no pause holds and the window has room."""
         waiters = self._waiters
-        now = self._loop.time()
-        if now < self.closed_until:
+        if self._loop.time() < self.closed_until:
             if self._wake is None:
                 self._wake = self._loop.call_at(self.closed_until, self._reopen)
             return
@@ -113,37 +123,42 @@ class ModelGate:
         self._wake = None
         self._admit()
 
-    def on_limited(self, sent: float, retry_after: float | None, in_flight: int) -> None:
-        """An attempt sent at *sent* (``perf_counter``) was answered 429."""
+    def on_limited(self, sent: float, in_flight: int) -> bool:
+        """An attempt sent at *sent* (``perf_counter``) was answered 429; *in_flight*: the
+        requests in flight to halve at a first cut. ``True`` if this 429 cut the window (a new
+        burst under pressure)."""
         self.limited += 1
-        now = time.perf_counter()
+        self._recent.append(True)
         if self.limited_since is None:
             self.limited_since = time.monotonic()
-        pause: float | None = retry_after
-        if sent >= self.cut_at:  # the first 429 of a new burst
-            self.window = float(max(1, in_flight // 2))
-            self.smallest_window = min(self.smallest_window, self.window)
-            self.streak += 1
-            self.cut_at = now
-            if pause is None:
-                pause = min(MAX_PAUSE_S, BASE_PAUSE_S * 2 ** (self.streak - 1))
-        if pause is not None:
+        if sum(self._recent) < PRESSURE or sent < self.cut_at:
+            return False  # a sporadic 429, or one of a burst already answered
+        base = self.in_flight if self.slowed else in_flight
+        self.window = float(max(1, base // 2))
+        self.smallest_window = min(self.smallest_window, self.window)
+        self.streak += 1
+        self.cut_at = time.perf_counter()
+        if self.streak >= 2:  # bursts with no success between: the limit ran out
+            pause = min(MAX_PAUSE_S, BASE_PAUSE_S * 2 ** (self.streak - 2))
             # Never past the end of the waiting: the 429 that ends it comes on time.
-            left = self._owner.limit_s - self.limited_for()
-            until = self._loop.time() + max(0.0, min(pause, left))
+            pause = max(0.0, min(pause, self._owner.limit_s - self.limited_for()))
+            until = self._loop.time() + pause
             if until > self.closed_until:
                 self.closed_until = until
-                if self._wake is not None:  # re-armed for the later instant
+                if self._wake is not None:  # armed for an earlier instant
                     self._wake.cancel()
                     self._wake = None
+        return True
 
     def on_success(self) -> None:
+        self._recent.append(False)
         self.successes += 1
         self.streak = 0
         self.limited_since = None
-        self.window += 1.0 / self.window
-        if self._waiters:
-            self._admit()
+        if self.slowed:
+            self.window += 1.0 / self.window
+            if self._waiters:
+                self._admit()
 
     def limited_for(self) -> float:
         """Seconds since the first 429 with no success after it (0 when not limited)."""
@@ -160,12 +175,11 @@ class ModelGate:
 
 
 class RateLimits:
-    """The gates of a session's rate-limited models.
+    """The gates of a session's models that met 429s.
 
     :param limit_s: longest time a model may stay rate-limited with no success.
-    :param in_flight: the session's requests in flight (a new gate halves it).
-    :param max_retry_after_s: cap on a ``retry-after`` pause.
-    :param on_first: called with the model and the 429's text when a model is first limited.
+    :param in_flight: the session's requests in flight (a model's first cut halves it).
+    :param on_slowed: called with the model and the 429's text when a model is first slowed.
     :param on_give_up: called with a message when a model stayed limited past ``limit_s``.
     """
 
@@ -174,17 +188,15 @@ class RateLimits:
         limit_s: float,
         in_flight: Callable[[], int],
         *,
-        max_retry_after_s: float = 120.0,
-        on_first: Callable[[str, str], None] = lambda model, error: None,
+        on_slowed: Callable[[str, str], None] = lambda model, error: None,
         on_give_up: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.limit_s = limit_s
         self._in_flight = in_flight
-        self._max_retry_after_s = max_retry_after_s
-        self._on_first = on_first
+        self._on_slowed = on_slowed
         self._on_give_up = on_give_up
         self.gates: dict[str, ModelGate] = {}
-        #: Whether any model has been rate-limited in this session (nothing runs before).
+        #: Whether any model has met a 429 in this session (nothing runs before).
         self.active = False
         #: The waiting has ended: the run is stopping, or a model stayed limited too long.
         self.ended = False
@@ -203,26 +215,15 @@ class RateLimits:
         """429s met by the session's requests."""
         return sum(g.limited for g in self.gates.values())
 
-    def on_limited(
-        self, model: str, sent: float, retry_after: float | None, error: str
-    ) -> ModelGate:
+    def on_limited(self, model: str, sent: float, error: str) -> ModelGate:
         """An attempt of *model* sent at *sent* was answered 429 (*error*: its text)."""
         gate = self.gates.get(model)
         if gate is None:
-            gate = self.gates[model] = ModelGate(self, model, self._in_flight())
+            gate = self.gates[model] = ModelGate(self, model)
             self.active = True
-            gate.cut_at = time.perf_counter()  # the window was just set from the burst
-            gate.streak = 1
-            gate.limited += 1
-            gate.limited_since = time.monotonic()
-            pause = BASE_PAUSE_S if retry_after is None else retry_after
-            gate.closed_until = asyncio.get_running_loop().time() + min(
-                pause, self._max_retry_after_s)
-            self._on_first(model, error)
-            return gate
-        if retry_after is not None:
-            retry_after = min(retry_after, self._max_retry_after_s)
-        gate.on_limited(sent, retry_after, gate.in_flight)
+        first = not gate.slowed
+        if gate.on_limited(sent, self._in_flight()) and first:
+            self._on_slowed(model, error)
         if not self.ended and gate.limited_for() >= self.limit_s:
             self._give_up(gate, error)
         return gate
@@ -238,12 +239,14 @@ class RateLimits:
         )
 
     def describe(self) -> dict[str, object]:
-        """For ``run.json`` and the closing summary: 429s met, and the narrowest window of
-        each rate-limited model."""
+        """For ``run.json`` and the closing summary: 429s met, and how far each model that met
+        them was slowed down (``fewest_in_flight`` null: never)."""
         return {
             "attempts": self.limited,
             "models": {
-                model: {"attempts": g.limited, "fewest_in_flight": int(g.smallest_window)}
+                model: {"attempts": g.limited,
+                        "fewest_in_flight": (None if g.smallest_window == math.inf
+                                             else int(g.smallest_window))}
                 for model, g in self.gates.items()
             },
             "gave_up_on": self.gave_up_on,

@@ -763,7 +763,8 @@ def rate_limited_lines(limited: dict[str, Any] | None) -> list[str]:
         return []
     models = limited.get("models") or {}
     slowest = ", ".join(
-        f"{model} down to {m.get('fewest_in_flight')} in flight"
+        f"{model} down to {m['fewest_in_flight']} in flight"
+        if m.get("fewest_in_flight") is not None else f"{model} not slowed down"
         for model, m in sorted(models.items(), key=lambda kv: -(kv[1].get("attempts") or 0))[:3]
     )
     return [f"limited    {plural(limited['attempts'], 'attempt')} answered 429 (rate limited) "

@@ -523,8 +523,7 @@ class _Session:
                 RateLimits(
                     cfg.max_rate_limit_wait_s,
                     lambda: self.stats.in_flight,
-                    max_retry_after_s=cfg.retry.max_retry_after_s,
-                    on_first=self._rate_limited,
+                    on_slowed=self._rate_limited,
                     on_give_up=self._rate_limited_too_long,
                 )
                 if cfg.max_rate_limit_wait_s > 0 and self.stage is None
@@ -537,11 +536,11 @@ class _Session:
         if limits is not None and len(limits.gates) > RATE_LIMITED_MODELS_SAID:
             return
         gate = limits.gate(model) if limits is not None else None
-        window = f"at most {gate.window:.0f} in flight" if gate is not None else "fewer in flight"
+        window = f"at most {gate.window:.0f}" if gate is not None else "fewer"
         self._say(
-            f"The gateway rate-limits requests for {model} ({error}): slowing them down (a "
-            f"pause, then {window}, widening as they succeed); rate-limited requests are sent "
-            "again without using up a retry."
+            f"The gateway rate-limits requests for {model} ({error}): slowing them down "
+            f"({window} in flight, widening as they succeed; paused while only 429s come "
+            "back); rate-limited requests are sent again without using up a retry."
         )
 
     def _rate_limited_too_long(self, message: str) -> None:

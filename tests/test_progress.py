@@ -119,7 +119,8 @@ def test_a_rate_limited_session_shows_its_429s_and_those_waiting_for_the_limit()
         stats.rate_limits = limits = RateLimits(900.0, lambda: 4)
         stats.in_flight = 3
         assert "429s" not in stats.line()  # nothing before a first 429
-        gate = limits.on_limited("claude-sonnet-4-5", 0.0, 30.0, "HTTP 429 rate_limited: x")
+        gate = limits.on_limited("claude-sonnet-4-5", 0.0, "HTTP 429 rate_limited: x")
+        gate.closed_until = asyncio.get_running_loop().time() + 30  # paused
         waiters = [asyncio.ensure_future(gate.acquire()) for _ in range(2)]
         await asyncio.sleep(0)
         stats.last_done -= 10  # nothing finished for 10 s: waiting, not stalled

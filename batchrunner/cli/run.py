@@ -236,10 +236,10 @@ Exit codes:
     default=900.0,
     show_default=True,
     metavar="SECONDS",
-    help="A gateway's 429 (rate limited) slows the model's requests down: a pause, then fewer "
-    "in flight, and they are sent again spending no retries. If every request of a model "
-    "keeps getting 429 this long, the run stops (they end as cancelled: a resume sends them). "
-    "0: retry 429s as any failure.",
+    help="A gateway's 429 (rate limited) is sent again spending no retry, and a model whose "
+    "requests keep meeting 429s is slowed down (fewer in flight, pauses). If a model gets "
+    "nothing but 429s this long, the run stops (its requests end as cancelled: a resume sends "
+    "them). 0: retry 429s as any failure.",
 )
 @click.option(
     "--no-response-json",

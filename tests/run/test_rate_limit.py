@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import orjson
 import pytest
 
 from batchrunner.config import RunConfig
 from batchrunner.emulator.config import Dist
-from batchrunner.ratelimit import BASE_PAUSE_S, ModelGate, RateLimits
+from batchrunner.ratelimit import BASE_PAUSE_S, PRESSURE, ModelGate, RateLimits
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import EXIT_ABORTED, EXIT_OK, run_sync
 
@@ -134,50 +135,60 @@ def _limits(in_flight: int = 16, limit_s: float = math.inf, **kw) -> RateLimits:
     return RateLimits(limit_s, lambda: in_flight, **kw)
 
 
-def test_a_first_429_halves_the_requests_in_flight_and_pauses():
+def _pressure(limits: RateLimits, sent: float = 0.0) -> ModelGate:
+    """PRESSURE 429s of one burst (sent at *sent*): the model is slowed down at the last."""
+    for _ in range(PRESSURE):
+        gate = limits.on_limited(MODEL, sent, "HTTP 429 rate_limited: x")
+    return gate
+
+
+def test_a_sporadic_429_slows_nothing_down():
     async def main():
-        firsts = []
-        limits = _limits(16, on_first=lambda model, error: firsts.append((model, error)))
+        slowed = []
+        limits = _limits(16, on_slowed=lambda model, error: slowed.append(model))
         assert not limits.active and limits.gate(MODEL) is None
-        gate = limits.on_limited(MODEL, 0.0, None, "HTTP 429 rate_limited: x")
-        assert limits.active and firsts == [(MODEL, "HTTP 429 rate_limited: x")]
-        assert gate.window == 8
-        loop = asyncio.get_running_loop()
-        assert gate.closed_until == pytest.approx(loop.time() + BASE_PAUSE_S, abs=0.05)
-        started = loop.time()
-        assert await gate.acquire()
-        assert loop.time() - started >= BASE_PAUSE_S - 0.01
-        assert gate.in_flight == 1
+        gate = limits.on_limited(MODEL, 0.0, "e")
+        assert limits.active and not gate.slowed and slowed == []
+        for _ in range(40):  # a 429 in every ten answers: under the pressure
+            for _ in range(9):
+                gate.on_success()
+            limits.on_limited(MODEL, time.perf_counter(), "e")
+        assert not gate.slowed and gate.closed_until == 0 and slowed == []
+        assert await gate.acquire()  # at once
         gate.release()
-        assert gate.in_flight == 0
+        assert limits.describe()["models"][MODEL] == {"attempts": 41, "fewest_in_flight": None}
 
     asyncio.run(main())
 
 
-def test_429s_of_one_burst_cut_once_and_pauses_double_until_a_success():
+def test_sustained_429s_halve_the_requests_in_flight_once_per_burst():
     async def main():
-        limits = _limits(16)
-        gate = limits.on_limited(MODEL, 0.0, None, "e")
+        slowed = []
+        limits = _limits(16, on_slowed=lambda model, error: slowed.append((model, error)))
+        gate = _pressure(limits)
+        assert gate.slowed and gate.window == 8  # half the session's 16 in flight
+        assert slowed == [(MODEL, "HTTP 429 rate_limited: x")]
+        assert gate.closed_until == 0  # the first burst: fewer in flight, no pause
         gate.in_flight = 6
-        sent_before_the_cut = gate.cut_at - 1.0
-        limits.on_limited(MODEL, sent_before_the_cut, None, "e")
-        assert gate.window == 8 and gate.streak == 1  # the same burst: no second cut
+        limits.on_limited(MODEL, gate.cut_at - 1.0, "e")  # sent before the cut: same burst
+        assert gate.window == 8 and gate.streak == 1
         loop = asyncio.get_running_loop()
-        sent_after = gate.cut_at + 1e-6
-        limits.on_limited(MODEL, sent_after, None, "e")
-        assert gate.window == 3 and gate.streak == 2  # 6 in flight, halved
+        limits.on_limited(MODEL, gate.cut_at + 1e-6, "e")  # a new burst, no success between
+        assert gate.window == 3 and gate.streak == 2  # its own 6 in flight, halved
+        assert gate.closed_until == pytest.approx(loop.time() + BASE_PAUSE_S, abs=0.05)
+        limits.on_limited(MODEL, gate.cut_at + 1e-6, "e")
+        assert gate.window == 3 and gate.streak == 3
         assert gate.closed_until == pytest.approx(loop.time() + 2 * BASE_PAUSE_S, abs=0.05)
         gate.on_success()
         assert gate.streak == 0 and gate.window == pytest.approx(3 + 1 / 3)
         assert gate.limited_for() == 0
         gate.in_flight = 0
         gate.closed_until = 0.0  # as if the pause had passed
-        limits.on_limited(MODEL, gate.cut_at + 1e-6, None, "e")
-        assert gate.window == 1 and gate.streak == 1  # never below one; the first pause again
-        assert gate.closed_until == pytest.approx(loop.time() + BASE_PAUSE_S, abs=0.05)
-        # A retry-after is obeyed for the whole model, capped (120 s unless told otherwise)
-        limits.on_limited(MODEL, gate.cut_at + 1e-6, 500.0, "e")
-        assert gate.closed_until == pytest.approx(loop.time() + 120.0, abs=0.05)
+        _pressure(limits, gate.cut_at + 1e-6)
+        assert gate.window == 1 and gate.streak == 1  # never below one; no pause again
+        assert gate.closed_until == 0.0
+        assert len(slowed) == 1  # said once
+        assert limits.describe()["models"][MODEL]["fewest_in_flight"] == 1
 
     asyncio.run(main())
 
@@ -185,7 +196,7 @@ def test_429s_of_one_burst_cut_once_and_pauses_double_until_a_success():
 def test_waiters_go_oldest_first_as_the_window_has_room():
     async def main():
         limits = _limits(4)
-        gate = limits.on_limited(MODEL, 0.0, 0.0, "e")  # window 2, no pause
+        gate = _pressure(limits)  # window 2, no pause
         order = []
 
         async def one(i):
@@ -201,14 +212,30 @@ def test_waiters_go_oldest_first_as_the_window_has_room():
     asyncio.run(main())
 
 
+def test_a_pause_holds_sends_until_it_ends():
+    async def main():
+        limits = _limits(4)
+        gate = _pressure(limits)
+        limits.on_limited(MODEL, gate.cut_at + 1e-6, "e")  # a second burst: paused
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await gate.acquire()
+        assert loop.time() - started >= BASE_PAUSE_S - 0.01
+        gate.release()
+        assert gate.in_flight == 0
+
+    asyncio.run(main())
+
+
 def test_an_admitted_waiter_cancelled_before_sending_gives_its_room_back():
     async def main():
         limits = _limits(2)
-        gate = limits.on_limited(MODEL, 0.0, 0.05, "e")  # window 1, 50 ms pause
+        gate = _pressure(limits)  # window 1
+        gate.closed_until = asyncio.get_running_loop().time() + 0.05
         waiting = asyncio.ensure_future(gate.acquire())
         await asyncio.sleep(0)
         assert gate.waiting == 1
-        await asyncio.sleep(0.1)  # admitted at the reopening...
+        await asyncio.sleep(0.1)  # admitted when the pause ended...
         assert waiting.done() and waiting.result() is True and gate.in_flight == 1
         gate.release()
         second = asyncio.ensure_future(gate.acquire())
@@ -226,12 +253,13 @@ def test_a_model_limited_past_the_limit_ends_the_waiting_and_names_the_model():
     async def main():
         said = []
         limits = _limits(4, limit_s=0.05, on_give_up=said.append)
-        gate = limits.on_limited(MODEL, 0.0, 10.0, "HTTP 429 rate_limited: x")
+        gate = _pressure(limits)
+        gate.closed_until = asyncio.get_running_loop().time() + 10
         waiter = asyncio.ensure_future(gate.acquire())
         await asyncio.sleep(0.06)
-        other = limits.on_limited("claude-haiku-4-5", 0.0, None, "e")
+        other = limits.on_limited("claude-haiku-4-5", 0.0, "e")
         assert not limits.ended  # the other model was only just limited
-        limits.on_limited(MODEL, gate.cut_at + 1e-6, None, "HTTP 429 rate_limited: x")
+        limits.on_limited(MODEL, 0.0, "HTTP 429 rate_limited: x")
         assert limits.ended and limits.gave_up_on == MODEL
         assert await waiter is False
         assert await other.acquire() is False
@@ -244,11 +272,11 @@ def test_a_model_limited_past_the_limit_ends_the_waiting_and_names_the_model():
     asyncio.run(main())
 
 
-def test_one_models_limit_does_not_pause_another():
+def test_one_models_limit_does_not_slow_another():
     async def main():
         limits = _limits(4)
-        limits.on_limited(MODEL, 0.0, 10.0, "e")
-        assert limits.gate("claude-haiku-4-5") is None  # not limited: sent as before
+        _pressure(limits)
+        assert limits.gate("claude-haiku-4-5") is None  # never limited: sent as before
         assert isinstance(limits.gate(MODEL), ModelGate)
 
     asyncio.run(main())
