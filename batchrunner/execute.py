@@ -156,8 +156,8 @@ async def execute(
                     limited = _Limited()
                 wait = limited.hold(ctx, limits, _model_of(record), attempt)
                 if wait is not None and wait is not False and not ctx.stopping():
-                    await asyncio.sleep(wait)
-                if wait is False or (wait is not None and ctx.stopping()):
+                    await limits.sleep(wait)
+                if wait is False or (wait is not None and (ctx.stopping() or limits.ended)):
                     # Stopping, or the rate-limited model was given up on: not sent again,
                     # and a resume sends it.
                     ctx.emit(cancelled_row(

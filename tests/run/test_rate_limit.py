@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 import time
 
 import orjson
@@ -17,6 +18,7 @@ from batchrunner.retry import RetryPolicy
 from batchrunner.runner import EXIT_ABORTED, EXIT_OK, run_sync
 
 from .conftest import read_rows, run_cli, write_requests
+from .test_run_cli import start_run
 
 MODEL = "claude-sonnet-4-5"
 
@@ -112,6 +114,29 @@ def test_a_model_rate_limited_too_long_stops_the_run_and_a_resume_sends_the_rest
     rows = read_rows(out)
     assert sent == 4  # the rate-limited model's four requests, nothing else again
     assert sorted(rows["input_index"]) == list(range(10)) and set(rows["status"]) == {"ok"}
+
+
+def test_ctrl_c_does_not_wait_out_a_429s_retry_after(make_emulator, tmp_path):
+    # Every answer a 429 asking for 60 s: the first Ctrl-C must end the waiting at once (the
+    # rows cancelled, for a resume). It sat out the 30 s drain, and the rows then blamed it.
+    requests = write_requests(tmp_path / "set.jsonl", 6)
+    out = tmp_path / "out"
+    with make_emulator(fault_429=1.0, retry_after_s=60) as emu:
+        proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3")
+        deadline = time.monotonic() + 20
+        while emu.stats()["requests"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # the three 429s are in: their requests wait
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=45)
+        sent = emu.stats()["requests"]
+    assert proc.returncode == 3, stderr
+    assert sent == 3
+    rows = read_rows(out)
+    assert len(rows) == 3 and set(rows["status"]) == {"cancelled"}
+    assert rows["error_message"].str.startswith("not retried: the run stopped before the "
+                                                "retry").all()
+    assert not rows["error_message"].str.contains("--drain-timeout", regex=False).any()
 
 
 def test_max_rate_limit_wait_0_retries_429s_like_any_failure(make_emulator, tmp_path):
