@@ -12,7 +12,7 @@ import itertools
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,6 +64,9 @@ class ExecContext:
     #: Models the gateway rate-limits, and their pace (None: a 429 spends a retry as any
     #: failure, as in bench stages).
     rate_limits: RateLimits | None = None
+    #: Waits before a retry: a stop ends them (a Ctrl-C must not sit out a retry-after of
+    #: minutes, nor have its rows blame a drain that timed out).
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
 
 
 def encode_body(record: RequestRecord, mode: Mode) -> bytes:
@@ -156,7 +159,7 @@ async def execute(
                     limited = _Limited()
                 wait = limited.hold(ctx, limits, _model_of(record), attempt)
                 if wait is not None and wait is not False and not ctx.stopping():
-                    await limits.sleep(wait)
+                    await ctx.sleep(wait)
                 if wait is False or (wait is not None and (ctx.stopping() or limits.ended)):
                     # Stopping, or the rate-limited model was given up on: not sent again,
                     # and a resume sends it.
@@ -190,7 +193,7 @@ async def execute(
             kept = len(retried)
             keep_usage(retried, attempt)
             if not ctx.stopping():
-                await asyncio.sleep(delay)
+                await ctx.sleep(delay)
             if ctx.stopping():  # before the back-off, or during it: no retry is sent
                 if ctx.stage is not None:
                     # A bench stage is never resumed: the gateway's failure is the stage's

@@ -202,7 +202,6 @@ class RateLimits:
         self.ended = False
         #: The model that stayed rate-limited past ``limit_s``, if one did.
         self.gave_up_on: str | None = None
-        self._ending: asyncio.Future[None] | None = None  # resolved by end(): wakes sleepers
 
     def gate(self, model: str) -> ModelGate | None:
         return self.gates.get(model)
@@ -253,22 +252,8 @@ class RateLimits:
             "gave_up_on": self.gave_up_on,
         }
 
-    async def sleep(self, seconds: float) -> None:
-        """A 429'd request's own wait: *seconds*, or until the waiting ends (a Ctrl-C must not
-        sit out a retry-after of minutes, nor be taken for a drain that timed out)."""
-        if self.ended:
-            return
-        if self._ending is None:
-            self._ending = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ending), seconds)
-        except TimeoutError:
-            pass
-
     def end(self) -> None:
         """Whatever waits ends now (not sent), and nothing waits any more."""
         self.ended = True
-        if self._ending is not None and not self._ending.done():
-            self._ending.set_result(None)
         for gate in self.gates.values():
             gate.end()

@@ -213,6 +213,8 @@ class _Session:
     answered: bool = False  # a request of this run has succeeded
     failed_on_config: bool = False
     _drain_handle: asyncio.TimerHandle | None = None
+    #: Resolved at the stop: ends the retries' back-offs (see :meth:`sleep_unless_stopped`).
+    _stopped: asyncio.Future[None] | None = None
     #: Why the requests in flight were cancelled, for their rows (None: the run itself was).
     cancelled_because: str | None = None
     _duration_handle: asyncio.TimerHandle | None = None
@@ -409,6 +411,17 @@ class _Session:
             ctx.outage.release()
         if ctx is not None and ctx.rate_limits is not None:
             ctx.rate_limits.end()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)  # back-offs end: no retry is sent now
+
+    async def sleep_unless_stopped(self, seconds: float) -> None:
+        """A retry's back-off: *seconds*, or until the session stops."""
+        if self.stopping:
+            return
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._stopped), seconds)
 
     def cancel_in_flight(self, why: str) -> None:
         """Cancel the requests in flight; their rows say *why*."""
@@ -506,6 +519,7 @@ class _Session:
             stage=self.stage,
             stopping=lambda: self.stopping,
             rng=random.Random(cfg.seed),
+            sleep=self.sleep_unless_stopped,
             outage=(
                 GatewayOutage(
                     self.client.probe,
