@@ -20,8 +20,14 @@ import orjson
 
 from batchrunner.client import Attempt, GatewayClient, bifrost_headers
 from batchrunner.outage import MAX_HOLDS_PER_REQUEST, GatewayOutage
+from batchrunner.ratelimit import (
+    ALONE_AT_A_WALL,
+    PRESSED_RETRY_S,
+    WALL_AFTER_S,
+    ModelGate,
+    RateLimits,
+)
 from batchrunner.ratelimit import MAX_HOLDS_PER_REQUEST as MAX_RATE_LIMIT_HOLDS
-from batchrunner.ratelimit import ModelGate, RateLimits
 from batchrunner.retry import RetryPolicy, backoff_s, parse_retry_after, retry_delay
 from batchrunner.schema import (
     ERROR_CANCELLED,
@@ -126,7 +132,9 @@ async def execute(
                     ))  # fmt: skip
                     return
             gate: ModelGate | None = None
-            if limits is not None and limits.active:  # nothing to look up before a first 429
+            # Nothing to look up before a first 429; a request whose 429s are its own spends
+            # retries on the usual back-off, without waiting for its model's pace.
+            if limits is not None and limits.active and (limited is None or not limited.own):
                 gate = limits.gate(_model_of(record))
                 if gate is not None and not await gate.acquire():
                     ctx.emit(cancelled_row(
@@ -246,10 +254,12 @@ def _model_of(record: RequestRecord) -> str:
 class _Limited:
     """A request's 429s that were waited out rather than spending retries."""
 
-    __slots__ = ("alone", "holds", "mark")
+    __slots__ = ("alone", "holds", "mark", "own")
 
     def __init__(self) -> None:
         self.holds = 0
+        #: Its 429s are taken for its own (a limit it alone is over): it spends retries.
+        self.own = False
         #: 429s met while other requests of the model succeeded (the request's own problem?).
         self.alone = 0
         self.mark: int | None = None  # the model's successes at this request's last 429
@@ -259,6 +269,11 @@ class _Limited:
         """Seconds to wait before sending again, no retry spent; ``None``: spend a retry as
         usual; ``False``: the waiting has ended (do not send again)."""
         headers = attempt.headers or {}
+        if self.own:
+            gate = limits.gate(model)
+            if gate is not None:
+                gate.limited += 1  # counted, but no cause to slow its model down
+            return None
         if headers.get("x-should-retry") == "false":
             return None
         if limits.ended:
@@ -266,17 +281,34 @@ class _Limited:
         gate = limits.on_limited(
             model, attempt.sent, f"HTTP 429 {attempt.error_type}: {attempt.error_message}")
         if limits.ended:  # this 429 was the one too many
+            gate.waited_out += 1  # (no retry spent on it either)
             return False
-        if self.mark is not None and gate.successes != self.mark:
+        # Others of the model succeeded since this request's last 429, and the model is not
+        # under its limit's pressure: this one may be over a limit of its own.
+        if self.mark is not None and gate.successes != self.mark and not gate.pressed:
             self.alone += 1
         self.mark = gate.successes
-        if self.alone >= MAX_RATE_LIMIT_HOLDS:
+        if self.alone >= MAX_RATE_LIMIT_HOLDS or (
+            self.alone >= ALONE_AT_A_WALL and gate.limited_for() >= WALL_AFTER_S
+        ):
+            # Its own limit, most likely: 429s while the model's other requests went through
+            # freely, and now nothing else of the model is answered (the end of a run, with a
+            # request larger than a token limit left): waiting would last --max-rate-limit-wait.
+            self.own = True
             return None
         self.holds += 1
+        gate.waited_out += 1
         wait = parse_retry_after(headers)
-        if wait is not None:
-            return min(wait, ctx.policy.max_retry_after_s)
-        return backoff_s(ctx.policy, self.holds, ctx.rng)
+        if wait is None and gate.pressed:
+            # The model's limit, not this request: the model's pace (its window, its pauses
+            # while only 429s come back) spaces the sends. A back-off growing with each 429
+            # had requests sleep for tens of seconds: 0.7 req/s against a limit of 10.
+            wait = (ctx.rng or random).uniform(0.0, PRESSED_RETRY_S)
+        elif wait is None:
+            wait = backoff_s(ctx.policy, self.holds, ctx.rng)
+        # Never past --max-rate-limit-wait: the 429 that ends the waiting comes on time.
+        return max(0.0, min(wait, ctx.policy.max_retry_after_s,
+                            limits.limit_s - gate.limited_for()))
 
 
 def not_sent_rate_limited(limits: RateLimits, attempt: Attempt | None = None) -> str:

@@ -17,10 +17,14 @@ A 429 was not processed, so sending it again costs nothing but time. So:
   sent before the last cut belongs to the burst already answered), one more per window's worth
   of successes (TCP's congestion control, in short). A 429 now and then (a gateway's sporadic
   ones) slows nothing down: cutting on each would have held the whole model to a few requests;
-* when bursts follow each other with no success between (a limit that ran out), the model's
-  sends also pause: :data:`BASE_PAUSE_S`, doubling up to :data:`MAX_PAUSE_S`;
-* a request that alone keeps getting 429 while others of its model succeed (larger than a token
-  limit, say) spends retries as before after :data:`MAX_HOLDS_PER_REQUEST` such answers;
+* when the model has had no success for :data:`WALL_AFTER_S` while its 429s go on (a limit
+  that ran out), each new burst also pauses its sends: :data:`BASE_PAUSE_S`, doubling up to
+  :data:`MAX_PAUSE_S`. (Counting bursts alone paused a key of 10 requests/s after every
+  success, whose next sends come too early for the bucket: one success a second);
+* a request that alone keeps getting 429 while others of its model succeed freely (larger than
+  a token limit, say) spends retries as before after :data:`MAX_HOLDS_PER_REQUEST` such
+  answers, or after :data:`ALONE_AT_A_WALL` once nothing else of its model is answered (the
+  end of a run: else it would wait out the whole ``limit_s``);
 * a model with no success for ``limit_s`` while rate-limited ends the waiting: the run stops,
   and the waiting requests end as ``cancelled`` rows, which a resume sends again.
 
@@ -39,13 +43,20 @@ from collections.abc import Callable
 #: A model is slowed down once this many of its last :data:`RECENT_ANSWERS` answers were 429s.
 PRESSURE = 4
 RECENT_ANSWERS = 20
-#: First pause of a model's sends when bursts of 429s follow each other with no success between;
-#: doubles for each further burst.
+#: A model rate-limited this long with no success has run out of its limit: its sends pause.
+WALL_AFTER_S = 1.0
+#: First pause of such a model's sends; doubles for each further burst of 429s.
 BASE_PAUSE_S = 0.5
 #: Longest pause: Bifrost's shortest limit window is a minute.
 MAX_PAUSE_S = 60.0
-#: 429s a request may meet while others of its model succeed before it spends retries.
+#: A 429'd request of a model under pressure is sent again within this (jittered): the model's
+#: window and pauses pace it, not a back-off of its own.
+PRESSED_RETRY_S = 0.5
+#: 429s a request may meet while others of its model succeed freely (the model not under
+#: pressure) before it spends retries...
 MAX_HOLDS_PER_REQUEST = 8
+#: ... or this many, once its model has had no success for :data:`WALL_AFTER_S`.
+ALONE_AT_A_WALL = 2
 
 
 class ModelGate:
@@ -60,11 +71,12 @@ class ModelGate:
         #: Attempts admitted by :meth:`acquire` and not yet released.
         self.in_flight = 0
         self.closed_until = 0.0  # loop.time()
-        self.streak = 0  # bursts of 429s since the last success
+        self.pauses = 0  # pauses since the last success
         self.cut_at = -math.inf  # perf_counter of the last cut
         self.successes = 0
         self.limited_since: float | None = None  # monotonic: first 429 since the last success
         self.limited = 0  # 429s met
+        self.waited_out = 0  # of them, sent again without spending a retry
         self.smallest_window = math.inf
         self._recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # True: a 429
         self._waiters: deque[asyncio.Future[bool]] = deque()
@@ -78,6 +90,12 @@ class ModelGate:
     @property
     def waiting(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
+
+    @property
+    def pressed(self) -> bool:
+        """Whether the model's recent answers hold enough 429s to slow it down: its 429s are
+        then its limit's, not one request's own."""
+        return sum(self._recent) >= PRESSURE
 
     def _has_room(self) -> bool:
         return self._loop.time() >= self.closed_until and self.in_flight < self.window
@@ -131,29 +149,29 @@ class ModelGate:
         self._recent.append(True)
         if self.limited_since is None:
             self.limited_since = time.monotonic()
-        if sum(self._recent) < PRESSURE or sent < self.cut_at:
+        if not self.pressed or sent < self.cut_at:
             return False  # a sporadic 429, or one of a burst already answered
         base = self.in_flight if self.slowed else in_flight
         self.window = float(max(1, base // 2))
         self.smallest_window = min(self.smallest_window, self.window)
-        self.streak += 1
         self.cut_at = time.perf_counter()
-        if self.streak >= 2:  # bursts with no success between: the limit ran out
-            pause = min(MAX_PAUSE_S, BASE_PAUSE_S * 2 ** (self.streak - 2))
+        if self.limited_for() >= WALL_AFTER_S:  # no success for a while: the limit ran out
+            self.pauses += 1
+            pause = min(MAX_PAUSE_S, BASE_PAUSE_S * 2 ** (self.pauses - 1))
             # Never past the end of the waiting: the 429 that ends it comes on time.
             pause = max(0.0, min(pause, self._owner.limit_s - self.limited_for()))
             until = self._loop.time() + pause
             if until > self.closed_until:
                 self.closed_until = until
-                if self._wake is not None:  # armed for an earlier instant
+                if self._wake is not None:  # armed for the earlier instant: again, for this one
                     self._wake.cancel()
-                    self._wake = None
+                    self._wake = self._loop.call_at(until, self._reopen)
         return True
 
     def on_success(self) -> None:
         self._recent.append(False)
         self.successes += 1
-        self.streak = 0
+        self.pauses = 0
         self.limited_since = None
         if self.slowed:
             self.window += 1.0 / self.window
@@ -215,6 +233,11 @@ class RateLimits:
         """429s met by the session's requests."""
         return sum(g.limited for g in self.gates.values())
 
+    @property
+    def waited_out(self) -> int:
+        """Of them, those sent again without spending a retry."""
+        return sum(g.waited_out for g in self.gates.values())
+
     def on_limited(self, model: str, sent: float, error: str) -> ModelGate:
         """An attempt of *model* sent at *sent* was answered 429 (*error*: its text)."""
         gate = self.gates.get(model)
@@ -243,8 +266,9 @@ class RateLimits:
         them was slowed down (``fewest_in_flight`` null: never)."""
         return {
             "attempts": self.limited,
+            "waited_out": self.waited_out,
             "models": {
-                model: {"attempts": g.limited,
+                model: {"attempts": g.limited, "waited_out": g.waited_out,
                         "fewest_in_flight": (None if g.smallest_window == math.inf
                                              else int(g.smallest_window))}
                 for model, g in self.gates.items()

@@ -767,8 +767,11 @@ def rate_limited_lines(limited: dict[str, Any] | None) -> list[str]:
         if m.get("fewest_in_flight") is not None else f"{model} not slowed down"
         for model, m in sorted(models.items(), key=lambda kv: -(kv[1].get("attempts") or 0))[:3]
     )
-    return [f"limited    {plural(limited['attempts'], 'attempt')} answered 429 (rate limited) "
-            f"and waited out without using up retries, this session ({slowest})"]
+    waited = limited.get("waited_out")
+    which = ("" if waited is None or waited >= limited["attempts"]
+             else f"{waited:,} of them ")
+    return [f"limited    {plural(limited['attempts'], 'attempt')} answered 429 (rate limited), "
+            f"{which}waited out without using up retries, this session ({slowest})"]
 
 
 def format_short(summary: dict[str, Any]) -> str:

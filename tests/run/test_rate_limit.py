@@ -14,7 +14,7 @@ import pytest
 
 from batchrunner.config import RunConfig
 from batchrunner.emulator.config import Dist
-from batchrunner.ratelimit import BASE_PAUSE_S, PRESSURE, ModelGate, RateLimits
+from batchrunner.ratelimit import BASE_PAUSE_S, PRESSURE, WALL_AFTER_S, ModelGate, RateLimits
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import EXIT_ABORTED, EXIT_OK, run_sync
 
@@ -66,7 +66,7 @@ def test_the_run_says_it_slows_down_and_the_summary_counts_the_429s(make_emulato
             "exceeded for this virtual key (emulated)): slowing them down") in done.stderr
     assert "sent again without using up a retry" in done.stderr
     assert (f"limited    {limited} attempt{'s' if limited > 1 else ''} answered 429 (rate "
-            "limited) and waited out without using up retries, this session "
+            "limited), waited out without using up retries, this session "
             f"({MODEL} down to ") in done.stdout
     assert "requests   40  (ok 40)" in done.stdout
 
@@ -198,7 +198,8 @@ def test_a_sporadic_429_slows_nothing_down():
         assert not gate.slowed and gate.closed_until == 0 and slowed == []
         assert await gate.acquire()  # at once
         gate.release()
-        assert limits.describe()["models"][MODEL] == {"attempts": 41, "fewest_in_flight": None}
+        assert limits.describe()["models"][MODEL] == {"attempts": 41, "waited_out": 0,
+                                                      "fewest_in_flight": None}
 
     asyncio.run(main())
 
@@ -210,27 +211,46 @@ def test_sustained_429s_halve_the_requests_in_flight_once_per_burst():
         gate = _pressure(limits)
         assert gate.slowed and gate.window == 8  # half the session's 16 in flight
         assert slowed == [(MODEL, "HTTP 429 rate_limited: x")]
-        assert gate.closed_until == 0  # the first burst: fewer in flight, no pause
+        assert gate.closed_until == 0  # no pause: successes may still come between 429s
         gate.in_flight = 6
         limits.on_limited(MODEL, gate.cut_at - 1.0, "e")  # sent before the cut: same burst
-        assert gate.window == 8 and gate.streak == 1
-        loop = asyncio.get_running_loop()
-        limits.on_limited(MODEL, gate.cut_at + 1e-6, "e")  # a new burst, no success between
-        assert gate.window == 3 and gate.streak == 2  # its own 6 in flight, halved
-        assert gate.closed_until == pytest.approx(loop.time() + BASE_PAUSE_S, abs=0.05)
-        limits.on_limited(MODEL, gate.cut_at + 1e-6, "e")
-        assert gate.window == 3 and gate.streak == 3
-        assert gate.closed_until == pytest.approx(loop.time() + 2 * BASE_PAUSE_S, abs=0.05)
+        assert gate.window == 8
+        limits.on_limited(MODEL, gate.cut_at + 1e-6, "e")  # a new burst
+        assert gate.window == 3 and gate.closed_until == 0  # its own 6 in flight, halved
         gate.on_success()
-        assert gate.streak == 0 and gate.window == pytest.approx(3 + 1 / 3)
-        assert gate.limited_for() == 0
+        assert gate.window == pytest.approx(3 + 1 / 3) and gate.limited_for() == 0
         gate.in_flight = 0
-        gate.closed_until = 0.0  # as if the pause had passed
         _pressure(limits, gate.cut_at + 1e-6)
-        assert gate.window == 1 and gate.streak == 1  # never below one; no pause again
-        assert gate.closed_until == 0.0
+        assert gate.window == 1  # never below one
         assert len(slowed) == 1  # said once
         assert limits.describe()["models"][MODEL]["fewest_in_flight"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_model_with_no_success_for_a_while_pauses_longer_at_each_burst():
+    async def main():
+        limits = _limits(16)
+        gate = _pressure(limits)
+        loop = asyncio.get_running_loop()
+        gate.limited_since = time.monotonic() - WALL_AFTER_S  # only 429s for a second
+        limits.on_limited(MODEL, gate.cut_at + 1e-6, "e")
+        assert gate.pauses == 1
+        assert gate.closed_until == pytest.approx(loop.time() + BASE_PAUSE_S, abs=0.05)
+        limits.on_limited(MODEL, gate.cut_at + 1e-6, "e")
+        assert gate.closed_until == pytest.approx(loop.time() + 2 * BASE_PAUSE_S, abs=0.05)
+        gate.on_success()
+        assert gate.pauses == 0
+        gate.closed_until = 0.0  # as if the pause had passed
+        _pressure(limits, gate.cut_at + 1e-6)
+        assert gate.closed_until == 0.0  # a success came: no pause at the next burst
+        # Never past --max-rate-limit-wait: the 429 that ends the waiting comes on time
+        short = _limits(16, limit_s=1.2)
+        gate = _pressure(short)
+        gate.limited_since = time.monotonic() - 1.0
+        gate.pauses = 10  # 256 s, were it not cut
+        short.on_limited(MODEL, gate.cut_at + 1e-6, "e")
+        assert gate.closed_until == pytest.approx(loop.time() + 0.2, abs=0.05)
 
     asyncio.run(main())
 
@@ -258,7 +278,8 @@ def test_a_pause_holds_sends_until_it_ends():
     async def main():
         limits = _limits(4)
         gate = _pressure(limits)
-        limits.on_limited(MODEL, gate.cut_at + 1e-6, "e")  # a second burst: paused
+        gate.limited_since = time.monotonic() - WALL_AFTER_S
+        limits.on_limited(MODEL, gate.cut_at + 1e-6, "e")  # no success for a second: paused
         loop = asyncio.get_running_loop()
         started = loop.time()
         assert await gate.acquire()
