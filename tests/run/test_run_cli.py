@@ -597,8 +597,11 @@ def test_options_that_do_nothing_in_this_run_are_warned_of(tmp_path):
     ]
     quiet = run_cli(*args, "-q")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    # --max-outage 0: the refused connections fail at once instead of being waited for (up to
+    # 10 s for a gateway never reached); the warning is printed before anything is sent.
     gateway = run_cli("run", str(requests), "--results-root", str(tmp_path), "--gateway",
-                      "http://127.0.0.1:1", "--emulator-profile", "instant", "--max-retries", "0")
+                      "http://127.0.0.1:1", "--emulator-profile", "instant", "--max-retries", "0",
+                      "--max-outage", "0")
     assert "Warning: --emulator-profile is for the built-in emulator; ignored with --gateway" in (
         gateway.stderr
     )
