@@ -627,24 +627,38 @@ def test_an_input_cut_under_the_run_ends_it_aborted_saying_so(make_emulator, tmp
     # It ended "incomplete: stopped", exit code 0, with a resume command then refused (the
     # input no longer matched).
     import threading
+    import time
 
     from batchrunner.emulator.config import Dist
     from batchrunner.runner import EXIT_ABORTED
 
     requests = write_requests(tmp_path / "set.jsonl", 3000)
     size = requests.stat().st_size
-    cut = threading.Timer(0.5, lambda: os.truncate(requests, size // 3))
+    stop_waiting = threading.Event()
+
+    def cut_once_sending() -> None:
+        # Cut once the run is sending (it has read the first records, far from the cut), to a
+        # tenth: the run then sends about 300 requests, not the 1,000 of a third cut after a
+        # fixed 0.5 s, whatever the machine's speed.
+        deadline = time.monotonic() + 30
+        while emu.stats()["requests"] < 5 and time.monotonic() < deadline:
+            if stop_waiting.wait(0.01):
+                return
+        os.truncate(requests, size // 10)
+
     with make_emulator(ttft=Dist("fixed", 0.01)) as emu:
+        cut = threading.Thread(target=cut_once_sending)
         cut.start()
         try:
             result = run_sync(RunConfig(requests=requests, gateway=emu.base_url,
                                         out=tmp_path / "out", concurrency=2), quiet=True)
         finally:
-            cut.cancel()
+            stop_waiting.set()
+            cut.join()
     assert (result.status, result.exit_code) == ("aborted", EXIT_ABORTED), result.message
     assert result.message.startswith(
         f"the input {requests} changed while the run read it ({size:,} bytes at the start, "
-        f"{size // 3:,} now)"), result.message
+        f"{size // 10:,} now)"), result.message
     assert not result.resumable  # no resume command that would be refused
 
 
