@@ -8,6 +8,9 @@ from pathlib import Path
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner, Result
+
+from batchrunner.cli import main
 
 SECRET_KEY = "sk-bf-test-secret-0123456789"
 
@@ -67,3 +70,14 @@ def run_cli(
         timeout=timeout,
         env=full_env,
     )
+
+
+def run_in_process(*args: str, env: dict[str, str] | None = None) -> Result:
+    """``batchrunner *args`` in this process, for a command refused before it sends anything:
+    a process of its own spends ~0.7 s importing batchrunner, and adds nothing to a usage error
+    (python -m batchrunner's own path is taken by the run_cli tests). Exit code, stdout and
+    stderr are those of the process; ``Result.output`` holds stdout and stderr together
+    (``Result.stderr`` alone needs click >= 8.2)."""
+    # As run_cli does: a BATCHRUNNER_GATEWAY of the caller's must not stand in for --gateway.
+    return CliRunner().invoke(main, list(args), env={"BATCHRUNNER_GATEWAY": None, **(env or {})},
+                              catch_exceptions=False)

@@ -9,25 +9,14 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from click.testing import CliRunner, Result
 
 import batchrunner
-from batchrunner.cli import main
 from batchrunner.config import ConfigError, RunConfig
 from batchrunner.gateway_address import check_resolves
 from batchrunner.runner import run_sync
 
 from .conftest import read_rows
-
-
-def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    """The command line run in this process: these refusals come before anything is sent, so
-    a process of its own (~0.7 s of imports each) adds nothing; ``python -m batchrunner``'s
-    own usage errors are covered by test_run_cli, test_bench and test_async_live. Output is
-    stdout and stderr together (``Result.stderr`` needs click >= 8.2)."""
-    # As run_cli does: a BATCHRUNNER_GATEWAY of the caller's must not stand in for --gateway.
-    return CliRunner().invoke(main, list(args), env={"BATCHRUNNER_GATEWAY": None, **(env or {})},
-                              catch_exceptions=False)
+from .conftest import run_in_process as invoke
 
 #: RFC 6761: names under .invalid never resolve, offline or not.
 UNRESOLVABLE = "batchrunner-gateway.invalid"

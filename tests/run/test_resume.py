@@ -18,7 +18,7 @@ from batchrunner.rundir import RunDirError
 from batchrunner.runner import run_sync
 from batchrunner.store import RunStore
 
-from .conftest import read_rows, run_cli, write_requests
+from .conftest import read_rows, run_cli, run_in_process, write_requests
 
 
 def run(requests: Path, gateway: str, out: Path, **kw):
@@ -456,9 +456,9 @@ def test_a_damaged_run_json_is_named_and_the_rows_are_said_to_be_intact(
     damaged = damage((out / "run.json").read_bytes())
     (out / "run.json").write_bytes(damaged)
     parts = {p: p.read_bytes() for p in (out / "data").iterdir()}
-    result = run_cli("run", str(requests), "--out", str(out))
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    error = result.stderr.strip()
+    result = run_in_process("run", str(requests), "--out", str(out))
+    assert result.exit_code == 2, result.output
+    error = result.output.strip()
     assert error.startswith(f"Error: {out / 'run.json'} {problem}")
     assert f"the rows already written ({out / 'data'}) are intact" in error
     assert "Restore run.json" in error and "give another --out to start a new run" in error
@@ -482,9 +482,9 @@ def test_a_run_json_without_its_input_is_refused_by_name(
     else:
         info["input"] = recorded
     (out / "run.json").write_bytes(orjson.dumps(info))
-    result = run_cli("run", str(requests), "--out", str(out), "--resume")
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    error = result.stderr.strip()
+    result = run_in_process("run", str(requests), "--out", str(out), "--resume")
+    assert result.exit_code == 2, result.output
+    error = result.output.strip()
     assert error == (
         'Error: cannot resume: run.json records no input file (its "input" field is missing or '
         f"damaged), so rows already written cannot be matched to {requests}. Start a new run "
@@ -497,11 +497,11 @@ def test_collect_names_a_damaged_run_json(make_emulator, requests_file, tmp_path
     emu = make_emulator()
     run(requests_file(2), emu.base_url, out, mode="async", detach=True)
     (out / "run.json").write_bytes((out / "run.json").read_bytes()[:-40])
-    result = run_cli("collect", str(out), "--gateway", emu.base_url)
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert f"{out / 'run.json'} is not valid JSON (" in result.stderr
-    assert "Restore run.json (e.g. from a backup) to go on with this run" in result.stderr
-    assert "no run.json" not in result.stderr
+    result = run_in_process("collect", str(out), "--gateway", emu.base_url)
+    assert result.exit_code == 2, result.output
+    assert f"{out / 'run.json'} is not valid JSON (" in result.output
+    assert "Restore run.json (e.g. from a backup) to go on with this run" in result.output
+    assert "no run.json" not in result.output
 
 
 def json_error(text: bytes) -> str:
@@ -687,11 +687,11 @@ def test_a_resume_says_why_it_is_silent_while_a_big_journal_converts(
 def test_collect_of_a_path_that_does_not_exist_says_so(tmp_path):
     # A typo in the path read as a damaged run: "is not a batchrunner run directory".
     missing = tmp_path / "no-such-run"
-    result = run_cli("collect", str(missing))
-    assert result.returncode == 2
-    assert f"Error: {missing}: no such directory" in result.stderr
+    result = run_in_process("collect", str(missing))
+    assert result.exit_code == 2
+    assert f"Error: {missing}: no such directory" in result.output
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_cli("collect", str(empty))
-    assert result.returncode == 2
-    assert f"{empty} is not a batchrunner run directory (no run.json)" in result.stderr
+    result = run_in_process("collect", str(empty))
+    assert result.exit_code == 2
+    assert f"{empty} is not a batchrunner run directory (no run.json)" in result.output
