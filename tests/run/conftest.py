@@ -79,5 +79,6 @@ def run_in_process(*args: str, env: dict[str, str] | None = None) -> Result:
     stderr are those of the process; ``Result.output`` holds stdout and stderr together
     (``Result.stderr`` alone needs click >= 8.2)."""
     # As run_cli does: a BATCHRUNNER_GATEWAY of the caller's must not stand in for --gateway.
+    # prog_name: click's own usage errors name the program as the process's did.
     return CliRunner().invoke(main, list(args), env={"BATCHRUNNER_GATEWAY": None, **(env or {})},
-                              catch_exceptions=False)
+                              catch_exceptions=False, prog_name="python -m batchrunner")

@@ -17,7 +17,7 @@ import pytest
 from batchrunner.config import ConfigError
 from batchrunner.emulator.config import Dist
 
-from .conftest import read_rows, run_cli, write_requests
+from .conftest import read_rows, run_cli, run_in_process, write_requests
 
 pytestmark = pytest.mark.slow
 
@@ -341,10 +341,10 @@ def test_usage_errors_exit_2_with_a_clear_message(requests_file, tmp_path, args,
     requests = requests_file(2)
     args = [a.replace("{set}", str(requests)) for a in args]
     before = set(tmp_path.rglob("*"))
-    result = run_cli(*args, "--results-root", str(tmp_path))
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr and "SECRET" not in result.stderr
+    result = run_in_process(*args, "--results-root", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and "SECRET" not in result.output
     # Refused before anything is made (a mistyped --emulator-profile left a run directory).
     assert set(tmp_path.rglob("*")) == before
 
@@ -611,9 +611,9 @@ def test_a_pipe_as_input_is_named_as_such_not_as_missing(tmp_path):
     # Before: "ff.jsonl: no such file" for a file that exists (a named pipe, or bash's <(...)).
     fifo = tmp_path / "set.jsonl"
     os.mkfifo(fifo)
-    result = run_cli("run", str(fifo), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == (
+    result = run_in_process("run", str(fifo), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
         f"Error: {fifo}: not a regular file (a pipe or device); run reads its input more than "
         "once (to fingerprint it for resume, to count it, to send it): save it to a file first"
     )
