@@ -133,9 +133,11 @@ def test_ctrl_c_in_a_library_caller_closes_the_run_then_raises(
     assert info["status"] == "interrupted"
     assert info["sessions"][-1]["message"] == "cancelled (KeyboardInterrupt or task cancel)"
     rows = read_rows(out)
-    # the requests in flight became rows too; the rest is for a resume
-    assert 1 <= (rows["status"] == "cancelled").sum() <= 3
-    assert set(rows["status"]) == {"ok", "cancelled"} and len(rows) < 200
+    # the requests in flight became rows too; the rest is for a resume. (Rarely none was in
+    # flight: the signal came between a request's end and the next send, seen once in CI.)
+    assert (rows["status"] == "cancelled").sum() <= 3
+    assert set(rows["status"]) <= {"ok", "cancelled"} and len(rows) < 200
+    assert sorted(rows["input_index"]) == list(range(len(rows)))  # no gap: nothing lost
     assert info["summary"]["requests"] == len(rows)
 
 
