@@ -9,8 +9,10 @@ rows, and a key whose hourly limit ran out would have failed the rest of a 2M-ro
 
 A 429 was not processed, so sending it again costs nothing but time. So:
 
-* a 429'd request waits (its ``retry-after``, else the usual jittered back-off, growing with
-  each 429 it meets) and is sent again without using up a retry (``attempts`` counts it);
+* a 429'd request waits (its ``retry-after``; else, while its model is under pressure, below,
+  up to :data:`PRESSED_RETRY_S`, the model's pace spacing its sends; else the usual jittered
+  back-off, growing with each 429 it meets) and is sent again without using up a retry
+  (``attempts`` counts it);
 * per model (Bifrost also limits per model, and one model's limit must not slow the others),
   once :data:`PRESSURE` of the model's last :data:`RECENT_ANSWERS` answers were 429s, fewer of
   its requests may be in flight: half as many at each new burst of 429s (a 429 of a request
