@@ -65,9 +65,8 @@ Session = tuple[float | None, float | None, int | None, int, int | None, int]
 
 def open_loop_sessions(info: dict[str, Any]) -> list[Session]:
     """``(started_at, rate, in-flight cap, gateway outages, cap waits, rate-limited attempts)``
-    of each session of a
-    run, from its ``run.json`` (each session keeps the config it ran with: a resume may change
-    ``--rate``); rate None for a closed-loop session; outages: how many times the session found
+    of each session of a run, from its ``run.json`` (each session keeps the config it ran with:
+    a resume may change ``--rate``); rate None for a closed-loop session; outages: how many times the session found
     the gateway could not be connected to (``gateway_outages``, 0 when not recorded); cap waits:
     how many times sending paused for the in-flight cap (``cap_waits``; None when not
     recorded: a closed loop, a session that died, or a run.json older than it); rate-limited
