@@ -57,8 +57,9 @@ PRESSED_RETRY_S = 0.5
 #: 429s a request may meet while others of its model succeed freely (the model not under
 #: pressure) before it spends retries...
 MAX_HOLDS_PER_REQUEST = 8
-#: ... or this many, once its model has had no success for :data:`WALL_AFTER_S`.
-ALONE_AT_A_WALL = 2
+#: ... or this many, once its model has had no success for :data:`WALL_AFTER_S` (a limit that
+#: ran out then costs a few error rows at most: those alone before the pressure built).
+ALONE_AT_A_WALL = 1
 
 
 class ModelGate:
