@@ -277,6 +277,9 @@ class _Limited:
         if headers.get("x-should-retry") == "false":
             return None
         if limits.ended:
+            # In flight when the waiting ended (a stop, a give-up): answered 429 all the same,
+            # and counted as the 429 that ended it is (not sent again, no retry spent).
+            limits.late_429(model)
             return False
         gate = limits.on_limited(
             model, attempt.sent, f"HTTP 429 {attempt.error_type}: {attempt.error_message}")

@@ -254,6 +254,16 @@ class RateLimits:
             self._give_up(gate, error)
         return gate
 
+    def late_429(self, model: str) -> None:
+        """An attempt of *model* in flight when the waiting ended was answered 429: counted as
+        the 429 that ended it is (not sent again, no retry spent), and nothing more."""
+        gate = self.gates.get(model)
+        if gate is None:
+            gate = self.gates[model] = ModelGate(self, model)
+            self.active = True
+        gate.limited += 1
+        gate.waited_out += 1
+
     def _give_up(self, gate: ModelGate, error: str) -> None:
         seconds = gate.limited_for()
         self.gave_up_on = gate.model
