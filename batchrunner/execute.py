@@ -167,7 +167,11 @@ async def execute(
                     limited = _Limited()
                 wait = limited.hold(ctx, limits, _model_of(record), attempt)
                 if wait is not None and wait is not False and not ctx.stopping():
-                    await ctx.sleep(wait)
+                    limits.resting += 1  # waits for the limit, not in flight (a stop ends it)
+                    try:
+                        await ctx.sleep(wait)
+                    finally:
+                        limits.resting -= 1
                 if wait is False or (wait is not None and (ctx.stopping() or limits.ended)):
                     # Stopping, or the rate-limited model was given up on: not sent again,
                     # and a resume sends it.

@@ -223,13 +223,17 @@ class RateLimits:
         self.ended = False
         #: The model that stayed rate-limited past ``limit_s``, if one did.
         self.gave_up_on: str | None = None
+        #: Requests resting after a 429 before they are sent again (a stop ends them at once).
+        self.resting = 0
 
     def gate(self, model: str) -> ModelGate | None:
         return self.gates.get(model)
 
     @property
     def waiting(self) -> int:
-        return sum(g.waiting for g in self.gates.values())
+        """Requests that only wait for a rate limit: queued at a model's gate, or resting after
+        a 429 before they are sent again."""
+        return self.resting + sum(g.waiting for g in self.gates.values())
 
     @property
     def limited(self) -> int:

@@ -1,13 +1,20 @@
-"""Defects of the 429 handling found in a second review (each test failed before its fix)."""
+"""Defects of the 429 handling found in a second review (each test failed before its fix; an
+xfail one is open)."""
 
 from __future__ import annotations
 
+import signal
+import time
+
 import orjson
+import pytest
 
 from batchrunner.config import RunConfig
+from batchrunner.emulator.config import Dist
 from batchrunner.runner import EXIT_ABORTED, run_sync
 
-from .conftest import read_rows
+from .conftest import read_rows, write_requests
+from .test_run_cli import start_run
 
 MODEL = "claude-sonnet-4-5"
 OTHER = "claude-haiku-4-5"
@@ -39,3 +46,46 @@ def test_429s_answered_after_the_waiting_ended_are_counted(make_emulator, tmp_pa
     assert result.summary["rate_limited"]["attempts"] == answered_429
     info = orjson.loads((out / "run.json").read_bytes())
     assert info["sessions"][-1]["rate_limited"]["attempts"] == answered_429
+
+
+@pytest.mark.xfail(strict=True, reason="open: a closed loop's workers wait at a limited "
+                   "model's gate, so the other models starve (see review2 report)")
+def test_one_models_limit_does_not_starve_another_models_requests(make_emulator, tmp_path):
+    # ratelimit.py: "one model's limit must not slow the others". MODEL answers every request
+    # 429 (its limit ran out), OTHER is served at once. With -c 4 each worker soon holds a
+    # request of MODEL that waits at its gate, and no request of OTHER is sent any more until
+    # --max-rate-limit-wait gives up on MODEL and stops the run: 4 of OTHER's 20 requests
+    # were served, in the first milliseconds, then none for 3 s.
+    requests = _write(tmp_path / "set.jsonl", [OTHER, MODEL], 40)
+    out = tmp_path / "out"
+    with make_emulator(fail_models=(MODEL,), fail_model_status=429,
+                       ttft=Dist("fixed", 0.01)) as emu:
+        result = run_sync(RunConfig(requests=requests, gateway=emu.base_url, out=out,
+                                    concurrency=4, max_rate_limit_wait_s=3), quiet=True)
+    assert result.exit_code == EXIT_ABORTED, result.message
+    rows = read_rows(out)
+    served = rows[(rows["model_requested"] == OTHER) & (rows["status"] == "ok")]
+    assert len(served) == 20
+
+
+def test_ctrl_c_counts_requests_resting_after_a_429_as_waiting_not_in_flight(
+    make_emulator, tmp_path
+):
+    # Every answer a 429 asking for 60 s: the three requests rest before sending again, and the
+    # first Ctrl-C ends them at once. The message said it waited "up to 30 s for 3 requests in
+    # flight" (and the progress line counted none "waiting for the rate limit"): only requests
+    # queued at a model's gate were counted as waiting, not those resting after their 429.
+    requests = write_requests(tmp_path / "set.jsonl", 6)
+    out = tmp_path / "out"
+    with make_emulator(fault_429=1.0, retry_after_s=60) as emu:
+        proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3")
+        deadline = time.monotonic() + 20
+        while emu.stats()["requests"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # the three 429s are in: their requests rest
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=45)
+    assert proc.returncode == 3, stderr
+    assert ("the 3 requests waiting for the gateway end as cancelled, not sent; nothing is in "
+            "flight.") in stderr, stderr
+    assert set(read_rows(out)["status"]) == {"cancelled"}
