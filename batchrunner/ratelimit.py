@@ -245,12 +245,17 @@ class RateLimits:
         """Of them, those sent again without spending a retry."""
         return sum(g.waited_out for g in self.gates.values())
 
-    def on_limited(self, model: str, sent: float, error: str) -> ModelGate:
-        """An attempt of *model* sent at *sent* was answered 429 (*error*: its text)."""
+    def _gate_of(self, model: str) -> ModelGate:
+        """*model*'s gate, made at its first 429 (from then on its requests pass through it)."""
         gate = self.gates.get(model)
         if gate is None:
             gate = self.gates[model] = ModelGate(self, model)
             self.active = True
+        return gate
+
+    def on_limited(self, model: str, sent: float, error: str) -> ModelGate:
+        """An attempt of *model* sent at *sent* was answered 429 (*error*: its text)."""
+        gate = self._gate_of(model)
         first = not gate.slowed
         if gate.on_limited(sent, self._in_flight()) and first:
             self._on_slowed(model, error)
@@ -261,10 +266,7 @@ class RateLimits:
     def late_429(self, model: str) -> None:
         """An attempt of *model* in flight when the waiting ended was answered 429: counted as
         the 429 that ended it is (not sent again, no retry spent), and nothing more."""
-        gate = self.gates.get(model)
-        if gate is None:
-            gate = self.gates[model] = ModelGate(self, model)
-            self.active = True
+        gate = self._gate_of(model)
         gate.limited += 1
         gate.waited_out += 1
 

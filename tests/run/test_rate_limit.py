@@ -121,6 +121,8 @@ def test_a_model_rate_limited_too_long_stops_the_run_and_a_resume_sends_the_rest
 def test_ctrl_c_does_not_wait_out_a_429s_retry_after(make_emulator, tmp_path):
     # Every answer a 429 asking for 60 s: the first Ctrl-C must end the waiting at once (the
     # rows cancelled, for a resume). It sat out the 30 s drain, and the rows then blamed it.
+    # Its message said it waited "up to 30 s for 3 requests in flight": only requests queued
+    # at a model's gate were counted as waiting, not those resting after their 429.
     requests = write_requests(tmp_path / "set.jsonl", 6)
     out = tmp_path / "out"
     with make_emulator(fault_429=1.0, retry_after_s=60) as emu:
@@ -128,11 +130,13 @@ def test_ctrl_c_does_not_wait_out_a_429s_retry_after(make_emulator, tmp_path):
         deadline = time.monotonic() + 20
         while emu.stats()["requests"] < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.2)  # the three 429s are in: their requests wait
+        time.sleep(0.3)  # the three 429s are in: their requests rest
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=45)
         sent = emu.stats()["requests"]
     assert proc.returncode == 3, stderr
+    assert ("the 3 requests waiting for the gateway end as cancelled, not sent; nothing is in "
+            "flight.") in stderr, stderr
     assert sent == 3
     rows = read_rows(out)
     assert len(rows) == 3 and set(rows["status"]) == {"cancelled"}

@@ -3,9 +3,6 @@ xfail one is open)."""
 
 from __future__ import annotations
 
-import signal
-import time
-
 import orjson
 import pytest
 
@@ -13,8 +10,7 @@ from batchrunner.config import RunConfig
 from batchrunner.emulator.config import Dist
 from batchrunner.runner import EXIT_ABORTED, run_sync
 
-from .conftest import read_rows, write_requests
-from .test_run_cli import start_run
+from .conftest import read_rows
 
 MODEL = "claude-sonnet-4-5"
 OTHER = "claude-haiku-4-5"
@@ -66,26 +62,3 @@ def test_one_models_limit_does_not_starve_another_models_requests(make_emulator,
     rows = read_rows(out)
     served = rows[(rows["model_requested"] == OTHER) & (rows["status"] == "ok")]
     assert len(served) == 20
-
-
-def test_ctrl_c_counts_requests_resting_after_a_429_as_waiting_not_in_flight(
-    make_emulator, tmp_path
-):
-    # Every answer a 429 asking for 60 s: the three requests rest before sending again, and the
-    # first Ctrl-C ends them at once. The message said it waited "up to 30 s for 3 requests in
-    # flight" (and the progress line counted none "waiting for the rate limit"): only requests
-    # queued at a model's gate were counted as waiting, not those resting after their 429.
-    requests = write_requests(tmp_path / "set.jsonl", 6)
-    out = tmp_path / "out"
-    with make_emulator(fault_429=1.0, retry_after_s=60) as emu:
-        proc = start_run(str(requests), "--gateway", emu.base_url, "--out", str(out), "-c", "3")
-        deadline = time.monotonic() + 20
-        while emu.stats()["requests"] < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)  # the three 429s are in: their requests rest
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=45)
-    assert proc.returncode == 3, stderr
-    assert ("the 3 requests waiting for the gateway end as cancelled, not sent; nothing is in "
-            "flight.") in stderr, stderr
-    assert set(read_rows(out)["status"]) == {"cancelled"}
